@@ -1,0 +1,75 @@
+"""Admin HTTP endpoint: GET /status, GET /events, POST /switchover and /rejoin/{node}."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .app import Service
+
+
+def status_document(service: "Service") -> dict:
+    """Everything `pgaurora status` shows, read from the current Topology."""
+    topology, config = service.hub.current, service.config
+    nodes = [{"name": n.name, "address": n.address, "role": n.role.value, "health": n.health.value,
+              "lag_bytes": n.lag_bytes, "lag_seconds": None if n.lag_seconds is None else round(n.lag_seconds, 3),
+              "timeline": n.timeline, "upstream": n.upstream,
+              "connections": service.proxy_state.count(n.name)} for n in topology.nodes]
+    return {
+        "cluster": topology.cluster, "zone": config.zone, "epoch": topology.epoch,
+        "topology_version": topology.version, "reason": topology.reason,
+        "writer": {"endpoint": f"{config.writer.host}:{config.writer.port}", "node": topology.writer},
+        "reader": {"endpoint": f"{config.reader.host}:{config.reader.port}", "nodes": service.reader_nodes(),
+                   "policy": config.reader.policy.value, "fallback": config.reader.fallback.value},
+        "dns": f"{config.dns.host}:{config.dns.port}" if config.dns.enabled else None,
+        "sync_mode": config.failover.sync_mode.value, "sync_standbys": topology.sync_standbys,
+        "client_connections": service.proxy_state.clients,
+        "nodes": nodes,
+    }
+
+
+class AdminServer:
+    def __init__(self, service: "Service", host: str, port: int) -> None:
+        self.service, self.host, self.port = service, host, port
+        self.app = web.Application()
+        self.app.add_routes([web.get("/status", self.status), web.get("/events", self.events),
+                             web.post("/switchover", self.switchover), web.post("/rejoin/{node}", self.rejoin)])
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def status(self, request: web.Request) -> web.Response:
+        return _json(status_document(self.service))
+
+    async def events(self, request: web.Request) -> web.Response:
+        limit = request.query.get("limit", "")
+        if limit and not limit.isdigit():
+            return _json({"error": "limit must be a whole number"}, status=400)
+        return _json(self.service.events.recent(int(limit) if limit else None))
+
+    async def switchover(self, request: web.Request) -> web.Response:
+        return await self._monitor_request("switchover", to=request.query.get("to") or None)
+
+    async def rejoin(self, request: web.Request) -> web.Response:
+        return await self._monitor_request("rejoin", node=request.match_info["node"])
+
+    async def _monitor_request(self, kind: str, **args) -> web.Response:
+        try:
+            return _json(await self.service.monitor.request(kind, **args))
+        except Exception as exc:
+            return _json({"error": str(exc)}, status=409)
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=2, default=str) + "\n", status=status,
+                        content_type="application/json")

@@ -1,0 +1,79 @@
+"""Service: wires the monitor, both endpoints, DNS and the admin endpoint together, and stops them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from .admin import AdminServer
+from .config import Config, ReaderFallback
+from .dns.resolver import Zone
+from .dns.server import DnsServer
+from .eventlog import EventLog
+from .health.monitor import Monitor, NodeController
+from .proxy.endpoint import Endpoint
+from .proxy.router import EndpointKind, Router
+from .proxy.state import ProxyState
+from .topology import Topology, TopologyHub
+
+log = logging.getLogger("pgaurora")
+
+
+class Service:
+    def __init__(self, config: Config, controller: NodeController | None = None,
+                 events: EventLog | None = None) -> None:
+        self.config = config
+        self.hub = TopologyHub(Topology(cluster=config.cluster))
+        self.events = events or EventLog()
+        self.proxy_state = ProxyState()
+        self.router = Router(self.hub, config, self.proxy_state)
+        self.writer = Endpoint(EndpointKind.WRITER, config.writer, config, self.hub, self.router, self.proxy_state)
+        self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router, self.proxy_state)
+        self.monitor = Monitor(config, self.hub, self.events, controller)
+        self.dns = DnsServer(self.hub, Zone(config.zone, config.dns.ttl,
+                                            config.reader.fallback is ReaderFallback.PRIMARY),
+                             config.dns.host, config.dns.port) if config.dns.enabled else None
+        self.admin = AdminServer(self, config.admin.host, config.admin.port)
+        self._monitor_task: asyncio.Task | None = None
+
+    def reader_nodes(self) -> list[str]:
+        topology = self.hub.current
+        if topology.readers:
+            return list(topology.readers)
+        fallback = self.config.reader.fallback is ReaderFallback.PRIMARY and topology.writer
+        return [topology.writer] if fallback else []
+
+    async def start(self) -> None:
+        await self.monitor.tick()  # the endpoints open on a real topology, not an empty one
+        for part in (self.writer, self.reader, self.dns, self.admin):
+            if part is not None:
+                await part.start()
+        self._monitor_task = asyncio.get_running_loop().create_task(self._run_monitor())
+
+    async def _run_monitor(self) -> None:
+        while True:
+            try:
+                await self.monitor.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("monitor loop failed; restarting it")
+                await asyncio.sleep(self.config.monitor.probe_interval)
+
+    async def stop(self) -> None:
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor_task
+        for part in (self.admin, self.dns, self.reader, self.writer):
+            if part is not None:
+                await part.stop()
+        await self.monitor.close()
+
+    async def wait_ready(self, timeout: float = 30) -> bool:
+        """True once a writer is known (and a reader, when the cluster has replicas)."""
+        want_readers = len(self.config.nodes) > 1
+        ready = await self.hub.wait_for(
+            lambda t: t.writer is not None and (bool(t.readers) or not want_readers), timeout)
+        return ready is not None

@@ -1,0 +1,28 @@
+"""Render the status document as tables for a terminal (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _lag(node: dict) -> str:
+    if node["lag_bytes"] is None and node["lag_seconds"] is None:
+        return "-"
+    return f"{node['lag_bytes'] or 0} B / {node['lag_seconds'] or 0:.2f} s"
+
+
+def print_status(doc: dict) -> None:
+    console = Console()
+    console.print(f"cluster [bold]{doc['cluster']}[/]  zone {doc['zone']}  epoch {doc['epoch']}  "
+                  f"sync {doc['sync_mode']} ({doc['sync_standbys'] or 'asynchronous'})")
+    console.print(f"writer {doc['writer']['endpoint']} -> {doc['writer']['node'] or 'none'}   "
+                  f"reader {doc['reader']['endpoint']} -> {', '.join(doc['reader']['nodes']) or 'none'}")
+    table = Table()
+    for column in ("node", "address", "role", "health", "lag", "timeline", "upstream", "clients"):
+        table.add_column(column)
+    for n in doc["nodes"]:
+        table.add_row(n["name"], n["address"], n["role"], n["health"], _lag(n), str(n["timeline"] or "-"),
+                      n["upstream"] or "-", str(n["connections"]))
+    console.print(table)
+    console.print(f"last decision: {doc['reason']}")

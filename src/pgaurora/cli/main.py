@@ -1,0 +1,142 @@
+"""Click commands of pgaurora; each maps errors to one clear message."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import click
+
+from .. import config as config_mod
+from ..errors import PgAuroraError
+
+ADMIN_DEFAULT = "http://127.0.0.1:6434"
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PgAuroraError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="pgaurora")
+def cli() -> None:
+    """Aurora-style writer/reader endpoints, failover and DNS for a PostgreSQL cluster."""
+
+
+@cli.command()
+@click.option("--replicas", type=click.IntRange(0, 15), default=None, help="Streaming replicas (default 2).")
+@click.option("--dir", "state_dir", type=click.Path(file_okay=False), default=None,
+              help="State directory (default /var/lib/pgaurora/NAME as root).")
+@click.option("--password", default=None, help="Password of the postgres user (generated if omitted).")
+@click.option("--name", default="demo", show_default=True, help="Cluster name; the DNS zone is NAME.pgaurora.internal.")
+@click.option("--port", default=5432, show_default=True, type=click.IntRange(1, 65535), help="Port every node listens on.")
+@click.option("--base-address", default="127.0.0.11", show_default=True, help="Loopback address of n1; n2 gets the next.")
+@click.option("--writer-port", default=6432, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--reader-port", default=6433, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--admin-port", default=6434, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--dns-port", default=8053, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--async", "asynchronous", is_flag=True, help="Asynchronous replication instead of quorum commit.")
+@click.option("-v", "--verbose", is_flag=True)
+def up(replicas, state_dir, password, name, port, base_address, writer_port, reader_port, admin_port,
+       dns_port, asynchronous, verbose) -> None:
+    """Start a local cluster (1 primary, 2 replicas), the proxy, the monitor and DNS."""
+    from .up import run_up
+    run_up(replicas=replicas, state_dir=state_dir, password=password, name=name, port=port,
+           base_address=base_address, ports=(writer_port, reader_port, admin_port, dns_port),
+           synchronous=not asynchronous, verbose=verbose)
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="TOML file describing the cluster.")
+@click.option("--check", is_flag=True, help="Only validate the configuration.")
+@click.option("-v", "--verbose", is_flag=True)
+def proxy(config_path, check, verbose) -> None:
+    """Front an existing cluster described by a TOML file."""
+    cfg = config_mod.load(config_path)
+    if check:
+        click.echo(f"{config_path}: valid ({len(cfg.nodes)} nodes, cluster {cfg.cluster!r})")
+        return
+    from ..app import Service
+    from ..eventlog import EventLog
+    from .runtime import serve, setup_logging
+    setup_logging(verbose)
+    events = EventLog(Path(cfg.state_dir) / "events.jsonl" if cfg.state_dir else None)
+    service = Service(cfg, events=events)
+    serve(service, lambda: click.echo(f"writer {cfg.writer.host}:{cfg.writer.port}  reader "
+                                      f"{cfg.reader.host}:{cfg.reader.port}\npgaurora is ready", err=False))
+
+
+def _admin(url: str, path: str, method: str = "GET") -> object:
+    request = urllib.request.Request(url.rstrip("/") + path, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        try:
+            body = json.loads(body).get("error", body)
+        except (ValueError, AttributeError):
+            pass
+        raise click.ClickException(f"{path}: {body}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"cannot reach the admin endpoint at {url}: {getattr(exc, 'reason', exc)}; "
+                                   "is pgaurora running?") from None
+
+
+admin_option = click.option("--admin", "admin_url", default=ADMIN_DEFAULT, show_default=True,
+                            help="URL of the admin endpoint.")
+
+
+@cli.command()
+@admin_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(admin_url, as_json) -> None:
+    """Show every node, its role, health and lag, and where the endpoints point."""
+    doc = _admin(admin_url, "/status")
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    from .display import print_status
+    print_status(doc)
+
+
+@cli.command()
+@admin_option
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+def events(admin_url, limit) -> None:
+    """Print the latest failovers, switchovers, fences and rejoins as JSON lines."""
+    for event in _admin(admin_url, f"/events?limit={limit}"):
+        click.echo(json.dumps(event))
+
+
+@cli.command()
+@admin_option
+@click.option("--to", "target", default=None, help="Node to promote (default: the most advanced replica).")
+def switchover(admin_url, target) -> None:
+    """Planned switchover: demote the primary cleanly and promote a replica."""
+    path = "/switchover" + (f"?to={target}" if target else "")
+    click.echo(json.dumps(_admin(admin_url, path, method="POST"), indent=2))
+
+
+@cli.command()
+@admin_option
+@click.argument("node")
+def rejoin(admin_url, node) -> None:
+    """Rejoin a fenced former primary as a replica (pg_rewind, or a fresh clone)."""
+    click.echo(json.dumps(_admin(admin_url, f"/rejoin/{node}", method="POST"), indent=2))
+
+
+def main() -> None:
+    cli(prog_name="pgaurora")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Run a Service on uvloop until SIGINT or SIGTERM, and report readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Callable
+
+import asyncpg
+import uvloop
+
+from ..app import Service
+
+log = logging.getLogger("pgaurora")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+async def check_endpoint(host: str, port: int, user: str, password: str | None) -> bool:
+    """Does a real client get through this endpoint? Returns pg_is_in_recovery() there."""
+    conn = await asyncpg.connect(host=host, port=port, user=user, password=password, database="postgres",
+                                 timeout=10, ssl=False)
+    try:
+        return await conn.fetchval("SELECT pg_is_in_recovery()")
+    finally:
+        await conn.close()
+
+
+async def _serve(service: Service, on_ready: Callable[[], None]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    try:
+        if not await service.wait_ready(timeout=60):
+            log.error("no usable topology after 60 s: %s", service.hub.current.reason)
+        m, c = service.config.monitor, service.config
+        await check_endpoint(c.writer.host, c.writer.port, m.user, m.password)
+        await check_endpoint(c.reader.host, c.reader.port, m.user, m.password)
+        on_ready()
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def serve(service: Service, on_ready: Callable[[], None]) -> None:
+    uvloop.run(_serve(service, on_ready))

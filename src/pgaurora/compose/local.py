@@ -1,0 +1,273 @@
+"""LocalCluster: a primary and N streaming replicas as local processes, created, resumed and destroyed."""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+
+from ..errors import ClusterError
+from .binaries import find_bindir
+from .node import LocalNode, quote
+from .runas import OsUser, server_user
+
+STATE_FILE = "cluster.json"
+MAX_REPLICAS = 15
+
+BASE_CONF = """
+include_if_exists = 'node.conf'
+wal_level = replica
+max_wal_senders = 32
+max_replication_slots = 32
+wal_keep_size = '256MB'
+hot_standby = on
+hot_standby_feedback = on
+wal_log_hints = on
+wal_receiver_status_interval = '1s'
+wal_receiver_timeout = '5s'
+max_connections = {max_connections}
+shared_buffers = '64MB'
+password_encryption = 'scram-sha-256'
+log_line_prefix = '%m [%p] %q%u@%d '
+"""
+
+HBA = """
+local   all          all                        trust
+local   replication  all                        trust
+host    replication  {repl_user}  127.0.0.0/8   scram-sha-256
+host    all          all          127.0.0.0/8   scram-sha-256
+host    all          all          ::1/128       scram-sha-256
+"""
+
+
+def default_state_dir(name: str) -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/pgaurora") / name
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "pgaurora" / name
+
+
+def node_addresses(base_address: str, count: int) -> list[str]:
+    base = ipaddress.IPv4Address(base_address)
+    if not base.is_loopback:
+        raise ClusterError(f"base address {base_address} is not a loopback address (127.0.0.0/8)")
+    addresses = [str(base + i) for i in range(count)]
+    if not ipaddress.IPv4Address(addresses[-1]).is_loopback:
+        raise ClusterError(f"{count} nodes from {base_address} run past 127.255.255.255")
+    return addresses
+
+
+class LocalCluster:
+    """A real PostgreSQL cluster of local processes under one state directory.
+
+    Node n1 starts as the primary; n2..nN are streaming replicas, each with its own
+    physical replication slot, data directory, socket directory and loopback address.
+    """
+
+    def __init__(self, state_dir: str | Path, *, name: str = "demo", replicas: int = 2,
+                 base_address: str = "127.0.0.11", port: int = 5432, password: str | None = None,
+                 replication_password: str | None = None, synchronous: bool = True,
+                 max_connections: int = 300, bindir: str | None = None) -> None:
+        if not 0 <= replicas <= MAX_REPLICAS:
+            raise ClusterError(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}")
+        self.root = Path(state_dir).absolute()
+        self.name, self.port, self.synchronous = name, port, synchronous
+        self.password = password or secrets.token_urlsafe(12)
+        self.replication_password = replication_password or secrets.token_urlsafe(12)
+        self.max_connections = max_connections
+        self.bindir = find_bindir(bindir)
+        self.user: OsUser = server_user()
+        self.nodes = [LocalNode(f"n{i + 1}", addr, port, self.root, self.bindir, self.user)
+                      for i, addr in enumerate(node_addresses(base_address, replicas + 1))]
+        self._lock_fd: int | None = None
+
+    # -- opening -------------------------------------------------------------
+    @classmethod
+    def open(cls, state_dir: str | Path, bindir: str | None = None) -> "LocalCluster":
+        """A cluster previously created in state_dir."""
+        path = Path(state_dir) / STATE_FILE
+        try:
+            spec = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ClusterError(f"{state_dir} holds no pgaurora cluster (no {STATE_FILE})") from None
+        except (json.JSONDecodeError, OSError) as exc:
+            raise ClusterError(f"cannot read {path}: {exc}") from None
+        return cls(state_dir, name=spec["name"], replicas=spec["replicas"],
+                   base_address=spec["base_address"], port=spec["port"], password=spec["password"],
+                   replication_password=spec["replication_password"],
+                   synchronous=spec["synchronous"], max_connections=spec["max_connections"],
+                   bindir=bindir)
+
+    @property
+    def created(self) -> bool:
+        return (self.root / STATE_FILE).exists()
+
+    def node(self, name: str) -> LocalNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ClusterError(f"no node named {name!r} (nodes: {', '.join(n.name for n in self.nodes)})")
+
+    @property
+    def primary(self) -> LocalNode:
+        return self.nodes[0]
+
+    @property
+    def replicas(self) -> list[LocalNode]:
+        return self.nodes[1:]
+
+    # -- lifecycle ------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the state directory so that no second pgaurora uses it at the same time."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ClusterError(f"{self.root} is in use by another pgaurora process") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def create(self) -> None:
+        self._check_empty()
+        self._prepare_root()
+        self._init_primary()
+        for replica in self.replicas:
+            self._clone(replica, self.primary)
+        if self.synchronous and self.replicas:
+            names = ", ".join(r.name for r in self.replicas)
+            self.primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = {quote(f'ANY 1 ({names})')}")
+            self.primary.sql("SELECT pg_reload_conf()")
+        self._save()
+
+    def up(self) -> str:
+        """Create the cluster, or start the one already in the state directory. Returns what it did."""
+        if self.created:
+            self.start()
+            return f"resumed cluster {self.name!r} from {self.root}"
+        self.create()
+        return f"created cluster {self.name!r} in {self.root}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            if not node.exists:
+                raise ClusterError(f"node {node.name} has no data directory in {node.datadir}; "
+                                   f"the state directory {self.root} is incomplete")
+            node.start()
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+
+    def destroy(self) -> None:
+        for node in self.nodes:
+            if node.running:
+                node.kill()
+        self.unlock()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- creation steps ----------------------------------------------------------
+    def _check_empty(self) -> None:
+        if self.root.exists() and any(p.name != "lock" for p in self.root.iterdir()):
+            raise ClusterError(f"{self.root} is not empty and holds no pgaurora cluster "
+                               f"(no {STATE_FILE}); refusing to touch it: choose another --dir")
+
+    def _prepare_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        for node in self.nodes:
+            for path in (node.home, node.sockdir):
+                path.mkdir(mode=0o700, exist_ok=True)
+                self.user.chown(str(path))
+        probe = self.user.run(["test", "-w", str(self.root / self.nodes[0].name)], check=False)
+        if probe.returncode != 0:
+            raise ClusterError(f"user {self.user.name!r} cannot reach {self.root}: "
+                               "make every parent directory searchable (chmod o+x) or choose another --dir")
+
+    def _init_primary(self) -> None:
+        node = self.primary
+        pwfile = node.home / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        self.user.chown(str(pwfile))
+        node.datadir.mkdir(mode=0o700, exist_ok=True)
+        self.user.chown(str(node.datadir))
+        self.user.run([node.bin("initdb"), "-D", str(node.datadir), "-U", "postgres", "-E", "UTF8",
+                       "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
+                       f"--pwfile={pwfile}", "--no-instructions"], timeout=300)
+        pwfile.unlink()
+        with open(node.datadir / "postgresql.conf", "a") as conf:
+            conf.write(BASE_CONF.format(max_connections=self.max_connections))
+        (node.datadir / "pg_hba.conf").write_text(HBA.format(repl_user="replicator"))
+        node.write_node_conf(self.name)
+        node.start()
+        node.sql(f"CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD {quote(self.replication_password)}")
+        for replica in self.replicas:
+            node.sql(f"SELECT pg_create_physical_replication_slot({quote(replica.name)})")
+
+    def _clone(self, node: LocalNode, source: LocalNode) -> None:
+        self._clone_files(node, source)
+        node.write_node_conf(self.name)
+        node.make_standby(self.conninfo(node, source))
+        node.start()
+
+    def _clone_files(self, node: LocalNode, source: LocalNode) -> None:
+        node.datadir.mkdir(mode=0o700, exist_ok=True)
+        self.user.chown(str(node.datadir))
+        self.user.run([node.bin("pg_basebackup"), "-h", str(source.sockdir), "-p", str(source.port),
+                       "-U", "replicator", "-D", str(node.datadir), "-X", "stream", "-R",
+                       "-S", node.name, "-c", "fast"], timeout=600)
+
+    def conninfo(self, node: LocalNode, upstream: LocalNode) -> str:
+        """primary_conninfo for node streaming from upstream."""
+        return (f"host={upstream.host} port={upstream.port} user=replicator "
+                f"password={self.replication_password} application_name={node.name}")
+
+    def _save(self) -> None:
+        spec = {"name": self.name, "replicas": len(self.replicas), "base_address": self.nodes[0].host,
+                "port": self.port, "password": self.password,
+                "replication_password": self.replication_password,
+                "synchronous": self.synchronous, "max_connections": self.max_connections}
+        path = self.root / STATE_FILE
+        path.write_text(json.dumps(spec, indent=2) + "\n")
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+
+    def node_configs(self) -> list[dict]:
+        return [{"name": n.name, "host": n.host, "port": n.port} for n in self.nodes]
+
+    # -- control used by the monitor (NodeController) --------------------------------------
+    def stop_node(self, name: str) -> int:
+        """Stop a node cleanly; returns the LSN of its shutdown checkpoint."""
+        node = self.node(name)
+        node.stop()
+        return node.checkpoint_lsn()
+
+    def rejoin(self, name: str, upstream: str) -> str:
+        """Make a former primary a replica of upstream: pg_rewind, or a fresh clone if rewind fails."""
+        node, source = self.node(name), self.node(upstream)
+        source.sql(f"SELECT pg_create_physical_replication_slot({quote(name)}, true) WHERE NOT EXISTS "
+                   f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = {quote(name)})")
+        if node.running:
+            node.stop()
+        method = "pg_rewind"
+        try:
+            self.user.run([node.bin("pg_rewind"), "-D", str(node.datadir), "--source-server",
+                           f"host={source.sockdir} port={source.port} user=postgres dbname=postgres"],
+                          timeout=600)
+        except ClusterError:
+            method = "clone"
+            shutil.rmtree(node.datadir)
+            self._clone_files(node, source)
+        node.write_node_conf(self.name)
+        node.make_standby(self.conninfo(node, source))
+        node.start()
+        return method

@@ -1,0 +1,209 @@
+"""One local PostgreSQL server: its directories, configuration and process control."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import ClusterError
+from .runas import OsUser
+
+_AUTO_CONF = "postgresql.auto.conf"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def quote(value: object) -> str:
+    """A value as a postgresql.conf / SQL literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+class LocalNode:
+    """A PostgreSQL server with its own data directory, socket directory and loopback address."""
+
+    def __init__(self, name: str, host: str, port: int, root: Path, bindir: str, user: OsUser) -> None:
+        self.name, self.host, self.port = name, host, port
+        self.home = root / name
+        self.datadir = self.home / "data"
+        self.sockdir = self.home / "sock"
+        self.logfile = self.home / "postgres.log"
+        self.bindir, self.user = bindir, user
+        self._proc: subprocess.Popen | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalNode({self.name} {self.host}:{self.port})"
+
+    def bin(self, program: str) -> str:
+        return os.path.join(self.bindir, program)
+
+    # -- process control -------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        """PID of the running postmaster, or None."""
+        try:
+            pid = int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    @property
+    def exists(self) -> bool:
+        return (self.datadir / "PG_VERSION").exists()
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the postmaster as our child (so we reap it) and wait until it accepts connections."""
+        if self.running:
+            return
+        with open(self.logfile, "ab") as log:
+            kwargs = {} if self.user.is_self else {"user": self.user.uid, "group": self.user.gid,
+                                                    "extra_groups": []}
+            self._proc = subprocess.Popen([self.bin("postgres"), "-D", str(self.datadir)],
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                          start_new_session=True, cwd="/", **kwargs)
+        deadline = time.monotonic() + timeout
+        while self._status() not in ("ready", "standby"):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self._reap(kill=True)
+                raise ClusterError(f"node {self.name} did not start; last log lines:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def _status(self) -> str:
+        """The postmaster's own status line in postmaster.pid ('starting', 'ready', 'standby', ...)."""
+        try:
+            lines = (self.datadir / "postmaster.pid").read_text().split("\n")
+        except FileNotFoundError:
+            return "stopped"
+        return lines[7].strip() if len(lines) > 7 else "starting"
+
+    def _reap(self, kill: bool = False, timeout: float = 10) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if kill and proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        if not self.running:
+            self._reap()
+            return
+        self.user.run([self.bin("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w",
+                       "-t", str(int(timeout)), "stop"], timeout=timeout + 10, check=False)
+        if self.running:
+            raise ClusterError(f"node {self.name} did not stop within {timeout:.0f} s")
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would; its children then exit on their own."""
+        pid = self.pid
+        if pid is None:
+            self._reap()
+            return
+        pgid = os.getpgid(pid)
+        os.kill(pid, signal.SIGKILL)
+        self._reap()
+        self._wait_children_gone(timeout=10, pgid=pgid)
+
+    def pause(self) -> None:
+        """SIGSTOP every process of the node, like a frozen host."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _signal_group(self, sig: int) -> None:
+        pid = self.pid
+        if pid is None:
+            raise ClusterError(f"node {self.name} is not running")
+        os.killpg(os.getpgid(pid), sig)
+
+    def _group_members(self, pgid: int) -> list[int]:
+        members = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getpgid(int(entry)) == pgid and _alive(int(entry)):
+                        members.append(int(entry))
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return members
+
+    def _wait_children_gone(self, timeout: float, pgid: int) -> None:
+        """Wait until no process of the killed postmaster's group is left (shared memory freed)."""
+        deadline = time.monotonic() + timeout
+        while self._group_members(pgid):
+            if time.monotonic() > deadline:
+                for pid in self._group_members(pgid):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+
+    def checkpoint_lsn(self) -> int:
+        """Latest checkpoint location from pg_control (read while the node is stopped)."""
+        out = self.user.run([self.bin("pg_controldata"), "-D", str(self.datadir)]).stdout
+        match = re.search(r"Latest checkpoint location:\s+([0-9A-F]+)/([0-9A-F]+)", out)
+        if not match:
+            raise ClusterError(f"pg_controldata of {self.name} shows no checkpoint location")
+        return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    # -- SQL and configuration ---------------------------------------------
+    def sql(self, query: str, timeout: float = 60) -> str:
+        """Run SQL over the node's unix socket as the superuser; returns unaligned output."""
+        result = subprocess.run(
+            [self.bin("psql"), "-h", str(self.sockdir), "-p", str(self.port), "-U", "postgres",
+             "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", query],
+            capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise ClusterError(f"SQL on {self.name} failed: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def write_node_conf(self, cluster: str) -> None:
+        """Settings that differ per node; postgresql.conf includes this file."""
+        conf = (f"listen_addresses = {quote(self.host)}\nport = {self.port}\n"
+                f"unix_socket_directories = {quote(self.sockdir)}\n"
+                f"cluster_name = {quote(cluster + '-' + self.name)}\n")
+        self._write(self.datadir / "node.conf", conf)
+
+    def set_auto_conf(self, **settings: object) -> None:
+        """Edit postgresql.auto.conf while the node is stopped (ALTER SYSTEM needs it running)."""
+        path = self.datadir / _AUTO_CONF
+        lines = path.read_text().splitlines() if path.exists() else []
+        keep = [l for l in lines if not any(re.match(rf"\s*{k}\s*=", l) for k in settings)]
+        keep += [f"{k} = {quote(v)}" for k, v in settings.items() if v is not None]
+        self._write(path, "\n".join(keep) + "\n")
+
+    def make_standby(self, conninfo: str) -> None:
+        self.set_auto_conf(primary_conninfo=conninfo, primary_slot_name=self.name)
+        self._write(self.datadir / "standby.signal", "")
+
+    def _write(self, path: Path, text: str) -> None:
+        path.write_text(text)
+        os.chmod(path, 0o600)
+        self.user.chown(str(path))

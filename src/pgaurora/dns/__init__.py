@@ -1,0 +1,1 @@
+"""Authoritative DNS for writer, reader and instance names, answered from the current Topology."""

@@ -1,0 +1,106 @@
+"""What the monitor does to nodes: promote, re-point a replica, set synchronous standbys."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from ..config import Config, NodeConfig
+from ..errors import PgAuroraError
+
+TIMELINE_SQL = """SELECT pg_is_in_recovery() AS in_recovery,
+    CASE WHEN pg_is_in_recovery() THEN NULL
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS timeline"""
+
+
+class ActionFailed(PgAuroraError):
+    """A node did not do what the monitor asked."""
+
+
+def literal(value: object) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def conninfo_value(value: object) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def replication_conninfo(config: Config, upstream: NodeConfig, application_name: str) -> str:
+    parts = {"host": upstream.host, "port": upstream.port, "user": config.failover.replication_user,
+             "application_name": application_name}
+    if config.failover.replication_password:
+        parts["password"] = config.failover.replication_password
+    return " ".join(f"{k}={conninfo_value(v)}" for k, v in parts.items())
+
+
+async def connect(config: Config, node: NodeConfig, timeout: float | None = None) -> asyncpg.Connection:
+    m = config.monitor
+    return await asyncpg.connect(host=node.host, port=node.port, user=m.user, password=m.password,
+                                 database=m.database, timeout=timeout or m.probe_timeout * 2, ssl=False,
+                                 server_settings={"application_name": "pgaurora-monitor"})
+
+
+async def _wait_replay(conn: asyncpg.Connection, timeout: float) -> None:
+    """Let the replica replay what it received (bounded); resume replay if someone paused it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        row = await conn.fetchrow("SELECT pg_last_wal_receive_lsn() >= pg_last_wal_replay_lsn() AS ahead, "
+                                  "pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() AS done, "
+                                  "pg_is_wal_replay_paused() AS paused")
+        if row["paused"]:
+            await conn.execute("SELECT pg_wal_replay_resume()")
+        if row["done"] is not False:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def promote(config: Config, node: NodeConfig, sync_names: str | None) -> int:
+    """Promote a replica and verify that it left recovery; returns its new timeline."""
+    conn = await connect(config, node, timeout=config.failover.promote_timeout)
+    try:
+        await _wait_replay(conn, config.failover.catchup_timeout)
+        if sync_names is not None:
+            await conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = {literal(sync_names)}")
+        wait = max(1, int(config.failover.promote_timeout))
+        if not await conn.fetchval("SELECT pg_promote(true, $1)", wait):
+            raise ActionFailed(f"{node.name} did not finish promotion within {wait} s")
+        await conn.execute("SELECT pg_reload_conf()")
+        row = await conn.fetchrow(TIMELINE_SQL)
+        if row["in_recovery"]:
+            raise ActionFailed(f"{node.name} is still in recovery after pg_promote")
+        return row["timeline"]
+    finally:
+        conn.terminate()
+
+
+async def ensure_slot(conn: asyncpg.Connection, name: str) -> None:
+    await conn.execute("SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS "
+                       "(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", name)
+
+
+async def repoint(config: Config, replica: NodeConfig, writer: NodeConfig) -> None:
+    """Make replica stream from writer through a slot named after it."""
+    wconn = await connect(config, writer)
+    try:
+        await ensure_slot(wconn, replica.name)
+    finally:
+        wconn.terminate()
+    conn = await connect(config, replica)
+    try:
+        conninfo = replication_conninfo(config, writer, replica.name)
+        await conn.execute(f"ALTER SYSTEM SET primary_conninfo = {literal(conninfo)}")
+        await conn.execute(f"ALTER SYSTEM SET primary_slot_name = {literal(replica.name)}")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.terminate()
+
+
+async def set_sync_names(config: Config, writer: NodeConfig, value: str) -> None:
+    conn = await connect(config, writer)
+    try:
+        await conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = {literal(value)}")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.terminate()

@@ -1,0 +1,196 @@
+"""decide(): a pure function of the monitor's memory and the latest probes, returning an action and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping
+
+from ..config import SyncMode
+from .probe import NodeStatus
+
+
+class Action(str, Enum):
+    NONE = "none"
+    WAIT = "wait"
+    ELECT = "elect"  # adopt the one primary found at start
+    PROMOTE = "promote"  # failover to a replica
+    ADOPT = "adopt"  # another node was promoted outside the monitor
+    FENCE = "fence"
+    UNFENCE = "unfence"
+    REJOIN = "rejoin"
+    REPOINT = "repoint"
+    SET_SYNC = "set_sync"
+    NO_CANDIDATE = "no_candidate"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: str
+    target: str | None = None
+    value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    """The monitor's memory between ticks; replaced whole by the monitor alone."""
+
+    writer: str | None = None
+    epoch: int = 0
+    timeline: int | None = None  # the writer's last known timeline
+    system_id: int | None = None
+    failures: Mapping[str, int] = field(default_factory=dict)
+    fenced: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The parts of the configuration that decide() reads."""
+
+    addresses: Mapping[str, tuple[str, int]]
+    priorities: Mapping[str, int] = field(default_factory=dict)
+    failure_threshold: int = 3
+    failover: bool = True
+    sync_mode: SyncMode = SyncMode.QUORUM
+    auto_rejoin: bool = False  # only when the monitor controls the nodes (compose)
+
+
+def decide(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision:
+    if state.writer is None:
+        return _elect(state, statuses)
+    writer = statuses[state.writer]
+    if writer.is_primary:
+        return _maintain(state, statuses, policy)
+    adopted = _adoptable(state, statuses)
+    if adopted is not None:
+        return Decision(Action.ADOPT, f"{adopted.name} was promoted outside pgaurora (timeline "
+                        f"{adopted.timeline}) while writer {state.writer} is not primary; following it",
+                        target=adopted.name)
+    if writer.is_replica:
+        return Decision(Action.WAIT, f"writer {state.writer} is in recovery and no other node is primary")
+    return _writer_down(state, statuses, policy)
+
+
+def _elect(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> Decision:
+    primaries = [s for s in statuses.values() if s.is_primary and s.name not in state.fenced]
+    if not primaries:
+        seen = "no node reachable" if not any(s.reachable for s in statuses.values()) else \
+            "no node reports being primary"
+        return Decision(Action.WAIT, f"{seen}; no writer yet")
+    best = max(primaries, key=lambda s: (s.timeline or 0, s.wal_position))
+    if len(primaries) == 1:
+        return Decision(Action.ELECT, f"{best.name} is the only primary; electing it writer", target=best.name)
+    others = ", ".join(s.name for s in primaries if s is not best)
+    return Decision(Action.ELECT, f"{best.name} has the highest timeline ({best.timeline}) of the primaries; "
+                    f"electing it writer and fencing {others}", target=best.name)
+
+
+def _adoptable(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> NodeStatus | None:
+    newer = [s for s in statuses.values() if s.is_primary and s.name != state.writer
+             and s.name not in state.fenced and (s.timeline or 0) > (state.timeline or 0)
+             and (state.system_id is None or s.system_id == state.system_id)]
+    return max(newer, key=lambda s: (s.timeline or 0, s.wal_position), default=None)
+
+
+def _writer_down(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision:
+    name, writer = state.writer, statuses[state.writer]
+    fails = state.failures.get(name, 0)
+    if fails < policy.failure_threshold:
+        return Decision(Action.WAIT, f"writer {name} unreachable ({fails}/{policy.failure_threshold} probes): "
+                                     f"{writer.error}")
+    if not policy.failover:
+        return Decision(Action.NONE, f"writer {name} is down and automatic failover is disabled")
+    host, port = policy.addresses[name]
+    witnesses = [s.name for s in statuses.values() if s.is_replica and s.streams_from(host, port)]
+    if witnesses:
+        return Decision(Action.NONE, f"writer {name} is unreachable from the monitor, but "
+                                     f"{', '.join(witnesses)} still stream from it; no failover")
+    candidate = choose_candidate(state, statuses, policy)
+    if candidate is None:
+        return Decision(Action.NO_CANDIDATE, f"writer {name} is down ({fails} failed probes) and no "
+                                             "replica is reachable to promote")
+    return Decision(Action.PROMOTE, f"writer {name} unreachable for {fails} probes; promoting "
+                                    f"{candidate.name} (WAL at {lsn(candidate.wal_position)}, the most "
+                                    "advanced reachable replica)", target=candidate.name)
+
+
+def choose_candidate(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> NodeStatus | None:
+    """The reachable replica with the most WAL; ties: most replayed, then highest priority."""
+    pool = [s for s in statuses.values() if s.is_replica and s.name != state.writer
+            and s.name not in state.fenced
+            and (state.system_id is None or s.system_id == state.system_id)]
+    return max(pool, key=lambda s: (s.wal_position, s.replay_lsn or -1, policy.priorities.get(s.name, 0)),
+               default=None)
+
+
+def _maintain(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision:
+    for check in (_fence_rivals, _unfence_followers, _repoint_strays, _sync_standbys):
+        decision = check(state, statuses, policy)
+        if decision is not None:
+            return decision
+    readers = sum(1 for s in statuses.values() if s.is_replica and s.name not in state.fenced)
+    return Decision(Action.NONE, f"writer {state.writer} healthy; {readers} replica(s) reachable")
+
+
+def _fence_rivals(state, statuses, policy) -> Decision | None:
+    for s in statuses.values():
+        if not s.is_primary or s.name == state.writer:
+            continue
+        if s.name not in state.fenced:
+            return Decision(Action.FENCE, f"{s.name} claims to be primary (timeline {s.timeline}) but "
+                                          f"{state.writer} is the elected writer (epoch {state.epoch}); "
+                                          f"fencing {s.name}", target=s.name)
+        if policy.auto_rejoin:
+            return Decision(Action.REJOIN, f"fenced {s.name} is up as a primary; rejoining it as a replica "
+                                           f"of {state.writer}", target=s.name)
+    return None
+
+
+def _unfence_followers(state, statuses, policy) -> Decision | None:
+    host, port = policy.addresses[state.writer]
+    for name in sorted(state.fenced):
+        s = statuses.get(name)
+        if s is not None and s.is_replica and s.streams_from(host, port):
+            return Decision(Action.UNFENCE, f"{name} now streams from writer {state.writer}; unfencing it",
+                            target=name)
+    return None
+
+
+def _repoint_strays(state, statuses, policy) -> Decision | None:
+    host, port = policy.addresses[state.writer]
+    for s in statuses.values():
+        if s.is_replica and s.name not in state.fenced and (s.conninfo_host, s.conninfo_port) != (host, port):
+            return Decision(Action.REPOINT, f"{s.name} replicates from {s.conninfo_host}:{s.conninfo_port}, "
+                                            f"not writer {state.writer}; re-pointing it", target=s.name)
+    return None
+
+
+def desired_sync_names(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> str | None:
+    """synchronous_standby_names the writer should have, or None when the monitor leaves it alone."""
+    if policy.sync_mode is SyncMode.OFF:
+        return None
+    standbys = [n for n in policy.addresses if n != state.writer and n not in state.fenced]
+    alive = [n for n in standbys if state.failures.get(n, 0) < policy.failure_threshold
+             and statuses.get(n) is not None and statuses[n].reachable]
+    chosen = alive or (standbys if policy.sync_mode is SyncMode.STRICT else [])
+    return f"ANY 1 ({', '.join(chosen)})" if chosen else ""
+
+
+def _sync_standbys(state, statuses, policy) -> Decision | None:
+    desired = desired_sync_names(state, statuses, policy)
+    current = statuses[state.writer].sync_names
+    if desired is None or desired == current:
+        return None
+    if desired == "":
+        why = "no synchronous standby is left; sync_mode=quorum degrades to asynchronous commit"
+    else:
+        why = f"synchronous standbys should be {desired}"
+    return Decision(Action.SET_SYNC, f"{why} (was {current!r})", target=state.writer, value=desired)
+
+
+def lsn(value: int | None) -> str:
+    """An LSN in PostgreSQL's X/X notation."""
+    if value is None or value < 0:
+        return "unknown"
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"

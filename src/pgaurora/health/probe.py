@@ -1,0 +1,138 @@
+"""Probe one node over asyncpg; a probe never raises, it returns a NodeStatus."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from ..config import MonitorConfig, NodeConfig
+
+PROBE_SQL = """
+SELECT pg_is_in_recovery() AS in_recovery,
+       (SELECT system_identifier FROM pg_control_system()) AS system_id,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() - '0/0' END AS current_lsn,
+       pg_last_wal_receive_lsn() - '0/0' AS receive_lsn,
+       pg_last_wal_replay_lsn() - '0/0' AS replay_lsn,
+       CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+            ELSE EXTRACT(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+       END AS lag_seconds,
+       CASE WHEN pg_is_in_recovery()
+            THEN COALESCE(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+       END AS timeline,
+       r.status AS receiver_status, r.sender_host, r.sender_port,
+       current_setting('synchronous_standby_names') AS sync_names,
+       current_setting('primary_conninfo') AS primary_conninfo,
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END AS replay_paused
+FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """What one probe saw of one node."""
+
+    name: str
+    reachable: bool
+    error: str | None = None
+    in_recovery: bool | None = None
+    system_id: int | None = None
+    timeline: int | None = None
+    current_lsn: int | None = None  # primaries only
+    receive_lsn: int | None = None  # replicas only
+    replay_lsn: int | None = None
+    lag_seconds: float | None = None
+    receiver_status: str | None = None
+    upstream_host: str | None = None
+    upstream_port: int | None = None
+    sync_names: str | None = None
+    conninfo_host: str | None = None  # where primary_conninfo points
+    conninfo_port: int | None = None
+    replay_paused: bool = False
+    probed_at: float = 0.0
+
+    @classmethod
+    def unknown(cls, name: str, error: str) -> "NodeStatus":
+        return cls(name=name, reachable=False, error=error, probed_at=time.time())
+
+    @property
+    def is_primary(self) -> bool:
+        return self.reachable and self.in_recovery is False
+
+    @property
+    def is_replica(self) -> bool:
+        return self.reachable and self.in_recovery is True
+
+    @property
+    def wal_position(self) -> int:
+        """How far this node's WAL goes: written (primary) or received, else replayed."""
+        for lsn in (self.current_lsn, self.receive_lsn, self.replay_lsn):
+            if lsn is not None:
+                return lsn
+        return -1
+
+    def streams_from(self, host: str, port: int) -> bool:
+        return (self.receiver_status == "streaming" and self.upstream_host == host
+                and self.upstream_port == port)
+
+
+def _as_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def _conninfo_target(conninfo: str | None) -> dict:
+    """host and port of a primary_conninfo string (password and the rest are ignored)."""
+    fields = dict(part.split("=", 1) for part in (conninfo or "").split() if "=" in part)
+    port = fields.get("port", "5432")
+    return {"conninfo_host": fields.get("host"), "conninfo_port": int(port) if port.isdigit() else None}
+
+
+def status_from_row(name: str, row) -> NodeStatus:
+    return NodeStatus(
+        name=name, reachable=True, in_recovery=row["in_recovery"], system_id=_as_int(row["system_id"]),
+        timeline=_as_int(row["timeline"]), current_lsn=_as_int(row["current_lsn"]),
+        receive_lsn=_as_int(row["receive_lsn"]), replay_lsn=_as_int(row["replay_lsn"]),
+        lag_seconds=row["lag_seconds"], receiver_status=row["receiver_status"],
+        upstream_host=row["sender_host"], upstream_port=row["sender_port"],
+        sync_names=row["sync_names"], **_conninfo_target(row["primary_conninfo"]), replay_paused=bool(row["replay_paused"]), probed_at=time.time())
+
+
+class Prober:
+    """Keeps one monitoring connection per node and probes through it."""
+
+    def __init__(self, node: NodeConfig, monitor: MonitorConfig) -> None:
+        self.node, self.monitor = node, monitor
+        self._conn: asyncpg.Connection | None = None
+
+    async def connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            host=self.node.host, port=self.node.port, user=self.monitor.user,
+            password=self.monitor.password, database=self.monitor.database,
+            timeout=self.monitor.probe_timeout, ssl=False,
+            server_settings={"application_name": "pgaurora-monitor"})
+
+    async def probe(self) -> NodeStatus:
+        try:
+            async with asyncio.timeout(self.monitor.probe_timeout):
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await self.connect()
+                row = await self._conn.fetchrow(PROBE_SQL)
+            return status_from_row(self.node.name, row)
+        except (Exception, asyncio.TimeoutError) as exc:  # a probe never raises
+            await self.close()
+            return NodeStatus.unknown(self.node.name, _describe(exc))
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "probe timed out"
+    return f"{type(exc).__name__}: {exc}".strip()

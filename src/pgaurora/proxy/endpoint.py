@@ -1,0 +1,114 @@
+"""Endpoint: one listening server (writer or reader) that routes new connections and drains old ones."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..config import Config, Listen
+from ..errors import ProxyError, TooManyConnections, UpstreamUnavailable
+from ..topology import NodeState, Topology, TopologyHub
+from ..wire import CancelRequest, encode
+from .client import ClientProtocol
+from .relay import Session
+from .router import EndpointKind, Router
+from .state import ProxyState
+from .upstream import ServerProtocol
+
+log = logging.getLogger("pgaurora.proxy")
+
+
+class Endpoint:
+    def __init__(self, kind: EndpointKind, listen: Listen, config: Config, hub: TopologyHub,
+                 router: Router, state: ProxyState) -> None:
+        self.kind, self.listen, self.config = kind, listen, config
+        self.hub, self.router, self.state = hub, router, state
+        self.server: asyncio.Server | None = None
+        hub.subscribe(self._on_topology)
+
+    @property
+    def address(self) -> str:
+        return f"{self.listen.host}:{self.listen.port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: ClientProtocol(self), self.listen.host,
+                                               self.listen.port, backlog=4096, reuse_address=True)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for sessions in list(self.state.sessions_by_node.values()):
+            for session in list(sessions):
+                if session.kind == self.kind.value:
+                    session.terminate("57P01", "terminating connection: pgaurora is shutting down")
+
+    # -- routing ----------------------------------------------------------------------------
+    async def open_upstream(self, client: ClientProtocol, startup) -> ServerProtocol:
+        """Connect to the node for this endpoint; the writer waits out a failover."""
+        if self.state.clients > self.config.proxy.max_client_connections:
+            raise TooManyConnections(f"sorry, too many clients already (max_client_connections = "
+                                     f"{self.config.proxy.max_client_connections})")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.proxy.failover_connect_timeout
+        while True:
+            topology = self.hub.current
+            try:
+                return await self._dial_any(client, self.router.candidates(self.kind, topology))
+            except ProxyError as exc:
+                remaining = deadline - loop.time()
+                if self.kind is EndpointKind.READER or remaining <= 0:
+                    raise exc
+                await self.hub.wait_for(lambda t: t.version != topology.version, remaining)
+
+    async def _dial_any(self, client: ClientProtocol, nodes: list[NodeState]) -> ServerProtocol:
+        errors = []
+        for node in nodes:
+            try:
+                return await self._dial(client, node)
+            except (OSError, TimeoutError) as exc:
+                errors.append(f"{node.name} ({node.address}): {exc or 'connect timed out'}")
+        raise UpstreamUnavailable(f"could not connect to the {self.kind.value}", detail="; ".join(errors))
+
+    async def _dial(self, client: ClientProtocol, node: NodeState) -> ServerProtocol:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.config.proxy.connect_timeout):
+            _, protocol = await loop.create_connection(lambda: ServerProtocol(client, node), node.host, node.port)
+        return protocol
+
+    async def forward_cancel(self, event: CancelRequest) -> None:
+        """Send a CancelRequest to the node whose backend issued that key (learned on either endpoint)."""
+        address = self.state.cancel_keys.get((event.process_id, event.secret_key))
+        if address is None:
+            return  # as PostgreSQL does, ignore unknown keys silently
+        try:
+            async with asyncio.timeout(self.config.proxy.connect_timeout):
+                reader, writer = await asyncio.open_connection(*address)
+                writer.write(encode(event))
+                await writer.drain()
+                await reader.read()
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("could not forward cancel request to %s:%s: %s", *address, exc)
+
+    # -- draining ------------------------------------------------------------------------------
+    def watch(self, session: Session) -> None:
+        """A session that started while the topology changed may already be stale."""
+        if not self.router.still_valid(self.kind, session.node, self.hub.current):
+            self._drop(session, self.hub.current)
+
+    def _on_topology(self, old: Topology, new: Topology) -> None:
+        if (old.writer, old.epoch) == (new.writer, new.epoch) and \
+                [n.role for n in old.nodes] == [n.role for n in new.nodes]:
+            return
+        for node, sessions in list(self.state.sessions_by_node.items()):
+            if self.router.still_valid(self.kind, node, new):
+                continue
+            for session in list(sessions):
+                if session.kind == self.kind.value:
+                    self._drop(session, new)
+
+    def _drop(self, session: Session, topology: Topology) -> None:
+        why = f"node {session.node} is no longer the writer" if self.kind is EndpointKind.WRITER else \
+            f"node {session.node} was fenced"
+        session.terminate("57P01", f"terminating connection: {why} (epoch {topology.epoch})")

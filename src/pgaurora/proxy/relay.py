@@ -1,0 +1,96 @@
+"""The established-session path: two Pipes that copy bytes between client and server with backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ..wire import error_response
+
+if TYPE_CHECKING:
+    from .state import CancelKey, ProxyState
+
+_RFQ_HEAD = b"Z\x00\x00\x00\x05"
+
+
+class Pipe(asyncio.Protocol):
+    """Receives on one transport and writes straight to the peer's; no parsing, no copies.
+
+    When our own transport's write buffer fills (pause_writing), the peer stops reading,
+    so a slow reader never makes the proxy buffer without bound.
+    """
+
+    __slots__ = ("transport", "peer", "session", "last")
+
+    def __init__(self, session: "Session", transport: asyncio.Transport) -> None:
+        self.session, self.transport = session, transport
+        self.peer: asyncio.Transport | None = None
+        self.last = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.peer.write(data)
+        self.last = data
+
+    def eof_received(self) -> bool:
+        return False  # a half-close ends the session
+
+    def pause_writing(self) -> None:
+        self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.lost(self, exc)
+
+
+class Session:
+    """One client connection relayed to one server connection on one node."""
+
+    __slots__ = ("node", "kind", "state", "client", "server", "cancel_key", "closed", "__weakref__")
+
+    def __init__(self, node: str, kind: str, state: "ProxyState", client: asyncio.Transport,
+                 server: asyncio.Transport) -> None:
+        self.node, self.kind, self.state = node, kind, state
+        self.client, self.server = Pipe(self, client), Pipe(self, server)
+        self.client.peer, self.server.peer = server, client
+        self.cancel_key: CancelKey | None = None
+        self.closed = False
+
+    def start(self, cancel_key: "CancelKey | None", address: tuple[str, int]) -> None:
+        """Swap both transports onto the Pipes: from now on bytes flow unparsed."""
+        self.state.session_started(self)
+        if cancel_key is not None:
+            self.state.learned_cancel_key(self, cancel_key, address)
+        self.client.transport.set_protocol(self.client)
+        self.server.transport.set_protocol(self.server)
+        self.server.last = _RFQ_HEAD + b"I"
+
+    def at_message_boundary(self) -> bool:
+        """Did the server's last bytes end with ReadyForQuery? Then an ErrorResponse can be injected safely."""
+        last = self.server.last
+        return len(last) >= 6 and last[-6:-1] == _RFQ_HEAD
+
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """Close the session, telling the client why when the stream allows it."""
+        if self.closed:
+            return
+        if self.at_message_boundary() and not self.client.transport.is_closing():
+            self.client.transport.write(error_response(sqlstate, message))
+        self._close()
+
+    def lost(self, pipe: Pipe, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        if pipe is self.server:
+            self.terminate("08006", f"connection to node {self.node} was lost")
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        self.state.session_ended(self)
+        self.state.client_closed()
+        for pipe in (self.client, self.server):
+            if not pipe.transport.is_closing():
+                pipe.transport.close()

@@ -1,0 +1,58 @@
+"""Pick the node for a new connection from the current Topology: writer, or a reader by policy."""
+
+from __future__ import annotations
+
+import itertools
+from enum import Enum
+
+from ..config import Config, ReaderFallback, ReaderPolicy
+from ..errors import NoReaderAvailable, NoWriterAvailable
+from ..topology import NodeState, Role, Topology, TopologyHub
+from .state import ProxyState
+
+
+class EndpointKind(str, Enum):
+    WRITER = "writer"
+    READER = "reader"
+
+
+class Router:
+    def __init__(self, hub: TopologyHub, config: Config, state: ProxyState) -> None:
+        self.hub, self.config, self.state = hub, config, state
+        self._turn = itertools.count()
+
+    def candidates(self, kind: EndpointKind, topology: Topology | None = None) -> list[NodeState]:
+        """Nodes to try, best first; raises a ProxyError when there is none."""
+        topology = topology or self.hub.current
+        if kind is EndpointKind.WRITER:
+            writer = topology.writer_node
+            if writer is None:
+                raise NoWriterAvailable("no primary is known for the writer endpoint",
+                                        detail=topology.reason)
+            return [writer]
+        return self._readers(topology)
+
+    def _readers(self, topology: Topology) -> list[NodeState]:
+        readers = list(topology.reader_nodes)
+        if readers:
+            return self._ordered(readers)
+        writer = topology.writer_node
+        if self.config.reader.fallback is ReaderFallback.PRIMARY and writer is not None:
+            return [writer]
+        raise NoReaderAvailable("no replica is available for the reader endpoint",
+                                detail="every replica is down, lagging or fenced")
+
+    def _ordered(self, readers: list[NodeState]) -> list[NodeState]:
+        if self.config.reader.policy is ReaderPolicy.LEAST_CONNECTIONS:
+            start = next(self._turn) % len(readers)  # rotate ties
+            rotated = readers[start:] + readers[:start]
+            return sorted(rotated, key=lambda n: self.state.count(n.name))
+        start = next(self._turn) % len(readers)
+        return readers[start:] + readers[:start]
+
+    def still_valid(self, kind: EndpointKind, node: str, topology: Topology) -> bool:
+        """May an established session on node stay open under this topology?"""
+        if kind is EndpointKind.WRITER:
+            return topology.writer == node
+        state = topology.node(node)
+        return state is not None and state.role is not Role.FENCED

@@ -1,0 +1,45 @@
+"""ProxyState: every live session, counted per node, and the cancel keys they learned; changed only here."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .relay import Session
+
+CancelKey = tuple[int, bytes]
+
+
+class ProxyState:
+    """Shared by both endpoints, so a cancel request may arrive on either."""
+
+    def __init__(self) -> None:
+        self.clients = 0  # client connections open, in any phase
+        self.sessions_by_node: dict[str, set["Session"]] = defaultdict(set)
+        self.cancel_keys: dict[CancelKey, tuple[str, int]] = {}
+
+    def client_opened(self) -> int:
+        self.clients += 1
+        return self.clients
+
+    def client_closed(self) -> None:
+        self.clients -= 1
+
+    def session_started(self, session: "Session") -> None:
+        self.sessions_by_node[session.node].add(session)
+
+    def session_ended(self, session: "Session") -> None:
+        self.sessions_by_node[session.node].discard(session)
+        if session.cancel_key is not None:
+            self.cancel_keys.pop(session.cancel_key, None)
+
+    def learned_cancel_key(self, session: "Session", key: CancelKey, address: tuple[str, int]) -> None:
+        session.cancel_key = key
+        self.cancel_keys[key] = address
+
+    def count(self, node: str) -> int:
+        return len(self.sessions_by_node.get(node, ()))
+
+    def sessions(self, node: str) -> list["Session"]:
+        return list(self.sessions_by_node.get(node, ()))

@@ -1,0 +1,180 @@
+"""Decode startup packets and backend messages into events, and encode events into bytes."""
+
+from __future__ import annotations
+
+from construct import ConstructError
+
+from . import messages as m
+from .errors import LocalProtocolError, RemoteProtocolError
+from .events import (
+    Authentication,
+    BackendKeyData,
+    CancelRequest,
+    ErrorResponse,
+    Event,
+    GSSENCRequest,
+    NoticeResponse,
+    ParameterStatus,
+    ReadyForQuery,
+    SSLRequest,
+    StartupMessage,
+    UnknownMessage,
+)
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+SUPPORTED_MAJOR = 3
+
+
+class StartupDecoder:
+    """Decodes the untagged packets a client sends before its StartupMessage.
+
+    feed(bytes) buffers; next_event() returns an event, NEED_DATA, or raises
+    RemoteProtocolError with the SQLSTATE PostgreSQL itself would report.
+    `raw` holds the exact bytes of the last packet returned, to forward unchanged.
+    """
+
+    def __init__(self, max_packet: int = m.MAX_STARTUP_PACKET) -> None:
+        self._buf = b""
+        self._max = max_packet
+        self.raw = b""
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def take_rest(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return rest
+
+    def next_event(self) -> Event | _NeedData:
+        if len(self._buf) < 4:
+            return NEED_DATA
+        length = int.from_bytes(self._buf[:4], "big", signed=True)
+        if length < 8 or length > self._max:
+            raise RemoteProtocolError(f"invalid length of startup packet ({length} bytes)")
+        if len(self._buf) < length:
+            return NEED_DATA
+        self.raw, self._buf = self._buf[:length], self._buf[length:]
+        return decode_startup(self.raw)
+
+
+def decode_startup(packet: bytes) -> Event:
+    parsed = m.StartupPacket.parse(packet)
+    code, body = parsed.code, parsed.body
+    if code == m.SSL_REQUEST_CODE and not body:
+        return SSLRequest()
+    if code == m.GSSENC_REQUEST_CODE and not body:
+        return GSSENCRequest()
+    if code == m.CANCEL_REQUEST_CODE:
+        if len(body) < 8:
+            raise RemoteProtocolError("invalid length of cancel request packet")
+        cancel = m.CancelBody.parse(body)
+        return CancelRequest(cancel.process_id, cancel.secret_key)
+    if code >> 16 != SUPPORTED_MAJOR:
+        raise RemoteProtocolError(
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+            "server supports 3.0 to 3.0",
+            sqlstate="0A000",
+        )
+    return StartupMessage(_decode_parameters(body), protocol=code)
+
+
+def _decode_parameters(body: bytes) -> tuple[tuple[str, str], ...]:
+    if not body.endswith(b"\0"):
+        raise RemoteProtocolError("invalid startup packet layout: expected terminator as last byte")
+    try:
+        strings = m.StartupParameters.parse(body[:-1])
+    except (ConstructError, UnicodeDecodeError) as exc:
+        raise RemoteProtocolError(f"invalid startup packet: {exc}") from None
+    if len(strings) % 2:
+        raise RemoteProtocolError("invalid startup packet layout: missing value for parameter")
+    pairs = tuple(zip(strings[0::2], strings[1::2]))
+    if not any(name == "user" for name, _ in pairs):
+        raise RemoteProtocolError("no PostgreSQL user name specified in startup packet", sqlstate="28000")
+    return pairs
+
+
+def _fields(payload: bytes) -> tuple[tuple[str, str], ...]:
+    return tuple((chr(f.code), f.value) for f in m.NoticeFields.parse(payload) if not f.last)
+
+
+_BACKEND = {
+    b"R": lambda p: Authentication(*_parsed(m.Authentication, p, "code", "data")),
+    b"K": lambda p: BackendKeyData(*_parsed(m.BackendKeyData, p, "process_id", "secret_key")),
+    b"S": lambda p: ParameterStatus(*_parsed(m.ParameterStatus, p, "name", "value")),
+    b"Z": lambda p: ReadyForQuery(m.ReadyForQuery.parse(p).status),
+    b"E": lambda p: ErrorResponse(_fields(p)),
+    b"N": lambda p: NoticeResponse(_fields(p)),
+}
+
+
+def _parsed(struct, payload: bytes, *names: str) -> tuple:
+    obj = struct.parse(payload)
+    return tuple(obj[name] for name in names)
+
+
+def decode_backend(type_: bytes, payload: bytes | memoryview) -> Event:
+    """Decode one tagged backend message (as split by Framer)."""
+    payload = bytes(payload)
+    decoder = _BACKEND.get(type_)
+    if decoder is None:
+        return UnknownMessage(type_, payload)
+    try:
+        return decoder(payload)
+    except (ConstructError, UnicodeDecodeError) as exc:
+        raise RemoteProtocolError(f"malformed {type_!r} message: {exc}") from None
+
+
+def _tagged(type_: bytes, payload: bytes) -> bytes:
+    return m.TaggedMessage.build({"type": type_, "payload": payload})
+
+
+def _untagged(code: int, body: bytes) -> bytes:
+    return m.StartupPacket.build({"length": len(body) + 8, "code": code, "body": body})
+
+
+def _build_fields(fields: tuple[tuple[str, str], ...]) -> bytes:
+    items = [{"code": ord(code), "value": value, "last": False} for code, value in fields]
+    return m.NoticeFields.build(items + [{"code": 0, "value": None, "last": True}])
+
+
+def encode(event: Event) -> bytes:
+    """Bytes on the wire for an event."""
+    match event:
+        case StartupMessage(parameters=params, protocol=protocol):
+            body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params) + b"\0"
+            return _untagged(protocol, body)
+        case SSLRequest():
+            return _untagged(m.SSL_REQUEST_CODE, b"")
+        case GSSENCRequest():
+            return _untagged(m.GSSENC_REQUEST_CODE, b"")
+        case CancelRequest(process_id=pid, secret_key=key):
+            return _untagged(m.CANCEL_REQUEST_CODE, m.CancelBody.build({"process_id": pid, "secret_key": key}))
+        case Authentication(code=code, data=data):
+            return _tagged(b"R", m.Authentication.build({"code": code, "data": data}))
+        case BackendKeyData(process_id=pid, secret_key=key):
+            return _tagged(b"K", m.BackendKeyData.build({"process_id": pid, "secret_key": key}))
+        case ParameterStatus(name=name, value=value):
+            return _tagged(b"S", m.ParameterStatus.build({"name": name, "value": value}))
+        case ReadyForQuery(status=status):
+            return _tagged(b"Z", m.ReadyForQuery.build({"status": status}))
+        case ErrorResponse(fields=fields):
+            return _tagged(b"E", _build_fields(fields))
+        case NoticeResponse(fields=fields):
+            return _tagged(b"N", _build_fields(fields))
+        case UnknownMessage(type=type_, payload=payload):
+            return _tagged(type_, payload)
+    raise LocalProtocolError(f"cannot encode {event!r}")
+
+
+def error_response(sqlstate: str, message: str, severity: str = "FATAL", detail: str | None = None) -> bytes:
+    """Bytes of an ErrorResponse as PostgreSQL would send it."""
+    fields = [("S", severity), ("V", severity), ("C", sqlstate), ("M", message)]
+    if detail:
+        fields.append(("D", detail))
+    return encode(ErrorResponse(tuple(fields)))
