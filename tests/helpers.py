@@ -125,3 +125,97 @@ class ServiceThread:
         host, port = getattr(self, endpoint)
         extra = "".join(f" {k}={v}" for k, v in params.items())
         return f"host={host} port={port} user=postgres password={self.config.monitor.password} dbname=postgres{extra}"
+
+
+class WriteLoop:
+    """Inserts numbered rows through an endpoint, reconnecting on errors; remembers what was acknowledged."""
+
+    def __init__(self, dsn: str, table: str = "numbers") -> None:
+        import psycopg
+        self.psycopg, self.dsn, self.table = psycopg, dsn, table
+        self.acked: list[tuple[int, float]] = []  # (id, wall-clock time of the acknowledgement)
+        self.errors: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY)")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn, next_id = None, 0
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = self.psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+                conn.execute(f"INSERT INTO {self.table} VALUES (%s)", (next_id,))
+                self.acked.append((next_id, time.time()))
+            except self.psycopg.Error as exc:
+                self.errors.append((time.time(), str(exc).strip()[:200]))
+                if conn is not None:
+                    conn.close()
+                conn = None
+            next_id += 1
+        if conn is not None:
+            conn.close()
+
+    def acked_after(self, moment: float) -> list[tuple[int, float]]:
+        return [(i, t) for i, t in self.acked if t > moment]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(30)
+
+
+class TcpRelay:
+    """Forwards a loopback port to a node; cut() closes every relayed connection and accepts no more."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.cut_off = threading.Event()
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut_off.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.cut_off.set()
+        for s in self._socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()

@@ -83,8 +83,16 @@ class NodeConfig(_Frozen):
     host: str
     port: Port = 5432
     priority: int = 0
+    # Where replicas reach this node, when it differs from where pgaurora reaches it.
+    replication_host: str | None = None
+    replication_port: Port | None = None
 
-    _host = field_validator("host")(classmethod(lambda cls, v: _loopback_or_ip(v)))
+    _host = field_validator("host", "replication_host")(
+        classmethod(lambda cls, v: v if v is None else _loopback_or_ip(v)))
+
+    @property
+    def replication_address(self) -> tuple[str, int]:
+        return self.replication_host or self.host, self.replication_port or self.port
 
 
 class Listen(_Frozen):

@@ -251,6 +251,9 @@ class LocalCluster:
         node.stop()
         return node.checkpoint_lsn()
 
+    def start_node(self, name: str) -> None:
+        self.node(name).start()
+
     def rejoin(self, name: str, upstream: str) -> str:
         """Make a former primary a replica of upstream: pg_rewind, or a fresh clone if rewind fails."""
         node, source = self.node(name), self.node(upstream)

@@ -75,7 +75,7 @@ class LocalNode:
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                           start_new_session=True, cwd="/", **kwargs)
         deadline = time.monotonic() + timeout
-        while self._status() not in ("ready", "standby"):
+        while self.pid != self._proc.pid or self._status() not in ("ready", "standby"):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self._reap(kill=True)
                 raise ClusterError(f"node {self.name} did not start; last log lines:\n{self.log_tail()}")

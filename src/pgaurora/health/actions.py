@@ -27,7 +27,8 @@ def conninfo_value(value: object) -> str:
 
 
 def replication_conninfo(config: Config, upstream: NodeConfig, application_name: str) -> str:
-    parts = {"host": upstream.host, "port": upstream.port, "user": config.failover.replication_user,
+    host, port = upstream.replication_address
+    parts = {"host": host, "port": port, "user": config.failover.replication_user,
              "application_name": application_name}
     if config.failover.replication_password:
         parts["password"] = config.failover.replication_password

@@ -27,6 +27,8 @@ class NodeController(Protocol):
 
     def stop_node(self, name: str) -> int: ...
 
+    def start_node(self, name: str) -> None: ...
+
 
 class Monitor:
     def __init__(self, config: Config, hub: TopologyHub, events: EventLog,
@@ -35,7 +37,7 @@ class Monitor:
         self.nodes = {n.name: n for n in config.nodes}
         self.probers = {n.name: Prober(n, config.monitor) for n in config.nodes}
         self.policy = Policy(
-            addresses={n.name: (n.host, n.port) for n in config.nodes},
+            addresses={n.name: n.replication_address for n in config.nodes},
             priorities={n.name: n.priority for n in config.nodes},
             failure_threshold=config.monitor.failure_threshold, failover=config.failover.enabled,
             sync_mode=config.failover.sync_mode,

@@ -1,0 +1,87 @@
+"""Planned switchover: stop the writer cleanly, let the target receive all of its WAL, promote, rejoin."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from . import actions
+from .decide import choose_candidate, desired_sync_names, lsn
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
+
+
+def _pick_target(monitor: "Monitor", to: str | None) -> str:
+    state, statuses = monitor.state, monitor.statuses
+    if to is None:
+        best = choose_candidate(state, statuses, monitor.policy)
+        if best is None:
+            raise actions.ActionFailed("no reachable replica to switch over to")
+        return best.name
+    status = statuses.get(to)
+    if status is None:
+        raise actions.ActionFailed(f"no node named {to!r}")
+    if not status.is_replica or to in state.fenced:
+        raise actions.ActionFailed(f"{to} is not a healthy replica (role: "
+                                   f"{'fenced' if to in state.fenced else 'primary' if status.is_primary else 'unreachable'})")
+    return to
+
+
+async def _wait_received(monitor: "Monitor", target: str, wanted: int) -> bool:
+    """Has target received WAL past `wanted` (the old writer's shutdown checkpoint)? Bounded wait."""
+    conn = await actions.connect(monitor.config, monitor.nodes[target])
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + monitor.config.failover.catchup_timeout
+        while loop.time() < deadline:
+            received = await conn.fetchval("SELECT pg_last_wal_receive_lsn() - '0/0'")
+            if received is not None and int(received) > wanted:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+    finally:
+        conn.terminate()
+
+
+async def switchover(monitor: "Monitor", to: str | None) -> dict:
+    if monitor.controller is None:
+        raise actions.ActionFailed("switchover needs a cluster started by `pgaurora up` (pgaurora controls its nodes)")
+    old = monitor.state.writer
+    if old is None or not monitor.statuses.get(old) or not monitor.statuses[old].is_primary:
+        raise actions.ActionFailed("there is no healthy writer to switch over from")
+    target = _pick_target(monitor, to)
+    phases = {"requested": time.time()}
+    reason = f"switchover from {old} to {target} requested"
+    monitor._set_state(writer=None)
+    await monitor.publish(f"{reason}: writes paused")
+    try:
+        final = await asyncio.to_thread(monitor.controller.stop_node, old)
+        phases["old_writer_stopped"] = time.time()
+        if not await _wait_received(monitor, target, final):
+            raise actions.ActionFailed(f"{target} did not receive {old}'s WAL up to {lsn(final)} in time")
+    except Exception:
+        await asyncio.to_thread(monitor.controller.start_node, old)
+        monitor._set_state(writer=old)
+        await monitor.publish(f"{reason}: aborted, {old} stays writer")
+        raise
+    phases["target_caught_up"] = time.time()
+    after = replace(monitor.state, writer=target)
+    sync = desired_sync_names(after, monitor.statuses, monitor.policy)
+    timeline = await actions.promote(monitor.config, monitor.nodes[target], sync)
+    phases["promoted"] = time.time()
+    monitor._set_state(writer=target, epoch=monitor.state.epoch + 1, timeline=timeline)
+    await monitor.publish(f"switchover: {target} is the writer (epoch {monitor.state.epoch})")
+    phases["endpoints_switched"] = time.time()
+    method = await asyncio.to_thread(monitor.controller.rejoin, old, target)
+    repointed = await monitor._repoint_all(exclude={old, target})
+    phases["old_writer_rejoined"] = time.time()
+    result = {"old_writer": old, "new_writer": target, "epoch": monitor.state.epoch, "timeline": timeline,
+              "final_lsn": lsn(final), "rejoin": method, "repointed": repointed,
+              "write_pause_seconds": round(phases["endpoints_switched"] - phases["requested"], 3),
+              "phases": {k: round(v, 3) for k, v in phases.items()}}
+    monitor.events.record("switchover", f"{reason}; {target} promoted, {old} rejoined as a replica", **result)
+    return result
+

@@ -1,0 +1,180 @@
+"""The monitor's decision table: decide() is pure, so every row is a plain assertion on its reason."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pgaurora.config import SyncMode
+from pgaurora.health.decide import Action, ClusterState, Policy, choose_candidate, decide, desired_sync_names
+from pgaurora.health.probe import NodeStatus
+
+ADDR = {"n1": ("127.0.0.11", 5432), "n2": ("127.0.0.12", 5432), "n3": ("127.0.0.13", 5432)}
+POLICY = Policy(addresses=ADDR, failure_threshold=3)
+
+
+def primary(name="n1", lsn=1000, timeline=1, sync="ANY 1 (n2, n3)"):
+    return NodeStatus(name, True, in_recovery=False, current_lsn=lsn, replay_lsn=None, timeline=timeline,
+                      system_id=7, sync_names=sync)
+
+
+def replica(name, received=1000, replayed=None, upstream="n1", streaming=True, timeline=1):
+    host, port = ADDR[upstream]
+    return NodeStatus(name, True, in_recovery=True, receive_lsn=received,
+                      replay_lsn=received if replayed is None else replayed, timeline=timeline, system_id=7,
+                      receiver_status="streaming" if streaming else None,
+                      upstream_host=host if streaming else None, upstream_port=port if streaming else None,
+                      conninfo_host=host, conninfo_port=port, sync_names="")
+
+
+def down(name):
+    return NodeStatus.unknown(name, "ConnectionRefusedError: refused")
+
+
+HEALTHY = {"n1": primary(), "n2": replica("n2"), "n3": replica("n3")}
+RUNNING = ClusterState(writer="n1", epoch=1, timeline=1, system_id=7)
+
+
+def test_elects_the_only_primary_at_start():
+    d = decide(ClusterState(), HEALTHY, POLICY)
+    assert (d.action, d.target, d.reason) == (Action.ELECT, "n1", "n1 is the only primary; electing it writer")
+
+
+def test_elects_highest_timeline_when_two_nodes_claim_primary():
+    statuses = {**HEALTHY, "n2": primary("n2", timeline=2)}
+    d = decide(ClusterState(), statuses, POLICY)
+    assert (d.action, d.target) == (Action.ELECT, "n2")
+    assert d.reason == "n2 has the highest timeline (2) of the primaries; electing it writer and fencing n1"
+
+
+def test_waits_when_no_node_reachable():
+    d = decide(ClusterState(), {n: down(n) for n in ADDR}, POLICY)
+    assert (d.action, d.reason) == (Action.WAIT, "no node reachable; no writer yet")
+
+
+def test_healthy_cluster_needs_nothing():
+    d = decide(RUNNING, HEALTHY, POLICY)
+    assert (d.action, d.reason) == (Action.NONE, "writer n1 healthy; 2 replica(s) reachable")
+
+
+def test_waits_below_failure_threshold():
+    state = replace(RUNNING, failures={"n1": 2})
+    d = decide(state, {**HEALTHY, "n1": down("n1")}, POLICY)
+    assert d.action is Action.WAIT
+    assert d.reason == "writer n1 unreachable (2/3 probes): ConnectionRefusedError: refused"
+
+
+def test_promotes_most_advanced_replica_after_threshold():
+    state = replace(RUNNING, failures={"n1": 3})
+    statuses = {"n1": down("n1"), "n2": replica("n2", 900, streaming=False),
+                "n3": replica("n3", 1200, streaming=False)}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.target) == (Action.PROMOTE, "n3")
+    assert d.reason == ("writer n1 unreachable for 3 probes; promoting n3 (WAL at 0/4B0, the most advanced "
+                        "reachable replica)")
+
+
+def test_no_failover_while_a_witness_still_streams_from_the_writer():
+    state = replace(RUNNING, failures={"n1": 5})
+    statuses = {"n1": down("n1"), "n2": replica("n2"), "n3": replica("n3", streaming=False)}
+    d = decide(state, statuses, POLICY)
+    assert d.action is Action.NONE
+    assert d.reason == "writer n1 is unreachable from the monitor, but n2 still stream from it; no failover"
+
+
+def test_no_failover_when_disabled():
+    state = replace(RUNNING, failures={"n1": 3})
+    d = decide(state, {**HEALTHY, "n1": down("n1")}, replace(POLICY, failover=False))
+    assert (d.action, d.reason) == (Action.NONE, "writer n1 is down and automatic failover is disabled")
+
+
+def test_no_candidate_when_every_replica_is_down():
+    state = replace(RUNNING, failures={"n1": 3, "n2": 3, "n3": 3})
+    d = decide(state, {n: down(n) for n in ADDR}, POLICY)
+    assert d.action is Action.NO_CANDIDATE
+    assert d.reason == "writer n1 is down (3 failed probes) and no replica is reachable to promote"
+
+
+def test_candidate_ties_break_on_replay_then_priority():
+    state = replace(RUNNING, failures={"n1": 3})
+    a, b = replica("n2", 1000, 900, streaming=False), replica("n3", 1000, 950, streaming=False)
+    assert choose_candidate(state, {"n1": down("n1"), "n2": a, "n3": b}, POLICY).name == "n3"
+    a, b = replica("n2", 1000, streaming=False), replica("n3", 1000, streaming=False)
+    prefer_n2 = replace(POLICY, priorities={"n2": 5})
+    assert choose_candidate(state, {"n1": down("n1"), "n2": a, "n3": b}, prefer_n2).name == "n2"
+
+
+def test_never_promotes_a_fenced_node_or_another_cluster():
+    state = replace(RUNNING, failures={"n1": 3}, fenced=frozenset({"n3"}))
+    alien = replace(replica("n2", 5000, streaming=False), system_id=99)
+    statuses = {"n1": down("n1"), "n2": alien, "n3": replica("n3", streaming=False)}
+    assert decide(state, statuses, POLICY).action is Action.NO_CANDIDATE
+
+
+def test_fences_a_second_primary():
+    state = replace(RUNNING, writer="n2", epoch=2, timeline=2)
+    statuses = {"n1": primary("n1", timeline=1), "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
+                "n3": replica("n3", upstream="n2", timeline=2)}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.target) == (Action.FENCE, "n1")
+    assert d.reason == "n1 claims to be primary (timeline 1) but n2 is the elected writer (epoch 2); fencing n1"
+
+
+def test_rejoins_fenced_primary_when_the_monitor_controls_nodes():
+    state = replace(RUNNING, writer="n2", epoch=2, timeline=2, fenced=frozenset({"n1"}))
+    statuses = {"n1": primary("n1"), "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
+                "n3": replica("n3", upstream="n2", timeline=2)}
+    assert decide(state, statuses, POLICY).action is Action.NONE
+    d = decide(state, statuses, replace(POLICY, auto_rejoin=True))
+    assert (d.action, d.target) == (Action.REJOIN, "n1")
+
+
+def test_unfences_a_former_primary_once_it_streams_from_the_writer():
+    state = replace(RUNNING, writer="n2", epoch=2, timeline=2, fenced=frozenset({"n1"}))
+    statuses = {"n1": replica("n1", upstream="n2"), "n2": primary("n2", timeline=2, sync="ANY 1 (n1, n3)"),
+                "n3": replica("n3", upstream="n2")}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.reason) == (Action.UNFENCE, "n1 now streams from writer n2; unfencing it")
+
+
+def test_repoints_a_replica_that_follows_the_old_primary():
+    state = replace(RUNNING, writer="n2", epoch=2, timeline=2, fenced=frozenset({"n1"}))
+    statuses = {"n1": down("n1"), "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
+                "n3": replica("n3", upstream="n1", streaming=False)}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.target) == (Action.REPOINT, "n3")
+    assert d.reason == "n3 replicates from 127.0.0.11:5432, not writer n2; re-pointing it"
+
+
+def test_adopts_a_primary_promoted_outside_pgaurora():
+    state = replace(RUNNING, failures={"n1": 1})
+    statuses = {"n1": down("n1"), "n2": primary("n2", timeline=2), "n3": replica("n3")}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.target) == (Action.ADOPT, "n2")
+
+
+def test_sync_standbys_shrink_to_the_live_replicas():
+    state = replace(RUNNING, failures={"n3": 3})
+    statuses = {**HEALTHY, "n3": down("n3")}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2)")
+
+
+def test_quorum_mode_degrades_to_async_when_no_standby_is_left():
+    state = replace(RUNNING, failures={"n2": 3, "n3": 3})
+    statuses = {"n1": primary(), "n2": down("n2"), "n3": down("n3")}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.value) == (Action.SET_SYNC, "")
+    assert d.reason.startswith("no synchronous standby is left; sync_mode=quorum degrades to asynchronous")
+
+
+def test_strict_mode_keeps_waiting_for_standbys():
+    state = replace(RUNNING, failures={"n2": 3, "n3": 3})
+    statuses = {"n1": primary(), "n2": down("n2"), "n3": down("n3")}
+    strict = replace(POLICY, sync_mode=SyncMode.STRICT)
+    assert desired_sync_names(state, statuses, strict) == "ANY 1 (n2, n3)"
+    assert decide(state, statuses, strict).action is Action.NONE
+
+
+def test_async_clusters_are_left_alone():
+    statuses = {**HEALTHY, "n1": primary(sync="")}
+    assert decide(RUNNING, statuses, replace(POLICY, sync_mode=SyncMode.OFF)).action is Action.NONE
