@@ -1,0 +1,120 @@
+"""The pgaurora command as a new user runs it: up, resume, refusals, config errors, status."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+
+import pytest
+
+from pgaurora.compose import LocalCluster
+from tests.helpers import cluster_dir, free_loopback_base, free_port, wait_until
+
+
+class Command:
+    """A pgaurora process whose output is collected line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(["pgaurora", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        for _ in wait_until(f"{text!r} from pgaurora (got: {self.lines[-5:]})", timeout):
+            if any(text in line for line in self.lines):
+                return
+            assert self.proc.poll() is None, "\n".join(self.lines)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def _psql(port: int, password: str, sql: str) -> str:
+    out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-XAtc", sql],
+                         capture_output=True, text=True, timeout=30, env={**os.environ, "PGPASSWORD": password})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def state_dir():
+    root = cluster_dir()
+    yield root / "demo"
+    if (root / "demo" / "cluster.json").exists():
+        LocalCluster.open(root / "demo").destroy()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _up_args(state_dir, ports) -> list[str]:
+    writer, reader, admin, dns = ports
+    return ["up", "--dir", str(state_dir), "--port", str(free_port()), "--base-address", free_loopback_base(3),
+            "--writer-port", str(writer), "--reader-port", str(reader), "--admin-port", str(admin),
+            "--dns-port", str(dns)]
+
+
+def test_up_serves_both_endpoints_then_stops_everything_on_sigterm(state_dir):
+    ports = tuple(free_port() for _ in range(4))
+    up = Command(*_up_args(state_dir, ports), "--password", "s3cret")
+    try:
+        up.wait_for_line("pgaurora is ready", 90)
+        text = "\n".join(up.lines)
+        assert f"psql -h 127.0.0.1 -p {ports[0]} -U postgres" in text and f"dig @127.0.0.1 -p {ports[3]}" in text
+        assert _psql(ports[0], "s3cret", "SELECT pg_is_in_recovery()") == "f"
+        assert _psql(ports[1], "s3cret", "SELECT pg_is_in_recovery()") == "t"
+        status = subprocess.run(["pgaurora", "status", "--admin", f"http://127.0.0.1:{ports[2]}"],
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and "primary" in status.stdout
+    finally:
+        assert up.stop() == 0, "\n".join(up.lines)
+    cluster = LocalCluster.open(state_dir)
+    assert all(node.pid is None for node in cluster.nodes)
+
+    again = Command(*_up_args(state_dir, ports))
+    try:
+        again.wait_for_line("pgaurora is ready", 90)
+        assert any("resumed cluster 'demo'" in line for line in again.lines)
+        assert _psql(ports[0], "s3cret", "SELECT 1") == "1"
+    finally:
+        assert again.stop() == 0
+
+
+def test_up_refuses_a_directory_that_is_not_a_cluster(state_dir):
+    state_dir.mkdir(parents=True)
+    (state_dir / "precious.txt").write_text("do not touch")
+    out = subprocess.run(["pgaurora", "up", "--dir", str(state_dir)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "is not empty and holds no pgaurora cluster" in out.stderr
+    assert (state_dir / "precious.txt").read_text() == "do not touch"
+
+
+def test_proxy_config_errors_are_listed_in_one_message(tmp_path):
+    bad = tmp_path / "cluster.toml"
+    bad.write_text('[[nodes]]\nname = "n1"\nhost = "127.0.0.11"\nport = 99999\n[writer]\nport = "x"\n[extra]\n')
+    out = subprocess.run(["pgaurora", "proxy", "-c", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "invalid " + str(bad) + " (3 problems)" in out.stderr
+    for problem in ("nodes.0.port", "writer.port", "extra: unknown setting"):
+        assert problem in out.stderr
+
+
+def test_status_without_a_running_pgaurora_is_one_clear_error():
+    out = subprocess.run(["pgaurora", "status", "--admin", f"http://127.0.0.1:{free_port()}"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "cannot reach the admin endpoint" in out.stderr and "is pgaurora running?" in out.stderr
