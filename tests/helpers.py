@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import socket
@@ -12,12 +11,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import uvloop
-
 from pgaurora import config as config_mod
-from pgaurora.app import Service
 from pgaurora.compose import LocalCluster
-from pgaurora.eventlog import EventLog
+from pgaurora.compose.drill import BackgroundService, WriteLoop
 
 
 def wait_until(what: str, timeout: float, interval: float = 0.05) -> Iterator[int]:
@@ -77,45 +73,16 @@ def service_config(cluster: LocalCluster, **overrides) -> config_mod.Config:
     return config_mod.build(data)
 
 
-class ServiceThread:
-    """Runs a Service on its own uvloop event loop, so blocking test clients cannot stall the proxy."""
+class ServiceThread(BackgroundService):
+    """BackgroundService plus the addresses tests need."""
 
-    def __init__(self, config: config_mod.Config, controller=None) -> None:
-        self.config = config
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.events = EventLog()
-        self.service = self.call(self._make(controller))
-        self.call(self.service.start())
-
-    async def _make(self, controller) -> Service:
-        return Service(self.config, controller=controller, events=self.events)
-
-    def call(self, coro, timeout: float = 120):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    @property
-    def topology(self):
-        return self.service.hub.current
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        assert self.call(self.service.wait_ready(timeout)), f"not ready: {self.topology.reason}"
-
-    def stop(self) -> None:
-        self.call(self.service.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    # -- addresses ------------------------------------------------------------------------
     @property
     def writer(self) -> tuple[str, int]:
-        return self.config.writer.host, self.config.writer.port
+        return self.endpoint("writer")
 
     @property
     def reader(self) -> tuple[str, int]:
-        return self.config.reader.host, self.config.reader.port
+        return self.endpoint("reader")
 
     @property
     def admin_url(self) -> str:
@@ -126,44 +93,14 @@ class ServiceThread:
         extra = "".join(f" {k}={v}" for k, v in params.items())
         return f"host={host} port={port} user=postgres password={self.config.monitor.password} dbname=postgres{extra}"
 
+    def write_loop(self, table: str = "numbers") -> WriteLoop:
+        return WriteLoop(self.writer, "postgres", self.config.monitor.password, table)
 
-class WriteLoop:
-    """Inserts numbered rows through an endpoint, reconnecting on errors; remembers what was acknowledged."""
-
-    def __init__(self, dsn: str, table: str = "numbers") -> None:
-        import psycopg
-        self.psycopg, self.dsn, self.table = psycopg, dsn, table
-        self.acked: list[tuple[int, float]] = []  # (id, wall-clock time of the acknowledgement)
-        self.errors: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY)")
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        conn, next_id = None, 0
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = self.psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
-                conn.execute(f"INSERT INTO {self.table} VALUES (%s)", (next_id,))
-                self.acked.append((next_id, time.time()))
-            except self.psycopg.Error as exc:
-                self.errors.append((time.time(), str(exc).strip()[:200]))
-                if conn is not None:
-                    conn.close()
-                conn = None
-            next_id += 1
-        if conn is not None:
-            conn.close()
-
-    def acked_after(self, moment: float) -> list[tuple[int, float]]:
-        return [(i, t) for i, t in self.acked if t > moment]
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(30)
+    def wait_ready(self, timeout: float = 30) -> None:
+        try:
+            super().wait_ready(timeout)
+        except TimeoutError as exc:
+            raise AssertionError(str(exc)) from None
 
 
 class TcpRelay:

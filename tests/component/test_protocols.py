@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import struct
 
-import pytest
 
 from pgaurora import config as config_mod
 from pgaurora.proxy.client import ClientProtocol

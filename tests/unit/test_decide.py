@@ -178,3 +178,10 @@ def test_strict_mode_keeps_waiting_for_standbys():
 def test_async_clusters_are_left_alone():
     statuses = {**HEALTHY, "n1": primary(sync="")}
     assert decide(RUNNING, statuses, replace(POLICY, sync_mode=SyncMode.OFF)).action is Action.NONE
+
+
+def test_primary_conninfo_is_parsed_with_quotes_and_escapes():
+    from pgaurora.health.probe import parse_conninfo
+    fields = parse_conninfo("host='127.0.3.12' port='5432' password='it\\'s a secret' application_name=n3")
+    assert fields == {"host": "127.0.3.12", "port": "5432", "password": "it's a secret", "application_name": "n3"}
+    assert parse_conninfo("") == {} and parse_conninfo(None) == {}

@@ -13,7 +13,6 @@ from pgaurora.wire import (
     Authentication,
     BackendKeyData,
     CancelRequest,
-    ErrorResponse,
     Framer,
     GSSENCRequest,
     NoticeResponse,

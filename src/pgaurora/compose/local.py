@@ -259,6 +259,9 @@ class LocalCluster:
         node, source = self.node(name), self.node(upstream)
         source.sql(f"SELECT pg_create_physical_replication_slot({quote(name)}, true) WHERE NOT EXISTS "
                    f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = {quote(name)})")
+        # A freshly promoted primary records its new timeline in pg_control only at its next
+        # checkpoint; without one, pg_rewind would see one timeline and decide nothing needs rewinding.
+        source.sql("CHECKPOINT")
         if node.running:
             node.stop()
         method = "pg_rewind"

@@ -14,7 +14,7 @@ from ..config import Config
 from ..eventlog import EventLog
 from ..topology import TopologyHub
 from . import actions, snapshot
-from .decide import Action, ClusterState, Decision, Policy, decide, desired_sync_names
+from .decide import ClusterState, Decision, Policy, decide, desired_sync_names
 from .probe import NodeStatus, Prober
 
 log = logging.getLogger("pgaurora.monitor")
@@ -49,6 +49,7 @@ class Monitor:
         self.decision: Decision | None = None
         self._requests: asyncio.Queue = asyncio.Queue()
         self._wake = asyncio.Event()
+        self._rejoining: set[str] = set()
 
     # -- the one place the monitor's memory changes --------------------------------
     def _set_state(self, **changes) -> None:
@@ -161,7 +162,18 @@ class Monitor:
         self.events.record("sync_standbys", decision.reason, value=decision.value)
 
     async def _act_rejoin(self, decision: Decision, statuses) -> None:
-        await self.rejoin(decision.target, decision.reason)
+        """Rewinding or re-cloning takes a while: do it beside the loop, which keeps probing."""
+        name = decision.target
+        if name in self._rejoining:
+            return
+        self._rejoining.add(name)
+        task = asyncio.get_running_loop().create_task(self.rejoin(name, decision.reason))
+        task.add_done_callback(lambda t: self._rejoined(name, t))
+
+    def _rejoined(self, name: str, task: asyncio.Task) -> None:
+        self._rejoining.discard(name)
+        if not task.cancelled() and task.exception() is not None:
+            self.events.record("action_failed", f"rejoin {name}: {task.exception()}")
 
     async def _act_promote(self, decision: Decision, statuses) -> None:
         await self._failover(decision, statuses, kind="failover")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 
 import asyncpg
 
 from ..config import MonitorConfig, NodeConfig
+
+_CONNINFO_KEY = re.compile(r"\s*(\w+)\s*=\s*")
 
 PROBE_SQL = """
 SELECT pg_is_in_recovery() AS in_recovery,
@@ -84,9 +87,33 @@ def _as_int(value) -> int | None:
     return None if value is None else int(value)
 
 
+def parse_conninfo(conninfo: str | None) -> dict[str, str]:
+    """key=value pairs of a libpq connection string; values may be 'quoted' with backslash escapes."""
+    text, pos, fields = conninfo or "", 0, {}
+    while pos < len(text):
+        match = _CONNINFO_KEY.match(text, pos)
+        if not match:
+            break
+        pos, value = match.end(), []
+        if text[pos:pos + 1] == "'":
+            pos += 1
+            while pos < len(text) and text[pos] != "'":
+                if text[pos] == "\\" and pos + 1 < len(text):
+                    pos += 1
+                value.append(text[pos])
+                pos += 1
+            pos += 1
+        else:
+            while pos < len(text) and not text[pos].isspace():
+                value.append(text[pos])
+                pos += 1
+        fields[match.group(1)] = "".join(value)
+    return fields
+
+
 def _conninfo_target(conninfo: str | None) -> dict:
-    """host and port of a primary_conninfo string (password and the rest are ignored)."""
-    fields = dict(part.split("=", 1) for part in (conninfo or "").split() if "=" in part)
+    """host and port that primary_conninfo points to (the password and the rest are ignored)."""
+    fields = parse_conninfo(conninfo)
     port = fields.get("port", "5432")
     return {"conninfo_host": fields.get("host"), "conninfo_port": int(port) if port.isdigit() else None}
 
