@@ -1,0 +1,117 @@
+"""Proxies under benchmark: pgaurora, PgBouncer (session mode) and HAProxy (TCP mode), each its own process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgaurora.compose import LocalCluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int
+    proc: subprocess.Popen | None = None  # None: a direct connection, no proxy process
+    extra_pids: list[int] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return ([self.proc.pid] if self.proc else []) + self.extra_pids
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_pgaurora(cluster: LocalCluster, work: Path, extra_toml: str = "") -> tuple[Target, Target]:
+    writer, reader = free_port(), free_port()
+    nodes = "".join(f'[[nodes]]\nname = "{n.name}"\nhost = "{n.host}"\nport = {n.port}\n' for n in cluster.nodes)
+    conf = work / "pgaurora.toml"
+    conf.write_text(f'cluster = "bench"\n{nodes}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
+                    f'[admin]\nport = {free_port()}\n[dns]\nport = {free_port()}\n'
+                    f'[monitor]\npassword = "{cluster.password}"\n'
+                    f'[failover]\nsync_mode = "off"\nreplication_password = "{cluster.replication_password}"\n'
+                    f'[proxy]\nmax_client_connections = 10000\n{extra_toml}')
+    log = open(work / "pgaurora.log", "w")
+    proc = subprocess.Popen(["pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    wait_port("127.0.0.1", writer)
+    wait_port("127.0.0.1", reader)
+    return Target("pgaurora", "127.0.0.1", writer, proc), Target("pgaurora-reader", "127.0.0.1", reader, proc)
+
+
+def start_pgbouncer(cluster: LocalCluster, work: Path) -> Target:
+    port = free_port()
+    primary = cluster.primary
+    secret = primary.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+    (work / "userlist.txt").write_text(f'"postgres" "{secret}"\n')
+    ini = work / "pgbouncer.ini"
+    ini.write_text(f"[databases]\n* = host={primary.host} port={primary.port}\n[pgbouncer]\n"
+                   f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+                   f"auth_type = scram-sha-256\nauth_file = {work / 'userlist.txt'}\npool_mode = session\n"
+                   "max_client_conn = 10000\ndefault_pool_size = 3000\nmax_db_connections = 0\n"
+                   "logfile =\nlog_connections = 0\nlog_disconnections = 0\n")
+    for path in (work, ini, work / "userlist.txt"):
+        cluster.user.chown(str(path))
+    kwargs = {} if cluster.user.is_self else {"user": cluster.user.uid, "group": cluster.user.gid, "extra_groups": []}
+    proc = subprocess.Popen([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", str(ini)],
+                            stdout=subprocess.DEVNULL, stderr=open(work / "pgbouncer.log", "w"), **kwargs)
+    wait_port("127.0.0.1", port)
+    return Target("pgbouncer", "127.0.0.1", port, proc)
+
+
+def start_haproxy(cluster: LocalCluster, work: Path) -> Target:
+    port = free_port()
+    primary = cluster.primary
+    cfg = work / "haproxy.cfg"
+    cfg.write_text(f"global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                   f"  timeout client 1h\n  timeout server 1h\n\nfrontend pg\n  bind 127.0.0.1:{port}\n"
+                   f"  default_backend primary\n\nbackend primary\n  server n1 {primary.host}:{primary.port}\n")
+    proc = subprocess.Popen([shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=open(work / "haproxy.log", "w"))
+    wait_port("127.0.0.1", port)
+    return Target("haproxy", "127.0.0.1", port, proc)

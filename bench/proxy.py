@@ -1,0 +1,219 @@
+"""Benchmark the data path: pgbench through pgaurora, PgBouncer (session) and HAProxy (TCP), against direct.
+
+    python bench/proxy.py [--rounds 3] [--duration 10] [--workloads select-c1,tpcb-c16] [--json out.json]
+
+Targets run interleaved inside each round (A B C D, A B C D, ...) so drift in machine speed hits them
+alike. For every target and workload it reports median TPS, average and p99 latency, the proxy's CPU
+time per transaction (from /proc, µs/tx), and ratios to direct, HAProxy and PgBouncer in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from _targets import Target, free_port, rss_bytes, start_haproxy, start_pgaurora, start_pgbouncer
+
+from pgaurora.compose import LocalCluster
+
+BANDWIDTH_SQL = "SELECT repeat('x', 8000) FROM generate_series(1, 1250);\n"  # ~10 MB per transaction
+BANDWIDTH_BYTES = 8000 * 1250
+
+WORKLOADS = {
+    "select-c1": ["-S", "-c", "1", "-j", "1"],
+    "select-c16": ["-S", "-c", "16", "-j", "2"],
+    "select-c64": ["-S", "-c", "64", "-j", "2"],
+    "tpcb-c16": ["-c", "16", "-j", "2"],
+    "connect-c16": ["-C", "-S", "-c", "16", "-j", "2"],
+    "bandwidth-c4": ["-c", "4", "-j", "2"],  # plus -f with BANDWIDTH_SQL
+}
+READER_WORKLOADS = {"select-c16"}
+
+
+@dataclass
+class Run:
+    round: int
+    workload: str
+    target: str
+    tps: float
+    latency_avg_ms: float
+    latency_p99_ms: float
+    cpu_us_per_tx: float | None
+    transactions: int
+    mb_per_s: float | None = None
+
+
+def _pgbench(target: Target, workload: str, duration: float, work: Path, password: str) -> Run:
+    args = list(WORKLOADS[workload])
+    if workload.startswith("bandwidth"):
+        script = work / "bandwidth.sql"
+        script.write_text(BANDWIDTH_SQL)
+        args += ["-f", str(script)]
+    logdir = Path(tempfile.mkdtemp(dir=work))
+    cpu_before = target.cpu() if target.pids else None
+    out = subprocess.run(["pgbench", "-n", "-T", str(int(duration)), *args, "-l", "--log-prefix",
+                          str(logdir / "tx"), "-h", target.host, "-p", str(target.port), "-U", "postgres",
+                          "postgres"], capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password},
+                         timeout=duration + 120)
+    cpu = (target.cpu() - cpu_before) if cpu_before is not None else None
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench {workload} via {target.name} failed: {out.stderr[-500:]}")
+    txs = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
+    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+    latencies = sorted(int(line.split()[2]) for f in logdir.iterdir() for line in f.read_text().splitlines())
+    shutil.rmtree(logdir)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000 if latencies else float("nan")
+    avg = statistics.fmean(latencies) / 1000 if latencies else float("nan")
+    return Run(0, workload, target.name, tps, avg, p99, cpu * 1e6 / txs if cpu is not None and txs else None, txs,
+               tps * BANDWIDTH_BYTES / 1e6 if workload.startswith("bandwidth") else None)
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _ratios(runs: list[Run], workload: str, target: str) -> dict[str, float | None]:
+    """Median over rounds of TPS(target) / TPS(baseline) measured in the same round."""
+    out = {}
+    base_names = {"direct": "direct-replica" if target.endswith("reader") else "direct",
+                  "haproxy": "haproxy", "pgbouncer": "pgbouncer"}
+    for label, base in base_names.items():
+        per_round = []
+        for r in {run.round for run in runs}:
+            mine = [x for x in runs if (x.round, x.workload, x.target) == (r, workload, target)]
+            theirs = [x for x in runs if (x.round, x.workload, x.target) == (r, workload, base)]
+            if mine and theirs and theirs[0].tps:
+                per_round.append(mine[0].tps / theirs[0].tps)
+        out[label] = _median(per_round)
+    return out
+
+
+def summarize(runs: list[Run]) -> list[dict]:
+    rows = []
+    for workload in dict.fromkeys(r.workload for r in runs):
+        for target in dict.fromkeys(r.target for r in runs if r.workload == workload):
+            mine = [r for r in runs if (r.workload, r.target) == (workload, target)]
+            rows.append({"workload": workload, "target": target, "tps": _median([r.tps for r in mine]),
+                         "lat_avg_ms": _median([r.latency_avg_ms for r in mine]),
+                         "lat_p99_ms": _median([r.latency_p99_ms for r in mine]),
+                         "cpu_us_per_tx": _median([r.cpu_us_per_tx for r in mine]),
+                         "mb_per_s": _median([r.mb_per_s for r in mine]),
+                         "ratio": _ratios(runs, workload, target)})
+    return rows
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'workload':<14}{'target':<17}{'tps':>10}{'MB/s':>8}{'avg ms':>9}{'p99 ms':>9}{'cpu µs/tx':>11}" \
+           f"{'/direct':>9}{'/haproxy':>10}{'/pgbouncer':>11}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ratio = r["ratio"]
+        print(f"{r['workload']:<14}{r['target']:<17}{_fmt(r['tps'], '10.0f')}{_fmt(r['mb_per_s'], '8.0f')}"
+              f"{_fmt(r['lat_avg_ms'], '9.3f')}{_fmt(r['lat_p99_ms'], '9.3f')}{_fmt(r['cpu_us_per_tx'], '11.1f')}"
+              f"{_fmt(ratio['direct'], '9.2f')}{_fmt(ratio['haproxy'], '10.2f')}{_fmt(ratio['pgbouncer'], '11.2f')}")
+
+
+async def _hold_sessions(host: str, port: int, password: str, count: int) -> list:
+    import asyncpg
+    sem = asyncio.Semaphore(100)
+
+    async def one():
+        async with sem:
+            return await asyncpg.connect(host=host, port=port, user="postgres", password=password, ssl=False,
+                                         timeout=60)
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def rss_per_session(target: Target, password: str, sessions: int) -> dict:
+    """Proxy RSS before and while `sessions` clients are connected through it."""
+    async def measure():
+        before = rss_bytes(target.proc.pid)
+        conns = await _hold_sessions(target.host, target.port, password, sessions)
+        during = rss_bytes(target.proc.pid)
+        await asyncio.gather(*(c.close() for c in conns))
+        return before, during
+    before, during = asyncio.run(measure())
+    return {"sessions": sessions, "rss_before_mb": before / 2**20, "rss_during_mb": during / 2**20,
+            "growth_mb": (during - before) / 2**20, "kb_per_session": (during - before) / 1024 / sessions}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10, help="seconds of each pgbench run")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    parser.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
+    parser.add_argument("--sessions", type=int, default=0, help="also measure RSS with this many sessions (e.g. 2000)")
+    parser.add_argument("--json", dest="json_path")
+    args = parser.parse_args()
+    workloads = [w for w in args.workloads.split(",") if w]
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))} (choose from {', '.join(WORKLOADS)})")
+
+    work = Path(tempfile.mkdtemp(prefix="pgaurora-bench-"))
+    os.chmod(work, 0o755)
+    cluster = LocalCluster(work / "cluster", replicas=1, port=free_port(), base_address="127.0.4.11",
+                           synchronous=False, max_connections=max(400, args.sessions + 100))
+    cluster.lock()
+    targets: list[Target] = []
+    try:
+        cluster.create()
+        subprocess.run(["pgbench", "-i", "-q", "-s", str(args.scale), "-h", cluster.primary.host, "-p",
+                        str(cluster.port), "-U", "postgres", "postgres"], check=True, capture_output=True,
+                       env={**os.environ, "PGPASSWORD": cluster.password})
+        writer, reader = start_pgaurora(cluster, work)
+        targets = [Target("direct", cluster.primary.host, cluster.port), writer, start_pgbouncer(cluster, work),
+                   start_haproxy(cluster, work)]
+        replica_targets = [Target("direct-replica", cluster.replicas[0].host, cluster.port), reader]
+        runs = []
+        for rnd in range(args.rounds):
+            for workload in workloads:
+                order = targets + (replica_targets if workload in READER_WORKLOADS else [])
+                for target in order:
+                    run = _pgbench(target, workload, args.duration, work, cluster.password)
+                    run.round = rnd
+                    runs.append(run)
+                    print(f"round {rnd + 1} {workload:<13} {target.name:<16} {run.tps:10.0f} tps "
+                          f"{_fmt(run.cpu_us_per_tx, '8.1f')} µs/tx", file=sys.stderr, flush=True)
+        rows = summarize(runs)
+        rss = {t.name: rss_per_session(t, cluster.password, args.sessions) for t in targets[1:]} \
+            if args.sessions else {}
+    finally:
+        for target in targets:
+            target.stop()
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\npgaurora proxy benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
+          f"{args.rounds} rounds x {args.duration:.0f} s, pgbench scale {args.scale}\n")
+    print_table(rows)
+    for name, r in rss.items():
+        print(f"RSS {name}: {r['rss_before_mb']:.1f} MB -> {r['rss_during_mb']:.1f} MB with {r['sessions']} "
+              f"sessions ({r['kb_per_session']:.1f} kB/session)")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows,
+                                                    "runs": [r.__dict__ for r in runs], "rss": rss}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
