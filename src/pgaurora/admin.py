@@ -27,6 +27,7 @@ def status_document(service: "Service") -> dict:
         "dns": f"{config.dns.host}:{config.dns.port}" if config.dns.enabled else None,
         "sync_mode": config.failover.sync_mode.value, "sync_standbys": topology.sync_standbys,
         "client_connections": service.proxy_state.clients,
+        "relay": "kernel" if service.proxy_state.sockmap is not None else "python",
         "nodes": nodes,
     }
 

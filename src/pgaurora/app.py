@@ -7,17 +7,29 @@ import contextlib
 import logging
 
 from .admin import AdminServer
-from .config import Config, ReaderFallback
+from .config import Config, ReaderFallback, RelayMode
+from .errors import ConfigError
 from .dns.resolver import Zone
 from .dns.server import DnsServer
 from .eventlog import EventLog
 from .health.monitor import Monitor, NodeController
 from .proxy.endpoint import Endpoint
 from .proxy.router import EndpointKind, Router
+from .proxy.sockmap import SockMap
 from .proxy.state import ProxyState
 from .topology import Topology, TopologyHub
 
 log = logging.getLogger("pgaurora")
+
+
+def _kernel_relay(config: Config) -> SockMap | None:
+    if config.proxy.relay is RelayMode.PYTHON:
+        return None
+    sockmap = SockMap.open()
+    if sockmap is None and config.proxy.relay is RelayMode.KERNEL:
+        raise ConfigError(["proxy.relay: 'kernel' needs eBPF sockmap support and CAP_BPF (run as root), "
+                           "which this machine lacks; use 'auto' or 'python'"])
+    return sockmap
 
 
 class Service:
@@ -26,7 +38,7 @@ class Service:
         self.config = config
         self.hub = TopologyHub(Topology(cluster=config.cluster))
         self.events = events or EventLog()
-        self.proxy_state = ProxyState()
+        self.proxy_state = ProxyState(_kernel_relay(config))
         self.router = Router(self.hub, config, self.proxy_state)
         self.writer = Endpoint(EndpointKind.WRITER, config.writer, config, self.hub, self.router, self.proxy_state)
         self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router, self.proxy_state)
@@ -70,6 +82,8 @@ class Service:
             if part is not None:
                 await part.stop()
         await self.monitor.close()
+        if self.proxy_state.sockmap is not None:
+            self.proxy_state.sockmap.close()
 
     async def wait_ready(self, timeout: float = 30) -> bool:
         """True once a writer is known (and a reader, when the cluster has replicas)."""

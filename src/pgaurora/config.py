@@ -32,6 +32,12 @@ class ReaderFallback(str, Enum):
     REFUSE = "refuse"
 
 
+class RelayMode(str, Enum):
+    AUTO = "auto"  # the kernel relay where BPF is available, else Python
+    KERNEL = "kernel"
+    PYTHON = "python"
+
+
 class SyncMode(str, Enum):
     QUORUM = "quorum"
     STRICT = "strict"
@@ -128,6 +134,7 @@ class ProxyConfig(_Frozen):
     startup_timeout: Annotated[float, Field(gt=0)] = 10.0
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     failover_connect_timeout: Annotated[float, Field(ge=0)] = 30.0
+    relay: RelayMode = RelayMode.AUTO
 
 
 class MonitorConfig(_Frozen):

@@ -111,12 +111,14 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.resume_reading()
 
     # -- events from the server side -------------------------------------------------------
-    def established(self, server: "ServerProtocol") -> None:
-        """First ReadyForQuery: hand both transports to a Session that relays unparsed."""
+    def established(self, server: "ServerProtocol", data: bytes, offload: bool) -> None:
+        """First ReadyForQuery: hand both transports to a Session that relays unparsed, then pass
+        the server's last bytes (ending with ReadyForQuery) to the client."""
         session = Session(server.node.name, self.endpoint.kind.value, self.endpoint.state,
                           self.transport, server.transport)
         self.session = session
-        session.start(server.cancel_key, (server.node.host, server.node.port))
+        session.start(server.cancel_key, (server.node.host, server.node.port), offload)
+        self.transport.write(data)
         self.endpoint.watch(session)
 
     def server_lost(self, server: "ServerProtocol") -> None:

@@ -1,8 +1,9 @@
-"""The established-session path: two Pipes that copy bytes between client and server with backpressure."""
+"""The established-session path: bytes relayed unparsed, by the kernel (sockmap) or by two Python Pipes."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from ..wire import error_response
@@ -10,6 +11,7 @@ from ..wire import error_response
 if TYPE_CHECKING:
     from .state import CancelKey, ProxyState
 
+log = logging.getLogger("pgaurora.proxy")
 _RFQ_HEAD = b"Z\x00\x00\x00\x05"
 
 
@@ -17,7 +19,8 @@ class Pipe(asyncio.Protocol):
     """Receives on one transport and writes straight to the peer's; no parsing, no copies.
 
     When our own transport's write buffer fills (pause_writing), the peer stops reading,
-    so a slow reader never makes the proxy buffer without bound.
+    so a slow reader never makes the proxy buffer without bound. With the kernel relay,
+    bytes bypass this class; it then only sees end-of-stream and errors.
     """
 
     __slots__ = ("transport", "peer", "session", "last")
@@ -47,7 +50,7 @@ class Pipe(asyncio.Protocol):
 class Session:
     """One client connection relayed to one server connection on one node."""
 
-    __slots__ = ("node", "kind", "state", "client", "server", "cancel_key", "closed", "__weakref__")
+    __slots__ = ("node", "kind", "state", "client", "server", "cancel_key", "closed", "cookies", "__weakref__")
 
     def __init__(self, node: str, kind: str, state: "ProxyState", client: asyncio.Transport,
                  server: asyncio.Transport) -> None:
@@ -56,18 +59,41 @@ class Session:
         self.client.peer, self.server.peer = server, client
         self.cancel_key: CancelKey | None = None
         self.closed = False
+        self.cookies: tuple[int, int] | None = None  # (client, server) socket cookies in the kernel relay
 
-    def start(self, cancel_key: "CancelKey | None", address: tuple[str, int]) -> None:
-        """Swap both transports onto the Pipes: from now on bytes flow unparsed."""
+    @property
+    def offloaded(self) -> bool:
+        return self.cookies is not None
+
+    def start(self, cancel_key: "CancelKey | None", address: tuple[str, int], offload: bool) -> None:
+        """Swap both transports onto the Pipes and, when allowed, hand the bytes to the kernel relay.
+
+        Call it before the server's ReadyForQuery reaches the client: until then the client sends
+        nothing, so no byte can be left behind in user space when the kernel takes over.
+        """
         self.state.session_started(self)
         if cancel_key is not None:
             self.state.learned_cancel_key(self, cancel_key, address)
         self.client.transport.set_protocol(self.client)
         self.server.transport.set_protocol(self.server)
         self.server.last = _RFQ_HEAD + b"I"
+        if offload and self.state.sockmap is not None:
+            self._offload()
+
+    def _offload(self) -> None:
+        client_sock = self.client.transport.get_extra_info("socket")
+        server_sock = self.server.transport.get_extra_info("socket")
+        try:
+            self.cookies = self.state.sockmap.splice(client_sock, server_sock)
+        except OSError as exc:
+            log.warning("kernel relay refused a session (%s); relaying it in Python", exc)
 
     def at_message_boundary(self) -> bool:
         """Did the server's last bytes end with ReadyForQuery? Then an ErrorResponse can be injected safely."""
+        if self.cookies is not None:
+            kernel = self.state.sockmap.ended_with_ready_for_query(self.cookies[1])
+            if kernel is not None:
+                return kernel
         last = self.server.last
         return len(last) >= 6 and last[-6:-1] == _RFQ_HEAD
 
@@ -91,6 +117,8 @@ class Session:
         self.closed = True
         self.state.session_ended(self)
         self.state.client_closed()
+        if self.cookies is not None:
+            self.state.sockmap.forget(*self.cookies)
         for pipe in (self.client, self.server):
             if not pipe.transport.is_closing():
                 pipe.transport.close()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .relay import Session
+    from .sockmap import SockMap
 
 CancelKey = tuple[int, bytes]
 
@@ -14,7 +15,8 @@ CancelKey = tuple[int, bytes]
 class ProxyState:
     """Shared by both endpoints, so a cancel request may arrive on either."""
 
-    def __init__(self) -> None:
+    def __init__(self, sockmap: "SockMap | None" = None) -> None:
+        self.sockmap = sockmap  # the kernel relay, when this process could load it
         self.clients = 0  # client connections open, in any phase
         self.sessions_by_node: dict[str, set["Session"]] = defaultdict(set)
         self.cancel_keys: dict[CancelKey, tuple[str, int]] = {}

@@ -28,7 +28,6 @@ class ServerProtocol(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.client.transport.write(data)
         self.framer.feed(data)
         try:
             while (frame := self.framer.next_frame()) is not None:
@@ -39,10 +38,14 @@ class ServerProtocol(asyncio.Protocol):
                 elif frame.type == b"E":
                     self.saw_error = True
                 elif frame.type == b"Z":
-                    self.client.established(self)
+                    # Nothing may follow ReadyForQuery for the session to go to the kernel relay.
+                    self.client.established(self, data, offload=self.framer.pending == 0)
                     return
         except RemoteProtocolError as exc:
+            self.client.transport.write(data)
             self.client.fail(exc.sqlstate, f"invalid data from node {self.node.name}: {exc.message}")
+            return
+        self.client.transport.write(data)
 
     def pause_writing(self) -> None:
         self.client.transport.pause_reading()
