@@ -68,20 +68,28 @@ class Target:
                 self.proc.wait()
 
 
-def start_pgaurora(cluster: LocalCluster, work: Path, extra_toml: str = "") -> tuple[Target, Target]:
+def machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine (all processes, kernel threads and interrupts), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def start_pgaurora(cluster: LocalCluster, work: Path, relay: str = "auto",
+                   name: str = "pgaurora") -> tuple[Target, Target]:
     writer, reader = free_port(), free_port()
     nodes = "".join(f'[[nodes]]\nname = "{n.name}"\nhost = "{n.host}"\nport = {n.port}\n' for n in cluster.nodes)
-    conf = work / "pgaurora.toml"
+    conf = work / f"{name}.toml"
     conf.write_text(f'cluster = "bench"\n{nodes}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
                     f'[admin]\nport = {free_port()}\n[dns]\nport = {free_port()}\n'
                     f'[monitor]\npassword = "{cluster.password}"\n'
                     f'[failover]\nsync_mode = "off"\nreplication_password = "{cluster.replication_password}"\n'
-                    f'[proxy]\nmax_client_connections = 10000\n{extra_toml}')
-    log = open(work / "pgaurora.log", "w")
+                    f'[proxy]\nmax_client_connections = 10000\nrelay = "{relay}"\n')
+    log = open(work / f"{name}.log", "w")
     proc = subprocess.Popen(["pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     wait_port("127.0.0.1", writer)
     wait_port("127.0.0.1", reader)
-    return Target("pgaurora", "127.0.0.1", writer, proc), Target("pgaurora-reader", "127.0.0.1", reader, proc)
+    return Target(name, "127.0.0.1", writer, proc), Target(f"{name}-reader", "127.0.0.1", reader, proc)
 
 
 def start_pgbouncer(cluster: LocalCluster, work: Path) -> Target:

@@ -4,7 +4,8 @@
 
 Targets run interleaved inside each round (A B C D, A B C D, ...) so drift in machine speed hits them
 alike. For every target and workload it reports median TPS, average and p99 latency, the proxy's CPU
-time per transaction (from /proc, µs/tx), and ratios to direct, HAProxy and PgBouncer in the same round.
+time per transaction (from /proc, µs/tx), the whole
+machine's busy CPU per transaction (kernel threads included: the kernel relay works in kworkers), and ratios to direct, HAProxy and PgBouncer in the same round.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _targets import Target, free_port, rss_bytes, start_haproxy, start_pgaurora, start_pgbouncer
+from _targets import (Target, free_port, machine_cpu_seconds, rss_bytes, start_haproxy, start_pgaurora,
+                      start_pgbouncer)
 
 from pgaurora.compose import LocalCluster
 
@@ -51,6 +53,7 @@ class Run:
     latency_avg_ms: float
     latency_p99_ms: float
     cpu_us_per_tx: float | None
+    machine_us_per_tx: float
     transactions: int
     mb_per_s: float | None = None
 
@@ -63,11 +66,13 @@ def _pgbench(target: Target, workload: str, duration: float, work: Path, passwor
         args += ["-f", str(script)]
     logdir = Path(tempfile.mkdtemp(dir=work))
     cpu_before = target.cpu() if target.pids else None
+    machine_before = machine_cpu_seconds()
     out = subprocess.run(["pgbench", "-n", "-T", str(int(duration)), *args, "-l", "--log-prefix",
                           str(logdir / "tx"), "-h", target.host, "-p", str(target.port), "-U", "postgres",
                           "postgres"], capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password},
                          timeout=duration + 120)
     cpu = (target.cpu() - cpu_before) if cpu_before is not None else None
+    machine = machine_cpu_seconds() - machine_before
     if out.returncode != 0:
         raise RuntimeError(f"pgbench {workload} via {target.name} failed: {out.stderr[-500:]}")
     txs = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
@@ -76,7 +81,8 @@ def _pgbench(target: Target, workload: str, duration: float, work: Path, passwor
     shutil.rmtree(logdir)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000 if latencies else float("nan")
     avg = statistics.fmean(latencies) / 1000 if latencies else float("nan")
-    return Run(0, workload, target.name, tps, avg, p99, cpu * 1e6 / txs if cpu is not None and txs else None, txs,
+    return Run(0, workload, target.name, tps, avg, p99, cpu * 1e6 / txs if cpu is not None and txs else None,
+               machine * 1e6 / txs if txs else float("nan"), txs,
                tps * BANDWIDTH_BYTES / 1e6 if workload.startswith("bandwidth") else None)
 
 
@@ -88,7 +94,7 @@ def _median(values):
 def _ratios(runs: list[Run], workload: str, target: str) -> dict[str, float | None]:
     """Median over rounds of TPS(target) / TPS(baseline) measured in the same round."""
     out = {}
-    base_names = {"direct": "direct-replica" if target.endswith("reader") else "direct",
+    base_names = {"direct": "direct-replica" if target.endswith("-reader") else "direct",
                   "haproxy": "haproxy", "pgbouncer": "pgbouncer"}
     for label, base in base_names.items():
         per_round = []
@@ -110,6 +116,7 @@ def summarize(runs: list[Run]) -> list[dict]:
                          "lat_avg_ms": _median([r.latency_avg_ms for r in mine]),
                          "lat_p99_ms": _median([r.latency_p99_ms for r in mine]),
                          "cpu_us_per_tx": _median([r.cpu_us_per_tx for r in mine]),
+                         "machine_us_per_tx": _median([r.machine_us_per_tx for r in mine]),
                          "mb_per_s": _median([r.mb_per_s for r in mine]),
                          "ratio": _ratios(runs, workload, target)})
     return rows
@@ -120,14 +127,16 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'workload':<14}{'target':<17}{'tps':>10}{'MB/s':>8}{'avg ms':>9}{'p99 ms':>9}{'cpu µs/tx':>11}" \
+    head = f"{'workload':<14}{'target':<17}{'tps':>10}{'MB/s':>8}{'avg ms':>9}{'p99 ms':>9}{'proxy µs':>10}" \
+           f"{'all µs':>9}" \
            f"{'/direct':>9}{'/haproxy':>10}{'/pgbouncer':>11}"
     print(head)
     print("-" * len(head))
     for r in rows:
         ratio = r["ratio"]
         print(f"{r['workload']:<14}{r['target']:<17}{_fmt(r['tps'], '10.0f')}{_fmt(r['mb_per_s'], '8.0f')}"
-              f"{_fmt(r['lat_avg_ms'], '9.3f')}{_fmt(r['lat_p99_ms'], '9.3f')}{_fmt(r['cpu_us_per_tx'], '11.1f')}"
+              f"{_fmt(r['lat_avg_ms'], '9.3f')}{_fmt(r['lat_p99_ms'], '9.3f')}{_fmt(r['cpu_us_per_tx'], '10.1f')}"
+              f"{_fmt(r['machine_us_per_tx'], '9.1f')}"
               f"{_fmt(ratio['direct'], '9.2f')}{_fmt(ratio['haproxy'], '10.2f')}{_fmt(ratio['pgbouncer'], '11.2f')}")
 
 
@@ -162,6 +171,7 @@ def main() -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
     parser.add_argument("--sessions", type=int, default=0, help="also measure RSS with this many sessions (e.g. 2000)")
+    parser.add_argument("--relays", default="python,kernel", help="pgaurora relays to run: python, kernel, auto")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     workloads = [w for w in args.workloads.split(",") if w]
@@ -180,10 +190,13 @@ def main() -> int:
         subprocess.run(["pgbench", "-i", "-q", "-s", str(args.scale), "-h", cluster.primary.host, "-p",
                         str(cluster.port), "-U", "postgres", "postgres"], check=True, capture_output=True,
                        env={**os.environ, "PGPASSWORD": cluster.password})
-        writer, reader = start_pgaurora(cluster, work)
-        targets = [Target("direct", cluster.primary.host, cluster.port), writer, start_pgbouncer(cluster, work),
-                   start_haproxy(cluster, work)]
-        replica_targets = [Target("direct-replica", cluster.replicas[0].host, cluster.port), reader]
+        targets = [Target("direct", cluster.primary.host, cluster.port)]
+        replica_targets = [Target("direct-replica", cluster.replicas[0].host, cluster.port)]
+        for relay in args.relays.split(","):
+            writer, reader = start_pgaurora(cluster, work, relay, f"pgaurora-{relay}")
+            targets.append(writer)
+            replica_targets.append(reader)
+        targets += [start_pgbouncer(cluster, work), start_haproxy(cluster, work)]
         runs = []
         for rnd in range(args.rounds):
             for workload in workloads:
@@ -195,7 +208,7 @@ def main() -> int:
                     print(f"round {rnd + 1} {workload:<13} {target.name:<16} {run.tps:10.0f} tps "
                           f"{_fmt(run.cpu_us_per_tx, '8.1f')} µs/tx", file=sys.stderr, flush=True)
         rows = summarize(runs)
-        rss = {t.name: rss_per_session(t, cluster.password, args.sessions) for t in targets[1:]} \
+        rss = {t.name: rss_per_session(t, cluster.password, args.sessions) for t in targets if t.proc} \
             if args.sessions else {}
     finally:
         for target in targets:
