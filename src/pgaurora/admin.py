@@ -7,8 +7,22 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .topology import Role, Topology
+
 if TYPE_CHECKING:
     from .app import Service
+
+
+def loss_bound_bytes(topology: Topology) -> int | None:
+    """How much acknowledged WAL a failover could lose now: 0 under synchronous commit, else how far
+    the writer is ahead of the most advanced replica (None when that cannot be known)."""
+    if topology.sync_standbys:
+        return 0
+    writer = topology.writer_node
+    replicas = [n.lsn for n in topology.nodes if n.role is Role.REPLICA and n.lsn is not None]
+    if writer is None or writer.lsn is None or not replicas:
+        return None
+    return max(0, writer.lsn - max(replicas))
 
 
 def status_document(service: "Service") -> dict:
@@ -26,6 +40,7 @@ def status_document(service: "Service") -> dict:
                    "policy": config.reader.policy.value, "fallback": config.reader.fallback.value},
         "dns": f"{config.dns.host}:{config.dns.port}" if config.dns.enabled else None,
         "sync_mode": config.failover.sync_mode.value, "sync_standbys": topology.sync_standbys,
+        "loss_bound_bytes": loss_bound_bytes(topology),
         "client_connections": service.proxy_state.clients,
         "relay": "kernel" if service.proxy_state.sockmap is not None else "python",
         "nodes": nodes,

@@ -40,3 +40,12 @@ def test_unelected_primary_and_fenced_nodes_are_fenced():
     assert [n.role.value for n in topo.nodes] == ["primary", "fenced", "fenced"]
     assert topo.writer == "n1" and topo.readers == ()
     assert topo.sync_standbys == "ANY 1 (n2, n3)"
+
+
+def test_loss_bound_is_zero_when_synchronous_and_the_replica_gap_when_not():
+    from pgaurora.admin import loss_bound_bytes
+    statuses = {"n1": _primary(5000), "n2": _replica("n2", 4000), "n3": _replica("n3", 4500)}
+    sync = build(CFG, STATE, statuses, {}, "ok")
+    assert loss_bound_bytes(sync) == 0
+    statuses["n1"] = NodeStatus("n1", True, in_recovery=False, current_lsn=5000, timeline=1, sync_names="")
+    assert loss_bound_bytes(build(CFG, STATE, statuses, {}, "ok")) == 500

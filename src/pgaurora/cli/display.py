@@ -25,4 +25,7 @@ def print_status(doc: dict) -> None:
         table.add_row(n["name"], n["address"], n["role"], n["health"], _lag(n), str(n["timeline"] or "-"),
                       n["upstream"] or "-", str(n["connections"]))
     console.print(table)
+    bound = doc.get("loss_bound_bytes")
+    if bound:
+        console.print(f"[yellow]asynchronous: a failover now could lose up to {bound} bytes of acknowledged WAL[/]")
     console.print(f"last decision: {doc['reason']}")
