@@ -31,6 +31,9 @@ class DnsServer:
             return resolve(request, self.hub.current, self.zone, next(self._turn)).pack()
         except (DNSError, ValueError, IndexError, UnicodeDecodeError, struct.error):
             return formerr(packet)
+        except Exception:  # a query must never take the server down
+            log.exception("DNS query could not be answered")
+            return formerr(packet)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
