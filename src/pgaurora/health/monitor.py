@@ -111,9 +111,7 @@ class Monitor:
     async def publish(self, reason: str) -> None:
         topology = snapshot.build(self.config, self.state, self.statuses, self.last_seen, reason)
         old = self.hub.current
-        if (topology.nodes, topology.writer, topology.readers, topology.epoch, topology.reason,
-                topology.sync_standbys) != (old.nodes, old.writer, old.readers, old.epoch, old.reason,
-                                            old.sync_standbys):
+        if replace(topology, version=old.version, published_at=old.published_at) != old:
             await self.hub.publish(topology)
 
     async def close(self) -> None:
@@ -176,10 +174,10 @@ class Monitor:
             self.events.record("action_failed", f"rejoin {name}: {task.exception()}")
 
     async def _act_promote(self, decision: Decision, statuses) -> None:
-        await self._failover(decision, statuses, kind="failover")
+        await self._failover(decision, statuses)
 
     # -- failover, switchover, rejoin ---------------------------------------------------------
-    async def _failover(self, decision: Decision, statuses, kind: str, extra: dict | None = None) -> None:
+    async def _failover(self, decision: Decision, statuses) -> None:
         phases = {"detected": time.time()}
         old, target = self.state.writer, decision.target
         after = replace(self.state, writer=target, fenced=self.state.fenced | {old})
@@ -188,18 +186,16 @@ class Monitor:
         timeline = await actions.promote(self.config, self.nodes[target], sync)
         phases["promoted"] = time.time()
         self._set_state(writer=target, epoch=self.state.epoch + 1, timeline=timeline,
-                        fenced=(self.state.fenced | {old}) - {target} if kind == "failover" else
-                        self.state.fenced - {target})
+                        fenced=(self.state.fenced | {old}) - {target})
         self.statuses = {**self.statuses, target: replace(statuses[target], in_recovery=False,
                                                           timeline=timeline, sync_names=sync)}
         await self.publish(decision.reason)
         phases["endpoints_switched"] = phases["dns_updated"] = time.time()
         repointed = await self._repoint_all(exclude={old, target})
-        self.events.record(kind, decision.reason, old_writer=old, new_writer=target, epoch=self.state.epoch,
+        self.events.record("failover", decision.reason, old_writer=old, new_writer=target, epoch=self.state.epoch,
                            timeline=timeline, sync_standbys=sync, repointed=repointed,
                            phases={k: round(v, 3) for k, v in phases.items()},
-                           downtime_from_detection=round(phases["endpoints_switched"] - phases["detected"], 3),
-                           **(extra or {}))
+                           downtime_from_detection=round(phases["endpoints_switched"] - phases["detected"], 3))
 
     async def _repoint_all(self, exclude: set[str]) -> list[str]:
         names = [n for n in self.nodes if n not in exclude and n not in self.state.fenced]

@@ -47,7 +47,7 @@ class ClientProtocol(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(timeout, self._startup_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.server is not None and self.server.transport is not None:
+        if self.server is not None:
             self.server.transport.write(data)  # authentication exchange
         elif self.task is not None:
             self.pending += data
@@ -80,7 +80,7 @@ class ClientProtocol(asyncio.Protocol):
                         return
                     case StartupMessage():
                         self.pending = self.decoder.raw + self.decoder.take_rest()
-                        self._start(self._connect(event))
+                        self._start(self._connect())
                         return
         except RemoteProtocolError as exc:
             self.fail(exc.sqlstate, exc.message)
@@ -96,9 +96,9 @@ class ClientProtocol(asyncio.Protocol):
         finally:
             self.transport.close()
 
-    async def _connect(self, startup: StartupMessage) -> None:
+    async def _connect(self) -> None:
         try:
-            server = await self.endpoint.open_upstream(self, startup)
+            server = await self.endpoint.open_upstream(self)
         except ProxyError as exc:
             self.fail(exc.sqlstate, exc.message, exc.detail)
             return

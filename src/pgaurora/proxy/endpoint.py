@@ -38,13 +38,16 @@ class Endpoint:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-        for sessions in list(self.state.sessions_by_node.values()):
-            for session in list(sessions):
-                if session.kind == self.kind.value:
-                    session.terminate("57P01", "terminating connection: pgaurora is shutting down")
+        for session in self._sessions(lambda node: True):
+            session.terminate("57P01", "terminating connection: pgaurora is shutting down")
+
+    def _sessions(self, on_node) -> list[Session]:
+        """This endpoint's sessions on the nodes for which on_node(name) is true."""
+        return [session for node, sessions in list(self.state.sessions_by_node.items()) if on_node(node)
+                for session in list(sessions) if session.kind == self.kind.value]
 
     # -- routing ----------------------------------------------------------------------------
-    async def open_upstream(self, client: ClientProtocol, startup) -> ServerProtocol:
+    async def open_upstream(self, client: ClientProtocol) -> ServerProtocol:
         """Connect to the node for this endpoint; the writer waits out a failover."""
         if self.state.clients > self.config.proxy.max_client_connections:
             raise TooManyConnections(f"sorry, too many clients already (max_client_connections = "
@@ -81,15 +84,18 @@ class Endpoint:
         address = self.state.cancel_keys.get((event.process_id, event.secret_key))
         if address is None:
             return  # as PostgreSQL does, ignore unknown keys silently
+        writer = None
         try:
             async with asyncio.timeout(self.config.proxy.connect_timeout):
                 reader, writer = await asyncio.open_connection(*address)
                 writer.write(encode(event))
                 await writer.drain()
-                await reader.read()
-            writer.close()
+                await reader.read()  # PostgreSQL closes once it has acted on the request
         except (OSError, TimeoutError) as exc:
             log.warning("could not forward cancel request to %s:%s: %s", *address, exc)
+        finally:
+            if writer is not None:
+                writer.close()
 
     # -- draining ------------------------------------------------------------------------------
     def watch(self, session: Session) -> None:
@@ -101,12 +107,8 @@ class Endpoint:
         if (old.writer, old.epoch) == (new.writer, new.epoch) and \
                 [n.role for n in old.nodes] == [n.role for n in new.nodes]:
             return
-        for node, sessions in list(self.state.sessions_by_node.items()):
-            if self.router.still_valid(self.kind, node, new):
-                continue
-            for session in list(sessions):
-                if session.kind == self.kind.value:
-                    self._drop(session, new)
+        for session in self._sessions(lambda node: not self.router.still_valid(self.kind, node, new)):
+            self._drop(session, new)
 
     def _drop(self, session: Session, topology: Topology) -> None:
         why = f"node {session.node} is no longer the writer" if self.kind is EndpointKind.WRITER else \

@@ -23,16 +23,14 @@ class Pipe(asyncio.Protocol):
     bytes bypass this class; it then only sees end-of-stream and errors.
     """
 
-    __slots__ = ("transport", "peer", "session", "last")
+    __slots__ = ("transport", "peer", "session")
 
     def __init__(self, session: "Session", transport: asyncio.Transport) -> None:
         self.session, self.transport = session, transport
         self.peer: asyncio.Transport | None = None
-        self.last = b""
 
     def data_received(self, data: bytes) -> None:
         self.peer.write(data)
-        self.last = data
 
     def eof_received(self) -> bool:
         return False  # a half-close ends the session
@@ -47,6 +45,20 @@ class Pipe(asyncio.Protocol):
         self.session.lost(self, exc)
 
 
+class ServerPipe(Pipe):
+    """The server side also keeps a reference to its last chunk (no copy), to find message boundaries."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, session: "Session", transport: asyncio.Transport) -> None:
+        super().__init__(session, transport)
+        self.last = _RFQ_HEAD + b"I"  # sessions start right after ReadyForQuery
+
+    def data_received(self, data: bytes) -> None:
+        self.peer.write(data)
+        self.last = data
+
+
 class Session:
     """One client connection relayed to one server connection on one node."""
 
@@ -55,7 +67,7 @@ class Session:
     def __init__(self, node: str, kind: str, state: "ProxyState", client: asyncio.Transport,
                  server: asyncio.Transport) -> None:
         self.node, self.kind, self.state = node, kind, state
-        self.client, self.server = Pipe(self, client), Pipe(self, server)
+        self.client, self.server = Pipe(self, client), ServerPipe(self, server)
         self.client.peer, self.server.peer = server, client
         self.cancel_key: CancelKey | None = None
         self.closed = False
@@ -76,7 +88,6 @@ class Session:
             self.state.learned_cancel_key(self, cancel_key, address)
         self.client.transport.set_protocol(self.client)
         self.server.transport.set_protocol(self.server)
-        self.server.last = _RFQ_HEAD + b"I"
         if offload and self.state.sockmap is not None:
             self._offload()
 
