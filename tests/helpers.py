@@ -28,6 +28,17 @@ def wait_until(what: str, timeout: float, interval: float = 0.05) -> Iterator[in
         time.sleep(interval)
 
 
+def observe(what: str, duration: float, interval: float = 0.05) -> Iterator[int]:
+    """for _ in observe("no failover", 3): assert ...  -- checks an invariant repeatedly for a while."""
+    deadline = time.monotonic() + duration
+    count = 0
+    while time.monotonic() < deadline:
+        yield count
+        count += 1
+        time.sleep(interval)
+    assert count > 0, f"never checked {what}"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

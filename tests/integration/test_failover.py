@@ -11,7 +11,7 @@ import urllib.request
 import dns.resolver
 import psycopg
 
-from tests.helpers import TcpRelay, service_config, wait_until
+from tests.helpers import TcpRelay, observe, service_config, wait_until
 
 
 def _events(svc, kind: str) -> list[dict]:
@@ -164,8 +164,7 @@ def test_monitor_cut_off_from_primary_alone_causes_no_failover(fresh_cluster, se
         for _ in wait_until("the monitor to consult the witnesses", 10):
             if "still stream from it; no failover" in svc.topology.reason:
                 break
-        watched_until = time.monotonic() + 3
-        while time.monotonic() < watched_until:  # observe: the decision must hold, tick after tick
+        for _ in observe("the decision to hold, tick after tick", 3):
             assert svc.topology.epoch == 1 and not _events(svc, "failover")
         assert all(r.sql("SELECT pg_is_in_recovery()") == "t" for r in cluster.replicas)
     finally:
@@ -233,10 +232,8 @@ def test_strict_mode_blocks_writes_until_a_standby_returns(fresh_cluster, servic
     replica = cluster.replicas[0]
     replica.kill()
     thread, result = _insert_in_thread(svc, 1)
-    blocked_until = time.monotonic() + 4
-    while time.monotonic() < blocked_until:  # observe the commit waiting for its standby
+    for _ in observe("the commit to wait for its standby", 4):
         assert "done" not in result
-        thread.join(0.1)
     assert cluster.primary.sql("SHOW synchronous_standby_names") == "ANY 1 (n2)"
     replica.start()
     thread.join(20)

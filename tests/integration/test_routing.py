@@ -110,3 +110,19 @@ def test_unreachable_backend_gets_08006(fresh_cluster, service):
     cluster.primary.kill()
     error = _sqlstate_of(svc.dsn("writer"))
     assert error == "08006", error
+
+
+def test_paused_replica_is_excluded_then_returns_after_resume(proxy, cluster):
+    n2, n3 = cluster.replicas
+    n3.pause()  # a frozen host: TCP still accepts, nothing answers
+    try:
+        for _ in wait_until("the frozen replica to be marked unreachable", 5):
+            if proxy.topology.readers == ("n2",):
+                break
+        assert proxy.topology.node("n3").health.value == "unreachable"
+        assert _reader_hosts(proxy, 6) == {n2.host}
+    finally:
+        n3.resume()
+    for _ in wait_until("the resumed replica to serve reads again", 15):
+        if "n3" in proxy.topology.readers and _reader_hosts(proxy) == {n2.host, n3.host}:
+            break
