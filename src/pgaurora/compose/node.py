@@ -23,6 +23,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _family(pid: int) -> list[int]:
+    """A postmaster and its children (each child runs in a session of its own, so not its group)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        children.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+                pass
+    return [pid, *children]
+
+
 def quote(value: object) -> str:
     """A value as a postgresql.conf / SQL literal."""
     return "'" + str(value).replace("'", "''") + "'"
@@ -117,46 +131,40 @@ class LocalNode:
         if pid is None:
             self._reap()
             return
-        pgid = os.getpgid(pid)
+        family = _family(pid)
         os.kill(pid, signal.SIGKILL)
         self._reap()
-        self._wait_children_gone(timeout=10, pgid=pgid)
+        self._wait_gone(family, timeout=10)
 
     def pause(self) -> None:
-        """SIGSTOP every process of the node, like a frozen host."""
-        self._signal_group(signal.SIGSTOP)
+        """SIGSTOP the postmaster and every child of it, like a frozen host."""
+        self._signal_family(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self._signal_group(signal.SIGCONT)
+        self._signal_family(signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
-    def _signal_group(self, sig: int) -> None:
+    def _signal_family(self, sig: int) -> None:
         pid = self.pid
         if pid is None:
             raise ClusterError(f"node {self.name} is not running")
-        os.killpg(os.getpgid(pid), sig)
+        for member in _family(pid):  # the postmaster first, so it forks nothing meanwhile
+            try:
+                os.kill(member, sig)
+            except ProcessLookupError:
+                pass
 
-    def _group_members(self, pgid: int) -> list[int]:
-        members = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.getpgid(int(entry)) == pgid and _alive(int(entry)):
-                        members.append(int(entry))
-                except (ProcessLookupError, PermissionError):
-                    pass
-        return members
-
-    def _wait_children_gone(self, timeout: float, pgid: int) -> None:
-        """Wait until no process of the killed postmaster's group is left (shared memory freed)."""
+    @staticmethod
+    def _wait_gone(pids: list[int], timeout: float) -> None:
+        """Wait until the killed postmaster's children have exited (its shared memory is then free)."""
         deadline = time.monotonic() + timeout
-        while self._group_members(pgid):
+        while alive := [p for p in pids if _alive(p)]:
             if time.monotonic() > deadline:
-                for pid in self._group_members(pgid):
-                    os.kill(pid, signal.SIGKILL)
+                for p in alive:
+                    os.kill(p, signal.SIGKILL)
             time.sleep(0.02)
 
     def checkpoint_lsn(self) -> int:

@@ -15,7 +15,7 @@ from ..eventlog import EventLog
 from ..topology import TopologyHub
 from . import actions, snapshot
 from .decide import ClusterState, Decision, Policy, decide, desired_sync_names
-from .probe import NodeStatus, Prober
+from .probe import NodeStatus, Prober, bounded
 
 log = logging.getLogger("pgaurora.monitor")
 
@@ -122,10 +122,11 @@ class Monitor:
         handler = getattr(self, f"_act_{decision.action.value}", None)
         if handler is None:
             return
-        try:
-            await handler(decision, statuses)
-        except Exception as exc:  # the loop must survive any node misbehaving
-            self.events.record("action_failed", f"{decision.action.value} {decision.target}: {exc}",
+        failover = self.config.failover
+        limit = failover.catchup_timeout + failover.promote_timeout + 4 * self.config.monitor.probe_timeout
+        outcome = await bounded(handler(decision, statuses), limit)  # a frozen node never stalls the loop
+        if isinstance(outcome, Exception):
+            self.events.record("action_failed", f"{decision.action.value} {decision.target}: {outcome}",
                                decision=decision.reason)
 
     async def _act_elect(self, decision: Decision, statuses) -> None:
@@ -200,8 +201,9 @@ class Monitor:
     async def _repoint_all(self, exclude: set[str]) -> list[str]:
         names = [n for n in self.nodes if n not in exclude and n not in self.state.fenced]
         writer = self.nodes[self.state.writer]
-        results = await asyncio.gather(*(actions.repoint(self.config, self.nodes[n], writer) for n in names),
-                                       return_exceptions=True)
+        limit = 2 * self.config.monitor.probe_timeout + 1
+        results = await asyncio.gather(*(bounded(actions.repoint(self.config, self.nodes[n], writer), limit)
+                                         for n in names))
         for name, result in zip(names, results):
             if isinstance(result, Exception):
                 log.warning("could not re-point %s: %s", name, result)

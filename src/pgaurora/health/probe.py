@@ -143,20 +143,41 @@ class Prober:
             server_settings={"application_name": "pgaurora-monitor"})
 
     async def probe(self) -> NodeStatus:
-        try:
-            async with asyncio.timeout(self.monitor.probe_timeout):
-                if self._conn is None or self._conn.is_closed():
-                    self._conn = await self.connect()
-                row = await self._conn.fetchrow(PROBE_SQL)
-            return status_from_row(self.node.name, row)
-        except (Exception, asyncio.TimeoutError) as exc:  # a probe never raises
-            await self.close()
-            return NodeStatus.unknown(self.node.name, _describe(exc))
+        """At most probe_timeout long, whatever the node does (a frozen host included)."""
+        outcome = await bounded(self._probe(), self.monitor.probe_timeout)
+        if isinstance(outcome, NodeStatus):
+            return outcome
+        self._drop()
+        return NodeStatus.unknown(self.node.name, _describe(outcome))
 
-    async def close(self) -> None:
+    async def _probe(self) -> NodeStatus:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self.connect()
+        row = await self._conn.fetchrow(PROBE_SQL, timeout=self.monitor.probe_timeout)
+        return status_from_row(self.node.name, row)
+
+    def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.terminate()
+            conn.terminate()  # immediate: closes the socket, no round trip
+
+    async def close(self) -> None:
+        self._drop()
+
+
+async def bounded(coro, timeout: float):
+    """The coroutine's result, or the exception it raised, or TimeoutError: never later than timeout.
+
+    Unlike asyncio.timeout(), this does not wait for the coroutine to finish its own cancellation
+    (asyncpg may await a frozen server while cancelling): the task is cancelled and left behind.
+    """
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if task in done:
+        return task.exception() or task.result()
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+    return TimeoutError(f"no answer within {timeout:g} s")
 
 
 def _describe(exc: BaseException) -> str:
