@@ -70,6 +70,8 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(fresh_clu
     finally:
         writes.stop()
     assert first_write - killed < 5.0, f"writes resumed {first_write - killed:.2f} s after the kill"
+    outage_errors = [e for t, e in writes.errors if t > killed]
+    assert len(outage_errors) <= 2, f"new connections should wait for the new primary: {outage_errors}"
     (failover,) = _events(svc, "failover")
     new = cluster.node(failover["new_writer"])
     assert failover["old_writer"] == "n1" and svc.topology.writer == new.name
@@ -238,3 +240,31 @@ def test_strict_mode_blocks_writes_until_a_standby_returns(fresh_cluster, servic
     replica.start()
     thread.join(20)
     assert "done" in result
+
+
+def test_frozen_primary_fails_over_once_replicas_lose_it(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster), controller=cluster)
+    old = cluster.primary
+    writes = svc.write_loop()
+    try:
+        for _ in wait_until("writes before the freeze", 10):
+            if len(writes.acked) >= 20:
+                break
+        frozen = time.time()
+        old.pause()  # TCP still accepts; replicas see silence only after wal_receiver_timeout (5 s)
+        for _ in wait_until("failover away from the frozen primary", 20):
+            if svc.topology.writer not in (None, "n1"):
+                break
+        for _ in wait_until("writes on the new primary", 10):
+            if writes.resumed_after(frozen):
+                break
+    finally:
+        writes.stop()
+        old.resume()
+    new = cluster.node(svc.topology.writer)
+    assert {i for i, _ in writes.acked} <= _ids_on(new)
+    for _ in wait_until("the thawed old primary to be fenced or rejoined, never routed", 20):
+        if svc.topology.node("n1").role.value in ("fenced", "replica"):
+            break
+    assert old.host not in _hosts_through(svc, "writer", 5)
