@@ -57,3 +57,32 @@ async def test_asyncpg_cancel_ends_statement_within_2s(proxy, cluster, endpoint)
     assert time.monotonic() - started < 2.5
     assert node.log_tail(100000).count("canceling statement due to user request") > cancels_before
     await conn.close()
+
+
+def test_cancel_arriving_on_the_other_endpoint_reaches_the_writer_backend(proxy, cluster):
+    import socket
+    from pgaurora.wire import CancelRequest, encode
+
+    conn = psycopg.connect(proxy.dsn("writer"))
+    pid = conn.info.backend_pid
+    outcome = {}
+
+    def run():
+        try:
+            conn.execute("SELECT pg_sleep(30)")
+        except psycopg.Error as exc:
+            outcome["sqlstate"] = exc.sqlstate
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    for _ in wait_until("pg_sleep to start", 10):
+        if _running_sleep(cluster, cluster.primary.host):
+            break
+    # The key the writer's backend issued, as the proxy learned it from BackendKeyData.
+    (key,) = [k for k in proxy.service.proxy_state.cancel_keys if k[0] == pid]
+    with socket.create_connection(proxy.reader, timeout=5) as sock:  # the *reader* endpoint
+        sock.sendall(encode(CancelRequest(*key)))
+        assert sock.recv(100) == b""  # closed without a reply, as PostgreSQL does
+    thread.join(5)
+    conn.close()
+    assert outcome.get("sqlstate") == "57014"

@@ -57,8 +57,8 @@ async def _wait_replay(conn: asyncpg.Connection, timeout: float) -> None:
         await asyncio.sleep(0.01)
 
 
-async def promote(config: Config, node: NodeConfig, sync_names: str | None) -> int:
-    """Promote a replica and verify that it left recovery; returns its new timeline."""
+async def promote(config: Config, node: NodeConfig, sync_names: str | None, old_timeline: int | None = None) -> int:
+    """Promote a replica and verify that it left recovery on a new timeline; returns that timeline."""
     conn = await connect(config, node, timeout=config.failover.promote_timeout)
     try:
         await _wait_replay(conn, config.failover.catchup_timeout)
@@ -71,6 +71,8 @@ async def promote(config: Config, node: NodeConfig, sync_names: str | None) -> i
         row = await conn.fetchrow(TIMELINE_SQL)
         if row["in_recovery"]:
             raise ActionFailed(f"{node.name} is still in recovery after pg_promote")
+        if old_timeline is not None and row["timeline"] <= old_timeline:
+            raise ActionFailed(f"{node.name} left recovery on timeline {row['timeline']}, not after {old_timeline}")
         return row["timeline"]
     finally:
         conn.terminate()

@@ -184,7 +184,7 @@ class Monitor:
         after = replace(self.state, writer=target, fenced=self.state.fenced | {old})
         sync = desired_sync_names(after, statuses, self.policy)
         phases["candidate_chosen"] = time.time()
-        timeline = await actions.promote(self.config, self.nodes[target], sync)
+        timeline = await actions.promote(self.config, self.nodes[target], sync, self.state.timeline)
         phases["promoted"] = time.time()
         self._set_state(writer=target, epoch=self.state.epoch + 1, timeline=timeline,
                         fenced=(self.state.fenced | {old}) - {target})

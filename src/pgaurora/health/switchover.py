@@ -70,7 +70,7 @@ async def switchover(monitor: "Monitor", to: str | None) -> dict:
     phases["target_caught_up"] = time.time()
     after = replace(monitor.state, writer=target)
     sync = desired_sync_names(after, monitor.statuses, monitor.policy)
-    timeline = await actions.promote(monitor.config, monitor.nodes[target], sync)
+    timeline = await actions.promote(monitor.config, monitor.nodes[target], sync, monitor.state.timeline)
     phases["promoted"] = time.time()
     monitor._set_state(writer=target, epoch=monitor.state.epoch + 1, timeline=timeline)
     await monitor.publish(f"switchover: {target} is the writer (epoch {monitor.state.epoch})")
