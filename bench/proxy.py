@@ -171,7 +171,7 @@ def main() -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
     parser.add_argument("--sessions", type=int, default=0, help="also measure RSS with this many sessions (e.g. 2000)")
-    parser.add_argument("--relays", default="python,kernel", help="pgaurora relays to run: python, kernel, auto")
+    parser.add_argument("--relays", default="hybrid,python", help="pgaurora relays to run: hybrid, python, kernel")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     workloads = [w for w in args.workloads.split(",") if w]

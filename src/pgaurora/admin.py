@@ -42,7 +42,7 @@ def status_document(service: "Service") -> dict:
         "sync_mode": config.failover.sync_mode.value, "sync_standbys": topology.sync_standbys,
         "loss_bound_bytes": loss_bound_bytes(topology),
         "client_connections": service.proxy_state.clients,
-        "relay": "kernel" if service.proxy_state.sockmap is not None else "python",
+        "relay": service.relay_mode,
         "nodes": nodes,
     }
 

@@ -26,9 +26,9 @@ def _kernel_relay(config: Config) -> SockMap | None:
     if config.proxy.relay is RelayMode.PYTHON:
         return None
     sockmap = SockMap.open()
-    if sockmap is None and config.proxy.relay is RelayMode.KERNEL:
-        raise ConfigError(["proxy.relay: 'kernel' needs eBPF sockmap support and CAP_BPF (run as root), "
-                           "which this machine lacks; use 'auto' or 'python'"])
+    if sockmap is None and config.proxy.relay in (RelayMode.KERNEL, RelayMode.HYBRID):
+        raise ConfigError([f"proxy.relay: {config.proxy.relay.value!r} needs eBPF sockmap support and CAP_BPF "
+                           "(run as root), which this machine lacks; use 'auto' or 'python'"])
     return sockmap
 
 
@@ -38,7 +38,7 @@ class Service:
         self.config = config
         self.hub = TopologyHub(Topology(cluster=config.cluster))
         self.events = events or EventLog()
-        self.proxy_state = ProxyState(_kernel_relay(config))
+        self.proxy_state = ProxyState(_kernel_relay(config), both_ways=config.proxy.relay is RelayMode.KERNEL)
         self.router = Router(self.hub, config, self.proxy_state)
         self.writer = Endpoint(EndpointKind.WRITER, config.writer, config, self.hub, self.router, self.proxy_state)
         self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router, self.proxy_state)
@@ -48,6 +48,12 @@ class Service:
                              config.dns.host, config.dns.port) if config.dns.enabled else None
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._monitor_task: asyncio.Task | None = None
+
+    @property
+    def relay_mode(self) -> str:
+        """The relay sessions actually use: python, kernel or hybrid."""
+        state = self.proxy_state
+        return "python" if state.sockmap is None else "kernel" if state.both_ways else "hybrid"
 
     def reader_nodes(self) -> list[str]:
         topology = self.hub.current

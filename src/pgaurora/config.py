@@ -33,9 +33,10 @@ class ReaderFallback(str, Enum):
 
 
 class RelayMode(str, Enum):
-    PYTHON = "python"  # Protocol pipes on uvloop: the default, best on large results
-    KERNEL = "kernel"  # eBPF sockmap: least CPU on small queries; needs CAP_BPF
-    AUTO = "auto"  # kernel where BPF is available, else Python
+    PYTHON = "python"  # Protocol pipes on uvloop, both ways
+    KERNEL = "kernel"  # eBPF sockmap both ways: least CPU on small queries; needs CAP_BPF
+    HYBRID = "hybrid"  # eBPF sockmap client -> server, Python server -> client
+    AUTO = "auto"  # hybrid where BPF is available, else Python
 
 
 class SyncMode(str, Enum):
@@ -134,7 +135,7 @@ class ProxyConfig(_Frozen):
     startup_timeout: Annotated[float, Field(gt=0)] = 10.0
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     failover_connect_timeout: Annotated[float, Field(ge=0)] = 30.0
-    relay: RelayMode = RelayMode.PYTHON
+    relay: RelayMode = RelayMode.AUTO
 
 
 class MonitorConfig(_Frozen):

@@ -95,13 +95,13 @@ class Session:
         client_sock = self.client.transport.get_extra_info("socket")
         server_sock = self.server.transport.get_extra_info("socket")
         try:
-            self.cookies = self.state.sockmap.splice(client_sock, server_sock)
+            self.cookies = self.state.sockmap.splice(client_sock, server_sock, self.state.both_ways)
         except OSError as exc:
             log.warning("kernel relay refused a session (%s); relaying it in Python", exc)
 
     def at_message_boundary(self) -> bool:
         """Did the server's last bytes end with ReadyForQuery? Then an ErrorResponse can be injected safely."""
-        if self.cookies is not None:
+        if self.cookies is not None and self.state.both_ways:
             kernel = self.state.sockmap.ended_with_ready_for_query(self.cookies[1])
             if kernel is not None:
                 return kernel

@@ -1,7 +1,10 @@
 """Kernel relay: established sessions spliced socket-to-socket by an eBPF sockmap, so bytes skip user space.
 
-Both sockets of a session go into a SOCKHASH keyed by the *other* socket's cookie; an
-sk_skb verdict program redirects every received skb to the peer's egress. The same program
+A socket whose bytes the kernel should forward goes into the `sources` SOCKHASH, where an sk_skb
+verdict program runs on everything it receives and redirects it to the egress of the socket that
+the `targets` SOCKHASH holds under the receiving socket's cookie. Both directions of a session can
+be offloaded this way, or only client to server (hybrid: results still flow through Python, where
+large transfers are cheaper than the kernel's redirect workqueue). The same program
 records, per socket, whether its last skb ended with ReadyForQuery, so the proxy still knows
 when an ErrorResponse can be injected safely. Where BPF is unavailable (no privileges, old
 kernel), `SockMap.open()` returns None and sessions stay on the Python relay.
@@ -62,7 +65,7 @@ def _ld_map_fd(dst: int, fd: int) -> bytes:
     return _insn(0x18, dst, 1, imm=fd) + _insn(0, imm=0)
 
 
-def verdict_program(sockhash_fd: int, boundary_fd: int) -> bytes:
+def verdict_program(targets_fd: int, boundary_fd: int) -> bytes:
     """sk_skb verdict: note whether this skb ends with ReadyForQuery, then redirect it to the peer."""
     rfq_head = int.from_bytes(b"Z\0\0\0", "little")
     body = [
@@ -83,7 +86,7 @@ def verdict_program(sockhash_fd: int, boundary_fd: int) -> bytes:
         _ld_map_fd(1, boundary_fd), _mov_reg(2, 10), _add_imm(2, -8),
         _mov_reg(3, 10), _add_imm(3, -24), _mov_imm(4, 0),
         _call(FN_MAP_UPDATE_ELEM),
-        _mov_reg(1, 6), _ld_map_fd(2, sockhash_fd),       # return sk_redirect_hash(skb, map, &key, 0)
+        _mov_reg(1, 6), _ld_map_fd(2, targets_fd),        # return sk_redirect_hash(skb, targets, &key, 0)
         _mov_reg(3, 10), _add_imm(3, -8), _mov_imm(4, 0),
         _call(FN_SK_REDIRECT_HASH),
         _exit(),
@@ -98,8 +101,8 @@ def socket_cookie(sock) -> int:
 class SockMap:
     """The loaded program and its maps; one per proxy process."""
 
-    def __init__(self, sockhash_fd: int, boundary_fd: int, prog_fd: int) -> None:
-        self.sockhash_fd, self.boundary_fd, self.prog_fd = sockhash_fd, boundary_fd, prog_fd
+    def __init__(self, sources_fd: int, targets_fd: int, boundary_fd: int, prog_fd: int) -> None:
+        self.sources_fd, self.targets_fd, self.boundary_fd, self.prog_fd = sources_fd, targets_fd, boundary_fd, prog_fd
         self._key, self._val = ctypes.create_string_buffer(8), ctypes.create_string_buffer(8)
 
     @classmethod
@@ -109,10 +112,10 @@ class SockMap:
             return None
         fds: list[int] = []
         try:
-            fds.append(_bpf(MAP_CREATE, struct.pack("<IIIII", MAP_TYPE_SOCKHASH, 8, 4, MAX_SESSIONS * 2, 0)))
-            fds.append(_bpf(MAP_CREATE, struct.pack("<IIIII", MAP_TYPE_LRU_HASH, 8, 8, MAX_SESSIONS * 2, 0)))
-            fds.append(_load(verdict_program(fds[0], fds[1])))
-            _attach(fds[0], fds[2])
+            for map_type, value_size in ((MAP_TYPE_SOCKHASH, 4), (MAP_TYPE_SOCKHASH, 4), (MAP_TYPE_LRU_HASH, 8)):
+                fds.append(_bpf(MAP_CREATE, struct.pack("<IIIII", map_type, 8, value_size, MAX_SESSIONS * 2, 0)))
+            fds.append(_load(verdict_program(fds[1], fds[2])))
+            _attach(fds[0], fds[3])
             return cls(*fds)
         except OSError as exc:
             for fd in fds:
@@ -128,12 +131,15 @@ class SockMap:
             addr_val = ctypes.addressof(self._val)
         _bpf(cmd, struct.pack("<IIQQQ", fd, 0, ctypes.addressof(self._key), addr_val, flags))
 
-    def splice(self, client, server) -> tuple[int, int]:
-        """Relay client <-> server in the kernel from now on; returns the two socket cookies."""
+    def splice(self, client, server, both_ways: bool = True) -> tuple[int, int]:
+        """Relay client -> server (and server -> client when both_ways) in the kernel from now on;
+        returns the two socket cookies, for forget()."""
         client_cookie, server_cookie = socket_cookie(client), socket_cookie(server)
-        self._update(MAP_UPDATE_ELEM, self.sockhash_fd, client_cookie, struct.pack("<I", server.fileno()))
+        pairs = [(client_cookie, client, server)] + ([(server_cookie, server, client)] if both_ways else [])
         try:
-            self._update(MAP_UPDATE_ELEM, self.sockhash_fd, server_cookie, struct.pack("<I", client.fileno()))
+            for cookie, source, target in pairs:  # the target first: a source redirects from its insertion on
+                self._update(MAP_UPDATE_ELEM, self.targets_fd, cookie, struct.pack("<I", target.fileno()))
+                self._update(MAP_UPDATE_ELEM, self.sources_fd, cookie, struct.pack("<I", source.fileno()))
         except OSError:
             self.forget(client_cookie, server_cookie)
             raise
@@ -149,14 +155,14 @@ class SockMap:
 
     def forget(self, *cookies: int) -> None:
         for cookie in cookies:
-            for fd in (self.sockhash_fd, self.boundary_fd):
+            for fd in (self.sources_fd, self.targets_fd, self.boundary_fd):
                 try:
                     self._update(MAP_DELETE_ELEM, fd, cookie)
                 except OSError:
                     pass
 
     def close(self) -> None:
-        for fd in (self.prog_fd, self.boundary_fd, self.sockhash_fd):
+        for fd in (self.prog_fd, self.boundary_fd, self.targets_fd, self.sources_fd):
             os.close(fd)
 
 

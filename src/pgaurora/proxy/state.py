@@ -15,8 +15,9 @@ CancelKey = tuple[int, bytes]
 class ProxyState:
     """Shared by both endpoints, so a cancel request may arrive on either."""
 
-    def __init__(self, sockmap: "SockMap | None" = None) -> None:
+    def __init__(self, sockmap: "SockMap | None" = None, both_ways: bool = True) -> None:
         self.sockmap = sockmap  # the kernel relay, when this process could load it
+        self.both_ways = both_ways  # kernel relays server -> client too (else only client -> server)
         self.clients = 0  # client connections open, in any phase
         self.sessions_by_node: dict[str, set["Session"]] = defaultdict(set)
         self.cancel_keys: dict[CancelKey, tuple[str, int]] = {}
