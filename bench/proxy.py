@@ -123,7 +123,8 @@ def summarize(runs: list[Run]) -> list[dict]:
 
 
 def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    width = int(spec.split(".")[0] or 0)
+    return "-".rjust(width) if value is None else format(value, spec)
 
 
 def print_table(rows: list[dict]) -> None:
