@@ -19,6 +19,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def started(proc: subprocess.Popen, host: str, port: int) -> subprocess.Popen:
+    """proc, once it listens on host:port; stopped (by its PID) if it never does."""
+    try:
+        wait_port(host, port)
+    except TimeoutError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
 def wait_port(host: str, port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,8 +97,8 @@ def start_pgaurora(cluster: LocalCluster, work: Path, relay: str = "auto",
                     f'[failover]\nsync_mode = "off"\nreplication_password = "{cluster.replication_password}"\n'
                     f'[proxy]\nmax_client_connections = 10000\nrelay = "{relay}"\n')
     log = open(work / f"{name}.log", "w")
-    proc = subprocess.Popen(["pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    wait_port("127.0.0.1", writer)
+    proc = started(subprocess.Popen(["pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT),
+                   "127.0.0.1", writer)
     wait_port("127.0.0.1", reader)
     return Target(name, "127.0.0.1", writer, proc), Target(f"{name}-reader", "127.0.0.1", reader, proc)
 
@@ -108,8 +119,7 @@ def start_pgbouncer(cluster: LocalCluster, work: Path) -> Target:
     kwargs = {} if cluster.user.is_self else {"user": cluster.user.uid, "group": cluster.user.gid, "extra_groups": []}
     proc = subprocess.Popen([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", str(ini)],
                             stdout=subprocess.DEVNULL, stderr=open(work / "pgbouncer.log", "w"), **kwargs)
-    wait_port("127.0.0.1", port)
-    return Target("pgbouncer", "127.0.0.1", port, proc)
+    return Target("pgbouncer", "127.0.0.1", port, started(proc, "127.0.0.1", port))
 
 
 def start_haproxy(cluster: LocalCluster, work: Path) -> Target:
@@ -121,5 +131,4 @@ def start_haproxy(cluster: LocalCluster, work: Path) -> Target:
                    f"  default_backend primary\n\nbackend primary\n  server n1 {primary.host}:{primary.port}\n")
     proc = subprocess.Popen([shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(work / "haproxy.log", "w"))
-    wait_port("127.0.0.1", port)
-    return Target("haproxy", "127.0.0.1", port, proc)
+    return Target("haproxy", "127.0.0.1", port, started(proc, "127.0.0.1", port))

@@ -195,9 +195,10 @@ def main() -> int:
         replica_targets = [Target("direct-replica", cluster.replicas[0].host, cluster.port)]
         for relay in args.relays.split(","):
             writer, reader = start_pgaurora(cluster, work, relay, f"pgaurora-{relay}")
-            targets.append(writer)
+            targets.append(writer)  # the reader shares the writer's process: stopped with it
             replica_targets.append(reader)
-        targets += [start_pgbouncer(cluster, work), start_haproxy(cluster, work)]
+        targets.append(start_pgbouncer(cluster, work))  # one by one: `finally` stops whatever started
+        targets.append(start_haproxy(cluster, work))
         runs = []
         for rnd in range(args.rounds):
             for workload in workloads:

@@ -47,9 +47,7 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(fresh_clu
     old = cluster.primary
     writes = svc.write_loop()
     try:
-        for _ in wait_until("some writes before the crash", 10):
-            if len(writes.acked) >= 50:
-                break
+        writes.wait_acked(50, 10)
         dns_seen = {}
 
         def watch_dns():
@@ -133,9 +131,7 @@ def test_fenced_primary_rejoins_automatically_by_default(fresh_cluster, service)
     svc = service(service_config(cluster), controller=cluster)
     writes = svc.write_loop()  # in-flight commits leave WAL on n1 that n2 never got: rewind must undo it
     try:
-        for _ in wait_until("writes before the crash", 10):
-            if len(writes.acked) >= 20:
-                break
+        writes.wait_acked(20, 10)
         cluster.primary.kill()
         for _ in wait_until("failover", 15):
             if svc.topology.writer == "n2":
@@ -178,9 +174,7 @@ def test_switchover_under_write_loop_loses_no_acknowledged_write(fresh_cluster, 
     svc = service(service_config(cluster), controller=cluster)
     writes = svc.write_loop()
     try:
-        for _ in wait_until("writes before the switchover", 10):
-            if len(writes.acked) >= 50:
-                break
+        writes.wait_acked(50, 10)
         out = subprocess.run(["pgaurora", "switchover", "--to", "n3", "--admin", svc.admin_url],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -248,9 +242,7 @@ def test_frozen_primary_fails_over_once_replicas_lose_it(fresh_cluster, service)
     old = cluster.primary
     writes = svc.write_loop()
     try:
-        for _ in wait_until("writes before the freeze", 10):
-            if len(writes.acked) >= 20:
-                break
+        writes.wait_acked(20, 10)
         frozen = time.time()
         old.pause()  # TCP still accepts; replicas see silence only after wal_receiver_timeout (5 s)
         for _ in wait_until("failover away from the frozen primary", 20):

@@ -94,6 +94,10 @@ class WriteLoop:
         if conn is not None:
             conn.terminate()
 
+    def wait_acked(self, count: int, timeout: float = 30) -> None:
+        """Block until at least count inserts were acknowledged (polling, with a deadline)."""
+        _wait(f"{count} acknowledged writes through {self.address}", lambda: len(self.acked) >= count, timeout)
+
     def acked_after(self, moment: float) -> list[tuple[int, float]]:
         return [(i, t) for i, t in self.acked if t > moment]
 
@@ -165,7 +169,7 @@ def crash_primary_once(cluster: LocalCluster, svc: BackgroundService, table: str
     writes = WriteLoop(svc.endpoint("writer"), "postgres", cluster.password, table)
     dns_name, dns_addr = f"writer.{svc.config.zone}", svc.endpoint("dns")
     try:
-        _wait("writes before the crash", lambda: len(writes.acked) >= 20, 30)
+        writes.wait_acked(20)
         failovers = len([e for e in svc.events.recent() if e["kind"] == "failover"])
         killed = time.time()
         old.kill()
