@@ -25,7 +25,7 @@ log = logging.getLogger("pgaurora")
 def _kernel_relay(config: Config) -> SockMap | None:
     if config.proxy.relay is RelayMode.PYTHON:
         return None
-    sockmap = SockMap.open()
+    sockmap = SockMap.open(record_boundaries=config.proxy.relay is RelayMode.KERNEL)
     if sockmap is None and config.proxy.relay in (RelayMode.KERNEL, RelayMode.HYBRID):
         raise ConfigError([f"proxy.relay: {config.proxy.relay.value!r} needs eBPF sockmap support and CAP_BPF "
                            "(run as root), which this machine lacks; use 'auto' or 'python'"])

@@ -37,6 +37,8 @@ def test_relay_mode_is_reported_and_sessions_use_it(relay_proxy):
         assert len(rows) == 5000 and rows[-1][0] == 5000
         (session,) = [s for ss in svc.service.proxy_state.sessions_by_node.values() for s in ss]
         assert session.offloaded is (mode != "python")
+        if mode == "kernel":  # the kernel saw the result end with ReadyForQuery
+            assert svc.service.proxy_state.sockmap.ended_with_ready_for_query(session.cookies[1]) is True
 
 
 def test_pgbench_over_each_relay(relay_proxy):

@@ -59,6 +59,10 @@ class Monitor:
                     "system_id": self.state.system_id, "fenced": sorted(self.state.fenced)}
             self._state_file.write_text(json.dumps(data) + "\n")
 
+    def _new_epoch(self, writer: str, timeline: int | None, **changes) -> None:
+        """Every change of writer goes through here, so every promotion starts a new epoch."""
+        self._set_state(writer=writer, epoch=self.state.epoch + 1, timeline=timeline, **changes)
+
     def _load_state(self) -> ClusterState:
         if self._state_file is None or not self._state_file.exists():
             return ClusterState()
@@ -132,16 +136,14 @@ class Monitor:
     async def _act_elect(self, decision: Decision, statuses) -> None:
         chosen = statuses[decision.target]
         rivals = {s.name for s in statuses.values() if s.is_primary and s.name != chosen.name}
-        self._set_state(writer=chosen.name, epoch=self.state.epoch + 1, timeline=chosen.timeline,
-                        system_id=chosen.system_id, fenced=self.state.fenced | rivals)
+        self._new_epoch(chosen.name, chosen.timeline, system_id=chosen.system_id, fenced=self.state.fenced | rivals)
         self.events.record("elect", decision.reason, writer=chosen.name, epoch=self.state.epoch)
 
     async def _act_adopt(self, decision: Decision, statuses) -> None:
         old = self.state.writer
         fenced = self.state.fenced if statuses[old].is_replica else self.state.fenced | {old}
         chosen = statuses[decision.target]
-        self._set_state(writer=chosen.name, epoch=self.state.epoch + 1, timeline=chosen.timeline,
-                        fenced=fenced - {chosen.name})
+        self._new_epoch(chosen.name, chosen.timeline, fenced=fenced - {chosen.name})
         self.events.record("adopt", decision.reason, writer=chosen.name, old_writer=old, epoch=self.state.epoch)
 
     async def _act_fence(self, decision: Decision, statuses) -> None:
@@ -186,8 +188,7 @@ class Monitor:
         phases["candidate_chosen"] = time.time()
         timeline = await actions.promote(self.config, self.nodes[target], sync, self.state.timeline)
         phases["promoted"] = time.time()
-        self._set_state(writer=target, epoch=self.state.epoch + 1, timeline=timeline,
-                        fenced=(self.state.fenced | {old}) - {target})
+        self._new_epoch(target, timeline, fenced=(self.state.fenced | {old}) - {target})
         self.statuses = {**self.statuses, target: replace(statuses[target], in_recovery=False,
                                                           timeline=timeline, sync_names=sync)}
         await self.publish(decision.reason)

@@ -72,7 +72,7 @@ async def switchover(monitor: "Monitor", to: str | None) -> dict:
     sync = desired_sync_names(after, monitor.statuses, monitor.policy)
     timeline = await actions.promote(monitor.config, monitor.nodes[target], sync, monitor.state.timeline)
     phases["promoted"] = time.time()
-    monitor._set_state(writer=target, epoch=monitor.state.epoch + 1, timeline=timeline)
+    monitor._new_epoch(target, timeline)
     await monitor.publish(f"switchover: {target} is the writer (epoch {monitor.state.epoch})")
     phases["endpoints_switched"] = time.time()
     method = await asyncio.to_thread(monitor.controller.rejoin, old, target)

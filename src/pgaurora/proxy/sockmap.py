@@ -65,13 +65,28 @@ def _ld_map_fd(dst: int, fd: int) -> bytes:
     return _insn(0x18, dst, 1, imm=fd) + _insn(0, imm=0)
 
 
-def verdict_program(targets_fd: int, boundary_fd: int) -> bytes:
-    """sk_skb verdict: note whether this skb ends with ReadyForQuery, then redirect it to the peer."""
-    rfq_head = int.from_bytes(b"Z\0\0\0", "little")
-    body = [
+def verdict_program(targets_fd: int, boundary_fd: int | None) -> bytes:
+    """sk_skb verdict: note whether this skb ends with ReadyForQuery (when boundary_fd is given),
+    then redirect it to the peer."""
+    head = [
         _mov_reg(6, 1),                                   # r6 = skb
         _call(FN_GET_SOCKET_COOKIE),
         _stx_dw(10, 0, -8),                               # key = cookie of the receiving socket
+    ]
+    redirect = [
+        _mov_reg(1, 6), _ld_map_fd(2, targets_fd),        # return sk_redirect_hash(skb, targets, &key, 0)
+        _mov_reg(3, 10), _add_imm(3, -8), _mov_imm(4, 0),
+        _call(FN_SK_REDIRECT_HASH),
+        _exit(),
+    ]
+    boundary = [] if boundary_fd is None else _record_boundary(boundary_fd)
+    return b"".join(head + boundary + redirect)
+
+
+def _record_boundary(boundary_fd: int) -> list[bytes]:
+    """boundary[cookie] = 1 if the skb ends with ReadyForQuery ('Z', length 5, status), else 0."""
+    rfq_head = int.from_bytes(b"Z\0\0\0", "little")
+    return [
         _mov_imm(8, 0),                                   # flag = 0
         _ldx_w(7, 6, 0),                                  # r7 = skb->len
         _jlt_imm(7, 6, 13),                               # too short for ReadyForQuery -> store
@@ -86,12 +101,7 @@ def verdict_program(targets_fd: int, boundary_fd: int) -> bytes:
         _ld_map_fd(1, boundary_fd), _mov_reg(2, 10), _add_imm(2, -8),
         _mov_reg(3, 10), _add_imm(3, -24), _mov_imm(4, 0),
         _call(FN_MAP_UPDATE_ELEM),
-        _mov_reg(1, 6), _ld_map_fd(2, targets_fd),        # return sk_redirect_hash(skb, targets, &key, 0)
-        _mov_reg(3, 10), _add_imm(3, -8), _mov_imm(4, 0),
-        _call(FN_SK_REDIRECT_HASH),
-        _exit(),
     ]
-    return b"".join(body)
 
 
 def socket_cookie(sock) -> int:
@@ -106,15 +116,18 @@ class SockMap:
         self._key, self._val = ctypes.create_string_buffer(8), ctypes.create_string_buffer(8)
 
     @classmethod
-    def open(cls) -> "SockMap | None":
-        """Load the relay into the kernel, or None (logged once) when this kernel or user cannot."""
+    def open(cls, record_boundaries: bool = True) -> "SockMap | None":
+        """Load the relay into the kernel, or None (logged once) when this kernel or user cannot.
+
+        record_boundaries is needed only when the kernel also relays server -> client (the
+        ReadyForQuery check then happens in the kernel); hybrid sessions skip that per-skb work."""
         if _NR_BPF is None:
             return None
         fds: list[int] = []
         try:
             for map_type, value_size in ((MAP_TYPE_SOCKHASH, 4), (MAP_TYPE_SOCKHASH, 4), (MAP_TYPE_LRU_HASH, 8)):
                 fds.append(_bpf(MAP_CREATE, struct.pack("<IIIII", map_type, 8, value_size, MAX_SESSIONS * 2, 0)))
-            fds.append(_load(verdict_program(fds[1], fds[2])))
+            fds.append(_load(verdict_program(fds[1], fds[2] if record_boundaries else None)))
             _attach(fds[0], fds[3])
             return cls(*fds)
         except OSError as exc:
