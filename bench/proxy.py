@@ -2,8 +2,8 @@
 
     python bench/proxy.py [--rounds 3] [--duration 10] [--workloads select-c1,tpcb-c16] [--json out.json]
 
-Targets run interleaved inside each round (A B C D, A B C D, ...) so drift in machine speed hits them
-alike. For every target and workload it reports median TPS, average and p99 latency, the proxy's CPU
+Targets run interleaved inside each round, in alternating order (A B C D, D C B A, ...), so drift in
+machine speed hits them alike. For every target and workload it reports median TPS, average and p99 latency, the proxy's CPU
 time per transaction (from /proc, µs/tx), the whole
 machine's busy CPU per transaction (kernel threads included: the kernel relay works in kworkers), and ratios to direct, HAProxy and PgBouncer in the same round.
 """
@@ -172,7 +172,8 @@ def main() -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
     parser.add_argument("--sessions", type=int, default=0, help="also measure RSS with this many sessions (e.g. 2000)")
-    parser.add_argument("--relays", default="hybrid,python", help="pgaurora relays to run: hybrid, python, kernel")
+    parser.add_argument("--relays", default="native",
+                        help="comma-separated pgaurora relays to run: native, hybrid, python, kernel")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     workloads = [w for w in args.workloads.split(",") if w]
@@ -203,6 +204,8 @@ def main() -> int:
         for rnd in range(args.rounds):
             for workload in workloads:
                 order = targets + (replica_targets if workload in READER_WORKLOADS else [])
+                if rnd % 2:  # A B C D, then D C B A: a steady drift in machine speed cancels out
+                    order = order[::-1]
                 for target in order:
                     run = _pgbench(target, workload, args.duration, work, cluster.password)
                     run.round = rnd

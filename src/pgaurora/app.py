@@ -15,6 +15,7 @@ from .eventlog import EventLog
 from .health.monitor import Monitor, NodeController
 from .proxy.endpoint import Endpoint
 from .proxy.router import EndpointKind, Router
+from .proxy.native import NativeRelay
 from .proxy.sockmap import SockMap
 from .proxy.state import ProxyState
 from .topology import Topology, TopologyHub
@@ -22,14 +23,27 @@ from .topology import Topology, TopologyHub
 log = logging.getLogger("pgaurora")
 
 
-def _kernel_relay(config: Config) -> SockMap | None:
-    if config.proxy.relay is RelayMode.PYTHON:
+def _kernel_relay(mode: RelayMode) -> SockMap | None:
+    if mode not in (RelayMode.KERNEL, RelayMode.HYBRID, RelayMode.AUTO):
         return None
-    sockmap = SockMap.open(record_boundaries=config.proxy.relay is RelayMode.KERNEL)
-    if sockmap is None and config.proxy.relay in (RelayMode.KERNEL, RelayMode.HYBRID):
-        raise ConfigError([f"proxy.relay: {config.proxy.relay.value!r} needs eBPF sockmap support and CAP_BPF "
+    sockmap = SockMap.open(record_boundaries=mode is RelayMode.KERNEL)
+    if sockmap is None and mode is not RelayMode.AUTO:
+        raise ConfigError([f"proxy.relay: {mode.value!r} needs eBPF sockmap support and CAP_BPF "
                            "(run as root), which this machine lacks; use 'auto' or 'python'"])
     return sockmap
+
+
+def proxy_state(config: Config) -> ProxyState:
+    """The relay the config asks for; 'auto' takes the first that works of native, hybrid and Python."""
+    mode = config.proxy.relay
+    if mode in (RelayMode.NATIVE, RelayMode.AUTO):
+        native = NativeRelay.open(config.proxy.relay_threads)
+        if native is not None:
+            return ProxyState(native=native)
+        if mode is RelayMode.NATIVE:
+            raise ConfigError(["proxy.relay: 'native' needs pgaurora's C extension, which was not built "
+                               "(no C compiler at install time?); reinstall with gcc, or use 'auto' or 'python'"])
+    return ProxyState(_kernel_relay(mode), both_ways=mode is RelayMode.KERNEL)
 
 
 class Service:
@@ -38,7 +52,7 @@ class Service:
         self.config = config
         self.hub = TopologyHub(Topology(cluster=config.cluster))
         self.events = events or EventLog()
-        self.proxy_state = ProxyState(_kernel_relay(config), both_ways=config.proxy.relay is RelayMode.KERNEL)
+        self.proxy_state = proxy_state(config)
         self.router = Router(self.hub, config, self.proxy_state)
         self.writer = Endpoint(EndpointKind.WRITER, config.writer, config, self.hub, self.router, self.proxy_state)
         self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router, self.proxy_state)
@@ -51,8 +65,10 @@ class Service:
 
     @property
     def relay_mode(self) -> str:
-        """The relay sessions actually use: python, kernel or hybrid."""
+        """The relay sessions actually use: native, python, kernel or hybrid."""
         state = self.proxy_state
+        if state.native is not None:
+            return "native"
         return "python" if state.sockmap is None else "kernel" if state.both_ways else "hybrid"
 
     def reader_nodes(self) -> list[str]:
@@ -90,6 +106,8 @@ class Service:
         await self.monitor.close()
         if self.proxy_state.sockmap is not None:
             self.proxy_state.sockmap.close()
+        if self.proxy_state.native is not None:
+            self.proxy_state.native.close()
 
     async def wait_ready(self, timeout: float = 30) -> bool:
         """True once a writer is known (and a reader, when the cluster has replicas)."""

@@ -33,10 +33,11 @@ class ReaderFallback(str, Enum):
 
 
 class RelayMode(str, Enum):
+    NATIVE = "native"  # C relay threads (one per core by default), outside the GIL; needs the built extension
     PYTHON = "python"  # Protocol pipes on uvloop, both ways
     KERNEL = "kernel"  # eBPF sockmap both ways: least CPU on small queries; needs CAP_BPF
     HYBRID = "hybrid"  # eBPF sockmap client -> server, Python server -> client
-    AUTO = "auto"  # hybrid where BPF is available, else Python
+    AUTO = "auto"  # native where the extension was built, else hybrid where BPF is available, else Python
 
 
 class SyncMode(str, Enum):
@@ -136,6 +137,7 @@ class ProxyConfig(_Frozen):
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     failover_connect_timeout: Annotated[float, Field(ge=0)] = 30.0
     relay: RelayMode = RelayMode.AUTO
+    relay_threads: Annotated[int, Field(ge=0, le=256)] = 0  # native relay threads; 0: one per core
 
 
 class MonitorConfig(_Frozen):

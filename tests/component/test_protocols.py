@@ -138,7 +138,7 @@ def _session(state: ProxyState, node: str = "n1", kind: str = "writer"):
     client, server = MockTransport(), MockTransport()
     session = Session(node, kind, state, client, server)
     state.client_opened()
-    session.start((7, b"key!"), ("127.0.0.11", 5432), offload=False)
+    session.start((7, b"key!"), ("127.0.0.11", 5432), offload=False, ready=b"")
     return session, client, server
 
 

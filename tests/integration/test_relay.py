@@ -1,4 +1,4 @@
-"""Both relays carry real sessions: the kernel (eBPF sockmap) relay and the Python fallback."""
+"""Every relay carries real sessions: native C threads, the kernel (eBPF sockmap), hybrid and the Python fallback."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import urllib.request
 import psycopg
 import pytest
 
+from pgaurora.proxy import native
 from pgaurora.proxy.sockmap import SockMap
 from tests.helpers import ServiceThread, service_config
 
@@ -18,10 +19,12 @@ if KERNEL is not None:
     KERNEL.close()
 
 
-@pytest.fixture(params=["python", "kernel", "hybrid"])
+@pytest.fixture(params=["native", "python", "kernel", "hybrid"])
 def relay_proxy(request, cluster):
-    if request.param != "python" and KERNEL is None:
+    if request.param in ("kernel", "hybrid") and KERNEL is None:
         pytest.skip("this kernel or user cannot load the eBPF relay")
+    if request.param == "native" and not native.available():
+        pytest.skip("the native relay extension was not built")
     svc = ServiceThread(service_config(cluster, proxy={"relay": request.param}, failover={"enabled": False}))
     svc.wait_ready()
     yield request.param, svc

@@ -117,8 +117,7 @@ class ClientProtocol(asyncio.Protocol):
         session = Session(server.node.name, self.endpoint.kind.value, self.endpoint.state,
                           self.transport, server.transport)
         self.session = session
-        session.start(server.cancel_key, (server.node.host, server.node.port), offload)
-        self.transport.write(data)
+        session.start(server.cancel_key, (server.node.host, server.node.port), offload, data)
         self.endpoint.watch(session)
 
     def server_lost(self, server: "ServerProtocol") -> None:

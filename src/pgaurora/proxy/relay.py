@@ -1,4 +1,4 @@
-"""The established-session path: bytes relayed unparsed, by the kernel (sockmap) or by two Python Pipes."""
+"""The established-session path: bytes relayed unparsed, by C threads, the kernel (sockmap) or two Python Pipes."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ class ServerPipe(Pipe):
 class Session:
     """One client connection relayed to one server connection on one node."""
 
-    __slots__ = ("node", "kind", "state", "client", "server", "cancel_key", "closed", "cookies", "__weakref__")
+    __slots__ = ("node", "kind", "state", "client", "server", "cancel_key", "closed", "cookies", "native_id",
+                 "__weakref__")
 
     def __init__(self, node: str, kind: str, state: "ProxyState", client: asyncio.Transport,
                  server: asyncio.Transport) -> None:
@@ -72,16 +73,19 @@ class Session:
         self.cancel_key: CancelKey | None = None
         self.closed = False
         self.cookies: tuple[int, int] | None = None  # (client, server) socket cookies in the kernel relay
+        self.native_id: int | None = None  # the session's id in the native relay
 
     @property
     def offloaded(self) -> bool:
-        return self.cookies is not None
+        return self.cookies is not None or self.native_id is not None
 
-    def start(self, cancel_key: "CancelKey | None", address: tuple[str, int], offload: bool) -> None:
-        """Swap both transports onto the Pipes and, when allowed, hand the bytes to the kernel relay.
+    def start(self, cancel_key: "CancelKey | None", address: tuple[str, int], offload: bool,
+              ready: bytes) -> None:
+        """Swap both transports onto the Pipes, pass the server's `ready` bytes (ending with the first
+        ReadyForQuery) to the client and, when allowed, hand the session to the native or kernel relay.
 
-        Call it before the server's ReadyForQuery reaches the client: until then the client sends
-        nothing, so no byte can be left behind in user space when the kernel takes over.
+        Until the client has that ReadyForQuery it sends nothing, so no byte can be left behind in user
+        space: the kernel takes over just before it is written, the C threads once it was written whole.
         """
         self.state.session_started(self)
         if cancel_key is not None:
@@ -90,6 +94,9 @@ class Session:
         self.server.transport.set_protocol(self.server)
         if offload and self.state.sockmap is not None:
             self._offload()
+        self.client.transport.write(ready)
+        if offload and self.state.native is not None and not self.client.transport.get_write_buffer_size():
+            self.native_id = self.state.native.adopt(self)
 
     def _offload(self) -> None:
         client_sock = self.client.transport.get_extra_info("socket")
@@ -112,9 +119,16 @@ class Session:
         """Close the session, telling the client why when the stream allows it."""
         if self.closed:
             return
-        if self.at_message_boundary() and not self.client.transport.is_closing():
+        if self.native_id is not None:
+            self.state.native.terminate(self.native_id, sqlstate, message)
+        elif self.at_message_boundary() and not self.client.transport.is_closing():
             self.client.transport.write(error_response(sqlstate, message))
         self._close()
+
+    def relay_ended(self) -> None:
+        """The native relay saw either side close (and told the client, if the server went away)."""
+        if not self.closed:
+            self._close()
 
     def lost(self, pipe: Pipe, exc: Exception | None) -> None:
         if self.closed:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .relay import Session
+    from .native import NativeRelay
     from .sockmap import SockMap
 
 CancelKey = tuple[int, bytes]
@@ -15,8 +16,10 @@ CancelKey = tuple[int, bytes]
 class ProxyState:
     """Shared by both endpoints, so a cancel request may arrive on either."""
 
-    def __init__(self, sockmap: "SockMap | None" = None, both_ways: bool = True) -> None:
-        self.sockmap = sockmap  # the kernel relay, when this process could load it
+    def __init__(self, sockmap: "SockMap | None" = None, both_ways: bool = True,
+                 native: "NativeRelay | None" = None) -> None:
+        self.native = native  # the C relay threads, when chosen and built
+        self.sockmap = sockmap  # the kernel relay, when chosen and this process could load it
         self.both_ways = both_ways  # kernel relays server -> client too (else only client -> server)
         self.clients = 0  # client connections open, in any phase
         self.sessions_by_node: dict[str, set["Session"]] = defaultdict(set)

@@ -1,0 +1,91 @@
+"""NativeRelay: hands established sessions to C relay threads (`_relay`) and hears when they end.
+
+The C extension is built by the package's own install where a compiler is present; where it is
+not, `NativeRelay.open()` returns None and sessions stay on the Python (or kernel) relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from ..wire import error_response
+
+try:
+    from . import _relay
+except ImportError:  # built without a compiler: pure-Python fallback
+    _relay = None
+
+if TYPE_CHECKING:
+    from .relay import Session
+
+log = logging.getLogger("pgaurora.proxy")
+
+
+def available() -> bool:
+    return _relay is not None
+
+
+def default_threads() -> int:
+    """One relay thread per core this process may run on, as HAProxy's nbthread."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class NativeRelay:
+    """Owns the relay threads; the session table maps the ids they report back to Sessions."""
+
+    def __init__(self, threads: int) -> None:
+        self._relay = _relay.Relay(threads)
+        self._sessions: dict[int, "Session"] = {}
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def open(cls, threads: int = 0) -> "NativeRelay | None":
+        if _relay is None:
+            return None
+        return cls(threads or default_threads())
+
+    @property
+    def threads(self) -> int:
+        return self._relay.threads
+
+    def adopt(self, session: "Session") -> int:
+        """Stop reading both transports in Python and let a relay thread carry the session's bytes."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._relay.notify_fd, self._drain)
+        client, server = session.client.transport, session.server.transport
+        client.pause_reading()
+        server.pause_reading()
+        session_id = next(self._ids)
+        self._relay.add(session_id, client.get_extra_info("socket").fileno(),
+                        server.get_extra_info("socket").fileno(),
+                        error_response("08006", f"connection to node {session.node} was lost"))
+        self._sessions[session_id] = session
+        return session_id
+
+    def terminate(self, session_id: int, sqlstate: str, message: str) -> None:
+        """End a session; the client hears why when the server is between messages."""
+        if self._sessions.pop(session_id, None) is not None:
+            self._relay.terminate(session_id, error_response(sqlstate, message))
+
+    def _drain(self) -> None:
+        try:
+            data = os.read(self._relay.notify_fd, 8 * 4096)
+        except BlockingIOError:
+            return
+        for (session_id,) in struct.iter_unpack("=Q", data):
+            session = self._sessions.pop(session_id, None)
+            if session is not None:
+                session.relay_ended()
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._relay.notify_fd)
+        self._relay.close()
+        self._sessions.clear()
