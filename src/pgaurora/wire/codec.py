@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from construct import ConstructError
 
 from . import messages as m
@@ -63,6 +65,7 @@ class StartupDecoder:
         return decode_startup(self.raw)
 
 
+@lru_cache(maxsize=256)  # a pool's connections send the same packet: parse it once (events are frozen)
 def decode_startup(packet: bytes) -> Event:
     parsed = m.StartupPacket.parse(packet)
     code, body = parsed.code, parsed.body
@@ -172,6 +175,7 @@ def encode(event: Event) -> bytes:
     raise LocalProtocolError(f"cannot encode {event!r}")
 
 
+@lru_cache(maxsize=1024)  # the same few errors go to many clients, and construct's build is slow
 def error_response(sqlstate: str, message: str, severity: str = "FATAL", detail: str | None = None) -> bytes:
     """Bytes of an ErrorResponse as PostgreSQL would send it."""
     fields = [("S", severity), ("V", severity), ("C", sqlstate), ("M", message)]
