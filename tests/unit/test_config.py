@@ -67,3 +67,4 @@ def test_load_reads_toml_and_reports_syntax_errors(tmp_path):
         load(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load(tmp_path / "missing.toml")
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from typing import Callable
 
@@ -48,5 +49,23 @@ async def _serve(service: Service, on_ready: Callable[[], None]) -> None:
         await service.stop()
 
 
+FDS_PER_SESSION = 4  # client and server sockets, and the native relay's duplicates of both
+
+
+def raise_fd_limit(max_clients: int) -> int:
+    """Lift the soft open-files limit toward what max_client_connections needs (as HAProxy does for
+    maxconn); warn, naming the setting, when the hard limit is too low. Returns the soft limit."""
+    want = FDS_PER_SESSION * max_clients + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < want:
+        log.warning("open files limited to %d (hard limit); proxy.max_client_connections = %d needs %d",
+                    soft, max_clients, want)
+    return soft
+
+
 def serve(service: Service, on_ready: Callable[[], None]) -> None:
+    raise_fd_limit(service.config.proxy.max_client_connections)
     uvloop.run(_serve(service, on_ready))
