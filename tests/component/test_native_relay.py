@@ -150,15 +150,24 @@ def test_terminate_of_an_unknown_session_is_ignored_and_others_carry_on(relay):
     h.close()
 
 
-def test_close_ends_every_session(relay):
+def test_close_ends_every_session_even_with_endings_nobody_read(relay):
+    ended = [Harness(relay, 100 + i) for i in range(50)]
+    for h in ended:
+        h.client.close()  # 50 endings reported into the pipe, which nobody reads
     h = Harness(relay, 9)
     relay.close()
     assert read_until_eof(h.client) == b"" and read_until_eof(h.server) == b""
     with pytest.raises(RuntimeError):
         relay.add(10, h.client.fileno(), h.server.fileno(), LOST)
-    h.close()
+    for other in [h, *ended]:
+        other.close()
 
 
 def test_thread_count_is_validated():
     with pytest.raises(ValueError, match="threads"):
         native._relay.Relay(0)
+
+
+def test_a_relay_cannot_be_initialised_twice(relay):
+    with pytest.raises(RuntimeError, match="already"):
+        relay.__init__(2)

@@ -35,6 +35,7 @@ def test_relay_mode_is_reported_and_sessions_use_it(relay_proxy):
     mode, svc = relay_proxy
     status = json.loads(urllib.request.urlopen(svc.admin_url + "/status", timeout=10).read())
     assert status["relay"] == mode
+    assert status["relay_threads"] == (native.default_threads() if mode == "native" else None)
     with psycopg.connect(svc.dsn("writer")) as conn:
         rows = conn.execute("SELECT g, repeat('x', 1000) FROM generate_series(1, 5000) g").fetchall()
         assert len(rows) == 5000 and rows[-1][0] == 5000

@@ -327,15 +327,7 @@ static int worker_init(worker *w, int notify) {
     return 0;
 }
 
-static void worker_stop(worker *w) {
-    if (w->started) {
-        pthread_mutex_lock(&w->lock);
-        w->stop = 1;
-        pthread_mutex_unlock(&w->lock);
-        uint64_t one = 1;
-        if (write(w->ctl, &one, sizeof one) >= 0) pthread_join(w->thread, NULL);
-        w->started = 0;
-    }
+static void worker_release(worker *w) {
     if (w->ep >= 0) close(w->ep);
     if (w->ctl >= 0) close(w->ctl);
     w->ep = w->ctl = -1;
@@ -343,11 +335,33 @@ static void worker_stop(worker *w) {
     w->buf = NULL;
 }
 
+static void worker_signal_stop(worker *w) {
+    pthread_mutex_lock(&w->lock);
+    w->stop = 1;
+    pthread_mutex_unlock(&w->lock);
+    uint64_t one = 1;
+    if (write(w->ctl, &one, sizeof one) < 0) w->started = 0;  /* cannot wake it: do not wait for it */
+}
+
+/* Join a thread while discarding its notifications: nobody reads them any more, and a thread
+ * blocked on a full pipe would otherwise never reach its exit. */
+static void worker_join(worker *w, int notify_r) {
+    char sink[4096];
+    while (pthread_tryjoin_np(w->thread, NULL) == EBUSY) {
+        if (read(notify_r, sink, sizeof sink) <= 0) usleep(1000);
+    }
+}
+
 static void relay_shutdown(Relay *self) {
     if (self->closed) return;
     self->closed = 1;
     Py_BEGIN_ALLOW_THREADS
-    for (int i = 0; i < self->nworkers; i++) worker_stop(&self->workers[i]);
+    for (int i = 0; i < self->nworkers; i++)
+        if (self->workers[i].started) worker_signal_stop(&self->workers[i]);
+    for (int i = 0; i < self->nworkers; i++) {
+        if (self->workers[i].started) worker_join(&self->workers[i], self->notify_r);
+        worker_release(&self->workers[i]);
+    }
     Py_END_ALLOW_THREADS
     close(self->notify_r);
     close(self->notify_w);
@@ -359,6 +373,10 @@ static int Relay_init(Relay *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"threads", NULL};
     int threads;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "i", kwlist, &threads)) return -1;
+    if (self->workers || self->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Relay is already initialised");
+        return -1;
+    }
     if (threads < 1 || threads > 256) {
         PyErr_SetString(PyExc_ValueError, "threads must be between 1 and 256");
         return -1;
@@ -366,6 +384,7 @@ static int Relay_init(Relay *self, PyObject *args, PyObject *kwds) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
     fcntl(fds[0], F_SETFL, O_NONBLOCK);  /* Python's reader; the threads' end stays blocking */
+    fcntl(fds[1], F_SETPIPE_SZ, 1 << 20);  /* room for 131072 endings between two reads (best effort) */
     self->notify_r = fds[0];
     self->notify_w = fds[1];
     self->workers = calloc((size_t)threads, sizeof(worker));
