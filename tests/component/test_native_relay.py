@@ -12,7 +12,11 @@ import time
 import pytest
 
 from pgaurora.proxy import native
+from pgaurora.proxy.native import NativeRelay
+from pgaurora.proxy.relay import Session
+from pgaurora.proxy.state import ProxyState
 from pgaurora.wire import error_response
+from tests.component.test_protocols import MockTransport
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the native relay extension was not built")
 
@@ -171,3 +175,31 @@ def test_thread_count_is_validated():
 def test_a_relay_cannot_be_initialised_twice(relay):
     with pytest.raises(RuntimeError, match="already"):
         relay.__init__(2)
+
+
+class SocketTransport(MockTransport):
+    """A mock transport in front of a real (unused) socket, as the native relay needs descriptors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sock = socket.socket()
+
+    def get_extra_info(self, name, default=None):
+        return self.sock if name == "socket" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_a_session_the_threads_refuse_stays_on_the_python_relay():
+    relay = NativeRelay(1)
+    relay.close()  # a closed relay refuses every session, as one out of descriptors would
+    state = ProxyState(native=relay)
+    client, server = SocketTransport(), SocketTransport()
+    session = Session("n1", "writer", state, client, server)
+    session.start(None, ("127.0.0.11", 5432), offload=True, ready=RFQ)
+    assert session.native_id is None and client.reading and server.reading
+    session.client.data_received(b"Q\x00\x00\x00\x05\x00")
+    assert client.written == RFQ and server.written == b"Q\x00\x00\x00\x05\x00"
+    client.sock.close()
+    server.sock.close()

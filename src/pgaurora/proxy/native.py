@@ -54,8 +54,9 @@ class NativeRelay:
     def threads(self) -> int:
         return self._relay.threads
 
-    def adopt(self, session: "Session") -> int:
-        """Stop reading both transports in Python and let a relay thread carry the session's bytes."""
+    def adopt(self, session: "Session") -> int | None:
+        """Stop reading both transports in Python and let a relay thread carry the session's bytes.
+        Returns the session's id, or None when the threads cannot take it (it stays in Python)."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._relay.notify_fd, self._drain)
@@ -63,9 +64,15 @@ class NativeRelay:
         client.pause_reading()
         server.pause_reading()
         session_id = next(self._ids)
-        self._relay.add(session_id, client.get_extra_info("socket").fileno(),
-                        server.get_extra_info("socket").fileno(),
-                        error_response("08006", f"connection to node {session.node} was lost"))
+        try:
+            self._relay.add(session_id, client.get_extra_info("socket").fileno(),
+                            server.get_extra_info("socket").fileno(),
+                            error_response("08006", f"connection to node {session.node} was lost"))
+        except (OSError, RuntimeError) as exc:  # out of descriptors, or the relay is shutting down
+            log.warning("native relay refused a session (%s); relaying it in Python", exc)
+            client.resume_reading()
+            server.resume_reading()
+            return None
         self._sessions[session_id] = session
         return session_id
 
