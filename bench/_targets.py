@@ -13,6 +13,33 @@ from pathlib import Path
 from pgaurora.compose import LocalCluster
 
 
+BASELINES = {"pgbouncer": "pgbouncer", "haproxy": "haproxy", "pgbench": "postgresql-contrib"}  # tool: package
+_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/lib/postgresql/15/bin"])
+_POLICY_RC = Path("/usr/sbin/policy-rc.d")
+
+
+def ensure_baselines() -> None:
+    """Install PgBouncer, HAProxy and pgbench from Debian's packages when missing (as root), or stop
+    with one message naming what to install. The packaged services are not started: the benchmark
+    runs its own, on its own ports."""
+    missing = sorted({pkg for tool, pkg in BASELINES.items() if not shutil.which(tool, path=_SBIN_PATH)})
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SystemExit(f"bench/proxy.py needs {', '.join(missing)}: apt-get install {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    ours = not _POLICY_RC.exists()
+    if ours:  # Debian's way to keep a package's postinst from starting its service
+        _POLICY_RC.write_text("#!/bin/sh\nexit 101\n")
+        _POLICY_RC.chmod(0o755)
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    finally:
+        if ours:
+            _POLICY_RC.unlink()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,7 +144,7 @@ def start_pgbouncer(cluster: LocalCluster, work: Path) -> Target:
     for path in (work, ini, work / "userlist.txt"):
         cluster.user.chown(str(path))
     kwargs = {} if cluster.user.is_self else {"user": cluster.user.uid, "group": cluster.user.gid, "extra_groups": []}
-    proc = subprocess.Popen([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", str(ini)],
+    proc = subprocess.Popen([shutil.which("pgbouncer", path=_SBIN_PATH), str(ini)],
                             stdout=subprocess.DEVNULL, stderr=open(work / "pgbouncer.log", "w"), **kwargs)
     return Target("pgbouncer", "127.0.0.1", port, started(proc, "127.0.0.1", port))
 
@@ -129,6 +156,6 @@ def start_haproxy(cluster: LocalCluster, work: Path) -> Target:
     cfg.write_text(f"global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n"
                    f"  timeout client 1h\n  timeout server 1h\n\nfrontend pg\n  bind 127.0.0.1:{port}\n"
                    f"  default_backend primary\n\nbackend primary\n  server n1 {primary.host}:{primary.port}\n")
-    proc = subprocess.Popen([shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(cfg)],
+    proc = subprocess.Popen([shutil.which("haproxy", path=_SBIN_PATH), "-db", "-f", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(work / "haproxy.log", "w"))
     return Target("haproxy", "127.0.0.1", port, started(proc, "127.0.0.1", port))

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _targets import (Target, free_port, machine_cpu_seconds, rss_bytes, start_haproxy, start_pgaurora,
-                      start_pgbouncer)
+from _targets import (Target, ensure_baselines, free_port, machine_cpu_seconds, rss_bytes, start_haproxy,
+                      start_pgaurora, start_pgbouncer)
 
 from pgaurora.compose import LocalCluster
 
@@ -181,6 +181,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))} (choose from {', '.join(WORKLOADS)})")
 
+    ensure_baselines()
     work = Path(tempfile.mkdtemp(prefix="pgaurora-bench-"))
     os.chmod(work, 0o755)
     cluster = LocalCluster(work / "cluster", replicas=1, port=free_port(), base_address="127.0.4.11",
