@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import socket
@@ -94,7 +95,7 @@ def test_large_result_to_a_slow_reader_arrives_whole_and_in_order(relay):
     received = b""
     h.client.settimeout(5)
     while len(received) < len(rows) + len(RFQ):
-        time.sleep(0.001)  # a slow client: the relay must hold back, not buffer without bound
+        time.sleep(0.001)  # not a wait: it makes the client slow, so the relay's sends block and park
         received += h.client.recv(32768)
     writer.join(5)
     assert received == rows + RFQ
@@ -154,12 +155,16 @@ def test_terminate_of_an_unknown_session_is_ignored_and_others_carry_on(relay):
     h.close()
 
 
-def test_close_ends_every_session_even_with_endings_nobody_read(relay):
-    ended = [Harness(relay, 100 + i) for i in range(50)]
+def test_close_returns_while_a_thread_is_blocked_on_a_full_notification_pipe(relay):
+    fcntl.fcntl(relay.notify_fd, fcntl.F_SETPIPE_SZ, 4096)  # room for 512 endings
+    ended = [Harness(relay, 100 + i) for i in range(600)]
     for h in ended:
-        h.client.close()  # 50 endings reported into the pipe, which nobody reads
+        h.client.close()  # 600 endings for a pipe that nobody reads: a thread blocks writing them
     h = Harness(relay, 9)
-    relay.close()
+    closer = threading.Thread(target=relay.close)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "Relay.close() hung on a thread blocked on the notification pipe"
     assert read_until_eof(h.client) == b"" and read_until_eof(h.server) == b""
     with pytest.raises(RuntimeError):
         relay.add(10, h.client.fileno(), h.server.fileno(), LOST)

@@ -57,10 +57,11 @@ def raise_fd_limit(max_clients: int) -> int:
     maxconn); warn, naming the setting, when the hard limit is too low. Returns the soft limit."""
     want = FDS_PER_SESSION * max_clients + 256
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    if soft != resource.RLIM_INFINITY and soft < want:
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft
+    soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft < want:
         log.warning("open files limited to %d (hard limit); proxy.max_client_connections = %d needs %d",
                     soft, max_clients, want)
     return soft

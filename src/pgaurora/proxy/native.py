@@ -67,7 +67,7 @@ class NativeRelay:
         try:
             self._relay.add(session_id, client.get_extra_info("socket").fileno(),
                             server.get_extra_info("socket").fileno(),
-                            error_response("08006", f"connection to node {session.node} was lost"))
+                            error_response(*session.lost_reason))
         except (OSError, RuntimeError) as exc:  # out of descriptors, or the relay is shutting down
             log.warning("native relay refused a session (%s); relaying it in Python", exc)
             client.resume_reading()

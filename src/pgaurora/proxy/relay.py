@@ -76,6 +76,11 @@ class Session:
         self.native_id: int | None = None  # the session's id in the native relay
 
     @property
+    def lost_reason(self) -> tuple[str, str]:
+        """(SQLSTATE, message) the client gets when the server goes away between messages."""
+        return "08006", f"connection to node {self.node} was lost"
+
+    @property
     def offloaded(self) -> bool:
         return self.cookies is not None or self.native_id is not None
 
@@ -134,7 +139,7 @@ class Session:
         if self.closed:
             return
         if pipe is self.server:
-            self.terminate("08006", f"connection to node {self.node} was lost")
+            self.terminate(*self.lost_reason)
         else:
             self._close()
 
