@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgaurora.compose import LocalCluster
+from _cluster import BenchCluster, running_pgaurora
 
 
 BASELINES = {"pgbouncer": "pgbouncer", "haproxy": "haproxy", "pgbench": "postgresql-contrib"}  # tool: package
@@ -113,49 +113,66 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def start_pgaurora(cluster: LocalCluster, work: Path, relay: str = "auto",
+def start_pgaurora(bc: BenchCluster, work: Path, relay: str = "auto",
                    name: str = "pgaurora") -> tuple[Target, Target]:
+    """The benchmark's own pgaurora on free ports, for the local cluster."""
     writer, reader = free_port(), free_port()
-    nodes = "".join(f'[[nodes]]\nname = "{n.name}"\nhost = "{n.host}"\nport = {n.port}\n' for n in cluster.nodes)
     conf = work / f"{name}.toml"
-    conf.write_text(f'cluster = "bench"\n{nodes}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
+    conf.write_text(f'cluster = "bench"\n{bc.pgaurora_toml}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
                     f'[admin]\nport = {free_port()}\n[dns]\nport = {free_port()}\n'
-                    f'[monitor]\npassword = "{cluster.password}"\n'
-                    f'[failover]\nsync_mode = "off"\nreplication_password = "{cluster.replication_password}"\n'
                     f'[proxy]\nmax_client_connections = 10000\nrelay = "{relay}"\n')
-    log = open(work / f"{name}.log", "w")
-    proc = started(subprocess.Popen(["pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT),
-                   "127.0.0.1", writer)
-    wait_port("127.0.0.1", reader)
+    proc = _spawn_pgaurora(conf, work / f"{name}.log", ("127.0.0.1", writer), ("127.0.0.1", reader))
     return Target(name, "127.0.0.1", writer, proc), Target(f"{name}-reader", "127.0.0.1", reader, proc)
 
 
-def start_pgbouncer(cluster: LocalCluster, work: Path) -> Target:
+def given_pgaurora(bc: BenchCluster, work: Path) -> tuple[Target, Target]:
+    """The pgaurora that serves the user's config: the running one (measured by its PID when it runs
+    here), or one started with that config and stopped afterwards."""
+    config = bc.config
+    writer, reader = (config.writer.host, config.writer.port), (config.reader.host, config.reader.port)
+    status = running_pgaurora(config)
+    if status is None:
+        proc = _spawn_pgaurora(bc.config_path, work / "pgaurora.log", writer, reader)
+        return Target("pgaurora", *writer, proc), Target("pgaurora-reader", *reader, proc)
+    pid = status.get("pid")
+    pids = [pid] if isinstance(pid, int) and Path(f"/proc/{pid}").exists() else []  # else: on another host
+    return Target("pgaurora", *writer, extra_pids=pids), Target("pgaurora-reader", *reader, extra_pids=pids)
+
+
+def _spawn_pgaurora(conf: Path, log_path: Path, writer: tuple[str, int], reader: tuple[str, int]) -> subprocess.Popen:
+    log = open(log_path, "w")
+    proc = started(subprocess.Popen(["pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT),
+                   *writer)
+    wait_port(*reader)
+    return proc
+
+
+def start_pgbouncer(bc: BenchCluster, work: Path) -> Target:
     port = free_port()
-    primary = cluster.primary
-    secret = primary.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
-    (work / "userlist.txt").write_text(f'"postgres" "{secret}"\n')
+    host, server_port = bc.primary
+    (work / "userlist.txt").write_text(f'"{bc.user}" "{bc.password or ""}"\n')  # PgBouncer does SCRAM itself
     ini = work / "pgbouncer.ini"
-    ini.write_text(f"[databases]\n* = host={primary.host} port={primary.port}\n[pgbouncer]\n"
+    ini.write_text(f"[databases]\n* = host={host} port={server_port}\n[pgbouncer]\n"
                    f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
                    f"auth_type = scram-sha-256\nauth_file = {work / 'userlist.txt'}\npool_mode = session\n"
                    "max_client_conn = 10000\ndefault_pool_size = 3000\nmax_db_connections = 0\n"
                    "logfile =\nlog_connections = 0\nlog_disconnections = 0\n")
     for path in (work, ini, work / "userlist.txt"):
-        cluster.user.chown(str(path))
-    kwargs = {} if cluster.user.is_self else {"user": cluster.user.uid, "group": cluster.user.gid, "extra_groups": []}
+        bc.runas.chown(str(path))
+    os.chmod(work / "userlist.txt", 0o600)
+    kwargs = {} if bc.runas.is_self else {"user": bc.runas.uid, "group": bc.runas.gid, "extra_groups": []}
     proc = subprocess.Popen([shutil.which("pgbouncer", path=_SBIN_PATH), str(ini)],
                             stdout=subprocess.DEVNULL, stderr=open(work / "pgbouncer.log", "w"), **kwargs)
     return Target("pgbouncer", "127.0.0.1", port, started(proc, "127.0.0.1", port))
 
 
-def start_haproxy(cluster: LocalCluster, work: Path) -> Target:
+def start_haproxy(bc: BenchCluster, work: Path) -> Target:
     port = free_port()
-    primary = cluster.primary
+    host, server_port = bc.primary
     cfg = work / "haproxy.cfg"
     cfg.write_text(f"global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n"
                    f"  timeout client 1h\n  timeout server 1h\n\nfrontend pg\n  bind 127.0.0.1:{port}\n"
-                   f"  default_backend primary\n\nbackend primary\n  server n1 {primary.host}:{primary.port}\n")
+                   f"  default_backend primary\n\nbackend primary\n  server n1 {host}:{server_port}\n")
     proc = subprocess.Popen([shutil.which("haproxy", path=_SBIN_PATH), "-db", "-f", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(work / "haproxy.log", "w"))
     return Target("haproxy", "127.0.0.1", port, started(proc, "127.0.0.1", port))

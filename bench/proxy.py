@@ -1,6 +1,11 @@
 """Benchmark the data path: pgbench through pgaurora, PgBouncer (session) and HAProxy (TCP), against direct.
 
     python bench/proxy.py [--rounds 3] [--duration 10] [--workloads select-c1,tpcb-c16] [--json out.json]
+    python bench/proxy.py --config pgaurora.toml   # a running cluster instead of a local one
+
+With --config, the benchmark logs in with the config's monitor user, keeps pgbench's tables in a
+database of its own (pgaurora_bench, dropped at the end), and measures the pgaurora already serving
+that config, or starts one with it.
 
 Targets run interleaved inside each round, in alternating order (A B C D, D C B A, ...), so drift in
 machine speed hits them alike. For every target and workload it reports median TPS, average and p99 latency, the proxy's CPU
@@ -25,10 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _targets import (Target, ensure_baselines, free_port, machine_cpu_seconds, rss_bytes, start_haproxy,
-                      start_pgaurora, start_pgbouncer)
-
-from pgaurora.compose import LocalCluster
+from _cluster import DATABASE, BenchCluster, bench_database, given_cluster, local_cluster
+from _targets import (Target, ensure_baselines, free_port, given_pgaurora, machine_cpu_seconds, rss_bytes,
+                      start_haproxy, start_pgaurora, start_pgbouncer)
 
 BANDWIDTH_SQL = "SELECT repeat('x', 8000) FROM generate_series(1, 1250);\n"  # ~10 MB per transaction
 BANDWIDTH_BYTES = 8000 * 1250
@@ -58,7 +62,7 @@ class Run:
     mb_per_s: float | None = None
 
 
-def _pgbench(target: Target, workload: str, duration: float, work: Path, password: str) -> Run:
+def _pgbench(target: Target, workload: str, duration: float, work: Path, bc: BenchCluster) -> Run:
     args = list(WORKLOADS[workload])
     if workload.startswith("bandwidth"):
         script = work / "bandwidth.sql"
@@ -68,9 +72,8 @@ def _pgbench(target: Target, workload: str, duration: float, work: Path, passwor
     cpu_before = target.cpu() if target.pids else None
     machine_before = machine_cpu_seconds()
     out = subprocess.run(["pgbench", "-n", "-T", str(int(duration)), *args, "-l", "--log-prefix",
-                          str(logdir / "tx"), "-h", target.host, "-p", str(target.port), "-U", "postgres",
-                          "postgres"], capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password},
-                         timeout=duration + 120)
+                          str(logdir / "tx"), "-h", target.host, "-p", str(target.port)],
+                         capture_output=True, text=True, env=bc.env(), timeout=duration + 120)
     cpu = (target.cpu() - cpu_before) if cpu_before is not None else None
     machine = machine_cpu_seconds() - machine_before
     if out.returncode != 0:
@@ -141,23 +144,23 @@ def print_table(rows: list[dict]) -> None:
               f"{_fmt(ratio['direct'], '9.2f')}{_fmt(ratio['haproxy'], '10.2f')}{_fmt(ratio['pgbouncer'], '11.2f')}")
 
 
-async def _hold_sessions(host: str, port: int, password: str, count: int) -> list:
+async def _hold_sessions(host: str, port: int, bc: BenchCluster, count: int) -> list:
     import asyncpg
     sem = asyncio.Semaphore(100)
 
     async def one():
         async with sem:
-            return await asyncpg.connect(host=host, port=port, user="postgres", password=password, ssl=False,
-                                         timeout=60)
+            return await asyncpg.connect(host=host, port=port, user=bc.user, password=bc.password,
+                                         database=DATABASE, ssl=False, timeout=60)
     return await asyncio.gather(*(one() for _ in range(count)))
 
 
-def rss_per_session(target: Target, password: str, sessions: int) -> dict:
+def rss_per_session(target: Target, bc: BenchCluster, sessions: int) -> dict:
     """Proxy RSS before and while `sessions` clients are connected through it."""
     async def measure():
-        before = rss_bytes(target.proc.pid)
-        conns = await _hold_sessions(target.host, target.port, password, sessions)
-        during = rss_bytes(target.proc.pid)
+        before = rss_bytes(target.pids[0])
+        conns = await _hold_sessions(target.host, target.port, bc, sessions)
+        during = rss_bytes(target.pids[0])
         await asyncio.gather(*(c.close() for c in conns))
         return before, during
     before, during = asyncio.run(measure())
@@ -165,72 +168,109 @@ def rss_per_session(target: Target, password: str, sessions: int) -> dict:
             "growth_mb": (during - before) / 2**20, "kb_per_session": (during - before) / 1024 / sessions}
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--config", help="benchmark the cluster this pgaurora config names (logging in with its "
+                        "monitor user) instead of starting a local one")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved runs (at least 3)")
     parser.add_argument("--duration", type=float, default=10, help="seconds of each pgbench run")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
     parser.add_argument("--sessions", type=int, default=0, help="also measure RSS with this many sessions (e.g. 2000)")
     parser.add_argument("--relays", default="native",
-                        help="comma-separated pgaurora relays to run: native, hybrid, python, kernel")
+                        help="comma-separated pgaurora relays to run on the local cluster: native, hybrid, "
+                             "python, kernel (with --config, the config's relay)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
-    workloads = [w for w in args.workloads.split(",") if w]
-    unknown = set(workloads) - set(WORKLOADS)
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    unknown = set(args.workloads) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))} (choose from {', '.join(WORKLOADS)})")
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3: a median of fewer rounds does not cancel the machine's drift")
+    if args.duration < 1:
+        parser.error("--duration must be at least 1 second")
+    return args
 
-    ensure_baselines()
-    work = Path(tempfile.mkdtemp(prefix="pgaurora-bench-"))
-    os.chmod(work, 0o755)
-    cluster = LocalCluster(work / "cluster", replicas=1, port=free_port(), base_address="127.0.4.11",
-                           synchronous=False, max_connections=max(400, args.sessions + 100))
-    cluster.lock()
-    targets: list[Target] = []
-    try:
-        cluster.create()
-        subprocess.run(["pgbench", "-i", "-q", "-s", str(args.scale), "-h", cluster.primary.host, "-p",
-                        str(cluster.port), "-U", "postgres", "postgres"], check=True, capture_output=True,
-                       env={**os.environ, "PGPASSWORD": cluster.password})
-        targets = [Target("direct", cluster.primary.host, cluster.port)]
-        replica_targets = [Target("direct-replica", cluster.replicas[0].host, cluster.port)]
-        for relay in args.relays.split(","):
-            writer, reader = start_pgaurora(cluster, work, relay, f"pgaurora-{relay}")
-            targets.append(writer)  # the reader shares the writer's process: stopped with it
+
+def _start_targets(bc: BenchCluster, work: Path, relays: list[str], targets: list[Target],
+                   replica_targets: list[Target]) -> None:
+    """Fill the two lists one target at a time, so that the caller's `finally` stops whatever started."""
+    targets.append(Target("direct", *bc.primary))
+    if bc.replica is not None:
+        replica_targets.append(Target("direct-replica", *bc.replica))
+    for writer, reader in ([given_pgaurora(bc, work)] if bc.config else
+                           (start_pgaurora(bc, work, relay, f"pgaurora-{relay}") for relay in relays)):
+        targets.append(writer)  # the reader shares the writer's process: stopped with it
+        if bc.replica is not None:
             replica_targets.append(reader)
-        targets.append(start_pgbouncer(cluster, work))  # one by one: `finally` stops whatever started
-        targets.append(start_haproxy(cluster, work))
-        runs = []
-        for rnd in range(args.rounds):
-            for workload in workloads:
-                order = targets + (replica_targets if workload in READER_WORKLOADS else [])
-                if rnd % 2:  # A B C D, then D C B A: a steady drift in machine speed cancels out
-                    order = order[::-1]
-                for target in order:
-                    run = _pgbench(target, workload, args.duration, work, cluster.password)
-                    run.round = rnd
-                    runs.append(run)
-                    print(f"round {rnd + 1} {workload:<13} {target.name:<16} {run.tps:10.0f} tps "
-                          f"{_fmt(run.cpu_us_per_tx, '8.1f')} µs/tx", file=sys.stderr, flush=True)
-        rows = summarize(runs)
-        rss = {t.name: rss_per_session(t, cluster.password, args.sessions) for t in targets if t.proc} \
-            if args.sessions else {}
+    targets.append(start_pgbouncer(bc, work))
+    targets.append(start_haproxy(bc, work))
+
+
+def _run_rounds(args: argparse.Namespace, bc: BenchCluster, work: Path, targets: list[Target],
+                replica_targets: list[Target]) -> list[Run]:
+    runs = []
+    for rnd in range(args.rounds):
+        for workload in args.workloads:
+            order = targets + (replica_targets if workload in READER_WORKLOADS else [])
+            if rnd % 2:  # A B C D, then D C B A: a steady drift in machine speed cancels out
+                order = order[::-1]
+            for target in order:
+                run = _pgbench(target, workload, args.duration, work, bc)
+                run.round = rnd
+                runs.append(run)
+                print(f"round {rnd + 1} {workload:<13} {target.name:<16} {run.tps:10.0f} tps "
+                      f"{_fmt(run.cpu_us_per_tx, '8.1f')} µs/tx", file=sys.stderr, flush=True)
+    return runs
+
+
+def _bench(args: argparse.Namespace, bc: BenchCluster, work: Path) -> tuple[list[Run], dict]:
+    targets: list[Target] = []
+    replica_targets: list[Target] = []
+    try:
+        with bench_database(bc, args.scale):
+            _start_targets(bc, work, args.relays.split(","), targets, replica_targets)
+            runs = _run_rounds(args, bc, work, targets, replica_targets)
+            rss = {t.name: rss_per_session(t, bc, args.sessions) for t in targets if t.pids} \
+                if args.sessions else {}
+            return runs, rss
     finally:
         for target in targets:
             target.stop()
-        cluster.destroy()
-        shutil.rmtree(work, ignore_errors=True)
 
+
+def _report(args: argparse.Namespace, runs: list[Run], rss: dict, where: str) -> None:
+    rows = summarize(runs)
     print(f"\npgaurora proxy benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
-          f"{args.rounds} rounds x {args.duration:.0f} s, pgbench scale {args.scale}\n")
+          f"{where}, {args.rounds} rounds x {args.duration:.0f} s, pgbench scale {args.scale}\n")
     print_table(rows)
     for name, r in rss.items():
         print(f"RSS {name}: {r['rss_before_mb']:.1f} MB -> {r['rss_during_mb']:.1f} MB with {r['sessions']} "
               f"sessions ({r['kb_per_session']:.1f} kB/session)")
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows,
-                                                    "runs": [r.__dict__ for r in runs], "rss": rss}, indent=2))
+        Path(args.json_path).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cluster": where,
+                                                    "rows": rows, "runs": [r.__dict__ for r in runs], "rss": rss},
+                                                   indent=2))
+
+
+def main() -> int:
+    args = _arguments()
+    ensure_baselines()
+    work = Path(tempfile.mkdtemp(prefix="pgaurora-bench-"))
+    os.chmod(work, 0o755)
+    try:
+        if args.config:
+            bc = given_cluster(args.config)
+            runs, rss = _bench(args, bc, work)
+            where = f"cluster of {args.config}"
+        else:
+            with local_cluster(work, free_port(), max(400, args.sessions + 100)) as bc:
+                runs, rss = _bench(args, bc, work)
+            where = "local cluster"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _report(args, runs, rss, where)
     return 0
 
 

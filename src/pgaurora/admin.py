@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -33,7 +34,7 @@ def status_document(service: "Service") -> dict:
               "timeline": n.timeline, "upstream": n.upstream,
               "connections": service.proxy_state.count(n.name)} for n in topology.nodes]
     return {
-        "cluster": topology.cluster, "zone": config.zone, "epoch": topology.epoch,
+        "cluster": topology.cluster, "zone": config.zone, "pid": os.getpid(), "epoch": topology.epoch,
         "topology_version": topology.version, "reason": topology.reason,
         "writer": {"endpoint": f"{config.writer.host}:{config.writer.port}", "node": topology.writer},
         "reader": {"endpoint": f"{config.reader.host}:{config.reader.port}", "nodes": service.reader_nodes(),

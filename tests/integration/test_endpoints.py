@@ -135,6 +135,7 @@ def test_status_reports_every_node_and_endpoint_targets(proxy, cluster):
     assert {n["name"]: n["role"] for n in doc["nodes"]} == {"n1": "primary", "n2": "replica", "n3": "replica"}
     assert all(n["health"] == "healthy" and n["lag_bytes"] is not None for n in doc["nodes"])
     assert doc["zone"] == "demo.pgaurora.internal" and doc["epoch"] >= 1
+    assert doc["pid"] == os.getpid()  # the fixture's service runs in this process
     table = subprocess.run(["pgaurora", "status", "--admin", proxy.admin_url], capture_output=True,
                            text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
     assert table.returncode == 0, table.stderr

@@ -1,0 +1,66 @@
+"""bench/proxy.py against a cluster a config file names: the running pgaurora, or one it starts itself."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from tests.helpers import free_port
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "proxy.py"
+TARGETS = {"direct", "pgaurora", "pgbouncer", "haproxy", "direct-replica", "pgaurora-reader"}
+
+
+def _config_file(path: Path, cluster, writer: int, reader: int, admin: int, dns: int) -> Path:
+    nodes = "".join(f'[[nodes]]\nname = "{n["name"]}"\nhost = "{n["host"]}"\nport = {n["port"]}\n'
+                    for n in cluster.node_configs())
+    path.write_text(f'cluster = "{cluster.name}"\n{nodes}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
+                    f'[admin]\nport = {admin}\n[dns]\nport = {dns}\n'
+                    f'[monitor]\nuser = "postgres"\npassword = "{cluster.password}"\n'
+                    '[failover]\nenabled = false\nsync_mode = "off"\n')
+    return path
+
+
+def _bench(config: Path, out: Path) -> dict:
+    result = subprocess.run([sys.executable, str(BENCH), "--config", str(config), "--rounds", "3", "--duration", "1",
+                             "--scale", "1", "--workloads", "select-c16", "--json", str(out)],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "select-c16" in result.stdout and "/pgbouncer" in result.stdout
+    return json.loads(out.read_text())
+
+
+def _bench_database_exists(cluster) -> bool:
+    with psycopg.connect(host=cluster.primary.host, port=cluster.port, user="postgres", password=cluster.password,
+                         dbname="postgres") as conn:
+        return conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'pgaurora_bench'").fetchone()[0] == 1
+
+
+def test_bench_measures_the_running_pgaurora_of_a_config(proxy, cluster, tmp_path):
+    conf = proxy.config
+    config = _config_file(tmp_path / "pgaurora.toml", cluster, conf.writer.port, conf.reader.port, conf.admin.port,
+                          conf.dns.port)
+    doc = _bench(config, tmp_path / "out.json")
+    assert {r["target"] for r in doc["rows"]} == TARGETS
+    assert all(r["tps"] > 0 for r in doc["rows"])
+    ours = [r for r in doc["runs"] if r["target"] == "pgaurora"]
+    assert len(ours) == 3  # its CPU read from /proc, by the PID its /status reports:
+    assert all(r["cpu_us_per_tx"] is not None and r["cpu_us_per_tx"] > 0 for r in ours)
+    assert not _bench_database_exists(cluster)
+
+
+def test_bench_starts_and_stops_a_pgaurora_for_a_config_nobody_serves(cluster, tmp_path):
+    writer = free_port()
+    config = _config_file(tmp_path / "pgaurora.toml", cluster, writer, free_port(), free_port(), free_port())
+    doc = _bench(config, tmp_path / "out.json")
+    assert {r["target"] for r in doc["rows"]} == TARGETS
+    assert all(r["cpu_us_per_tx"] is not None and r["cpu_us_per_tx"] > 0
+               for r in doc["runs"] if r["target"] == "pgaurora")
+    with socket.socket() as s:  # the benchmark stopped the pgaurora it started
+        assert s.connect_ex(("127.0.0.1", writer)) != 0
+    assert not _bench_database_exists(cluster)
