@@ -109,6 +109,9 @@ def _sql(bc: BenchCluster, *statements: str) -> None:
         try:
             for statement in statements:
                 await conn.execute(statement)
+        except asyncpg.PostgresError as exc:
+            raise SystemExit(f"bench/proxy.py: {statement!r} failed as {bc.user}: {exc} (the benchmark keeps "
+                             f"pgbench's tables in a database of its own, so it needs CREATEDB)") from None
         finally:
             await conn.close()
     asyncio.run(run())

@@ -140,9 +140,9 @@ def given_pgaurora(bc: BenchCluster, work: Path) -> tuple[Target, Target]:
 
 
 def _spawn_pgaurora(conf: Path, log_path: Path, writer: tuple[str, int], reader: tuple[str, int]) -> subprocess.Popen:
-    log = open(log_path, "w")
-    proc = started(subprocess.Popen(["pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT),
-                   *writer)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    started(proc, *writer)
     wait_port(*reader)
     return proc
 
@@ -150,11 +150,13 @@ def _spawn_pgaurora(conf: Path, log_path: Path, writer: tuple[str, int], reader:
 def start_pgbouncer(bc: BenchCluster, work: Path) -> Target:
     port = free_port()
     host, server_port = bc.primary
-    (work / "userlist.txt").write_text(f'"{bc.user}" "{bc.password or ""}"\n')  # PgBouncer does SCRAM itself
+    quoted = [f'"{v}"'.replace('"', '""')[1:-1] for v in (bc.user, bc.password or "")]  # userlist doubles quotes
+    (work / "userlist.txt").write_text(" ".join(quoted) + "\n")  # a plain password: PgBouncer does SCRAM itself
+    auth = "scram-sha-256" if bc.password else "trust"
     ini = work / "pgbouncer.ini"
     ini.write_text(f"[databases]\n* = host={host} port={server_port}\n[pgbouncer]\n"
                    f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-                   f"auth_type = scram-sha-256\nauth_file = {work / 'userlist.txt'}\npool_mode = session\n"
+                   f"auth_type = {auth}\nauth_file = {work / 'userlist.txt'}\npool_mode = session\n"
                    "max_client_conn = 10000\ndefault_pool_size = 3000\nmax_db_connections = 0\n"
                    "logfile =\nlog_connections = 0\nlog_disconnections = 0\n")
     for path in (work, ini, work / "userlist.txt"):
