@@ -177,9 +177,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
     parser.add_argument("--sessions", type=int, default=0, help="also measure RSS with this many sessions (e.g. 2000)")
-    parser.add_argument("--relays", default="native",
-                        help="comma-separated pgaurora relays to run on the local cluster: native, hybrid, "
-                             "python, kernel (with --config, the config's relay)")
+    parser.add_argument("--relays", help="comma-separated pgaurora relays to run on the local cluster: native "
+                        "(the default), hybrid, python, kernel")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     args.workloads = [w for w in args.workloads.split(",") if w]
@@ -190,6 +189,13 @@ def _arguments() -> argparse.Namespace:
         parser.error("--rounds must be at least 3: a median of fewer rounds does not cancel the machine's drift")
     if args.duration < 1:
         parser.error("--duration must be at least 1 second")
+    if args.config and args.relays:
+        parser.error("--relays applies to the local cluster; with --config the pgaurora serving it is measured "
+                     "with the relay its [proxy] section sets")
+    args.relays = (args.relays or "native").split(",")
+    bad = set(args.relays) - {"native", "hybrid", "python", "kernel"}
+    if bad:
+        parser.error(f"unknown relays: {', '.join(sorted(bad))} (choose from native, hybrid, python, kernel)")
     return args
 
 
@@ -230,7 +236,7 @@ def _bench(args: argparse.Namespace, bc: BenchCluster, work: Path) -> tuple[list
     replica_targets: list[Target] = []
     try:
         with bench_database(bc, args.scale):
-            _start_targets(bc, work, args.relays.split(","), targets, replica_targets)
+            _start_targets(bc, work, args.relays, targets, replica_targets)
             runs = _run_rounds(args, bc, work, targets, replica_targets)
             rss = {t.name: rss_per_session(t, bc, args.sessions) for t in targets if t.pids} \
                 if args.sessions else {}
