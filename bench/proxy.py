@@ -94,19 +94,37 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def _baselines(target: str) -> dict[str, str]:
+    return {"direct": "direct-replica" if target.endswith("-reader") else "direct",
+            "haproxy": "haproxy", "pgbouncer": "pgbouncer"}
+
+
+def _per_round(runs: list[Run], workload: str, target: str, base: str) -> list[float]:
+    """TPS(target) / TPS(base) in each round that measured both."""
+    out = []
+    for r in sorted({run.round for run in runs}):
+        mine = [x for x in runs if (x.round, x.workload, x.target) == (r, workload, target)]
+        theirs = [x for x in runs if (x.round, x.workload, x.target) == (r, workload, base)]
+        if mine and theirs and theirs[0].tps:
+            out.append(mine[0].tps / theirs[0].tps)
+    return out
+
+
 def _ratios(runs: list[Run], workload: str, target: str) -> dict[str, float | None]:
     """Median over rounds of TPS(target) / TPS(baseline) measured in the same round."""
+    return {label: _median(_per_round(runs, workload, target, base))
+            for label, base in _baselines(target).items()}
+
+
+def _spread(runs: list[Run], workload: str, target: str) -> dict[str, dict]:
+    """Per baseline: the lowest and highest same-round ratio, and in how many rounds it was at least 1.0,
+    so that a median can be told apart from the machine's noise."""
     out = {}
-    base_names = {"direct": "direct-replica" if target.endswith("-reader") else "direct",
-                  "haproxy": "haproxy", "pgbouncer": "pgbouncer"}
-    for label, base in base_names.items():
-        per_round = []
-        for r in {run.round for run in runs}:
-            mine = [x for x in runs if (x.round, x.workload, x.target) == (r, workload, target)]
-            theirs = [x for x in runs if (x.round, x.workload, x.target) == (r, workload, base)]
-            if mine and theirs and theirs[0].tps:
-                per_round.append(mine[0].tps / theirs[0].tps)
-        out[label] = _median(per_round)
+    for label, base in _baselines(target).items():
+        ratios = _per_round(runs, workload, target, base)
+        if ratios:
+            out[label] = {"min": min(ratios), "max": max(ratios), "rounds": len(ratios),
+                          "at_least_1": sum(r >= 1.0 for r in ratios)}
     return out
 
 
@@ -121,7 +139,8 @@ def summarize(runs: list[Run]) -> list[dict]:
                          "cpu_us_per_tx": _median([r.cpu_us_per_tx for r in mine]),
                          "machine_us_per_tx": _median([r.machine_us_per_tx for r in mine]),
                          "mb_per_s": _median([r.mb_per_s for r in mine]),
-                         "ratio": _ratios(runs, workload, target)})
+                         "ratio": _ratios(runs, workload, target),
+                         "spread": _spread(runs, workload, target)})
     return rows
 
 
@@ -142,6 +161,17 @@ def print_table(rows: list[dict]) -> None:
               f"{_fmt(r['lat_avg_ms'], '9.3f')}{_fmt(r['lat_p99_ms'], '9.3f')}{_fmt(r['cpu_us_per_tx'], '10.1f')}"
               f"{_fmt(r['machine_us_per_tx'], '9.1f')}"
               f"{_fmt(ratio['direct'], '9.2f')}{_fmt(ratio['haproxy'], '10.2f')}{_fmt(ratio['pgbouncer'], '11.2f')}")
+
+
+def print_spread(rows: list[dict]) -> None:
+    """pgaurora's same-round ratios to HAProxy and PgBouncer: their range, and the rounds at or above 1.0."""
+    print("\npgaurora round by round (lowest-highest ratio; rounds at or above 1.0):")
+    for r in rows:
+        if not r["target"].startswith("pgaurora"):
+            continue
+        parts = [f"/{label} {s['min']:.2f}-{s['max']:.2f} ({s['at_least_1']} of {s['rounds']})"
+                 for label, s in r["spread"].items() if label != "direct"]
+        print(f"{r['workload']:<14}{r['target']:<24}" + "   ".join(parts))
 
 
 async def _hold_sessions(host: str, port: int, bc: BenchCluster, count: int) -> list:
@@ -251,6 +281,7 @@ def _report(args: argparse.Namespace, runs: list[Run], rss: dict, where: str) ->
     print(f"\npgaurora proxy benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
           f"{where}, {args.rounds} rounds x {args.duration:.0f} s, pgbench scale {args.scale}\n")
     print_table(rows)
+    print_spread(rows)
     for name, r in rss.items():
         print(f"RSS {name}: {r['rss_before_mb']:.1f} MB -> {r['rss_during_mb']:.1f} MB with {r['sessions']} "
               f"sessions ({r['kb_per_session']:.1f} kB/session)")

@@ -31,8 +31,11 @@ def _bench(config: Path, out: Path) -> dict:
                              "--scale", "1", "--workloads", "select-c16", "--json", str(out)],
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "select-c16" in result.stdout and "/pgbouncer" in result.stdout
-    return json.loads(out.read_text())
+    assert "select-c16" in result.stdout and "/pgbouncer" in result.stdout and "round by round" in result.stdout
+    doc = json.loads(out.read_text())
+    spread = next(r for r in doc["rows"] if r["target"] == "pgaurora")["spread"]["haproxy"]
+    assert spread["rounds"] == 3 and spread["min"] <= spread["max"]
+    return doc
 
 
 def _bench_database_exists(cluster) -> bool:
