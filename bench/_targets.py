@@ -12,6 +12,8 @@ from pathlib import Path
 
 from _cluster import BenchCluster, running_pgaurora
 
+from pgaurora.compose.ports import free_port, free_ports
+
 
 BASELINES = {"pgbouncer": "pgbouncer", "haproxy": "haproxy", "pgbench": "postgresql-contrib"}  # tool: package
 _SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/lib/postgresql/15/bin"])
@@ -38,12 +40,6 @@ def ensure_baselines() -> None:
     finally:
         if ours:
             _POLICY_RC.unlink()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def started(proc: subprocess.Popen, host: str, port: int) -> subprocess.Popen:
@@ -116,10 +112,10 @@ def machine_cpu_seconds() -> float:
 def start_pgaurora(bc: BenchCluster, work: Path, relay: str = "auto",
                    name: str = "pgaurora") -> tuple[Target, Target]:
     """The benchmark's own pgaurora on free ports, for the local cluster."""
-    writer, reader = free_port(), free_port()
+    writer, reader, admin, dns = free_ports(4)
     conf = work / f"{name}.toml"
     conf.write_text(f'cluster = "bench"\n{bc.pgaurora_toml}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
-                    f'[admin]\nport = {free_port()}\n[dns]\nport = {free_port()}\n'
+                    f'[admin]\nport = {admin}\n[dns]\nport = {dns}\n'
                     f'[proxy]\nmax_client_connections = 10000\nrelay = "{relay}"\n')
     proc = _spawn_pgaurora(conf, work / f"{name}.log", ("127.0.0.1", writer), ("127.0.0.1", reader))
     return Target(name, "127.0.0.1", writer, proc), Target(f"{name}-reader", "127.0.0.1", reader, proc)

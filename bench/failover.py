@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from dataclasses import asdict
@@ -21,19 +20,15 @@ from pathlib import Path
 from pgaurora import config as config_mod
 from pgaurora.compose import LocalCluster
 from pgaurora.compose.drill import BackgroundService, DrillReport, crash_primary_once, restore
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pgaurora.compose.ports import free_ports
 
 
 def _config(cluster: LocalCluster, probe_interval: float) -> config_mod.Config:
+    writer, reader, admin, dns = free_ports(4)
     return config_mod.build({
         "cluster": cluster.name, "nodes": cluster.node_configs(),
-        "writer": {"port": _port()}, "reader": {"port": _port()}, "admin": {"port": _port()},
-        "dns": {"port": _port()},
+        "writer": {"port": writer}, "reader": {"port": reader}, "admin": {"port": admin},
+        "dns": {"port": dns},
         "monitor": {"user": "postgres", "password": cluster.password, "probe_interval": probe_interval},
         "failover": {"replication_password": cluster.replication_password},
     })
@@ -49,7 +44,7 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="pgaurora-drill-"))
     os.chmod(root, 0o755)
-    cluster = LocalCluster(root / "cluster", replicas=args.replicas, port=_port(), base_address="127.0.3.11")
+    cluster = LocalCluster(root / "cluster", replicas=args.replicas, port=free_ports(1)[0], base_address="127.0.3.11")
     cluster.lock()
     svc = None
     report = DrillReport()

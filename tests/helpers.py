@@ -13,6 +13,7 @@ from typing import Iterator
 
 from pgaurora import config as config_mod
 from pgaurora.compose import LocalCluster
+from pgaurora.compose.ports import free_port, free_ports  # noqa: F401 (tests import them from here)
 from pgaurora.compose.drill import BackgroundService, WriteLoop
 
 
@@ -39,12 +40,6 @@ def observe(what: str, duration: float, interval: float = 0.05) -> Iterator[int]
     assert count > 0, f"never checked {what}"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def free_loopback_base(count: int) -> str:
     """A base address 127.0.X.11 whose next `count` addresses are unused by earlier tests."""
     return f"127.0.{random.randint(20, 250)}.{random.randint(1, 200)}"
@@ -67,11 +62,11 @@ def make_cluster(replicas: int = 2, **kwargs) -> LocalCluster:
 
 
 def service_config(cluster: LocalCluster, **overrides) -> config_mod.Config:
-    dns_port = free_port()
+    writer, reader, admin, dns = free_ports(4)
     data = {
         "cluster": cluster.name, "state_dir": str(cluster.root), "nodes": cluster.node_configs(),
-        "writer": {"port": free_port()}, "reader": {"port": free_port()}, "admin": {"port": free_port()},
-        "dns": {"port": dns_port},
+        "writer": {"port": writer}, "reader": {"port": reader}, "admin": {"port": admin},
+        "dns": {"port": dns},
         "monitor": {"user": "postgres", "password": cluster.password, "probe_interval": 0.2},
         "failover": {"replication_password": cluster.replication_password,
                      "sync_mode": "quorum" if cluster.synchronous else "off"},

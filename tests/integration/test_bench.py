@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.helpers import free_port
+from tests.helpers import free_ports
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "proxy.py"
 TARGETS = {"direct", "pgaurora", "pgbouncer", "haproxy", "direct-replica", "pgaurora-reader"}
@@ -58,8 +58,8 @@ def test_bench_measures_the_running_pgaurora_of_a_config(proxy, cluster, tmp_pat
 
 
 def test_bench_starts_and_stops_a_pgaurora_for_a_config_nobody_serves(cluster, tmp_path):
-    writer = free_port()
-    config = _config_file(tmp_path / "pgaurora.toml", cluster, writer, free_port(), free_port(), free_port())
+    writer, reader, admin, dns = free_ports(4)
+    config = _config_file(tmp_path / "pgaurora.toml", cluster, writer, reader, admin, dns)
     doc = _bench(config, tmp_path / "out.json")
     assert {r["target"] for r in doc["rows"]} == TARGETS
     assert all(r["cpu_us_per_tx"] is not None and r["cpu_us_per_tx"] > 0

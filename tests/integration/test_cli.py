@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from pgaurora.compose import LocalCluster
-from tests.helpers import cluster_dir, free_loopback_base, free_port, wait_until
+from tests.helpers import cluster_dir, free_loopback_base, free_port, free_ports, wait_until
 
 
 class Command:
@@ -68,7 +68,7 @@ def _up_args(state_dir, ports) -> list[str]:
 
 
 def test_up_serves_both_endpoints_then_stops_everything_on_sigterm(state_dir):
-    ports = tuple(free_port() for _ in range(4))
+    ports = tuple(free_ports(4))
     up = Command(*_up_args(state_dir, ports), "--password", "s3cret")
     try:
         up.wait_for_line("pgaurora is ready", 90)

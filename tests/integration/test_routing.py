@@ -10,7 +10,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.helpers import ServiceThread, free_port, service_config, wait_until
+from tests.helpers import ServiceThread, free_ports, service_config, wait_until
 
 
 def _reader_hosts(proxy, count: int = 10) -> set[str]:
@@ -86,12 +86,12 @@ def test_too_many_clients_get_53300(cluster):
 
 
 def test_no_primary_known_gets_57p03_after_failover_connect_timeout():
-    port = free_port()
+    port, writer, reader, admin = free_ports(4)
     from pgaurora import config as config_mod
     cfg = config_mod.build({
         "cluster": "empty", "nodes": [{"name": "n1", "host": "127.0.0.1", "port": port}],
-        "writer": {"port": free_port()}, "reader": {"port": free_port(), "fallback": "refuse"},
-        "admin": {"port": free_port()}, "dns": {"enabled": False},
+        "writer": {"port": writer}, "reader": {"port": reader, "fallback": "refuse"},
+        "admin": {"port": admin}, "dns": {"enabled": False},
         "proxy": {"failover_connect_timeout": 0.5}, "monitor": {"probe_interval": 0.1}})
     svc = ServiceThread(cfg)
     try:
