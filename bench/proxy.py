@@ -174,7 +174,8 @@ def print_spread(rows: list[dict]) -> None:
         print(f"{r['workload']:<14}{r['target']:<24}" + "   ".join(parts))
 
 
-async def _hold_sessions(host: str, port: int, bc: BenchCluster, count: int) -> list:
+async def _open_sessions(host: str, port: int, bc: BenchCluster, count: int) -> list:
+    """`count` open sessions, or (having closed those that opened) the first failure."""
     import asyncpg
     sem = asyncio.Semaphore(100)
 
@@ -182,18 +183,26 @@ async def _hold_sessions(host: str, port: int, bc: BenchCluster, count: int) -> 
         async with sem:
             return await asyncpg.connect(host=host, port=port, user=bc.user, password=bc.password,
                                          database=DATABASE, ssl=False, timeout=60)
-    return await asyncio.gather(*(one() for _ in range(count)))
+    results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        await asyncio.gather(*(r.close() for r in results if not isinstance(r, BaseException)))
+        raise failures[0]
+    return results
 
 
 def rss_per_session(target: Target, bc: BenchCluster, sessions: int) -> dict:
-    """Proxy RSS before and while `sessions` clients are connected through it."""
+    """Proxy RSS before and while `sessions` clients are connected through it; on failure, why."""
     async def measure():
         before = rss_bytes(target.pids[0])
-        conns = await _hold_sessions(target.host, target.port, bc, sessions)
+        conns = await _open_sessions(target.host, target.port, bc, sessions)
         during = rss_bytes(target.pids[0])
         await asyncio.gather(*(c.close() for c in conns))
         return before, during
-    before, during = asyncio.run(measure())
+    try:
+        before, during = asyncio.run(measure())
+    except Exception as exc:  # the throughput rounds already ran: report this one failure with them
+        return {"sessions": sessions, "error": f"{type(exc).__name__}: {exc}"}
     return {"sessions": sessions, "rss_before_mb": before / 2**20, "rss_during_mb": during / 2**20,
             "growth_mb": (during - before) / 2**20, "kb_per_session": (during - before) / 1024 / sessions}
 
@@ -283,6 +292,10 @@ def _report(args: argparse.Namespace, runs: list[Run], rss: dict, where: str) ->
     print_table(rows)
     print_spread(rows)
     for name, r in rss.items():
+        if "error" in r:
+            hint = "; the server's max_connections must allow them" if "TooManyConnections" in r["error"] else ""
+            print(f"RSS {name}: could not hold {r['sessions']} sessions ({r['error']}){hint}")
+            continue
         print(f"RSS {name}: {r['rss_before_mb']:.1f} MB -> {r['rss_during_mb']:.1f} MB with {r['sessions']} "
               f"sessions ({r['kb_per_session']:.1f} kB/session)")
     if args.json_path:

@@ -26,9 +26,9 @@ def _config_file(path: Path, cluster, writer: int, reader: int, admin: int, dns:
     return path
 
 
-def _bench(config: Path, out: Path) -> dict:
+def _bench(config: Path, out: Path, *extra: str) -> dict:
     result = subprocess.run([sys.executable, str(BENCH), "--config", str(config), "--rounds", "3", "--duration", "1",
-                             "--scale", "1", "--workloads", "select-c16", "--json", str(out)],
+                             "--scale", "1", "--workloads", "select-c16", "--json", str(out), *extra],
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "select-c16" in result.stdout and "/pgbouncer" in result.stdout and "round by round" in result.stdout
@@ -57,13 +57,15 @@ def test_bench_measures_the_running_pgaurora_of_a_config(proxy, cluster, tmp_pat
     assert not _bench_database_exists(cluster)
 
 
-def test_bench_starts_and_stops_a_pgaurora_for_a_config_nobody_serves(cluster, tmp_path):
+def test_bench_starts_and_stops_a_pgaurora_for_a_config_nobody_serves(fresh_cluster, tmp_path):
+    cluster = fresh_cluster(replicas=1, max_connections=60)
     writer, reader, admin, dns = free_ports(4)
     config = _config_file(tmp_path / "pgaurora.toml", cluster, writer, reader, admin, dns)
-    doc = _bench(config, tmp_path / "out.json")
+    doc = _bench(config, tmp_path / "out.json", "--sessions", "100")  # more than the server allows
     assert {r["target"] for r in doc["rows"]} == TARGETS
     assert all(r["cpu_us_per_tx"] is not None and r["cpu_us_per_tx"] > 0
                for r in doc["runs"] if r["target"] == "pgaurora")
+    assert "TooManyConnections" in doc["rss"]["pgaurora"]["error"]  # reported after the rounds, not a crash
     with socket.socket() as s:  # the benchmark stopped the pgaurora it started
         assert s.connect_ex(("127.0.0.1", writer)) != 0
     assert not _bench_database_exists(cluster)
