@@ -1,4 +1,4 @@
-"""Admin HTTP endpoint: GET /status, GET /events, POST /switchover and /rejoin/{node}."""
+"""Admin HTTP endpoint: GET /status, /events and /metrics, POST /switchover and /rejoin/{node}."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import os
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from . import metrics
 
 from .topology import Role, Topology
 
@@ -53,7 +56,9 @@ class AdminServer:
     def __init__(self, service: "Service", host: str, port: int) -> None:
         self.service, self.host, self.port = service, host, port
         self.app = web.Application()
+        self.metrics = metrics.registry_for(service)
         self.app.add_routes([web.get("/status", self.status), web.get("/events", self.events),
+                             web.get("/metrics", self.scrape),
                              web.post("/switchover", self.switchover), web.post("/rejoin/{node}", self.rejoin)])
         self._runner: web.AppRunner | None = None
 
@@ -68,6 +73,11 @@ class AdminServer:
 
     async def status(self, request: web.Request) -> web.Response:
         return _json(status_document(self.service))
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render(self.metrics))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
 
     async def events(self, request: web.Request) -> web.Response:
         limit = request.query.get("limit", "")

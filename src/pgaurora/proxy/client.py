@@ -132,6 +132,7 @@ class ClientProtocol(asyncio.Protocol):
     def fail(self, sqlstate: str, message: str, detail: str | None = None) -> None:
         """Send an ErrorResponse and close: a client never sees a silently dropped socket."""
         if not self.transport.is_closing():
+            self.endpoint.state.refused(sqlstate)
             self.transport.write(error_response(sqlstate, message, detail=detail))
             self.transport.close()
         if self.server is not None and self.server.transport is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,6 +24,8 @@ class ProxyState:
         self.clients = 0  # client connections open, in any phase
         self.sessions_by_node: dict[str, set["Session"]] = defaultdict(set)
         self.cancel_keys: dict[CancelKey, tuple[str, int]] = {}
+        self.sessions_total: Counter[tuple[str, str]] = Counter()  # (endpoint, node) -> sessions established
+        self.refused_total: Counter[str] = Counter()  # SQLSTATE -> clients the proxy itself turned away
 
     def client_opened(self) -> int:
         self.clients += 1
@@ -34,6 +36,10 @@ class ProxyState:
 
     def session_started(self, session: "Session") -> None:
         self.sessions_by_node[session.node].add(session)
+        self.sessions_total[(session.kind, session.node)] += 1
+
+    def refused(self, sqlstate: str) -> None:
+        self.refused_total[sqlstate] += 1
 
     def session_ended(self, session: "Session") -> None:
         self.sessions_by_node[session.node].discard(session)

@@ -1,0 +1,77 @@
+"""Prometheus metrics for GET /metrics, read at scrape time from the current Topology and ProxyState."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .topology import Health, Role, Topology
+
+if TYPE_CHECKING:
+    from .app import Service
+    from .proxy.state import ProxyState
+
+
+def topology_metrics(topology: Topology) -> Iterator[Metric]:
+    """Per node: up, role and lag; per cluster: the writer epoch and the topology's version."""
+    up = GaugeMetricFamily("pgaurora_node_up", "1 when the monitor's last probe of the node succeeded", labels=["node"])
+    role = GaugeMetricFamily("pgaurora_node_role", "1 for the node's current role", labels=["node", "role"])
+    lag = GaugeMetricFamily("pgaurora_node_lag_bytes", "Replay lag behind the writer, in bytes", labels=["node"])
+    lag_s = GaugeMetricFamily("pgaurora_node_lag_seconds", "Replay lag behind the writer, in seconds",
+                              labels=["node"])
+    for node in topology.nodes:
+        up.add_metric([node.name], 0 if node.health is Health.UNREACHABLE else 1)
+        for r in Role:
+            role.add_metric([node.name, r.value], 1 if node.role is r else 0)
+        if node.lag_bytes is not None:
+            lag.add_metric([node.name], node.lag_bytes)
+        if node.lag_seconds is not None:
+            lag_s.add_metric([node.name], node.lag_seconds)
+    yield from (up, role, lag, lag_s)
+    yield GaugeMetricFamily("pgaurora_writer_epoch", "Writer epoch: one more on every change of writer",
+                            value=topology.epoch)
+    yield GaugeMetricFamily("pgaurora_topology_version", "Topology snapshots published so far",
+                            value=topology.version)
+
+
+def proxy_metrics(state: "ProxyState") -> Iterator[Metric]:
+    """Connections now, sessions established and clients refused since start."""
+    yield GaugeMetricFamily("pgaurora_client_connections", "Client connections open, in any phase",
+                            value=state.clients)
+    server = GaugeMetricFamily("pgaurora_server_sessions", "Established sessions, per node", labels=["node"])
+    for node, sessions in sorted(state.sessions_by_node.items()):
+        server.add_metric([node], len(sessions))
+    yield server
+    started = CounterMetricFamily("pgaurora_sessions", "Sessions established", labels=["endpoint", "node"])
+    for (endpoint, node), count in sorted(state.sessions_total.items()):
+        started.add_metric([endpoint, node], count)
+    yield started
+    refused = CounterMetricFamily("pgaurora_refused_clients", "Clients the proxy answered with an error and closed",
+                                  labels=["sqlstate"])
+    for sqlstate, count in sorted(state.refused_total.items()):
+        refused.add_metric([sqlstate], count)
+    yield refused
+
+
+class Collector:
+    """Reads the current snapshot and the proxy's counters at every scrape; keeps no copy of either."""
+
+    def __init__(self, topology: Callable[[], Topology], state: Callable[[], "ProxyState"]) -> None:
+        self.topology, self.state = topology, state
+
+    def collect(self) -> Iterator[Metric]:
+        yield from topology_metrics(self.topology())
+        yield from proxy_metrics(self.state())
+
+
+def registry_for(service: "Service") -> CollectorRegistry:
+    """A registry of this service's own (not the process-wide default one, which tests would share)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(lambda: service.hub.current, lambda: service.proxy_state))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
