@@ -47,7 +47,6 @@ def status_document(service: "Service") -> dict:
         "loss_bound_bytes": loss_bound_bytes(topology),
         "client_connections": service.proxy_state.clients,
         "relay": service.relay_mode,
-        "tls": config.tls.enabled,
         "relay_threads": service.proxy_state.native.threads if service.proxy_state.native else None,
         "nodes": nodes,
     }

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import ssl
 import tomllib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -166,35 +165,6 @@ class FailoverConfig(_Frozen):
     auto_rejoin: bool = True
 
 
-class TlsConfig(_Frozen):
-    """TLS between clients and the proxy (the proxy's own certificate); off unless both files are set."""
-
-    cert_file: str | None = None
-    key_file: str | None = None
-    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
-
-    @model_validator(mode="after")
-    def _usable(self) -> "TlsConfig":
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together: set both, or neither")
-        if self.enabled:
-            try:
-                self.context()
-            except (OSError, ssl.SSLError) as exc:
-                raise ValueError(f"cannot load {self.cert_file} and {self.key_file}: {exc}") from None
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return self.cert_file is not None
-
-    def context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion[self.min_version.replace(".", "_")]
-        context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-
 class Config(_Frozen):
     cluster: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")] = "demo"
     state_dir: str | None = None
@@ -206,7 +176,6 @@ class Config(_Frozen):
     proxy: ProxyConfig = ProxyConfig()
     monitor: MonitorConfig = MonitorConfig()
     failover: FailoverConfig = FailoverConfig()
-    tls: TlsConfig = TlsConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":

@@ -68,12 +68,3 @@ def test_load_reads_toml_and_reports_syntax_errors(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load(tmp_path / "missing.toml")
 
-
-
-def test_tls_needs_both_files_and_names_what_it_cannot_load(tmp_path):
-    base = {"nodes": [{"name": "n1", "host": "127.0.0.1"}]}
-    with pytest.raises(ConfigError, match=r"tls: .*cert_file and key_file go together"):
-        build({**base, "tls": {"cert_file": str(tmp_path / "server.crt")}})
-    with pytest.raises(ConfigError, match=r"tls: cannot load .*missing\.crt"):
-        build({**base, "tls": {"cert_file": str(tmp_path / "missing.crt"), "key_file": str(tmp_path / "k")}})
-    assert not build(base).tls.enabled

@@ -26,19 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgaurora.proxy")
 
 
-class _Held(asyncio.Protocol):
-    """Stands in for ClientProtocol while start_tls() returns: keeps what arrives meanwhile."""
-
-    def __init__(self) -> None:
-        self.data, self.lost = bytearray(), False
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-
-
 class ClientProtocol(asyncio.Protocol):
     """Reads the startup packet (deadline, size limit), routes, then hands the bytes to a Session."""
 
@@ -51,7 +38,6 @@ class ClientProtocol(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.session: Session | None = None
-        self.tls: asyncio.Task | None = None  # the TLS upgrade, once the client asked for it
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -76,9 +62,8 @@ class ClientProtocol(asyncio.Protocol):
             return  # the Session owns the transport now
         self.endpoint.state.client_closed()
         self._cancel_timer()
-        for task in (self.task, self.tls):
-            if task is not None:
-                task.cancel()
+        if self.task is not None:
+            self.task.cancel()
         if self.server is not None and self.server.transport is not None:
             self.server.transport.close()
 
@@ -88,11 +73,8 @@ class ClientProtocol(asyncio.Protocol):
         try:
             while (event := self.decoder.next_event()) is not NEED_DATA:
                 match event:
-                    case SSLRequest() if self.endpoint.tls is not None and self.tls is None:
-                        self._begin_tls()
-                        return
                     case SSLRequest() | GSSENCRequest():
-                        self.transport.write(b"N")  # no TLS configured (or already on); no GSS encryption
+                        self.transport.write(b"N")  # TLS and GSS encryption come later
                     case CancelRequest():
                         self._start(self._cancel(event))
                         return
@@ -102,35 +84,6 @@ class ClientProtocol(asyncio.Protocol):
                         return
         except RemoteProtocolError as exc:
             self.fail(exc.sqlstate, exc.message)
-
-    # -- TLS ------------------------------------------------------------------------------------
-    def _begin_tls(self) -> None:
-        if self.decoder.take_rest():  # bytes sent before our answer cannot be trusted (CVE-2021-23214)
-            self.fail("08P01", "received unencrypted data after SSL request")
-            return
-        self.transport.pause_reading()
-        self.transport.write(b"S")
-        self.tls = asyncio.get_running_loop().create_task(self._upgrade())
-
-    async def _upgrade(self) -> None:
-        """Handshake (within the startup deadline), then read the startup packet through TLS. Bytes that
-        arrive between the handshake and this task resuming wait in a _Held protocol."""
-        held, raw = _Held(), self.transport
-        try:
-            self.transport = await asyncio.get_running_loop().start_tls(
-                raw, held, self.endpoint.tls, server_side=True,
-                ssl_handshake_timeout=self.endpoint.config.proxy.startup_timeout)
-        except Exception as exc:  # a failed handshake, a reset, the deadline: whatever the client did
-            log.info("TLS handshake with a client failed: %s", exc or type(exc).__name__)
-            raw.abort()
-            self.tls = None  # nothing left to cancel
-            self.connection_lost(exc)  # our protocol was swapped out: nobody else will call it
-            return
-        self.transport.set_protocol(self)
-        if held.data:
-            self.data_received(bytes(held.data))
-        if held.lost:
-            self.connection_lost(None)
 
     def _start(self, coro) -> None:
         self._cancel_timer()
@@ -164,7 +117,6 @@ class ClientProtocol(asyncio.Protocol):
         session = Session(server.node.name, self.endpoint.kind.value, self.endpoint.state,
                           self.transport, server.transport)
         self.session = session
-        offload = offload and self.tls is None  # the C and kernel relays would see ciphertext
         session.start(server.cancel_key, (server.node.host, server.node.port), offload, data)
         self.endpoint.watch(session)
 
@@ -188,9 +140,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def _startup_timeout(self) -> None:
         self.timer = None
-        if self.tls is not None and not self.tls.done():  # mid-handshake: no way to say why
-            self.transport.abort()
-            return
         self.fail("08P01", "timeout while waiting for the startup packet")
 
     def _cancel_timer(self) -> None:

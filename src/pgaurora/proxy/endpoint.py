@@ -24,7 +24,6 @@ class Endpoint:
         self.kind, self.listen, self.config = kind, listen, config
         self.hub, self.router, self.state = hub, router, state
         self.server: asyncio.Server | None = None
-        self.tls = config.tls.context() if config.tls.enabled else None  # offered to clients that ask
         hub.subscribe(self._on_topology)
 
     @property
