@@ -10,7 +10,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics
-
 from .topology import Role, Topology
 
 if TYPE_CHECKING:
