@@ -35,6 +35,11 @@ class BenchCluster:
     config: Config | None = None  # given: the user's pgaurora config
     config_path: Path | None = None
 
+    async def connect(self, address: tuple[str, int]) -> asyncpg.Connection:
+        """An admin connection (database postgres) to one node."""
+        return await asyncpg.connect(host=address[0], port=address[1], user=self.user, password=self.password,
+                                     database="postgres", ssl=False, timeout=10)
+
     def env(self) -> dict[str, str]:
         return {**os.environ, "PGPASSWORD": self.password or "", "PGUSER": self.user, "PGDATABASE": DATABASE}
 
@@ -104,8 +109,7 @@ def bench_database(bc: BenchCluster, scale: int) -> Iterator[None]:
 
 def _sql(bc: BenchCluster, *statements: str) -> None:
     async def run():
-        conn = await asyncpg.connect(host=bc.primary[0], port=bc.primary[1], user=bc.user, password=bc.password,
-                                     database="postgres", ssl=False, timeout=10)
+        conn = await bc.connect(bc.primary)
         try:
             for statement in statements:
                 await conn.execute(statement)
@@ -120,10 +124,7 @@ def _sql(bc: BenchCluster, *statements: str) -> None:
 def _wait_replayed(bc: BenchCluster, timeout: float = 120) -> None:
     """Poll until the replica has replayed everything the primary had written when we asked."""
     async def run():
-        primary = await asyncpg.connect(host=bc.primary[0], port=bc.primary[1], user=bc.user,
-                                        password=bc.password, database="postgres", ssl=False, timeout=10)
-        replica = await asyncpg.connect(host=bc.replica[0], port=bc.replica[1], user=bc.user,
-                                        password=bc.password, database="postgres", ssl=False, timeout=10)
+        primary, replica = await bc.connect(bc.primary), await bc.connect(bc.replica)
         try:
             target = await primary.fetchval("SELECT pg_current_wal_lsn()")
             deadline = time.monotonic() + timeout

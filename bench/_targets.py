@@ -146,7 +146,7 @@ def _spawn_pgaurora(conf: Path, log_path: Path, writer: tuple[str, int], reader:
 def start_pgbouncer(bc: BenchCluster, work: Path) -> Target:
     port = free_port()
     host, server_port = bc.primary
-    quoted = [f'"{v}"'.replace('"', '""')[1:-1] for v in (bc.user, bc.password or "")]  # userlist doubles quotes
+    quoted = ['"' + v.replace('"', '""') + '"' for v in (bc.user, bc.password or "")]  # userlist doubles quotes
     (work / "userlist.txt").write_text(" ".join(quoted) + "\n")  # a plain password: PgBouncer does SCRAM itself
     auth = "scram-sha-256" if bc.password else "trust"
     ini = work / "pgbouncer.ini"
