@@ -1,4 +1,4 @@
-"""Admin HTTP endpoint: GET /status, /events and /metrics, POST /switchover and /rejoin/{node}."""
+"""Admin HTTP endpoint: GET /status, /events and /metrics, POST /switchover, /failover and /rejoin/{node}."""
 
 from __future__ import annotations
 
@@ -44,11 +44,24 @@ def status_document(service: "Service") -> dict:
         "dns": f"{config.dns.host}:{config.dns.port}" if config.dns.enabled else None,
         "sync_mode": config.failover.sync_mode.value, "sync_standbys": topology.sync_standbys,
         "loss_bound_bytes": loss_bound_bytes(topology),
+        "voters": list(topology.voters), "promote_quorum": len(topology.voters),
+        "failover_safe": topology.failover_safe, "failover_outlook": topology.failover_outlook,
+        "fenced_hint": _fenced_hint(topology, service),
         "client_connections": service.proxy_state.clients,
         "relay": service.relay_mode,
         "relay_threads": service.proxy_state.native.threads if service.proxy_state.native else None,
         "nodes": nodes,
     }
+
+
+def _fenced_hint(topology: Topology, service: "Service") -> str | None:
+    fenced = [n.name for n in topology.nodes if n.role is Role.FENCED]
+    if not fenced:
+        return None
+    if service.monitor.controller is not None:
+        return f"fenced: {', '.join(fenced)}; `pgaurora rejoin NODE` makes one a replica again"
+    return (f"fenced: {', '.join(fenced)}; `pgaurora rejoin NODE --print` prints the commands that make one a "
+            "replica again, to run on its host")
 
 
 class AdminServer:
@@ -58,7 +71,8 @@ class AdminServer:
         self.metrics = metrics.registry_for(service)
         self.app.add_routes([web.get("/status", self.status), web.get("/events", self.events),
                              web.get("/metrics", self.scrape),
-                             web.post("/switchover", self.switchover), web.post("/rejoin/{node}", self.rejoin)])
+                             web.post("/switchover", self.switchover), web.post("/failover", self.failover),
+                             web.post("/rejoin/{node}", self.rejoin), web.get("/rejoin/{node}", self.rejoin_plan)])
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -86,6 +100,21 @@ class AdminServer:
 
     async def switchover(self, request: web.Request) -> web.Response:
         return await self._monitor_request("switchover", to=request.query.get("to") or None)
+
+    async def failover(self, request: web.Request) -> web.Response:
+        accept = request.query.get("accept_data_loss", "")
+        if accept not in ("", "0", "1", "true", "false"):
+            return _json({"error": "accept_data_loss must be 1 or 0"}, status=400)
+        return await self._monitor_request("failover", to=request.query.get("to") or None,
+                                           accept_data_loss=accept in ("1", "true"))
+
+    async def rejoin_plan(self, request: web.Request) -> web.Response:
+        """The commands that make a fenced node a replica of the writer, for its host's operator."""
+        from .health.rejoin_plan import plan
+        try:
+            return _json({"script": plan(self.service.config, self.service.hub.current, request.match_info["node"])})
+        except ValueError as exc:
+            return _json({"error": str(exc)}, status=409)
 
     async def rejoin(self, request: web.Request) -> web.Response:
         return await self._monitor_request("rejoin", node=request.match_info["node"])

@@ -48,7 +48,7 @@ def proxy_state(config: Config) -> ProxyState:
 
 class Service:
     def __init__(self, config: Config, controller: NodeController | None = None,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None, reset_state: bool = False) -> None:
         self.config = config
         self.hub = TopologyHub(Topology(cluster=config.cluster))
         self.events = events or EventLog()
@@ -56,7 +56,7 @@ class Service:
         self.router = Router(self.hub, config, self.proxy_state)
         self.writer = Endpoint(EndpointKind.WRITER, config.writer, config, self.hub, self.router, self.proxy_state)
         self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router, self.proxy_state)
-        self.monitor = Monitor(config, self.hub, self.events, controller)
+        self.monitor = Monitor(config, self.hub, self.events, controller, reset_state)
         self.dns = DnsServer(self.hub, Zone(config.zone, config.dns.ttl,
                                             config.reader.fallback is ReaderFallback.PRIMARY),
                              config.dns.host, config.dns.port) if config.dns.enabled else None
@@ -110,8 +110,10 @@ class Service:
             self.proxy_state.native.close()
 
     async def wait_ready(self, timeout: float = 30) -> bool:
-        """True once a writer is known (and a reader, when the cluster has replicas)."""
+        """True once a writer is known, and with replicas a reader and (quorum commit) the voters."""
         want_readers = len(self.config.nodes) > 1
+        want_voters = want_readers and self.monitor.policy.synchronous
         ready = await self.hub.wait_for(
-            lambda t: t.writer is not None and (bool(t.readers) or not want_readers), timeout)
+            lambda t: t.writer is not None and (bool(t.readers) or not want_readers)
+            and (bool(t.voters) or not want_voters), timeout)
         return ready is not None

@@ -148,6 +148,9 @@ class MonitorConfig(_Frozen):
     probe_timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
     failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
     max_replica_lag: LagLimit = LagLimit(bytes=16 * 1024**2)
+    # A replica vouches that an unreachable writer is alive if it received WAL or a keepalive from it
+    # this recently; the monitor writes a heartbeat on the writer every probe, so this spans ~3 of them.
+    witness_window: Annotated[float, Field(gt=0, le=60)] = 1.5
 
     @field_validator("max_replica_lag", mode="before")
     @classmethod
@@ -163,6 +166,25 @@ class FailoverConfig(_Frozen):
     promote_timeout: Annotated[float, Field(gt=0)] = 10.0
     catchup_timeout: Annotated[float, Field(gt=0)] = 5.0
     auto_rejoin: bool = True
+    # Bytes of WAL an automatic failover may lose when nothing proves it loses none: default 0 in the
+    # quorum and strict modes (never lose an acknowledged commit), 1MB when sync_mode is off.
+    max_data_loss: int | None = None
+
+    @field_validator("max_data_loss", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int | None:
+        if value is None:
+            return None
+        limit = LagLimit.parse(value)
+        if limit.bytes is None:
+            raise ValueError(f"expected a size like '1MB' or a number of bytes, got {value!r}")
+        return limit.bytes
+
+    @property
+    def data_loss_limit(self) -> int:
+        if self.max_data_loss is not None:
+            return self.max_data_loss
+        return 1024**2 if self.sync_mode is SyncMode.OFF else 0
 
 
 class Config(_Frozen):

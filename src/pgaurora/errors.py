@@ -49,3 +49,7 @@ class ConfigError(PgAuroraError):
 
 class ClusterError(PgAuroraError):
     """A local cluster could not be created or controlled."""
+
+
+class StateError(PgAuroraError):
+    """The monitor's durable state is missing, empty or unreadable; starting anyway could misroute."""

@@ -51,6 +51,9 @@ class Topology:
     version: int = 0
     reason: str = "starting"
     sync_standbys: str = ""
+    voters: tuple[str, ...] = ()  # every one must answer before a failover can prove it loses nothing
+    failover_safe: bool = False  # would a failover now keep every acknowledged commit?
+    failover_outlook: str = ""  # why, or why not
     published_at: float = 0.0
     by_name: dict = field(default_factory=dict, compare=False, repr=False)
 

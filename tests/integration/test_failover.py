@@ -160,7 +160,7 @@ def test_monitor_cut_off_from_primary_alone_causes_no_failover(fresh_cluster, se
     try:
         relay.cut()
         for _ in wait_until("the monitor to consult the witnesses", 10):
-            if "still stream from it; no failover" in svc.topology.reason:
+            if "still receive from it; no failover" in svc.topology.reason:
                 break
         for _ in observe("the decision to hold, tick after tick", 3):
             assert svc.topology.epoch == 1 and not _events(svc, "failover")

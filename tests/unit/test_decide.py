@@ -23,7 +23,7 @@ def replica(name, received=1000, replayed=None, upstream="n1", streaming=True, t
                       replay_lsn=received if replayed is None else replayed, timeline=timeline, system_id=7,
                       receiver_status="streaming" if streaming else None,
                       upstream_host=host if streaming else None, upstream_port=port if streaming else None,
-                      conninfo_host=host, conninfo_port=port, sync_names="")
+                      conninfo_host=host, conninfo_port=port, sync_names="", receipt_age=0.1 if streaming else None)
 
 
 def down(name):
@@ -31,7 +31,8 @@ def down(name):
 
 
 HEALTHY = {"n1": primary(), "n2": replica("n2"), "n3": replica("n3")}
-RUNNING = ClusterState(writer="n1", epoch=1, timeline=1, system_id=7)
+RUNNING = ClusterState(writer="n1", epoch=1, timeline=1, system_id=7, voters=frozenset({"n2", "n3"}),
+                       writer_lsn=1000)
 
 
 def test_elects_the_only_primary_at_start():
@@ -69,8 +70,10 @@ def test_promotes_most_advanced_replica_after_threshold():
                 "n3": replica("n3", 1200, streaming=False)}
     d = decide(state, statuses, POLICY)
     assert (d.action, d.target) == (Action.PROMOTE, "n3")
-    assert d.reason == ("writer n1 unreachable for 3 probes; promoting n3 (WAL at 0/4B0, the most advanced "
-                        "reachable replica)")
+    assert d.reason == ("writer n1 unreachable for 3 probes; promoting n3 (WAL at 0/4B0): it has every "
+                        "acknowledged commit (every voter of ANY 1 (n2, n3) answered, and it is at least as "
+                        "advanced as each)")
+    assert d.loss_bound == 0
 
 
 def test_no_failover_while_a_witness_still_streams_from_the_writer():
@@ -78,7 +81,17 @@ def test_no_failover_while_a_witness_still_streams_from_the_writer():
     statuses = {"n1": down("n1"), "n2": replica("n2"), "n3": replica("n3", streaming=False)}
     d = decide(state, statuses, POLICY)
     assert d.action is Action.NONE
-    assert d.reason == "writer n1 is unreachable from the monitor, but n2 still stream from it; no failover"
+    assert d.reason == "writer n1 is unreachable from the monitor, but n2 still receive from it; no failover"
+
+
+def test_a_replica_that_stopped_hearing_from_the_writer_is_no_witness():
+    """A frozen primary keeps its TCP connections open: the replicas still say 'streaming', but they
+    stop receiving the monitor's heartbeats. Only fresh receipt makes a witness."""
+    state = replace(RUNNING, failures={"n1": 5})
+    stale = replace(replica("n2"), receipt_age=2.0)
+    statuses = {"n1": down("n1"), "n2": stale, "n3": replace(replica("n3"), receipt_age=1.6)}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.target) == (Action.PROMOTE, "n2")
 
 
 def test_no_failover_when_disabled():
@@ -91,7 +104,7 @@ def test_no_candidate_when_every_replica_is_down():
     state = replace(RUNNING, failures={"n1": 3, "n2": 3, "n3": 3})
     d = decide(state, {n: down(n) for n in ADDR}, POLICY)
     assert d.action is Action.NO_CANDIDATE
-    assert d.reason == "writer n1 is down (3 failed probes) and no replica is reachable to promote"
+    assert d.reason == "writer n1 is down; no replica is reachable to promote"
 
 
 def test_candidate_ties_break_on_replay_then_priority():
@@ -120,7 +133,7 @@ def test_fences_a_second_primary():
 
 
 def test_rejoins_fenced_primary_when_the_monitor_controls_nodes():
-    state = replace(RUNNING, writer="n2", epoch=2, timeline=2, fenced=frozenset({"n1"}))
+    state = replace(RUNNING, writer="n2", epoch=2, timeline=2, voters=frozenset({"n3"}), fenced=frozenset({"n1"}))
     statuses = {"n1": primary("n1"), "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
                 "n3": replica("n3", upstream="n2", timeline=2)}
     assert decide(state, statuses, POLICY).action is Action.NONE
@@ -129,7 +142,7 @@ def test_rejoins_fenced_primary_when_the_monitor_controls_nodes():
 
 
 def test_unfences_a_former_primary_once_it_streams_from_the_writer():
-    state = replace(RUNNING, writer="n2", epoch=2, timeline=2, fenced=frozenset({"n1"}))
+    state = replace(RUNNING, writer="n2", epoch=2, timeline=2, voters=frozenset({"n3"}), fenced=frozenset({"n1"}))
     statuses = {"n1": replica("n1", upstream="n2"), "n2": primary("n2", timeline=2, sync="ANY 1 (n1, n3)"),
                 "n3": replica("n3", upstream="n2")}
     d = decide(state, statuses, POLICY)
@@ -137,7 +150,7 @@ def test_unfences_a_former_primary_once_it_streams_from_the_writer():
 
 
 def test_repoints_a_replica_that_follows_the_old_primary():
-    state = replace(RUNNING, writer="n2", epoch=2, timeline=2, fenced=frozenset({"n1"}))
+    state = replace(RUNNING, writer="n2", epoch=2, timeline=2, voters=frozenset({"n3"}), fenced=frozenset({"n1"}))
     statuses = {"n1": down("n1"), "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
                 "n3": replica("n3", upstream="n1", streaming=False)}
     d = decide(state, statuses, POLICY)
@@ -152,11 +165,55 @@ def test_adopts_a_primary_promoted_outside_pgaurora():
     assert (d.action, d.target) == (Action.ADOPT, "n2")
 
 
-def test_sync_standbys_shrink_to_the_live_replicas():
+def test_sync_standbys_shrink_to_the_live_replicas_before_the_voters_do():
     state = replace(RUNNING, failures={"n3": 3})
     statuses = {**HEALTHY, "n3": down("n3")}
     d = decide(state, statuses, POLICY)
     assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2)")
+    statuses["n1"] = primary(sync="ANY 1 (n2)")
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.value) == (Action.SET_VOTERS, "n2")
+    assert d.reason == "n3 leaves the voters once n2 has every commit the writer acknowledged so far"
+
+
+def test_a_returning_standby_joins_the_voters_before_the_sync_standbys():
+    state = replace(RUNNING, voters=frozenset({"n2"}))
+    statuses = {**HEALTHY, "n1": primary(sync="ANY 1 (n2)")}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.value) == (Action.SET_VOTERS, "n2,n3")
+    d = decide(replace(state, voters=frozenset({"n2", "n3"})), statuses, POLICY)
+    assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2, n3)")
+
+
+def test_double_fault_of_writer_and_a_voter_blocks_the_failover():
+    """Issue 9: n3 lagged, n2 alone acknowledged the last commits, then n1 and n2 died together."""
+    state = replace(RUNNING, failures={"n1": 3, "n2": 3})
+    statuses = {"n1": down("n1"), "n2": down("n2"), "n3": replica("n3", 700, streaming=False)}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.target) == (Action.NO_CANDIDATE, "n3")
+    assert d.reason == ("writer n1 is down; n2 is unreachable; n3 cannot prove it has every "
+                        "acknowledged commit (quorum ANY 1 of n2, n3); waiting for n2, or run "
+                        "`pgaurora failover --to n3 --accept-data-loss`")
+    back = {**statuses, "n2": replica("n2", 900, streaming=False)}
+    d = decide(state, back, POLICY)
+    assert (d.action, d.target, d.loss_bound) == (Action.PROMOTE, "n2", 0)
+
+
+def test_a_voter_still_replaying_its_own_wal_does_not_count_yet():
+    state = replace(RUNNING, failures={"n1": 3})
+    replaying = replace(replica("n2", 900, streaming=False), receive_lsn=None)
+    statuses = {"n1": down("n1"), "n2": replaying, "n3": replica("n3", 800, streaming=False)}
+    assert decide(state, statuses, POLICY).action is Action.NO_CANDIDATE
+
+
+def test_without_voters_a_failover_is_bounded_by_max_data_loss():
+    state = replace(RUNNING, failures={"n1": 3}, voters=frozenset(), writer_lsn=5000)
+    statuses = {"n1": down("n1"), "n2": replica("n2", 4000, streaming=False), "n3": down("n3")}
+    assert decide(state, statuses, POLICY).action is Action.NO_CANDIDATE  # quorum mode: 0 by default
+    d = decide(state, statuses, replace(POLICY, max_data_loss=1000))
+    assert (d.action, d.target, d.loss_bound) == (Action.PROMOTE, "n2", 1000)
+    asynchronous = replace(POLICY, sync_mode=SyncMode.OFF, max_data_loss=999)
+    assert decide(state, statuses, asynchronous).action is Action.NO_CANDIDATE
 
 
 def test_quorum_mode_degrades_to_async_when_no_standby_is_left():

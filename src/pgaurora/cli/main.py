@@ -30,6 +30,12 @@ def cli() -> None:
     """Aurora-style writer/reader endpoints, failover and DNS for a PostgreSQL cluster."""
 
 
+reset_state_option = click.option(
+    "--reset-state", is_flag=True,
+    help="Rebuild the monitor's state (writer, epoch, fenced nodes) from what the nodes report, when its "
+         "state file is lost or unreadable.")
+
+
 @cli.command()
 @click.option("--replicas", type=click.IntRange(0, 15), default=None, help="Streaming replicas (default 2).")
 @click.option("--dir", "state_dir", type=click.Path(file_okay=False), default=None,
@@ -43,22 +49,24 @@ def cli() -> None:
 @click.option("--admin-port", default=6434, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--dns-port", default=8053, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous replication instead of quorum commit.")
+@reset_state_option
 @click.option("-v", "--verbose", is_flag=True)
 def up(replicas, state_dir, password, name, port, base_address, writer_port, reader_port, admin_port,
-       dns_port, asynchronous, verbose) -> None:
+       dns_port, asynchronous, reset_state, verbose) -> None:
     """Start a local cluster (1 primary, 2 replicas), the proxy, the monitor and DNS."""
     from .up import run_up
     run_up(replicas=replicas, state_dir=state_dir, password=password, name=name, port=port,
            base_address=base_address, ports=(writer_port, reader_port, admin_port, dns_port),
-           synchronous=not asynchronous, verbose=verbose)
+           synchronous=not asynchronous, reset_state=reset_state, verbose=verbose)
 
 
 @cli.command()
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="TOML file describing the cluster.")
 @click.option("--check", is_flag=True, help="Only validate the configuration.")
+@reset_state_option
 @click.option("-v", "--verbose", is_flag=True)
-def proxy(config_path, check, verbose) -> None:
+def proxy(config_path, check, reset_state, verbose) -> None:
     """Front an existing cluster described by a TOML file."""
     cfg = config_mod.load(config_path)
     if check:
@@ -69,7 +77,7 @@ def proxy(config_path, check, verbose) -> None:
     from .runtime import serve, setup_logging
     setup_logging(verbose)
     events = EventLog(Path(cfg.state_dir) / "events.jsonl" if cfg.state_dir else None)
-    service = Service(cfg, events=events)
+    service = Service(cfg, events=events, reset_state=reset_state)
     serve(service, lambda: click.echo(f"writer {cfg.writer.host}:{cfg.writer.port}  reader "
                                       f"{cfg.reader.host}:{cfg.reader.port}\npgaurora is ready", err=False))
 
@@ -128,9 +136,25 @@ def switchover(admin_url, target) -> None:
 
 @cli.command()
 @admin_option
+@click.option("--to", "target", default=None, help="Node to promote (default: the most advanced replica).")
+@click.option("--accept-data-loss", is_flag=True,
+              help="Promote even when pgaurora cannot prove the node has every acknowledged commit.")
+def failover(admin_url, target, accept_data_loss) -> None:
+    """Fail over from a writer that is down: what the monitor does itself, unless it cannot prove safety."""
+    query = "&".join(f for f in (f"to={target}" if target else "", "accept_data_loss=1" if accept_data_loss else "") if f)
+    click.echo(json.dumps(_admin(admin_url, "/failover" + (f"?{query}" if query else ""), method="POST"), indent=2))
+
+
+@cli.command()
+@admin_option
+@click.option("--print", "print_only", is_flag=True,
+              help="Print the commands to run on the node's host (clusters pgaurora did not start).")
 @click.argument("node")
-def rejoin(admin_url, node) -> None:
+def rejoin(admin_url, print_only, node) -> None:
     """Rejoin a fenced former primary as a replica (pg_rewind, or a fresh clone)."""
+    if print_only:
+        click.echo(_admin(admin_url, f"/rejoin/{node}")["script"], nl=False)
+        return
     click.echo(json.dumps(_admin(admin_url, f"/rejoin/{node}", method="POST"), indent=2))
 
 

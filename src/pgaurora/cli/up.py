@@ -59,14 +59,16 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
     ])
 
 
-def run_up(*, replicas, state_dir, password, name, port, base_address, ports, synchronous, verbose) -> None:
+def run_up(*, replicas, state_dir, password, name, port, base_address, ports, synchronous, reset_state,
+           verbose) -> None:
     setup_logging(verbose)
     cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous)
     cluster.lock()
     try:
         click.echo(cluster.up())
         cfg = build_config(cluster, ports)
-        service = Service(cfg, controller=cluster, events=EventLog(cluster.root / "events.jsonl"))
+        service = Service(cfg, controller=cluster, events=EventLog(cluster.root / "events.jsonl"),
+                          reset_state=reset_state)
         serve(service, lambda: click.echo(_ready_text(cluster, cfg)))
     finally:
         click.echo("stopping the cluster")

@@ -28,7 +28,11 @@ wal_keep_size = '256MB'
 hot_standby = on
 hot_standby_feedback = on
 wal_log_hints = on
-wal_receiver_status_interval = '1s'
+# An idle walsender pings its standby once half of wal_sender_timeout passed without a reply, so the
+# replicas hear from a live primary every second even when neither WAL nor the monitor's heartbeat
+# reaches them (the witness check in decide.py); status replies must come less often than that.
+wal_sender_timeout = '2s'
+wal_receiver_status_interval = '10s'
 wal_receiver_timeout = '5s'
 max_connections = {max_connections}
 shared_buffers = '64MB'

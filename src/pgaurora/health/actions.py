@@ -100,6 +100,25 @@ async def repoint(config: Config, replica: NodeConfig, writer: NodeConfig) -> No
         conn.terminate()
 
 
+async def caught_up(config: Config, writer: NodeConfig, members: frozenset[str], wait: float) -> bool:
+    """Has one of members flushed everything the writer has written now? Polls pg_stat_replication for
+    up to `wait` seconds. Called once the writer runs with the new synchronous standbys, so every commit
+    acknowledged before that is behind the position read here."""
+    conn = await connect(config, writer)
+    try:
+        target = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'")
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            if await conn.fetchval("SELECT count(*) FROM pg_stat_replication WHERE application_name = ANY($1::text[]) "
+                                   "AND flush_lsn - '0/0' >= $2", sorted(members), target):
+                return True
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+    finally:
+        conn.terminate()
+
+
 async def set_sync_names(config: Config, writer: NodeConfig, value: str) -> None:
     conn = await connect(config, writer)
     try:

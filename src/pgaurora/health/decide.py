@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Mapping
 
 from ..config import SyncMode
+from . import quorum
 from .probe import NodeStatus
 
 
@@ -21,6 +22,7 @@ class Action(str, Enum):
     REJOIN = "rejoin"
     REPOINT = "repoint"
     SET_SYNC = "set_sync"
+    SET_VOTERS = "set_voters"  # the durable half of quorum commit (see quorum.py)
     NO_CANDIDATE = "no_candidate"
 
 
@@ -30,6 +32,7 @@ class Decision:
     reason: str
     target: str | None = None
     value: str | None = None
+    loss_bound: int | None = None  # PROMOTE: bytes the candidate may lack (0: proven to lack nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,8 @@ class ClusterState:
     system_id: int | None = None
     failures: Mapping[str, int] = field(default_factory=dict)
     fenced: frozenset[str] = frozenset()
+    voters: frozenset[str] = frozenset()  # durable: standbys that must all answer before a promotion
+    writer_lsn: int | None = None  # the writer's position at its last successful probe (not durable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,12 @@ class Policy:
     failover: bool = True
     sync_mode: SyncMode = SyncMode.QUORUM
     auto_rejoin: bool = False  # only when the monitor controls the nodes (compose)
+    max_data_loss: int = 0  # bytes a failover may lose when nothing proves it loses none
+    witness_window: float = 1.5  # a replica vouches for the writer if it heard from it this recently
+
+    @property
+    def synchronous(self) -> bool:
+        return self.sync_mode is not SyncMode.OFF
 
 
 def decide(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision:
@@ -101,26 +112,48 @@ def _writer_down(state: ClusterState, statuses: Mapping[str, NodeStatus], policy
                                      f"{writer.error}")
     if not policy.failover:
         return Decision(Action.NONE, f"writer {name} is down and automatic failover is disabled")
-    host, port = policy.addresses[name]
-    witnesses = [s.name for s in statuses.values() if s.is_replica and s.streams_from(host, port)]
+    witnesses = hearing_writer(state, statuses, policy)
     if witnesses:
         return Decision(Action.NONE, f"writer {name} is unreachable from the monitor, but "
-                                     f"{', '.join(witnesses)} still stream from it; no failover")
-    candidate = choose_candidate(state, statuses, policy)
-    if candidate is None:
-        return Decision(Action.NO_CANDIDATE, f"writer {name} is down ({fails} failed probes) and no "
-                                             "replica is reachable to promote")
+                                     f"{', '.join(witnesses)} still receive from it; no failover")
+    verdict = promotion_verdict(state, statuses, policy)
+    if not verdict.safe:
+        return Decision(Action.NO_CANDIDATE, f"writer {name} is down; {verdict.proof}",
+                        target=verdict.candidate)
+    candidate = statuses[verdict.candidate]
     return Decision(Action.PROMOTE, f"writer {name} unreachable for {fails} probes; promoting "
-                                    f"{candidate.name} (WAL at {lsn(candidate.wal_position)}, the most "
-                                    "advanced reachable replica)", target=candidate.name)
+                                    f"{candidate.name} (WAL at {lsn(candidate.wal_position)}): {verdict.proof}",
+                    target=candidate.name, loss_bound=verdict.loss_bound)
+
+
+def hearing_writer(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> list[str]:
+    """Replicas that stream from the writer and received something from it within the witness window."""
+    host, port = policy.addresses[state.writer]
+    return [s.name for s in statuses.values()
+            if s.is_replica and s.streams_from(host, port) and s.heard_within(policy.witness_window)]
+
+
+def promotion_verdict(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy,
+                      target: str | None = None, forced: bool = False) -> quorum.Verdict:
+    """May the best replica (or target) be promoted without losing an acknowledged commit? See quorum.judge."""
+    pool = {s.name: s for s in _eligible(state, statuses)}
+    if target is not None and target not in pool:
+        return quorum.Verdict(target, False, f"{target} is not a reachable replica of this cluster")
+    best = pool.get(target) if target else choose_candidate(state, statuses, policy)
+    replicas = {n: quorum.Position(n, s.wal_position, s.position_settled) for n, s in pool.items()}
+    return quorum.judge(replicas.get(best.name) if best else None, replicas, state.voters, state.writer_lsn,
+                        policy.max_data_loss, policy.synchronous, forced)
+
+
+def _eligible(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> list[NodeStatus]:
+    return [s for s in statuses.values() if s.is_replica and s.name != state.writer
+            and s.name not in state.fenced
+            and (state.system_id is None or s.system_id == state.system_id)]
 
 
 def choose_candidate(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> NodeStatus | None:
     """The reachable replica with the most WAL; ties: most replayed, then highest priority."""
-    pool = [s for s in statuses.values() if s.is_replica and s.name != state.writer
-            and s.name not in state.fenced
-            and (state.system_id is None or s.system_id == state.system_id)]
-    return max(pool, key=lambda s: (s.wal_position, s.replay_lsn or -1, policy.priorities.get(s.name, 0)),
+    return max(_eligible(state, statuses), key=lambda s: (s.wal_position, s.replay_lsn or -1, policy.priorities.get(s.name, 0)),
                default=None)
 
 
@@ -166,27 +199,38 @@ def _repoint_strays(state, statuses, policy) -> Decision | None:
     return None
 
 
-def desired_sync_names(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> str | None:
-    """synchronous_standby_names the writer should have, or None when the monitor leaves it alone."""
-    if policy.sync_mode is SyncMode.OFF:
+def wanted_sync(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> frozenset[str] | None:
+    """The synchronous standbys the writer should have, or None when the monitor leaves them alone."""
+    if not policy.synchronous:
         return None
     standbys = [n for n in policy.addresses if n != state.writer and n not in state.fenced]
     alive = [n for n in standbys if state.failures.get(n, 0) < policy.failure_threshold
              and statuses.get(n) is not None and statuses[n].reachable]
-    chosen = alive or (standbys if policy.sync_mode is SyncMode.STRICT else [])
-    return f"ANY 1 ({', '.join(chosen)})" if chosen else ""
+    return frozenset(alive or (standbys if policy.sync_mode is SyncMode.STRICT else []))
+
+
+def desired_sync_names(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> str | None:
+    """synchronous_standby_names the writer should have, or None when the monitor leaves it alone."""
+    wanted = wanted_sync(state, statuses, policy)
+    return None if wanted is None else quorum.sync_names(wanted)
 
 
 def _sync_standbys(state, statuses, policy) -> Decision | None:
-    desired = desired_sync_names(state, statuses, policy)
-    current = statuses[state.writer].sync_names
-    if desired is None or desired == current:
+    wanted = wanted_sync(state, statuses, policy)
+    if wanted is None:
         return None
-    if desired == "":
-        why = "no synchronous standby is left; sync_mode=quorum degrades to asynchronous commit"
-    else:
-        why = f"synchronous standbys should be {desired}"
-    return Decision(Action.SET_SYNC, f"{why} (was {current!r})", target=state.writer, value=desired)
+    current = statuses[state.writer].sync_names
+    sync = quorum.parse_sync_names(current)
+    if sync is None:  # a form pgaurora does not write: any standby might have acknowledged
+        sync = frozenset(n for n in policy.addresses if n != state.writer)
+    step = quorum.next_step(state.voters, sync, wanted)
+    if step is None:
+        return None
+    if step.kind is quorum.StepKind.VOTERS:
+        return Decision(Action.SET_VOTERS, step.reason, target=state.writer, value=",".join(sorted(step.value)))
+    value = quorum.sync_names(step.value)
+    why = step.reason if value else "no synchronous standby is left; sync_mode=quorum degrades to asynchronous commit"
+    return Decision(Action.SET_SYNC, f"{why} (was {current!r})", target=state.writer, value=value)
 
 
 def lsn(value: int | None) -> str:

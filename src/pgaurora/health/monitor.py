@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from ..config import Config
+from ..errors import StateError
 from ..eventlog import EventLog
+from ..faultpoints import crash_point
 from ..topology import TopologyHub
-from . import actions, snapshot
-from .decide import ClusterState, Decision, Policy, decide, desired_sync_names
+from . import actions, intents, snapshot
+from .decide import (Action, ClusterState, Decision, Policy, decide, desired_sync_names, hearing_writer,
+                     promotion_verdict)
 from .probe import NodeStatus, Prober, bounded
+from .store import StateFile, to_document
 
 log = logging.getLogger("pgaurora.monitor")
 
@@ -30,47 +34,64 @@ class NodeController(Protocol):
     def start_node(self, name: str) -> None: ...
 
 
+def policy_for(config: Config, controller: NodeController | None) -> Policy:
+    f, m = config.failover, config.monitor
+    return Policy(addresses={n.name: n.replication_address for n in config.nodes},
+                  priorities={n.name: n.priority for n in config.nodes},
+                  failure_threshold=m.failure_threshold, failover=f.enabled, sync_mode=f.sync_mode,
+                  auto_rejoin=controller is not None and f.auto_rejoin,
+                  max_data_loss=f.data_loss_limit, witness_window=m.witness_window)
+
+
 class Monitor:
     def __init__(self, config: Config, hub: TopologyHub, events: EventLog,
-                 controller: NodeController | None = None) -> None:
+                 controller: NodeController | None = None, reset_state: bool = False) -> None:
         self.config, self.hub, self.events, self.controller = config, hub, events, controller
         self.nodes = {n.name: n for n in config.nodes}
         self.probers = {n.name: Prober(n, config.monitor) for n in config.nodes}
-        self.policy = Policy(
-            addresses={n.name: n.replication_address for n in config.nodes},
-            priorities={n.name: n.priority for n in config.nodes},
-            failure_threshold=config.monitor.failure_threshold, failover=config.failover.enabled,
-            sync_mode=config.failover.sync_mode,
-            auto_rejoin=controller is not None and config.failover.auto_rejoin)
-        self._state_file = Path(config.state_dir) / "monitor.json" if config.state_dir else None
-        self.state = self._load_state()
+        self.policy = policy_for(config, controller)
+        self._store = StateFile(Path(config.state_dir) / "monitor.json") if config.state_dir else None
+        self.state = self._load_state(reset_state)
         self.last_seen: dict[str, NodeStatus] = {}
         self.statuses: dict[str, NodeStatus] = {}
         self.decision: Decision | None = None
+        self._last_answer: dict[str, float] = {}
+        self._intents = intents.open_intents(events.recent())
+        self._own_intents: set[str] = set()
         self._requests: asyncio.Queue = asyncio.Queue()
         self._wake = asyncio.Event()
         self._rejoining: set[str] = set()
+        self._blocked_reason: str | None = None
 
     # -- the one place the monitor's memory changes --------------------------------
     def _set_state(self, **changes) -> None:
-        self.state = replace(self.state, **changes)
-        if self._state_file is not None and set(changes) - {"failures"}:
-            data = {"writer": self.state.writer, "epoch": self.state.epoch, "timeline": self.state.timeline,
-                    "system_id": self.state.system_id, "fenced": sorted(self.state.fenced)}
-            self._state_file.write_text(json.dumps(data) + "\n")
+        old, self.state = self.state, replace(self.state, **changes)
+        if self._store is not None and to_document(self.state) != to_document(old):
+            self._store.save(self.state)
 
     def _new_epoch(self, writer: str, timeline: int | None, **changes) -> None:
-        """Every change of writer goes through here, so every promotion starts a new epoch."""
+        """Every change of writer goes through here, so every promotion starts a new epoch. The new
+        writer's standbys have proven nothing yet, so the voters start empty (quorum.py)."""
+        changes.setdefault("voters", frozenset())
         self._set_state(writer=writer, epoch=self.state.epoch + 1, timeline=timeline, **changes)
 
-    def _load_state(self) -> ClusterState:
-        if self._state_file is None or not self._state_file.exists():
+    def _load_state(self, reset: bool) -> ClusterState:
+        if self._store is None:
             return ClusterState()
-        data = json.loads(self._state_file.read_text())
-        if data.get("writer") not in self.nodes:
-            return ClusterState()
-        return ClusterState(writer=data["writer"], epoch=data["epoch"], timeline=data.get("timeline"),
-                            system_id=data.get("system_id"), fenced=frozenset(data.get("fenced", ())))
+        if reset:
+            log.warning("--reset-state: ignoring %s; the writer and epoch are rebuilt from the nodes", self._store.path)
+            return ClusterState(epoch=self._reset_epoch_floor())
+        state = self._store.load(self.nodes)
+        if state is None and self.events.has_history:
+            raise StateError(f"the monitor's state file {self._store.path} is missing, but {self.events.path} "
+                             "holds this cluster's history; start with --reset-state to rebuild it from the "
+                             "nodes, or restore the file from a backup")
+        return state or ClusterState()
+
+    def _reset_epoch_floor(self) -> int:
+        """The highest epoch the event log remembers: a rebuilt epoch never goes back below it."""
+        return max((e.get("epoch") or 0 for e in self.events.recent() if isinstance(e.get("epoch"), int)),
+                   default=0)
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -93,6 +114,7 @@ class Monitor:
         await self._serve_requests()
         statuses = await self.probe_all()
         self._observe(statuses)
+        self._reconcile_intents()
         decision = decide(self.state, statuses, self.policy)
         if self.decision is None or decision.reason != self.decision.reason:
             log.info("%s", decision.reason)
@@ -106,14 +128,36 @@ class Monitor:
         return {s.name: s for s in results}
 
     def _observe(self, statuses: dict[str, NodeStatus]) -> None:
-        failures = {name: 0 if s.reachable else self.state.failures.get(name, 0) + 1
-                    for name, s in statuses.items()}
+        """Count failures in probe intervals without an answer, so that a probe that hangs until its
+        timeout counts for the time it cost, as a refused one counts for one interval."""
+        now, interval = time.monotonic(), self.config.monitor.probe_interval
+        failures = {}
+        for name, s in statuses.items():
+            if s.reachable:
+                self._last_answer[name] = now
+                failures[name] = 0
+            else:
+                silent = now - self._last_answer.get(name, now)
+                failures[name] = max(self.state.failures.get(name, 0) + 1, int(silent / interval + 0.05))
         self.statuses = statuses
         self.last_seen.update({n: s for n, s in statuses.items() if s.reachable})
-        self._set_state(failures=failures)
+        writer = statuses.get(self.state.writer) if self.state.writer else None
+        writer_lsn = writer.current_lsn if writer is not None and writer.is_primary else self.state.writer_lsn
+        self._set_state(failures=failures, writer_lsn=writer_lsn)
+
+    def failover_outlook(self) -> tuple[bool, str]:
+        """Would a failover right now keep every acknowledged commit? (for /status and /metrics)"""
+        if self.state.writer is None:
+            return False, "no writer yet"
+        verdict = promotion_verdict(self.state, self.statuses, self.policy)
+        if verdict.safe and verdict.loss_bound == 0:
+            return True, f"{verdict.candidate}: {verdict.proof}"
+        return False, f"{verdict.candidate}: {verdict.proof}" if verdict.candidate else verdict.proof
 
     async def publish(self, reason: str) -> None:
-        topology = snapshot.build(self.config, self.state, self.statuses, self.last_seen, reason)
+        safe, outlook = self.failover_outlook()
+        topology = snapshot.build(self.config, self.state, self.statuses, self.last_seen, reason,
+                                  failover_safe=safe, failover_outlook=outlook)
         old = self.hub.current
         if replace(topology, version=old.version, published_at=old.published_at) != old:
             await self.hub.publish(topology)
@@ -121,8 +165,28 @@ class Monitor:
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.probers.values()))
 
+    # -- write-ahead intents -------------------------------------------------------------
+    def _reconcile_intents(self) -> None:
+        """Close each open failover intent by what the nodes now say (before decide, so that a promotion
+        pgaurora made is never recorded as adopted from outside)."""
+        for intent in list(self._intents):
+            found = intents.reconcile(intent, self.state, self.statuses)
+            if found is None:
+                continue
+            self._intents.remove(intent)
+            if found.follow:
+                old = intent["old_writer"]
+                self._new_epoch(intent["candidate"], found.timeline,
+                                fenced=(self.state.fenced | {old}) - {intent["candidate"]})
+            late = "late" if intent["intent"] in self._own_intents else "after_restart"
+            kind = f"failover_completed_{late}" if found.completed else "failover_abandoned"
+            self.events.record(kind, found.found, intent=intent["intent"], old_writer=intent.get("old_writer"),
+                               new_writer=intent["candidate"] if found.completed else None, epoch=self.state.epoch)
+
     # -- acting ----------------------------------------------------------------------------
     async def act(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
+        if decision.action is not Action.NO_CANDIDATE:
+            self._blocked_reason = None
         handler = getattr(self, f"_act_{decision.action.value}", None)
         if handler is None:
             return
@@ -133,10 +197,19 @@ class Monitor:
             self.events.record("action_failed", f"{decision.action.value} {decision.target}: {outcome}",
                                decision=decision.reason)
 
+    async def _act_no_candidate(self, decision: Decision, statuses) -> None:
+        """Record each distinct refusal to promote once, not every tick."""
+        if decision.reason != self._blocked_reason:
+            self._blocked_reason = decision.reason
+            self.events.record("failover_blocked", decision.reason, writer=self.state.writer,
+                               candidate=decision.target, voters=sorted(self.state.voters))
+
     async def _act_elect(self, decision: Decision, statuses) -> None:
         chosen = statuses[decision.target]
         rivals = {s.name for s in statuses.values() if s.is_primary and s.name != chosen.name}
-        self._new_epoch(chosen.name, chosen.timeline, system_id=chosen.system_id, fenced=self.state.fenced | rivals)
+        epoch = max(self.state.epoch + 1, chosen.timeline or 0)  # never below what the timelines show
+        self._set_state(writer=chosen.name, epoch=epoch, timeline=chosen.timeline, system_id=chosen.system_id,
+                        fenced=self.state.fenced | rivals, voters=frozenset())
         self.events.record("elect", decision.reason, writer=chosen.name, epoch=self.state.epoch)
 
     async def _act_adopt(self, decision: Decision, statuses) -> None:
@@ -162,6 +235,17 @@ class Monitor:
         await actions.set_sync_names(self.config, self.nodes[decision.target], decision.value)
         self.events.record("sync_standbys", decision.reason, value=decision.value)
 
+    async def _act_set_voters(self, decision: Decision, statuses) -> None:
+        """Record the voters; when they shrink or are first set, only once a member has caught up."""
+        voters = frozenset(filter(None, (decision.value or "").split(",")))
+        widening = self.state.voters and voters >= self.state.voters
+        if voters and not widening:
+            wait = max(self.config.monitor.probe_interval, 0.1)
+            if not await actions.caught_up(self.config, self.nodes[self.state.writer], voters, wait):
+                return  # the decision stays the same; the next tick checks again
+        self._set_state(voters=voters)
+        self.events.record("voters", decision.reason, voters=sorted(voters), epoch=self.state.epoch)
+
     async def _act_rejoin(self, decision: Decision, statuses) -> None:
         """Rewinding or re-cloning takes a while: do it beside the loop, which keeps probing."""
         name = decision.target
@@ -177,29 +261,43 @@ class Monitor:
             self.events.record("action_failed", f"rejoin {name}: {task.exception()}")
 
     async def _act_promote(self, decision: Decision, statuses) -> None:
-        await self._failover(decision, statuses)
+        await self._failover(decision.target, decision.reason, statuses, loss_bound=decision.loss_bound)
 
     # -- failover, switchover, rejoin ---------------------------------------------------------
-    async def _failover(self, decision: Decision, statuses) -> None:
+    async def _failover(self, target: str, reason: str, statuses, *, loss_bound: int | None,
+                        forced: bool = False) -> dict:
+        """Promote target with a write-ahead intent, so that a crash at any step leaves a true history."""
         phases = {"detected": time.time()}
-        old, target = self.state.writer, decision.target
+        old = self.state.writer
+        intent = self.events.record("failover_started", reason, intent=uuid.uuid4().hex[:12], old_writer=old,
+                                    candidate=target, epoch=self.state.epoch + 1, timeline=self.state.timeline,
+                                    forced=forced, loss_bound_bytes=loss_bound)
+        self._intents.append(intent)
+        self._own_intents.add(intent["intent"])
+        crash_point("after_intent")
         after = replace(self.state, writer=target, fenced=self.state.fenced | {old})
         sync = desired_sync_names(after, statuses, self.policy)
         phases["candidate_chosen"] = time.time()
         timeline = await actions.promote(self.config, self.nodes[target], sync, self.state.timeline)
         phases["promoted"] = time.time()
+        crash_point("after_promote")
         self._new_epoch(target, timeline, fenced=(self.state.fenced | {old}) - {target})
+        crash_point("after_epoch")
         self.statuses = {**self.statuses, target: replace(statuses[target], in_recovery=False,
                                                           timeline=timeline, sync_names=sync)}
-        await self.publish(decision.reason)
+        await self.publish(reason)
         phases["endpoints_switched"] = phases["dns_updated"] = time.time()
-        repointed = await self._repoint_all(exclude={old, target})
-        self.events.record("failover", decision.reason, old_writer=old, new_writer=target, epoch=self.state.epoch,
-                           timeline=timeline, sync_standbys=sync, repointed=repointed,
-                           phases={k: round(v, 3) for k, v in phases.items()},
-                           downtime_from_detection=round(phases["endpoints_switched"] - phases["detected"], 3))
+        repointed = await self.repoint_all(exclude={old, target})
+        crash_point("after_repoint")
+        self._intents.remove(intent)
+        return self.events.record(
+            "failover", reason, intent=intent["intent"], old_writer=old, new_writer=target, epoch=self.state.epoch,
+            timeline=timeline, sync_standbys=sync, repointed=repointed, forced=forced, loss_bound_bytes=loss_bound,
+            phases={k: round(v, 3) for k, v in phases.items()},
+            downtime_from_detection=round(phases["endpoints_switched"] - phases["detected"], 3))
 
-    async def _repoint_all(self, exclude: set[str]) -> list[str]:
+    async def repoint_all(self, exclude: set[str]) -> list[str]:
+        """Point every replica but exclude (and the fenced) at the writer; returns those that took it."""
         names = [n for n in self.nodes if n not in exclude and n not in self.state.fenced]
         writer = self.nodes[self.state.writer]
         limit = 2 * self.config.monitor.probe_timeout + 1
@@ -212,14 +310,29 @@ class Monitor:
 
     async def rejoin(self, name: str, reason: str) -> str:
         if self.controller is None:
-            raise actions.ActionFailed("rejoin needs a cluster started by pgaurora (compose)")
+            raise actions.ActionFailed("rejoin needs a cluster started by pgaurora (compose); for this cluster, "
+                                       f"run `pgaurora rejoin {name} --print` and the commands it prints on {name}'s host")
         how = await asyncio.to_thread(self.controller.rejoin, name, self.state.writer)
         self.events.record("rejoin", reason, node=name, upstream=self.state.writer, method=how)
         return how
 
+    # -- the writer during a switchover (switchover.py drives these) ---------------------------
+    async def hold_writes(self, reason: str) -> None:
+        """No writer until resume_writer() or install_writer(): new writer sessions wait."""
+        self._set_state(writer=None)
+        await self.publish(reason)
+
+    async def resume_writer(self, name: str, reason: str) -> None:
+        self._set_state(writer=name)
+        await self.publish(reason)
+
+    async def install_writer(self, name: str, timeline: int, reason: str) -> None:
+        self._new_epoch(name, timeline)
+        await self.publish(reason)
+
     # -- requests from the admin endpoint ------------------------------------------------------
     async def request(self, kind: str, **args) -> dict:
-        """Run a switchover or rejoin inside the loop, between ticks; returns its result."""
+        """Run a switchover, failover or rejoin inside the loop, between ticks; returns its result."""
         future = asyncio.get_running_loop().create_future()
         await self._requests.put((kind, args, future))
         self._wake.set()
@@ -243,3 +356,27 @@ class Monitor:
     async def _request_switchover(self, to: str | None = None) -> dict:
         from .switchover import switchover
         return await switchover(self, to)
+
+    async def _request_failover(self, to: str | None = None, accept_data_loss: bool = False) -> dict:
+        """An operator's failover: only when the writer is down; unsafe only with accept_data_loss."""
+        if self.state.writer is None:
+            raise actions.ActionFailed("there is no writer to fail over from (starting, or a switchover is under way)")
+        if self.statuses[self.state.writer].is_primary:
+            raise actions.ActionFailed(f"writer {self.state.writer} is healthy; use `pgaurora switchover` "
+                                       "for a planned change of writer")
+        witnesses = hearing_writer(self.state, self.statuses, self.policy)
+        if witnesses:
+            raise actions.ActionFailed(f"writer {self.state.writer} is alive: {', '.join(witnesses)} still "
+                                       "receive from it; promoting now would make two primaries")
+        verdict = promotion_verdict(self.state, self.statuses, self.policy, target=to)
+        forced = not verdict.safe and accept_data_loss
+        if forced:
+            verdict = promotion_verdict(self.state, self.statuses, self.policy, target=to, forced=True)
+        if not verdict.safe or verdict.candidate is None:
+            raise actions.ActionFailed(verdict.proof)
+        reason = f"failover to {verdict.candidate} requested: {verdict.proof}"
+        if forced:
+            self.events.record("failover_unsafe", reason, candidate=verdict.candidate, old_writer=self.state.writer,
+                               loss_bound_bytes=verdict.loss_bound, voters=sorted(self.state.voters))
+        return await self._failover(verdict.candidate, reason, self.statuses, loss_bound=verdict.loss_bound,
+                                    forced=forced)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -11,7 +12,14 @@ import asyncpg
 
 from ..config import MonitorConfig, NodeConfig
 
+log = logging.getLogger("pgaurora.monitor")
+
 _CONNINFO_KEY = re.compile(r"\s*(\w+)\s*=\s*")
+
+# After probing a primary, the prober writes a heartbeat: a tiny non-transactional WAL message that
+# the replicas receive within wal_writer_delay. Their receipt time is then the witness that the
+# primary is alive, even on an idle cluster (see decide.hearing_writer).
+HEARTBEAT_SQL = "SELECT pg_logical_emit_message(false, 'pgaurora', 'heartbeat')"
 
 PROBE_SQL = """
 SELECT pg_is_in_recovery() AS in_recovery,
@@ -28,6 +36,7 @@ SELECT pg_is_in_recovery() AS in_recovery,
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        END AS timeline,
        r.status AS receiver_status, r.sender_host, r.sender_port,
+       EXTRACT(epoch FROM clock_timestamp() - r.last_msg_receipt_time)::float8 AS receipt_age,
        current_setting('synchronous_standby_names') AS sync_names,
        current_setting('primary_conninfo') AS primary_conninfo,
        CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END AS replay_paused
@@ -56,6 +65,7 @@ class NodeStatus:
     conninfo_host: str | None = None  # where primary_conninfo points
     conninfo_port: int | None = None
     replay_paused: bool = False
+    receipt_age: float | None = None  # seconds since the WAL receiver last heard from its upstream
     probed_at: float = 0.0
 
     @classmethod
@@ -72,15 +82,28 @@ class NodeStatus:
 
     @property
     def wal_position(self) -> int:
-        """How far this node's WAL goes: written (primary) or received, else replayed."""
-        for lsn in (self.current_lsn, self.receive_lsn, self.replay_lsn):
-            if lsn is not None:
-                return lsn
-        return -1
+        """How far this node's WAL goes: written (primary), else the furthest of received and replayed.
+
+        A restarted standby replays the WAL it holds before it asks to stream, and then reports the start
+        of the segment it asks for as received, behind what it replayed: hence the furthest of the two.
+        """
+        if self.current_lsn is not None:
+            return self.current_lsn
+        known = [lsn for lsn in (self.receive_lsn, self.replay_lsn) if lsn is not None]
+        return max(known, default=-1)
+
+    @property
+    def position_settled(self) -> bool:
+        """Does wal_position cover all the WAL this replica holds? Not while a restarted standby is
+        still replaying its own pg_wal (it has not asked to stream yet, so nothing is 'received')."""
+        return self.is_replica and self.receive_lsn is not None
 
     def streams_from(self, host: str, port: int) -> bool:
         return (self.receiver_status == "streaming" and self.upstream_host == host
                 and self.upstream_port == port)
+
+    def heard_within(self, seconds: float) -> bool:
+        return self.receipt_age is not None and self.receipt_age <= seconds
 
 
 def _as_int(value) -> int | None:
@@ -125,7 +148,8 @@ def status_from_row(name: str, row) -> NodeStatus:
         receive_lsn=_as_int(row["receive_lsn"]), replay_lsn=_as_int(row["replay_lsn"]),
         lag_seconds=row["lag_seconds"], receiver_status=row["receiver_status"],
         upstream_host=row["sender_host"], upstream_port=row["sender_port"],
-        sync_names=row["sync_names"], **_conninfo_target(row["primary_conninfo"]), replay_paused=bool(row["replay_paused"]), probed_at=time.time())
+        sync_names=row["sync_names"], **_conninfo_target(row["primary_conninfo"]),
+        replay_paused=bool(row["replay_paused"]), receipt_age=row["receipt_age"], probed_at=time.time())
 
 
 class Prober:
@@ -134,6 +158,7 @@ class Prober:
     def __init__(self, node: NodeConfig, monitor: MonitorConfig) -> None:
         self.node, self.monitor = node, monitor
         self._conn: asyncpg.Connection | None = None
+        self._heartbeat = True
 
     async def connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(
@@ -154,7 +179,18 @@ class Prober:
         if self._conn is None or self._conn.is_closed():
             self._conn = await self.connect()
         row = await self._conn.fetchrow(PROBE_SQL, timeout=self.monitor.probe_timeout)
-        return status_from_row(self.node.name, row)
+        status = status_from_row(self.node.name, row)
+        if status.is_primary and self._heartbeat:
+            await self._beat()
+        return status
+
+    async def _beat(self) -> None:
+        try:
+            await self._conn.execute(HEARTBEAT_SQL, timeout=self.monitor.probe_timeout)
+        except asyncpg.PostgresError as exc:  # e.g. a monitor user without the privilege: probe on without it
+            self._heartbeat = False
+            log.warning("no heartbeat on %s (%s): on an idle cluster, replicas then vouch for a primary the "
+                        "monitor cannot reach only through wal_sender_timeout keepalives", self.node.name, exc)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

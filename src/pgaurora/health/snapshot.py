@@ -34,7 +34,8 @@ def _lag(status: NodeStatus, writer: NodeStatus | None) -> tuple[int | None, flo
 
 
 def build(config: Config, state: ClusterState, statuses: Mapping[str, NodeStatus],
-          last: Mapping[str, NodeStatus], reason: str) -> Topology:
+          last: Mapping[str, NodeStatus], reason: str, failover_safe: bool = False,
+          failover_outlook: str = "") -> Topology:
     writer_status = statuses.get(state.writer) if state.writer else None
     nodes, readers = [], []
     for node in config.nodes:
@@ -52,7 +53,9 @@ def build(config: Config, state: ClusterState, statuses: Mapping[str, NodeStatus
             readers.append(node.name)
     sync = writer_status.sync_names if writer_status is not None and writer_status.reachable else ""
     return Topology(cluster=config.cluster, nodes=tuple(nodes), writer=state.writer,
-                    readers=tuple(readers), epoch=state.epoch, reason=reason, sync_standbys=sync or "")
+                    readers=tuple(readers), epoch=state.epoch, reason=reason, sync_standbys=sync or "",
+                    voters=tuple(sorted(state.voters)), failover_safe=failover_safe,
+                    failover_outlook=failover_outlook)
 
 
 def _upstream(status: NodeStatus) -> str | None:

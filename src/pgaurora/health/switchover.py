@@ -55,8 +55,7 @@ async def switchover(monitor: "Monitor", to: str | None) -> dict:
     target = _pick_target(monitor, to)
     phases = {"requested": time.time()}
     reason = f"switchover from {old} to {target} requested"
-    monitor._set_state(writer=None)
-    await monitor.publish(f"{reason}: writes paused")
+    await monitor.hold_writes(f"{reason}: writes paused")
     try:
         final = await asyncio.to_thread(monitor.controller.stop_node, old)
         phases["old_writer_stopped"] = time.time()
@@ -64,19 +63,17 @@ async def switchover(monitor: "Monitor", to: str | None) -> dict:
             raise actions.ActionFailed(f"{target} did not receive {old}'s WAL up to {lsn(final)} in time")
     except Exception:
         await asyncio.to_thread(monitor.controller.start_node, old)
-        monitor._set_state(writer=old)
-        await monitor.publish(f"{reason}: aborted, {old} stays writer")
+        await monitor.resume_writer(old, f"{reason}: aborted, {old} stays writer")
         raise
     phases["target_caught_up"] = time.time()
     after = replace(monitor.state, writer=target)
     sync = desired_sync_names(after, monitor.statuses, monitor.policy)
     timeline = await actions.promote(monitor.config, monitor.nodes[target], sync, monitor.state.timeline)
     phases["promoted"] = time.time()
-    monitor._new_epoch(target, timeline)
-    await monitor.publish(f"switchover: {target} is the writer (epoch {monitor.state.epoch})")
+    await monitor.install_writer(target, timeline, f"switchover: {target} is the writer (epoch {monitor.state.epoch + 1})")
     phases["endpoints_switched"] = time.time()
     method = await asyncio.to_thread(monitor.controller.rejoin, old, target)
-    repointed = await monitor._repoint_all(exclude={old, target})
+    repointed = await monitor.repoint_all(exclude={old, target})
     phases["old_writer_rejoined"] = time.time()
     result = {"old_writer": old, "new_writer": target, "epoch": monitor.state.epoch, "timeline": timeline,
               "final_lsn": lsn(final), "rejoin": method, "repointed": repointed,

@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 from ..config import Config, Listen
-from ..errors import ProxyError, TooManyConnections, UpstreamUnavailable
-from ..topology import NodeState, Topology, TopologyHub
+from ..errors import NoWriterAvailable, ProxyError, TooManyConnections, UpstreamUnavailable
+from ..topology import Health, NodeState, Topology, TopologyHub
 from ..wire import CancelRequest, encode
 from .client import ClientProtocol
 from .relay import Session
@@ -60,8 +60,10 @@ class Endpoint:
                 return await self._dial_any(client, self.router.candidates(self.kind, topology))
             except ProxyError as exc:
                 remaining = deadline - loop.time()
-                if self.kind is EndpointKind.READER or remaining <= 0:
+                if self.kind is EndpointKind.READER:
                     raise exc
+                if remaining <= 0:
+                    raise _writer_unavailable(exc, self.hub.current)
                 await self.hub.wait_for(lambda t: t.version != topology.version, remaining)
 
     async def _dial_any(self, client: ClientProtocol, nodes: list[NodeState]) -> ServerProtocol:
@@ -114,3 +116,13 @@ class Endpoint:
         why = f"node {session.node} is no longer the writer" if self.kind is EndpointKind.WRITER else \
             f"node {session.node} was fenced"
         session.terminate("57P01", f"terminating connection: {why} (epoch {topology.epoch})")
+
+
+def _writer_unavailable(exc: ProxyError, topology: Topology) -> ProxyError:
+    """After waiting out failover_connect_timeout: a writer that is down and was not replaced is 57P03,
+    with the monitor's reason (for example why it refuses to promote)."""
+    writer = topology.writer_node
+    if writer is not None and writer.health is Health.UNREACHABLE:
+        return NoWriterAvailable(f"writer {writer.name} is down and no replica was promoted",
+                                 detail=topology.reason)
+    return exc

@@ -1,0 +1,77 @@
+"""The monitor's durable memory in one JSON file, replaced atomically: temp file, fsync, rename, fsync dir."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Collection
+
+from ..errors import StateError
+from .decide import ClusterState
+
+FORMAT = 1
+RECOVERY_HINT = ("start with --reset-state to rebuild it from what the nodes report (the primary, the "
+                 "timelines), or restore the file from a backup")
+
+
+def to_document(state: ClusterState) -> dict:
+    return {"format": FORMAT, "writer": state.writer, "epoch": state.epoch, "timeline": state.timeline,
+            "system_id": state.system_id, "fenced": sorted(state.fenced), "voters": sorted(state.voters)}
+
+
+def from_document(data: object, nodes: Collection[str]) -> ClusterState:
+    """A ClusterState from a saved document; ValueError naming what is wrong with it."""
+    if not isinstance(data, dict):
+        raise ValueError("it is not a JSON object")
+    writer, epoch = data.get("writer"), data.get("epoch")
+    if writer is not None and writer not in nodes:
+        raise ValueError(f"its writer {writer!r} is not a node of this configuration")
+    if not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"its epoch {epoch!r} is not a whole number")
+    fenced, voters = data.get("fenced", []), data.get("voters", [])
+    if not all(isinstance(n, str) for n in [*fenced, *voters]):
+        raise ValueError("its fenced nodes or voters are not names")
+    return ClusterState(writer=writer, epoch=epoch, timeline=data.get("timeline"),
+                        system_id=data.get("system_id"), fenced=frozenset(fenced) & set(nodes),
+                        voters=frozenset(voters) & set(nodes))
+
+
+class StateFile:
+    """monitor.json: load() once at start, save() on every durable change."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self, nodes: Collection[str]) -> ClusterState | None:
+        """The saved state; None when there is no file; StateError when it is empty or unreadable."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read the monitor's state file {self.path}: {exc}; {RECOVERY_HINT}") from None
+        if not text.strip():
+            raise StateError(f"the monitor's state file {self.path} is empty (a crash or a full disk during a "
+                             f"write?); {RECOVERY_HINT}")
+        try:
+            return from_document(json.loads(text), nodes)
+        except ValueError as exc:  # JSONDecodeError included
+            raise StateError(f"the monitor's state file {self.path} is unreadable ({exc}); {RECOVERY_HINT}") from None
+
+    def save(self, state: ClusterState) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        data = (json.dumps(to_document(state)) + "\n").encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dirfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
