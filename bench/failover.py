@@ -1,6 +1,6 @@
-"""Failover drill: SIGKILL the primary N times under a write loop and report how long each phase took.
+"""Failover drill: kill (or freeze) the primary N times under a write loop; report how long each phase took.
 
-    python bench/failover.py [--rounds 5] [--replicas 2] [--json out.json]
+    python bench/failover.py [--rounds 5] [--replicas 2] [--fault kill|pause] [--json out.json]
 
 Prints detection, promotion, writer-available and DNS-updated times (seconds from the kill) as
 min/median/max, and the number of acknowledged writes that were lost (must be 0).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pgaurora import config as config_mod
 from pgaurora.compose import LocalCluster
-from pgaurora.compose.drill import BackgroundService, DrillReport, crash_primary_once, restore
+from pgaurora.compose.drill import FAULTS, BackgroundService, DrillReport, crash_primary_once, restore
 from pgaurora.compose.ports import free_ports
 
 
@@ -39,6 +39,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--probe-interval", type=float, default=0.5)
+    parser.add_argument("--fault", choices=FAULTS, default="kill",
+                        help="kill: SIGKILL the primary; pause: SIGSTOP it (a hung host), resumed after the failover")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
 
@@ -53,9 +55,9 @@ def main() -> int:
         svc = BackgroundService(_config(cluster, args.probe_interval), controller=cluster)
         svc.wait_ready()
         for i in range(args.rounds):
-            result = crash_primary_once(cluster, svc, f"drill_{i}")
+            result = crash_primary_once(cluster, svc, f"drill_{i}", args.fault)
             report.rounds.append(result)
-            print(f"round {i + 1}: killed {result.old_writer}, promoted {result.new_writer}: detected "
+            print(f"round {i + 1}: {args.fault} {result.old_writer}, promoted {result.new_writer}: detected "
                   f"{result.detected:.2f} s, promoted {result.promoted:.2f} s, writes back {result.writer_available:.2f} s, "
                   f"DNS {result.dns_updated:.2f} s, lost {result.lost_writes} of {result.acknowledged}", flush=True)
             restore(cluster, svc, result.old_writer)

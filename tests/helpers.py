@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
+import tomli_w
+
 from pgaurora import config as config_mod
 from pgaurora.compose import LocalCluster
 from pgaurora.compose.ports import free_port, free_ports  # noqa: F401 (tests import them from here)
 from pgaurora.compose.drill import BackgroundService, WriteLoop
+
+
+PGAURORA = [sys.executable, "-m", "pgaurora"]  # this interpreter's pgaurora, never one found on PATH
 
 
 def wait_until(what: str, timeout: float, interval: float = 0.05) -> Iterator[int]:
@@ -107,6 +115,42 @@ class ServiceThread(BackgroundService):
             super().wait_ready(timeout)
         except TimeoutError as exc:
             raise AssertionError(str(exc)) from None
+
+
+class Command:
+    """A pgaurora process whose output is collected line by line."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.proc = subprocess.Popen([*PGAURORA, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True, env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        for _ in wait_until(f"{text!r} from pgaurora (got: {self.lines[-5:]})", timeout):
+            if any(text in line for line in self.lines):
+                return
+            assert self.proc.poll() is None, "\n".join(self.lines)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def write_config(config: config_mod.Config, path: Path) -> Path:
+    """The config as the TOML file `pgaurora proxy -c` reads."""
+    path.write_text(tomli_w.dumps(config.model_dump(mode="json", exclude_none=True)))
+    return path
 
 
 class TcpRelay:

@@ -58,6 +58,8 @@ class LagLimit(_Frozen):
             return value
         if isinstance(value, int) and not isinstance(value, bool):
             return cls(bytes=value)
+        if isinstance(value, dict):
+            return cls(**value)
         match = _LAG_RE.match(str(value))
         if not match:
             raise ValueError(f"expected a size like '16MB' or a time like '5s', got {value!r}")

@@ -34,6 +34,13 @@ def topology_metrics(topology: Topology) -> Iterator[Metric]:
                             value=topology.epoch)
     yield GaugeMetricFamily("pgaurora_topology_version", "Topology snapshots published so far",
                             value=topology.version)
+    voter = GaugeMetricFamily("pgaurora_node_voter", "1 when the node must answer before a failover can prove "
+                              "it loses no acknowledged commit", labels=["node"])
+    for node in topology.nodes:
+        voter.add_metric([node.name], 1 if node.name in topology.voters else 0)
+    yield voter
+    yield GaugeMetricFamily("pgaurora_failover_safe", "1 when a failover now would keep every acknowledged commit",
+                            value=1 if topology.failover_safe else 0)
 
 
 def proxy_metrics(state: "ProxyState") -> Iterator[Metric]:

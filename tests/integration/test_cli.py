@@ -4,44 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import threading
 
 import pytest
 
 from pgaurora.compose import LocalCluster
-from tests.helpers import cluster_dir, free_loopback_base, free_port, free_ports, wait_until
-
-
-class Command:
-    """A pgaurora process whose output is collected line by line."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(["pgaurora", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for_line(self, text: str, timeout: float) -> None:
-        for _ in wait_until(f"{text!r} from pgaurora (got: {self.lines[-5:]})", timeout):
-            if any(text in line for line in self.lines):
-                return
-            assert self.proc.poll() is None, "\n".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+from tests.helpers import Command, cluster_dir, free_loopback_base, free_port, free_ports
 
 
 def _psql(port: int, password: str, sql: str) -> str:

@@ -11,7 +11,7 @@ import urllib.request
 import dns.resolver
 import psycopg
 
-from tests.helpers import TcpRelay, observe, service_config, wait_until
+from tests.helpers import PGAURORA, TcpRelay, observe, service_config, wait_until
 
 
 def _events(svc, kind: str) -> list[dict]:
@@ -236,15 +236,15 @@ def test_strict_mode_blocks_writes_until_a_standby_returns(fresh_cluster, servic
     assert "done" in result
 
 
-def test_frozen_primary_fails_over_once_replicas_lose_it(fresh_cluster, service):
+def test_frozen_primary_fails_over_within_3_seconds(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster, monitor={"probe_interval": 0.5}), controller=cluster)
     old = cluster.primary
     writes = svc.write_loop()
     try:
-        writes.wait_acked(20, 10)
+        writes.wait_acked(20)
         frozen = time.time()
-        old.pause()  # TCP still accepts; replicas see silence only after wal_receiver_timeout (5 s)
+        old.pause()  # TCP still accepts and the replicas still say 'streaming'; only fresh receipt tells
         for _ in wait_until("failover away from the frozen primary", 20):
             if svc.topology.writer not in (None, "n1"):
                 break
@@ -254,9 +254,68 @@ def test_frozen_primary_fails_over_once_replicas_lose_it(fresh_cluster, service)
     finally:
         writes.stop()
         old.resume()
+    back = writes.resumed_after(frozen) - frozen
+    assert back <= 3.0, f"writes came back {back:.2f} s after the primary froze"
     new = cluster.node(svc.topology.writer)
     assert {i for i, _ in writes.acked} <= _ids_on(new)
     for _ in wait_until("the thawed old primary to be fenced or rejoined, never routed", 20):
         if svc.topology.node("n1").role.value in ("fenced", "replica"):
             break
     assert old.host not in _hosts_through(svc, "writer", 5)
+
+
+def test_a_primary_stalled_for_one_second_is_not_failed_over(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster, monitor={"probe_interval": 0.5}), controller=cluster)
+    writes = svc.write_loop()
+    try:
+        writes.wait_acked(20)
+        cluster.primary.pause()
+        stalled = time.time()
+        try:
+            for _ in wait_until("a one-second stall", 3, interval=0.01):
+                if time.time() - stalled >= 1.0:
+                    break
+        finally:
+            cluster.primary.resume()
+        assert not [t for _, t in writes.acked if stalled + 0.1 < t < stalled + 0.9], "the stall was not real"
+        for _ in observe("no failover after the stall", 4):
+            assert svc.topology.epoch == 1 and not _events(svc, "failover_started")
+        for _ in wait_until("writes through n1 again", 10):
+            if writes.acked_after(stalled + 1.0):
+                break
+    finally:
+        writes.stop()
+    assert svc.topology.writer == "n1"
+
+
+def test_rejoin_print_commands_bring_back_a_fenced_node_of_a_cluster_pgaurora_does_not_control(fresh_cluster,
+                                                                                                  service):
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster))  # no controller: like `pgaurora proxy -c`
+    old = cluster.primary
+    old.kill()
+    for _ in wait_until("failover", 15):
+        if svc.topology.writer not in (None, "n1"):
+            break
+    old.start()
+    for _ in wait_until("the old primary to be fenced", 10):
+        if svc.topology.node("n1").role.value == "fenced":
+            break
+    status = json.loads(urllib.request.urlopen(svc.admin_url + "/status", timeout=10).read())
+    assert "pgaurora rejoin NODE --print" in status["fenced_hint"]
+    direct = subprocess.run([*PGAURORA, "rejoin", "n1", "--admin", svc.admin_url], capture_output=True,
+                            text=True, timeout=60)
+    assert direct.returncode == 1 and "pgaurora rejoin n1 --print" in direct.stderr
+    printed = subprocess.run([*PGAURORA, "rejoin", "n1", "--print", "--admin", svc.admin_url],
+                             capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert "pg_rewind" in printed.stdout and "standby.signal" in printed.stdout
+    env = {"PGDATA": str(old.datadir), "PGPASSWORD": "test-pw", "PATH": f"{cluster.bindir}:/usr/bin:/bin"}
+    ran = cluster.user.run(["bash", "-c", printed.stdout], env=env, check=False, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    for _ in wait_until("the rejoined node to stream from the writer and serve reads", 30):
+        if "n1" in svc.topology.readers:
+            break
+    assert old.sql("SELECT pg_is_in_recovery()") == "t"
+    assert not [e for e in svc.events.recent() if e["kind"] == "rejoin"], "pgaurora ran nothing itself"

@@ -61,3 +61,12 @@ def test_scrape_counts_sessions_per_endpoint_and_refusals_per_sqlstate():
     assert got[("pgaurora_sessions_total", (("endpoint", "reader"), ("node", "n2")))] == 2
     assert got[("pgaurora_refused_clients_total", (("sqlstate", "08P01"),))] == 2
     assert got[("pgaurora_refused_clients_total", (("sqlstate", "57P03"),))] == 1
+
+
+def test_scrape_reports_the_voters_and_whether_a_failover_now_is_safe():
+    from dataclasses import replace
+    got = _scrape(replace(_topology(), voters=("n2", "n3"), failover_safe=False), ProxyState())
+    assert [got[("pgaurora_node_voter", (("node", n),))] for n in ("n1", "n2", "n3")] == [0, 1, 1]
+    assert got[("pgaurora_failover_safe", ())] == 0
+    got = _scrape(replace(_topology(), voters=("n2",), failover_safe=True), ProxyState())
+    assert got[("pgaurora_failover_safe", ())] == 1

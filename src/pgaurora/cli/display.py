@@ -25,6 +25,13 @@ def print_status(doc: dict) -> None:
         table.add_row(n["name"], n["address"], n["role"], n["health"], _lag(n), str(n["timeline"] or "-"),
                       n["upstream"] or "-", str(n["connections"]))
     console.print(table)
+    voters = ", ".join(doc.get("voters") or []) or "none"
+    safe = "[green]safe[/]" if doc.get("failover_safe") else "[yellow]not provably safe[/]"
+    console.print(f"voters {voters} (all must answer to promote)   failover now: {safe}")
+    if not doc.get("failover_safe") and doc.get("failover_outlook"):
+        console.print(f"  {doc['failover_outlook']}")
+    if doc.get("fenced_hint"):
+        console.print(f"[yellow]{doc['fenced_hint']}[/]")
     bound = doc.get("loss_bound_bytes")
     if bound:
         console.print(f"[yellow]asynchronous: a failover now could lose up to {bound} bytes of acknowledged WAL[/]")

@@ -163,8 +163,11 @@ def _wait(what: str, predicate, timeout: float, interval: float = 0.01) -> float
     return time.time()
 
 
-def crash_primary_once(cluster: LocalCluster, svc: BackgroundService, table: str) -> DrillResult:
-    """SIGKILL the writer under a write loop; measure until writes, DNS and the endpoints moved."""
+FAULTS = ("kill", "pause")  # SIGKILL of the whole node; SIGSTOP of it (hung, not dead), resumed once replaced
+
+
+def crash_primary_once(cluster: LocalCluster, svc: BackgroundService, table: str, fault: str = "kill") -> DrillResult:
+    """Kill or freeze the writer under a write loop; measure until writes, DNS and the endpoints moved."""
     old = cluster.node(svc.topology.writer)
     writes = WriteLoop(svc.endpoint("writer"), "postgres", cluster.password, table)
     dns_name, dns_addr = f"writer.{svc.config.zone}", svc.endpoint("dns")
@@ -172,10 +175,14 @@ def crash_primary_once(cluster: LocalCluster, svc: BackgroundService, table: str
         writes.wait_acked(20)
         failovers = len([e for e in svc.events.recent() if e["kind"] == "failover"])
         killed = time.time()
-        old.kill()
-        dns_at = _wait("DNS to name a new writer",
-                       lambda: resolve_a(dns_addr, dns_name) not in ([old.host], []), 60)
-        available = _wait("a write on the new primary", lambda: writes.resumed_after(killed), 60)
+        old.kill() if fault == "kill" else old.pause()
+        try:
+            dns_at = _wait("DNS to name a new writer",
+                           lambda: resolve_a(dns_addr, dns_name) not in ([old.host], []), 60)
+            available = _wait("a write on the new primary", lambda: writes.resumed_after(killed), 60)
+        finally:
+            if fault == "pause":
+                old.resume()  # it comes back as a primary on the old timeline: fenced, then rejoined
     finally:
         writes.stop()
     found = [e for e in svc.events.recent() if e["kind"] == "failover"][failovers:]

@@ -42,9 +42,12 @@ def plan(config: Config, topology: Topology, name: str) -> str:
         f"psql {shlex.quote(source)} -Xq -v ON_ERROR_STOP=1 -c "
         + shlex.quote(f"SELECT pg_create_physical_replication_slot({slot}, true) WHERE NOT EXISTS "
                       f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot})") + " -c CHECKPOINT",
-        f"# 3. Rewind {name} onto the writer's history.",
+        f"# 3. Rewind {name} onto the writer's history. pg_rewind copies the writer's configuration files",
+        f"#    too (its listen address among them), so {name}'s own are kept aside and put back.",
+        'keep=$(mktemp -d) && cp -p "$PGDATA"/*.conf "$keep"/',
         f'pg_rewind -D "$PGDATA" --source-server={shlex.quote(source)}',
-        f"# 4. Follow the writer through the slot, as a standby.",
+        'cp -p "$keep"/*.conf "$PGDATA"/ && rm -r "$keep"',
+        "# 4. Follow the writer through the slot, as a standby.",
         "cat >> \"$PGDATA/postgresql.auto.conf\" <<'EOF'",
         f"primary_conninfo = {literal(conninfo)}",
         f"primary_slot_name = {slot}",

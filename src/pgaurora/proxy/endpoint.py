@@ -63,7 +63,7 @@ class Endpoint:
                 if self.kind is EndpointKind.READER:
                     raise exc
                 if remaining <= 0:
-                    raise _writer_unavailable(exc, self.hub.current)
+                    raise _writer_unavailable(exc, self.hub.current) if self.config.failover.enabled else exc
                 await self.hub.wait_for(lambda t: t.version != topology.version, remaining)
 
     async def _dial_any(self, client: ClientProtocol, nodes: list[NodeState]) -> ServerProtocol:
@@ -119,8 +119,8 @@ class Endpoint:
 
 
 def _writer_unavailable(exc: ProxyError, topology: Topology) -> ProxyError:
-    """After waiting out failover_connect_timeout: a writer that is down and was not replaced is 57P03,
-    with the monitor's reason (for example why it refuses to promote)."""
+    """After waiting out failover_connect_timeout: a writer that is down and was not replaced (the monitor
+    refuses to promote) is 57P03 with the monitor's reason, rather than a bare 08006."""
     writer = topology.writer_node
     if writer is not None and writer.health is Health.UNREACHABLE:
         return NoWriterAvailable(f"writer {writer.name} is down and no replica was promoted",

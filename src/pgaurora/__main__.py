@@ -1,0 +1,5 @@
+"""`python -m pgaurora`: the same CLI as the pgaurora script, from the running interpreter's environment."""
+
+from .cli.main import main
+
+main()

@@ -1,0 +1,163 @@
+"""Quorum commit under double faults: no acknowledged commit is lost, and refusals say why (issue 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import asyncpg
+import pytest
+
+from tests.helpers import observe, service_config, wait_until
+
+PGAURORA = [sys.executable, "-m", "pgaurora"]
+
+
+def _ids_on(node, table: str = "numbers") -> set[int]:
+    out = node.sql(f"SELECT string_agg(id::text, ',') FROM {table}")
+    return {int(x) for x in out.split(",")} if out else set()
+
+
+@contextmanager
+def _walreceiver_paused(node, primary):
+    """SIGSTOP the node's WAL receiver only: the node answers probes, but acknowledges nothing. Once the
+    primary's walsender gives up on it (wal_sender_timeout), nothing more is even sent to it, so WAL
+    written from then on cannot reach it from a socket buffer when it resumes."""
+    pid = None
+    for _ in wait_until(f"{node.name}'s WAL receiver", 10):
+        pid = node.sql("SELECT pid FROM pg_stat_wal_receiver")
+        if pid:
+            break
+    os.kill(int(pid), signal.SIGSTOP)
+    gone = f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{node.name}'"
+    for _ in wait_until(f"the primary's walsender to give up on {node.name}", 15):
+        if primary.sql(gone) == "0":
+            break
+    try:
+        yield
+    finally:
+        try:
+            os.kill(int(pid), signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def _kinds(svc) -> list[str]:
+    return [e["kind"] for e in svc.events.recent()]
+
+
+def _cli(svc, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([*PGAURORA, *args, "--admin", svc.admin_url], capture_output=True, text=True, timeout=120)
+
+
+def test_primary_and_the_acknowledging_standby_dying_together_block_failover_until_it_returns(fresh_cluster,
+                                                                                              service):
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster, proxy={"failover_connect_timeout": 2.0}), controller=cluster)
+    n1, n2, n3 = cluster.nodes
+    loops = [svc.write_loop(f"numbers{i}") for i in range(3)]
+    try:
+        for w in loops:
+            w.wait_acked(20)
+        with _walreceiver_paused(n3, n1):
+            before = sum(len(w.acked) for w in loops)
+            for _ in wait_until("n2 alone to acknowledge commits", 20):
+                if sum(len(w.acked) for w in loops) > before + 300:
+                    break
+            n1.kill()
+            n2.kill()
+        for _ in wait_until("the monitor to refuse the failover", 15):
+            if "failover_blocked" in _kinds(svc):
+                break
+        blocked = next(e for e in svc.events.recent() if e["kind"] == "failover_blocked")
+        assert "n2 is unreachable; n3 cannot prove it has every acknowledged commit" in blocked["reason"]
+        assert "pgaurora failover --to n3 --accept-data-loss" in blocked["reason"]
+        for _ in observe("no promotion while n2 is away", 3):
+            assert svc.topology.writer == "n1" and n3.sql("SELECT pg_is_in_recovery()") == "t"
+        status = json.loads(_cli(svc, "status", "--json").stdout)
+        assert status["failover_safe"] is False and status["voters"] == ["n2", "n3"]
+        with pytest.raises(asyncpg.CannotConnectNowError) as refused:  # 57P03, after failover_connect_timeout
+            host, port = svc.writer
+            asyncio.run(asyncpg.connect(host=host, port=port, user="postgres", password="test-pw", timeout=10))
+        assert "cannot prove" in refused.value.detail
+
+        n2.start()
+        for _ in wait_until("n2, the most advanced node, to be promoted", 30):
+            if svc.topology.writer == "n2":
+                break
+    finally:
+        for w in loops:
+            w.stop()
+    for i, w in enumerate(loops):
+        lost = w.acked_ids() - _ids_on(n2, f"numbers{i}")
+        assert not lost, f"lost {len(lost)} acknowledged commits in numbers{i}"
+
+
+def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_records_the_bound(fresh_cluster,
+                                                                                            service):
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster), controller=cluster)
+    n1, n2, n3 = cluster.nodes
+    writes = svc.write_loop()
+    try:
+        writes.wait_acked(20)
+        with _walreceiver_paused(n3, n1):
+            before = len(writes.acked)
+            for _ in wait_until("n2 alone to acknowledge commits", 20):
+                if len(writes.acked) > before + 100:
+                    break
+            n2.kill()
+            for _ in wait_until("the sync set to shrink to n3", 15):
+                if svc.topology.sync_standbys == "ANY 1 (n3)":
+                    break
+            for _ in observe("n2 to stay a voter while n3 is behind", 2):
+                assert svc.topology.voters == ("n2", "n3")
+            n1.kill()
+            for _ in wait_until("the monitor to refuse the failover", 15):
+                if "failover_blocked" in _kinds(svc):
+                    break
+        for _ in observe("no promotion once n3 runs again, for it cannot catch up from a dead primary", 2):
+            assert svc.topology.writer == "n1"
+        plain = _cli(svc, "failover", "--to", "n3")
+        assert plain.returncode == 1 and "cannot prove it has every acknowledged commit" in plain.stderr
+        forced = _cli(svc, "failover", "--to", "n3", "--accept-data-loss")
+        assert forced.returncode == 0, forced.stderr
+    finally:
+        writes.stop()
+    event = json.loads(forced.stdout)
+    assert (event["new_writer"], event["forced"]) == ("n3", True)
+    assert event["loss_bound_bytes"] > 0
+    unsafe = next(e for e in svc.events.recent() if e["kind"] == "failover_unsafe")
+    assert unsafe["loss_bound_bytes"] == event["loss_bound_bytes"]
+    lost = writes.acked_ids() - _ids_on(n3)
+    assert lost, "n3 missed the commits n2 alone acknowledged: this failover did lose data, as it said"
+
+
+def test_a_standby_that_caught_up_before_the_voters_shrank_is_promoted_with_nothing_lost(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster), controller=cluster)
+    n1, n2, n3 = cluster.nodes
+    writes = svc.write_loop()
+    try:
+        writes.wait_acked(20)
+        n2.kill()
+        for _ in wait_until("the voters to shrink to n3 once it has caught up", 15):
+            if svc.topology.voters == ("n3",) and svc.topology.failover_safe:
+                break
+        acked = len(writes.acked)
+        for _ in wait_until("commits acknowledged by n3 alone", 10):
+            if len(writes.acked) > acked + 20:
+                break
+        n1.kill()
+        for _ in wait_until("n3 to be promoted", 15):
+            if svc.topology.writer == "n3":
+                break
+    finally:
+        writes.stop()
+    assert not writes.acked_ids() - _ids_on(n3)
+    assert "failover_blocked" not in _kinds(svc)
