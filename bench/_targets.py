@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,7 +138,9 @@ def given_pgaurora(bc: BenchCluster, work: Path) -> tuple[Target, Target]:
 
 def _spawn_pgaurora(conf: Path, log_path: Path, writer: tuple[str, int], reader: tuple[str, int]) -> subprocess.Popen:
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(["pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        # this interpreter's pgaurora: a virtualenv need not be activated, nor pgaurora be on PATH
+        proc = subprocess.Popen([sys.executable, "-m", "pgaurora", "proxy", "-c", str(conf)], stdout=log,
+                                stderr=subprocess.STDOUT)
     started(proc, *writer)
     wait_port(*reader)
     return proc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -26,10 +27,16 @@ def _config_file(path: Path, cluster, writer: int, reader: int, admin: int, dns:
     return path
 
 
+# PATH without this interpreter's bin directory: like a virtualenv's python run without activating it,
+# so a pgaurora started from PATH would not be found (or would be another installation's).
+BARE_PATH = ":".join(d for d in os.environ["PATH"].split(":")
+                     if not (Path(d) / "pgaurora").exists() and d != str(Path(sys.executable).parent))
+
+
 def _bench(config: Path, out: Path, *extra: str) -> dict:
     result = subprocess.run([sys.executable, str(BENCH), "--config", str(config), "--rounds", "3", "--duration", "1",
                              "--scale", "1", "--workloads", "select-c16", "--json", str(out), *extra],
-                            capture_output=True, text=True, timeout=240)
+                            capture_output=True, text=True, timeout=240, env={**os.environ, "PATH": BARE_PATH})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "select-c16" in result.stdout and "/pgbouncer" in result.stdout and "round by round" in result.stdout
     doc = json.loads(out.read_text())

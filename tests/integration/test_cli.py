@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from pgaurora.compose import LocalCluster
-from tests.helpers import Command, cluster_dir, free_loopback_base, free_port, free_ports
+from pgaurora.errors import ClusterError
+from tests.helpers import PGAURORA, Command, cluster_dir, free_loopback_base, free_port, free_ports
 
 
 def _psql(port: int, password: str, sql: str) -> str:
@@ -86,3 +87,73 @@ def test_status_without_a_running_pgaurora_is_one_clear_error():
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "cannot reach the admin endpoint" in out.stderr and "is pgaurora running?" in out.stderr
+
+
+def test_a_second_up_that_clashes_names_every_conflict_and_leaves_nothing_behind(state_dir):
+    ports = tuple(free_ports(4))
+    args = _up_args(state_dir, ports)
+    first = Command(*args, "--password", "s3cret")
+    try:
+        first.wait_for_line("pgaurora is ready", 90)
+        text = "\n".join(first.lines)
+        assert f"DATABASE_URL=postgresql://postgres:s3cret@127.0.0.1:{ports[1]}/postgres   # reads" in text
+        assert f"jdbc:postgresql://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}/postgres?" in text
+        other = state_dir.parent / "other"
+        clash = [*args[:2], str(other), *args[3:]]  # the same addresses and ports, another --dir
+        out = subprocess.run([*PGAURORA, *clash], capture_output=True, text=True, timeout=60)
+    finally:
+        assert first.stop() == 0
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "FATAL" not in out.stderr and "could not bind" not in out.stderr
+    assert "7 addresses already in use, nothing was created or started" in out.stderr
+    assert "node n1 needs" in out.stderr and "--base-address or --port" in out.stderr
+    assert f"writer endpoint needs 127.0.0.1:{ports[0]}" in out.stderr and "--writer-port" in out.stderr
+    assert "another pgaurora (cluster 'demo', pid" in out.stderr
+    assert not other.exists(), "a refused up must not leave a directory behind"
+
+
+def test_status_fits_80_columns_with_full_addresses(proxy):
+    out = subprocess.run([*PGAURORA, "status", "--admin", proxy.admin_url], capture_output=True, text=True,
+                         timeout=30, env={**os.environ, "COLUMNS": "80"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    for node in proxy.topology.nodes:
+        (row,) = [line for line in lines if line.startswith(node.name + " ")]
+        assert node.address in row and node.role.value in row and " s" in row, row
+    wide = subprocess.run([*PGAURORA, "status", "--wide", "--admin", proxy.admin_url], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "COLUMNS": "160"})
+    assert "upstream" in wide.stdout and "clients" in wide.stdout
+
+
+@pytest.mark.parametrize("step", ["create:prepare", "create:primary", "create:clone:n2", "create:sync",
+                                  "create:save"])
+def test_a_create_that_fails_at_any_step_removes_what_it_made(step, monkeypatch):
+    root = cluster_dir()
+    try:
+        cluster = LocalCluster(root / "c", replicas=1, port=free_port(), base_address=free_loopback_base(2))
+        cluster.lock()
+        monkeypatch.setenv("PGAURORA_FAIL_AT", step)
+        with pytest.raises(ClusterError, match=f"injected failure at {step}"):
+            cluster.create()
+        cluster.unlock()
+        assert not (root / "c").exists(), f"left behind: {list((root / 'c').rglob('*'))[:5]}"
+        assert not _processes_under(root), "a PostgreSQL started by the failed create still runs"
+        monkeypatch.delenv("PGAURORA_FAIL_AT")
+        again = LocalCluster(root / "c", replicas=1, port=cluster.port, base_address=cluster.nodes[0].host)
+        again.lock()
+        again.create()  # the same call simply works the second time
+        again.destroy()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _processes_under(root) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and str(root) in open(f"/proc/{entry}/cmdline").read():
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found

@@ -319,3 +319,27 @@ def test_rejoin_print_commands_bring_back_a_fenced_node_of_a_cluster_pgaurora_do
             break
     assert old.sql("SELECT pg_is_in_recovery()") == "t"
     assert not [e for e in svc.events.recent() if e["kind"] == "rejoin"], "pgaurora ran nothing itself"
+
+
+def test_a_prepared_transaction_survives_failover_and_commits_on_the_new_primary(fresh_cluster, service):
+    """Two-phase commit through the writer endpoint (psycopg's tpc_*, as XA/JTA managers use it)."""
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster), controller=cluster)
+    with psycopg.connect(svc.dsn("writer"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE ledger (id int PRIMARY KEY)")
+    conn = psycopg.connect(svc.dsn("writer"))
+    xid = conn.xid(7, "transfer-42", "branch-1")
+    conn.tpc_begin(xid)
+    conn.execute("INSERT INTO ledger VALUES (1)")
+    conn.tpc_prepare()
+    conn.close()
+    cluster.primary.kill()
+    for _ in wait_until("failover", 15):
+        if svc.topology.writer not in (None, "n1"):
+            break
+    with psycopg.connect(svc.dsn("writer", connect_timeout=10)) as conn:
+        assert [x.gtrid for x in conn.tpc_recover()] == ["transfer-42"]
+        conn.tpc_commit(xid)
+    with psycopg.connect(svc.dsn("writer"), autocommit=True) as conn:
+        assert conn.execute("SELECT id FROM ledger").fetchall() == [(1,)]
+        assert conn.execute("SELECT host(inet_server_addr())").fetchone()[0] != cluster.primary.host

@@ -6,24 +6,36 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _size(count: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"
+
+
 def _lag(node: dict) -> str:
     if node["lag_bytes"] is None and node["lag_seconds"] is None:
         return "-"
-    return f"{node['lag_bytes'] or 0} B / {node['lag_seconds'] or 0:.2f} s"
+    return f"{_size(node['lag_bytes'] or 0)}, {node['lag_seconds'] or 0:.1f} s"
 
 
-def print_status(doc: dict) -> None:
+def print_status(doc: dict, wide: bool = False) -> None:
+    """One line per node: name, full address, role, health and lag fit in 80 columns; --wide adds the rest."""
     console = Console()
     console.print(f"cluster [bold]{doc['cluster']}[/]  zone {doc['zone']}  epoch {doc['epoch']}  "
                   f"sync {doc['sync_mode']} ({doc['sync_standbys'] or 'asynchronous'})")
     console.print(f"writer {doc['writer']['endpoint']} -> {doc['writer']['node'] or 'none'}   "
                   f"reader {doc['reader']['endpoint']} -> {', '.join(doc['reader']['nodes']) or 'none'}")
-    table = Table()
-    for column in ("node", "address", "role", "health", "lag", "timeline", "upstream", "clients"):
-        table.add_column(column)
+    columns = ["node", "address", "role", "health", "lag"] + (["timeline", "upstream", "clients"] if wide else [])
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=True)
     for n in doc["nodes"]:
-        table.add_row(n["name"], n["address"], n["role"], n["health"], _lag(n), str(n["timeline"] or "-"),
-                      n["upstream"] or "-", str(n["connections"]))
+        row = [n["name"], n["address"], n["role"], n["health"], _lag(n)]
+        if wide:
+            row += [str(n["timeline"] or "-"), n["upstream"] or "-", str(n["connections"])]
+        table.add_row(*row)
     console.print(table)
     voters = ", ".join(doc.get("voters") or []) or "none"
     safe = "[green]safe[/]" if doc.get("failover_safe") else "[yellow]not provably safe[/]"

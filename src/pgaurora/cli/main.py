@@ -106,14 +106,15 @@ admin_option = click.option("--admin", "admin_url", default=ADMIN_DEFAULT, show_
 @cli.command()
 @admin_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def status(admin_url, as_json) -> None:
+@click.option("--wide", is_flag=True, help="Also show each node's timeline, upstream and client sessions.")
+def status(admin_url, as_json, wide) -> None:
     """Show every node, its role, health and lag, and where the endpoints point."""
     doc = _admin(admin_url, "/status")
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
     from .display import print_status
-    print_status(doc)
+    print_status(doc, wide)
 
 
 @cli.command()

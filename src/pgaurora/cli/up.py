@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
 from .. import config as config_mod
 from ..app import Service
 from ..compose.local import STATE_FILE, LocalCluster, default_state_dir
+from ..compose.preflight import Listen, conflicts
 from ..errors import ClusterError
 from ..eventlog import EventLog
 from .runtime import serve, setup_logging
@@ -41,6 +43,30 @@ def build_config(cluster: LocalCluster, ports: tuple[int, int, int, int]) -> con
     }, "pgaurora up settings")
 
 
+def check_addresses(cluster: LocalCluster, cfg: config_mod.Config) -> None:
+    """Every address `up` will listen on must be free before anything is made; one error lists each conflict."""
+    listens = [Listen(f"node {n.name}", n.host, n.port, "--base-address or --port")
+               for n in cluster.nodes if not n.running]
+    listens += [Listen("writer endpoint", cfg.writer.host, cfg.writer.port, "--writer-port"),
+                Listen("reader endpoint", cfg.reader.host, cfg.reader.port, "--reader-port"),
+                Listen("admin endpoint", cfg.admin.host, cfg.admin.port, "--admin-port"),
+                Listen("DNS server", cfg.dns.host, cfg.dns.port, "--dns-port", udp=True)]
+    problems = conflicts(listens, admin=(cfg.admin.host, cfg.admin.port))
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ClusterError(f"cannot start: {len(problems)} address{'es' * (len(problems) > 1)} already in use, "
+                           f"nothing was created or started:\n{lines}")
+
+
+def connection_strings(cfg: config_mod.Config, password: str) -> list[str]:
+    """Ready-to-copy URLs for applications: libpq/SQLAlchemy style and a JDBC multi-host one."""
+    w, r, pw = cfg.writer, cfg.reader, quote(password, safe="")
+    return [f"  DATABASE_URL=postgresql://postgres:{pw}@{w.host}:{w.port}/postgres   # writes",
+            f"  DATABASE_URL=postgresql://postgres:{pw}@{r.host}:{r.port}/postgres   # reads",
+            f"  jdbc:postgresql://{w.host}:{w.port},{r.host}:{r.port}/postgres?user=postgres&password={pw}"
+            "&targetServerType=primary   # JDBC; preferSecondary for reads"]
+
+
 def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
     w, r, d = cfg.writer, cfg.reader, cfg.dns
     return "\n".join([
@@ -53,6 +79,7 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
         f"  PGPASSWORD={cluster.password} psql -h {w.host} -p {w.port} -U postgres   # read/write",
         f"  PGPASSWORD={cluster.password} psql -h {r.host} -p {r.port} -U postgres   # read-only",
         f"  dig @{d.host} -p {d.port} +short writer.{cfg.zone}",
+        *connection_strings(cfg, cluster.password),
         "  pgaurora status",
         "",
         "pgaurora is ready",
@@ -63,10 +90,11 @@ def run_up(*, replicas, state_dir, password, name, port, base_address, ports, sy
            verbose) -> None:
     setup_logging(verbose)
     cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous)
+    cfg = build_config(cluster, ports)
+    check_addresses(cluster, cfg)
     cluster.lock()
     try:
         click.echo(cluster.up())
-        cfg = build_config(cluster, ports)
         service = Service(cfg, controller=cluster, events=EventLog(cluster.root / "events.jsonl"),
                           reset_state=reset_state)
         serve(service, lambda: click.echo(_ready_text(cluster, cfg)))

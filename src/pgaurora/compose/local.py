@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 
 from ..errors import ClusterError
+from ..faultpoints import fail_point
 from .binaries import find_bindir
 from .node import LocalNode, quote
 from .runas import OsUser, server_user
@@ -35,6 +36,7 @@ wal_sender_timeout = '2s'
 wal_receiver_status_interval = '10s'
 wal_receiver_timeout = '5s'
 max_connections = {max_connections}
+max_prepared_transactions = {max_connections}
 shared_buffers = '64MB'
 password_encryption = 'scram-sha-256'
 log_line_prefix = '%m [%p] %q%u@%d '
@@ -89,6 +91,7 @@ class LocalCluster:
         self.nodes = [LocalNode(f"n{i + 1}", addr, port, self.root, self.bindir, self.user)
                       for i, addr in enumerate(node_addresses(base_address, replicas + 1))]
         self._lock_fd: int | None = None
+        self._made_root = False
 
     # -- opening -------------------------------------------------------------
     @classmethod
@@ -128,6 +131,7 @@ class LocalCluster:
     # -- lifecycle ------------------------------------------------------------
     def lock(self) -> None:
         """Hold the state directory so that no second pgaurora uses it at the same time."""
+        self._made_root = self._made_root or not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -143,16 +147,41 @@ class LocalCluster:
             self._lock_fd = None
 
     def create(self) -> None:
+        """Make the cluster; if any step fails, remove what was made, so the same call can run again."""
         self._check_empty()
+        self._made_root = self._made_root or not self.root.exists()
+        try:
+            self._create_steps()
+        except BaseException:
+            self._discard()
+            raise
+
+    def _create_steps(self) -> None:
+        fail_point("create:prepare")
         self._prepare_root()
+        fail_point("create:primary")
         self._init_primary()
         for replica in self.replicas:
+            fail_point(f"create:clone:{replica.name}")
             self._clone(replica, self.primary)
+        fail_point("create:sync")
         if self.synchronous and self.replicas:
             names = ", ".join(r.name for r in self.replicas)
             self.primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = {quote(f'ANY 1 ({names})')}")
             self.primary.sql("SELECT pg_reload_conf()")
+        fail_point("create:save")
         self._save()
+
+    def _discard(self) -> None:
+        """Undo a failed create: kill the nodes it started (by PID), remove their files, and the directory
+        itself if create (or lock) made it."""
+        for node in self.nodes:
+            if node.running:
+                node.kill()
+            shutil.rmtree(node.home, ignore_errors=True)
+        (self.root / STATE_FILE).unlink(missing_ok=True)
+        if self._made_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def up(self) -> str:
         """Create the cluster, or start the one already in the state directory. Returns what it did."""
