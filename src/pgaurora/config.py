@@ -19,7 +19,7 @@ _LAG_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class ReaderPolicy(str, Enum):
@@ -50,7 +50,9 @@ class LagLimit(_Frozen):
     """A replica lag bound in bytes, in seconds, or both."""
 
     bytes: int | None = None
+    """Bytes of WAL behind the writer."""
     seconds: float | None = None
+    """Seconds of replay behind the writer."""
 
     @classmethod
     def parse(cls, value: object) -> "LagLimit":
@@ -89,13 +91,20 @@ def _loopback_or_ip(host: str) -> str:
 
 
 class NodeConfig(_Frozen):
+    """One PostgreSQL server of the cluster (`[[nodes]]`, one table per node)."""
+
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+    """Node name: lower case, as in synchronous_standby_names and each replica's application_name."""
     host: str
+    """Address pgaurora connects to."""
     port: Port = 5432
+    """Port pgaurora connects to."""
     priority: int = 0
-    # Where replicas reach this node, when it differs from where pgaurora reaches it.
+    """Failover tie-break between replicas with the same WAL position: higher wins."""
     replication_host: str | None = None
+    """Where replicas reach this node, when it differs from `host`."""
     replication_port: Port | None = None
+    """Where replicas reach this node, when it differs from `port`."""
 
     _host = field_validator("host", "replication_host")(
         classmethod(lambda cls, v: v if v is None else _loopback_or_ip(v)))
@@ -107,52 +116,89 @@ class NodeConfig(_Frozen):
 
 class Listen(_Frozen):
     host: str = "127.0.0.1"
+    """Address to listen on."""
     port: Port
+    """Port to listen on."""
 
     _host = field_validator("host")(classmethod(lambda cls, v: _loopback_or_ip(v)))
 
 
 class WriterConfig(Listen):
+    """The writer endpoint: every session reaches the current primary."""
+
     port: Port = 6432
+    """Port to listen on."""
 
 
 class ReaderConfig(Listen):
+    """The reader endpoint: sessions spread over healthy replicas that are not lagging."""
+
     port: Port = 6433
+    """Port to listen on."""
     policy: ReaderPolicy = ReaderPolicy.ROUND_ROBIN
+    """How a replica is picked for a new session: `round_robin` or `least_connections`."""
     fallback: ReaderFallback = ReaderFallback.PRIMARY
+    """With no eligible replica: `primary` sends reads to the writer, `refuse` answers 57P03."""
 
 
 class AdminConfig(Listen):
+    """The admin HTTP endpoint: /status, /events, /metrics, /switchover, /failover, /rejoin."""
+
     port: Port = 6434
+    """Port to listen on."""
 
 
 class DnsConfig(Listen):
+    """The authoritative DNS server for writer, reader and node names (UDP and TCP)."""
+
     port: Port = 8053
+    """Port to listen on, UDP and TCP."""
     enabled: bool = True
-    zone: str | None = None  # default: <cluster>.pgaurora.internal
+    """Serve DNS at all."""
+    zone: str | None = None
+    """Zone served; default `<cluster>.pgaurora.internal`."""
     ttl: Annotated[int, Field(ge=0, le=86400)] = 1
+    """TTL of every answer, in seconds: short, so clients follow a failover."""
 
 
 class ProxyConfig(_Frozen):
+    """Client sessions: limits, deadlines and the relay that carries established sessions."""
+
     max_client_connections: Annotated[int, Field(ge=1)] = 5000
+    """Client connections at once, beyond which clients get 53300."""
     startup_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a client has to send its startup packet before it is closed."""
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds to connect to a node."""
     failover_connect_timeout: Annotated[float, Field(ge=0)] = 30.0
+    """Seconds a new writer session waits for a primary during a failover, before 57P03."""
     relay: RelayMode = RelayMode.AUTO
-    relay_threads: Annotated[int, Field(ge=0, le=256)] = 0  # native relay threads; 0: one per core
+    """`auto`, `native` (C threads), `hybrid` or `kernel` (eBPF), or `python`."""
+    relay_threads: Annotated[int, Field(ge=0, le=256)] = 0
+    """Native relay threads; 0 means one per core."""
 
 
 class MonitorConfig(_Frozen):
+    """How the monitor probes the nodes and decides that one is down."""
+
     user: str = "postgres"
+    """Role the monitor logs in as: a superuser, or one with pg_monitor and pg_promote granted."""
     password: str | None = None
+    """Its password."""
     database: str = "postgres"
+    """Database the monitor connects to."""
     probe_interval: Annotated[float, Field(gt=0, le=60)] = 0.5
+    """Seconds between probes of every node."""
     probe_timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    """Seconds a probe may take before the node counts as unreachable."""
     failure_threshold: Annotated[int, Field(ge=1, le=100)] = 3
+    """Probe intervals without an answer before a node is down (3 x 0.5 s: about 1.5 s)."""
     max_replica_lag: LagLimit = LagLimit(bytes=16 * 1024**2)
-    # A replica vouches that an unreachable writer is alive if it received WAL or a keepalive from it
-    # this recently; the monitor writes a heartbeat on the writer every probe, so this spans ~3 of them.
+    """Replicas further behind leave the reader endpoint: a size (`16MB`) or a time (`5s`)."""
     witness_window: Annotated[float, Field(gt=0, le=60)] = 1.5
+    """Seconds: a replica that received WAL or a keepalive from an unreachable writer this recently
+    proves the writer alive, and blocks the failover. The monitor writes a heartbeat on the writer at
+    every probe, so this spans about three of them."""
 
     @field_validator("max_replica_lag", mode="before")
     @classmethod
@@ -161,16 +207,27 @@ class MonitorConfig(_Frozen):
 
 
 class FailoverConfig(_Frozen):
+    """Automatic failover, synchronous commit and the loss a failover may accept."""
+
     enabled: bool = True
+    """Promote a replica when the writer is down."""
     sync_mode: SyncMode = SyncMode.QUORUM
+    """`quorum`: commits wait for one live standby, and go asynchronous when none is left; `strict`:
+    they wait even then; `off`: asynchronous replication."""
     replication_user: str = "replicator"
+    """Role replicas stream as, written into primary_conninfo when the monitor re-points them."""
     replication_password: str | None = None
+    """Its password."""
     promote_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds pg_promote may take."""
     catchup_timeout: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds a promoted replica may take to replay what it received, and a switchover target to
+    receive the old writer's last WAL."""
     auto_rejoin: bool = True
-    # Bytes of WAL an automatic failover may lose when nothing proves it loses none: default 0 in the
-    # quorum and strict modes (never lose an acknowledged commit), 1MB when sync_mode is off.
+    """Rewind a fenced former primary into a replica by itself (clusters pgaurora starts)."""
     max_data_loss: int | None = None
+    """Bytes of WAL an automatic failover may lose when nothing proves it loses none (a size like
+    `1MB`); default 0 in the quorum and strict modes, 1MB when sync_mode is off."""
 
     @field_validator("max_data_loss", mode="before")
     @classmethod
@@ -190,16 +247,29 @@ class FailoverConfig(_Frozen):
 
 
 class Config(_Frozen):
+    """The whole file."""
+
     cluster: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")] = "demo"
+    """Cluster name; the DNS zone is `<cluster>.pgaurora.internal`."""
     state_dir: str | None = None
+    """Directory for the monitor's state (monitor.json: writer, epoch, fenced nodes, voters) and
+    events.jsonl. Without it, a restart forgets them."""
     nodes: tuple[NodeConfig, ...]
+    """The PostgreSQL servers, at least one."""
     writer: WriterConfig = WriterConfig()
+    """`[writer]`."""
     reader: ReaderConfig = ReaderConfig()
+    """`[reader]`."""
     admin: AdminConfig = AdminConfig()
+    """`[admin]`."""
     dns: DnsConfig = DnsConfig()
+    """`[dns]`."""
     proxy: ProxyConfig = ProxyConfig()
+    """`[proxy]`."""
     monitor: MonitorConfig = MonitorConfig()
+    """`[monitor]`."""
     failover: FailoverConfig = FailoverConfig()
+    """`[failover]`."""
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":

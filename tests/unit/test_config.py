@@ -68,3 +68,16 @@ def test_load_reads_toml_and_reports_syntax_errors(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load(tmp_path / "missing.toml")
 
+
+
+def test_every_setting_is_described_for_the_generated_reference():
+    """docs/hooks/reference.py builds the configuration reference from these descriptions."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "docs" / "hooks" / "reference.py"
+    spec = importlib.util.spec_from_file_location("reference", path)
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    text = reference.reference()  # raises on a setting without a description
+    for key in ("witness_window", "max_data_loss", "failover_connect_timeout", "replication_host"):
+        assert f"| `{key}` |" in text
