@@ -216,10 +216,12 @@ def test_without_voters_a_failover_is_bounded_by_max_data_loss():
     assert decide(state, statuses, asynchronous).action is Action.NO_CANDIDATE
 
 
-def test_quorum_mode_degrades_to_async_when_no_standby_is_left():
+def test_quorum_mode_clears_the_voters_then_degrades_to_async_when_no_standby_is_left():
     state = replace(RUNNING, failures={"n2": 3, "n3": 3})
     statuses = {"n1": primary(), "n2": down("n2"), "n3": down("n3")}
     d = decide(state, statuses, POLICY)
+    assert (d.action, d.value) == (Action.SET_VOTERS, "")
+    d = decide(replace(state, voters=frozenset()), statuses, POLICY)
     assert (d.action, d.value) == (Action.SET_SYNC, "")
     assert d.reason.startswith("no synchronous standby is left; sync_mode=quorum degrades to asynchronous")
 

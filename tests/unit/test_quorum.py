@@ -25,9 +25,10 @@ F = frozenset
     # a standby dies: the sync set shrinks first, the voters after a catch-up
     (F("ab"), F("ab"), F("a"), StepKind.SYNC, F("a"), False),
     (F("ab"), F("a"), F("a"), StepKind.VOTERS, F("a"), True),
-    # the last standby dies: asynchronous commit, and nothing is proven any more
-    (F("a"), F("a"), F(), StepKind.SYNC, F(), False),
-    (F("a"), F(), F(), StepKind.VOTERS, F(), False),
+    # the last standby dies: nothing is proven any more, and then commits go asynchronous (in that order:
+    # the other way round, a commit acknowledged by the primary alone would look proven for a tick)
+    (F("a"), F("a"), F(), StepKind.VOTERS, F(), False),
+    (F(), F("a"), F(), StepKind.SYNC, F(), False),
     # from nothing proven (a new writer, or asynchronous): sync first, then voters after a catch-up
     (F(), F(), F("ab"), StepKind.SYNC, F("ab"), False),
     (F(), F("ab"), F("ab"), StepKind.VOTERS, F("ab"), True),
@@ -145,7 +146,7 @@ OPS = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(mode=st.sampled_from([SyncMode.QUORUM, SyncMode.STRICT]), ops=st.lists(OPS, max_size=60),
        returning=st.lists(st.sampled_from(STANDBYS), unique=True))
 def test_no_promotion_the_monitor_allows_loses_an_acknowledged_commit(mode, ops, returning):
@@ -163,7 +164,7 @@ def test_no_promotion_the_monitor_allows_loses_an_acknowledged_commit(mode, ops,
             model.up[name] = True
         else:
             model.tick()
-        assert model.state.voters == frozenset() or model.sync <= model.state.voters, "invariant broken"
+        assert holds(model.state.voters, model.sync), "invariant broken"
     for name in returning:
         model.up[name] = True
     target = model.promotion_after_writer_dies()

@@ -10,6 +10,7 @@ subset of V, so:
 - widening: V grows first, S second;
 - narrowing: S shrinks first, and V follows only once a remaining member has flushed everything the
   writer had when the smaller S took effect ("catch-up");
+- emptying: V is cleared before S, for with no synchronous standby the primary acknowledges alone;
 - V empty means nothing is proven (asynchronous commit, or right after a new writer was promoted):
   a failover is then bounded by failover.max_data_loss against the writer's last known position.
 """
@@ -62,8 +63,9 @@ class Step:
 
 
 def holds(voters: frozenset[str], sync: frozenset[str]) -> bool:
-    """The invariant: every standby that can acknowledge is a voter (or nothing is proven yet)."""
-    return not voters or sync <= voters
+    """The invariant: every standby that can acknowledge is a voter, or nothing is proven. With no
+    synchronous standby the primary acknowledges alone, so nothing can be proven then."""
+    return not voters or (bool(sync) and sync <= voters)
 
 
 def next_step(voters: frozenset[str], sync: frozenset[str], wanted: frozenset[str]) -> Step | None:
@@ -72,6 +74,9 @@ def next_step(voters: frozenset[str], sync: frozenset[str], wanted: frozenset[st
         return Step(StepKind.VOTERS, voters | sync, f"{names(sync - voters)} can acknowledge commits but "
                     f"{'is' if len(sync - voters) == 1 else 'are'} not voters; adding before anything else")
     if sync != wanted:
+        if voters and not wanted:
+            return Step(StepKind.VOTERS, frozenset(), "no standby will be left to acknowledge commits; the "
+                        "voters are cleared first (a failover is then bounded by failover.max_data_loss)")
         if voters and not wanted <= voters:
             joining = wanted - voters
             return Step(StepKind.VOTERS, voters | joining,
@@ -79,9 +84,6 @@ def next_step(voters: frozenset[str], sync: frozenset[str], wanted: frozenset[st
         return Step(StepKind.SYNC, wanted, f"synchronous standbys should be {sync_names(wanted) or 'none'}")
     if voters == wanted:
         return None
-    if not wanted:
-        return Step(StepKind.VOTERS, frozenset(), "no synchronous standby is left; the voters are cleared "
-                    "(a failover is now bounded by failover.max_data_loss)")
     leaving = voters - wanted
     why = (f"{names(leaving)} leave{'s' * (len(leaving) == 1)} the voters" if leaving
            else f"{names(wanted)} become{'s' * (len(wanted) == 1)} the voters")
