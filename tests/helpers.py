@@ -19,7 +19,7 @@ import tomli_w
 from pgaurora import config as config_mod
 from pgaurora.compose import LocalCluster
 from pgaurora.compose.ports import free_port, free_ports  # noqa: F401 (tests import them from here)
-from pgaurora.compose.drill import BackgroundService, WriteLoop
+from pgaurora.compose.background import BackgroundService, WriteLoop
 
 
 PGAURORA = [sys.executable, "-m", "pgaurora"]  # this interpreter's pgaurora, never one found on PATH

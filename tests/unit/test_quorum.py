@@ -171,3 +171,4 @@ def test_no_promotion_the_monitor_allows_loses_an_acknowledged_commit(mode, ops,
     if target is not None:
         assert model.pos[target] >= model.acked, (
             f"promoted {target} at {model.pos[target]} but commits up to {model.acked} were acknowledged")
+

@@ -50,14 +50,17 @@ reset_state_option = click.option(
 @click.option("--dns-port", default=8053, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous replication instead of quorum commit.")
 @reset_state_option
+@click.option("--attach", is_flag=True,
+              help="Serve the cluster in --dir as it is: start none of its nodes (a node that is down stays "
+                   "down, and the monitor fails over from it). Drills use this.")
 @click.option("-v", "--verbose", is_flag=True)
 def up(replicas, state_dir, password, name, port, base_address, writer_port, reader_port, admin_port,
-       dns_port, asynchronous, reset_state, verbose) -> None:
+       dns_port, asynchronous, reset_state, attach, verbose) -> None:
     """Start a local cluster (1 primary, 2 replicas), the proxy, the monitor and DNS."""
     from .up import run_up
     run_up(replicas=replicas, state_dir=state_dir, password=password, name=name, port=port,
            base_address=base_address, ports=(writer_port, reader_port, admin_port, dns_port),
-           synchronous=not asynchronous, reset_state=reset_state, verbose=verbose)
+           synchronous=not asynchronous, reset_state=reset_state, verbose=verbose, attach=attach)
 
 
 @cli.command()
@@ -157,6 +160,14 @@ def rejoin(admin_url, print_only, node) -> None:
         click.echo(_admin(admin_url, f"/rejoin/{node}")["script"], nl=False)
         return
     click.echo(json.dumps(_admin(admin_url, f"/rejoin/{node}", method="POST"), indent=2))
+
+
+def _add_drill() -> None:
+    from .drill import drill
+    cli.add_command(drill)
+
+
+_add_drill()
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from .. import config as config_mod
 from ..app import Service
 from ..compose.local import STATE_FILE, LocalCluster, default_state_dir
 from ..compose.preflight import Listen, conflicts
+from ..compose.reaper import start_reaper
 from ..errors import ClusterError
 from ..eventlog import EventLog
 from .runtime import serve, setup_logging
@@ -87,14 +88,15 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
 
 
 def run_up(*, replicas, state_dir, password, name, port, base_address, ports, synchronous, reset_state,
-           verbose) -> None:
+           verbose, attach=False) -> None:
     setup_logging(verbose)
     cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous)
     cfg = build_config(cluster, ports)
     check_addresses(cluster, cfg)
     cluster.lock()
+    reaper = start_reaper()
     try:
-        click.echo(cluster.up())
+        click.echo(cluster.up(attach))
         service = Service(cfg, controller=cluster, events=EventLog(cluster.root / "events.jsonl"),
                           reset_state=reset_state)
         serve(service, lambda: click.echo(_ready_text(cluster, cfg)))
@@ -102,3 +104,4 @@ def run_up(*, replicas, state_dir, password, name, port, base_address, ports, sy
         click.echo("stopping the cluster")
         cluster.stop()
         cluster.unlock()
+        reaper.set()

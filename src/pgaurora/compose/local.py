@@ -183,11 +183,17 @@ class LocalCluster:
         if self._made_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def up(self) -> str:
-        """Create the cluster, or start the one already in the state directory. Returns what it did."""
+    def up(self, attach: bool = False) -> str:
+        """Create the cluster, or start the one already in the state directory (with attach, start none of
+        its nodes: serve them as they are). Returns what it did."""
         if self.created:
+            if attach:
+                return f"attached to cluster {self.name!r} in {self.root} ({sum(n.running for n in self.nodes)} " \
+                       f"of {len(self.nodes)} nodes running)"
             self.start()
             return f"resumed cluster {self.name!r} from {self.root}"
+        if attach:
+            raise ClusterError(f"{self.root} holds no cluster to attach to (no {STATE_FILE})")
         self.create()
         return f"created cluster {self.name!r} in {self.root}"
 

@@ -57,6 +57,10 @@ class LocalNode:
     def __repr__(self) -> str:
         return f"LocalNode({self.name} {self.host}:{self.port})"
 
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
     def bin(self, program: str) -> str:
         return os.path.join(self.bindir, program)
 

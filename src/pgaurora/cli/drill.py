@@ -1,0 +1,126 @@
+"""`pgaurora drill`: compose a cluster, run a workload through it, inject faults, report what it cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..compose.reaper import become_subreaper, start_reaper
+from ..compose.runas import server_user
+from ..errors import ClusterError
+from ..drill import faults as fault_catalog
+from ..drill.engine import Drill
+from ..drill.report import Report, RoundResult, error_lines, round_table, summary_table
+from ..drill.target import ComposedTarget, Partition
+
+HELP = f"""Drill failovers: compose a cluster, write and read through pgaurora, inject faults, measure.
+
+\b
+Faults (--faults, each repeated --rounds times; the cluster heals between them):
+{fault_catalog.describe()}
+
+\b
+Measures, for every fault and round (seconds from the fault):
+write down / read down  from the last acknowledged write (read) before the fault to the first after it
+detected, promoted, dns  when the monitor saw the writer down, promoted a replica, changed DNS
+writes back             the first write acknowledged by the new writer
+lost                    acknowledged writes missing on the writer: must be 0
+errors                  client errors by SQLSTATE (57P01: session ended by the failover, ...)
+
+\b
+At the end, every acknowledged row must be on every node, and no write may have been acknowledged on
+an older timeline after one on a newer (two writers at once: split brain). The exit status is 1 when a
+write was lost, a split-brain write was found, or a downtime exceeded --max-downtime.
+"""
+
+
+def check_faults(faults: list[fault_catalog.Fault], backend: str) -> None:
+    """Refuse, before anything starts, a fault that cannot work here."""
+    if backend != "local":
+        raise ClusterError(f"--backend {backend}: not available yet; use --backend local")
+    if any(f.name.startswith("isolate-") for f in faults):
+        problem = Partition.problem(server_user().uid)
+        if problem:
+            raise ClusterError(problem)
+
+
+@click.command(help=HELP)
+@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
+              help="Where the drill's cluster runs: local processes, or Docker containers.")
+@click.option("--replicas", type=click.IntRange(1, 15), default=2, show_default=True)
+@click.option("--faults", "fault_names", default=fault_catalog.DEFAULT, show_default=True,
+              help="Comma-separated faults, from the list above.")
+@click.option("--rounds", type=click.IntRange(1, 100), default=2, show_default=True)
+@click.option("--writers", type=click.IntRange(0, 64), default=4, show_default=True,
+              help="Sessions inserting numbered rows through the writer endpoint.")
+@click.option("--readers", type=click.IntRange(0, 64), default=4, show_default=True,
+              help="Sessions querying through the reader endpoint.")
+@click.option("--base-address", default="127.0.3.11", show_default=True, help="Loopback address of n1.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every round "
+              "and the summary here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the timeline (throughput, errors, faults and phases) as a PNG here.")
+@click.option("--max-downtime", type=float, default=30.0, show_default=True,
+              help="Seconds of write or read downtime beyond which the drill fails.")
+def drill(backend, replicas, fault_names, rounds, writers, readers, base_address, json_path, plot_path,
+          max_downtime) -> None:
+    try:
+        faults = fault_catalog.parse(fault_names)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--faults") from None
+    check_faults(faults, backend)
+    report, log = _run(faults, rounds, replicas, writers, readers, base_address)
+    console = Console()
+    console.print(round_table(report.rounds))
+    console.print(summary_table(report))
+    console.print("client errors by SQLSTATE (as the client library reports them):")
+    for line in error_lines(report):
+        console.print(f"  {line}")
+    c = report.consistency
+    console.print(f"acknowledged writes: {c.acknowledged}; lost: {c.lost}; missing per node: {c.missing}; "
+                  f"duplicates: {c.duplicates}; split-brain writes: {c.split_brain}; final writer {c.final_writer}; "
+                  f"wall time {report.wall_seconds:.0f} s")
+    if json_path:
+        json_path.write_text(json.dumps(report.as_json(), indent=2))
+    if plot_path:
+        from ..drill.plot import draw
+        draw(report, log, plot_path)
+    failed = report.failed(max_downtime)
+    if failed:
+        raise click.ClickException("drill failed: " + "; ".join(failed))
+
+
+def _run(faults, rounds, replicas, writers, readers, base_address) -> tuple[Report, object]:
+    become_subreaper()  # the servers of a pgaurora the drill kills become ours to reap
+    reaper = start_reaper()
+    workdir = Path(tempfile.mkdtemp(prefix="pgaurora-drill-"))
+    os.chmod(workdir, 0o755)  # the PostgreSQL user must reach the cluster inside
+    target = ComposedTarget(workdir, replicas, base_address)
+    try:
+        target.start()
+        with Progress(TextColumn("[bold]drill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.description}")) as progress:
+            task = progress.add_task("", total=len(faults) * rounds)
+
+            def on_round(result: RoundResult) -> None:
+                progress.console.print(_line(result))
+                progress.advance(task)
+
+            engine = Drill(target, faults, rounds, writers, readers, on_round)
+            return engine.run(), engine.log
+    finally:
+        target.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        reaper.set()
+
+
+def _line(r: RoundResult) -> str:
+    down = "-" if r.write_downtime is None else f"{r.write_downtime:.2f} s"
+    return f"{r.fault} #{r.round}: {r.outcome}; writes down {down}; lost {r.lost}"

@@ -1,0 +1,75 @@
+"""`pgaurora drill` end to end, and its report checked against an independent count of rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+from pgaurora.drill import faults
+from pgaurora.drill.engine import Drill
+from pgaurora.drill.target import ComposedTarget
+from pgaurora.drill.workload import TABLE
+from tests.helpers import PGAURORA, free_loopback_base
+
+EVERY_FAULT = "kill-primary,stop-primary,pause-primary,kill-replica,isolate-primary,switchover,restart-pgaurora"
+
+
+def test_a_drill_of_every_fault_loses_nothing_and_draws_its_timeline(tmp_path):
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    run = subprocess.run([*PGAURORA, "drill", "--faults", EVERY_FAULT, "--rounds", "1", "--json", str(out),
+                          "--plot", str(png), "--base-address", free_loopback_base(3)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "100"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["fault"] for r in report["rounds"]] == EVERY_FAULT.split(",")
+    for r in report["rounds"]:
+        assert r["lost"] == 0 and r["write_downtime"] is not None and r["write_downtime"] <= 5.0, r
+    outcomes = {r["fault"]: r["outcome"] for r in report["rounds"]}
+    assert outcomes["isolate-primary"].startswith("no failover"), outcomes
+    assert outcomes["kill-primary"].startswith("failover n1 -> ")
+    c = report["consistency"]
+    assert (c["lost"], c["split_brain"]) == (0, 0) and c["acknowledged"] > 100
+    assert set(c["missing"].values()) == {0}
+    assert "summary per fault" in run.stdout and "lost writes" in run.stdout
+    header = png.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", header[16:24])
+    assert 800 <= width <= 3000 and 400 <= height <= 2000
+
+
+def test_the_drill_report_matches_the_rows_on_every_node():
+    root = Path(tempfile.mkdtemp(prefix="pgaurora-drill-test-"))
+    os.chmod(root, 0o755)
+    target = ComposedTarget(root, replicas=2, base_address=free_loopback_base(3))
+    try:
+        target.start()
+        drill = Drill(target, faults.parse("kill-primary,switchover"), rounds=1, writers=2, readers=1)
+        report = drill.run()
+        acked = [(a.writer, a.seq) for a in drill.log.acks]
+        for node in target.cluster.nodes:
+            dsn = f"host={node.host} port={node.port} user=postgres password={target.password} dbname=postgres"
+            with psycopg.connect(dsn) as conn:
+                rows = conn.execute(f"SELECT writer, seq FROM {TABLE}").fetchall()
+            assert report.consistency.missing[node.name] == len(set(acked) - set(rows))
+            if node.name == report.consistency.final_writer:
+                assert report.consistency.duplicates == len(rows) - len(set(rows))
+        assert report.consistency.acknowledged == len(set(acked)) > 0
+        assert report.consistency.lost == 0
+    finally:
+        target.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert not target.cluster.root.exists()
+
+
+def test_the_drill_refuses_what_it_cannot_do_before_starting_anything():
+    unknown = subprocess.run([*PGAURORA, "drill", "--faults", "kill-primary,melt-disk"], capture_output=True,
+                             text=True, timeout=60)
+    assert unknown.returncode == 2 and "unknown fault melt-disk" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
