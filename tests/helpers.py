@@ -206,3 +206,16 @@ class TcpRelay:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+def require_docker() -> None:
+    """Skip when no Docker engine answers, saying why; in CI (PGAURORA_REQUIRE_DOCKER=1) fail instead."""
+    import pytest
+    from pgaurora.compose.docker import docker_client
+    from pgaurora.errors import ClusterError
+    try:
+        docker_client()
+    except ClusterError as exc:
+        if os.environ.get("PGAURORA_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"Docker is required here (PGAURORA_REQUIRE_DOCKER=1): {exc}")
+        pytest.skip(f"no Docker engine: {exc}")

@@ -11,20 +11,24 @@ import tempfile
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from pgaurora.drill import faults
 from pgaurora.drill.engine import Drill
 from pgaurora.drill.target import ComposedTarget
 from pgaurora.drill.workload import TABLE
-from tests.helpers import PGAURORA, free_loopback_base
+from tests.helpers import PGAURORA, free_loopback_base, require_docker
 
 EVERY_FAULT = "kill-primary,stop-primary,pause-primary,kill-replica,isolate-primary,switchover,restart-pgaurora"
 
 
-def test_a_drill_of_every_fault_loses_nothing_and_draws_its_timeline(tmp_path):
+@pytest.mark.parametrize("backend", ["local", "docker"])
+def test_a_drill_of_every_fault_loses_nothing_and_draws_its_timeline(backend, tmp_path):
+    if backend == "docker":
+        require_docker()
     out, png = tmp_path / "out.json", tmp_path / "out.png"
-    run = subprocess.run([*PGAURORA, "drill", "--faults", EVERY_FAULT, "--rounds", "1", "--json", str(out),
-                          "--plot", str(png), "--base-address", free_loopback_base(3)],
+    run = subprocess.run([*PGAURORA, "drill", "--backend", backend, "--faults", EVERY_FAULT, "--rounds", "1",
+                          "--json", str(out), "--plot", str(png), "--base-address", free_loopback_base(3)],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "100"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())

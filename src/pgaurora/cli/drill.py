@@ -14,11 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..compose.reaper import become_subreaper, start_reaper
 from ..compose.runas import server_user
-from ..errors import ClusterError
 from ..drill import faults as fault_catalog
 from ..drill.engine import Drill
 from ..drill.report import Report, RoundResult, error_lines, round_table, summary_table
 from ..drill.target import ComposedTarget, Partition
+from ..errors import ClusterError
 
 HELP = f"""Drill failovers: compose a cluster, write and read through pgaurora, inject faults, measure.
 
@@ -43,8 +43,9 @@ write was lost, a split-brain write was found, or a downtime exceeded --max-down
 
 def check_faults(faults: list[fault_catalog.Fault], backend: str) -> None:
     """Refuse, before anything starts, a fault that cannot work here."""
-    if backend != "local":
-        raise ClusterError(f"--backend {backend}: not available yet; use --backend local")
+    if backend == "docker":
+        from ..compose.docker import docker_client
+        docker_client()  # one clear message when no engine answers
     if any(f.name.startswith("isolate-") for f in faults):
         problem = Partition.problem(server_user().uid)
         if problem:
@@ -76,7 +77,7 @@ def drill(backend, replicas, fault_names, rounds, writers, readers, base_address
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--faults") from None
     check_faults(faults, backend)
-    report, log = _run(faults, rounds, replicas, writers, readers, base_address)
+    report, log = _run(faults, rounds, replicas, writers, readers, base_address, backend)
     console = Console()
     console.print(round_table(report.rounds))
     console.print(summary_table(report))
@@ -97,12 +98,12 @@ def drill(backend, replicas, fault_names, rounds, writers, readers, base_address
         raise click.ClickException("drill failed: " + "; ".join(failed))
 
 
-def _run(faults, rounds, replicas, writers, readers, base_address) -> tuple[Report, object]:
+def _run(faults, rounds, replicas, writers, readers, base_address, backend) -> tuple[Report, object]:
     become_subreaper()  # the servers of a pgaurora the drill kills become ours to reap
     reaper = start_reaper()
     workdir = Path(tempfile.mkdtemp(prefix="pgaurora-drill-"))
     os.chmod(workdir, 0o755)  # the PostgreSQL user must reach the cluster inside
-    target = ComposedTarget(workdir, replicas, base_address)
+    target = ComposedTarget(workdir, replicas, base_address, backend)
     try:
         target.start()
         with Progress(TextColumn("[bold]drill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -49,18 +49,20 @@ reset_state_option = click.option(
 @click.option("--admin-port", default=6434, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--dns-port", default=8053, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous replication instead of quorum commit.")
+@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
+              help="Nodes as local processes, or as Docker containers (host networking, loopback addresses).")
 @reset_state_option
 @click.option("--attach", is_flag=True,
               help="Serve the cluster in --dir as it is: start none of its nodes (a node that is down stays "
                    "down, and the monitor fails over from it). Drills use this.")
 @click.option("-v", "--verbose", is_flag=True)
 def up(replicas, state_dir, password, name, port, base_address, writer_port, reader_port, admin_port,
-       dns_port, asynchronous, reset_state, attach, verbose) -> None:
+       dns_port, asynchronous, backend, reset_state, attach, verbose) -> None:
     """Start a local cluster (1 primary, 2 replicas), the proxy, the monitor and DNS."""
     from .up import run_up
     run_up(replicas=replicas, state_dir=state_dir, password=password, name=name, port=port,
            base_address=base_address, ports=(writer_port, reader_port, admin_port, dns_port),
-           synchronous=not asynchronous, reset_state=reset_state, verbose=verbose, attach=attach)
+           synchronous=not asynchronous, reset_state=reset_state, verbose=verbose, attach=attach, backend=backend)
 
 
 @cli.command()
@@ -160,6 +162,25 @@ def rejoin(admin_url, print_only, node) -> None:
         click.echo(_admin(admin_url, f"/rejoin/{node}")["script"], nl=False)
         return
     click.echo(json.dumps(_admin(admin_url, f"/rejoin/{node}", method="POST"), indent=2))
+
+
+@cli.group()
+def image() -> None:
+    """The PostgreSQL image for Docker clusters (built from this machine's binaries; no registry needed)."""
+
+
+@image.command("build")
+@click.option("--force", is_flag=True, help="Build again even if the image exists.")
+def image_build(force) -> None:
+    """Build (or reuse) the image named by $PGAURORA_PG_IMAGE, by default pgaurora/postgres:local."""
+    import time
+    from ..compose.docker import docker_client
+    from ..compose.image import build, image_exists, image_name
+    client = docker_client()
+    name, existed, began = image_name(), image_exists(client, image_name()), time.monotonic()
+    build(client, name, force=force)
+    verb = "reused" if existed and not force else f"built in {time.monotonic() - began:.1f} s"
+    click.echo(f"{name}: {verb}")
 
 
 def _add_drill() -> None:

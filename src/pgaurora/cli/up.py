@@ -17,7 +17,8 @@ from ..eventlog import EventLog
 from .runtime import serve, setup_logging
 
 
-def _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous) -> LocalCluster:
+def _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous,
+                  backend="local") -> LocalCluster:
     root = Path(state_dir or default_state_dir(name)).absolute()
     if (root / STATE_FILE).exists():
         cluster = LocalCluster.open(root)
@@ -28,8 +29,12 @@ def _open_cluster(state_dir, name, replicas, password, port, base_address, synch
             raise ClusterError(f"{cluster.root} holds a cluster with another postgres password; "
                                "drop --password to resume it")
         return cluster
-    return LocalCluster(root, name=name, replicas=2 if replicas is None else replicas, password=password,
-                        port=port, base_address=base_address, synchronous=synchronous)
+    kind = LocalCluster
+    if backend == "docker":
+        from ..compose.docker import DockerCluster
+        kind = DockerCluster
+    return kind(root, name=name, replicas=2 if replicas is None else replicas, password=password,
+                port=port, base_address=base_address, synchronous=synchronous)
 
 
 def build_config(cluster: LocalCluster, ports: tuple[int, int, int, int]) -> config_mod.Config:
@@ -88,9 +93,9 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
 
 
 def run_up(*, replicas, state_dir, password, name, port, base_address, ports, synchronous, reset_state,
-           verbose, attach=False) -> None:
+           verbose, attach=False, backend="local") -> None:
     setup_logging(verbose)
-    cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous)
+    cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend)
     cfg = build_config(cluster, ports)
     check_addresses(cluster, cfg)
     cluster.lock()

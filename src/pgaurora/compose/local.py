@@ -88,15 +88,24 @@ class LocalCluster:
         self.max_connections = max_connections
         self.bindir = find_bindir(bindir)
         self.user: OsUser = server_user()
-        self.nodes = [LocalNode(f"n{i + 1}", addr, port, self.root, self.bindir, self.user)
+        self.nodes = [self._node(f"n{i + 1}", addr, port)
                       for i, addr in enumerate(node_addresses(base_address, replicas + 1))]
         self._lock_fd: int | None = None
         self._made_root = False
 
+    backend = "local"
+
+    def _node(self, name: str, host: str, port: int) -> LocalNode:
+        return LocalNode(name, host, port, self.root, self.bindir, self.user)
+
+    def _spec(self) -> dict:
+        """What cluster.json records beyond the common fields (a subclass adds its own)."""
+        return {}
+
     # -- opening -------------------------------------------------------------
     @classmethod
     def open(cls, state_dir: str | Path, bindir: str | None = None) -> "LocalCluster":
-        """A cluster previously created in state_dir."""
+        """A cluster previously created in state_dir (of whichever backend made it)."""
         path = Path(state_dir) / STATE_FILE
         try:
             spec = json.loads(path.read_text())
@@ -104,11 +113,15 @@ class LocalCluster:
             raise ClusterError(f"{state_dir} holds no pgaurora cluster (no {STATE_FILE})") from None
         except (json.JSONDecodeError, OSError) as exc:
             raise ClusterError(f"cannot read {path}: {exc}") from None
-        return cls(state_dir, name=spec["name"], replicas=spec["replicas"],
-                   base_address=spec["base_address"], port=spec["port"], password=spec["password"],
-                   replication_password=spec["replication_password"],
-                   synchronous=spec["synchronous"], max_connections=spec["max_connections"],
-                   bindir=bindir)
+        kind, extra = cls, {}
+        if spec.get("backend", "local") == "docker":
+            from .docker import DockerCluster
+            kind, extra = DockerCluster, {"image": spec["image"], "instance": spec["instance"]}
+        return kind(state_dir, name=spec["name"], replicas=spec["replicas"],
+                    base_address=spec["base_address"], port=spec["port"], password=spec["password"],
+                    replication_password=spec["replication_password"],
+                    synchronous=spec["synchronous"], max_connections=spec["max_connections"],
+                    bindir=bindir, **extra)
 
     @property
     def created(self) -> bool:
@@ -228,7 +241,7 @@ class LocalCluster:
             for path in (node.home, node.sockdir):
                 path.mkdir(mode=0o700, exist_ok=True)
                 self.user.chown(str(path))
-        probe = self.user.run(["test", "-w", str(self.root / self.nodes[0].name)], check=False)
+        probe = self.nodes[0].run_tool(["sh", "-c", 'test -w "$1"', "sh", str(self.nodes[0].home)], check=False)
         if probe.returncode != 0:
             raise ClusterError(f"user {self.user.name!r} cannot reach {self.root}: "
                                "make every parent directory searchable (chmod o+x) or choose another --dir")
@@ -240,7 +253,7 @@ class LocalCluster:
         self.user.chown(str(pwfile))
         node.datadir.mkdir(mode=0o700, exist_ok=True)
         self.user.chown(str(node.datadir))
-        self.user.run([node.bin("initdb"), "-D", str(node.datadir), "-U", "postgres", "-E", "UTF8",
+        node.run_tool([node.bin("initdb"), "-D", str(node.datadir), "-U", "postgres", "-E", "UTF8",
                        "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
                        f"--pwfile={pwfile}", "--no-instructions"], timeout=300)
         pwfile.unlink()
@@ -262,7 +275,7 @@ class LocalCluster:
     def _clone_files(self, node: LocalNode, source: LocalNode) -> None:
         node.datadir.mkdir(mode=0o700, exist_ok=True)
         self.user.chown(str(node.datadir))
-        self.user.run([node.bin("pg_basebackup"), "-h", str(source.sockdir), "-p", str(source.port),
+        node.run_tool([node.bin("pg_basebackup"), "-h", str(source.sockdir), "-p", str(source.port),
                        "-U", "replicator", "-D", str(node.datadir), "-X", "stream", "-R",
                        "-S", node.name, "-c", "fast"], timeout=600)
 
@@ -275,7 +288,8 @@ class LocalCluster:
         spec = {"name": self.name, "replicas": len(self.replicas), "base_address": self.nodes[0].host,
                 "port": self.port, "password": self.password,
                 "replication_password": self.replication_password,
-                "synchronous": self.synchronous, "max_connections": self.max_connections}
+                "synchronous": self.synchronous, "max_connections": self.max_connections,
+                "backend": self.backend, **self._spec()}
         path = self.root / STATE_FILE
         path.write_text(json.dumps(spec, indent=2) + "\n")
         os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
@@ -305,7 +319,7 @@ class LocalCluster:
             node.stop()
         method = "pg_rewind"
         try:
-            self.user.run([node.bin("pg_rewind"), "-D", str(node.datadir), "--source-server",
+            node.run_tool([node.bin("pg_rewind"), "-D", str(node.datadir), "--source-server",
                            f"host={source.sockdir} port={source.port} user=postgres dbname=postgres"],
                           timeout=600)
         except ClusterError:

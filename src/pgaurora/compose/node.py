@@ -64,6 +64,10 @@ class LocalNode:
     def bin(self, program: str) -> str:
         return os.path.join(self.bindir, program)
 
+    def run_tool(self, argv: list[str], *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run one of PostgreSQL's programs for this node, as the server's OS user."""
+        return self.user.run(argv, check=check, timeout=timeout)
+
     # -- process control -------------------------------------------------
     @property
     def pid(self) -> int | None:
@@ -173,7 +177,7 @@ class LocalNode:
 
     def checkpoint_lsn(self) -> int:
         """Latest checkpoint location from pg_control (read while the node is stopped)."""
-        out = self.user.run([self.bin("pg_controldata"), "-D", str(self.datadir)]).stdout
+        out = self.run_tool([self.bin("pg_controldata"), "-D", str(self.datadir)]).stdout
         match = re.search(r"Latest checkpoint location:\s+([0-9A-F]+)/([0-9A-F]+)", out)
         if not match:
             raise ClusterError(f"pg_controldata of {self.name} shows no checkpoint location")

@@ -58,10 +58,14 @@ class ComposedTarget:
     """A LocalCluster made for the drill, and `pgaurora up --attach` serving it as a separate process,
     so that the drill can kill pgaurora itself (restart-pgaurora)."""
 
-    def __init__(self, workdir: Path, replicas: int, base_address: str = "127.0.3.11") -> None:
+    def __init__(self, workdir: Path, replicas: int, base_address: str = "127.0.3.11", backend: str = "local") -> None:
         self.workdir = workdir
         port, *self.ports = free_ports(5)
-        self.cluster = LocalCluster(workdir / "cluster", replicas=replicas, port=port, base_address=base_address)
+        kind = LocalCluster
+        if backend == "docker":
+            from ..compose.docker import DockerCluster
+            kind = DockerCluster
+        self.cluster = kind(workdir / "cluster", replicas=replicas, port=port, base_address=base_address)
         self.proc: subprocess.Popen | None = None
         self.partitions: list[Partition] = []
 

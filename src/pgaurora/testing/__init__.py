@@ -1,0 +1,151 @@
+"""A whole pgaurora cluster for an application's own tests, as testcontainers gives a single server.
+
+    from pgaurora.testing import AuroraCluster
+
+    with AuroraCluster(replicas=2, backend="docker") as cluster:   # or backend="local"
+        app = make_app(cluster.writer_url, cluster.reader_url)
+        cluster.kill_primary()
+        phases = cluster.wait_for_failover()   # seconds from the fault: detected, promoted, dns, writer available
+
+The pytest plugin (pgaurora.testing.plugin) gives the same cluster as the `aurora_cluster` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from ..compose.reaper import become_subreaper, start_reaper
+from ..drill.target import ComposedTarget
+from ..polling import wait_for
+
+__all__ = ["AuroraCluster"]
+
+
+class AuroraCluster:
+    """A primary, `replicas` streaming replicas and pgaurora in front of them, removed on exit."""
+
+    def __init__(self, replicas: int = 2, backend: str = "local", base_address: str | None = None) -> None:
+        self.replicas, self.backend = replicas, backend
+        self.base_address = base_address or f"127.{random.randint(64, 250)}.{random.randint(0, 250)}.11"
+        self._target: ComposedTarget | None = None
+        self._workdir: Path | None = None
+        self._reaper = None
+        self._fault_at: float | None = None
+        self._writer_before: str | None = None
+        self._restore: list = []
+        self.started_in: float | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def __enter__(self) -> "AuroraCluster":
+        began = time.monotonic()
+        become_subreaper()
+        self._reaper = start_reaper()
+        self._workdir = Path(tempfile.mkdtemp(prefix="pgaurora-testing-"))
+        os.chmod(self._workdir, 0o755)  # the PostgreSQL user must reach the cluster inside
+        try:
+            self._target = ComposedTarget(self._workdir, self.replicas, self.base_address, self.backend)
+            self._target.start()
+            wait_for("a cluster where a failover would be safe", lambda: (self.status() or {}).get("failover_safe"), 60)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.started_in = time.monotonic() - began
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._target is not None:
+                self.restore()
+                self._target.stop()
+        finally:
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+            if self._reaper is not None:
+                self._reaper.set()
+
+    # -- where to connect ------------------------------------------------------------------------------
+    def _url(self, address: tuple[str, int]) -> str:
+        return f"postgresql://postgres:{quote(self.password, safe='')}@{address[0]}:{address[1]}/postgres"
+
+    @property
+    def writer_url(self) -> str:
+        return self._url(self._target.writer)
+
+    @property
+    def reader_url(self) -> str:
+        return self._url(self._target.reader)
+
+    @property
+    def password(self) -> str:
+        return self._target.password
+
+    @property
+    def admin_url(self) -> str:
+        return self._target.admin_url
+
+    def status(self) -> dict | None:
+        return self._target.status()
+
+    @property
+    def primary(self) -> str:
+        return self.status()["writer"]["node"]
+
+    # -- faults ------------------------------------------------------------------------------------------
+    def _fault(self, on_primary: bool, act: str, undo: str | None) -> str:
+        status = self.status()
+        name = status["writer"]["node"] if on_primary else status["reader"]["nodes"][0]
+        node = self._target.node(name)
+        self._writer_before, self._fault_at = status["writer"]["node"], time.time()
+        getattr(node, act)()
+        if undo:
+            self._restore.append(getattr(node, undo))
+        return name
+
+    def kill_primary(self) -> str:
+        """SIGKILL (docker kill) the primary; restore() starts it again. Returns its name."""
+        return self._fault(True, "kill", "start")
+
+    def pause_primary(self) -> str:
+        """SIGSTOP (docker pause) the primary: hung, not dead."""
+        return self._fault(True, "pause", "resume")
+
+    def kill_replica(self) -> str:
+        return self._fault(False, "kill", "start")
+
+    def isolate_primary(self) -> str:
+        """Cut pgaurora off the primary (iptables; root only) while replication flows; restore() heals."""
+        name = self.primary
+        self._writer_before, self._fault_at = name, time.time()
+        self._target.isolate(name)
+        self._restore.append(self._target.heal)
+        return name
+
+    def switchover(self) -> dict:
+        self._writer_before, self._fault_at = self.primary, time.time()
+        return self._target.switchover()
+
+    def restore(self) -> None:
+        """Bring back what the faults took away: failed nodes start or resume, partitions heal."""
+        while self._restore:
+            self._restore.pop()()
+
+    # -- waiting -----------------------------------------------------------------------------------------
+    def wait_for_failover(self, timeout: float = 30) -> dict[str, float]:
+        """Block until another node is the writer; returns seconds from the fault to each phase."""
+        if self._fault_at is None:
+            raise RuntimeError("no fault was injected: call kill_primary(), pause_primary() or switchover() first")
+        before, at = self._writer_before, self._fault_at
+        status = wait_for(f"a writer other than {before}",
+                          lambda: (s := self.status()) and s["writer"]["node"] not in (None, before) and s, timeout)
+        event = next((e for e in self._target.events() if e.get("ts", 0) >= at
+                      and e["kind"] in ("failover", "failover_completed_after_restart", "switchover")), {})
+        phases = {k: round(v - at, 3) for k, v in (event.get("phases") or {}).items()}
+        return {"writer": status["writer"]["node"], "detected": phases.get("detected"),
+                "promoted": phases.get("promoted"), "dns": phases.get("dns_updated"),
+                "writer_available": phases.get("endpoints_switched")}
