@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 
 from pgaurora.compose import LocalCluster
 from pgaurora.errors import ClusterError
-from tests.helpers import PGAURORA, Command, cluster_dir, free_loopback_base, free_port, free_ports
+from tests.helpers import PGAURORA, Command, require_docker, cluster_dir, free_loopback_base, free_port, free_ports
 
 
 def _psql(port: int, password: str, sql: str) -> str:
@@ -157,3 +158,21 @@ def _processes_under(root) -> list[int]:
         except OSError:
             pass
     return found
+
+
+def test_up_with_the_docker_backend_serves_containers_and_removes_them_on_sigterm(state_dir):
+    require_docker()
+    from pgaurora.compose.docker import docker_client
+    ports = tuple(free_ports(4))
+    up = Command(*_up_args(state_dir, ports), "--backend", "docker", "--password", "s3cret")
+    try:
+        up.wait_for_line("pgaurora is ready", 120)
+        assert _psql(ports[0], "s3cret", "SELECT pg_is_in_recovery()") == "f"
+        assert _psql(ports[1], "s3cret", "SELECT pg_is_in_recovery()") == "t"
+        instance = json.loads((state_dir / "cluster.json").read_text())["instance"]
+        names = [c.name for c in docker_client().containers.list()]
+        assert sum(name.startswith(f"pgaurora-{instance}-") for name in names) == 3, names
+    finally:
+        assert up.stop() == 0, "\n".join(up.lines)
+    left = [c.name for c in docker_client().containers.list(all=True) if c.name.startswith(f"pgaurora-{instance}-")]
+    assert not left, f"containers left behind: {left}"

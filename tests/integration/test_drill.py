@@ -17,7 +17,7 @@ from pgaurora.drill import faults
 from pgaurora.drill.engine import Drill
 from pgaurora.drill.target import ComposedTarget
 from pgaurora.drill.workload import TABLE
-from tests.helpers import PGAURORA, free_loopback_base, require_docker
+from tests.helpers import PGAURORA, Command, free_loopback_base, require_docker, service_config, write_config
 
 EVERY_FAULT = "kill-primary,stop-primary,pause-primary,kill-replica,isolate-primary,switchover,restart-pgaurora"
 
@@ -77,3 +77,27 @@ def test_the_drill_refuses_what_it_cannot_do_before_starting_anything():
                              text=True, timeout=60)
     assert unknown.returncode == 2 and "unknown fault melt-disk" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_a_drill_of_an_existing_cluster_allows_only_faults_that_need_no_host(fresh_cluster, tmp_path):
+    cluster = fresh_cluster(replicas=2)
+    config = service_config(cluster)
+    path = write_config(config, tmp_path / "cluster.toml")
+    refused = subprocess.run([*PGAURORA, "drill", "--config", str(path), "--faults", "isolate-primary,kill-primary"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "cannot inject kill-primary" in refused.stderr
+    proxy = Command("proxy", "-c", str(path))
+    try:
+        proxy.wait_for_line("pgaurora is ready", 60)
+        out = tmp_path / "out.json"
+        run = subprocess.run([*PGAURORA, "drill", "--config", str(path), "--faults", "isolate-primary", "--rounds",
+                              "1", "--writers", "2", "--readers", "2", "--json", str(out)],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    finally:
+        assert proxy.stop() == 0
+    report = json.loads(out.read_text())
+    (only,) = report["rounds"]
+    assert only["outcome"].startswith("no failover") and only["lost"] == 0
+    assert report["consistency"]["lost"] == 0 and report["consistency"]["acknowledged"] > 0
+    assert cluster.primary.sql("SELECT to_regclass('pgaurora_drill') IS NULL") == "t", "the drill left its table"

@@ -17,7 +17,8 @@ from ..compose.runas import server_user
 from ..drill import faults as fault_catalog
 from ..drill.engine import Drill
 from ..drill.report import Report, RoundResult, error_lines, round_table, summary_table
-from ..drill.target import ComposedTarget, Partition
+from .. import config as config_mod
+from ..drill.target import ComposedTarget, ConfiguredTarget, Partition
 from ..errors import ClusterError
 
 HELP = f"""Drill failovers: compose a cluster, write and read through pgaurora, inject faults, measure.
@@ -41,13 +42,21 @@ write was lost, a split-brain write was found, or a downtime exceeded --max-down
 """
 
 
-def check_faults(faults: list[fault_catalog.Fault], backend: str) -> None:
+HOST_FREE = ("switchover", "isolate-primary")  # the faults possible on a cluster the drill does not control
+
+
+def check_faults(faults: list[fault_catalog.Fault], backend: str, configured: bool) -> None:
     """Refuse, before anything starts, a fault that cannot work here."""
-    if backend == "docker":
+    if configured:
+        refused = [f.name for f in faults if f.name not in HOST_FREE]
+        if refused:
+            raise ClusterError(f"with --config the drill controls no host, so it cannot inject {', '.join(refused)}; "
+                               f"possible there: {', '.join(HOST_FREE)}")
+    elif backend == "docker":
         from ..compose.docker import docker_client
         docker_client()  # one clear message when no engine answers
     if any(f.name.startswith("isolate-") for f in faults):
-        problem = Partition.problem(server_user().uid)
+        problem = Partition.problem(None if configured else server_user().uid)
         if problem:
             raise ClusterError(problem)
 
@@ -56,6 +65,9 @@ def check_faults(faults: list[fault_catalog.Fault], backend: str) -> None:
 @click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
               help="Where the drill's cluster runs: local processes, or Docker containers.")
 @click.option("--replicas", type=click.IntRange(1, 15), default=2, show_default=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Drill an existing cluster that a running pgaurora fronts, as this config file describes "
+                   "(only switchover and isolate-primary; the drill's table pgaurora_drill is dropped at the end).")
 @click.option("--faults", "fault_names", default=fault_catalog.DEFAULT, show_default=True,
               help="Comma-separated faults, from the list above.")
 @click.option("--rounds", type=click.IntRange(1, 100), default=2, show_default=True)
@@ -70,14 +82,20 @@ def check_faults(faults: list[fault_catalog.Fault], backend: str) -> None:
               help="Draw the timeline (throughput, errors, faults and phases) as a PNG here.")
 @click.option("--max-downtime", type=float, default=30.0, show_default=True,
               help="Seconds of write or read downtime beyond which the drill fails.")
-def drill(backend, replicas, fault_names, rounds, writers, readers, base_address, json_path, plot_path,
-          max_downtime) -> None:
+def drill(backend, replicas, config_path, fault_names, rounds, writers, readers, base_address, json_path,
+          plot_path, max_downtime) -> None:
     try:
         faults = fault_catalog.parse(fault_names)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--faults") from None
-    check_faults(faults, backend)
-    report, log = _run(faults, rounds, replicas, writers, readers, base_address, backend)
+    check_faults(faults, backend, config_path is not None)
+    if config_path is not None:
+        target = ConfiguredTarget(config_mod.load(config_path))
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="pgaurora-drill-"))
+        os.chmod(workdir, 0o755)  # the PostgreSQL user must reach the cluster inside
+        target = ComposedTarget(workdir, replicas, base_address, backend)
+    report, log = _run(target, faults, rounds, writers, readers)
     console = Console()
     console.print(round_table(report.rounds))
     console.print(summary_table(report))
@@ -98,12 +116,9 @@ def drill(backend, replicas, fault_names, rounds, writers, readers, base_address
         raise click.ClickException("drill failed: " + "; ".join(failed))
 
 
-def _run(faults, rounds, replicas, writers, readers, base_address, backend) -> tuple[Report, object]:
+def _run(target, faults, rounds, writers, readers) -> tuple[Report, object]:
     become_subreaper()  # the servers of a pgaurora the drill kills become ours to reap
     reaper = start_reaper()
-    workdir = Path(tempfile.mkdtemp(prefix="pgaurora-drill-"))
-    os.chmod(workdir, 0o755)  # the PostgreSQL user must reach the cluster inside
-    target = ComposedTarget(workdir, replicas, base_address, backend)
     try:
         target.start()
         with Progress(TextColumn("[bold]drill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -115,10 +130,14 @@ def _run(faults, rounds, replicas, writers, readers, base_address, backend) -> t
                 progress.advance(task)
 
             engine = Drill(target, faults, rounds, writers, readers, on_round)
-            return engine.run(), engine.log
+            report = engine.run()
+            if isinstance(target, ConfiguredTarget):
+                engine.workload.drop_table()
+            return report, engine.log
     finally:
         target.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if isinstance(target, ComposedTarget):
+            shutil.rmtree(target.workdir, ignore_errors=True)
         reaper.set()
 
 

@@ -12,7 +12,7 @@ import asyncpg
 from ..polling import wait_for
 from .faults import ISOLATION_SECONDS, Fault
 from .report import Consistency, Report, RoundResult
-from .target import ComposedTarget
+from .target import Target
 from .workload import TABLE, Log, Workload
 
 
@@ -40,13 +40,13 @@ def _downtime(times: list[float], start: float, end: float) -> float | None:
 
 
 class Drill:
-    def __init__(self, target: ComposedTarget, faults: list[Fault], rounds: int, writers: int = 4,
+    def __init__(self, target: Target, faults: list[Fault], rounds: int, writers: int = 4,
                  readers: int = 4, on_round: Callable[[RoundResult], None] | None = None) -> None:
         self.target, self.faults, self.rounds = target, faults, rounds
         self.workload = Workload(target.writer, target.reader, target.user, target.password, writers, readers)
         self.report = Report()
         self.on_round = on_round or (lambda r: None)
-        self.nodes = len(target.cluster.nodes)
+        self.nodes = len(target.nodes)
 
     @property
     def log(self) -> Log:
@@ -178,6 +178,7 @@ class Drill:
             result.writer_available = _first_after([a.at for a in acks if a.node == new_host], at)
             result.writer_available = None if result.writer_available is None else result.writer_available - at
         result.errors = dict(Counter(f.code for f in list(self.log.failures) if at <= f.at <= ended))
+        result.reads_by_node = dict(Counter(r.node for r in reads if at <= r.at <= ended))
         result.lost = len(self.log.acked_keys() - self._rows(self.target.writer))
 
     def _event_after(self, at: float) -> dict | None:
@@ -194,7 +195,7 @@ class Drill:
         self._wait_replicas_caught_up()
         acked = self.log.acked_keys()
         check = Consistency(acknowledged=len(acked), final_writer=status["writer"]["node"])
-        for node in self.target.cluster.nodes:
+        for node in self.target.nodes:
             keys, total = asyncio.run(_fetch_keys(node.address, self.target.user, self.target.password,
                                                   with_total=True))
             check.missing[node.name] = len(acked - keys)
@@ -205,7 +206,7 @@ class Drill:
 
     def _wait_replicas_caught_up(self) -> None:
         writer = asyncio.run(_fetchval(self.target.writer, self.target, "SELECT pg_current_wal_lsn() - '0/0'"))
-        for node in self.target.cluster.nodes:
+        for node in self.target.nodes:
             wait_for(f"{node.name} to replay everything", lambda: asyncio.run(_fetchval(
                 node.address, self.target,
                 "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'")) >= writer, 60)

@@ -28,6 +28,7 @@ class RoundResult:
     writer_available: float | None = None  # the first acknowledged write on the new writer
     lost: int = 0  # acknowledged writes missing on the writer at the end of the round
     errors: dict[str, int] = field(default_factory=dict)  # client errors by SQLSTATE
+    reads_by_node: dict[str, int] = field(default_factory=dict)  # read spread: which nodes answered reads
 
 
 @dataclass

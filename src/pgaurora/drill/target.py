@@ -11,10 +11,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..compose import LocalCluster
 from ..compose.ports import free_ports
+from ..config import Config
 from ..errors import ClusterError
 
 
@@ -34,8 +36,8 @@ class Partition:
         self.active = False
 
     @staticmethod
-    def problem(server_uid: int) -> str | None:
-        """Why isolation cannot work here, or None."""
+    def problem(server_uid: int | None) -> str | None:
+        """Why isolation cannot work here, or None (server_uid: None when the servers are on other hosts)."""
         if os.geteuid() != 0:
             return "isolate-* faults need root (they add iptables rules)"
         if shutil.which("iptables") is None:
@@ -54,11 +56,103 @@ class Partition:
             self.active = False
 
 
-class ComposedTarget:
+class Target:
+    """What the drill needs of a cluster: endpoints, pgaurora's admin API, the nodes, partitions."""
+
+    writer: tuple[str, int]
+    reader: tuple[str, int]
+    admin_url: str
+    user: str
+    password: str | None
+    nodes: list
+
+    def __init__(self) -> None:
+        self.partitions: list[Partition] = []
+
+    def node(self, name: str):
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ClusterError(f"no node named {name!r}")
+
+    def status(self) -> dict | None:
+        try:
+            return _get(self.admin_url + "/status", timeout=2)
+        except (OSError, ValueError):
+            return None
+
+    def events(self) -> list[dict]:
+        try:
+            return _get(self.admin_url + "/events?limit=500")
+        except (OSError, ValueError):
+            return []
+
+    def switchover(self) -> dict:
+        try:
+            return _get(self.admin_url + "/switchover", method="POST", timeout=120)
+        except urllib.error.HTTPError as exc:
+            raise ClusterError(f"switchover refused: {exc.read().decode(errors='replace')}") from None
+
+    def pgaurora_uid(self) -> int:
+        """The OS user pgaurora runs as (its traffic is what a partition cuts)."""
+        pid = (self.status() or {}).get("pid")
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+        except (OSError, StopIteration, TypeError):
+            return os.geteuid()
+
+    def isolate(self, name: str) -> None:
+        node = self.node(name)
+        partition = Partition(node.host, node.port, self.pgaurora_uid())
+        self.partitions.append(partition)
+        partition.cut()
+
+    def heal(self) -> None:
+        for partition in self.partitions:
+            partition.heal()
+        self.partitions.clear()
+
+
+class ConfiguredTarget(Target):
+    """An existing cluster that a running pgaurora fronts, described by its config file. The drill
+    controls no host here: only switchover and isolate-primary are possible."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.writer = (config.writer.host, config.writer.port)
+        self.reader = (config.reader.host, config.reader.port)
+        self.admin_url = f"http://{config.admin.host}:{config.admin.port}"
+        self.user, self.password = config.monitor.user, config.monitor.password
+        self.nodes = [_Node(n.name, n.host, n.port) for n in config.nodes]
+
+    def start(self) -> None:
+        if self.status() is None:
+            raise ClusterError(f"no pgaurora answers at {self.admin_url}; start `pgaurora proxy -c` with this "
+                               "config first")
+
+    def stop(self) -> None:
+        self.heal()
+
+
+@dataclass(frozen=True)
+class _Node:
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+
+class ComposedTarget(Target):
     """A LocalCluster made for the drill, and `pgaurora up --attach` serving it as a separate process,
     so that the drill can kill pgaurora itself (restart-pgaurora)."""
 
     def __init__(self, workdir: Path, replicas: int, base_address: str = "127.0.3.11", backend: str = "local") -> None:
+        super().__init__()
         self.workdir = workdir
         port, *self.ports = free_ports(5)
         kind = LocalCluster
@@ -66,8 +160,8 @@ class ComposedTarget:
             from ..compose.docker import DockerCluster
             kind = DockerCluster
         self.cluster = kind(workdir / "cluster", replicas=replicas, port=port, base_address=base_address)
+        self.nodes = self.cluster.nodes
         self.proc: subprocess.Popen | None = None
-        self.partitions: list[Partition] = []
 
     # -- endpoints ------------------------------------------------------------------------------
     @property
@@ -81,10 +175,6 @@ class ComposedTarget:
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.ports[2]}"
-
-    @property
-    def dns(self) -> tuple[str, int]:
-        return "127.0.0.1", self.ports[3]
 
     @property
     def user(self) -> str:
@@ -129,8 +219,7 @@ class ComposedTarget:
 
     def stop(self) -> None:
         """Stop pgaurora (which stops the nodes it served), then remove the cluster."""
-        for partition in self.partitions:
-            partition.heal()
+        self.heal()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -139,37 +228,3 @@ class ComposedTarget:
                 self.proc.kill()
                 self.proc.wait(30)
         self.cluster.destroy()
-
-    # -- what pgaurora says ------------------------------------------------------------------------
-    def status(self) -> dict | None:
-        try:
-            return _get(self.admin_url + "/status", timeout=2)
-        except (OSError, ValueError):
-            return None
-
-    def events(self) -> list[dict]:
-        try:
-            return _get(self.admin_url + "/events?limit=500")
-        except (OSError, ValueError):
-            return []
-
-    def switchover(self) -> dict:
-        try:
-            return _get(self.admin_url + "/switchover", method="POST", timeout=120)
-        except urllib.error.HTTPError as exc:
-            raise ClusterError(f"switchover refused: {exc.read().decode(errors='replace')}") from None
-
-    # -- faults on nodes ---------------------------------------------------------------------------
-    def node(self, name: str):
-        return self.cluster.node(name)
-
-    def isolate(self, name: str) -> None:
-        node = self.node(name)
-        partition = Partition(node.host, node.port, os.geteuid())
-        self.partitions.append(partition)
-        partition.cut()
-
-    def heal(self) -> None:
-        for partition in self.partitions:
-            partition.heal()
-        self.partitions.clear()

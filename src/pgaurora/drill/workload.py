@@ -77,6 +77,16 @@ class Workload:
         self._stop.set()
         self.thread.join(60)
 
+    def drop_table(self) -> None:
+        """Remove the drill's table (from a cluster that is not the drill's own)."""
+        async def drop() -> None:
+            conn = await self._connect(self.writer)
+            try:
+                await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+            finally:
+                await conn.close()
+        asyncio.run(drop())
+
     async def _connect(self, address: tuple[str, int]) -> asyncpg.Connection:
         return await asyncpg.connect(host=address[0], port=address[1], user=self.user, password=self.password,
                                      database="postgres", timeout=40, ssl=False)
