@@ -47,6 +47,14 @@ def _walreceiver_paused(node, primary):
             pass
 
 
+def _more_acks(loops, count: int, what: str) -> None:
+    """Wait until the write loops got `count` more acknowledgements than now."""
+    before = sum(len(w.acked) for w in loops)
+    for _ in wait_until(what, 20):
+        if sum(len(w.acked) for w in loops) > before + count:
+            break
+
+
 def _kinds(svc) -> list[str]:
     return [e["kind"] for e in svc.events.recent()]
 
@@ -65,10 +73,7 @@ def test_primary_and_the_acknowledging_standby_dying_together_block_failover_unt
         for w in loops:
             w.wait_acked(20)
         with _walreceiver_paused(n3, n1):
-            before = sum(len(w.acked) for w in loops)
-            for _ in wait_until("n2 alone to acknowledge commits", 20):
-                if sum(len(w.acked) for w in loops) > before + 300:
-                    break
+            _more_acks(loops, 300, "n2 alone to acknowledge commits")
             n1.kill()
             n2.kill()
         for _ in wait_until("the monitor to refuse the failover", 15):
@@ -107,10 +112,7 @@ def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_recor
     try:
         writes.wait_acked(20)
         with _walreceiver_paused(n3, n1):
-            before = len(writes.acked)
-            for _ in wait_until("n2 alone to acknowledge commits", 20):
-                if len(writes.acked) > before + 100:
-                    break
+            _more_acks([writes], 100, "n2 alone to acknowledge commits")
             n2.kill()
             for _ in wait_until("the sync set to shrink to n3", 15):
                 if svc.topology.sync_standbys == "ANY 1 (n3)":
@@ -149,10 +151,7 @@ def test_a_standby_that_caught_up_before_the_voters_shrank_is_promoted_with_noth
         for _ in wait_until("the voters to shrink to n3 once it has caught up", 15):
             if svc.topology.voters == ("n3",) and svc.topology.failover_safe:
                 break
-        acked = len(writes.acked)
-        for _ in wait_until("commits acknowledged by n3 alone", 10):
-            if len(writes.acked) > acked + 20:
-                break
+        _more_acks([writes], 20, "commits acknowledged by n3 alone")
         n1.kill()
         for _ in wait_until("n3 to be promoted", 15):
             if svc.topology.writer == "n3":
