@@ -77,7 +77,9 @@ class Drill:
         outcome = getattr(self, "_" + fault.name.replace("-", "_"))(victim, old, at)
         ended = time.time()
         result = RoundResult(fault.name, round_no, at, victim, outcome)
-        self._measure(result, old, at, ended)
+        event = wait_for("the change of writer's event", lambda: self.target.change_event(at), 30) \
+            if fault.expect_failover else None
+        self._measure(result, event, at, ended)
         return result
 
     def _healthy_status(self) -> dict | None:
@@ -161,12 +163,11 @@ class Drill:
         return f"switchover {result['old_writer']} -> {result['new_writer']}"
 
     # -- measures ---------------------------------------------------------------------------------------
-    def _measure(self, result: RoundResult, old: str, at: float, ended: float) -> None:
+    def _measure(self, result: RoundResult, event: dict | None, at: float, ended: float) -> None:
         acks, reads = list(self.log.acks), list(self.log.reads)
         result.write_downtime = _downtime([a.at for a in acks], at, ended)
         result.read_downtime = _downtime([r.at for r in reads], at, ended)
         new_host = None
-        event = self._event_after(at)
         if event is not None:
             phases = event.get("phases") or {}
             for name, key in (("detected", "detected"), ("promoted", "promoted"), ("dns_updated", "dns_updated")):
@@ -180,10 +181,6 @@ class Drill:
         result.errors = dict(Counter(f.code for f in list(self.log.failures) if at <= f.at <= ended))
         result.reads_by_node = dict(Counter(r.node for r in reads if at <= r.at <= ended))
         result.lost = len(self.log.acked_keys() - self._rows(self.target.writer))
-
-    def _event_after(self, at: float) -> dict | None:
-        kinds = ("failover", "failover_completed_after_restart", "switchover")
-        return next((e for e in self.target.events() if e.get("ts", 0) >= at and e["kind"] in kinds), None)
 
     def _rows(self, address: tuple[str, int]) -> set[tuple[int, int]]:
         return asyncio.run(_fetch_keys(address, self.target.user, self.target.password))

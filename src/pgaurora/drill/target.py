@@ -87,6 +87,12 @@ class Target:
         except (OSError, ValueError):
             return []
 
+    def change_event(self, since: float) -> dict | None:
+        """The first change of writer pgaurora recorded since a moment: a failover (finished at once or
+        after a restart of pgaurora) or a switchover, with its phases."""
+        kinds = ("failover", "failover_completed_after_restart", "switchover")
+        return next((e for e in self.events() if e.get("ts", 0) >= since and e["kind"] in kinds), None)
+
     def switchover(self) -> dict:
         try:
             return _get(self.admin_url + "/switchover", method="POST", timeout=120)

@@ -143,8 +143,8 @@ class AuroraCluster:
         before, at = self._writer_before, self._fault_at
         status = wait_for(f"a writer other than {before}",
                           lambda: (s := self.status()) and s["writer"]["node"] not in (None, before) and s, timeout)
-        event = next((e for e in self._target.events() if e.get("ts", 0) >= at
-                      and e["kind"] in ("failover", "failover_completed_after_restart", "switchover")), {})
+        event = wait_for("the failover's event (recorded once the replicas are re-pointed)",
+                         lambda: self._target.change_event(at), timeout)
         phases = {k: round(v - at, 3) for k, v in (event.get("phases") or {}).items()}
         return {"writer": status["writer"]["node"], "detected": phases.get("detected"),
                 "promoted": phases.get("promoted"), "dns": phases.get("dns_updated"),
