@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def switchover(admin_url, target) -> None:
               help="Promote even when pgaurora cannot prove the node has every acknowledged commit.")
 def failover(admin_url, target, accept_data_loss) -> None:
     """Fail over from a writer that is down: what the monitor does itself, unless it cannot prove safety."""
-    query = "&".join(f for f in (f"to={target}" if target else "", "accept_data_loss=1" if accept_data_loss else "") if f)
+    params = {"to": target, "accept_data_loss": "1" if accept_data_loss else None}
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
     click.echo(json.dumps(_admin(admin_url, "/failover" + (f"?{query}" if query else ""), method="POST"), indent=2))
 
 

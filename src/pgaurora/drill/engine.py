@@ -204,9 +204,8 @@ class Drill:
     def _wait_replicas_caught_up(self) -> None:
         writer = asyncio.run(_fetchval(self.target.writer, self.target, "SELECT pg_current_wal_lsn() - '0/0'"))
         for node in self.target.nodes:
-            wait_for(f"{node.name} to replay everything", lambda: asyncio.run(_fetchval(
-                node.address, self.target,
-                "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'")) >= writer, 60)
+            wait_for(f"{node.name} to replay everything",
+                     lambda: asyncio.run(_fetchval(node.address, self.target, REPLAYED)) >= writer, 60)
 
 
 def wait_for_quietly(probe: Callable[[], object], seconds: float) -> list:
@@ -229,6 +228,10 @@ def split_brain_writes(log: Log) -> int:
             count += 1
         newest = max(newest, ack.timeline)
     return count
+
+
+REPLAYED = ("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END"
+            " - '0/0'")
 
 
 async def _connect(address: tuple[str, int], user: str, password: str) -> asyncpg.Connection:

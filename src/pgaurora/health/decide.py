@@ -153,8 +153,8 @@ def _eligible(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> list[N
 
 def choose_candidate(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> NodeStatus | None:
     """The reachable replica with the most WAL; ties: most replayed, then highest priority."""
-    return max(_eligible(state, statuses), key=lambda s: (s.wal_position, s.replay_lsn or -1, policy.priorities.get(s.name, 0)),
-               default=None)
+    return max(_eligible(state, statuses),
+               key=lambda s: (s.wal_position, s.replay_lsn or -1, policy.priorities.get(s.name, 0)), default=None)
 
 
 def _maintain(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision:

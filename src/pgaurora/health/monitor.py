@@ -319,8 +319,9 @@ class Monitor:
 
     async def rejoin(self, name: str, reason: str) -> str:
         if self.controller is None:
-            raise actions.ActionFailed("rejoin needs a cluster started by pgaurora (compose); for this cluster, "
-                                       f"run `pgaurora rejoin {name} --print` and the commands it prints on {name}'s host")
+            raise actions.ActionFailed(f"rejoin needs a cluster started by pgaurora (compose); for this cluster, "
+                                       f"run `pgaurora rejoin {name} --print` and the commands it prints "
+                                       f"on {name}'s host")
         how = await asyncio.to_thread(self.controller.rejoin, name, self.state.writer)
         self.events.record("rejoin", reason, node=name, upstream=self.state.writer, method=how)
         return how

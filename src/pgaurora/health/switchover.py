@@ -70,7 +70,8 @@ async def switchover(monitor: "Monitor", to: str | None) -> dict:
     sync = desired_sync_names(after, monitor.statuses, monitor.policy)
     timeline = await actions.promote(monitor.config, monitor.nodes[target], sync, monitor.state.timeline)
     phases["promoted"] = time.time()
-    await monitor.install_writer(target, timeline, f"switchover: {target} is the writer (epoch {monitor.state.epoch + 1})")
+    await monitor.install_writer(target, timeline,
+                                 f"switchover: {target} is the writer (epoch {monitor.state.epoch + 1})")
     phases["endpoints_switched"] = time.time()
     method = await asyncio.to_thread(monitor.controller.rejoin, old, target)
     repointed = await monitor.repoint_all(exclude={old, target})
