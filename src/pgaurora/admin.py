@@ -47,11 +47,20 @@ def status_document(service: "Service") -> dict:
         "voters": list(topology.voters), "promote_quorum": len(topology.voters),
         "failover_safe": topology.failover_safe, "failover_outlook": topology.failover_outlook,
         "fenced_hint": _fenced_hint(topology, service),
+        "last_unsafe_failover": _last_unsafe(service),
         "client_connections": service.proxy_state.clients,
         "relay": service.relay_mode,
         "relay_threads": service.proxy_state.native.threads if service.proxy_state.native else None,
         "nodes": nodes,
     }
+
+
+def _last_unsafe(service: "Service") -> dict | None:
+    """The latest failover forced with --accept-data-loss, and the loss bound it recorded."""
+    event = next((e for e in reversed(service.events.recent()) if e["kind"] == "failover_unsafe"), None)
+    if event is None:
+        return None
+    return {k: event.get(k) for k in ("time", "candidate", "old_writer", "loss_bound_bytes", "reason")}
 
 
 def _fenced_hint(topology: Topology, service: "Service") -> str | None:

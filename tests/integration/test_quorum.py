@@ -136,6 +136,9 @@ def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_recor
     assert event["loss_bound_bytes"] > 0
     unsafe = next(e for e in svc.events.recent() if e["kind"] == "failover_unsafe")
     assert unsafe["loss_bound_bytes"] == event["loss_bound_bytes"]
+    status = json.loads(_cli(svc, "status", "--json").stdout)
+    assert status["last_unsafe_failover"]["loss_bound_bytes"] == event["loss_bound_bytes"]
+    assert "may be lost" in _cli(svc, "status").stdout
     lost = writes.acked_ids() - _ids_on(n3)
     assert lost, "n3 missed the commits n2 alone acknowledged: this failover did lose data, as it said"
 

@@ -42,6 +42,10 @@ def print_status(doc: dict, wide: bool = False) -> None:
     console.print(f"voters {voters} (all must answer to promote)   failover now: {safe}")
     if not doc.get("failover_safe") and doc.get("failover_outlook"):
         console.print(f"  {doc['failover_outlook']}")
+    unsafe = doc.get("last_unsafe_failover")
+    if unsafe:
+        console.print(f"[red]forced failover to {unsafe['candidate']} at {unsafe['time']}: up to "
+                      f"{unsafe['loss_bound_bytes']} bytes of acknowledged WAL may be lost[/]")
     if doc.get("fenced_hint"):
         console.print(f"[yellow]{doc['fenced_hint']}[/]")
     bound = doc.get("loss_bound_bytes")
