@@ -2,8 +2,8 @@
 
 The image holds the server's bin and share directories, every shared library that `ldd` names for
 them (with the loader), /bin/sh, a passwd and group with the same postgres user as the host (so bind-
-mounted data directories keep their owner), and /tmp. It is imported with `docker import` in about a
-second, and reused while an image of that name exists.
+mounted data directories keep their owner), and /tmp. It is imported through the Docker API in about
+5 seconds, and reused while an image of that name exists.
 """
 
 from __future__ import annotations
