@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics
+from .errors import ConfigError
 from .topology import Role, Topology
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ class AdminServer:
         self.app.add_routes([web.get("/status", self.status), web.get("/events", self.events),
                              web.get("/metrics", self.scrape),
                              web.post("/switchover", self.switchover), web.post("/failover", self.failover),
-                             web.post("/rejoin/{node}", self.rejoin), web.get("/rejoin/{node}", self.rejoin_plan)])
+                             web.post("/rejoin/{node}", self.rejoin), web.get("/rejoin/{node}", self.rejoin_plan),
+                             web.post("/reload", self.reload)])
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -124,6 +126,14 @@ class AdminServer:
             return _json({"script": plan(self.service.config, self.service.hub.current, request.match_info["node"])})
         except ValueError as exc:
             return _json({"error": str(exc)}, status=409)
+
+    async def reload(self, request: web.Request) -> web.Response:
+        """Reload the endpoints' TLS certificate and key, as SIGHUP does."""
+        try:
+            reloaded = self.service.reload_tls()
+        except ConfigError as exc:
+            return _json({"error": str(exc)}, status=409)
+        return _json({"tls_reloaded": reloaded})
 
     async def rejoin(self, request: web.Request) -> web.Response:
         return await self._monitor_request("rejoin", node=request.match_info["node"])

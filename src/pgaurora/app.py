@@ -18,6 +18,7 @@ from .proxy.router import EndpointKind, Router
 from .proxy.native import NativeRelay
 from .proxy.sockmap import SockMap
 from .proxy.state import ProxyState
+from .sslcontexts import Contexts
 from .topology import Topology, TopologyHub
 
 log = logging.getLogger("pgaurora")
@@ -54,8 +55,11 @@ class Service:
         self.events = events or EventLog()
         self.proxy_state = proxy_state(config)
         self.router = Router(self.hub, config, self.proxy_state)
-        self.writer = Endpoint(EndpointKind.WRITER, config.writer, config, self.hub, self.router, self.proxy_state)
-        self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router, self.proxy_state)
+        self.tls = Contexts(config.tls)
+        self.writer = Endpoint(EndpointKind.WRITER, config.writer, config, self.hub, self.router,
+                               self.proxy_state, self.tls)
+        self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router,
+                               self.proxy_state, self.tls)
         self.monitor = Monitor(config, self.hub, self.events, controller, reset_state)
         self.dns = DnsServer(self.hub, Zone(config.zone, config.dns.ttl,
                                             config.reader.fallback is ReaderFallback.PRIMARY),
@@ -77,6 +81,15 @@ class Service:
             return list(topology.readers)
         fallback = self.config.reader.fallback is ReaderFallback.PRIMARY and topology.writer
         return [topology.writer] if fallback else []
+
+    def reload_tls(self) -> bool:
+        """Read the endpoints' certificate and key again (SIGHUP, POST /reload): new sessions use them,
+        live ones keep theirs. False when TLS is off; ConfigError (old ones kept) when unusable."""
+        reloaded = self.tls.reload()
+        if reloaded:
+            self.events.record("tls_reloaded", f"new sessions use {self.config.tls.cert_file} as read now",
+                               cert_file=self.config.tls.cert_file)
+        return reloaded
 
     async def start(self) -> None:
         await self.monitor.tick()  # the endpoints open on a real topology, not an empty one

@@ -46,6 +46,19 @@ class SyncMode(str, Enum):
     OFF = "off"
 
 
+class ClientTls(str, Enum):
+    DISABLE = "disable"
+    ALLOW = "allow"
+    REQUIRE = "require"
+
+
+class BackendTls(str, Enum):
+    DISABLE = "disable"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_FULL = "verify-full"
+
+
 class LagLimit(_Frozen):
     """A replica lag bound in bytes, in seconds, or both."""
 
@@ -178,6 +191,48 @@ class ProxyConfig(_Frozen):
     """Native relay threads; 0 means one per core."""
 
 
+class TlsConfig(_Frozen):
+    """Encryption in flight: clients to the endpoints, and pgaurora to the nodes."""
+
+    cert_file: str | None = None
+    """PEM certificate (chain) the endpoints present to clients."""
+    key_file: str | None = None
+    """PEM private key of `cert_file`; reloaded with it on SIGHUP or `POST /reload`."""
+    ca_file: str | None = None
+    """PEM CA bundle: clients that present a certificate must have one signed by it."""
+    client_tls: ClientTls | None = None
+    """`disable`, `allow` (TLS when the client asks) or `require` (plaintext sessions get 28000);
+    default `allow` when `cert_file` is set, else `disable`."""
+    backend_tls: BackendTls = BackendTls.DISABLE
+    """TLS to the nodes, for every session and the monitor: `disable`, `prefer`, `require` or
+    `verify-full` (the node's certificate must be signed by `backend_ca_file` and name its host)."""
+    backend_ca_file: str | None = None
+    """PEM CA bundle that signed the nodes' certificates (needed by `verify-full`)."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TlsConfig":
+        problems = []
+        if (self.cert_file is None) != (self.key_file is None):
+            problems.append("cert_file and key_file go together")
+        if self.client_mode is not ClientTls.DISABLE and self.cert_file is None:
+            problems.append(f"client_tls = {self.client_mode.value!r} needs cert_file and key_file")
+        if self.backend_tls is BackendTls.VERIFY_FULL and self.backend_ca_file is None:
+            problems.append("backend_tls = 'verify-full' needs backend_ca_file")
+        for name in ("cert_file", "key_file", "ca_file", "backend_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"{name}: no such file {path!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def client_mode(self) -> ClientTls:
+        if self.client_tls is not None:
+            return self.client_tls
+        return ClientTls.ALLOW if self.cert_file else ClientTls.DISABLE
+
+
 class MonitorConfig(_Frozen):
     """How the monitor probes the nodes and decides that one is down."""
 
@@ -270,6 +325,8 @@ class Config(_Frozen):
     """`[monitor]`."""
     failover: FailoverConfig = FailoverConfig()
     """`[failover]`."""
+    tls: TlsConfig = TlsConfig()
+    """`[tls]`."""
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":

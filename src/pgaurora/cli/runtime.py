@@ -12,6 +12,8 @@ import asyncpg
 import uvloop
 
 from ..app import Service
+from ..config import ClientTls
+from ..errors import ConfigError
 
 log = logging.getLogger("pgaurora")
 
@@ -21,10 +23,10 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
 
-async def check_endpoint(host: str, port: int, user: str, password: str | None) -> bool:
-    """Does a real client get through this endpoint? Returns pg_is_in_recovery() there."""
+async def check_endpoint(host: str, port: int, user: str, password: str | None, tls: bool = False) -> bool:
+    """Does a real client get through this endpoint (over TLS when `tls`)? Returns pg_is_in_recovery() there."""
     conn = await asyncpg.connect(host=host, port=port, user=user, password=password, database="postgres",
-                                 timeout=10, ssl=False)
+                                 timeout=10, ssl="require" if tls else False)
     try:
         return await conn.fetchval("SELECT pg_is_in_recovery()")
     finally:
@@ -36,17 +38,26 @@ async def _serve(service: Service, on_ready: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, service)
     await service.start()
     try:
         if not await service.wait_ready(timeout=60):
             log.error("no usable topology after 60 s: %s", service.hub.current.reason)
         m, c = service.config.monitor, service.config
-        await check_endpoint(c.writer.host, c.writer.port, m.user, m.password)
-        await check_endpoint(c.reader.host, c.reader.port, m.user, m.password)
+        tls = c.tls.client_mode is ClientTls.REQUIRE
+        await check_endpoint(c.writer.host, c.writer.port, m.user, m.password, tls)
+        await check_endpoint(c.reader.host, c.reader.port, m.user, m.password, tls)
         on_ready()
         await stop.wait()
     finally:
         await service.stop()
+
+
+def _reload(service: Service) -> None:
+    try:
+        service.reload_tls()
+    except ConfigError as exc:
+        log.error("SIGHUP: %s; the previous certificate stays in use", exc)
 
 
 FDS_PER_SESSION = 4  # client and server sockets, and the native relay's duplicates of both

@@ -14,10 +14,12 @@ from pathlib import Path
 from ..errors import ClusterError
 from ..faultpoints import fail_point
 from .binaries import find_bindir
+from .certs import CertAuthority
 from .node import LocalNode, quote
 from .runas import OsUser, server_user
 
 STATE_FILE = "cluster.json"
+TLS_DIR = "tls"
 MAX_REPLICAS = 15
 
 BASE_CONF = """
@@ -78,7 +80,7 @@ class LocalCluster:
     def __init__(self, state_dir: str | Path, *, name: str = "demo", replicas: int = 2,
                  base_address: str = "127.0.0.11", port: int = 5432, password: str | None = None,
                  replication_password: str | None = None, synchronous: bool = True,
-                 max_connections: int = 300, bindir: str | None = None) -> None:
+                 max_connections: int = 300, bindir: str | None = None, tls: bool = False) -> None:
         if not 0 <= replicas <= MAX_REPLICAS:
             raise ClusterError(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}")
         self.root = Path(state_dir).absolute()
@@ -86,6 +88,7 @@ class LocalCluster:
         self.password = password or secrets.token_urlsafe(12)
         self.replication_password = replication_password or secrets.token_urlsafe(12)
         self.max_connections = max_connections
+        self.tls = tls  # the nodes serve TLS with certificates from the cluster's own CA
         self.bindir = find_bindir(bindir)
         self.user: OsUser = server_user()
         self.nodes = [self._node(f"n{i + 1}", addr, port)
@@ -121,7 +124,7 @@ class LocalCluster:
                     base_address=spec["base_address"], port=spec["port"], password=spec["password"],
                     replication_password=spec["replication_password"],
                     synchronous=spec["synchronous"], max_connections=spec["max_connections"],
-                    bindir=bindir, **extra)
+                    bindir=bindir, tls=spec.get("tls", False), **extra)
 
     @property
     def created(self) -> bool:
@@ -193,6 +196,7 @@ class LocalCluster:
                 node.kill()
             shutil.rmtree(node.home, ignore_errors=True)
         (self.root / STATE_FILE).unlink(missing_ok=True)
+        shutil.rmtree(self.root / TLS_DIR, ignore_errors=True)
         if self._made_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -260,7 +264,7 @@ class LocalCluster:
         with open(node.datadir / "postgresql.conf", "a") as conf:
             conf.write(BASE_CONF.format(max_connections=self.max_connections))
         (node.datadir / "pg_hba.conf").write_text(HBA.format(repl_user="replicator"))
-        node.write_node_conf(self.name)
+        self._write_node_conf(node)
         node.start()
         node.sql(f"CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD {quote(self.replication_password)}")
         for replica in self.replicas:
@@ -268,7 +272,7 @@ class LocalCluster:
 
     def _clone(self, node: LocalNode, source: LocalNode) -> None:
         self._clone_files(node, source)
-        node.write_node_conf(self.name)
+        self._write_node_conf(node)
         node.make_standby(self.conninfo(node, source))
         node.start()
 
@@ -278,6 +282,38 @@ class LocalCluster:
         node.run_tool([node.bin("pg_basebackup"), "-h", str(source.sockdir), "-p", str(source.port),
                        "-U", "replicator", "-D", str(node.datadir), "-X", "stream", "-R",
                        "-S", node.name, "-c", "fast"], timeout=600)
+
+    def _write_node_conf(self, node: LocalNode) -> None:
+        node.write_node_conf(self.name, self._ssl_conf(node))
+
+    def _ssl_conf(self, node: LocalNode) -> str:
+        """With tls: the node serves the cluster certificate, from a copy its own user owns."""
+        if not self.tls:
+            return ""
+        cert, key = self.certificate()
+        directory = node.home / TLS_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        paths = [directory / cert.name, directory / key.name]
+        for source, target in zip((cert, key), paths):
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)
+        for path in (directory, *paths):
+            self.user.chown(str(path))
+        return f"ssl = on\nssl_cert_file = {quote(str(paths[0]))}\nssl_key_file = {quote(str(paths[1]))}\n"
+
+    def authority(self) -> CertAuthority:
+        """The cluster's CA (in <state dir>/tls, made on first use): its ca.crt is what clients trust."""
+        return CertAuthority.open(self.root / TLS_DIR, self.name)
+
+    def certificate(self) -> tuple[Path, Path]:
+        """(cert, key) files of the one certificate the nodes and pgaurora's endpoints all present: for
+        every node address, 127.0.0.1 and localhost. One certificate, so that SCRAM channel binding
+        (tls-server-end-point) holds through the proxy."""
+        cert, key = self.root / TLS_DIR / "cluster.crt", self.root / TLS_DIR / "cluster.key"
+        if not (cert.exists() and key.exists()):
+            hosts = [n.host for n in self.nodes] + ["127.0.0.1", "localhost"]
+            cert, key = self.authority().issue("cluster", hosts)
+        return cert, key
 
     def conninfo(self, node: LocalNode, upstream: LocalNode) -> str:
         """primary_conninfo for node streaming from upstream."""
@@ -289,7 +325,7 @@ class LocalCluster:
                 "port": self.port, "password": self.password,
                 "replication_password": self.replication_password,
                 "synchronous": self.synchronous, "max_connections": self.max_connections,
-                "backend": self.backend, **self._spec()}
+                "backend": self.backend, "tls": self.tls, **self._spec()}
         path = self.root / STATE_FILE
         path.write_text(json.dumps(spec, indent=2) + "\n")
         os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
@@ -326,7 +362,7 @@ class LocalCluster:
             method = "clone"
             shutil.rmtree(node.datadir)
             self._clone_files(node, source)
-        node.write_node_conf(self.name)
+        self._write_node_conf(node)
         node.make_standby(self.conninfo(node, source))
         node.start()
         return method

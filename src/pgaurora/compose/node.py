@@ -200,11 +200,11 @@ class LocalNode:
             raise ClusterError(f"SQL on {self.name} failed: {result.stderr.strip()}")
         return result.stdout.strip()
 
-    def write_node_conf(self, cluster: str) -> None:
-        """Settings that differ per node; postgresql.conf includes this file."""
+    def write_node_conf(self, cluster: str, extra: str = "") -> None:
+        """Settings that differ per node (and `extra` ones); postgresql.conf includes this file."""
         conf = (f"listen_addresses = {quote(self.host)}\nport = {self.port}\n"
                 f"unix_socket_directories = {quote(self.sockdir)}\n"
-                f"cluster_name = {quote(cluster + '-' + self.name)}\n")
+                f"cluster_name = {quote(cluster + '-' + self.name)}\n{extra}")
         self._write(self.datadir / "node.conf", conf)
 
     def set_auto_conf(self, **settings: object) -> None:

@@ -6,6 +6,7 @@ import asyncio
 
 import asyncpg
 
+from ..sslcontexts import node_ssl
 from ..config import Config, NodeConfig
 from ..errors import PgAuroraError
 
@@ -38,8 +39,8 @@ def replication_conninfo(config: Config, upstream: NodeConfig, application_name:
 async def connect(config: Config, node: NodeConfig, timeout: float | None = None) -> asyncpg.Connection:
     m = config.monitor
     return await asyncpg.connect(host=node.host, port=node.port, user=m.user, password=m.password,
-                                 database=m.database, timeout=timeout or m.probe_timeout * 2, ssl=False,
-                                 server_settings={"application_name": "pgaurora-monitor"})
+                                 database=m.database, timeout=timeout or m.probe_timeout * 2,
+                                 ssl=node_ssl(config.tls), server_settings={"application_name": "pgaurora-monitor"})
 
 
 async def _wait_replay(conn: asyncpg.Connection, timeout: float) -> None:

@@ -14,6 +14,7 @@ from ..config import Config
 from ..errors import StateError
 from ..eventlog import EventLog
 from ..faultpoints import crash_point
+from ..sslcontexts import node_ssl
 from ..topology import TopologyHub
 from . import actions, intents, snapshot
 from .decide import (Action, ClusterState, Decision, Policy, decide, desired_sync_names, hearing_writer,
@@ -48,7 +49,7 @@ class Monitor:
                  controller: NodeController | None = None, reset_state: bool = False) -> None:
         self.config, self.hub, self.events, self.controller = config, hub, events, controller
         self.nodes = {n.name: n for n in config.nodes}
-        self.probers = {n.name: Prober(n, config.monitor) for n in config.nodes}
+        self.probers = {n.name: Prober(n, config.monitor, node_ssl(config.tls)) for n in config.nodes}
         self.policy = policy_for(config, controller)
         self._store = StateFile(Path(config.state_dir) / "monitor.json") if config.state_dir else None
         self.state = self._load_state(reset_state)

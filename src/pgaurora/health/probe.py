@@ -155,8 +155,9 @@ def status_from_row(name: str, row) -> NodeStatus:
 class Prober:
     """Keeps one monitoring connection per node and probes through it."""
 
-    def __init__(self, node: NodeConfig, monitor: MonitorConfig) -> None:
+    def __init__(self, node: NodeConfig, monitor: MonitorConfig, ssl: object = False) -> None:
         self.node, self.monitor = node, monitor
+        self.ssl = ssl  # asyncpg's ssl argument, from [tls] backend_tls
         self._conn: asyncpg.Connection | None = None
         self._heartbeat = True
 
@@ -164,7 +165,7 @@ class Prober:
         return await asyncpg.connect(
             host=self.node.host, port=self.node.port, user=self.monitor.user,
             password=self.monitor.password, database=self.monitor.database,
-            timeout=self.monitor.probe_timeout, ssl=False,
+            timeout=self.monitor.probe_timeout, ssl=self.ssl,
             server_settings={"application_name": "pgaurora-monitor"})
 
     async def probe(self) -> NodeStatus:

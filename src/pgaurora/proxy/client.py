@@ -16,8 +16,11 @@ from ..wire import (
     StartupDecoder,
     StartupMessage,
     error_response,
+    sasl_initial_flag,
 )
 from .relay import Session
+from ..sslcontexts import ALPN
+from .tls import TLS_HANDSHAKE_RECORD, TlsTransport
 
 if TYPE_CHECKING:
     from .endpoint import Endpoint
@@ -38,6 +41,8 @@ class ClientProtocol(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.session: Session | None = None
+        self.tls: TlsTransport | None = None
+        self.certificate: bytes | None = None  # DER of the certificate this client's handshake used
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -48,6 +53,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.server is not None:
+            if self.tls is not None and not self._binding_refused(data):
+                return
             self.server.transport.write(data)  # authentication exchange
         elif self.task is not None:
             self.pending += data
@@ -69,21 +76,88 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- startup phase ----------------------------------------------------------------
     def _read_startup(self, data: bytes) -> None:
+        if self.tls is None and data[:1] == bytes([TLS_HANDSHAKE_RECORD]) and self._tls_context():
+            self._start_tls(data)  # direct TLS (sslnegotiation=direct): no SSLRequest first
+            return
         self.decoder.feed(data)
         try:
             while (event := self.decoder.next_event()) is not NEED_DATA:
                 match event:
-                    case SSLRequest() | GSSENCRequest():
-                        self.transport.write(b"N")  # TLS and GSS encryption come later
+                    case SSLRequest():
+                        self._ssl_request()
+                        return
+                    case GSSENCRequest():
+                        self.transport.write(b"N")  # GSS encryption is not offered
                     case CancelRequest():
                         self._start(self._cancel(event))
                         return
                     case StartupMessage():
-                        self.pending = self.decoder.raw + self.decoder.take_rest()
-                        self._start(self._connect())
+                        self._startup(event)
                         return
         except RemoteProtocolError as exc:
             self.fail(exc.sqlstate, exc.message)
+
+    def _startup(self, event: StartupMessage) -> None:
+        if self.tls is None and self._tls_required():
+            self.fail("28000", "pgaurora requires TLS on this endpoint (client_tls = require)",
+                      "Connect with sslmode=require or stricter.")
+            return
+        self.pending = self.decoder.raw + self.decoder.take_rest()
+        self._start(self._connect())
+
+    # -- TLS ------------------------------------------------------------------------------------
+    def _tls_context(self):
+        contexts = self.endpoint.tls
+        return contexts.server if contexts is not None else None
+
+    def _tls_required(self) -> bool:
+        return self.endpoint.tls is not None and self.endpoint.tls.required
+
+    def _ssl_request(self) -> None:
+        if self.tls is not None:
+            raise RemoteProtocolError("SSLRequest received on a connection that is already encrypted")
+        if self.decoder.take_rest():  # CVE-2021-23214: nothing may be buffered across the handshake
+            raise RemoteProtocolError("received unencrypted data after SSL request")
+        if self._tls_context() is None:
+            self.transport.write(b"N")
+            return
+        self.transport.write(b"S")
+        self._start_tls(b"")
+
+    def _start_tls(self, early: bytes) -> None:
+        self.endpoint.state.tls_started()
+        self.certificate = self.endpoint.tls.certificate
+        self.tls = TlsTransport(self.transport, self._tls_context(), server_side=True, app=self,
+                                on_handshake=lambda exc: self._handshake_done(exc, direct=bool(early)),
+                                early=early)
+        self.transport = self.tls
+
+    def binding_passes(self, server: "ServerProtocol") -> bool:
+        """Can SCRAM channel binding (tls-server-end-point) cross the proxy? Only when both legs are TLS
+        and the node presents the very certificate this client saw."""
+        return self.tls is not None and server.encrypted and server.peer_certificate == self.certificate
+
+    def _binding_refused(self, data: bytes) -> bool:
+        """A TLS client that would bind but was told the server cannot (flag y) is refused by a node on TLS
+        as a downgrade attack; say why, rather than relay that opaque failure. True: forward data."""
+        if data[:1] != b"p" or not self.server.encrypted or self.binding_passes(self.server):
+            return True
+        initial = sasl_initial_flag(memoryview(data)[5:5 + int.from_bytes(data[1:5], "big") - 4])
+        if initial is None or initial[1] != b"y":
+            return True
+        self.fail("28000", "SCRAM channel binding cannot pass through pgaurora: the node's certificate is "
+                           "not the one this connection was encrypted with",
+                  "Connect with channel_binding=disable, or serve the nodes and pgaurora's endpoints "
+                  "with the same certificate (as pgaurora up --tls does).")
+        return False
+
+    def _handshake_done(self, exc: BaseException | None, direct: bool) -> None:
+        if exc is not None:
+            log.info("TLS handshake with a client failed: %s", exc)
+            return
+        if direct and self.tls.alpn != ALPN:
+            self.fail("08P01", "received direct SSL connection request without ALPN protocol "
+                               "negotiation extension")
 
     def _start(self, coro) -> None:
         self._cancel_timer()
@@ -117,6 +191,7 @@ class ClientProtocol(asyncio.Protocol):
         session = Session(server.node.name, self.endpoint.kind.value, self.endpoint.state,
                           self.transport, server.transport)
         self.session = session
+        offload = offload and self.tls is None and not server.encrypted  # the relays carry plaintext only
         session.start(server.cancel_key, (server.node.host, server.node.port), offload, data)
         self.endpoint.watch(session)
 

@@ -13,15 +13,17 @@ from .client import ClientProtocol
 from .relay import Session
 from .router import EndpointKind, Router
 from .state import ProxyState
-from .upstream import ServerProtocol
+from ..sslcontexts import Contexts
+from .upstream import ServerProtocol, connect
 
 log = logging.getLogger("pgaurora.proxy")
 
 
 class Endpoint:
     def __init__(self, kind: EndpointKind, listen: Listen, config: Config, hub: TopologyHub,
-                 router: Router, state: ProxyState) -> None:
+                 router: Router, state: ProxyState, tls: Contexts | None = None) -> None:
         self.kind, self.listen, self.config = kind, listen, config
+        self.tls = tls  # None: no TLS on either leg
         self.hub, self.router, self.state = hub, router, state
         self.server: asyncio.Server | None = None
         hub.subscribe(self._on_topology)
@@ -73,13 +75,14 @@ class Endpoint:
                 return await self._dial(client, node)
             except (OSError, TimeoutError) as exc:
                 errors.append(f"{node.name} ({node.address}): {exc or 'connect timed out'}")
+            except ProxyError as exc:  # e.g. the node refused TLS that backend_tls requires
+                errors.append(f"{node.name} ({node.address}): {exc.message}")
         raise UpstreamUnavailable(f"could not connect to the {self.kind.value}", detail="; ".join(errors))
 
     async def _dial(self, client: ClientProtocol, node: NodeState) -> ServerProtocol:
-        loop = asyncio.get_running_loop()
+        context = self.tls.client if self.tls is not None else None
         async with asyncio.timeout(self.config.proxy.connect_timeout):
-            _, protocol = await loop.create_connection(lambda: ServerProtocol(client, node), node.host, node.port)
-        return protocol
+            return await connect(client, node, self.config.tls.backend_tls, context)
 
     async def forward_cancel(self, event: CancelRequest) -> None:
         """Send a CancelRequest to the node whose backend issued that key (learned on either endpoint)."""

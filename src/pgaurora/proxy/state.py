@@ -26,10 +26,14 @@ class ProxyState:
         self.cancel_keys: dict[CancelKey, tuple[str, int]] = {}
         self.sessions_total: Counter[tuple[str, str]] = Counter()  # (endpoint, node) -> sessions established
         self.refused_total: Counter[str] = Counter()  # SQLSTATE -> clients the proxy itself turned away
+        self.tls_total = 0  # client connections that started a TLS handshake
 
     def client_opened(self) -> int:
         self.clients += 1
         return self.clients
+
+    def tls_started(self) -> None:
+        self.tls_total += 1
 
     def client_closed(self) -> None:
         self.clients -= 1

@@ -5,17 +5,28 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ..config import BackendTls
+from ..errors import UpstreamUnavailable
 from ..topology import NodeState
-from ..wire import BackendKeyData, Framer, RemoteProtocolError, decode_backend
+from ..wire import (BackendKeyData, Framer, RemoteProtocolError, SSLRequest, decode_backend, encode,
+                    sasl_mechanisms, without_channel_binding)
+from .tls import TlsTransport
 
 if TYPE_CHECKING:
+    import ssl
+
     from .client import ClientProtocol
 
 MAX_AUTH_MESSAGE = 1 << 20  # no message during startup is anywhere near this
+_HEADER = 5
 
 
 class ServerProtocol(asyncio.Protocol):
-    """Forwards every byte to the client unchanged, reading headers only to learn the cancel key."""
+    """Forwards the node's startup messages to the client whole, reading them to learn the cancel key.
+
+    SCRAM-SHA-256-PLUS binds authentication to the hash of the certificate the client saw. It can cross
+    the proxy only when both legs present the same certificate; otherwise it is dropped from the
+    mechanisms offered, and libpq's default channel_binding=prefer goes on without it."""
 
     def __init__(self, client: "ClientProtocol", node: NodeState) -> None:
         self.client, self.node = client, node
@@ -24,28 +35,46 @@ class ServerProtocol(asyncio.Protocol):
         self.cancel_key: tuple[int, bytes] | None = None
         self.saw_error = False
 
+    @property
+    def encrypted(self) -> bool:
+        return isinstance(self.transport, TlsTransport)
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        return self.transport.get_extra_info("ssl_object").getpeercert(True) if self.encrypted else None
+
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.framer.feed(data)
+        out = []
         try:
             while (frame := self.framer.next_frame()) is not None:
-                if frame.type == b"K":
-                    key = decode_backend(frame.type, frame.payload)
-                    assert isinstance(key, BackendKeyData)
-                    self.cancel_key = (key.process_id, key.secret_key)
-                elif frame.type == b"E":
-                    self.saw_error = True
-                elif frame.type == b"Z":
-                    # Nothing may follow ReadyForQuery for the session to go to the kernel relay.
-                    self.client.established(self, data, offload=self.framer.pending == 0)
+                out.append(self._forwarded(frame))
+                if frame.type == b"Z":
+                    # Nothing may follow ReadyForQuery for the session to go to a relay that skips Python.
+                    rest = self.framer.take_rest()
+                    self.client.established(self, b"".join(out) + rest, offload=not rest)
                     return
         except RemoteProtocolError as exc:
-            self.client.transport.write(data)
+            self.client.transport.write(b"".join(out))
             self.client.fail(exc.sqlstate, f"invalid data from node {self.node.name}: {exc.message}")
             return
-        self.client.transport.write(data)
+        if out:
+            self.client.transport.write(b"".join(out))
+
+    def _forwarded(self, frame) -> bytes:
+        if frame.type == b"K":
+            key = decode_backend(frame.type, frame.payload)
+            assert isinstance(key, BackendKeyData)
+            self.cancel_key = (key.process_id, key.secret_key)
+        elif frame.type == b"E":
+            self.saw_error = True
+        elif frame.type == b"R" and (mechanisms := sasl_mechanisms(frame.payload)) is not None \
+                and not self.client.binding_passes(self):
+            return without_channel_binding(mechanisms)
+        return frame.type + (len(frame.payload) + 4).to_bytes(4, "big") + frame.payload
 
     def pause_writing(self) -> None:
         self.client.transport.pause_reading()
@@ -55,3 +84,58 @@ class ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client.server_lost(self)
+
+
+class _Negotiation(asyncio.Protocol):
+    """Sends SSLRequest and waits for the node's one-byte answer: S (TLS follows) or N."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        transport.write(encode(SSLRequest()))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc or ConnectionResetError("the node closed the connection"))
+
+
+async def connect(client: "ClientProtocol", node: NodeState, mode: BackendTls,
+                  context: "ssl.SSLContext | None") -> ServerProtocol:
+    """A ServerProtocol on a new connection to node, encrypted as `mode` asks (the caller sets the deadline)."""
+    loop = asyncio.get_running_loop()
+    server = ServerProtocol(client, node)
+    if context is None:
+        await loop.create_connection(lambda: server, node.host, node.port)
+        return server
+    raw, negotiation = await loop.create_connection(_Negotiation, node.host, node.port)
+    try:
+        return await _secure(raw, negotiation, server, mode, context)
+    except BaseException:
+        raw.abort()
+        raise
+
+
+async def _secure(raw: asyncio.Transport, negotiation: _Negotiation, server: ServerProtocol,
+                  mode: BackendTls, context: "ssl.SSLContext") -> ServerProtocol:
+    answer = await negotiation.answer
+    node = server.node
+    if answer == b"N" and mode is BackendTls.PREFER:
+        raw.set_protocol(server)
+        server.connection_made(raw)
+        return server
+    if answer != b"S":
+        why = "refused TLS" if answer == b"N" else "answered SSLRequest with unexpected data"
+        raise UpstreamUnavailable(f"node {node.name} {why} (backend_tls = {mode.value!r})")
+    done: asyncio.Future = asyncio.get_running_loop().create_future()
+    hostname = node.host if mode is BackendTls.VERIFY_FULL else None
+    tls = TlsTransport(raw, context, server_side=False, app=server, server_hostname=hostname,
+                       on_handshake=lambda exc: done.done() or done.set_result(exc))
+    if (exc := await done) is not None:
+        raise UpstreamUnavailable(f"TLS handshake with node {node.name} failed: {exc}")
+    server.connection_made(tls)
+    return server

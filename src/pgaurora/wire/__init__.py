@@ -6,6 +6,9 @@ from .codec import (
     decode_backend,
     encode,
     error_response,
+    sasl_initial_flag,
+    sasl_mechanisms,
+    without_channel_binding,
 )
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import (
@@ -26,6 +29,7 @@ from .framer import Frame, Framer
 
 __all__ = [
     "NEED_DATA", "StartupDecoder", "decode_backend", "encode", "error_response",
+    "sasl_initial_flag", "sasl_mechanisms", "without_channel_binding",
     "LocalProtocolError", "ProtocolError", "RemoteProtocolError",
     "Authentication", "BackendKeyData", "CancelRequest", "ErrorResponse", "Event",
     "GSSENCRequest", "NoticeResponse", "ParameterStatus", "ReadyForQuery", "SSLRequest",

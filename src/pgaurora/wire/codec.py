@@ -182,3 +182,33 @@ def error_response(sqlstate: str, message: str, severity: str = "FATAL", detail:
     if detail:
         fields.append(("D", detail))
     return encode(ErrorResponse(tuple(fields)))
+
+
+AUTH_SASL = 10
+CHANNEL_BINDING_SUFFIX = b"-PLUS"
+
+
+def sasl_mechanisms(payload: bytes | memoryview) -> list[bytes] | None:
+    """The mechanisms an AuthenticationSASL payload offers, or None for any other Authentication."""
+    payload = bytes(payload)
+    if len(payload) < 5 or int.from_bytes(payload[:4], "big") != AUTH_SASL:
+        return None
+    return [name for name in payload[4:].split(b"\0") if name]
+
+
+def without_channel_binding(mechanisms: list[bytes]) -> bytes:
+    """An AuthenticationSASL message offering the mechanisms other than the -PLUS ones: a proxy that
+    terminates TLS cannot pass tls-server-end-point channel binding through."""
+    kept = [name for name in mechanisms if not name.endswith(CHANNEL_BINDING_SUFFIX)]
+    body = AUTH_SASL.to_bytes(4, "big") + b"".join(name + b"\0" for name in kept) + b"\0"
+    return _tagged(b"R", body)
+
+
+def sasl_initial_flag(payload: bytes | memoryview) -> tuple[bytes, bytes] | None:
+    """(mechanism, GS2 channel-binding flag: b"n", b"y" or b"p") of a SASLInitialResponse payload,
+    or None when the payload is not one."""
+    payload = bytes(payload)
+    end = payload.find(b"\0")
+    if end <= 0 or len(payload) < end + 6:
+        return None
+    return payload[:end], payload[end + 5:end + 6]

@@ -50,6 +50,12 @@ class Framer:
     def pending(self) -> int:
         return len(self._buf) - self._pos
 
+    def take_rest(self) -> bytes:
+        """The bytes not yet returned as frames (a partial message), removing them."""
+        rest = self._buf[self._pos:]
+        self._buf, self._pos = b"", 0
+        return rest
+
     def next_frame(self) -> Frame | None:
         buf, pos = self._buf, self._pos
         if len(buf) - pos < HEADER_SIZE:

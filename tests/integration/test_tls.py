@@ -1,0 +1,248 @@
+"""TLS on both legs, with real clients: psql, psycopg (direct TLS too), asyncpg, JDBC and pgbench."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+import trustme
+
+from pgaurora.wire import SSLRequest, StartupMessage, encode
+from tests.helpers import make_cluster, service_config, wait_until, ServiceThread
+from tests.integration.test_bad_input import _error, _exchange
+
+JAR = Path("/usr/share/java/postgresql.jar")
+PROBE = Path(__file__).parent / "clients" / "JdbcProbe.java"
+
+
+@pytest.fixture(scope="module")
+def tls_cluster():
+    cluster = make_cluster(replicas=1, tls=True)
+    yield cluster
+    cluster.destroy()
+    shutil.rmtree(cluster.root.parent, ignore_errors=True)
+
+
+def tls_settings(cluster, **extra) -> dict:
+    """[tls] as `pgaurora up --tls` writes it: the cluster certificate on both legs, nodes verified."""
+    cert, key = cluster.certificate()
+    return {"cert_file": str(cert), "key_file": str(key), "backend_tls": "verify-full",
+            "backend_ca_file": str(cluster.authority().cert_file), **extra}
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(tls_cluster):
+    svc = ServiceThread(service_config(tls_cluster, tls=tls_settings(tls_cluster),
+                                       proxy={"startup_timeout": 3.0}), controller=tls_cluster)
+    svc.wait_ready()
+    yield svc
+    svc.stop()
+
+
+def _ca(cluster) -> str:
+    return str(cluster.authority().cert_file)
+
+
+def _psql(svc, endpoint: str, sql: str, **params) -> subprocess.CompletedProcess:
+    return subprocess.run(["psql", svc.dsn(endpoint, **params), "-AtXc", sql], capture_output=True, text=True,
+                          timeout=30)
+
+
+SSL_OF_BACKEND = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+@pytest.mark.parametrize("sslmode", ["require", "verify-full"])
+@pytest.mark.parametrize("endpoint", ["writer", "reader"])
+def test_psql_over_tls_reaches_each_endpoint_and_the_node_leg_is_encrypted(tls_proxy, tls_cluster, endpoint,
+                                                                           sslmode):
+    out = _psql(tls_proxy, endpoint, f"SELECT pg_is_in_recovery(); {SSL_OF_BACKEND}", sslmode=sslmode,
+                sslrootcert=_ca(tls_cluster))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["f" if endpoint == "writer" else "t", "t"]
+
+
+def test_verify_full_refuses_a_proxy_certificate_from_another_ca(tls_proxy, tmp_path):
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    out = _psql(tls_proxy, "writer", "SELECT 1", sslmode="verify-full", sslrootcert=other)
+    assert out.returncode != 0 and "certificate verify failed" in out.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["writer", "reader"])
+def test_psycopg_direct_tls_handshake_with_alpn(tls_proxy, tls_cluster, endpoint):
+    with psycopg.connect(tls_proxy.dsn(endpoint, sslmode="verify-full", sslrootcert=_ca(tls_cluster),
+                                       sslnegotiation="direct")) as conn:
+        assert conn.pgconn.ssl_in_use
+        assert conn.execute("SELECT count(*) FROM generate_series(1, 1000)").fetchone() == (1000,)
+
+
+def test_direct_tls_without_alpn_gets_08p01(tls_proxy):
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(tls_proxy.writer, timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    error = _error(received)
+    assert error.sqlstate == "08P01" and "without ALPN" in error.message
+
+
+def test_plaintext_after_ssl_request_is_refused_as_protocol_violation(tls_proxy):
+    """CVE-2021-23214: bytes sent with the SSLRequest, before the handshake, must not be taken as the
+    encrypted session's first message."""
+    startup = encode(StartupMessage((("user", "postgres"), ("database", "postgres"))))
+    received, _ = _exchange(tls_proxy.writer, encode(SSLRequest()) + startup)
+    error = _error(received)
+    assert error.sqlstate == "08P01" and error.message == "received unencrypted data after SSL request"
+
+
+def test_client_tls_require_refuses_plaintext_startup_with_28000(tls_cluster, service):
+    svc = service(service_config(tls_cluster, tls=tls_settings(tls_cluster, client_tls="require")))
+    startup = encode(StartupMessage((("user", "postgres"), ("database", "postgres"))))
+    received, _ = _exchange(svc.writer, startup)
+    error = _error(received)
+    assert error.sqlstate == "28000" and "requires TLS" in error.message
+    out = _psql(svc, "writer", "SELECT 1", sslmode="disable")
+    assert out.returncode != 0 and "requires TLS" in out.stderr
+    assert _psql(svc, "writer", "SELECT 1", sslmode="require").stdout.strip() == "1"
+
+
+def test_asyncpg_verify_full_through_both_endpoints(tls_proxy, tls_cluster):
+    async def run():
+        context = ssl.create_default_context(cafile=_ca(tls_cluster))
+        for endpoint, want in (("writer", False), ("reader", True)):
+            host, port = getattr(tls_proxy, endpoint)
+            conn = await asyncpg.connect(host=host, port=port, user="postgres", password=tls_cluster.password,
+                                         database="postgres", ssl=context)
+            try:
+                assert await conn.fetchval("SELECT pg_is_in_recovery()") is want
+                assert await conn.fetchval(SSL_OF_BACKEND) is True
+            finally:
+                await conn.close()
+    asyncio.run(run())
+
+
+@pytest.mark.skipif(shutil.which("java") is None or not JAR.exists(),
+                    reason="java and libpostgresql-jdbc-java are installed by .ci/run")
+def test_jdbc_verify_full_through_both_endpoints(tls_proxy, tls_cluster):
+    for endpoint, want in (("writer", "false"), ("reader", "true")):
+        host, port = getattr(tls_proxy, endpoint)
+        url = f"jdbc:postgresql://{host}:{port}/postgres?ssl=true&sslmode=verify-full&sslrootcert={_ca(tls_cluster)}"
+        out = subprocess.run(["java", "-cp", str(JAR), str(PROBE), url], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "PGPASSWORD": tls_cluster.password})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[0] == want
+
+
+def test_pgbench_over_tls_completes_every_transaction(tls_proxy, tls_cluster):
+    host, port = tls_proxy.writer
+    env = {**os.environ, "PGPASSWORD": tls_cluster.password, "PGSSLMODE": "verify-full",
+           "PGSSLROOTCERT": _ca(tls_cluster)}
+    bench = tls_cluster.primary.bin("pgbench")
+    common = ["-h", host, "-p", str(port), "-U", "postgres"]
+    init = subprocess.run([bench, "-i", "-s", "1", "-q", *common, "postgres"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert init.returncode == 0, init.stderr
+    run = subprocess.run([bench, "-S", "-c", "4", "-t", "500", *common, "postgres"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "number of transactions actually processed: 2000/2000" in run.stdout
+
+
+@pytest.mark.parametrize("binding", ["prefer", "require"])
+def test_channel_binding_holds_end_to_end_when_both_legs_share_the_certificate(tls_proxy, binding):
+    with psycopg.connect(tls_proxy.dsn("writer", sslmode="require", channel_binding=binding)) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.fixture(scope="module")
+def own_certificate(tmp_path_factory):
+    """A proxy certificate of its own (trustme), unlike the nodes' one."""
+    directory = tmp_path_factory.mktemp("proxy-cert")
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(
+        str(directory / "proxy.pem"))
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    return directory
+
+
+def test_channel_binding_prefer_succeeds_and_require_is_refused_clearly_without_node_tls(
+        tls_cluster, own_certificate, service):
+    pem = str(own_certificate / "proxy.pem")
+    svc = service(service_config(tls_cluster, tls={"cert_file": pem, "key_file": pem}))
+    with psycopg.connect(svc.dsn("writer", sslmode="require", channel_binding="prefer")) as conn:
+        assert conn.execute(SSL_OF_BACKEND).fetchone() == (False,)
+    with pytest.raises(psycopg.OperationalError, match="channel binding is required, but server did not offer"):
+        psycopg.connect(svc.dsn("writer", sslmode="require", channel_binding="require"))
+
+
+def test_channel_binding_across_different_certificates_is_refused_with_the_reason(
+        tls_cluster, own_certificate, service):
+    pem = str(own_certificate / "proxy.pem")
+    svc = service(service_config(tls_cluster, tls={**tls_settings(tls_cluster), "cert_file": pem, "key_file": pem}))
+    with pytest.raises(psycopg.OperationalError, match="channel binding cannot pass through pgaurora"):
+        psycopg.connect(svc.dsn("writer", sslmode="require", channel_binding="prefer"))
+    with psycopg.connect(svc.dsn("writer", sslmode="require", channel_binding="disable")) as conn:
+        assert conn.execute(SSL_OF_BACKEND).fetchone() == (True,)
+
+
+def test_cancel_on_a_tls_session_reaches_its_backend(tls_proxy, tls_cluster):
+    with psycopg.connect(tls_proxy.dsn("writer", sslmode="verify-full", sslrootcert=_ca(tls_cluster))) as conn:
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(30)")
+        timer.join()
+        assert time.monotonic() - started < 10
+
+
+def _issue(directory: Path, name: str) -> trustme.CA:
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(directory / "proxy.pem"))
+    ca.cert_pem.write_to_path(str(directory / f"{name}.pem"))
+    return ca
+
+
+def test_reload_serves_the_new_certificate_to_new_sessions_and_keeps_live_ones(tls_cluster, service, tmp_path):
+    _issue(tmp_path, "old-ca")
+    pem = str(tmp_path / "proxy.pem")
+    svc = service(service_config(tls_cluster, tls={"cert_file": pem, "key_file": pem}))
+    dsn = lambda ca: svc.dsn("writer", sslmode="verify-full", sslrootcert=tmp_path / ca)  # noqa: E731
+    with psycopg.connect(dsn("old-ca.pem"), autocommit=True) as live:
+        _issue(tmp_path, "new-ca")  # the files change on disk: nothing changes until the reload
+        with psycopg.connect(dsn("old-ca.pem")) as before:
+            assert before.execute("SELECT 1").fetchone() == (1,)
+        request = urllib.request.Request(f"{svc.admin_url}/reload", method="POST")
+        assert b'"tls_reloaded": true' in urllib.request.urlopen(request, timeout=5).read()
+        with psycopg.connect(dsn("new-ca.pem")) as after:
+            assert after.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+            psycopg.connect(dsn("old-ca.pem"))
+        assert live.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_reload_with_a_broken_key_keeps_the_old_certificate(tls_cluster, service, tmp_path):
+    _issue(tmp_path, "ca")
+    pem = tmp_path / "proxy.pem"
+    svc = service(service_config(tls_cluster, tls={"cert_file": str(pem), "key_file": str(pem)}))
+    pem.write_text("not a certificate\n")
+    request = urllib.request.Request(f"{svc.admin_url}/reload", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 409 and b"cannot load" in refused.value.read()
+    with psycopg.connect(svc.dsn("writer", sslmode="verify-full", sslrootcert=tmp_path / "ca.pem")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
