@@ -246,3 +246,87 @@ def test_reload_with_a_broken_key_keeps_the_old_certificate(tls_cluster, service
     assert refused.value.code == 409 and b"cannot load" in refused.value.read()
     with psycopg.connect(svc.dsn("writer", sslmode="verify-full", sslrootcert=tmp_path / "ca.pem")) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_tls_session_on_a_dead_primary_gets_a_clear_error_and_new_sessions_reach_the_new_one(
+        fresh_cluster, service):
+    cluster = fresh_cluster(replicas=2, tls=True)
+    svc = service(service_config(cluster, tls=tls_settings(cluster)), controller=cluster)
+    tls = {"sslmode": "verify-full", "sslrootcert": _ca(cluster)}
+    old = cluster.primary
+    with psycopg.connect(svc.dsn("writer", **tls), autocommit=True) as before:
+        assert before.execute("SELECT host(inet_server_addr())").fetchone() == (old.host,)
+        old.kill()
+        with pytest.raises(psycopg.OperationalError) as lost:
+            for _ in wait_until("the TLS session to hear that its primary died", 15):
+                before.execute("SELECT 1")
+        assert lost.value.sqlstate in ("08006", "57P01"), lost.value
+    for _ in wait_until("a new TLS session to reach the new primary", 20):
+        try:
+            with psycopg.connect(svc.dsn("writer", connect_timeout=10, **tls)) as after:
+                host, in_recovery, encrypted = after.execute(
+                    f"SELECT host(inet_server_addr()), pg_is_in_recovery(), ({SSL_OF_BACKEND})").fetchone()
+        except psycopg.OperationalError:
+            continue
+        if host != old.host:
+            break
+    assert not in_recovery and encrypted
+    for _ in wait_until("the failover to be recorded, once the replicas are re-pointed", 20):
+        if any(e["kind"] == "failover" for e in svc.events.recent()):
+            break
+
+
+SOAK_SESSIONS = int(os.environ.get("PGAURORA_SOAK_SESSIONS", "200"))  # 2000 and more outside CI
+TEN_MB = "SELECT repeat('x', 1024) FROM generate_series(1, 10240)"  # 10 MiB of rows
+
+
+async def _soak_session(i: int, host: str, port: int, password: str, context: ssl.SSLContext) -> str:
+    """One TLS session reading 10 MB: in full, cancelled mid-way (a TLS cancel request), or dropped by
+    the client mid-result. Returns what happened."""
+    conn = await asyncpg.connect(host=host, port=port, user="postgres", password=password, database="postgres",
+                                 ssl=context, timeout=20)
+    try:
+        kind = ("read", "read", "read", "cancel", "drop")[i % 5]
+        if kind == "read":
+            rows = await conn.fetch(TEN_MB)
+            assert len(rows) == 10240 and len(rows[-1][0]) == 1024
+        elif kind == "cancel":  # asyncpg cancels the query when the timeout expires
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.fetch("SELECT repeat('x', 1024), pg_sleep(0.0005) FROM generate_series(1, 10240)",
+                                 timeout=0.05)
+            assert await conn.fetchval("SELECT 1") == 1  # the session survives its cancel
+        else:
+            task = asyncio.ensure_future(conn.fetch(TEN_MB))
+            await asyncio.sleep(0.005 + (i % 7) * 0.005)  # fault injection: land somewhere in the result
+            conn.terminate()
+            with pytest.raises((asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, ConnectionError,
+                                asyncio.CancelledError)):
+                await task
+        return kind
+    finally:
+        if not conn.is_closed():
+            await conn.close(timeout=10)
+
+
+def test_tls_soak_every_session_completes_or_fails_clearly_and_none_is_left_open(tls_proxy, tls_cluster):
+    """The stall that ended the start_tls attempt: a session the proxy had ended while the client still
+    waited. Every session here is bounded, and the proxy ends with no client connection left."""
+    host, port = tls_proxy.writer
+    context = ssl.create_default_context(cafile=_ca(tls_cluster))
+    state = tls_proxy.service.proxy_state
+
+    async def run() -> list[str]:
+        done = []
+        for i in range(SOAK_SESSIONS):
+            done.append(await asyncio.wait_for(_soak_session(i, host, port, tls_cluster.password, context), 60))
+        return done
+
+    started = time.monotonic()
+    outcomes = asyncio.run(run())
+    elapsed = time.monotonic() - started
+    assert len(outcomes) == SOAK_SESSIONS
+    assert outcomes.count("read") == sum(1 for i in range(SOAK_SESSIONS) if i % 5 < 3)
+    for _ in wait_until("the proxy to hold no client connection", 10):
+        if state.clients == 0:
+            break
+    print(f"{SOAK_SESSIONS} TLS sessions in {elapsed:.1f} s; proxy TLS handshakes {state.tls_total}")
