@@ -63,6 +63,28 @@ def test_up_serves_both_endpoints_then_stops_everything_on_sigterm(state_dir):
         assert again.stop() == 0
 
 
+def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line(state_dir):
+    ports = tuple(free_ports(4))
+    up = Command(*_up_args(state_dir, ports), "--replicas", "1", "--password", "s3cret", "--tls")
+    try:
+        up.wait_for_line("pgaurora is ready", 90)
+        (line,) = [l for l in up.lines if "sslmode=verify-full" in l]
+        conninfo = line.split('psql "', 1)[1].rstrip('"')
+        ca = conninfo.split("sslrootcert=", 1)[1]
+        assert ca == str(state_dir / "tls" / "ca.crt") and oct(os.stat(state_dir / "tls" / "ca.key").st_mode)[-3:] == "600"
+        out = subprocess.run(["psql", conninfo, "-XAtc", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+                             capture_output=True, text=True, timeout=30, env={**os.environ, "PGPASSWORD": "s3cret"})
+        assert out.returncode == 0 and out.stdout.strip() == "t", out.stderr  # the node leg is TLS too
+    finally:
+        assert up.stop() == 0, "\n".join(up.lines)
+    again = Command(*_up_args(state_dir, ports))  # resumed without --tls: still TLS
+    try:
+        again.wait_for_line("pgaurora is ready", 90)
+        assert any("sslmode=verify-full" in l for l in again.lines)
+    finally:
+        assert again.stop() == 0
+
+
 def test_up_refuses_a_directory_that_is_not_a_cluster(state_dir):
     state_dir.mkdir(parents=True)
     (state_dir / "precious.txt").write_text("do not touch")

@@ -52,18 +52,22 @@ reset_state_option = click.option(
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous replication instead of quorum commit.")
 @click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
               help="Nodes as local processes, or as Docker containers (host networking, loopback addresses).")
+@click.option("--tls", is_flag=True,
+              help="Encrypt every leg: make a CA and a certificate, turn on ssl on the nodes, and serve TLS on "
+                   "the endpoints (a cluster made with --tls keeps it when resumed).")
 @reset_state_option
 @click.option("--attach", is_flag=True,
               help="Serve the cluster in --dir as it is: start none of its nodes (a node that is down stays "
                    "down, and the monitor fails over from it). Drills use this.")
 @click.option("-v", "--verbose", is_flag=True)
 def up(replicas, state_dir, password, name, port, base_address, writer_port, reader_port, admin_port,
-       dns_port, asynchronous, backend, reset_state, attach, verbose) -> None:
+       dns_port, asynchronous, backend, tls, reset_state, attach, verbose) -> None:
     """Start a local cluster (1 primary, 2 replicas), the proxy, the monitor and DNS."""
     from .up import run_up
     run_up(replicas=replicas, state_dir=state_dir, password=password, name=name, port=port,
            base_address=base_address, ports=(writer_port, reader_port, admin_port, dns_port),
-           synchronous=not asynchronous, reset_state=reset_state, verbose=verbose, attach=attach, backend=backend)
+           synchronous=not asynchronous, reset_state=reset_state, verbose=verbose, attach=attach, backend=backend,
+           tls=tls)
 
 
 @cli.command()

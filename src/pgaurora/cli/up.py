@@ -18,7 +18,7 @@ from .runtime import serve, setup_logging
 
 
 def _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous,
-                  backend="local") -> LocalCluster:
+                  backend="local", tls=False) -> LocalCluster:
     root = Path(state_dir or default_state_dir(name)).absolute()
     if (root / STATE_FILE).exists():
         cluster = LocalCluster.open(root)
@@ -28,16 +28,29 @@ def _open_cluster(state_dir, name, replicas, password, port, base_address, synch
         if password is not None and password != cluster.password:
             raise ClusterError(f"{cluster.root} holds a cluster with another postgres password; "
                                "drop --password to resume it")
+        if tls and not cluster.tls:
+            raise ClusterError(f"{cluster.root} holds cluster {cluster.name!r}, made without --tls; drop --tls "
+                               "to resume it, or make a new cluster with --tls in another --dir")
         return cluster
     kind = LocalCluster
     if backend == "docker":
         from ..compose.docker import DockerCluster
         kind = DockerCluster
     return kind(root, name=name, replicas=2 if replicas is None else replicas, password=password,
-                port=port, base_address=base_address, synchronous=synchronous)
+                port=port, base_address=base_address, synchronous=synchronous, tls=tls)
 
 
-def build_config(cluster: LocalCluster, ports: tuple[int, int, int, int]) -> config_mod.Config:
+def tls_settings(cluster: LocalCluster) -> dict:
+    """[tls] for a cluster made with --tls: the cluster certificate on the endpoints, nodes verified."""
+    if not cluster.tls:
+        return {}
+    cert, key = cluster.certificate()
+    return {"cert_file": str(cert), "key_file": str(key), "backend_tls": "verify-full",
+            "backend_ca_file": str(cluster.authority().cert_file)}
+
+
+def build_config(cluster: LocalCluster, ports: tuple[int, int, int, int],
+                 with_tls: bool = True) -> config_mod.Config:
     writer, reader, admin, dns = ports
     return config_mod.build({
         "cluster": cluster.name, "state_dir": str(cluster.root), "nodes": cluster.node_configs(),
@@ -46,6 +59,7 @@ def build_config(cluster: LocalCluster, ports: tuple[int, int, int, int]) -> con
         "monitor": {"user": "postgres", "password": cluster.password},
         "failover": {"replication_password": cluster.replication_password,
                      "sync_mode": "quorum" if cluster.synchronous else "off"},
+        "tls": tls_settings(cluster) if with_tls else {},
     }, "pgaurora up settings")
 
 
@@ -73,6 +87,15 @@ def connection_strings(cfg: config_mod.Config, password: str) -> list[str]:
             "&targetServerType=primary   # JDBC; preferSecondary for reads"]
 
 
+def _tls_lines(cluster: LocalCluster, cfg: config_mod.Config) -> list[str]:
+    if not cluster.tls:
+        return []
+    ca, w = cluster.authority().cert_file, cfg.writer
+    return [f"  TLS: clients verify the endpoints with the CA {ca}",
+            f'  PGPASSWORD={cluster.password} psql "host={w.host} port={w.port} user=postgres '
+            f'sslmode=verify-full sslrootcert={ca}"']
+
+
 def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
     w, r, d = cfg.writer, cfg.reader, cfg.dns
     return "\n".join([
@@ -86,6 +109,7 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
         f"  PGPASSWORD={cluster.password} psql -h {r.host} -p {r.port} -U postgres   # read-only",
         f"  dig @{d.host} -p {d.port} +short writer.{cfg.zone}",
         *connection_strings(cfg, cluster.password),
+        *_tls_lines(cluster, cfg),
         "  pgaurora status",
         "",
         "pgaurora is ready",
@@ -93,15 +117,15 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
 
 
 def run_up(*, replicas, state_dir, password, name, port, base_address, ports, synchronous, reset_state,
-           verbose, attach=False, backend="local") -> None:
+           verbose, attach=False, backend="local", tls=False) -> None:
     setup_logging(verbose)
-    cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend)
-    cfg = build_config(cluster, ports)
-    check_addresses(cluster, cfg)
+    cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
+    check_addresses(cluster, build_config(cluster, ports, with_tls=False))
     cluster.lock()
     reaper = start_reaper()
     try:
         click.echo(cluster.up(attach))
+        cfg = build_config(cluster, ports)  # after up: with --tls, the certificates exist now
         service = Service(cfg, controller=cluster, events=EventLog(cluster.root / "events.jsonl"),
                           reset_state=reset_state)
         serve(service, lambda: click.echo(_ready_text(cluster, cfg)))
