@@ -1,0 +1,139 @@
+"""TlsTransport over real sockets on the event loop: data both ways, backpressure, closing, failed handshakes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+import pytest
+import trustme
+import uvloop
+
+from pgaurora.proxy.tls import TlsTransport
+
+
+class Sink(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lost = asyncio.get_running_loop().create_future()
+        self.paused = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def resume_writing(self) -> None:
+        pass
+
+    def connection_lost(self, exc) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Each test on both loops: the proxy runs on uvloop, where start_tls once hung."""
+    return asyncio.run if request.param == "asyncio" else uvloop.run
+
+
+def _contexts(ca, client_ca=None):
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    (client_ca or ca).configure_trust(client)
+    return server, client
+
+
+async def _pair(server_ctx, client_ctx):
+    """(server TlsTransport, its Sink, client TlsTransport, its Sink, handshake outcomes)."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    raw_server, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+    raw_client, _ = await loop.connect_accepted_socket(asyncio.Protocol, b)
+    outcomes = {"server": loop.create_future(), "client": loop.create_future()}
+    server_sink, client_sink = Sink(), Sink()
+    server = TlsTransport(raw_server, server_ctx, server_side=True, app=server_sink,
+                          on_handshake=outcomes["server"].set_result)
+    client = TlsTransport(raw_client, client_ctx, server_side=False, app=client_sink, server_hostname="127.0.0.1",
+                          on_handshake=outcomes["client"].set_result)
+    return server, server_sink, client, client_sink, outcomes
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.001)
+
+
+def test_bytes_cross_both_ways_intact_and_writes_before_the_handshake_are_held(ca, run):
+    run(_bytes_cross_both_ways_intact_and_writes_before_the_handshake_are_held(ca))
+
+
+async def _bytes_cross_both_ways_intact_and_writes_before_the_handshake_are_held(ca):
+    server, server_sink, client, client_sink, outcomes = await _pair(*_contexts(ca))
+    client.write(b"early")  # before the handshake completed: held, then sent
+    assert await outcomes["client"] is None and await outcomes["server"] is None
+    big = bytes(range(256)) * 20000  # 5 MB, several hundred TLS records
+    server.write(big)
+    await _until(lambda: len(client_sink.data) == len(big) and bytes(server_sink.data) == b"early")
+    assert bytes(client_sink.data) == big
+    assert server.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
+    client.close()
+    server.close()
+
+
+def test_close_does_not_wait_for_the_peers_close_notify(ca, run):
+    run(_close_does_not_wait_for_the_peers_close_notify(ca))
+
+
+async def _close_does_not_wait_for_the_peers_close_notify(ca):
+    server, server_sink, client, client_sink, outcomes = await _pair(*_contexts(ca))
+    await outcomes["server"]
+    client.pause_reading()  # the peer reads nothing more, so it never answers close_notify
+    server.close()
+    assert server.is_closing()
+    async with asyncio.timeout(5):
+        await server_sink.lost
+    client.resume_reading()
+    async with asyncio.timeout(5):
+        await client_sink.lost  # the peer sees the end too
+
+
+def test_a_failed_handshake_is_reported_once_to_both_sides_and_closes_them(ca, run):
+    run(_a_failed_handshake_is_reported_once_to_both_sides_and_closes_them(ca))
+
+
+async def _a_failed_handshake_is_reported_once_to_both_sides_and_closes_them(ca):
+    server, server_sink, client, client_sink, outcomes = await _pair(*_contexts(ca, client_ca=trustme.CA()))
+    client_error = await asyncio.wait_for(outcomes["client"], 5)
+    assert isinstance(client_error, ssl.SSLCertVerificationError)
+    assert await asyncio.wait_for(outcomes["server"], 5) is not None
+    async with asyncio.timeout(5):
+        await client_sink.lost
+        await server_sink.lost
+
+
+def test_a_peer_that_vanishes_mid_handshake_is_an_error_not_a_hang(ca, run):
+    run(_a_peer_that_vanishes_mid_handshake_is_an_error_not_a_hang(ca))
+
+
+async def _a_peer_that_vanishes_mid_handshake_is_an_error_not_a_hang(ca):
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    raw, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+    outcome = loop.create_future()
+    sink = Sink()
+    TlsTransport(raw, _contexts(ca)[0], server_side=True, app=sink, on_handshake=outcome.set_result)
+    b.sendall(b"\x16\x03\x01\x00\x05hello")  # the start of a ClientHello, then nothing
+    b.close()
+    assert isinstance(await asyncio.wait_for(outcome, 5), BaseException)
+    async with asyncio.timeout(5):
+        await sink.lost
