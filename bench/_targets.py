@@ -85,6 +85,7 @@ class Target:
     port: int
     proc: subprocess.Popen | None = None  # None: a direct connection, no proxy process
     extra_pids: list[int] = field(default_factory=list)
+    sslmode: str | None = None  # clients connect with this PGSSLMODE (TLS runs)
 
     @property
     def pids(self) -> list[int]:
@@ -110,16 +111,25 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def start_pgaurora(bc: BenchCluster, work: Path, relay: str = "auto",
-                   name: str = "pgaurora") -> tuple[Target, Target]:
-    """The benchmark's own pgaurora on free ports, for the local cluster."""
+def tls_certificate(work: Path) -> tuple[Path, Path]:
+    """(cert, key) for 127.0.0.1 from a CA of the run's own, which the TLS targets all present."""
+    from pgaurora.compose.certs import CertAuthority
+    return CertAuthority.open(work / "tls", "bench").issue("proxy", ["127.0.0.1"])
+
+
+def start_pgaurora(bc: BenchCluster, work: Path, relay: str = "auto", name: str = "pgaurora",
+                   tls: tuple[Path, Path] | None = None) -> tuple[Target, Target]:
+    """The benchmark's own pgaurora on free ports, for the local cluster; with tls, clients must use TLS."""
     writer, reader, admin, dns = free_ports(4)
     conf = work / f"{name}.toml"
+    tls_toml = f'[tls]\ncert_file = "{tls[0]}"\nkey_file = "{tls[1]}"\nclient_tls = "require"\n' if tls else ""
     conf.write_text(f'cluster = "bench"\n{bc.pgaurora_toml}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
                     f'[admin]\nport = {admin}\n[dns]\nport = {dns}\n'
-                    f'[proxy]\nmax_client_connections = 10000\nrelay = "{relay}"\n')
+                    f'[proxy]\nmax_client_connections = 10000\nrelay = "{relay}"\n{tls_toml}')
     proc = _spawn_pgaurora(conf, work / f"{name}.log", ("127.0.0.1", writer), ("127.0.0.1", reader))
-    return Target(name, "127.0.0.1", writer, proc), Target(f"{name}-reader", "127.0.0.1", reader, proc)
+    sslmode = "require" if tls else None
+    return (Target(name, "127.0.0.1", writer, proc, sslmode=sslmode),
+            Target(f"{name}-reader", "127.0.0.1", reader, proc, sslmode=sslmode))
 
 
 def given_pgaurora(bc: BenchCluster, work: Path) -> tuple[Target, Target]:
@@ -146,7 +156,7 @@ def _spawn_pgaurora(conf: Path, log_path: Path, writer: tuple[str, int], reader:
     return proc
 
 
-def start_pgbouncer(bc: BenchCluster, work: Path) -> Target:
+def start_pgbouncer(bc: BenchCluster, work: Path, tls: tuple[Path, Path] | None = None) -> Target:
     port = free_port()
     host, server_port = bc.primary
     quoted = ['"' + v.replace('"', '""') + '"' for v in (bc.user, bc.password or "")]  # userlist doubles quotes
@@ -157,14 +167,17 @@ def start_pgbouncer(bc: BenchCluster, work: Path) -> Target:
                    f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
                    f"auth_type = {auth}\nauth_file = {work / 'userlist.txt'}\npool_mode = session\n"
                    "max_client_conn = 10000\ndefault_pool_size = 3000\nmax_db_connections = 0\n"
-                   "logfile =\nlog_connections = 0\nlog_disconnections = 0\n")
-    for path in (work, ini, work / "userlist.txt"):
+                   "logfile =\nlog_connections = 0\nlog_disconnections = 0\n"
+                   + (f"client_tls_sslmode = require\nclient_tls_cert_file = {tls[0]}\n"
+                      f"client_tls_key_file = {tls[1]}\n" if tls else ""))
+    for path in (work, ini, work / "userlist.txt", *(tls or ()), *((tls[0].parent,) if tls else ())):
         bc.runas.chown(str(path))
     os.chmod(work / "userlist.txt", 0o600)
     kwargs = {} if bc.runas.is_self else {"user": bc.runas.uid, "group": bc.runas.gid, "extra_groups": []}
     proc = subprocess.Popen([shutil.which("pgbouncer", path=_SBIN_PATH), str(ini)],
                             stdout=subprocess.DEVNULL, stderr=open(work / "pgbouncer.log", "w"), **kwargs)
-    return Target("pgbouncer", "127.0.0.1", port, started(proc, "127.0.0.1", port))
+    return Target("pgbouncer", "127.0.0.1", port, started(proc, "127.0.0.1", port),
+                  sslmode="require" if tls else None)
 
 
 def start_haproxy(bc: BenchCluster, work: Path) -> Target:

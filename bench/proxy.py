@@ -32,7 +32,7 @@ from pathlib import Path
 
 from _cluster import DATABASE, BenchCluster, bench_database, given_cluster, local_cluster
 from _targets import (Target, ensure_baselines, free_port, given_pgaurora, machine_cpu_seconds, rss_bytes,
-                      start_haproxy, start_pgaurora, start_pgbouncer)
+                      start_haproxy, start_pgaurora, start_pgbouncer, tls_certificate)
 
 BANDWIDTH_SQL = "SELECT repeat('x', 8000) FROM generate_series(1, 1250);\n"  # ~10 MB per transaction
 BANDWIDTH_BYTES = 8000 * 1250
@@ -73,7 +73,8 @@ def _pgbench(target: Target, workload: str, duration: float, work: Path, bc: Ben
     machine_before = machine_cpu_seconds()
     out = subprocess.run(["pgbench", "-n", "-T", str(int(duration)), *args, "-l", "--log-prefix",
                           str(logdir / "tx"), "-h", target.host, "-p", str(target.port)],
-                         capture_output=True, text=True, env=bc.env(), timeout=duration + 120)
+                         capture_output=True, text=True, timeout=duration + 120,
+                         env={**bc.env(), **({"PGSSLMODE": target.sslmode} if target.sslmode else {})})
     cpu = (target.cpu() - cpu_before) if cpu_before is not None else None
     machine = machine_cpu_seconds() - machine_before
     if out.returncode != 0:
@@ -174,7 +175,7 @@ def print_spread(rows: list[dict]) -> None:
         print(f"{r['workload']:<14}{r['target']:<24}" + "   ".join(parts))
 
 
-async def _open_sessions(host: str, port: int, bc: BenchCluster, count: int) -> list:
+async def _open_sessions(host: str, port: int, bc: BenchCluster, count: int, sslmode: str | None = None) -> list:
     """`count` open sessions, or (having closed those that opened) the first failure."""
     import asyncpg
     sem = asyncio.Semaphore(100)
@@ -182,7 +183,7 @@ async def _open_sessions(host: str, port: int, bc: BenchCluster, count: int) -> 
     async def one():
         async with sem:
             return await asyncpg.connect(host=host, port=port, user=bc.user, password=bc.password,
-                                         database=DATABASE, ssl=False, timeout=60)
+                                         database=DATABASE, ssl=sslmode or False, timeout=60)
     results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]
     if failures:
@@ -195,7 +196,7 @@ def rss_per_session(target: Target, bc: BenchCluster, sessions: int) -> dict:
     """Proxy RSS before and while `sessions` clients are connected through it; on failure, why."""
     async def measure():
         before = rss_bytes(target.pids[0])
-        conns = await _open_sessions(target.host, target.port, bc, sessions)
+        conns = await _open_sessions(target.host, target.port, bc, sessions, target.sslmode)
         during = rss_bytes(target.pids[0])
         await asyncio.gather(*(c.close() for c in conns))
         return before, during
@@ -218,6 +219,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=0, help="also measure RSS with this many sessions (e.g. 2000)")
     parser.add_argument("--relays", help="comma-separated pgaurora relays to run on the local cluster: native "
                         "(the default), hybrid, python, kernel")
+    parser.add_argument("--tls", action="store_true", help="clients connect with TLS (sslmode=require): pgaurora "
+                        "against PgBouncer with client_tls_sslmode = require, both with plaintext to the node "
+                        "(HAProxy cannot answer PostgreSQL's SSLRequest, and is left out)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     args.workloads = [w for w in args.workloads.split(",") if w]
@@ -231,6 +235,8 @@ def _arguments() -> argparse.Namespace:
     if args.config and args.relays:
         parser.error("--relays applies to the local cluster; with --config the pgaurora serving it is measured "
                      "with the relay its [proxy] section sets")
+    if args.config and args.tls:
+        parser.error("--tls applies to the local cluster; with --config, set [tls] in that config")
     args.relays = (args.relays or "native").split(",")
     bad = set(args.relays) - {"native", "hybrid", "python", "kernel"}
     if bad:
@@ -238,19 +244,21 @@ def _arguments() -> argparse.Namespace:
     return args
 
 
-def _start_targets(bc: BenchCluster, work: Path, relays: list[str], targets: list[Target],
+def _start_targets(bc: BenchCluster, work: Path, args: argparse.Namespace, targets: list[Target],
                    replica_targets: list[Target]) -> None:
     """Fill the two lists one target at a time, so that the caller's `finally` stops whatever started."""
-    targets.append(Target("direct", *bc.primary))
+    tls = tls_certificate(work) if args.tls else None
+    targets.append(Target("direct", *bc.primary))  # plaintext: the floor TLS adds its cost to
     if bc.replica is not None:
         replica_targets.append(Target("direct-replica", *bc.replica))
     for writer, reader in ([given_pgaurora(bc, work)] if bc.config else
-                           (start_pgaurora(bc, work, relay, f"pgaurora-{relay}") for relay in relays)):
+                           (start_pgaurora(bc, work, relay, f"pgaurora-{relay}", tls) for relay in args.relays)):
         targets.append(writer)  # the reader shares the writer's process: stopped with it
         if bc.replica is not None:
             replica_targets.append(reader)
-    targets.append(start_pgbouncer(bc, work))
-    targets.append(start_haproxy(bc, work))
+    targets.append(start_pgbouncer(bc, work, tls))
+    if not args.tls:
+        targets.append(start_haproxy(bc, work))
 
 
 def _run_rounds(args: argparse.Namespace, bc: BenchCluster, work: Path, targets: list[Target],
@@ -275,7 +283,7 @@ def _bench(args: argparse.Namespace, bc: BenchCluster, work: Path) -> tuple[list
     replica_targets: list[Target] = []
     try:
         with bench_database(bc, args.scale):
-            _start_targets(bc, work, args.relays, targets, replica_targets)
+            _start_targets(bc, work, args, targets, replica_targets)
             runs = _run_rounds(args, bc, work, targets, replica_targets)
             rss = {t.name: rss_per_session(t, bc, args.sessions) for t in targets if t.pids} \
                 if args.sessions else {}
@@ -288,7 +296,8 @@ def _bench(args: argparse.Namespace, bc: BenchCluster, work: Path) -> tuple[list
 def _report(args: argparse.Namespace, runs: list[Run], rss: dict, where: str) -> None:
     rows = summarize(runs)
     print(f"\npgaurora proxy benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
-          f"{where}, {args.rounds} rounds x {args.duration:.0f} s, pgbench scale {args.scale}\n")
+          f"{where}, {args.rounds} rounds x {args.duration:.0f} s, pgbench scale {args.scale}"
+          f"{', clients on TLS (direct: plaintext)' if args.tls else ''}\n")
     print_table(rows)
     print_spread(rows)
     for name, r in rss.items():

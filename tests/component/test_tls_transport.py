@@ -137,3 +137,51 @@ async def _a_peer_that_vanishes_mid_handshake_is_an_error_not_a_hang(ca):
     assert isinstance(await asyncio.wait_for(outcome, 5), BaseException)
     async with asyncio.timeout(5):
         await sink.lost
+
+
+def test_no_tls_record_carries_more_than_8_kb_of_plaintext(ca, run):
+    run(_no_tls_record_carries_more_than_8_kb_of_plaintext(ca))
+
+
+async def _no_tls_record_carries_more_than_8_kb_of_plaintext(ca):
+    """PostgreSQL's records hold at most 8 kB, and libpq relies on it: a bigger record left pgbench
+    waiting forever on data OpenSSL had already decrypted (its poll() watches only the socket)."""
+    loop = asyncio.get_running_loop()
+    server_ctx, client_ctx = _contexts(ca)
+    a, b = socket.socketpair()
+    raw, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+    done = loop.create_future()
+    server = TlsTransport(raw, server_ctx, server_side=True, app=Sink(), on_handshake=done.set_result)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    b.setblocking(False)
+    records = bytearray()
+
+    async def pump_client():
+        try:
+            client.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        if outgoing.pending:
+            await loop.sock_sendall(b, outgoing.read())
+        data = await loop.sock_recv(b, 1 << 20)
+        incoming.write(data)
+        return data
+
+    while not done.done():
+        await pump_client()
+    server.write(b"x" * 300_000)  # one big write, as a 256 kB chunk from the node would be
+    while len(records) < 300_000:
+        records += await loop.sock_recv(b, 1 << 20)
+    lengths = []
+    view = memoryview(records)
+    while len(view) >= 5:
+        length = int.from_bytes(view[3:5], "big")
+        if len(view) < 5 + length:
+            break
+        if view[0] == 23:  # application data
+            lengths.append(length)
+        view = view[5 + length:]
+    assert len(lengths) >= 36 and max(lengths) <= 8192 + 64, max(lengths)
+    server.abort()
+    b.close()

@@ -330,3 +330,19 @@ def test_tls_soak_every_session_completes_or_fails_clearly_and_none_is_left_open
         if state.clients == 0:
             break
     print(f"{SOAK_SESSIONS} TLS sessions in {elapsed:.1f} s; proxy TLS handshakes {state.tls_total}")
+
+
+def test_pgbench_reading_10_mb_results_over_tls_never_waits_forever(tls_proxy, tls_cluster, tmp_path):
+    """The stall that made an earlier TLS attempt unusable: pgbench waiting on a session that had sent
+    everything. Records of at most 8 kB (as PostgreSQL's) keep libpq's poll() honest."""
+    script = tmp_path / "bandwidth.sql"
+    script.write_text("SELECT repeat('x', 8000) FROM generate_series(1, 1250);\n")
+    os.chmod(tmp_path, 0o755)
+    host, port = tls_proxy.writer
+    env = {**os.environ, "PGPASSWORD": tls_cluster.password, "PGSSLMODE": "require"}
+    for _ in range(3):
+        run = subprocess.run([tls_cluster.primary.bin("pgbench"), "-n", "-f", str(script), "-c", "4", "-j", "2",
+                              "-t", "25", "-h", host, "-p", str(port), "-U", "postgres", "postgres"],
+                             capture_output=True, text=True, env=env, timeout=90)
+        assert run.returncode == 0, run.stderr
+        assert "number of transactions actually processed: 100/100" in run.stdout

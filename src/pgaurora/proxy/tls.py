@@ -17,7 +17,11 @@ from collections.abc import Callable
 from ..sslcontexts import ALPN
 
 log = logging.getLogger("pgaurora.proxy")
-READ_SIZE = 256 * 1024
+READ_SIZE = 16384 + 1024  # a TLS record holds at most 16 kB of plaintext; SSL_read returns one at a time
+# Plaintext per TLS record, as PostgreSQL's own 8 kB send buffer makes it. libpq reads with 8 kB free in
+# its buffer: a 16 kB record leaves the rest decrypted inside OpenSSL, where pgbench's poll() on the
+# socket cannot see it, and pgbench then waits forever on a session that has sent everything.
+MAX_RECORD = 8192
 TLS_HANDSHAKE_RECORD = 0x16  # first byte of a direct TLS connection (sslnegotiation=direct)
 
 
@@ -77,9 +81,13 @@ class TlsTransport(asyncio.Transport):
             self._on_handshake(exc)
 
     def _read_plaintext(self) -> None:
+        """Deliver every record OpenSSL can decrypt, until it wants more input. Only SSLWantReadError
+        says that: OpenSSL may hold records it has read but not decrypted, which neither the BIO's nor
+        SSL_pending's count shows, and stopping on those counts left sessions waiting forever."""
+        read = self._ssl.read
         while not self._closing:
             try:
-                chunk = self._ssl.read(READ_SIZE)
+                chunk = read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # the peer's close_notify
@@ -112,7 +120,12 @@ class TlsTransport(asyncio.Transport):
         if self._handshaking:
             self._held.append(bytes(data))
             return
-        self._ssl.write(data)
+        if len(data) <= MAX_RECORD:
+            self._ssl.write(data)
+        else:
+            view, write = memoryview(data), self._ssl.write
+            for start in range(0, len(view), MAX_RECORD):
+                write(view[start:start + MAX_RECORD])
         self._flush()
 
     def writelines(self, list_of_data) -> None:
