@@ -162,6 +162,17 @@ def test_pgbench_over_tls_completes_every_transaction(tls_proxy, tls_cluster):
     assert "number of transactions actually processed: 2000/2000" in run.stdout
 
 
+def test_tls_sessions_are_carried_by_the_relay_threads(tls_proxy, tls_cluster):
+    state = tls_proxy.service.proxy_state
+    assert state.native is not None and state.native.tls, "the extension was built without OpenSSL"
+    with psycopg.connect(tls_proxy.dsn("writer", sslmode="verify-full", sslrootcert=_ca(tls_cluster))) as conn:
+        pid = conn.info.backend_pid
+        assert conn.execute("SELECT count(*) FROM generate_series(1, 100000)").fetchone() == (100000,)
+        sessions = [s for node in list(state.sessions_by_node.values()) for s in list(node)]
+        (mine,) = [s for s in sessions if s.cancel_key and s.cancel_key[0] == pid]
+        assert mine.native_id is not None
+
+
 @pytest.mark.parametrize("binding", ["prefer", "require"])
 def test_channel_binding_holds_end_to_end_when_both_legs_share_the_certificate(tls_proxy, binding):
     with psycopg.connect(tls_proxy.dsn("writer", sslmode="require", channel_binding=binding)) as conn:
@@ -296,7 +307,7 @@ async def _soak_session(i: int, host: str, port: int, password: str, context: ss
                                  timeout=0.05)
             assert await conn.fetchval("SELECT 1") == 1  # the session survives its cancel
         else:
-            task = asyncio.ensure_future(conn.fetch(TEN_MB))
+            task = asyncio.ensure_future(conn.fetch(TEN_MB.replace("10240", "204800")))  # 200 MB: still flowing
             await asyncio.sleep(0.005 + (i % 7) * 0.005)  # fault injection: land somewhere in the result
             conn.terminate()
             with pytest.raises((asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, ConnectionError,
@@ -332,13 +343,16 @@ def test_tls_soak_every_session_completes_or_fails_clearly_and_none_is_left_open
     print(f"{SOAK_SESSIONS} TLS sessions in {elapsed:.1f} s; proxy TLS handshakes {state.tls_total}")
 
 
-def test_pgbench_reading_10_mb_results_over_tls_never_waits_forever(tls_proxy, tls_cluster, tmp_path):
+@pytest.mark.parametrize("relay", ["native", "python"])
+def test_pgbench_reading_10_mb_results_over_tls_never_waits_forever(tls_cluster, service, tmp_path, relay):
     """The stall that made an earlier TLS attempt unusable: pgbench waiting on a session that had sent
-    everything. Records of at most 8 kB (as PostgreSQL's) keep libpq's poll() honest."""
+    everything. Records of at most 8 kB (as PostgreSQL's) keep libpq's poll() honest, on both paths:
+    the relay threads and the Python fallback."""
+    svc = service(service_config(tls_cluster, tls=tls_settings(tls_cluster), proxy={"relay": relay}))
     script = tmp_path / "bandwidth.sql"
     script.write_text("SELECT repeat('x', 8000) FROM generate_series(1, 1250);\n")
     os.chmod(tmp_path, 0o755)
-    host, port = tls_proxy.writer
+    host, port = svc.writer
     env = {**os.environ, "PGPASSWORD": tls_cluster.password, "PGSSLMODE": "require"}
     for _ in range(3):
         run = subprocess.run([tls_cluster.primary.bin("pgbench"), "-n", "-f", str(script), "-c", "4", "-j", "2",

@@ -9,6 +9,13 @@
  *
  * The thread tells Python that a session ended by writing its 8-byte id to a pipe (`notify_fd`).
  * Python tells a thread to end a session through a command queue and an eventfd.
+ *
+ * TLS (built with PGAURORA_TLS, where OpenSSL's headers were found): Python completes the handshake with
+ * ssl.SSLObject over memory BIOs, then hands over that very SSL object (a reference of our own, taken with
+ * SSL_up_ref). The thread keeps driving the same memory BIOs: ciphertext received goes into the read
+ * BIO, SSL_read gives plaintext; plaintext to send goes through SSL_write in records of at most 8 kB (as
+ * PostgreSQL's; libpq needs that) and out of the write BIO to the socket. Python never touches a handed-
+ * over SSL object again: only this thread does, until the session ends.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,7 +31,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#ifdef PGAURORA_TLS
+#include <dlfcn.h>
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#endif
+
 #define CHUNK (256 * 1024)
+#define TLS_RECORD 8192             /* plaintext per TLS record written */
+#define TLS_SLACK (17 * 1024)       /* room for one undecrypted record left in the read BIO */
 #define BUCKETS 4096
 #define MAX_EVENTS 256
 
@@ -33,9 +48,10 @@ typedef struct session session;
 typedef struct side {
     int fd;
     uint32_t mask;           /* events registered with epoll */
-    char *pend;              /* bytes waiting to be written to this socket */
+    char *pend;              /* bytes waiting to be written to this socket (ciphertext on a TLS side) */
     size_t pend_len, pend_off;
     session *s;
+    void *ssl;               /* SSL * when this socket carries TLS, else NULL */
 } side;
 
 struct session {
@@ -73,6 +89,7 @@ typedef struct worker {
     session *table[BUCKETS];
     session *dead;
     char *buf;
+    char *cbuf;              /* ciphertext, in and out of TLS sides */
 } worker;
 
 /* -- small helpers ------------------------------------------------------------------------------ */
@@ -137,10 +154,22 @@ static void send_all(int fd, const char *data, size_t len) {
     }
 }
 
+static ssize_t seal(worker *w, side *to, const char *data, size_t len);
+static void tls_close_notify(worker *w, side *sd);
+static void tls_release(side *sd);
+
 static void end_session(worker *w, session *s, const char *last_words, size_t len) {
     if (s->ended) return;
     s->ended = 1;
-    if (last_words && at_boundary(s)) send_all(s->client.fd, last_words, len);
+    if (last_words && at_boundary(s)) {
+        if (!s->client.ssl) send_all(s->client.fd, last_words, len);
+        else {
+            ssize_t m = seal(w, &s->client, last_words, len);
+            if (m > 0) send_all(s->client.fd, w->cbuf, (size_t)m);
+        }
+    }
+    tls_close_notify(w, &s->client);
+    tls_close_notify(w, &s->server);
     epoll_ctl(w->ep, EPOLL_CTL_DEL, s->client.fd, NULL);
     epoll_ctl(w->ep, EPOLL_CTL_DEL, s->server.fd, NULL);
     shutdown(s->client.fd, SHUT_RDWR);  /* Python still holds its own descriptors: shutdown ends */
@@ -156,11 +185,69 @@ static void end_session(worker *w, session *s, const char *last_words, size_t le
 }
 
 static void free_session(session *s) {
+    tls_release(&s->client);
+    tls_release(&s->server);
     free(s->client.pend);
     free(s->server.pend);
     free(s->lost_msg);
     free(s);
 }
+
+/* -- TLS: the SSL object's memory BIOs, driven by this thread ------------------------------------- */
+#ifdef PGAURORA_TLS
+/* Encrypt len plaintext bytes for `to` into w->cbuf, in records of at most TLS_RECORD bytes.
+ * Returns the ciphertext length, or -1. */
+static ssize_t seal(worker *w, side *to, const char *data, size_t len) {
+    SSL *ssl = to->ssl;
+    for (size_t off = 0; off < len; off += TLS_RECORD) {
+        int piece = (int)(len - off < TLS_RECORD ? len - off : TLS_RECORD);
+        if (SSL_write(ssl, data + off, piece) != piece) return -1;
+    }
+    size_t have = BIO_ctrl_pending(SSL_get_wbio(ssl));
+    if (have > 2 * CHUNK) return -1;  /* cannot happen for len <= CHUNK */
+    int m = have ? BIO_read(SSL_get_wbio(ssl), w->cbuf, (int)have) : 0;
+    return m < 0 ? -1 : m;
+}
+
+/* Receive ciphertext from a TLS side and decrypt what it completes into w->buf. Returns the plaintext
+ * length; 0 at the end of the stream (socket closed or close_notify); -1 on error; -2 when nothing
+ * could be decrypted yet. Receives at most what leaves room for every record it may complete. */
+static ssize_t unseal(worker *w, side *from) {
+    SSL *ssl = from->ssl;
+    ssize_t n = recv(from->fd, w->cbuf, CHUNK - TLS_SLACK, 0);
+    if (n < 0) return (errno == EAGAIN || errno == EINTR) ? -2 : -1;
+    if (n == 0) return 0;
+    if (BIO_write(SSL_get_rbio(ssl), w->cbuf, (int)n) != n) return -1;
+    size_t got = 0;
+    for (;;) {
+        int r = SSL_read(ssl, w->buf + got, (int)(CHUNK - got));
+        if (r > 0) { got += (size_t)r; if (got == CHUNK) break; continue; }
+        int err = SSL_get_error(ssl, r);
+        if (err == SSL_ERROR_WANT_READ) break;
+        if (err == SSL_ERROR_ZERO_RETURN) return got ? (ssize_t)got : 0;
+        return -1;
+    }
+    return got ? (ssize_t)got : -2;
+}
+
+static void tls_close_notify(worker *w, side *sd) {
+    if (!sd->ssl) return;
+    SSL_shutdown(sd->ssl);
+    BIO *out = SSL_get_wbio(sd->ssl);
+    int m = BIO_read(out, w->cbuf, CHUNK);
+    if (m > 0) send_all(sd->fd, w->cbuf, (size_t)m);
+}
+
+static void tls_release(side *sd) {
+    if (sd->ssl) SSL_free(sd->ssl);
+    sd->ssl = NULL;
+}
+#else
+static ssize_t seal(worker *w, side *to, const char *data, size_t len) { return -1; }
+static ssize_t unseal(worker *w, side *from) { return -1; }
+static void tls_close_notify(worker *w, side *sd) {}
+static void tls_release(side *sd) {}
+#endif
 
 /* -- the data path ------------------------------------------------------------------------------ */
 static int stash(side *to, const char *data, size_t len) {
@@ -176,19 +263,31 @@ static void pump(worker *w, side *from) {
     session *s = from->s;
     side *to = peer_of(from);
     if (to->pend_len) return;
-    ssize_t n = recv(from->fd, w->buf, CHUNK, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    ssize_t n;
+    if (from->ssl) {
+        n = unseal(w, from);
+        if (n == -2) return;
+    } else {
+        n = recv(from->fd, w->buf, CHUNK, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    }
     if (n <= 0) {
         if (from == &s->server) end_session(w, s, s->lost_msg, s->lost_len);
         else end_session(w, s, NULL, 0);
         return;
     }
     if (from == &s->server) frame(s, (unsigned char *)w->buf, (size_t)n);
-    ssize_t sent = send(to->fd, w->buf, (size_t)n, MSG_NOSIGNAL);
+    const char *out = w->buf;
+    if (to->ssl) {
+        n = seal(w, to, w->buf, (size_t)n);
+        if (n < 0) { end_session(w, s, NULL, 0); return; }
+        out = w->cbuf;
+    }
+    ssize_t sent = send(to->fd, out, (size_t)n, MSG_NOSIGNAL);
     if (sent < 0 && (errno == EAGAIN || errno == EINTR)) sent = 0;
     if (sent < 0) { end_session(w, s, NULL, 0); return; }
     if (sent < n) {
-        if (stash(to, w->buf + sent, (size_t)(n - sent)) < 0) { end_session(w, s, NULL, 0); return; }
+        if (stash(to, out + sent, (size_t)(n - sent)) < 0) { end_session(w, s, NULL, 0); return; }
         rewatch(w, s);
     }
 }
@@ -316,10 +415,11 @@ static int worker_init(worker *w, int notify) {
     memset(w, 0, sizeof *w);
     w->notify = notify;
     w->buf = malloc(CHUNK);
+    w->cbuf = malloc(2 * CHUNK);
     w->ep = epoll_create1(EPOLL_CLOEXEC);
     w->ctl = eventfd(0, EFD_CLOEXEC);
     pthread_mutex_init(&w->lock, NULL);
-    if (!w->buf || w->ep < 0 || w->ctl < 0) return -1;
+    if (!w->buf || !w->cbuf || w->ep < 0 || w->ctl < 0) return -1;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     if (epoll_ctl(w->ep, EPOLL_CTL_ADD, w->ctl, &ev) < 0) return -1;
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) return -1;
@@ -332,7 +432,8 @@ static void worker_release(worker *w) {
     if (w->ctl >= 0) close(w->ctl);
     w->ep = w->ctl = -1;
     free(w->buf);
-    w->buf = NULL;
+    free(w->cbuf);
+    w->buf = w->cbuf = NULL;
 }
 
 static void worker_signal_stop(worker *w) {
@@ -411,18 +512,83 @@ static int dup_nonblocking(int fd) {
     return copy;
 }
 
+/* -- TLS objects from Python's ssl module ------------------------------------------------------- */
+#ifdef PGAURORA_TLS
+/* CPython's PySSLSocket (the _ssl._SSLSocket behind ssl.SSLObject) starts with these fields in every
+ * version this builds for; tls_compatible() also checks that _ssl uses this very libssl. */
+#if PY_VERSION_HEX < 0x03080000 || PY_VERSION_HEX >= 0x030E0000
+#define TLS_LAYOUT_KNOWN 0
+#else
+#define TLS_LAYOUT_KNOWN 1
+#endif
+typedef struct { PyObject_HEAD PyObject *Socket; SSL *ssl; } ssl_socket_head;
+static int tls_usable = 0;
+
+static PyObject *tls_compatible(PyObject *module, PyObject *arg) {
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (!path) return NULL;
+    void *handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    tls_usable = TLS_LAYOUT_KNOWN && handle && dlsym(handle, "SSL_read") == (void *)SSL_read;
+    if (handle) dlclose(handle);
+    return PyBool_FromLong(tls_usable);
+}
+
+/* The SSL * of an _ssl._SSLSocket whose handshake completed, with a reference of our own; NULL for None. */
+static int ssl_of(PyObject *obj, void **out) {
+    *out = NULL;
+    if (obj == Py_None) return 0;
+    if (!tls_usable || strcmp(Py_TYPE(obj)->tp_name, "_ssl._SSLSocket") != 0) {
+        PyErr_SetString(PyExc_TypeError, "this relay cannot take that TLS object");
+        return -1;
+    }
+    SSL *ssl = ((ssl_socket_head *)obj)->ssl;
+    if (!ssl || !SSL_is_init_finished(ssl) || SSL_pending(ssl) || BIO_ctrl_pending(SSL_get_rbio(ssl))) {
+        PyErr_SetString(PyExc_ValueError, "TLS object is not idle after a completed handshake");
+        return -1;
+    }
+    SSL_up_ref(ssl);
+    *out = ssl;
+    return 0;
+}
+#else
+static PyObject *tls_compatible(PyObject *module, PyObject *arg) { Py_RETURN_FALSE; }
+static int ssl_of(PyObject *obj, void **out) {
+    *out = NULL;
+    if (obj == Py_None) return 0;
+    PyErr_SetString(PyExc_TypeError, "built without OpenSSL: this relay carries no TLS");
+    return -1;
+}
+#endif
+
 static PyObject *Relay_add(Relay *self, PyObject *args) {
     unsigned long long id;
     int cfd, sfd;
     const char *lost;
     Py_ssize_t lost_len;
-    if (!PyArg_ParseTuple(args, "Kiiy#", &id, &cfd, &sfd, &lost, &lost_len)) return NULL;
+    PyObject *client_tls = Py_None, *server_tls = Py_None;
+    if (!PyArg_ParseTuple(args, "Kiiy#|OO", &id, &cfd, &sfd, &lost, &lost_len, &client_tls, &server_tls))
+        return NULL;
     if (self->closed) { PyErr_SetString(PyExc_RuntimeError, "relay is closed"); return NULL; }
+    void *client_ssl, *server_ssl;
+    if (ssl_of(client_tls, &client_ssl) < 0) return NULL;
+    if (ssl_of(server_tls, &server_ssl) < 0) {
+        side tmp = {.ssl = client_ssl};
+        tls_release(&tmp);
+        return NULL;
+    }
     session *s = calloc(1, sizeof *s);
     command *c = calloc(1, sizeof *c);
     char *msg = malloc((size_t)lost_len ? (size_t)lost_len : 1);
-    if (!s || !c || !msg) { free(s); free(c); free(msg); return PyErr_NoMemory(); }
+    if (!s || !c || !msg) {
+        side tmp = {.ssl = client_ssl}, tmp2 = {.ssl = server_ssl};
+        tls_release(&tmp);
+        tls_release(&tmp2);
+        free(s); free(c); free(msg);
+        return PyErr_NoMemory();
+    }
     memcpy(msg, lost, (size_t)lost_len);
+    s->client.ssl = client_ssl;
+    s->server.ssl = server_ssl;
     s->id = id;
     s->last_type = 'Z';  /* handed over right after ReadyForQuery */
     s->lost_msg = msg;
@@ -472,7 +638,8 @@ static PyObject *Relay_threads(Relay *self, void *closure) { return PyLong_FromL
 
 static PyMethodDef Relay_methods[] = {
     {"add", (PyCFunction)Relay_add, METH_VARARGS,
-     "add(id, client_fd, server_fd, lost_message): relay a session's sockets (duplicated) from now on"},
+     "add(id, client_fd, server_fd, lost_message[, client_tls, server_tls]): relay a session's sockets "
+     "(duplicated) from now on; a TLS side is given as the _ssl._SSLSocket that completed its handshake"},
     {"terminate", (PyCFunction)Relay_terminate, METH_VARARGS,
      "terminate(id, message): end a session, sending message first if the server is between messages"},
     {"close", (PyCFunction)Relay_close, METH_NOARGS, "stop the threads, closing every session they hold"},
@@ -496,8 +663,14 @@ static PyTypeObject RelayType = {
     .tp_getset = Relay_getset,
 };
 
+static PyMethodDef module_methods[] = {
+    {"tls_compatible", (PyCFunction)tls_compatible, METH_O,
+     "tls_compatible(path_of__ssl): can the relay drive ssl.SSLObject's TLS state (same libssl, known layout)?"},
+    {NULL}};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, .m_name = "_relay", .m_doc = "Native relay threads", .m_size = -1};
+    PyModuleDef_HEAD_INIT, .m_name = "_relay", .m_doc = "Native relay threads", .m_size = -1,
+    .m_methods = module_methods};
 
 PyMODINIT_FUNC PyInit__relay(void) {
     if (PyType_Ready(&RelayType) < 0) return NULL;

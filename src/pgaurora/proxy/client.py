@@ -191,8 +191,8 @@ class ClientProtocol(asyncio.Protocol):
         session = Session(server.node.name, self.endpoint.kind.value, self.endpoint.state,
                           self.transport, server.transport)
         self.session = session
-        offload = offload and self.tls is None and not server.encrypted  # the relays carry plaintext only
-        session.start(server.cancel_key, (server.node.host, server.node.port), offload, data)
+        session.start(server.cancel_key, (server.node.host, server.node.port), offload, data,
+                      encrypted=self.tls is not None or server.encrypted)
         self.endpoint.watch(session)
 
     def server_lost(self, server: "ServerProtocol") -> None:

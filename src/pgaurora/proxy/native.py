@@ -1,7 +1,9 @@
 """NativeRelay: hands established sessions to C relay threads (`_relay`) and hears when they end.
 
 The C extension is built by the package's own install where a compiler is present; where it is
-not, `NativeRelay.open()` returns None and sessions stay on the Python (or kernel) relay.
+not, `NativeRelay.open()` returns None and sessions stay on the Python (or kernel) relay. Built with
+OpenSSL's headers, the threads also carry TLS sessions, taking over the TLS state Python's handshake
+made; otherwise TLS sessions stay in Python.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..wire import error_response
+from .tls import TlsTransport
 
 try:
     from . import _relay
@@ -30,6 +33,12 @@ def available() -> bool:
     return _relay is not None
 
 
+def _tls_compatible() -> bool:
+    """Was the extension built with OpenSSL, the very libssl that Python's ssl module uses?"""
+    import _ssl
+    return _relay is not None and _relay.tls_compatible(_ssl.__file__)
+
+
 def default_threads() -> int:
     """One relay thread per core this process may run on, as HAProxy's nbthread."""
     return max(1, len(os.sched_getaffinity(0)))
@@ -40,6 +49,7 @@ class NativeRelay:
 
     def __init__(self, threads: int) -> None:
         self._relay = _relay.Relay(threads)
+        self.tls = _tls_compatible()  # the threads can carry TLS sessions too
         self._sessions: dict[int, "Session"] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -61,18 +71,24 @@ class NativeRelay:
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._relay.notify_fd, self._drain)
         client, server = session.client.transport, session.server.transport
+        encrypted = [t for t in (client, server) if isinstance(t, TlsTransport)]
+        states = [t.tls_state() if isinstance(t, TlsTransport) else None for t in (client, server)]
+        if encrypted and (not self.tls or sum(s is not None for s in states) < len(encrypted)):
+            return None  # the session stays on the Python path
         client.pause_reading()
         server.pause_reading()
         session_id = next(self._ids)
         try:
             self._relay.add(session_id, client.get_extra_info("socket").fileno(),
                             server.get_extra_info("socket").fileno(),
-                            error_response(*session.lost_reason))
-        except (OSError, RuntimeError) as exc:  # out of descriptors, or the relay is shutting down
+                            error_response(*session.lost_reason), *states)
+        except (OSError, RuntimeError, TypeError, ValueError) as exc:  # out of descriptors, shutting down
             log.warning("native relay refused a session (%s); relaying it in Python", exc)
             client.resume_reading()
             server.resume_reading()
             return None
+        for transport in encrypted:
+            transport.handed_over()
         self._sessions[session_id] = session
         return session_id
 

@@ -85,19 +85,20 @@ class Session:
         return self.cookies is not None or self.native_id is not None
 
     def start(self, cancel_key: "CancelKey | None", address: tuple[str, int], offload: bool,
-              ready: bytes) -> None:
+              ready: bytes, encrypted: bool = False) -> None:
         """Swap both transports onto the Pipes, pass the server's `ready` bytes (ending with the first
         ReadyForQuery) to the client and, when allowed, hand the session to the native or kernel relay.
 
         Until the client has that ReadyForQuery it sends nothing, so no byte can be left behind in user
         space: the kernel takes over just before it is written, the C threads once it was written whole.
+        An `encrypted` session (TLS on either leg) can go to the C threads, never to the kernel.
         """
         self.state.session_started(self)
         if cancel_key is not None:
             self.state.learned_cancel_key(self, cancel_key, address)
         self.client.transport.set_protocol(self.client)
         self.server.transport.set_protocol(self.server)
-        if offload and self.state.sockmap is not None:
+        if offload and not encrypted and self.state.sockmap is not None:
             self._offload()
         self.client.transport.write(ready)
         if offload and self.state.native is not None and not self.client.transport.get_write_buffer_size():

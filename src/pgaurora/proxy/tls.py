@@ -41,6 +41,7 @@ class TlsTransport(asyncio.Transport):
         self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side,
                                      server_hostname=server_hostname)
         self._handshaking, self._closing, self._lost = True, False, False
+        self._handed_over = False  # a relay thread drives the TLS state now; never touch it here
         self._held: list[bytes] = []  # plaintext written before the handshake completed
         raw.set_protocol(_RawSide(self))
         if early:
@@ -104,7 +105,7 @@ class TlsTransport(asyncio.Transport):
         self._flush()  # session tickets, key updates
 
     def _flush(self) -> None:
-        if self._out.pending and not self._lost:
+        if self._out.pending and not self._lost and not self._handed_over:
             self._raw.write(self._out.read())
 
     def _raw_lost(self, exc: Exception | None) -> None:
@@ -115,7 +116,7 @@ class TlsTransport(asyncio.Transport):
 
     # -- the asyncio.Transport the application sees ---------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing:
+        if self._closing or self._handed_over:
             return
         if self._handshaking:
             self._held.append(bytes(data))
@@ -136,7 +137,7 @@ class TlsTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        if not self._handshaking:
+        if not self._handshaking and not self._handed_over:
             try:
                 self._ssl.unwrap()
             except (ssl.SSLError, ValueError):
@@ -183,6 +184,17 @@ class TlsTransport(asyncio.Transport):
         if name == "cipher":
             return self._ssl.cipher()
         return self._raw.get_extra_info(name, default)
+
+    def tls_state(self):
+        """The SSL state (ssl.SSLObject's _ssl._SSLSocket) for a relay thread to take over, or None while
+        anything is still buffered in it or the handshake is not complete."""
+        if self._handshaking or self._closing or self._in.pending or self._out.pending or self._ssl.pending():
+            return None
+        return self._ssl._sslobj
+
+    def handed_over(self) -> None:
+        """A relay thread drives the TLS state from now on: this transport only closes the socket."""
+        self._handed_over = True
 
     @property
     def alpn(self) -> str | None:
