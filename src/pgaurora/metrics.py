@@ -60,6 +60,8 @@ def proxy_metrics(state: "ProxyState") -> Iterator[Metric]:
     for sqlstate, count in sorted(state.refused_total.items()):
         refused.add_metric([sqlstate], count)
     yield refused
+    yield CounterMetricFamily("pgaurora_tls_handshakes", "Client connections that started a TLS handshake",
+                              value=state.tls_total)
 
 
 class Collector:

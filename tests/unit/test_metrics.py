@@ -53,7 +53,9 @@ def test_scrape_counts_sessions_per_endpoint_and_refusals_per_sqlstate():
     state.refused("08P01")
     state.refused("08P01")
     state.refused("57P03")
+    state.tls_started()
     got = _scrape(_topology(), state)
+    assert got[("pgaurora_tls_handshakes_total", ())] == 1
     assert got[("pgaurora_client_connections", ())] == 3
     assert got[("pgaurora_server_sessions", (("node", "n1"),))] == 0
     assert got[("pgaurora_server_sessions", (("node", "n2"),))] == 2

@@ -52,6 +52,7 @@ typedef struct side {
     size_t pend_len, pend_off;
     session *s;
     void *ssl;               /* SSL * when this socket carries TLS, else NULL */
+    int peer_done;           /* TLS: the peer's close_notify arrived with the last plaintext delivered */
 } side;
 
 struct session {
@@ -224,7 +225,10 @@ static ssize_t unseal(worker *w, side *from) {
         if (r > 0) { got += (size_t)r; if (got == CHUNK) break; continue; }
         int err = SSL_get_error(ssl, r);
         if (err == SSL_ERROR_WANT_READ) break;
-        if (err == SSL_ERROR_ZERO_RETURN) return got ? (ssize_t)got : 0;
+        if (err == SSL_ERROR_ZERO_RETURN) {
+            from->peer_done = 1;  /* deliver what came before close_notify, then end the session */
+            return got ? (ssize_t)got : 0;
+        }
         return -1;
     }
     return got ? (ssize_t)got : -2;
@@ -259,6 +263,13 @@ static int stash(side *to, const char *data, size_t len) {
     return 0;
 }
 
+/* The side `gone` ended the stream: the client hears why when that was the server. */
+static void end_by(worker *w, side *gone) {
+    session *s = gone->s;
+    if (gone == &s->server) end_session(w, s, s->lost_msg, s->lost_len);
+    else end_session(w, s, NULL, 0);
+}
+
 static void pump(worker *w, side *from) {
     session *s = from->s;
     side *to = peer_of(from);
@@ -272,8 +283,7 @@ static void pump(worker *w, side *from) {
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     }
     if (n <= 0) {
-        if (from == &s->server) end_session(w, s, s->lost_msg, s->lost_len);
-        else end_session(w, s, NULL, 0);
+        end_by(w, from);
         return;
     }
     if (from == &s->server) frame(s, (unsigned char *)w->buf, (size_t)n);
@@ -290,6 +300,7 @@ static void pump(worker *w, side *from) {
         if (stash(to, out + sent, (size_t)(n - sent)) < 0) { end_session(w, s, NULL, 0); return; }
         rewatch(w, s);
     }
+    if (from->peer_done && !to->pend_len) end_by(w, from);
 }
 
 static void flush(worker *w, side *to) {
@@ -302,6 +313,7 @@ static void flush(worker *w, side *to) {
         free(to->pend);
         to->pend = NULL;
         to->pend_len = to->pend_off = 0;
+        if (peer_of(to)->peer_done) { end_by(w, peer_of(to)); return; }
         rewatch(w, s);
     }
 }

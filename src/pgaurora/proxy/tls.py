@@ -51,7 +51,7 @@ class TlsTransport(asyncio.Transport):
 
     # -- the raw side ------------------------------------------------------------------------
     def _received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._handed_over:
             return
         self._in.write(data)
         if self._handshaking and not self._handshake():
@@ -168,6 +168,8 @@ class TlsTransport(asyncio.Transport):
         self._raw.set_write_buffer_limits(high, low)
 
     def get_write_buffer_size(self) -> int:
+        if self._handed_over:  # the TLS state belongs to a relay thread now
+            return self._raw.get_write_buffer_size()
         return self._raw.get_write_buffer_size() + self._out.pending
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
