@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -20,7 +21,7 @@ import pytest
 import trustme
 
 from pgaurora.wire import SSLRequest, StartupMessage, encode
-from tests.helpers import make_cluster, service_config, wait_until, ServiceThread
+from tests.helpers import Command, ServiceThread, make_cluster, service_config, wait_until, write_config
 from tests.integration.test_bad_input import _error, _exchange
 
 JAR = Path("/usr/share/java/postgresql.jar")
@@ -244,6 +245,31 @@ def test_reload_serves_the_new_certificate_to_new_sessions_and_keeps_live_ones(t
         with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
             psycopg.connect(dsn("old-ca.pem"))
         assert live.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_sighup_reloads_the_certificate_of_a_running_pgaurora(tls_cluster, tmp_path):
+    os.chmod(tmp_path, 0o755)
+    _issue(tmp_path, "old-ca")
+    pem = str(tmp_path / "proxy.pem")
+    config = service_config(tls_cluster, tls={"cert_file": pem, "key_file": pem}, state_dir=None)
+    proxy = Command("proxy", "-c", str(write_config(config, tmp_path / "pgaurora.toml")))
+    dsn = lambda ca: f"host=127.0.0.1 port={config.writer.port} user=postgres password={tls_cluster.password} " \
+                     f"dbname=postgres sslmode=verify-full sslrootcert={tmp_path / ca}"  # noqa: E731
+    try:
+        proxy.wait_for_line("pgaurora is ready", 60)
+        with psycopg.connect(dsn("old-ca.pem")) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        _issue(tmp_path, "new-ca")
+        proxy.proc.send_signal(signal.SIGHUP)
+        for _ in wait_until("new sessions to get the new certificate", 10):
+            try:
+                with psycopg.connect(dsn("new-ca.pem")) as conn:
+                    break
+            except psycopg.OperationalError:
+                continue
+    finally:
+        assert proxy.stop() == 0, "\n".join(proxy.lines)
+    assert any("tls_reloaded" in line for line in proxy.lines)
 
 
 def test_reload_with_a_broken_key_keeps_the_old_certificate(tls_cluster, service, tmp_path):
