@@ -22,6 +22,13 @@ class UpstreamUnavailable(ProxyError):
     sqlstate = "08006"  # connection_failure
 
 
+class NodeTlsFailed(UpstreamUnavailable):
+    """The node refused the TLS that backend_tls asks for, or its certificate did not verify: waiting for
+    a failover would not change that."""
+
+    sqlstate = "08001"  # sqlclient_unable_to_establish_sqlconnection
+
+
 class NoWriterAvailable(ProxyError):
     sqlstate = "57P03"  # cannot_connect_now
 

@@ -185,3 +185,57 @@ async def _no_tls_record_carries_more_than_8_kb_of_plaintext(ca):
     assert len(lengths) >= 36 and max(lengths) <= 8192 + 64, max(lengths)
     server.abort()
     b.close()
+
+
+class _Node(asyncio.Protocol):
+    """A fake node that answers SSLRequest with `answer`, then answers the ClientHello with `after`
+    (or sends `after` at once, with the answer, when `eager`)."""
+
+    def __init__(self, answer: bytes, after: bytes, eager: bool) -> None:
+        self.answer, self.after, self.eager, self.seen = answer, after, eager, 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            self.transport.write(self.answer + (self.after if self.eager else b""))
+        elif not self.eager:
+            self.transport.write(self.after)
+
+
+async def _connect_to(answer: bytes, mode, after: bytes = b"", eager: bool = False) -> bool:
+    """Connect as the proxy does; True when the connection ended up encrypted."""
+    from pgaurora.proxy.upstream import connect
+    from pgaurora.topology import NodeState, Role
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Node(answer, after, eager), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    node = NodeState(name="n1", host="127.0.0.1", port=port, role=Role.PRIMARY)
+    try:
+        async with asyncio.timeout(5):
+            upstream = await connect(object(), node, mode, ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        upstream.transport.close()
+        return upstream.encrypted
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("answer, after, eager, mode, refused", [
+    (b"N", b"", False, "require", "refused TLS"),
+    (b"S", b"\x15\x03\x03\x00\x02\x02\x28", False, "require", "TLS handshake with node n1 failed"),  # an alert
+    (b"S", b"extra", True, "verify-full", "unexpected data"),  # bytes before the handshake: CVE-2021-23222
+])
+def test_a_node_that_will_not_do_the_tls_asked_for_fails_at_once_with_08001(run, answer, after, eager, mode,
+                                                                          refused):
+    from pgaurora.config import BackendTls
+    from pgaurora.errors import NodeTlsFailed
+    with pytest.raises(NodeTlsFailed, match=refused) as failure:
+        run(_connect_to(answer, BackendTls(mode), after, eager))
+    assert failure.value.sqlstate == "08001"
+
+
+def test_prefer_falls_back_to_plaintext_when_the_node_answers_n(run):
+    from pgaurora.config import BackendTls
+    assert run(_connect_to(b"N", BackendTls.PREFER)) is False

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from ..config import Config, Listen
-from ..errors import NoWriterAvailable, ProxyError, TooManyConnections, UpstreamUnavailable
+from ..errors import NodeTlsFailed, NoWriterAvailable, ProxyError, TooManyConnections, UpstreamUnavailable
 from ..topology import Health, NodeState, Topology, TopologyHub
 from ..wire import CancelRequest, encode
 from .client import ClientProtocol
@@ -62,21 +62,24 @@ class Endpoint:
                 return await self._dial_any(client, self.router.candidates(self.kind, topology))
             except ProxyError as exc:
                 remaining = deadline - loop.time()
-                if self.kind is EndpointKind.READER:
+                if self.kind is EndpointKind.READER or isinstance(exc, NodeTlsFailed):
                     raise exc
                 if remaining <= 0:
                     raise _writer_unavailable(exc, self.hub.current) if self.config.failover.enabled else exc
                 await self.hub.wait_for(lambda t: t.version != topology.version, remaining)
 
     async def _dial_any(self, client: ClientProtocol, nodes: list[NodeState]) -> ServerProtocol:
-        errors = []
+        errors, tls_failures = [], []
         for node in nodes:
             try:
                 return await self._dial(client, node)
             except (OSError, TimeoutError) as exc:
                 errors.append(f"{node.name} ({node.address}): {exc or 'connect timed out'}")
-            except ProxyError as exc:  # e.g. the node refused TLS that backend_tls requires
+            except NodeTlsFailed as exc:
                 errors.append(f"{node.name} ({node.address}): {exc.message}")
+                tls_failures.append(exc)
+        if tls_failures and len(tls_failures) == len(nodes):
+            raise NodeTlsFailed(tls_failures[0].message, detail="; ".join(errors))  # no failover mends that
         raise UpstreamUnavailable(f"could not connect to the {self.kind.value}", detail="; ".join(errors))
 
     async def _dial(self, client: ClientProtocol, node: NodeState) -> ServerProtocol:

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ..config import BackendTls
-from ..errors import UpstreamUnavailable
+from ..errors import NodeTlsFailed
 from ..topology import NodeState
 from ..wire import (BackendKeyData, Framer, RemoteProtocolError, SSLRequest, decode_backend, encode,
                     sasl_mechanisms, without_channel_binding)
@@ -130,12 +130,12 @@ async def _secure(raw: asyncio.Transport, negotiation: _Negotiation, server: Ser
         return server
     if answer != b"S":
         why = "refused TLS" if answer == b"N" else "answered SSLRequest with unexpected data"
-        raise UpstreamUnavailable(f"node {node.name} {why} (backend_tls = {mode.value!r})")
+        raise NodeTlsFailed(f"node {node.name} {why} (backend_tls = {mode.value!r})")
     done: asyncio.Future = asyncio.get_running_loop().create_future()
     hostname = node.host if mode is BackendTls.VERIFY_FULL else None
     tls = TlsTransport(raw, context, server_side=False, app=server, server_hostname=hostname,
                        on_handshake=lambda exc: done.done() or done.set_result(exc))
     if (exc := await done) is not None:
-        raise UpstreamUnavailable(f"TLS handshake with node {node.name} failed: {exc}")
+        raise NodeTlsFailed(f"TLS handshake with node {node.name} failed: {exc}")
     server.connection_made(tls)
     return server
