@@ -101,6 +101,16 @@ def test_direct_tls_without_alpn_gets_08p01(tls_proxy):
     assert error.sqlstate == "08P01" and "without ALPN" in error.message
 
 
+def test_a_client_that_never_completes_the_handshake_is_closed_at_the_startup_deadline(tls_proxy):
+    started = time.monotonic()
+    with socket.create_connection(tls_proxy.writer, timeout=10) as sock:
+        sock.sendall(encode(SSLRequest()))
+        assert sock.recv(1) == b"S"
+        while sock.recv(65536):  # a TLS alert or nothing, then the end of the stream
+            pass
+    assert time.monotonic() - started < tls_proxy.config.proxy.startup_timeout + 2
+
+
 def test_plaintext_after_ssl_request_is_refused_as_protocol_violation(tls_proxy):
     """CVE-2021-23214: bytes sent with the SSLRequest, before the handshake, must not be taken as the
     encrypted session's first message."""
