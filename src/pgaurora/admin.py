@@ -53,6 +53,7 @@ def status_document(service: "Service") -> dict:
         "relay": service.relay_mode,
         "relay_threads": service.proxy_state.native.threads if service.proxy_state.native else None,
         "nodes": nodes,
+        "dcs": service.member.document() if service.member is not None else None,
     }
 
 

@@ -12,6 +12,7 @@ from .errors import ConfigError
 from .dns.resolver import Zone
 from .dns.server import DnsServer
 from .eventlog import EventLog
+from .dcs.member import Member
 from .health.monitor import Monitor, NodeController
 from .proxy.endpoint import Endpoint
 from .proxy.router import EndpointKind, Router
@@ -60,7 +61,8 @@ class Service:
                                self.proxy_state, self.tls)
         self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router,
                                self.proxy_state, self.tls)
-        self.monitor = Monitor(config, self.hub, self.events, controller, reset_state)
+        self.member = Member(config, self.events) if config.dcs is not None else None
+        self.monitor = Monitor(config, self.hub, self.events, controller, reset_state, self.member)
         self.dns = DnsServer(self.hub, Zone(config.zone, config.dns.ttl,
                                             config.reader.fallback is ReaderFallback.PRIMARY),
                              config.dns.host, config.dns.port) if config.dns.enabled else None
@@ -92,6 +94,8 @@ class Service:
         return reloaded
 
     async def start(self) -> None:
+        if self.member is not None:
+            await self.member.start()
         await self.monitor.tick()  # the endpoints open on a real topology, not an empty one
         for part in (self.writer, self.reader, self.dns, self.admin):
             if part is not None:
@@ -117,6 +121,8 @@ class Service:
             if part is not None:
                 await part.stop()
         await self.monitor.close()
+        if self.member is not None:
+            await self.member.close()
         if self.proxy_state.sockmap is not None:
             self.proxy_state.sockmap.close()
         if self.proxy_state.native is not None:

@@ -233,6 +233,35 @@ class TlsConfig(_Frozen):
         return ClientTls.ALLOW if self.cert_file else ClientTls.DISABLE
 
 
+class DcsConfig(_Frozen):
+    """Several pgaurora instances in front of one cluster: etcd elects the one that acts."""
+
+    etcd: tuple[str, ...]
+    """etcd v3 endpoints, e.g. `["http://127.0.0.1:2379"]`; any member will do, the others are
+    tried when one fails."""
+    prefix: str | None = None
+    """Key prefix; default `/pgaurora/<cluster>/`."""
+    ttl: Annotated[float, Field(ge=1, le=60)] = 3.0
+    """Seconds of the leader's lease: a leader that cannot renew it for this long stops acting, and
+    another instance takes over."""
+    instance: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9._:-]{1,100}$")] = None
+    """This instance's name; default the host name and the admin port."""
+    username: str | None = None
+    """etcd user, when etcd has authentication on."""
+    password: str | None = None
+    """Its password."""
+
+    @field_validator("etcd")
+    @classmethod
+    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one etcd endpoint is required")
+        for url in value:
+            if not re.match(r"^https?://[A-Za-z0-9.-]+:\d+/?$", url):
+                raise ValueError(f"{url!r} is not an etcd endpoint like 'http://127.0.0.1:2379'")
+        return value
+
+
 class MonitorConfig(_Frozen):
     """How the monitor probes the nodes and decides that one is down."""
 
@@ -327,6 +356,8 @@ class Config(_Frozen):
     """`[failover]`."""
     tls: TlsConfig = TlsConfig()
     """`[tls]`."""
+    dcs: DcsConfig | None = None
+    """`[dcs]`: several instances agreed through etcd; without it, one instance and its state file."""
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":
@@ -344,6 +375,18 @@ class Config(_Frozen):
     @property
     def zone(self) -> str:
         return self.dns.zone or f"{self.cluster}.pgaurora.internal"
+
+    @property
+    def dcs_prefix(self) -> str:
+        prefix = (self.dcs.prefix if self.dcs and self.dcs.prefix else f"/pgaurora/{self.cluster}/")
+        return prefix if prefix.endswith("/") else prefix + "/"
+
+    @property
+    def instance(self) -> str:
+        import socket
+        if self.dcs is not None and self.dcs.instance:
+            return self.dcs.instance
+        return f"{socket.gethostname()}:{self.admin.port}"
 
 
 def _duplicates(what: str, values: list[str]) -> list[str]:

@@ -64,21 +64,34 @@ def proxy_metrics(state: "ProxyState") -> Iterator[Metric]:
                               value=state.tls_total)
 
 
+def dcs_metrics(member) -> Iterator[Metric]:
+    """With [dcs]: does this instance lead, does etcd answer, how often the leadership moved here."""
+    from .dcs.leadership import Role
+    yield GaugeMetricFamily("pgaurora_dcs_leader", "1 while this instance holds the leader key and acts",
+                            value=1 if member.verdict.role is Role.LEADER else 0)
+    yield GaugeMetricFamily("pgaurora_dcs_up", "1 while etcd answered within the lease ttl",
+                            value=0 if member.verdict.role is Role.CUT_OFF else 1)
+    yield CounterMetricFamily("pgaurora_dcs_leader_changes", "Times this instance became or stopped being the leader",
+                              value=member.leader_changes)
+
+
 class Collector:
     """Reads the current snapshot and the proxy's counters at every scrape; keeps no copy of either."""
 
-    def __init__(self, topology: Callable[[], Topology], state: Callable[[], "ProxyState"]) -> None:
-        self.topology, self.state = topology, state
+    def __init__(self, topology: Callable[[], Topology], state: Callable[[], "ProxyState"], member=None) -> None:
+        self.topology, self.state, self.member = topology, state, member
 
     def collect(self) -> Iterator[Metric]:
         yield from topology_metrics(self.topology())
         yield from proxy_metrics(self.state())
+        if self.member is not None:
+            yield from dcs_metrics(self.member)
 
 
 def registry_for(service: "Service") -> CollectorRegistry:
     """A registry of this service's own (not the process-wide default one, which tests would share)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(lambda: service.hub.current, lambda: service.proxy_state))
+    registry.register(Collector(lambda: service.hub.current, lambda: service.proxy_state, service.member))
     return registry
 
 

@@ -8,9 +8,11 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import Config
+from ..dcs.etcd import DcsUnavailable
+from ..dcs.leadership import Role
 from ..errors import StateError
 from ..eventlog import EventLog
 from ..faultpoints import crash_point
@@ -20,7 +22,10 @@ from . import actions, intents, snapshot
 from .decide import (Action, ClusterState, Decision, Policy, decide, desired_sync_names, hearing_writer,
                      promotion_verdict)
 from .probe import NodeStatus, Prober, bounded
-from .store import StateFile, to_document
+from .store import StateFile, from_document, to_document
+
+if TYPE_CHECKING:
+    from ..dcs.member import Member
 
 log = logging.getLogger("pgaurora.monitor")
 
@@ -46,13 +51,18 @@ def policy_for(config: Config, controller: NodeController | None) -> Policy:
 
 class Monitor:
     def __init__(self, config: Config, hub: TopologyHub, events: EventLog,
-                 controller: NodeController | None = None, reset_state: bool = False) -> None:
+                 controller: NodeController | None = None, reset_state: bool = False,
+                 member: "Member | None" = None) -> None:
         self.config, self.hub, self.events, self.controller = config, hub, events, controller
         self.nodes = {n.name: n for n in config.nodes}
         self.probers = {n.name: Prober(n, config.monitor, node_ssl(config.tls)) for n in config.nodes}
         self.policy = policy_for(config, controller)
-        self._store = StateFile(Path(config.state_dir) / "monitor.json") if config.state_dir else None
+        self.member = member  # with [dcs]: the memory lives in etcd, and only its leader acts
+        self._store = StateFile(Path(config.state_dir) / "monitor.json") \
+            if config.state_dir and member is None else None
         self.state = self._load_state(reset_state)
+        self._dirty = False  # with [dcs]: the memory changed since it was last written to etcd
+        self._led = False  # with [dcs]: this instance led at the last tick
         self.last_seen: dict[str, NodeStatus] = {}
         self.statuses: dict[str, NodeStatus] = {}
         self.decision: Decision | None = None
@@ -67,8 +77,11 @@ class Monitor:
     # -- the one place the monitor's memory changes --------------------------------
     def _set_state(self, **changes) -> None:
         old, self.state = self.state, replace(self.state, **changes)
-        if self._store is not None and to_document(self.state) != to_document(old):
+        if to_document(self.state) == to_document(old):
+            return
+        if self._store is not None:
             self._store.save(self.state)
+        self._dirty = True
 
     def _new_epoch(self, writer: str, timeline: int | None, **changes) -> None:
         """Every change of writer goes through here, so every promotion starts a new epoch. The new
@@ -112,6 +125,8 @@ class Monitor:
                 pass
 
     async def tick(self) -> Decision:
+        if self.member is not None and not await self._lead():
+            return await self._follow()
         await self._serve_requests()
         statuses = await self.probe_all()
         self._observe(statuses)
@@ -122,7 +137,66 @@ class Monitor:
         self.decision = decision
         await self.act(decision, statuses)
         await self.publish(decision.reason)
+        await self._persist()
         return decision
+
+    # -- several instances (with [dcs]) ------------------------------------------------------
+    async def _lead(self) -> bool:
+        """Does this instance lead? On taking the lead, etcd's memory replaces this one's first."""
+        if not self.member.leading():
+            self._led = False
+            return False
+        if not self._led:
+            try:
+                self._adopt_shared(*await self.member.load(), with_intent=True)
+            except DcsUnavailable:
+                return False
+            self._led = True
+        return True
+
+    def _adopt_shared(self, document: dict | None, intent: dict | None, with_intent: bool = False) -> None:
+        """The memory etcd holds (the failure counts stay this instance's own)."""
+        try:
+            shared = from_document(document, self.nodes) if document else ClusterState()
+        except ValueError as exc:
+            raise StateError(f"the monitor's state in etcd ({self.member.state_key}) is unreadable: {exc}") from None
+        self.state = replace(shared, failures=self.state.failures, writer_lsn=self.state.writer_lsn)
+        self._dirty = False
+        if with_intent:
+            self._intents = [intent] if intent else []
+
+    async def _follow(self) -> Decision:
+        """Another instance leads, or etcd is out of reach: probe and route, never act. Cut off from etcd,
+        keep the last writer known only while it still answers as primary."""
+        verdict = self.member.verdict
+        self._refuse_requests(verdict.reason)
+        if self.member.shared[0] is not None:
+            self._adopt_shared(*self.member.shared)  # as the member's last read of etcd left it
+        statuses = await self.probe_all()
+        self._observe(statuses)
+        shown = self.state
+        writer = statuses.get(self.state.writer) if self.state.writer else None
+        if verdict.role is Role.CUT_OFF and (writer is None or not writer.is_primary):
+            shown = replace(self.state, writer=None)
+        self.decision = Decision(Action.NONE, f"{verdict.reason}; this instance does not act")
+        await self.publish(self.decision.reason, shown)
+        return self.decision
+
+    def _refuse_requests(self, why: str) -> None:
+        while not self._requests.empty():
+            kind, _, future = self._requests.get_nowait()
+            leader = self.member.members.get(self.member.leader or "", {}).get("admin", "the leader")
+            future.set_exception(actions.ActionFailed(f"this instance ({self.member.me}) does not act ({why}); "
+                                                      f"ask {leader}"))
+
+    async def _persist(self) -> bool:
+        """With [dcs]: write the memory to etcd if it changed, conditioned on still leading."""
+        if self.member is None or not self._dirty:
+            return True
+        if await self.member.write(state=to_document(self.state)):
+            self._dirty = False
+            return True
+        return False
 
     async def probe_all(self) -> dict[str, NodeStatus]:
         statuses = await self._probe(self.probers)
@@ -164,9 +238,9 @@ class Monitor:
             return True, f"{verdict.candidate}: {verdict.proof}"
         return False, f"{verdict.candidate}: {verdict.proof}" if verdict.candidate else verdict.proof
 
-    async def publish(self, reason: str) -> None:
+    async def publish(self, reason: str, state: ClusterState | None = None) -> None:
         safe, outlook = self.failover_outlook()
-        topology = snapshot.build(self.config, self.state, self.statuses, self.last_seen, reason,
+        topology = snapshot.build(self.config, state or self.state, self.statuses, self.last_seen, reason,
                                   failover_safe=safe, failover_outlook=outlook)
         old = self.hub.current
         if replace(topology, version=old.version, published_at=old.published_at) != old:
@@ -200,6 +274,8 @@ class Monitor:
         handler = getattr(self, f"_act_{decision.action.value}", None)
         if handler is None:
             return
+        if self.member is not None and not await self._persist():
+            return  # not the leader any more (or etcd is gone): act on nothing
         failover = self.config.failover
         limit = failover.catchup_timeout + failover.promote_timeout + 4 * self.config.monitor.probe_timeout
         outcome = await bounded(handler(decision, statuses), limit)  # a frozen node never stalls the loop
@@ -284,6 +360,10 @@ class Monitor:
                                     forced=forced, loss_bound_bytes=loss_bound)
         self._intents.append(intent)
         self._own_intents.add(intent["intent"])
+        if self.member is not None and not await self.member.write(state=to_document(self.state), intent=intent):
+            self._intents.remove(intent)
+            raise actions.ActionFailed(f"not promoting {target}: this instance no longer leads "
+                                       f"({self.member.verdict.reason})")
         crash_point("after_intent")
         after = replace(self.state, writer=target, fenced=self.state.fenced | {old})
         sync = desired_sync_names(after, statuses, self.policy)
@@ -292,6 +372,7 @@ class Monitor:
         phases["promoted"] = time.time()
         crash_point("after_promote")
         self._new_epoch(target, timeline, fenced=(self.state.fenced | {old}) - {target})
+        await self._persist()
         crash_point("after_epoch")
         self.statuses = {**self.statuses, target: replace(statuses[target], in_recovery=False,
                                                           timeline=timeline, sync_names=sync)}
@@ -300,6 +381,8 @@ class Monitor:
         repointed = await self.repoint_all(exclude={old, target})
         crash_point("after_repoint")
         self._intents.remove(intent)
+        if self.member is not None:
+            await self.member.write(intent=None)
         return self.events.record(
             "failover", reason, intent=intent["intent"], old_writer=old, new_writer=target, epoch=self.state.epoch,
             timeline=timeline, sync_standbys=sync, repointed=repointed, forced=forced, loss_bound_bytes=loss_bound,
@@ -339,6 +422,7 @@ class Monitor:
 
     async def install_writer(self, name: str, timeline: int, reason: str) -> None:
         self._new_epoch(name, timeline)
+        await self._persist()
         await self.publish(reason)
 
     # -- requests from the admin endpoint ------------------------------------------------------

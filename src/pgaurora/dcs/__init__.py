@@ -1,0 +1,1 @@
+"""Several pgaurora instances, one acting: leadership and shared memory in etcd."""

@@ -1,0 +1,233 @@
+"""Several pgaurora instances, one acting, agreed through a real 3-member etcd cluster on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+import urllib.request
+
+import psycopg
+import pytest
+
+from pgaurora.compose.background import WriteLoop
+from pgaurora.compose.etcd import EtcdCluster, find_etcd
+from pgaurora.errors import ClusterError
+from tests.helpers import (Command, cluster_dir, free_loopback_base, observe, service_config, wait_until,
+                           write_config)
+
+try:
+    find_etcd()
+except ClusterError:
+    pytest.skip("etcd is installed by .ci/run (Debian's etcd-server)", allow_module_level=True)
+
+TTL = 3.0
+
+
+@pytest.fixture
+def etcd():
+    cluster = EtcdCluster(cluster_dir() / "etcd", 3, free_loopback_base(3))
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+    shutil.rmtree(cluster.root.parent, ignore_errors=True)
+
+
+class Instance:
+    """A `pgaurora proxy -c` process with [dcs], and what its admin endpoint says."""
+
+    def __init__(self, name: str, cluster, endpoints: list[str], workdir) -> None:
+        self.name = name
+        self.config = service_config(cluster, dcs={"etcd": endpoints, "instance": name, "ttl": TTL}, state_dir=None)
+        path = write_config(self.config, workdir / f"{name}.toml")
+        self.command = Command("proxy", "-c", str(path))
+
+    @property
+    def pid(self) -> int:
+        return self.command.proc.pid
+
+    @property
+    def writer(self) -> tuple[str, int]:
+        return self.config.writer.host, self.config.writer.port
+
+    def get(self, path: str, timeout: float = 5):
+        url = f"http://{self.config.admin.host}:{self.config.admin.port}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def status(self) -> dict:
+        return self.get("/status")
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        return [e for e in self.get("/events") if kind is None or e["kind"] == kind]
+
+    def stop(self) -> None:
+        if self.command.proc.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+        self.command.stop()
+
+
+@pytest.fixture
+def instances(tmp_path):
+    made: list[Instance] = []
+
+    def start(cluster, etcd_endpoints, *names: str, endpoints: dict | None = None) -> list[Instance]:
+        for name in names:
+            made.append(Instance(name, cluster, (endpoints or {}).get(name, etcd_endpoints), tmp_path))
+        for instance in made[-len(names):]:
+            instance.command.wait_for_line("pgaurora is ready", 60)
+        return made[-len(names):]
+
+    yield start
+    for instance in made:
+        instance.stop()
+
+
+def _leader_and_other(a: Instance, b: Instance) -> tuple[Instance, Instance]:
+    for _ in wait_until("one instance to lead", 15):
+        roles = {i.name: i.status()["dcs"]["role"] for i in (a, b)}
+        if sorted(roles.values()) == ["follower", "leader"]:
+            break
+    return (a, b) if roles[a.name] == "leader" else (b, a)
+
+
+def _ids_on(node, table: str = "numbers") -> set[int]:
+    out = node.sql(f"SELECT string_agg(id::text, ',') FROM {table}")
+    return {int(x) for x in out.split(",")} if out else set()
+
+
+def test_both_instances_route_to_the_same_writer_and_show_the_same_leader(fresh_cluster, etcd, instances):
+    cluster = fresh_cluster(replicas=2)
+    a, b = instances(cluster, etcd.endpoints, "i1", "i2")
+    leader, follower = _leader_and_other(a, b)
+    for _ in wait_until("each instance to know both, and the same leader", TTL):
+        seen = [(s["dcs"]["leader"], sorted(s["dcs"]["instances"]), s["writer"]["node"], s["epoch"])
+                for s in (a.status(), b.status())]
+        if seen[0] == seen[1] == (leader.name, ["i1", "i2"], "n1", seen[0][3]):
+            break
+    for instance in (a, b):
+        host, port = instance.writer
+        with psycopg.connect(host=host, port=port, user="postgres", password=cluster.password,
+                             dbname="postgres") as conn:
+            assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (cluster.primary.host,)
+    metrics = urllib.request.urlopen(f"http://{leader.config.admin.host}:{leader.config.admin.port}/metrics").read()
+    assert b"pgaurora_dcs_leader 1.0" in metrics and b"pgaurora_dcs_up 1.0" in metrics
+    assert follower.status()["dcs"]["role"] == "follower"
+
+
+def test_leader_instance_and_primary_killed_together_survivor_promotes_losing_nothing(
+        fresh_cluster, etcd, instances):
+    cluster = fresh_cluster(replicas=2)
+    a, b = instances(cluster, etcd.endpoints, "i1", "i2")
+    leader, survivor = _leader_and_other(a, b)
+    epoch = survivor.status()["epoch"]
+    writes = WriteLoop(survivor.writer, "postgres", cluster.password, "numbers")
+    try:
+        writes.wait_acked(50, 10)
+        killed = time.time()
+        os.kill(leader.pid, signal.SIGKILL)
+        cluster.primary.kill()
+        for _ in wait_until("writes to resume through the surviving instance", TTL + 15):
+            if writes.resumed_after(killed):
+                break
+        resumed = writes.resumed_after(killed)
+        writes.wait_acked(len(writes.acked) + 20, 10)
+    finally:
+        writes.stop()
+    downtime = resumed - killed
+    print(f"write downtime with the leader instance and the primary killed: {downtime:.2f} s")
+    assert downtime <= TTL + 3, f"writes resumed {downtime:.2f} s after the kills (ttl {TTL} s)"
+    (failover,) = survivor.events("failover")
+    assert failover["old_writer"] == "n1" and failover["epoch"] == epoch + 1
+    assert survivor.status()["dcs"]["role"] == "leader"
+    new = cluster.node(failover["new_writer"])
+    acked = {i for i, _ in writes.acked}
+    assert acked <= _ids_on(new), f"lost acknowledged writes: {sorted(acked - _ids_on(new))[:10]}"
+
+
+def test_a_paused_leader_is_deposed_and_on_waking_touches_no_node(fresh_cluster, etcd, instances):
+    cluster = fresh_cluster(replicas=2)
+    a, b = instances(cluster, etcd.endpoints, "i1", "i2")
+    leader, other = _leader_and_other(a, b)
+    os.kill(leader.pid, signal.SIGSTOP)
+    try:
+        for _ in wait_until("the other instance to take the lead", TTL + 10):
+            if other.status()["dcs"]["role"] == "leader":
+                break
+        cluster.primary.kill()  # the new leader acts: a failover, new epoch
+        for _ in wait_until("the new leader to fail over", 20):
+            if other.events("failover"):
+                break
+    finally:
+        os.kill(leader.pid, signal.SIGCONT)
+    for _ in wait_until("the woken instance to know it follows", 10):
+        status = leader.status()
+        if status["dcs"]["role"] == "follower" and status["epoch"] == other.status()["epoch"]:
+            break
+    assert leader.events("leader_lost"), "the woken leader never recorded that it lost the lead"
+    acted = [e for e in leader.events() if e["kind"] in ("failover_started", "failover", "repoint", "fence",
+                                                          "sync_standbys", "promote")]
+    assert acted == [], f"the deposed leader acted: {acted}"
+    promoted = [e["epoch"] for i in (leader, other) for e in i.events("failover_started")]
+    assert len(promoted) == len(set(promoted)) == 1, promoted
+
+
+def test_an_instance_cut_off_from_etcd_stops_acting_and_the_other_takes_over(fresh_cluster, etcd, instances):
+    cluster = fresh_cluster(replicas=2)
+    first, rest = etcd.endpoints[0], etcd.endpoints[1:]
+    (cut,) = instances(cluster, etcd.endpoints, "i1", endpoints={"i1": [first]})
+    for _ in wait_until("i1 to lead", 15):
+        if cut.status()["dcs"]["role"] == "leader":
+            break
+    (other,) = instances(cluster, etcd.endpoints, "i2", endpoints={"i2": rest})
+    etcd.stop_member(etcd.members[0].name)  # i1's only etcd member; the other two keep quorum
+    for _ in wait_until("i1 to stop acting and i2 to lead", TTL + 10):
+        if cut.status()["dcs"]["role"] == "cut_off" and other.status()["dcs"]["role"] == "leader":
+            break
+    cluster.primary.kill()
+    for _ in wait_until("i2 to fail over", 20):
+        if other.events("failover"):
+            break
+    assert not cut.events("failover_started"), "an instance cut off from etcd promoted a node"
+    new = other.events("failover")[0]["new_writer"]
+    for _ in wait_until("i1 to route to the new writer once it hears etcd again", 20):
+        if _ == 0:
+            etcd.start_member(etcd.members[0].name)
+        status = cut.status()
+        if status["writer"]["node"] == new and status["dcs"]["role"] == "follower":
+            break
+
+
+def test_etcd_quorum_loss_stops_all_acting_but_not_sessions_and_failover_resumes_with_quorum(
+        fresh_cluster, etcd, instances):
+    cluster = fresh_cluster(replicas=2)
+    a, b = instances(cluster, etcd.endpoints, "i1", "i2")
+    leader, _ = _leader_and_other(a, b)
+    etcd.stop_member(etcd.members[2].name)  # one member down: nothing happens
+    for _ in observe("the leadership to hold with one etcd member down", TTL + 1, interval=0.25):
+        assert leader.status()["dcs"]["role"] == "leader" and not leader.events("leader_lost")
+    host, port = leader.writer
+    with psycopg.connect(host=host, port=port, user="postgres", password=cluster.password, dbname="postgres",
+                         autocommit=True) as session:
+        etcd.stop_member(etcd.members[1].name)  # quorum lost
+        for _ in wait_until("both instances to stop acting", TTL + 10):
+            if all(i.status()["dcs"]["role"] == "cut_off" for i in (a, b)):
+                break
+        assert session.execute("SELECT 1").fetchone() == (1,)  # established sessions keep flowing
+        replica = cluster.replicas[0]
+        cluster.primary.kill()
+        for _ in observe("no promotion while etcd has no quorum", 2 * TTL, interval=0.25):
+            assert not any(i.events("failover_started") for i in (a, b))
+    assert replica.sql("SELECT pg_is_in_recovery()") == "t"
+    etcd.start_member(etcd.members[1].name)
+    try:
+        for _ in wait_until("the failover to happen once quorum returns", 30):
+            if any(i.events("failover") for i in (a, b)):
+                break
+    except AssertionError:
+        for i in (a, b):
+            print("DEBUG", i.name, json.dumps(i.status()["dcs"]), i.status()["reason"])
+            print("DEBUG events", [(e["kind"], e["reason"][:100]) for e in i.events()][-8:])
+        raise
