@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 
@@ -15,7 +17,7 @@ import pytest
 from pgaurora.compose.background import WriteLoop
 from pgaurora.compose.etcd import EtcdCluster, find_etcd
 from pgaurora.errors import ClusterError
-from tests.helpers import (Command, cluster_dir, free_loopback_base, observe, service_config, wait_until,
+from tests.helpers import (PGAURORA, Command, cluster_dir, free_loopback_base, observe, service_config, wait_until,
                            write_config)
 
 try:
@@ -112,6 +114,17 @@ def test_both_instances_route_to_the_same_writer_and_show_the_same_leader(fresh_
         with psycopg.connect(host=host, port=port, user="postgres", password=cluster.password,
                              dbname="postgres") as conn:
             assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (cluster.primary.host,)
+    shown = []
+    for instance in (a, b):  # `pgaurora status` against either instance: the same leader and topology
+        out = subprocess.run([*PGAURORA, "status", "--admin", f"http://127.0.0.1:{instance.config.admin.port}"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert any(f"{leader.name} (leader)" in line for line in lines), out.stdout
+        shown.append([re.sub(r"127\.0\.0\.1:\d+", "ENDPOINT", line.split("this one:")[0]) for line in lines
+                      if line.startswith(("writer", "instances"))]
+                     + [line.split()[:4] for line in lines if line.startswith(("n1", "n2", "n3"))])
+    assert shown[0] == shown[1] and len(shown[0]) == 5, shown
     metrics = urllib.request.urlopen(f"http://{leader.config.admin.host}:{leader.config.admin.port}/metrics").read()
     assert b"pgaurora_dcs_leader 1.0" in metrics and b"pgaurora_dcs_up 1.0" in metrics
     assert follower.status()["dcs"]["role"] == "follower"

@@ -51,4 +51,16 @@ def print_status(doc: dict, wide: bool = False) -> None:
     bound = doc.get("loss_bound_bytes")
     if bound:
         console.print(f"[yellow]asynchronous: a failover now could lose up to {bound} bytes of acknowledged WAL[/]")
+    if doc.get("dcs"):
+        _print_dcs(console, doc["dcs"], wide)
     console.print(f"last decision: {doc['reason']}")
+
+
+def _print_dcs(console: Console, dcs: dict, wide: bool) -> None:
+    """The instances etcd knows, which one leads, and how this one sees etcd."""
+    names = [f"[bold]{n}[/] (leader)" if n == dcs["leader"] else n for n in sorted(dcs["instances"])]
+    left = f", lease {dcs['lease_left']:.1f} s left" if dcs.get("lease_left") is not None else ""
+    console.print(f"instances {', '.join(names) or 'none'}   this one: {dcs['instance']}, {dcs['role']}{left}")
+    health = "[red]unreachable[/]" if dcs["role"] == "cut_off" else "[green]up[/]"
+    endpoints = ", ".join(dcs["endpoints"]) if wide else dcs["endpoint_in_use"]
+    console.print(f"etcd {health} ({endpoints})" + (f"  {dcs['last_error']}" if wide and dcs.get("last_error") else ""))
