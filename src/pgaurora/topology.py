@@ -54,6 +54,7 @@ class Topology:
     voters: tuple[str, ...] = ()  # every one must answer before a failover can prove it loses nothing
     failover_safe: bool = False  # would a failover now keep every acknowledged commit?
     failover_outlook: str = ""  # why, or why not
+    proxies: tuple[str, ...] = ()  # hosts of the live pgaurora instances (proxy.<zone>)
     published_at: float = 0.0
     by_name: dict = field(default_factory=dict, compare=False, repr=False)
 

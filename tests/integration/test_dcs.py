@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.request
 
+import dns.resolver
 import psycopg
 import pytest
 
@@ -42,7 +43,10 @@ class Instance:
 
     def __init__(self, name: str, cluster, endpoints: list[str], workdir) -> None:
         self.name = name
-        self.config = service_config(cluster, dcs={"etcd": endpoints, "instance": name, "ttl": TTL}, state_dir=None)
+        host = free_loopback_base(1)  # each instance on an address of its own, like a host of its own
+        self.config = service_config(cluster, dcs={"etcd": endpoints, "instance": name, "ttl": TTL}, state_dir=None,
+                                     writer={"host": host}, reader={"host": host}, admin={"host": host},
+                                     dns={"host": host})
         path = write_config(self.config, workdir / f"{name}.toml")
         self.command = Command("proxy", "-c", str(path))
 
@@ -54,9 +58,12 @@ class Instance:
     def writer(self) -> tuple[str, int]:
         return self.config.writer.host, self.config.writer.port
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.config.admin.host}:{self.config.admin.port}"
+
     def get(self, path: str, timeout: float = 5):
-        url = f"http://{self.config.admin.host}:{self.config.admin.port}{path}"
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as response:
             return json.loads(response.read())
 
     def status(self) -> dict:
@@ -116,18 +123,37 @@ def test_both_instances_route_to_the_same_writer_and_show_the_same_leader(fresh_
             assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (cluster.primary.host,)
     shown = []
     for instance in (a, b):  # `pgaurora status` against either instance: the same leader and topology
-        out = subprocess.run([*PGAURORA, "status", "--admin", f"http://127.0.0.1:{instance.config.admin.port}"],
+        out = subprocess.run([*PGAURORA, "status", "--admin", instance.admin_url],
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert any(f"{leader.name} (leader)" in line for line in lines), out.stdout
-        shown.append([re.sub(r"127\.0\.0\.1:\d+", "ENDPOINT", line.split("this one:")[0]) for line in lines
+        shown.append([re.sub(r"127\.\d+\.\d+\.\d+:\d+", "ENDPOINT", line.split("this one:")[0]) for line in lines
                       if line.startswith(("writer", "instances"))]
                      + [line.split()[:4] for line in lines if line.startswith(("n1", "n2", "n3"))])
     assert shown[0] == shown[1] and len(shown[0]) == 5, shown
-    metrics = urllib.request.urlopen(f"http://{leader.config.admin.host}:{leader.config.admin.port}/metrics").read()
+    metrics = urllib.request.urlopen(f"{leader.admin_url}/metrics").read()
     assert b"pgaurora_dcs_leader 1.0" in metrics and b"pgaurora_dcs_up 1.0" in metrics
     assert follower.status()["dcs"]["role"] == "follower"
+    hosts = sorted(i.config.writer.host for i in (a, b))
+    for instance in (a, b):  # proxy.<zone> names every live instance, from either one's DNS server
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port = [instance.config.dns.host], instance.config.dns.port
+        for _ in wait_until("proxy.<zone> to list both instances", TTL):
+            if sorted(r.address for r in resolver.resolve(f"proxy.{instance.config.zone}", "A")) == hosts:
+                break
+
+
+def test_a_multi_host_connection_string_survives_the_loss_of_an_instance(fresh_cluster, etcd, instances):
+    cluster = fresh_cluster(replicas=1)
+    a, b = instances(cluster, etcd.endpoints, "i1", "i2")
+    dsn = (f"host={a.writer[0]},{b.writer[0]} port={a.writer[1]},{b.writer[1]} user=postgres "
+           f"password={cluster.password} dbname=postgres target_session_attrs=read-write connect_timeout=5")
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (cluster.primary.host,)
+    os.kill(a.pid, signal.SIGKILL)
+    with psycopg.connect(dsn) as conn:  # libpq moves on to the next host
+        assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (cluster.primary.host,)
 
 
 def test_leader_instance_and_primary_killed_together_survivor_promotes_losing_nothing(

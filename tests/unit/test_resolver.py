@@ -60,3 +60,11 @@ def test_formerr_keeps_id_and_ignores_responses_and_runts():
     assert reply[:2] == b"\xab\xcd" and reply[2] & 0x80 and reply[3] & 0x0F == RCODE.FORMERR
     assert formerr(b"\x00\x01") is None
     assert formerr(b"\xab\xcd\x81\x80" + bytes(8)) is None
+
+
+def test_proxy_name_lists_every_live_pgaurora_instance():
+    from dataclasses import replace
+    reply, answers = _a("proxy.demo.pgaurora.internal", replace(TOPOLOGY, proxies=("127.0.0.1", "127.0.0.2")))
+    assert answers == ["127.0.0.1", "127.0.0.2"] and reply.header.rcode == RCODE.NOERROR
+    reply, answers = _a("proxy.demo.pgaurora.internal")  # none known yet: NODATA, not NXDOMAIN
+    assert answers == [] and reply.header.rcode == RCODE.NOERROR

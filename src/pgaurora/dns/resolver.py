@@ -52,6 +52,8 @@ def resolve(request: DNSRecord, topology: Topology, zone: Zone, turn: int = 0) -
     relative = str(qname.stripSuffix(zone.label)).rstrip(".").lower()
     if relative in ("", "@"):
         return _apex(reply, qtype, zone, topology)
+    if relative == "proxy":
+        return _proxies(reply, qname, qtype, zone, topology)
     srv = relative.startswith("_postgresql._tcp.")
     name = relative.removeprefix("_postgresql._tcp.")
     nodes = _targets(name, topology, zone, turn) if "." not in name else None
@@ -69,6 +71,16 @@ def resolve(request: DNSRecord, topology: Topology, zone: Zone, turn: int = 0) -
             reply.add_answer(RR(qname, QTYPE.A, ttl=zone.ttl, rdata=A(node.host)))
     if not reply.rr:
         reply.add_auth(_soa(zone, topology))  # NODATA
+    return reply
+
+
+def _proxies(reply: DNSRecord, qname, qtype: str, zone: Zone, topology: Topology) -> DNSRecord:
+    """proxy.<zone>: an A record per live pgaurora instance, for multi-host connection strings."""
+    if qtype in ("A", "ANY"):
+        for host in topology.proxies:
+            reply.add_answer(RR(qname, QTYPE.A, ttl=zone.ttl, rdata=A(host)))
+    if not reply.rr:
+        reply.add_auth(_soa(zone, topology))
     return reply
 
 

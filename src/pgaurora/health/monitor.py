@@ -241,10 +241,17 @@ class Monitor:
     async def publish(self, reason: str, state: ClusterState | None = None) -> None:
         safe, outlook = self.failover_outlook()
         topology = snapshot.build(self.config, state or self.state, self.statuses, self.last_seen, reason,
-                                  failover_safe=safe, failover_outlook=outlook)
+                                  failover_safe=safe, failover_outlook=outlook, proxies=self._proxies())
         old = self.hub.current
         if replace(topology, version=old.version, published_at=old.published_at) != old:
             await self.hub.publish(topology)
+
+    def _proxies(self) -> tuple[str, ...]:
+        """Hosts of the live instances' endpoints: this one alone, or every one whose lease etcd keeps."""
+        if self.member is None:
+            return (self.config.writer.host,)
+        hosts = {card["writer"].rpartition(":")[0] for card in self.member.members.values() if "writer" in card}
+        return tuple(sorted(hosts | {self.config.writer.host}))
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.probers.values()))

@@ -35,7 +35,7 @@ def _lag(status: NodeStatus, writer: NodeStatus | None) -> tuple[int | None, flo
 
 def build(config: Config, state: ClusterState, statuses: Mapping[str, NodeStatus],
           last: Mapping[str, NodeStatus], reason: str, failover_safe: bool = False,
-          failover_outlook: str = "") -> Topology:
+          failover_outlook: str = "", proxies: tuple[str, ...] = ()) -> Topology:
     writer_status = statuses.get(state.writer) if state.writer else None
     nodes, readers = [], []
     for node in config.nodes:
@@ -55,7 +55,7 @@ def build(config: Config, state: ClusterState, statuses: Mapping[str, NodeStatus
     return Topology(cluster=config.cluster, nodes=tuple(nodes), writer=state.writer,
                     readers=tuple(readers), epoch=state.epoch, reason=reason, sync_standbys=sync or "",
                     voters=tuple(sorted(state.voters)), failover_safe=failover_safe,
-                    failover_outlook=failover_outlook)
+                    failover_outlook=failover_outlook, proxies=proxies)
 
 
 def _upstream(status: NodeStatus) -> str | None:
