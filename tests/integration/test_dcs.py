@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import dns.resolver
@@ -135,6 +136,10 @@ def test_both_instances_route_to_the_same_writer_and_show_the_same_leader(fresh_
     metrics = urllib.request.urlopen(f"{leader.admin_url}/metrics").read()
     assert b"pgaurora_dcs_leader 1.0" in metrics and b"pgaurora_dcs_up 1.0" in metrics
     assert follower.status()["dcs"]["role"] == "follower"
+    request = urllib.request.Request(f"{follower.admin_url}/switchover", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:  # acting is the leader's: the follower says where
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 409 and leader.admin_url in refused.value.read().decode()
     hosts = sorted(i.config.writer.host for i in (a, b))
     for instance in (a, b):  # proxy.<zone> names every live instance, from either one's DNS server
         resolver = dns.resolver.Resolver(configure=False)
@@ -255,6 +260,9 @@ def test_etcd_quorum_loss_stops_all_acting_but_not_sessions_and_failover_resumes
             if all(i.status()["dcs"]["role"] == "cut_off" for i in (a, b)):
                 break
         assert session.execute("SELECT 1").fetchone() == (1,)  # established sessions keep flowing
+        with psycopg.connect(host=host, port=port, user="postgres", password=cluster.password, dbname="postgres",
+                             connect_timeout=10) as new:  # and new ones reach the writer while it answers
+            assert new.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
         replica = cluster.replicas[0]
         cluster.primary.kill()
         for _ in observe("no promotion while etcd has no quorum", 2 * TTL, interval=0.25):
