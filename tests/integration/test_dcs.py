@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -19,8 +20,8 @@ import pytest
 from pgaurora.compose.background import WriteLoop
 from pgaurora.compose.etcd import EtcdCluster, find_etcd
 from pgaurora.errors import ClusterError
-from tests.helpers import (PGAURORA, Command, cluster_dir, free_loopback_base, observe, service_config, wait_until,
-                           write_config)
+from tests.helpers import (PGAURORA, Command, cluster_dir, free_loopback_base, free_ports, observe, service_config,
+                           wait_until, write_config)
 
 try:
     find_etcd()
@@ -278,3 +279,44 @@ def test_etcd_quorum_loss_stops_all_acting_but_not_sessions_and_failover_resumes
             print("DEBUG", i.name, json.dumps(i.status()["dcs"]), i.status()["reason"])
             print("DEBUG events", [(e["kind"], e["reason"][:100]) for e in i.events()][-8:])
         raise
+
+
+def test_up_instances_serves_through_any_instance_survives_the_leaders_death_and_stops_everything(tmp_path):
+    root = cluster_dir()
+    base = free_loopback_base(3)
+    ports = [str(p) for p in free_ports(4)]
+    up = Command("up", "--instances", "2", "--replicas", "1", "--dir", str(root / "c"), "--base-address", base,
+                 "--password", "pw", "--writer-port", ports[0], "--reader-port", ports[1], "--admin-port", ports[2],
+                 "--dns-port", ports[3])
+    try:
+        up.wait_for_line("pgaurora is ready", 120)
+        (line,) = [l for l in up.lines if "target_session_attrs=read-write" in l]
+        conninfo = line.split('psql "', 1)[1].split('"')[0] + " dbname=postgres password=pw connect_timeout=5"
+        admins = [l.split("admin ")[1].split("/status")[0] for l in up.lines if l.startswith("instance ")]
+        status = lambda url: json.loads(urllib.request.urlopen(url + "/status", timeout=5).read())  # noqa: E731
+        for _ in wait_until("one instance to lead", 15):
+            roles = {url: status(url)["dcs"]["role"] for url in admins}
+            if sorted(roles.values()) == ["follower", "leader"]:
+                break
+        leader = next(url for url, role in roles.items() if role == "leader")
+        other = next(url for url in admins if url != leader)
+        os.kill(status(leader)["pid"], signal.SIGKILL)
+        for _ in wait_until("the other instance to lead", TTL + 10):
+            if status(other)["dcs"]["role"] == "leader":
+                break
+        with psycopg.connect(conninfo) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+        node_ports = {(n["address"].rsplit(":", 1)[0], int(n["address"].rsplit(":", 1)[1]))
+                      for n in status(other)["nodes"]}
+        etcd_hosts = [l for l in up.lines if l.startswith("etcd ")][0].split()[1:]
+    finally:
+        assert up.stop() == 0, "\n".join(up.lines)
+    listening = []
+    for host, port in [*node_ports, *((u.strip(",").split("//")[1].split(":")[0], 2379) for u in etcd_hosts)]:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            listening.append(f"{host}:{port}")
+        except OSError:
+            pass
+    assert listening == [], f"still listening after up stopped: {listening}"
+    shutil.rmtree(root, ignore_errors=True)

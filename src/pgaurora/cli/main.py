@@ -52,6 +52,12 @@ reset_state_option = click.option(
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous replication instead of quorum commit.")
 @click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
               help="Nodes as local processes, or as Docker containers (host networking, loopback addresses).")
+@click.option("--instances", type=click.IntRange(1, 3), default=1, show_default=True,
+              help="pgaurora instances, each on a loopback address of its own (the first node's address + 30, "
+                   "+ 31, ...), agreed through a 3-member etcd (+ 40, + 41, + 42): kill one, the others go on.")
+@click.option("--instance", hidden=True, default=None, help="Serve as this instance of several (internal).")
+@click.option("--host", hidden=True, default=None, help="Listen address of this instance (internal).")
+@click.option("--etcd", hidden=True, multiple=True, help="etcd endpoint of this instance (internal).")
 @click.option("--tls", is_flag=True,
               help="Encrypt every leg: make a CA and a certificate, turn on ssl on the nodes, and serve TLS on "
                    "the endpoints (a cluster made with --tls keeps it when resumed).")
@@ -61,13 +67,25 @@ reset_state_option = click.option(
                    "down, and the monitor fails over from it). Drills use this.")
 @click.option("-v", "--verbose", is_flag=True)
 def up(replicas, state_dir, password, name, port, base_address, writer_port, reader_port, admin_port,
-       dns_port, asynchronous, backend, tls, reset_state, attach, verbose) -> None:
+       dns_port, asynchronous, backend, instances, instance, host, etcd, tls, reset_state, attach,
+       verbose) -> None:
     """Start a local cluster (1 primary, 2 replicas), the proxy, the monitor and DNS."""
+    if instances > 1:
+        if attach or instance:
+            raise click.UsageError("--instances starts its own instances: it goes with neither --attach nor --instance")
+        from .instances import run_instances
+        run_instances(count=instances, replicas=replicas, state_dir=state_dir, password=password, name=name,
+                      port=port, base_address=base_address,
+                      ports=(writer_port, reader_port, admin_port, dns_port), synchronous=not asynchronous,
+                      backend=backend, tls=tls)
+        return
+    if instance and not etcd:
+        raise click.UsageError("--instance needs --etcd")
     from .up import run_up
     run_up(replicas=replicas, state_dir=state_dir, password=password, name=name, port=port,
            base_address=base_address, ports=(writer_port, reader_port, admin_port, dns_port),
            synchronous=not asynchronous, reset_state=reset_state, verbose=verbose, attach=attach, backend=backend,
-           tls=tls)
+           tls=tls, instance=instance, etcd=etcd, host=host)
 
 
 @cli.command()

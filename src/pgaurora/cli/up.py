@@ -49,13 +49,16 @@ def tls_settings(cluster: LocalCluster) -> dict:
             "backend_ca_file": str(cluster.authority().cert_file)}
 
 
-def build_config(cluster: LocalCluster, ports: tuple[int, int, int, int],
-                 with_tls: bool = True) -> config_mod.Config:
+def build_config(cluster: LocalCluster, ports: tuple[int, int, int, int], with_tls: bool = True,
+                 host: str | None = None, dcs: dict | None = None) -> config_mod.Config:
+    """The config `up` serves the cluster with; one of several instances listens on `host` and has [dcs]."""
     writer, reader, admin, dns = ports
-    return config_mod.build({
+    listen = {"host": host} if host else {}
+    extra = {"dcs": dcs} if dcs else {}
+    return config_mod.build({**extra,
         "cluster": cluster.name, "state_dir": str(cluster.root), "nodes": cluster.node_configs(),
-        "writer": {"port": writer}, "reader": {"port": reader}, "admin": {"port": admin},
-        "dns": {"port": dns},
+        "writer": {"port": writer, **listen}, "reader": {"port": reader, **listen},
+        "admin": {"port": admin, **listen}, "dns": {"port": dns, **listen},
         "monitor": {"user": "postgres", "password": cluster.password},
         "failover": {"replication_password": cluster.replication_password,
                      "sync_mode": "quorum" if cluster.synchronous else "off"},
@@ -117,20 +120,24 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
 
 
 def run_up(*, replicas, state_dir, password, name, port, base_address, ports, synchronous, reset_state,
-           verbose, attach=False, backend="local", tls=False) -> None:
+           verbose, attach=False, backend="local", tls=False, instance=None, etcd=(), host=None) -> None:
+    """Serve a cluster; as `instance` (one of `up --instances`), on `host` with [dcs], nodes left running."""
     setup_logging(verbose)
     cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
-    check_addresses(cluster, build_config(cluster, ports, with_tls=False))
-    cluster.lock()
+    dcs = {"etcd": list(etcd), "instance": instance} if instance else None
+    check_addresses(cluster, build_config(cluster, ports, with_tls=False, host=host, dcs=dcs))
+    cluster.lock(shared=instance is not None)
     reaper = start_reaper()
     try:
         click.echo(cluster.up(attach))
-        cfg = build_config(cluster, ports)  # after up: with --tls, the certificates exist now
-        service = Service(cfg, controller=cluster, events=EventLog(cluster.root / "events.jsonl"),
+        cfg = build_config(cluster, ports, host=host, dcs=dcs)  # after up: with --tls, the certificates exist
+        log_name = f"events-{instance}.jsonl" if instance else "events.jsonl"
+        service = Service(cfg, controller=cluster, events=EventLog(cluster.root / log_name),
                           reset_state=reset_state)
         serve(service, lambda: click.echo(_ready_text(cluster, cfg)))
     finally:
-        click.echo("stopping the cluster")
-        cluster.stop()
+        if instance is None:  # one instance of several leaves the nodes to the others
+            click.echo("stopping the cluster")
+            cluster.stop()
         cluster.unlock()
         reaper.set()

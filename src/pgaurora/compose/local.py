@@ -145,13 +145,14 @@ class LocalCluster:
         return self.nodes[1:]
 
     # -- lifecycle ------------------------------------------------------------
-    def lock(self) -> None:
-        """Hold the state directory so that no second pgaurora uses it at the same time."""
+    def lock(self, shared: bool = False) -> None:
+        """Hold the state directory so that no second pgaurora uses it at the same time (shared: the
+        instances of one `up --instances`, which hold it together)."""
         self._made_root = self._made_root or not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise ClusterError(f"{self.root} is in use by another pgaurora process") from None
