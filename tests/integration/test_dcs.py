@@ -43,14 +43,14 @@ def etcd():
 class Instance:
     """A `pgaurora proxy -c` process with [dcs], and what its admin endpoint says."""
 
-    def __init__(self, name: str, cluster, endpoints: list[str], workdir) -> None:
+    def __init__(self, name: str, cluster, endpoints: list[str], workdir, env: dict | None = None) -> None:
         self.name = name
         host = free_loopback_base(1)  # each instance on an address of its own, like a host of its own
         self.config = service_config(cluster, dcs={"etcd": endpoints, "instance": name, "ttl": TTL}, state_dir=None,
                                      writer={"host": host}, reader={"host": host}, admin={"host": host},
                                      dns={"host": host})
         path = write_config(self.config, workdir / f"{name}.toml")
-        self.command = Command("proxy", "-c", str(path))
+        self.command = Command("proxy", "-c", str(path), env=env)
 
     @property
     def pid(self) -> int:
@@ -84,9 +84,10 @@ class Instance:
 def instances(tmp_path):
     made: list[Instance] = []
 
-    def start(cluster, etcd_endpoints, *names: str, endpoints: dict | None = None) -> list[Instance]:
+    def start(cluster, etcd_endpoints, *names: str, endpoints: dict | None = None,
+              env: dict | None = None) -> list[Instance]:
         for name in names:
-            made.append(Instance(name, cluster, (endpoints or {}).get(name, etcd_endpoints), tmp_path))
+            made.append(Instance(name, cluster, (endpoints or {}).get(name, etcd_endpoints), tmp_path, env))
         for instance in made[-len(names):]:
             instance.command.wait_for_line("pgaurora is ready", 60)
         return made[-len(names):]
@@ -190,6 +191,33 @@ def test_leader_instance_and_primary_killed_together_survivor_promotes_losing_no
     new = cluster.node(failover["new_writer"])
     acked = {i for i, _ in writes.acked}
     assert acked <= _ids_on(new), f"lost acknowledged writes: {sorted(acked - _ids_on(new))[:10]}"
+
+
+def test_a_leader_that_dies_in_the_middle_of_a_failover_is_succeeded_and_the_failover_completed(
+        fresh_cluster, etcd, instances):
+    cluster = fresh_cluster(replicas=2)
+    (first,) = instances(cluster, etcd.endpoints, "i1", env={"PGAURORA_CRASH_AT": "after_promote"})
+    for _ in wait_until("i1 to lead", 15):
+        if first.status()["dcs"]["role"] == "leader":
+            break
+    (second,) = instances(cluster, etcd.endpoints, "i2")
+    epoch = second.status()["epoch"]
+    cluster.primary.kill()  # i1 promotes a replica, then dies before it records the new epoch
+    for _ in wait_until("i1 to crash after promoting", 20):
+        if first.command.proc.poll() is not None:
+            break
+    for _ in wait_until("i2 to take over and complete the failover", TTL + 15):
+        done = second.events("failover_completed_after_restart")
+        if done:
+            break
+    for _ in wait_until("i2 to route writes to the promoted node", 5):
+        status = second.status()
+        if status["writer"]["node"] == done[0]["new_writer"]:
+            break
+    promoted = [n for n in cluster.replicas if n.sql("SELECT pg_is_in_recovery()") == "f"]
+    assert [n.name for n in promoted] == [done[0]["new_writer"]]
+    assert status["epoch"] == epoch + 1 and status["dcs"]["role"] == "leader"
+    assert not second.events("failover_started"), "the successor promoted a second node"
 
 
 def test_a_paused_leader_is_deposed_and_on_waking_touches_no_node(fresh_cluster, etcd, instances):

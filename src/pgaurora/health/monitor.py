@@ -62,6 +62,7 @@ class Monitor:
             if config.state_dir and member is None else None
         self.state = self._load_state(reset_state)
         self._dirty = False  # with [dcs]: the memory changed since it was last written to etcd
+        self._intent_closed = False  # with [dcs]: an intent read from etcd was reconciled; clear it there
         self._led = False  # with [dcs]: this instance led at the last tick
         self.last_seen: dict[str, NodeStatus] = {}
         self.statuses: dict[str, NodeStatus] = {}
@@ -191,10 +192,10 @@ class Monitor:
 
     async def _persist(self) -> bool:
         """With [dcs]: write the memory to etcd if it changed, conditioned on still leading."""
-        if self.member is None or not self._dirty:
+        if self.member is None or not (self._dirty or self._intent_closed):
             return True
-        if await self.member.write(state=to_document(self.state)):
-            self._dirty = False
+        if await self.member.write(state=to_document(self.state), intent=None if self._intent_closed else False):
+            self._dirty = self._intent_closed = False
             return True
         return False
 
@@ -265,6 +266,7 @@ class Monitor:
             if found is None:
                 continue
             self._intents.remove(intent)
+            self._intent_closed = self.member is not None and not self._intents
             if found.follow:
                 old = intent["old_writer"]
                 self._new_epoch(intent["candidate"], found.timeline,
@@ -281,8 +283,10 @@ class Monitor:
         handler = getattr(self, f"_act_{decision.action.value}", None)
         if handler is None:
             return
-        if self.member is not None and not await self._persist():
-            return  # not the leader any more (or etcd is gone): act on nothing
+        if self.member is not None:
+            self._dirty = True  # write even an unchanged memory: the conditioned write proves the lead now
+            if not await self._persist():
+                return  # not the leader any more (or etcd is gone): act on nothing
         failover = self.config.failover
         limit = failover.catchup_timeout + failover.promote_timeout + 4 * self.config.monitor.probe_timeout
         outcome = await bounded(handler(decision, statuses), limit)  # a frozen node never stalls the loop
@@ -369,8 +373,10 @@ class Monitor:
         self._own_intents.add(intent["intent"])
         if self.member is not None and not await self.member.write(state=to_document(self.state), intent=intent):
             self._intents.remove(intent)
-            raise actions.ActionFailed(f"not promoting {target}: this instance no longer leads "
-                                       f"({self.member.verdict.reason})")
+            why = f"not promoting {target}: this instance no longer leads ({self.member.verdict.reason})"
+            self.events.record("failover_abandoned", why, intent=intent["intent"], old_writer=old,
+                               new_writer=None, epoch=self.state.epoch)
+            raise actions.ActionFailed(why)
         crash_point("after_intent")
         after = replace(self.state, writer=target, fenced=self.state.fenced | {old})
         sync = desired_sync_names(after, statuses, self.policy)
