@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import signal
@@ -41,16 +42,29 @@ async def _serve(service: Service, on_ready: Callable[[], None]) -> None:
     loop.add_signal_handler(signal.SIGHUP, _reload, service)
     await service.start()
     try:
-        if not await service.wait_ready(timeout=60):
-            log.error("no usable topology after 60 s: %s", service.hub.current.reason)
-        m, c = service.config.monitor, service.config
-        tls = c.tls.client_mode is ClientTls.REQUIRE
-        await check_endpoint(c.writer.host, c.writer.port, m.user, m.password, tls)
-        await check_endpoint(c.reader.host, c.reader.port, m.user, m.password, tls)
-        on_ready()
-        await stop.wait()
+        ready = loop.create_task(_become_ready(service, on_ready))
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)  # SIGTERM ends a wait too
+        if not ready.done():
+            ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ready
+        elif ready.exception() is not None:
+            stopping.cancel()
+            raise ready.exception()
+        await stopping
     finally:
         await service.stop()
+
+
+async def _become_ready(service: Service, on_ready: Callable[[], None]) -> None:
+    if not await service.wait_ready(timeout=60):
+        log.error("no usable topology after 60 s: %s", service.hub.current.reason)
+    m, c = service.config.monitor, service.config
+    tls = c.tls.client_mode is ClientTls.REQUIRE
+    await check_endpoint(c.writer.host, c.writer.port, m.user, m.password, tls)
+    await check_endpoint(c.reader.host, c.reader.port, m.user, m.password, tls)
+    on_ready()
 
 
 def _reload(service: Service) -> None:
