@@ -34,7 +34,7 @@ def status_document(service: "Service") -> dict:
     topology, config = service.hub.current, service.config
     nodes = [{"name": n.name, "address": n.address, "role": n.role.value, "health": n.health.value,
               "lag_bytes": n.lag_bytes, "lag_seconds": None if n.lag_seconds is None else round(n.lag_seconds, 3),
-              "timeline": n.timeline, "upstream": n.upstream,
+              "timeline": n.timeline, "upstream": n.upstream, "drained": n.drained,
               "connections": service.proxy_state.count(n.name)} for n in topology.nodes]
     return {
         "cluster": topology.cluster, "zone": config.zone, "pid": os.getpid(), "epoch": topology.epoch,
@@ -84,7 +84,8 @@ class AdminServer:
                              web.get("/metrics", self.scrape),
                              web.post("/switchover", self.switchover), web.post("/failover", self.failover),
                              web.post("/rejoin/{node}", self.rejoin), web.get("/rejoin/{node}", self.rejoin_plan),
-                             web.post("/reload", self.reload)])
+                             web.post("/reload", self.reload),
+                             web.post("/drain/{node}", self.drain), web.post("/undrain/{node}", self.undrain)])
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -135,6 +136,12 @@ class AdminServer:
         except ConfigError as exc:
             return _json({"error": str(exc)}, status=409)
         return _json({"tls_reloaded": reloaded})
+
+    async def drain(self, request: web.Request) -> web.Response:
+        return await self._monitor_request("drain", node=request.match_info["node"])
+
+    async def undrain(self, request: web.Request) -> web.Response:
+        return await self._monitor_request("undrain", node=request.match_info["node"])
 
     async def rejoin(self, request: web.Request) -> web.Response:
         return await self._monitor_request("rejoin", node=request.match_info["node"])

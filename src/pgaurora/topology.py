@@ -33,6 +33,7 @@ class NodeState:
     timeline: int | None = None
     lsn: int | None = None
     upstream: str | None = None
+    drained: bool = False  # out of the reader endpoint by an operator's `drain`, still replicating
 
     @property
     def address(self) -> str:

@@ -49,3 +49,10 @@ def test_loss_bound_is_zero_when_synchronous_and_the_replica_gap_when_not():
     assert loss_bound_bytes(sync) == 0
     statuses["n1"] = NodeStatus("n1", True, in_recovery=False, current_lsn=5000, timeline=1, sync_names="")
     assert loss_bound_bytes(build(CFG, STATE, statuses, {}, "ok")) == 500
+
+
+def test_a_drained_replica_is_shown_but_is_no_reader():
+    statuses = {"n1": _primary(100), "n2": _replica("n2", 100), "n3": _replica("n3", 100)}
+    topo = build(CFG, ClusterState(writer="n1", epoch=1, drained=frozenset({"n2"})), statuses, {}, "ok")
+    assert topo.readers == ("n3",)
+    assert topo.node("n2").drained and topo.node("n2").role.value == "replica" and not topo.node("n3").drained

@@ -92,3 +92,12 @@ def test_reconcile_tells_what_became_of_an_intent(state, n3, completed, follow, 
 
 def test_reconcile_waits_while_the_candidate_cannot_be_seen():
     assert reconcile(INTENT, BEFORE, {"n3": NodeStatus.unknown("n3", "refused")}) is None
+
+
+def test_drained_nodes_are_durable_and_leave_the_readers(tmp_path):
+    from pgaurora.health.store import StateFile
+    from pgaurora.health.decide import ClusterState
+    store = StateFile(tmp_path / "monitor.json")
+    store.save(ClusterState(writer="n1", epoch=2, drained=frozenset({"n2"})))
+    assert store.load({"n1", "n2", "n3"}).drained == {"n2"}
+    assert store.load({"n1", "n3"}).drained == frozenset()  # a node no longer configured is forgotten

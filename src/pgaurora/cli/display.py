@@ -32,7 +32,7 @@ def print_status(doc: dict, wide: bool = False) -> None:
     for column in columns:
         table.add_column(column, no_wrap=True)
     for n in doc["nodes"]:
-        row = [n["name"], n["address"], n["role"], n["health"], _lag(n)]
+        row = [n["name"], n["address"], "drained" if n.get("drained") else n["role"], n["health"], _lag(n)]
         if wide:
             row += [str(n["timeline"] or "-"), n["upstream"] or "-", str(n["connections"])]
         table.add_row(*row)

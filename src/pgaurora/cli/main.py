@@ -156,6 +156,24 @@ def events(admin_url, limit) -> None:
 
 @cli.command()
 @admin_option
+@click.argument("node")
+def drain(admin_url, node) -> None:
+    """Take a replica out of the reader endpoint (and reader DNS) without stopping it; its open sessions go on."""
+    result = _admin(admin_url, f"/drain/{urllib.parse.quote(node)}", method="POST")
+    click.echo(f"{node} drained (drained now: {', '.join(result['drained'])})")
+
+
+@cli.command()
+@admin_option
+@click.argument("node")
+def undrain(admin_url, node) -> None:
+    """Put a drained replica back in the reader endpoint, once it is healthy and within the lag limit."""
+    result = _admin(admin_url, f"/undrain/{urllib.parse.quote(node)}", method="POST")
+    click.echo(f"{node} undrained (drained now: {', '.join(result['drained']) or 'none'})")
+
+
+@cli.command()
+@admin_option
 @click.option("--to", "target", default=None, help="Node to promote (default: the most advanced replica).")
 def switchover(admin_url, target) -> None:
     """Planned switchover: demote the primary cleanly and promote a replica."""

@@ -46,6 +46,7 @@ class ClusterState:
     failures: Mapping[str, int] = field(default_factory=dict)
     fenced: frozenset[str] = frozenset()
     voters: frozenset[str] = frozenset()  # durable: standbys that must all answer before a promotion
+    drained: frozenset[str] = frozenset()  # durable: replicas an operator took out of the reader endpoint
     writer_lsn: int | None = None  # the writer's position at its last successful probe (not durable)
 
 

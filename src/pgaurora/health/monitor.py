@@ -461,6 +461,31 @@ class Monitor:
         how = await self.rejoin(node, f"rejoin of {node} requested")
         return {"node": node, "method": how}
 
+    async def _request_drain(self, node: str) -> dict:
+        """Take a replica out of the reader endpoint without stopping it: no new reader session goes there;
+        the sessions already on it go on."""
+        if node not in self.nodes:
+            raise actions.ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
+        if node == self.state.writer:
+            raise actions.ActionFailed(f"{node} is the writer; drain applies to replicas: switch over first "
+                                       f"(`pgaurora switchover`), then drain it")
+        if node not in self.state.drained:
+            self._set_state(drained=self.state.drained | {node})
+            self.events.record("drain", f"{node} drained: no new reader sessions go there", node=node)
+            await self._persist()
+            await self.publish(f"{node} drained")
+        return {"node": node, "drained": sorted(self.state.drained)}
+
+    async def _request_undrain(self, node: str) -> dict:
+        if node not in self.nodes:
+            raise actions.ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
+        if node in self.state.drained:
+            self._set_state(drained=self.state.drained - {node})
+            self.events.record("undrain", f"{node} back in the reader endpoint once healthy", node=node)
+            await self._persist()
+            await self.publish(f"{node} undrained")
+        return {"node": node, "drained": sorted(self.state.drained)}
+
     async def _request_switchover(self, to: str | None = None) -> dict:
         from .switchover import switchover
         return await switchover(self, to)

@@ -48,8 +48,8 @@ def build(config: Config, state: ClusterState, statuses: Mapping[str, NodeStatus
             health = Health.LAGGING
         nodes.append(NodeState(node.name, node.host, node.port, role, health, lag_bytes, lag_seconds,
                                status.timeline, status.wal_position if status.reachable else None,
-                               _upstream(status)))
-        if role is Role.REPLICA and health is Health.HEALTHY:
+                               _upstream(status), node.name in state.drained))
+        if role is Role.REPLICA and health is Health.HEALTHY and node.name not in state.drained:
             readers.append(node.name)
     sync = writer_status.sync_names if writer_status is not None and writer_status.reachable else ""
     return Topology(cluster=config.cluster, nodes=tuple(nodes), writer=state.writer,

@@ -17,7 +17,8 @@ RECOVERY_HINT = ("start with --reset-state to rebuild it from what the nodes rep
 
 def to_document(state: ClusterState) -> dict:
     return {"format": FORMAT, "writer": state.writer, "epoch": state.epoch, "timeline": state.timeline,
-            "system_id": state.system_id, "fenced": sorted(state.fenced), "voters": sorted(state.voters)}
+            "system_id": state.system_id, "fenced": sorted(state.fenced), "voters": sorted(state.voters),
+            "drained": sorted(state.drained)}
 
 
 def from_document(data: object, nodes: Collection[str]) -> ClusterState:
@@ -29,12 +30,12 @@ def from_document(data: object, nodes: Collection[str]) -> ClusterState:
         raise ValueError(f"its writer {writer!r} is not a node of this configuration")
     if not isinstance(epoch, int) or epoch < 0:
         raise ValueError(f"its epoch {epoch!r} is not a whole number")
-    fenced, voters = data.get("fenced", []), data.get("voters", [])
-    if not all(isinstance(n, str) for n in [*fenced, *voters]):
-        raise ValueError("its fenced nodes or voters are not names")
+    fenced, voters, drained = data.get("fenced", []), data.get("voters", []), data.get("drained", [])
+    if not all(isinstance(n, str) for n in [*fenced, *voters, *drained]):
+        raise ValueError("its fenced, voting or drained nodes are not names")
     return ClusterState(writer=writer, epoch=epoch, timeline=data.get("timeline"),
                         system_id=data.get("system_id"), fenced=frozenset(fenced) & set(nodes),
-                        voters=frozenset(voters) & set(nodes))
+                        voters=frozenset(voters) & set(nodes), drained=frozenset(drained) & set(nodes))
 
 
 class StateFile:

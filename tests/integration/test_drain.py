@@ -1,0 +1,69 @@
+"""`pgaurora drain` / `undrain`: a replica leaves and rejoins the reader endpoint without being stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.error
+import urllib.request
+
+import dns.resolver
+import psycopg
+import pytest
+
+from tests.helpers import PGAURORA, service_config, wait_until
+
+
+def _reader_hosts(svc, count: int = 12) -> set[str]:
+    hosts = set()
+    for _ in range(count):
+        with psycopg.connect(svc.dsn("reader", connect_timeout=10)) as conn:
+            hosts.add(conn.execute("SELECT host(inet_server_addr())").fetchone()[0])
+    return hosts
+
+
+def _reader_dns(svc) -> list[str]:
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = [svc.config.dns.host], svc.config.dns.port
+    return sorted(r.address for r in resolver.resolve(f"reader.{svc.config.zone}", "A"))
+
+
+def _cli(svc, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*PGAURORA, *args, "--admin", svc.admin_url], capture_output=True, text=True, timeout=60)
+
+
+def test_drained_replica_gets_no_new_reader_sessions_keeps_its_open_ones_and_comes_back(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster), controller=cluster)
+    n2, n3 = cluster.replicas
+    for _ in wait_until("both replicas to serve reads", 15):
+        if _reader_hosts(svc, 6) == {n2.host, n3.host}:
+            break
+    with psycopg.connect(svc.dsn("reader", connect_timeout=10), autocommit=True) as on_n2:
+        while on_n2.execute("SELECT host(inet_server_addr())").fetchone()[0] != n2.host:
+            on_n2.close()
+            on_n2 = psycopg.connect(svc.dsn("reader", connect_timeout=10), autocommit=True)
+        out = _cli(svc, "drain", "n2")
+        assert out.returncode == 0 and "n2 drained" in out.stdout, out.stderr
+        assert _reader_hosts(svc) == {n3.host} and _reader_dns(svc) == [n3.host]
+        assert on_n2.execute("SELECT 1").fetchone() == (1,)  # the open session goes on
+        status = _cli(svc, "status")
+        assert any(line.split()[:3] == ["n2", f"{n2.host}:{n2.port}", "drained"] for line in status.stdout.splitlines()), \
+            status.stdout
+        assert n2.sql("SELECT pg_is_in_recovery()") == "t"  # still running, still replicating
+    assert [e["node"] for e in svc.events.recent() if e["kind"] == "drain"] == ["n2"]
+    out = _cli(svc, "undrain", "n2")
+    assert out.returncode == 0 and "n2 undrained" in out.stdout
+    for _ in wait_until("n2 to serve reads again", 10):
+        if _reader_hosts(svc, 8) == {n2.host, n3.host}:
+            break
+
+
+def test_draining_the_writer_is_refused_with_the_way_out(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=1)
+    svc = service(service_config(cluster), controller=cluster)
+    request = urllib.request.Request(f"{svc.admin_url}/drain/n1", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 409 and b"switch over first" in refused.value.read()
+    out = _cli(svc, "drain", "n9")
+    assert out.returncode == 1 and "no node named 'n9'" in out.stderr and "Traceback" not in out.stderr
