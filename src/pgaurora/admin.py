@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import metrics
+from . import custom_endpoints, metrics
 from .errors import ConfigError
 from .topology import Role, Topology
 
@@ -54,6 +54,8 @@ def status_document(service: "Service") -> dict:
         "relay_threads": service.proxy_state.native.threads if service.proxy_state.native else None,
         "nodes": nodes,
         "dcs": service.member.document() if service.member is not None else None,
+        "endpoints": [{"name": e.name, "endpoint": f"{e.host}:{e.port}", "role": e.role.value,
+                       "nodes": [n.name for n in custom_endpoints.targets(e, topology)]} for e in config.endpoints],
     }
 
 

@@ -61,10 +61,12 @@ class Service:
                                self.proxy_state, self.tls)
         self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router,
                                self.proxy_state, self.tls)
+        self.custom = [Endpoint(EndpointKind.READER, spec, config, self.hub, self.router, self.proxy_state, self.tls,
+                                custom=spec) for spec in config.endpoints]
         self.member = Member(config, self.events) if config.dcs is not None else None
         self.monitor = Monitor(config, self.hub, self.events, controller, reset_state, self.member)
         self.dns = DnsServer(self.hub, Zone(config.zone, config.dns.ttl,
-                                            config.reader.fallback is ReaderFallback.PRIMARY),
+                                            config.reader.fallback is ReaderFallback.PRIMARY, config.endpoints),
                              config.dns.host, config.dns.port) if config.dns.enabled else None
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._monitor_task: asyncio.Task | None = None
@@ -97,7 +99,7 @@ class Service:
         if self.member is not None:
             await self.member.start()
         await self.monitor.tick()  # the endpoints open on a real topology, not an empty one
-        for part in (self.writer, self.reader, self.dns, self.admin):
+        for part in (self.writer, self.reader, *self.custom, self.dns, self.admin):
             if part is not None:
                 await part.start()
         self._monitor_task = asyncio.get_running_loop().create_task(self._run_monitor())
@@ -117,7 +119,7 @@ class Service:
             self._monitor_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor_task
-        for part in (self.admin, self.dns, self.reader, self.writer):
+        for part in (self.admin, self.dns, *self.custom, self.reader, self.writer):
             if part is not None:
                 await part.stop()
         await self.monitor.close()

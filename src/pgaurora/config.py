@@ -154,6 +154,41 @@ class ReaderConfig(Listen):
     """With no eligible replica: `primary` sends reads to the writer, `refuse` answers 57P03."""
 
 
+class CustomRole(str, Enum):
+    READER = "reader"
+    ANY = "any"
+
+
+class CustomFallback(str, Enum):
+    REFUSE = "refuse"
+    WRITER = "writer"
+
+
+class CustomEndpointConfig(Listen):
+    """A custom endpoint (`[[endpoints]]`): a named subset of the nodes on a port of its own, as Aurora's."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+    """Its name; DNS serves `<name>.<zone>`."""
+    port: Port
+    """Port to listen on."""
+    role: CustomRole = CustomRole.READER
+    """`reader`: its healthy, non-lagging replicas; `any`: the writer too, when it is a member."""
+    nodes: tuple[str, ...] | None = None
+    """The members, by name (a static list)..."""
+    exclude: tuple[str, ...] = ()
+    """...or every node but these."""
+    fallback: CustomFallback = CustomFallback.REFUSE
+    """With no member available: `refuse` (57P03 naming the endpoint) or `writer`."""
+
+    @model_validator(mode="after")
+    def _members(self) -> "CustomEndpointConfig":
+        if self.nodes is not None and self.exclude:
+            raise ValueError("give either nodes or exclude, not both")
+        if self.nodes is not None and not self.nodes:
+            raise ValueError("nodes is empty")
+        return self
+
+
 class AdminConfig(Listen):
     """The admin HTTP endpoint: /status, /events, /metrics, /switchover, /failover, /rejoin."""
 
@@ -358,6 +393,8 @@ class Config(_Frozen):
     """`[tls]`."""
     dcs: DcsConfig | None = None
     """`[dcs]`: several instances agreed through etcd; without it, one instance and its state file."""
+    endpoints: tuple[CustomEndpointConfig, ...] = ()
+    """`[[endpoints]]`: custom endpoints."""
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":
@@ -367,7 +404,15 @@ class Config(_Frozen):
         listens = [(s, getattr(self, s)) for s in ("writer", "reader", "admin")]
         if self.dns.enabled:
             listens.append(("dns", self.dns))
+        listens += [(e.name, e) for e in self.endpoints]
         problems += _duplicates("listen address", [f"{l.host}:{l.port}" for _, l in listens])
+        problems += _duplicates("endpoint or node name", ["writer", "reader", "proxy", *(n.name for n in self.nodes),
+                                                           *(e.name for e in self.endpoints)])
+        names = {n.name for n in self.nodes}
+        for endpoint in self.endpoints:
+            unknown = sorted((set(endpoint.nodes or ()) | set(endpoint.exclude)) - names)
+            if unknown:
+                problems.append(f"endpoints.{endpoint.name}: unknown nodes {', '.join(unknown)}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -75,23 +75,37 @@ def dcs_metrics(member) -> Iterator[Metric]:
                               value=member.leader_changes)
 
 
+def custom_metrics(specs, topology: Topology) -> Iterator[Metric]:
+    """Per custom endpoint: how many of its nodes take sessions now."""
+    from . import custom_endpoints
+    serving = GaugeMetricFamily("pgaurora_custom_endpoint_nodes", "Nodes a custom endpoint routes to now",
+                                labels=["endpoint"])
+    for spec in specs:
+        serving.add_metric([spec.name], len(custom_endpoints.targets(spec, topology)))
+    yield serving
+
+
 class Collector:
     """Reads the current snapshot and the proxy's counters at every scrape; keeps no copy of either."""
 
-    def __init__(self, topology: Callable[[], Topology], state: Callable[[], "ProxyState"], member=None) -> None:
-        self.topology, self.state, self.member = topology, state, member
+    def __init__(self, topology: Callable[[], Topology], state: Callable[[], "ProxyState"], member=None,
+                 custom=()) -> None:
+        self.topology, self.state, self.member, self.custom = topology, state, member, custom
 
     def collect(self) -> Iterator[Metric]:
         yield from topology_metrics(self.topology())
         yield from proxy_metrics(self.state())
         if self.member is not None:
             yield from dcs_metrics(self.member)
+        if self.custom:
+            yield from custom_metrics(self.custom, self.topology())
 
 
 def registry_for(service: "Service") -> CollectorRegistry:
     """A registry of this service's own (not the process-wide default one, which tests would share)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(lambda: service.hub.current, lambda: service.proxy_state, service.member))
+    registry.register(Collector(lambda: service.hub.current, lambda: service.proxy_state, service.member,
+                                service.config.endpoints))
     return registry
 
 

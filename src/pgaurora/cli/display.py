@@ -27,6 +27,8 @@ def print_status(doc: dict, wide: bool = False) -> None:
                   f"sync {doc['sync_mode']} ({doc['sync_standbys'] or 'asynchronous'})")
     console.print(f"writer {doc['writer']['endpoint']} -> {doc['writer']['node'] or 'none'}   "
                   f"reader {doc['reader']['endpoint']} -> {', '.join(doc['reader']['nodes']) or 'none'}")
+    for e in doc.get("endpoints") or []:
+        console.print(f"custom {e['name']} {e['endpoint']} -> {', '.join(e['nodes']) or 'none'}")
     columns = ["node", "address", "role", "health", "lag"] + (["timeline", "upstream", "clients"] if wide else [])
     table = Table(box=None, pad_edge=False)
     for column in columns:

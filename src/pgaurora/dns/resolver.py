@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from dnslib import A, NS, QTYPE, RCODE, RR, SOA, SRV, DNSLabel, DNSRecord
 
+from .. import custom_endpoints
+from ..config import CustomEndpointConfig
 from ..topology import NodeState, Topology
 
 
@@ -14,6 +16,7 @@ class Zone:
     name: str  # e.g. demo.pgaurora.internal
     ttl: int = 1
     reader_fallback: bool = True  # answer reader.<zone> with the writer when no replica is eligible
+    custom: tuple[CustomEndpointConfig, ...] = ()  # custom endpoints: <name>.<zone>
 
     @property
     def label(self) -> DNSLabel:
@@ -24,6 +27,9 @@ def _targets(kind: str, topology: Topology, zone: Zone, turn: int) -> list[NodeS
     """Nodes behind a name, or None when the name does not exist."""
     if kind == "writer":
         return [topology.writer_node] if topology.writer_node else []
+    spec = next((e for e in zone.custom if e.name == kind), None)
+    if spec is not None:
+        return custom_endpoints.targets(spec, topology)
     if kind == "reader":
         readers = list(topology.reader_nodes)
         if not readers:

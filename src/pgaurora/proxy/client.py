@@ -188,7 +188,7 @@ class ClientProtocol(asyncio.Protocol):
     def established(self, server: "ServerProtocol", data: bytes, offload: bool) -> None:
         """First ReadyForQuery: hand both transports to a Session that relays unparsed, then pass
         the server's last bytes (ending with ReadyForQuery) to the client."""
-        session = Session(server.node.name, self.endpoint.kind.value, self.endpoint.state,
+        session = Session(server.node.name, self.endpoint.name, self.endpoint.state,
                           self.transport, server.transport)
         self.session = session
         session.start(server.cancel_key, (server.node.host, server.node.port), offload, data,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..config import Config, Listen
+from ..config import Config, CustomEndpointConfig, Listen
 from ..errors import NodeTlsFailed, NoWriterAvailable, ProxyError, TooManyConnections, UpstreamUnavailable
 from ..topology import Health, NodeState, Topology, TopologyHub
 from ..wire import CancelRequest, encode
@@ -21,8 +21,11 @@ log = logging.getLogger("pgaurora.proxy")
 
 class Endpoint:
     def __init__(self, kind: EndpointKind, listen: Listen, config: Config, hub: TopologyHub,
-                 router: Router, state: ProxyState, tls: Contexts | None = None) -> None:
+                 router: Router, state: ProxyState, tls: Contexts | None = None,
+                 custom: CustomEndpointConfig | None = None) -> None:
         self.kind, self.listen, self.config = kind, listen, config
+        self.custom = custom  # a custom endpoint: reader-like, over its own members
+        self.name = custom.name if custom is not None else kind.value
         self.tls = tls  # None: no TLS on either leg
         self.hub, self.router, self.state = hub, router, state
         self.server: asyncio.Server | None = None
@@ -46,7 +49,7 @@ class Endpoint:
     def _sessions(self, on_node) -> list[Session]:
         """This endpoint's sessions on the nodes for which on_node(name) is true."""
         return [session for node, sessions in list(self.state.sessions_by_node.items()) if on_node(node)
-                for session in list(sessions) if session.kind == self.kind.value]
+                for session in list(sessions) if session.kind == self.name]
 
     # -- routing ----------------------------------------------------------------------------
     async def open_upstream(self, client: ClientProtocol) -> ServerProtocol:
@@ -59,7 +62,7 @@ class Endpoint:
         while True:
             topology = self.hub.current
             try:
-                return await self._dial_any(client, self.router.candidates(self.kind, topology))
+                return await self._dial_any(client, self.router.candidates(self.kind, topology, self.custom))
             except ProxyError as exc:
                 remaining = deadline - loop.time()
                 if self.kind is EndpointKind.READER or isinstance(exc, NodeTlsFailed):
@@ -80,7 +83,7 @@ class Endpoint:
                 tls_failures.append(exc)
         if tls_failures and len(tls_failures) == len(nodes):
             raise NodeTlsFailed(tls_failures[0].message, detail="; ".join(errors))  # no failover mends that
-        raise UpstreamUnavailable(f"could not connect to the {self.kind.value}", detail="; ".join(errors))
+        raise UpstreamUnavailable(f"could not connect to the {self.name}", detail="; ".join(errors))
 
     async def _dial(self, client: ClientProtocol, node: NodeState) -> ServerProtocol:
         context = self.tls.client if self.tls is not None else None

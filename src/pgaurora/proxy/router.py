@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 from enum import Enum
 
-from ..config import Config, ReaderFallback, ReaderPolicy
+from .. import custom_endpoints
+from ..config import Config, CustomEndpointConfig, ReaderFallback, ReaderPolicy
 from ..errors import NoReaderAvailable, NoWriterAvailable
 from ..topology import NodeState, Role, Topology, TopologyHub
 from .state import ProxyState
@@ -21,9 +22,12 @@ class Router:
         self.hub, self.config, self.state = hub, config, state
         self._turn = itertools.count()
 
-    def candidates(self, kind: EndpointKind, topology: Topology | None = None) -> list[NodeState]:
+    def candidates(self, kind: EndpointKind, topology: Topology | None = None,
+                   custom: CustomEndpointConfig | None = None) -> list[NodeState]:
         """Nodes to try, best first; raises a ProxyError when there is none."""
         topology = topology or self.hub.current
+        if custom is not None:
+            return self._custom(custom, topology)
         if kind is EndpointKind.WRITER:
             writer = topology.writer_node
             if writer is None:
@@ -41,6 +45,14 @@ class Router:
             return [writer]
         raise NoReaderAvailable("no replica is available for the reader endpoint",
                                 detail="every replica is down, lagging or fenced")
+
+    def _custom(self, spec: CustomEndpointConfig, topology: Topology) -> list[NodeState]:
+        nodes = custom_endpoints.targets(spec, topology)
+        if not nodes:
+            members = ", ".join(sorted(custom_endpoints.pool(spec, topology)))
+            raise NoReaderAvailable(f"custom endpoint {spec.name}: none of its nodes is available",
+                                    detail=f"members: {members}; each is down, lagging, drained or fenced")
+        return self._ordered(nodes)
 
     def _ordered(self, readers: list[NodeState]) -> list[NodeState]:
         if self.config.reader.policy is ReaderPolicy.LEAST_CONNECTIONS:
