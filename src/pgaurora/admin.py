@@ -134,10 +134,9 @@ class AdminServer:
     async def reload(self, request: web.Request) -> web.Response:
         """Reload the endpoints' TLS certificate and key, as SIGHUP does."""
         try:
-            reloaded = self.service.reload_tls()
+            return _json(await self.service.reload())
         except ConfigError as exc:
-            return _json({"error": str(exc)}, status=409)
-        return _json({"tls_reloaded": reloaded})
+            return _json({"error": str(exc), "problems": exc.problems}, status=409)
 
     async def drain(self, request: web.Request) -> web.Response:
         return await self._monitor_request("drain", node=request.match_info["node"])

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from .admin import AdminServer
+from . import config as config_mod, reconfigure
 from .config import Config, ReaderFallback, RelayMode
 from .errors import ConfigError
 from .dns.resolver import Zone
@@ -50,8 +51,9 @@ def proxy_state(config: Config) -> ProxyState:
 
 class Service:
     def __init__(self, config: Config, controller: NodeController | None = None,
-                 events: EventLog | None = None, reset_state: bool = False) -> None:
+                 events: EventLog | None = None, reset_state: bool = False, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # `proxy -c FILE`: what a reload reads again
         self.hub = TopologyHub(Topology(cluster=config.cluster))
         self.events = events or EventLog()
         self.proxy_state = proxy_state(config)
@@ -94,6 +96,35 @@ class Service:
             self.events.record("tls_reloaded", f"new sessions use {self.config.tls.cert_file} as read now",
                                cert_file=self.config.tls.cert_file)
         return reloaded
+
+    async def reload(self) -> dict:
+        """SIGHUP, POST /reload: the certificate, and the config file validated whole. Nothing changes when
+        the file has a problem, or changes a setting that needs a restart (ConfigError says which)."""
+        result: dict = {"tls_reloaded": self.reload_tls()}
+        if self.config_path is None:
+            result["config"] = "no config file (pgaurora up): only the certificate is reloaded"
+            return result
+        new = config_mod.load(self.config_path)
+        diff = reconfigure.changes(self.config, new)
+        if diff.restart:
+            raise ConfigError([f"{name}: changed, and needs a restart; nothing was applied" for name in diff.restart],
+                              self.config_path)
+        if diff.any:
+            await self.monitor.request("reconfigure", config=new, added=diff.added, removed=diff.removed)
+            self._take_config(new)
+            self.events.record("config_reloaded", f"{self.config_path} reloaded", changed=list(diff.live),
+                               added=list(diff.added), removed=list(diff.removed))
+        result.update(changed=list(diff.live), added=list(diff.added), removed=list(diff.removed))
+        return result
+
+    def _take_config(self, config: Config) -> None:
+        """The new settings for routing and DNS (the monitor took its own between two ticks)."""
+        self.config = self.router.config = config
+        for endpoint in (self.writer, self.reader, *self.custom):
+            endpoint.config = config
+        if self.dns is not None:
+            self.dns.zone = Zone(config.zone, config.dns.ttl, config.reader.fallback is ReaderFallback.PRIMARY,
+                                 config.endpoints)
 
     async def start(self) -> None:
         if self.member is not None:

@@ -105,7 +105,7 @@ def proxy(config_path, check, reset_state, verbose) -> None:
     from .runtime import serve, setup_logging
     setup_logging(verbose)
     events = EventLog(Path(cfg.state_dir) / "events.jsonl" if cfg.state_dir else None)
-    service = Service(cfg, events=events, reset_state=reset_state)
+    service = Service(cfg, events=events, reset_state=reset_state, config_path=str(config_path))
     serve(service, lambda: click.echo(f"writer {cfg.writer.host}:{cfg.writer.port}  reader "
                                       f"{cfg.reader.host}:{cfg.reader.port}\npgaurora is ready", err=False))
 

@@ -68,10 +68,15 @@ async def _become_ready(service: Service, on_ready: Callable[[], None]) -> None:
 
 
 def _reload(service: Service) -> None:
+    asyncio.get_running_loop().create_task(_reload_now(service))
+
+
+async def _reload_now(service: Service) -> None:
     try:
-        service.reload_tls()
+        result = await service.reload()
+        log.info("SIGHUP: reloaded (%s)", result)
     except ConfigError as exc:
-        log.error("SIGHUP: %s; the previous certificate stays in use", exc)
+        log.error("SIGHUP: %s; the running configuration and certificate stay in use", exc)
 
 
 FDS_PER_SESSION = 4  # client and server sockets, and the native relay's duplicates of both

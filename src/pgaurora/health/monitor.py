@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..config import Config
 from ..dcs.etcd import DcsUnavailable
 from ..dcs.leadership import Role
-from ..errors import StateError
+from ..errors import ConfigError, StateError
 from ..eventlog import EventLog
 from ..faultpoints import crash_point
 from ..sslcontexts import node_ssl
@@ -185,7 +185,10 @@ class Monitor:
 
     def _refuse_requests(self, why: str) -> None:
         while not self._requests.empty():
-            kind, _, future = self._requests.get_nowait()
+            kind, args, future = self._requests.get_nowait()
+            if kind == "reconfigure":  # every instance takes a reloaded file, leader or not
+                self._take(future, self._request_reconfigure, args)
+                continue
             leader = self.member.members.get(self.member.leader or "", {}).get("admin", "the leader")
             future.set_exception(actions.ActionFailed(f"this instance ({self.member.me}) does not act ({why}); "
                                                       f"ask {leader}"))
@@ -449,11 +452,44 @@ class Monitor:
     async def _serve_requests(self) -> None:
         while not self._requests.empty():
             kind, args, future = self._requests.get_nowait()
+            if kind == "reconfigure":
+                self._take(future, self._request_reconfigure, args)
+                continue
             try:
                 result = await getattr(self, f"_request_{kind}")(**args)
                 future.set_result(result)
             except Exception as exc:
                 future.set_exception(exc)
+
+    @staticmethod
+    def _take(future: asyncio.Future, handler, args: dict) -> None:
+        try:
+            future.set_result(handler(**args))
+        except Exception as exc:
+            future.set_exception(exc)
+
+    def _request_reconfigure(self, config: Config, added: tuple[str, ...], removed: tuple[str, ...]) -> dict:
+        """Take a reloaded configuration between ticks: probe added nodes, forget removed ones (never the
+        writer or a voter), and decide by the new settings from the next tick on."""
+        refused = [f"nodes: {name} is the writer: switch over first, then remove it" for name in removed
+                   if name == self.state.writer]
+        refused += [f"nodes: {name} is a voter of quorum commit: stop or drain it, wait until the voters "
+                    "narrow without it (pgaurora status), then remove it" for name in removed
+                    if name in self.state.voters]
+        if refused:
+            raise ConfigError(refused, "the reloaded configuration")
+        for name in removed:
+            asyncio.get_running_loop().create_task(self.probers.pop(name).close())
+        nodes = {n.name: n for n in config.nodes}
+        for prober in self.probers.values():
+            prober.monitor = config.monitor
+        for name in added:
+            self.probers[name] = Prober(nodes[name], config.monitor, node_ssl(config.tls))
+        self.config, self.nodes, self.policy = config, nodes, policy_for(config, self.controller)
+        self.statuses = {n: s for n, s in self.statuses.items() if n in nodes}
+        self.last_seen = {n: s for n, s in self.last_seen.items() if n in nodes}
+        self._set_state(fenced=self.state.fenced & nodes.keys(), drained=self.state.drained & nodes.keys())
+        return {"added": list(added), "removed": list(removed)}
 
     async def _request_rejoin(self, node: str) -> dict:
         if node not in self.nodes or node == self.state.writer:

@@ -39,7 +39,7 @@ def build(config: Config, state: ClusterState, statuses: Mapping[str, NodeStatus
     writer_status = statuses.get(state.writer) if state.writer else None
     nodes, readers = [], []
     for node in config.nodes:
-        status = statuses[node.name]
+        status = statuses.get(node.name) or NodeStatus.unknown(node.name, "not probed yet")
         role = _role(node.name, state, status, last.get(node.name))
         lag_bytes, lag_seconds = _lag(status, writer_status)
         health = Health.HEALTHY if status.reachable else Health.UNREACHABLE
