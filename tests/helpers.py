@@ -117,6 +117,16 @@ class ServiceThread(BackgroundService):
             raise AssertionError(str(exc)) from None
 
 
+def hosts_through(dsn: str, count: int = 12) -> set[str]:
+    """The node addresses `count` new sessions on dsn reached."""
+    import psycopg
+    hosts = set()
+    for _ in range(count):
+        with psycopg.connect(dsn) as conn:
+            hosts.add(conn.execute("SELECT host(inet_server_addr())").fetchone()[0])
+    return hosts
+
+
 class Command:
     """A pgaurora process whose output is collected line by line."""
 

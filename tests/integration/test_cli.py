@@ -71,7 +71,8 @@ def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line(state_dir)
         (line,) = [l for l in up.lines if "sslmode=verify-full" in l]
         conninfo = line.split('psql "', 1)[1].rstrip('"')
         ca = conninfo.split("sslrootcert=", 1)[1]
-        assert ca == str(state_dir / "tls" / "ca.crt") and oct(os.stat(state_dir / "tls" / "ca.key").st_mode)[-3:] == "600"
+        assert ca == str(state_dir / "tls" / "ca.crt")
+        assert oct(os.stat(state_dir / "tls" / "ca.key").st_mode)[-3:] == "600"
         out = subprocess.run(["psql", conninfo, "-XAtc", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
                              capture_output=True, text=True, timeout=30, env={**os.environ, "PGPASSWORD": "s3cret"})
         assert out.returncode == 0 and out.stdout.strip() == "t", out.stderr  # the node leg is TLS too

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from pgaurora.wire import StartupMessage, encode
-from tests.helpers import PGAURORA, free_ports, service_config, wait_until
+from tests.helpers import PGAURORA, free_ports, hosts_through, service_config, wait_until
 from tests.integration.test_bad_input import _error, _exchange
 
 
@@ -20,11 +20,7 @@ def _dsn(svc, port: int) -> str:
 
 
 def _hosts(svc, port: int, count: int = 8) -> set[str]:
-    hosts = set()
-    for _ in range(count):
-        with psycopg.connect(_dsn(svc, port)) as conn:
-            hosts.add(conn.execute("SELECT host(inet_server_addr())").fetchone()[0])
-    return hosts
+    return hosts_through(_dsn(svc, port), count)
 
 
 def test_a_custom_endpoint_routes_only_to_its_replica_and_refuses_by_name_when_it_dies(fresh_cluster, service):

@@ -10,15 +10,11 @@ import dns.resolver
 import psycopg
 import pytest
 
-from tests.helpers import PGAURORA, service_config, wait_until
+from tests.helpers import PGAURORA, hosts_through, service_config, wait_until
 
 
 def _reader_hosts(svc, count: int = 12) -> set[str]:
-    hosts = set()
-    for _ in range(count):
-        with psycopg.connect(svc.dsn("reader", connect_timeout=10)) as conn:
-            hosts.add(conn.execute("SELECT host(inet_server_addr())").fetchone()[0])
-    return hosts
+    return hosts_through(svc.dsn("reader", connect_timeout=10), count)
 
 
 def _reader_dns(svc) -> list[str]:
@@ -47,8 +43,8 @@ def test_drained_replica_gets_no_new_reader_sessions_keeps_its_open_ones_and_com
         assert _reader_hosts(svc) == {n3.host} and _reader_dns(svc) == [n3.host]
         assert on_n2.execute("SELECT 1").fetchone() == (1,)  # the open session goes on
         status = _cli(svc, "status")
-        assert any(line.split()[:3] == ["n2", f"{n2.host}:{n2.port}", "drained"] for line in status.stdout.splitlines()), \
-            status.stdout
+        rows = [line.split()[:3] for line in status.stdout.splitlines()]
+        assert ["n2", f"{n2.host}:{n2.port}", "drained"] in rows, status.stdout
         assert n2.sql("SELECT pg_is_in_recovery()") == "t"  # still running, still replicating
     assert [e["node"] for e in svc.events.recent() if e["kind"] == "drain"] == ["n2"]
     out = _cli(svc, "undrain", "n2")

@@ -11,7 +11,7 @@ import urllib.request
 import dns.resolver
 import psycopg
 
-from tests.helpers import PGAURORA, TcpRelay, observe, service_config, wait_until
+from tests.helpers import PGAURORA, TcpRelay, hosts_through, observe, service_config, wait_until
 
 
 def _events(svc, kind: str) -> list[dict]:
@@ -34,11 +34,7 @@ def _ids_on(node, table: str = "numbers") -> set[int]:
 
 
 def _hosts_through(svc, endpoint: str, count: int = 12) -> set[str]:
-    hosts = set()
-    for _ in range(count):
-        with psycopg.connect(svc.dsn(endpoint, connect_timeout=10)) as conn:
-            hosts.add(conn.execute("SELECT host(inet_server_addr())").fetchone()[0])
-    return hosts
+    return hosts_through(svc.dsn(endpoint, connect_timeout=10), count)
 
 
 def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(fresh_cluster, service):

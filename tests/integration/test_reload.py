@@ -8,7 +8,6 @@ import urllib.error
 import urllib.request
 
 import psycopg
-import pytest
 
 from tests.helpers import Command, service_config, wait_until, write_config
 

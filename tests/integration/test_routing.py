@@ -10,15 +10,11 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.helpers import ServiceThread, free_ports, service_config, wait_until
+from tests.helpers import ServiceThread, free_ports, hosts_through, service_config, wait_until
 
 
 def _reader_hosts(proxy, count: int = 10) -> set[str]:
-    hosts = set()
-    for _ in range(count):
-        with psycopg.connect(proxy.dsn("reader", connect_timeout=5)) as conn:
-            hosts.add(conn.execute("SELECT host(inet_server_addr())").fetchone()[0])
-    return hosts
+    return hosts_through(proxy.dsn("reader", connect_timeout=5), count)
 
 
 def test_reader_skips_stopped_replica_within_2s(proxy, cluster):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import click
 
@@ -81,7 +80,8 @@ def _summary(cluster: LocalCluster, instances: list[Instance], etcd: EtcdCluster
     lines += ["", f"password         {cluster.password}   (user postgres)", "",
               f'  PGPASSWORD={cluster.password} psql "host={hosts} port={writer} user=postgres '
               'target_session_attrs=read-write"   # any live instance',
-              f"  dig @{instances[0].host} -p {dns} +short proxy.{cluster.name}.pgaurora.internal   # every live instance",
+              f"  dig @{instances[0].host} -p {dns} +short proxy.{cluster.name}.pgaurora.internal"
+              "   # every live instance",
               f"  pgaurora status --admin http://{instances[0].host}:{admin}",
               "", READY]
     return "\n".join(lines)

@@ -159,8 +159,7 @@ def events(admin_url, limit) -> None:
 @click.argument("node")
 def drain(admin_url, node) -> None:
     """Take a replica out of the reader endpoint (and reader DNS) without stopping it; its open sessions go on."""
-    result = _admin(admin_url, f"/drain/{urllib.parse.quote(node)}", method="POST")
-    click.echo(f"{node} drained (drained now: {', '.join(result['drained'])})")
+    _drain(admin_url, node, "drain")
 
 
 @cli.command()
@@ -168,8 +167,12 @@ def drain(admin_url, node) -> None:
 @click.argument("node")
 def undrain(admin_url, node) -> None:
     """Put a drained replica back in the reader endpoint, once it is healthy and within the lag limit."""
-    result = _admin(admin_url, f"/undrain/{urllib.parse.quote(node)}", method="POST")
-    click.echo(f"{node} undrained (drained now: {', '.join(result['drained']) or 'none'})")
+    _drain(admin_url, node, "undrain")
+
+
+def _drain(admin_url: str, node: str, action: str) -> None:
+    result = _admin(admin_url, f"/{action}/{urllib.parse.quote(node)}", method="POST")
+    click.echo(f"{node} {action}ed (drained now: {', '.join(result['drained']) or 'none'})")
 
 
 @cli.command()

@@ -14,8 +14,6 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from ..sslcontexts import ALPN
-
 log = logging.getLogger("pgaurora.proxy")
 READ_SIZE = 16384 + 1024  # a TLS record holds at most 16 kB of plaintext; SSL_read returns one at a time
 # Plaintext per TLS record, as PostgreSQL's own 8 kB send buffer makes it. libpq reads with 8 kB free in
