@@ -208,3 +208,22 @@ async def test_a_session_the_threads_refuse_stays_on_the_python_relay():
     assert client.written == RFQ and server.written == b"Q\x00\x00\x00\x05\x00"
     client.sock.close()
     server.sock.close()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_the_relay_compiles_with_and_without_openssl(tls):
+    """setup.py builds the TLS parts only where OpenSSL's headers are found; without them the same file
+    must still compile (TLS sessions then stay on the Python path)."""
+    import shutil
+    import subprocess
+    import sysconfig
+    from pathlib import Path
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler (.ci/run installs gcc)")
+    source = Path(native.__file__).with_name("_relay.c")
+    flags = ["-DPGAURORA_TLS=1"] if tls else []
+    out = subprocess.run([compiler, "-fsyntax-only", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
+                          f"-I{sysconfig.get_paths()['include']}", *flags, str(source)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
