@@ -321,7 +321,10 @@ static void flush(worker *w, side *to) {
 static void on_event(worker *w, side *sd, uint32_t events) {
     if (sd->s->ended) return;
     if (events & EPOLLERR) {
-        end_session(w, sd->s, sd == &sd->s->server ? sd->s->lost_msg : NULL, sd->s->lost_len);
+        /* A reset socket may still hold what came before the reset (a backend's FATAL before it exits
+         * with a query unread): pass that on first; the read after it reports the error and ends. */
+        if ((events & EPOLLIN) && !peer_of(sd)->pend_len) pump(w, sd);
+        else end_by(w, sd);
         return;
     }
     if (events & EPOLLOUT) flush(w, sd);
