@@ -209,7 +209,12 @@ async def bounded(coro, timeout: float):
     (asyncpg may await a frozen server while cancelling): the task is cancelled and left behind.
     """
     task = asyncio.ensure_future(coro)
-    done, _ = await asyncio.wait({task}, timeout=timeout)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:  # the caller is cancelled (shutdown): so is its work
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise
     if task in done:
         return task.exception() or task.result()
     task.cancel()
