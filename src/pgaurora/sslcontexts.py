@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 from .config import BackendTls, ClientTls, TlsConfig
 from .errors import ConfigError
@@ -28,14 +29,14 @@ class Contexts:
         Raises ConfigError, and keeps the old context, when the files are unusable."""
         if self.server is None:
             return False
-        self.server = server_context(self.tls)
-        self.certificate = _first_certificate(self.tls.cert_file)
+        server = server_context(self.tls)
+        self.server, self.certificate = server, _first_certificate(self.tls.cert_file)
         return True
 
 
 def _first_certificate(path: str) -> bytes:
     """DER of the first certificate in a PEM file: the one the endpoints present."""
-    text = open(path).read()
+    text = Path(path).read_text()
     end = text.index(ssl.PEM_FOOTER) + len(ssl.PEM_FOOTER)
     return ssl.PEM_cert_to_DER_cert(text[text.index(ssl.PEM_HEADER):end])
 

@@ -57,15 +57,18 @@ class Member:
         """Renew (or get) the lease, take the leader key when nobody holds it, read who leads. Never raises."""
         sent = self.clock()
         try:
-            renewed = await self._renew()
+            await self._renew()
             keys = await self.etcd.get_prefix(self.prefix)  # everything in one read
+            if self.members_prefix + self.me not in keys:  # first beat, or its write failed
+                await self.etcd.put_with_lease(self.members_prefix + self.me, self.card, self.lease)
+                keys[self.members_prefix + self.me] = self.card.encode()
             holder = keys.get(self.leader_key)
             if holder is None and self.lease is not None and await self.etcd.campaign(self.leader_key, self.me,
                                                                                       self.lease):
                 holder = self.me.encode()
             self.members = _cards(keys, self.members_prefix)
             self.shared = _documents(keys.get(self.state_key)), _documents(keys.get(self.intent_key))
-            self.heard = Heard(sent if renewed else None, holder.decode() if holder else None, self.clock())
+            self.heard = Heard(sent, holder.decode() if holder else None, self.clock())
             self.last_error = None
         except DcsUnavailable as exc:
             self.last_error = str(exc)
@@ -74,12 +77,9 @@ class Member:
         self._judge()
         return self.verdict
 
-    async def _renew(self) -> bool:
-        if self.lease is not None and await self.etcd.keepalive(self.lease) > 0:
-            return True
-        self.lease = await self.etcd.grant(self.ttl)  # the first, or the old one expired in etcd
-        await self.etcd.put_with_lease(self.members_prefix + self.me, self.card, self.lease)
-        return True
+    async def _renew(self) -> None:
+        if self.lease is None or await self.etcd.keepalive(self.lease) <= 0:
+            self.lease = await self.etcd.grant(self.ttl)  # the first, or the old one expired in etcd
 
     def _judge(self) -> None:
         old, self.verdict = self.verdict, judge(self.clock(), self.heard, self.me, self.ttl)
