@@ -127,6 +127,27 @@ def hosts_through(dsn: str, count: int = 12) -> set[str]:
     return hosts
 
 
+def exchange(address, payload: bytes, timeout: float = 6.0) -> tuple[bytes, float]:
+    """Send payload, read until the proxy closes; returns what came back and how long it took."""
+    started = time.monotonic()
+    with socket.create_connection(address, timeout=timeout) as sock:
+        if payload:
+            sock.sendall(payload)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received, time.monotonic() - started
+
+
+def error_of(data: bytes):
+    from pgaurora.wire import Framer, decode_backend
+    framer = Framer()
+    framer.feed(data)
+    frame = framer.next_frame()
+    assert frame is not None and frame.type == b"E", data
+    return decode_backend(frame.type, frame.payload)
+
+
 class Command:
     """A pgaurora process whose output is collected line by line."""
 

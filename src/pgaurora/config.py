@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import tomllib
 from enum import Enum
 from pathlib import Path
@@ -428,7 +429,6 @@ class Config(_Frozen):
 
     @property
     def instance(self) -> str:
-        import socket
         if self.dcs is not None and self.dcs.instance:
             return self.dcs.instance
         return f"{socket.gethostname()}:{self.admin.port}"

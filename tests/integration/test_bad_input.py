@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import struct
 import threading
-import time
 
 import psycopg
 import pytest
 
-from pgaurora.wire import ErrorResponse, Framer, decode_backend
+from tests.helpers import error_of as _error
+from tests.helpers import exchange as _exchange
 from tests.helpers import wait_until
-
-
-def _exchange(address, payload: bytes, timeout: float = 6.0) -> tuple[bytes, float]:
-    """Send payload, read until the proxy closes; returns what came back and how long it took."""
-    started = time.monotonic()
-    with socket.create_connection(address, timeout=timeout) as sock:
-        if payload:
-            sock.sendall(payload)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received, time.monotonic() - started
-
-
-def _error(data: bytes) -> ErrorResponse:
-    framer = Framer()
-    framer.feed(data)
-    frame = framer.next_frame()
-    assert frame is not None and frame.type == b"E", data
-    return decode_backend(frame.type, frame.payload)
 
 
 @pytest.fixture

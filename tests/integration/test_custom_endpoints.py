@@ -10,8 +10,7 @@ import psycopg
 import pytest
 
 from pgaurora.wire import StartupMessage, encode
-from tests.helpers import PGAURORA, free_ports, hosts_through, service_config, wait_until
-from tests.integration.test_bad_input import _error, _exchange
+from tests.helpers import PGAURORA, error_of, exchange, free_ports, hosts_through, service_config, wait_until
 
 
 def _dsn(svc, port: int) -> str:
@@ -50,7 +49,7 @@ def test_a_custom_endpoint_routes_only_to_its_replica_and_refuses_by_name_when_i
     with pytest.raises(psycopg.OperationalError, match="custom endpoint reports: none of its nodes is available"):
         psycopg.connect(_dsn(svc, reports))
     startup = encode(StartupMessage((("user", "postgres"), ("database", "postgres"))))
-    error = _error(_exchange(("127.0.0.1", reports), startup)[0])
+    error = error_of(exchange(("127.0.0.1", reports), startup)[0])
     assert error.sqlstate == "57P03" and "reports" in error.message
     assert _hosts(svc, spill, 2) == {cluster.primary.host}  # this one falls back to the writer
     metrics = urllib.request.urlopen(f"{svc.admin_url}/metrics", timeout=5).read().decode()

@@ -309,7 +309,7 @@ def test_etcd_quorum_loss_stops_all_acting_but_not_sessions_and_failover_resumes
         raise
 
 
-def test_up_instances_serves_through_any_instance_survives_the_leaders_death_and_stops_everything(tmp_path):
+def test_up_instances_serves_through_any_instance_survives_the_leaders_death_and_stops_everything():
     root = cluster_dir()
     base = free_loopback_base(3)
     ports = [str(p) for p in free_ports(4)]
@@ -338,7 +338,9 @@ def test_up_instances_serves_through_any_instance_survives_the_leaders_death_and
                       for n in status(other)["nodes"]}
         etcd_hosts = [l for l in up.lines if l.startswith("etcd ")][0].split()[1:]
     finally:
-        assert up.stop() == 0, "\n".join(up.lines)
+        stopped = up.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert stopped == 0, "\n".join(up.lines)
     listening = []
     for host, port in [*node_ports, *((u.strip(",").split("//")[1].split(":")[0], 2379) for u in etcd_hosts)]:
         try:
@@ -347,7 +349,6 @@ def test_up_instances_serves_through_any_instance_survives_the_leaders_death_and
         except OSError:
             pass
     assert listening == [], f"still listening after up stopped: {listening}"
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def _enable_auth(endpoint: str, password: str) -> None:

@@ -20,8 +20,8 @@ import pytest
 import trustme
 
 from pgaurora.wire import SSLRequest, StartupMessage, encode
-from tests.helpers import Command, ServiceThread, make_cluster, service_config, wait_until, write_config
-from tests.integration.test_bad_input import _error, _exchange
+from tests.helpers import (Command, ServiceThread, error_of, exchange, make_cluster, service_config, wait_until,
+                           write_config)
 
 JAR = Path("/usr/share/java/postgresql.jar")
 PROBE = Path(__file__).parent / "clients" / "JdbcProbe.java"
@@ -96,7 +96,7 @@ def test_direct_tls_without_alpn_gets_08p01(tls_proxy):
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
-    error = _error(received)
+    error = error_of(received)
     assert error.sqlstate == "08P01" and "without ALPN" in error.message
 
 
@@ -114,16 +114,16 @@ def test_plaintext_after_ssl_request_is_refused_as_protocol_violation(tls_proxy)
     """CVE-2021-23214: bytes sent with the SSLRequest, before the handshake, must not be taken as the
     encrypted session's first message."""
     startup = encode(StartupMessage((("user", "postgres"), ("database", "postgres"))))
-    received, _ = _exchange(tls_proxy.writer, encode(SSLRequest()) + startup)
-    error = _error(received)
+    received, _ = exchange(tls_proxy.writer, encode(SSLRequest()) + startup)
+    error = error_of(received)
     assert error.sqlstate == "08P01" and error.message == "received unencrypted data after SSL request"
 
 
 def test_client_tls_require_refuses_plaintext_startup_with_28000(tls_cluster, service):
     svc = service(service_config(tls_cluster, tls=tls_settings(tls_cluster, client_tls="require")))
     startup = encode(StartupMessage((("user", "postgres"), ("database", "postgres"))))
-    received, _ = _exchange(svc.writer, startup)
-    error = _error(received)
+    received, _ = exchange(svc.writer, startup)
+    error = error_of(received)
     assert error.sqlstate == "28000" and "requires TLS" in error.message
     out = _psql(svc, "writer", "SELECT 1", sslmode="disable")
     assert out.returncode != 0 and "requires TLS" in out.stderr

@@ -16,7 +16,7 @@ from ..compose.local import LocalCluster
 from ..compose.preflight import Listen, conflicts
 from ..compose.reaper import start_reaper
 from ..errors import ClusterError
-from .up import _open_cluster
+from .up import open_cluster
 
 INSTANCE_OFFSET, ETCD_OFFSET = 30, 40  # from the first node's address: 127.0.0.41.. and 127.0.0.51..
 READY = "pgaurora is ready"
@@ -89,7 +89,7 @@ def _summary(cluster: LocalCluster, instances: list[Instance], etcd: EtcdCluster
 
 def run_instances(*, count: int, replicas, state_dir, password, name, port, base_address, ports, synchronous,
                   backend, tls) -> None:
-    cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
+    cluster = open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
     first = cluster.nodes[0].host
     hosts = [offset(first, INSTANCE_OFFSET + k) for k in range(count)]
     etcd = EtcdCluster(cluster.root / "etcd", 3, offset(first, ETCD_OFFSET))

@@ -17,7 +17,7 @@ from ..eventlog import EventLog
 from .runtime import serve, setup_logging
 
 
-def _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous,
+def open_cluster(state_dir, name, replicas, password, port, base_address, synchronous,
                   backend="local", tls=False) -> LocalCluster:
     root = Path(state_dir or default_state_dir(name)).absolute()
     if (root / STATE_FILE).exists():
@@ -123,7 +123,7 @@ def run_up(*, replicas, state_dir, password, name, port, base_address, ports, sy
            verbose, attach=False, backend="local", tls=False, instance=None, etcd=(), host=None) -> None:
     """Serve a cluster; as `instance` (one of `up --instances`), on `host` with [dcs], nodes left running."""
     setup_logging(verbose)
-    cluster = _open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
+    cluster = open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
     dcs = {"etcd": list(etcd), "instance": instance} if instance else None
     check_addresses(cluster, build_config(cluster, ports, with_tls=False, host=host, dcs=dcs))
     cluster.lock(shared=instance is not None)
