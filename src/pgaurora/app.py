@@ -67,6 +67,8 @@ class Service:
                                 custom=spec) for spec in config.endpoints]
         self.member = Member(config, self.events) if config.dcs is not None else None
         self.monitor = Monitor(config, self.hub, self.events, controller, reset_state, self.member)
+        if self.member is not None:
+            self.member.on_change = self.monitor.wake  # followers route a new writer within one watch round trip
         self.dns = DnsServer(self.hub, Zone(config.zone, config.dns.ttl,
                                             config.reader.fallback is ReaderFallback.PRIMARY, config.endpoints),
                              config.dns.host, config.dns.port) if config.dns.enabled else None

@@ -286,6 +286,12 @@ class DcsConfig(_Frozen):
     """etcd user, when etcd has authentication on."""
     password: str | None = None
     """Its password."""
+    ca_file: str | None = None
+    """PEM CA bundle that signed etcd's certificate, for `https://` endpoints (default: the system's)."""
+    cert_file: str | None = None
+    """PEM client certificate, for an etcd started with `--client-cert-auth`."""
+    key_file: str | None = None
+    """PEM private key of `cert_file`."""
 
     @field_validator("etcd")
     @classmethod
@@ -295,7 +301,27 @@ class DcsConfig(_Frozen):
         for url in value:
             if not re.match(r"^https?://[A-Za-z0-9.-]+:\d+/?$", url):
                 raise ValueError(f"{url!r} is not an etcd endpoint like 'http://127.0.0.1:2379'")
+        if len({url.partition(":")[0] for url in value}) > 1:
+            raise ValueError("the etcd endpoints mix http:// and https://: use one scheme for all")
         return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> "DcsConfig":
+        problems = []
+        if (self.cert_file is None) != (self.key_file is None):
+            problems.append("cert_file and key_file go together")
+        given = [name for name in ("ca_file", "cert_file", "key_file") if getattr(self, name) is not None]
+        if given and not self.tls:
+            problems.append(f"{', '.join(given)} need https:// etcd endpoints")
+        problems += [f"{name}: no such file {getattr(self, name)!r}" for name in given
+                     if not Path(getattr(self, name)).is_file()]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.etcd[0].startswith("https://")
 
 
 class MonitorConfig(_Frozen):

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from pgaurora.compose.background import WriteLoop
+from pgaurora.compose.certs import CertAuthority
 from pgaurora.compose.etcd import EtcdCluster, find_etcd
 from pgaurora.errors import ClusterError
 from tests.helpers import (PGAURORA, Command, cluster_dir, free_loopback_base, free_ports, observe, service_config,
@@ -149,6 +150,25 @@ def test_both_instances_route_to_the_same_writer_and_show_the_same_leader(fresh_
         for _ in wait_until("proxy.<zone> to list both instances", TTL):
             if sorted(r.address for r in resolver.resolve(f"proxy.{instance.config.zone}", "A")) == hosts:
                 break
+
+
+def _drained_at(instance: Instance, node: str, drained: bool, deadline: float) -> float:
+    for _ in wait_until(f"{instance.name} to show {node} drained={drained}", deadline, interval=0.01):
+        if next(n for n in instance.status()["nodes"] if n["name"] == node)["drained"] is drained:
+            return time.monotonic()
+
+
+def test_followers_route_a_change_of_the_leaders_within_one_watch_round_trip(fresh_cluster, etcd, instances):
+    cluster = fresh_cluster(replicas=2)
+    leader, follower = _leader_and_other(*instances(cluster, etcd.endpoints, "i1", "i2"))
+    lags = []
+    for drained in (True, False, True, False):  # polling alone (every ttl/4 + a probe) would take ~0.6 s
+        path = "/drain/n2" if drained else "/undrain/n2"
+        urllib.request.urlopen(urllib.request.Request(leader.admin_url + path, method="POST"), timeout=10)
+        at_leader = _drained_at(leader, "n2", drained, 5)
+        lags.append(_drained_at(follower, "n2", drained, 5) - at_leader)
+    print(f"follower lag behind the leader: {[round(x, 3) for x in lags]} s")
+    assert max(lags) < 0.4, lags
 
 
 def test_a_multi_host_connection_string_survives_the_loss_of_an_instance(fresh_cluster, etcd, instances):
@@ -309,13 +329,13 @@ def test_etcd_quorum_loss_stops_all_acting_but_not_sessions_and_failover_resumes
         raise
 
 
-def test_up_instances_serves_through_any_instance_survives_the_leaders_death_and_stops_everything():
+def test_up_instances_with_tls_serves_through_any_instance_survives_the_leaders_death_and_stops_everything():
     root = cluster_dir()
     base = free_loopback_base(3)
     ports = [str(p) for p in free_ports(4)]
     up = Command("up", "--instances", "2", "--replicas", "1", "--dir", str(root / "c"), "--base-address", base,
                  "--password", "pw", "--writer-port", ports[0], "--reader-port", ports[1], "--admin-port", ports[2],
-                 "--dns-port", ports[3])
+                 "--dns-port", ports[3], "--tls")
     try:
         up.wait_for_line("pgaurora is ready", 120)
         (line,) = [l for l in up.lines if "target_session_attrs=read-write" in l]
@@ -326,13 +346,14 @@ def test_up_instances_serves_through_any_instance_survives_the_leaders_death_and
             roles = {url: status(url)["dcs"]["role"] for url in admins}
             if sorted(roles.values()) == ["follower", "leader"]:
                 break
+        assert all(url.startswith("https://") for url in status(admins[0])["dcs"]["endpoints"])  # etcd over TLS
         leader = next(url for url, role in roles.items() if role == "leader")
         other = next(url for url in admins if url != leader)
         os.kill(status(leader)["pid"], signal.SIGKILL)
         for _ in wait_until("the other instance to lead", TTL + 10):
             if status(other)["dcs"]["role"] == "leader":
                 break
-        with psycopg.connect(conninfo) as conn:
+        with psycopg.connect(conninfo + " sslmode=require") as conn:
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
         node_ports = {(n["address"].rsplit(":", 1)[0], int(n["address"].rsplit(":", 1)[1]))
                       for n in status(other)["nodes"]}
@@ -368,6 +389,40 @@ def _enable_auth(endpoint: str, password: str) -> None:
         await auth.AuthEnable(rpc.AuthEnableRequest())
         await client.close()
     asyncio.run(run())
+
+
+def test_etcd_over_tls_with_client_certificates_admits_only_a_certified_instance(fresh_cluster, tmp_path):
+    cluster = fresh_cluster(replicas=1)
+    authority = CertAuthority.open(tmp_path / "ca", "etcd-test")
+    etcd = EtcdCluster(cluster_dir() / "etcd", 3, free_loopback_base(3), authority=authority)
+    etcd.start()
+    made = []
+    try:
+        assert all(url.startswith("https://") for url in etcd.endpoints)
+        cert, key = etcd.client_certificate("i1")
+        ca = str(authority.cert_file)
+        for name, tls in (("certified", {"ca_file": ca, "cert_file": str(cert), "key_file": str(key)}),
+                          ("uncertified", {"ca_file": ca})):
+            config = service_config(cluster, state_dir=None, dcs={"etcd": etcd.endpoints, "instance": name, **tls})
+            made.append(Command("proxy", "-c", str(write_config(config, tmp_path / f"{name}.toml"))))
+            made[-1].admin = f"http://{config.admin.host}:{config.admin.port}"
+        made[0].wait_for_line("pgaurora is ready", 60)
+        status = lambda c: json.loads(urllib.request.urlopen(c.admin + "/status", timeout=5).read())  # noqa: E731
+        for _ in wait_until("the certified instance to lead, the other to be refused at the handshake", 30):
+            try:
+                good, bad = status(made[0])["dcs"], status(made[1])["dcs"]
+            except OSError:
+                continue
+            if good["role"] == "leader" and bad["role"] == "cut_off" and "TLS handshake with etcd failed" in (
+                    bad["last_error"] or ""):
+                break
+        assert status(made[0])["writer"]["node"] == cluster.primary.name
+        assert not any(line.startswith(("E1", "I1")) for line in made[1].lines), "gRPC's own log lines leaked"
+    finally:
+        for command in made:
+            command.stop()
+        etcd.destroy()
+        shutil.rmtree(etcd.root.parent, ignore_errors=True)
 
 
 def test_etcd_with_authentication_admits_only_the_right_password(fresh_cluster, etcd, tmp_path):

@@ -88,3 +88,22 @@ def test_the_channel_binding_flag_of_a_sasl_initial_response(flag):
     payload = b"SCRAM-SHA-256\0" + len(data).to_bytes(4, "big") + data
     assert sasl_initial_flag(payload) == (b"SCRAM-SHA-256", flag)
     assert sasl_initial_flag(b"\0") is None and sasl_initial_flag(b"SCRAM") is None
+
+
+def test_etcd_over_https_takes_a_ca_and_a_client_certificate(pem):
+    cfg = build({"nodes": NODES, "dcs": {"etcd": ["https://127.0.0.51:2379"], "ca_file": pem,
+                                         "cert_file": pem, "key_file": pem}})
+    assert cfg.dcs.tls and cfg.dcs.ca_file == pem
+
+
+@pytest.mark.parametrize("dcs, problem", [
+    ({"etcd": ["http://127.0.0.51:2379", "https://127.0.0.52:2379"]}, "mix http:// and https://"),
+    ({"etcd": ["http://127.0.0.51:2379"], "ca_file": "PEM"}, "ca_file need https:// etcd endpoints"),
+    ({"etcd": ["https://127.0.0.51:2379"], "cert_file": "PEM"}, "cert_file and key_file go together"),
+    ({"etcd": ["https://127.0.0.51:2379"], "ca_file": "/nonexistent.pem"}, "ca_file: no such file"),
+])
+def test_a_bad_etcd_tls_setting_is_named(pem, dcs, problem):
+    dcs = {k: pem if v == "PEM" else v for k, v in dcs.items()}
+    with pytest.raises(ConfigError) as info:
+        build({"nodes": NODES, "dcs": dcs})
+    assert problem in str(info.value)

@@ -102,6 +102,8 @@ def run_instances(*, count: int, replicas, state_dir, password, name, port, base
         signal.signal(sig, lambda *_: stop.set())
     try:
         click.echo(cluster.up())
+        if tls:  # etcd's traffic too, with the CA that up() made
+            etcd = EtcdCluster(etcd.root, 3, etcd.members[0].host, authority=cluster.authority())
         etcd.start()
         instances += [Instance(f"i{k + 1}", host, cluster, etcd, ports) for k, host in enumerate(hosts)]
         deadline = time.monotonic() + 120

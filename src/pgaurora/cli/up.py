@@ -119,12 +119,22 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
     ])
 
 
+def etcd_tls(cluster: LocalCluster, instance: str, etcd) -> dict:
+    """[dcs] TLS settings for an instance of `up --instances --tls`: the cluster's CA, and a client
+    certificate of the instance's own, which etcd (started with --client-cert-auth) requires."""
+    if not any(url.startswith("https://") for url in etcd):
+        return {}
+    authority = cluster.authority()
+    cert, key = authority.issue(f"etcd-client-{instance}", [instance], cluster.root / "tls", client=True)
+    return {"ca_file": str(authority.cert_file), "cert_file": str(cert), "key_file": str(key)}
+
+
 def run_up(*, replicas, state_dir, password, name, port, base_address, ports, synchronous, reset_state,
            verbose, attach=False, backend="local", tls=False, instance=None, etcd=(), host=None) -> None:
     """Serve a cluster; as `instance` (one of `up --instances`), on `host` with [dcs], nodes left running."""
     setup_logging(verbose)
     cluster = open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
-    dcs = {"etcd": list(etcd), "instance": instance} if instance else None
+    dcs = {"etcd": list(etcd), "instance": instance, **etcd_tls(cluster, instance, etcd)} if instance else None
     check_addresses(cluster, build_config(cluster, ports, with_tls=False, host=host, dcs=dcs))
     cluster.lock(shared=instance is not None)
     reaper = start_reaper()

@@ -72,9 +72,10 @@ class CertAuthority:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(directory, cert, key)
 
-    def issue(self, name: str, hosts: list[str], directory: Path | None = None) -> tuple[Path, Path]:
-        """A server certificate for hosts (IP addresses or DNS names): (cert file, key file).
-        The key file is 0600; the caller gives it to the user that serves it."""
+    def issue(self, name: str, hosts: list[str], directory: Path | None = None,
+              client: bool = False) -> tuple[Path, Path]:
+        """A server certificate for hosts (IP addresses or DNS names), also good as a client certificate
+        with client=True: (cert file, key file). The key file is 0600; the caller gives it to its user."""
         directory = directory or self.directory
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
@@ -85,7 +86,8 @@ class CertAuthority:
                 .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
                 .add_extension(_san(hosts), critical=False)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]
+                                                     + [ExtendedKeyUsageOID.CLIENT_AUTH] * client), critical=False)
                 .sign(self.key, hashes.SHA256()))
         cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
         _write_key(key_path, key)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClusterError
+from .certs import CertAuthority
 
 CLIENT_PORT, PEER_PORT = 2379, 2380
 
@@ -39,14 +40,15 @@ class EtcdMember:
     client_port: int = CLIENT_PORT
     peer_port: int = PEER_PORT
     proc: subprocess.Popen | None = None
+    scheme: str = "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
 
     @property
     def running(self) -> bool:
@@ -57,12 +59,36 @@ class EtcdCluster:
     """Members on consecutive loopback addresses from `base_address`; start() waits until each answers."""
 
     def __init__(self, root: str | Path, size: int = 3, base_address: str = "127.0.0.51",
-                 client_port: int = CLIENT_PORT, peer_port: int = PEER_PORT) -> None:
+                 client_port: int = CLIENT_PORT, peer_port: int = PEER_PORT,
+                 authority: CertAuthority | None = None) -> None:
+        """With an authority: TLS between members and to clients, and clients must present a certificate
+        it signed (`client_certificate()` makes one)."""
         self.root = Path(root)
         first = [int(x) for x in base_address.split(".")]
+        scheme = "https" if authority else "http"
         self.members = [EtcdMember(f"e{i + 1}", ".".join(map(str, first[:3] + [first[3] + i])),
-                                   self.root / f"e{i + 1}", client_port, peer_port) for i in range(size)]
+                                   self.root / f"e{i + 1}", client_port, peer_port, scheme=scheme)
+                        for i in range(size)]
+        self.authority = authority
         self.binary = find_etcd()
+
+    def client_certificate(self, name: str) -> tuple[Path, Path]:
+        """A client certificate etcd admits (cert file, key file), from the cluster's authority."""
+        if self.authority is None:
+            raise ClusterError("this etcd cluster runs without TLS")
+        return self.authority.issue(name, [name], self.root / "tls", client=True)
+
+    def _tls_flags(self) -> list[str]:
+        if self.authority is None:
+            return []
+        cert, key = self.root / "tls" / "etcd.crt", self.root / "tls" / "etcd.key"
+        if not cert.exists():  # once: members restarted later keep reading the same files
+            cert, key = self.authority.issue("etcd", [m.host for m in self.members] + ["127.0.0.1"],
+                                             self.root / "tls", client=True)
+        ca = str(self.authority.cert_file)
+        return ["--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file", ca, "--client-cert-auth",
+                "--peer-cert-file", str(cert), "--peer-key-file", str(key), "--peer-trusted-ca-file", ca,
+                "--peer-client-cert-auth"]
 
     @property
     def endpoints(self) -> list[str]:
@@ -75,7 +101,8 @@ class EtcdCluster:
                 "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
                 "--initial-cluster", initial, "--initial-cluster-state", state,
                 "--initial-cluster-token", f"pgaurora-{self.root.name}",
-                "--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn"]
+                "--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn",
+                *self._tls_flags()]
 
     def start(self, timeout: float = 30) -> None:
         busy = [m.client_url for m in self.members if not m.running and _listening(m.host, m.client_port)]

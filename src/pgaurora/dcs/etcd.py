@@ -5,9 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+from pathlib import Path
 from urllib.parse import urlparse
 
-import aetcd
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own stderr lines: its failures reach our log anyway
+
+import aetcd  # noqa: E402
+import grpc  # noqa: E402
+from aetcd import rpc  # noqa: E402
+from aetcd.watcher import Watcher  # noqa: E402
+
+from ..config import DcsConfig  # noqa: E402
 
 log = logging.getLogger("pgaurora.dcs")
 
@@ -16,12 +25,42 @@ class DcsUnavailable(Exception):
     """No etcd endpoint answered in time."""
 
 
+def credentials(dcs: DcsConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials for https:// endpoints: the CA to trust, and this instance's client certificate."""
+    if not dcs.tls:
+        return None
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+    return grpc.ssl_channel_credentials(read(dcs.ca_file), read(dcs.key_file), read(dcs.cert_file))
+
+
+class _TlsClient(aetcd.Client):
+    """aetcd 1.0 opens plaintext channels only: this client opens a TLS one, then sets up the same stubs."""
+
+    def __init__(self, tls: grpc.ChannelCredentials, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._tls = tls
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        self.channel = grpc.aio.secure_channel(f"{self._host}:{self._port}", self._tls)
+        if self._username is not None:
+            reply = await rpc.AuthStub(self.channel).Authenticate(
+                rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout)
+            self.metadata = (("token", reply.token),)
+        self.kvstub, self.leasestub = rpc.KVStub(self.channel), rpc.LeaseStub(self.channel)
+        self.clusterstub, self.maintenancestub = rpc.ClusterStub(self.channel), rpc.MaintenanceStub(self.channel)
+        self._watcher = Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+        self._connected.set()
+
+
 class Etcd:
     def __init__(self, endpoints: tuple[str, ...], username: str | None = None, password: str | None = None,
-                 timeout: float = 1.0) -> None:
+                 timeout: float = 1.0, tls: grpc.ChannelCredentials | None = None) -> None:
         self.urls = tuple(endpoints)
         self.endpoints = [urlparse(url) for url in endpoints]
-        self.username, self.password, self.timeout = username, password, timeout
+        self.username, self.password, self.timeout, self.tls = username, password, timeout, tls
         self._index = 0
         self._client: aetcd.Client | None = None
         self._lock = asyncio.Lock()  # one call at a time: a failing call rotates the shared client
@@ -34,9 +73,9 @@ class Etcd:
     async def _connected(self) -> aetcd.Client:
         if self._client is None:
             url = self.endpoints[self._index]
-            self._client = aetcd.Client(host=url.hostname, port=url.port, username=self.username,
-                                        password=self.password, timeout=self.timeout,
-                                        connect_wait_timeout=max(1, math.ceil(self.timeout)))
+            settings = dict(host=url.hostname, port=url.port, username=self.username, password=self.password,
+                            timeout=self.timeout, connect_wait_timeout=max(1, math.ceil(self.timeout)))
+            self._client = _TlsClient(self.tls, **settings) if self.tls else aetcd.Client(**settings)
             await self._client.connect()
         return self._client
 
@@ -51,12 +90,17 @@ class Etcd:
             try:
                 async with asyncio.timeout(self.timeout * 2):
                     return await operation(await self._connected())
-            except (aetcd.ClientError, TimeoutError, OSError) as exc:
+            except (aetcd.ClientError, grpc.RpcError, TimeoutError, OSError) as exc:
                 if isinstance(exc, aetcd.PreconditionFailedError):
                     raise
-                errors.append(f"{self.endpoint}: {type(exc).__name__} {exc}".strip())
+                errors.append(f"{self.endpoint}: {type(exc).__name__} {exc}".strip() + self._hint(str(exc)))
                 await self._rotate()
         raise DcsUnavailable("; ".join(errors))
+
+    def _hint(self, message: str) -> str:
+        if self.tls is not None and ("TSI_" in message or "Tls handshake" in message):
+            return " (the TLS handshake with etcd failed: check [dcs] ca_file, cert_file and key_file)"
+        return ""
 
     async def _rotate(self) -> None:
         client, self._client = self._client, None
@@ -108,6 +152,21 @@ class Etcd:
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
         got = await self._call(lambda c: c.get_prefix(prefix.encode()))
         return {kv.key.decode(): kv.value for kv in got}
+
+    async def changes(self, prefix: str):
+        """Yield once per batch of changes under prefix, until the stream breaks (DcsUnavailable). It holds
+        its client for as long as it runs: give it an Etcd of its own."""
+        try:
+            watch = await (await self._connected()).watch_prefix(prefix.encode())
+        except (aetcd.ClientError, grpc.RpcError, TimeoutError, OSError) as exc:
+            await self._rotate()
+            raise DcsUnavailable(f"{self.endpoint}: cannot watch: {type(exc).__name__} {exc}") from None
+        try:
+            async for _ in watch:
+                yield
+        except (aetcd.ClientError, grpc.RpcError, OSError) as exc:
+            await self._rotate()
+            raise DcsUnavailable(f"{self.endpoint}: the watch broke: {type(exc).__name__} {exc}") from None
 
     async def close(self) -> None:
         if self._client is not None:

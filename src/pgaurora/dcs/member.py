@@ -6,11 +6,12 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from ..config import Config
 from ..eventlog import EventLog
-from .etcd import DcsUnavailable, Etcd
+from .etcd import DcsUnavailable, Etcd, credentials
 from .leadership import Heard, Role, Verdict, judge
 
 log = logging.getLogger("pgaurora.dcs")
@@ -29,7 +30,11 @@ class Member:
         self.prefix = prefix
         self.leader_key, self.state_key, self.intent_key = prefix + "leader", prefix + "state", prefix + "intent"
         self.members_prefix = prefix + "members/"
-        self.etcd = Etcd(dcs.etcd, dcs.username, dcs.password, timeout=min(1.0, dcs.ttl / 3))
+        timeout, tls = min(1.0, dcs.ttl / 3), credentials(dcs)
+        self.etcd = Etcd(dcs.etcd, dcs.username, dcs.password, timeout, tls)
+        self._watching = Etcd(dcs.etcd, dcs.username, dcs.password, timeout, tls)  # holds a stream open
+        self._changed = asyncio.Event()
+        self.on_change: Callable[[], None] | None = None  # called when a beat read a new shared state
         self.card = json.dumps({"instance": self.me, "admin": f"http://{config.admin.host}:{config.admin.port}",
                                 "writer": f"{config.writer.host}:{config.writer.port}",
                                 "reader": f"{config.reader.host}:{config.reader.port}"})
@@ -41,17 +46,37 @@ class Member:
         self.members: dict[str, dict] = {}
         self.shared: tuple[dict | None, dict | None] = (None, None)  # (state, intent) as last read
         self.last_error: str | None = None
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     # -- the lease loop ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.beat()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()), loop.create_task(self._watch())]
 
     async def _run(self) -> None:
+        """A beat every ttl/4, and at once when the watch saw a change (a new leader, state or intent)."""
         while True:
-            await asyncio.sleep(self.ttl / 4)
+            try:
+                async with asyncio.timeout(self.ttl / 4):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+            self._changed.clear()
+            before = self.shared
             await self.beat()
+            if self.shared != before and self.on_change is not None:
+                self.on_change()
+
+    async def _watch(self) -> None:
+        """Watch the prefix; when the stream breaks, the beats carry on alone until it is back."""
+        while True:
+            try:
+                async for _ in self._watching.changes(self.prefix):
+                    self._changed.set()
+            except DcsUnavailable as exc:
+                log.debug("dcs watch: %s", exc)
+            await asyncio.sleep(self.ttl / 4)
 
     async def beat(self) -> Verdict:
         """Renew (or get) the lease, take the leader key when nobody holds it, read who leads. Never raises."""
@@ -138,12 +163,13 @@ class Member:
         return done
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
+        await self._watching.close()
         if self.lease is not None and self.verdict.role is not Role.CUT_OFF:
             try:  # hand the leadership over at once rather than after ttl
                 await self.etcd.revoke(self.lease)

@@ -441,6 +441,10 @@ class Monitor:
         await self._persist()
         await self.publish(reason)
 
+    def wake(self) -> None:
+        """Run the next tick now (etcd's shared state changed, for instance), not at the next interval."""
+        self._wake.set()
+
     # -- requests from the admin endpoint ------------------------------------------------------
     async def request(self, kind: str, **args) -> dict:
         """Run a switchover, failover or rejoin inside the loop, between ticks; returns its result."""
