@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import TYPE_CHECKING
@@ -11,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import custom_endpoints, metrics
 from .errors import ConfigError
+from .health.actions import ActionFailed
+from .scaling import DRAIN_TIMEOUT
 from .topology import Role, Topology
 
 if TYPE_CHECKING:
@@ -87,7 +90,8 @@ class AdminServer:
                              web.post("/switchover", self.switchover), web.post("/failover", self.failover),
                              web.post("/rejoin/{node}", self.rejoin), web.get("/rejoin/{node}", self.rejoin_plan),
                              web.post("/reload", self.reload),
-                             web.post("/drain/{node}", self.drain), web.post("/undrain/{node}", self.undrain)])
+                             web.post("/drain/{node}", self.drain), web.post("/undrain/{node}", self.undrain),
+                             web.post("/nodes", self.add_nodes), web.delete("/nodes/{node}", self.remove_node)])
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -143,6 +147,30 @@ class AdminServer:
 
     async def undrain(self, request: web.Request) -> web.Response:
         return await self._monitor_request("undrain", node=request.match_info["node"])
+
+    async def add_nodes(self, request: web.Request) -> web.Response:
+        """Add replicas (?count=N, default 1); answers once each serves reads."""
+        count = request.query.get("count", "1")
+        if not count.isdigit() or not 1 <= int(count) <= 15:
+            return _json({"error": "count must be a whole number from 1 to 15"}, status=400)
+        return await self._operation(self.service.scaler.add(int(count)))
+
+    async def remove_node(self, request: web.Request) -> web.Response:
+        """Drain a replica, give its sessions ?drain_timeout= seconds (default 30), end the rest, remove it."""
+        try:
+            timeout = float(request.query.get("drain_timeout", DRAIN_TIMEOUT))
+        except ValueError:
+            timeout = -1.0
+        if not 0 <= timeout <= 3600:
+            return _json({"error": "drain_timeout must be a number of seconds from 0 to 3600"}, status=400)
+        return await self._operation(self.service.scaler.remove(request.match_info["node"], timeout))
+
+    async def _operation(self, work) -> web.Response:
+        """A long operation runs to its end even when the client hangs up (it is shielded)."""
+        try:
+            return _json(await asyncio.shield(asyncio.ensure_future(work)))
+        except (ActionFailed, ConfigError) as exc:
+            return _json({"error": str(exc)}, status=409)
 
     async def rejoin(self, request: web.Request) -> web.Response:
         return await self._monitor_request("rejoin", node=request.match_info["node"])

@@ -20,6 +20,7 @@ from .proxy.router import EndpointKind, Router
 from .proxy.native import NativeRelay
 from .proxy.sockmap import SockMap
 from .proxy.state import ProxyState
+from .scaling import Scaler
 from .sslcontexts import Contexts
 from .topology import Topology, TopologyHub
 
@@ -72,6 +73,7 @@ class Service:
         self.dns = DnsServer(self.hub, Zone(config.zone, config.dns.ttl,
                                             config.reader.fallback is ReaderFallback.PRIMARY, config.endpoints),
                              config.dns.host, config.dns.port) if config.dns.enabled else None
+        self.scaler = Scaler(self)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._monitor_task: asyncio.Task | None = None
 
@@ -106,18 +108,23 @@ class Service:
         if self.config_path is None:
             result["config"] = "no config file (pgaurora up): only the certificate is reloaded"
             return result
-        new = config_mod.load(self.config_path)
+        diff = await self.apply_config(config_mod.load(self.config_path), f"{self.config_path} reloaded")
+        result.update(changed=list(diff.live), added=list(diff.added), removed=list(diff.removed))
+        return result
+
+    async def apply_config(self, new: Config, why: str) -> reconfigure.Changes:
+        """Run with `new` from now on, without dropping a session (a reload, replicas added or removed).
+        ConfigError, and nothing changes, when it changes a setting that needs a restart."""
         diff = reconfigure.changes(self.config, new)
         if diff.restart:
             raise ConfigError([f"{name}: changed, and needs a restart; nothing was applied" for name in diff.restart],
-                              self.config_path)
+                              self.config_path or "the new configuration")
         if diff.any:
             await self.monitor.request("reconfigure", config=new, added=diff.added, removed=diff.removed)
             self._take_config(new)
-            self.events.record("config_reloaded", f"{self.config_path} reloaded", changed=list(diff.live),
-                               added=list(diff.added), removed=list(diff.removed))
-        result.update(changed=list(diff.live), added=list(diff.added), removed=list(diff.removed))
-        return result
+            self.events.record("config_reloaded", why, changed=list(diff.live), added=list(diff.added),
+                               removed=list(diff.removed))
+        return diff
 
     def _take_config(self, config: Config) -> None:
         """The new settings for routing and DNS (the monitor took its own between two ticks)."""

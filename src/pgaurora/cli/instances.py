@@ -40,7 +40,8 @@ class Instance:
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
-            raise ClusterError(f"instance {self.name} exited ({self.proc.returncode}); see {self.log}")
+            tail = "\n".join(f"    {line}" for line in self.log.read_text().splitlines()[-5:])
+            raise ClusterError(f"instance {self.name} exited ({self.proc.returncode}); the end of {self.log}:\n{tail}")
         return READY in self.log.read_text()
 
     def stop(self) -> None:

@@ -110,10 +110,10 @@ def proxy(config_path, check, reset_state, verbose) -> None:
                                       f"{cfg.reader.host}:{cfg.reader.port}\npgaurora is ready", err=False))
 
 
-def _admin(url: str, path: str, method: str = "GET") -> object:
+def _admin(url: str, path: str, method: str = "GET", timeout: float = 120) -> object:
     request = urllib.request.Request(url.rstrip("/") + path, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace")
@@ -168,6 +168,33 @@ def drain(admin_url, node) -> None:
 def undrain(admin_url, node) -> None:
     """Put a drained replica back in the reader endpoint, once it is healthy and within the lag limit."""
     _drain(admin_url, node, "undrain")
+
+
+@cli.group()
+def replicas() -> None:
+    """Add and remove replicas of a cluster `pgaurora up` composed, while both endpoints serve."""
+
+
+@replicas.command("add")
+@admin_option
+@click.option("--count", type=click.IntRange(1, 15), default=1, show_default=True, help="Replicas to add.")
+def replicas_add(admin_url, count) -> None:
+    """Clone new replicas from the writer (pg_basebackup and a slot); returns once each serves reads."""
+    for added in _admin(admin_url, f"/nodes?count={count}", method="POST", timeout=3600):
+        click.echo(f"{added['node']} added at {added['address']}: cloned in {added['cloned_seconds']:.1f} s, "
+                   f"serving reads {added['serving_seconds']:.1f} s after the start")
+
+
+@replicas.command("remove")
+@admin_option
+@click.argument("node")
+@click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=30, show_default=True,
+              help="Seconds the node's open sessions get to finish before they are ended (57P01).")
+def replicas_remove(admin_url, node, drain_timeout) -> None:
+    """Drain a replica, wait for its sessions, end the rest, then drop its slot and delete its files."""
+    path = f"/nodes/{urllib.parse.quote(node)}?drain_timeout={drain_timeout:g}"
+    result = _admin(admin_url, path, method="DELETE", timeout=drain_timeout + 600)
+    click.echo(f"{result['node']} removed ({result['sessions_ended']} session(s) ended after the drain timeout)")
 
 
 def _drain(admin_url: str, node: str, action: str) -> None:

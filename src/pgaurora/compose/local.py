@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from ..errors import ClusterError
@@ -91,6 +92,7 @@ class LocalCluster:
         self.tls = tls  # the nodes serve TLS with certificates from the cluster's own CA
         self.bindir = find_bindir(bindir)
         self.user: OsUser = server_user()
+        self.base_address = base_address
         self.nodes = [self._node(f"n{i + 1}", addr, port)
                       for i, addr in enumerate(node_addresses(base_address, replicas + 1))]
         self._lock_fd: int | None = None
@@ -120,11 +122,14 @@ class LocalCluster:
         if spec.get("backend", "local") == "docker":
             from .docker import DockerCluster
             kind, extra = DockerCluster, {"image": spec["image"], "instance": spec["instance"]}
-        return kind(state_dir, name=spec["name"], replicas=spec["replicas"],
-                    base_address=spec["base_address"], port=spec["port"], password=spec["password"],
-                    replication_password=spec["replication_password"],
-                    synchronous=spec["synchronous"], max_connections=spec["max_connections"],
-                    bindir=bindir, tls=spec.get("tls", False), **extra)
+        cluster = kind(state_dir, name=spec["name"], replicas=spec["replicas"],
+                       base_address=spec["base_address"], port=spec["port"], password=spec["password"],
+                       replication_password=spec["replication_password"],
+                       synchronous=spec["synchronous"], max_connections=spec["max_connections"],
+                       bindir=bindir, tls=spec.get("tls", False), **extra)
+        if "nodes" in spec:  # replicas added or removed since creation
+            cluster.nodes = [cluster._node(name, host, cluster.port) for name, host in spec["nodes"]]
+        return cluster
 
     @property
     def created(self) -> bool:
@@ -311,8 +316,8 @@ class LocalCluster:
         every node address, 127.0.0.1 and localhost. One certificate, so that SCRAM channel binding
         (tls-server-end-point) holds through the proxy."""
         cert, key = self.root / TLS_DIR / "cluster.crt", self.root / TLS_DIR / "cluster.key"
-        if not (cert.exists() and key.exists()):
-            hosts = [n.host for n in self.nodes] + ["127.0.0.1", "localhost"]
+        if not (cert.exists() and key.exists()):  # every address a node may ever get: replicas add too
+            hosts = node_addresses(self.base_address, MAX_REPLICAS + 1) + ["127.0.0.1", "localhost"]
             cert, key = self.authority().issue("cluster", hosts)
         return cert, key
 
@@ -322,7 +327,8 @@ class LocalCluster:
                 f"password={self.replication_password} application_name={node.name}")
 
     def _save(self) -> None:
-        spec = {"name": self.name, "replicas": len(self.replicas), "base_address": self.nodes[0].host,
+        spec = {"name": self.name, "replicas": len(self.replicas), "base_address": self.base_address,
+                "nodes": [[n.name, n.host] for n in self.nodes],
                 "port": self.port, "password": self.password,
                 "replication_password": self.replication_password,
                 "synchronous": self.synchronous, "max_connections": self.max_connections,
@@ -333,6 +339,57 @@ class LocalCluster:
 
     def node_configs(self) -> list[dict]:
         return [{"name": n.name, "host": n.host, "port": n.port} for n in self.nodes]
+
+    # -- scaling -------------------------------------------------------------------------------
+    def add_replica(self, upstream: str) -> LocalNode:
+        """A new replica of upstream (the writer): a slot, pg_basebackup, started and saved in cluster.json.
+        If any step fails, what it made is removed (slot included)."""
+        if len(self.nodes) > MAX_REPLICAS:
+            raise ClusterError(f"the cluster has {len(self.replicas)} replicas, the most it can have")
+        used = {n.host for n in self.nodes}
+        host = next(a for a in node_addresses(self.base_address, MAX_REPLICAS + 1) if a not in used)
+        taken = {n.name for n in self.nodes}
+        name = next(f"n{i}" for i in range(1, 2 * MAX_REPLICAS + 2) if f"n{i}" not in taken)
+        node, source = self._node(name, host, self.port), self.node(upstream)
+        try:
+            for path in (node.home, node.sockdir):
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.user.chown(str(path))
+            source.sql(f"SELECT pg_create_physical_replication_slot({quote(name)})")
+            self._clone(node, source)
+        except BaseException:
+            self._forget(node, source)
+            raise
+        self.nodes.append(node)
+        self._save()
+        return node
+
+    def remove_replica(self, name: str, upstream: str) -> None:
+        """Stop the replica, drop its slot on upstream (the writer), remove its files and its entry."""
+        node = self.node(name)
+        if node.running:
+            node.stop()
+        self._forget(node, self.node(upstream))
+        self.nodes.remove(node)
+        self._save()
+
+    def _forget(self, node: LocalNode, upstream: LocalNode) -> None:
+        if node.running:
+            node.kill()
+        if upstream.running:
+            self._drop_slot(upstream, node.name)
+        shutil.rmtree(node.home, ignore_errors=True)
+
+    @staticmethod
+    def _drop_slot(upstream: LocalNode, slot: str, timeout: float = 15) -> None:
+        """Drop the slot once its walsender has gone (it outlives a stopped standby by a moment)."""
+        deadline = time.monotonic() + timeout
+        while upstream.sql(f"SELECT active FROM pg_replication_slots WHERE slot_name = {quote(slot)}") == "t":
+            if time.monotonic() > deadline:
+                raise ClusterError(f"replication slot {slot} on {upstream.name} is still in use after {timeout:.0f} s")
+            time.sleep(0.1)
+        upstream.sql(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                     f"WHERE slot_name = {quote(slot)}")
 
     # -- control used by the monitor (NodeController) --------------------------------------
     def stop_node(self, name: str) -> int:

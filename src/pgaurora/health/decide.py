@@ -62,6 +62,7 @@ class Policy:
     auto_rejoin: bool = False  # only when the monitor controls the nodes (compose)
     max_data_loss: int = 0  # bytes a failover may lose when nothing proves it loses none
     witness_window: float = 1.5  # a replica vouches for the writer if it heard from it this recently
+    leaving: frozenset[str] = frozenset()  # replicas being removed: out of synchronous replication first
 
     @property
     def synchronous(self) -> bool:
@@ -204,7 +205,7 @@ def wanted_sync(state: ClusterState, statuses: Mapping[str, NodeStatus], policy:
     """The synchronous standbys the writer should have, or None when the monitor leaves them alone."""
     if not policy.synchronous:
         return None
-    standbys = [n for n in policy.addresses if n != state.writer and n not in state.fenced]
+    standbys = [n for n in policy.addresses if n != state.writer and n not in state.fenced | policy.leaving]
     alive = [n for n in standbys if state.failures.get(n, 0) < policy.failure_threshold
              and statuses.get(n) is not None and statuses[n].reachable]
     return frozenset(alive or (standbys if policy.sync_mode is SyncMode.STRICT else []))

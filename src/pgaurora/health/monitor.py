@@ -489,7 +489,9 @@ class Monitor:
             prober.monitor = config.monitor
         for name in added:
             self.probers[name] = Prober(nodes[name], config.monitor, node_ssl(config.tls))
-        self.config, self.nodes, self.policy = config, nodes, policy_for(config, self.controller)
+        leaving = self.policy.leaving & nodes.keys()
+        self.config, self.nodes = config, nodes
+        self.policy = replace(policy_for(config, self.controller), leaving=leaving)
         self.statuses = {n: s for n, s in self.statuses.items() if n in nodes}
         self.last_seen = {n: s for n, s in self.last_seen.items() if n in nodes}
         self._set_state(fenced=self.state.fenced & nodes.keys(), drained=self.state.drained & nodes.keys())
@@ -515,6 +517,18 @@ class Monitor:
             await self._persist()
             await self.publish(f"{node} drained")
         return {"node": node, "drained": sorted(self.state.drained)}
+
+    async def _request_retire(self, node: str, leaving: bool = True) -> dict:
+        """Ahead of a replica's removal, take it out of synchronous replication: the next ticks narrow the
+        synchronous standbys, then the voters (once the others have caught up), without it.
+        leaving=False puts it back (a removal that did not go through)."""
+        if node not in self.nodes:
+            raise actions.ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
+        if leaving and node == self.state.writer:
+            raise actions.ActionFailed(f"{node} is the writer: switch over first (`pgaurora switchover`)")
+        changed = self.policy.leaving ^ {node} if (node in self.policy.leaving) != leaving else self.policy.leaving
+        self.policy = replace(self.policy, leaving=changed)
+        return {"node": node, "leaving": sorted(self.policy.leaving)}
 
     async def _request_undrain(self, node: str) -> dict:
         if node not in self.nodes:
