@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import psycopg
 import tomli_w
 
 from pgaurora import config as config_mod
@@ -250,3 +251,43 @@ def require_docker() -> None:
         if os.environ.get("PGAURORA_REQUIRE_DOCKER") == "1":
             pytest.fail(f"Docker is required here (PGAURORA_REQUIRE_DOCKER=1): {exc}")
         pytest.skip(f"no Docker engine: {exc}")
+
+
+class ReadSessions:
+    """Reader sessions that stay open and query every 50 ms; each error is kept with the node it hit."""
+
+    def __init__(self, address: tuple[str, int], password: str, count: int) -> None:
+        self.address, self.password = address, password
+        self.errors: list[dict] = []   # {"time", "node", "sqlstate", "message"}
+        self.nodes: dict[int, str] = {}  # session number -> host of the node it is on now
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, number: int) -> None:
+        conn = None
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(host=self.address[0], port=self.address[1], user="postgres",
+                                           password=self.password, dbname="postgres", autocommit=True,
+                                           connect_timeout=10)
+                self.nodes[number] = conn.execute("SELECT host(inet_server_addr())").fetchone()[0]
+            except psycopg.Error as exc:
+                self.errors.append({"time": time.time(), "node": self.nodes.get(number), "sqlstate": exc.sqlstate,
+                                    "message": str(exc)[:200]})
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._stop.wait(0.05)  # pacing of the workload, not a synchronisation
+        if conn is not None:
+            conn.close()
+
+    def on(self, host: str) -> int:
+        return sum(1 for h in self.nodes.values() if h == host)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self.threads:
+            thread.join(30)

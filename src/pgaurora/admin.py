@@ -91,7 +91,8 @@ class AdminServer:
                              web.post("/rejoin/{node}", self.rejoin), web.get("/rejoin/{node}", self.rejoin_plan),
                              web.post("/reload", self.reload),
                              web.post("/drain/{node}", self.drain), web.post("/undrain/{node}", self.undrain),
-                             web.post("/nodes", self.add_nodes), web.delete("/nodes/{node}", self.remove_node)])
+                             web.post("/nodes", self.add_nodes), web.delete("/nodes/{node}", self.remove_node),
+                             web.post("/maintenance/restart", self.rolling_restart)])
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -164,6 +165,21 @@ class AdminServer:
         if not 0 <= timeout <= 3600:
             return _json({"error": "drain_timeout must be a number of seconds from 0 to 3600"}, status=400)
         return await self._operation(self.service.scaler.remove(request.match_info["node"], timeout))
+
+    async def rolling_restart(self, request: web.Request) -> web.Response:
+        """Body: {"set": {"shared_buffers": "256MB"}, "bindir": null, "drain_timeout": 30}."""
+        try:
+            body = await request.json() if request.can_read_body else {}
+            settings = {str(k): str(v) for k, v in (body.get("set") or {}).items()}
+            bindir, timeout = body.get("bindir"), float(body.get("drain_timeout", DRAIN_TIMEOUT))
+        except (ValueError, AttributeError, TypeError):
+            return _json({"error": 'the body must be JSON like {"set": {"name": "value"}, "bindir": null, '
+                                   '"drain_timeout": 30}'}, status=400)
+        if not settings and not bindir:
+            return _json({"error": "nothing to apply: give settings to set, a bindir, or both"}, status=400)
+        if not 0 <= timeout <= 3600:
+            return _json({"error": "drain_timeout must be a number of seconds from 0 to 3600"}, status=400)
+        return await self._operation(self.service.maintenance.restart(settings, bindir, timeout))
 
     async def _operation(self, work) -> web.Response:
         """A long operation runs to its end even when the client hangs up (it is shielded)."""

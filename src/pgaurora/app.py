@@ -20,6 +20,7 @@ from .proxy.router import EndpointKind, Router
 from .proxy.native import NativeRelay
 from .proxy.sockmap import SockMap
 from .proxy.state import ProxyState
+from .maintenance import Maintenance
 from .scaling import Scaler
 from .sslcontexts import Contexts
 from .topology import Topology, TopologyHub
@@ -73,7 +74,9 @@ class Service:
         self.dns = DnsServer(self.hub, Zone(config.zone, config.dns.ttl,
                                             config.reader.fallback is ReaderFallback.PRIMARY, config.endpoints),
                              config.dns.host, config.dns.port) if config.dns.enabled else None
+        self.operations = asyncio.Lock()  # replicas add/remove and maintenance: one at a time
         self.scaler = Scaler(self)
+        self.maintenance = Maintenance(self)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._monitor_task: asyncio.Task | None = None
 

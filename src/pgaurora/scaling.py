@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from . import config as config_mod
@@ -23,29 +24,51 @@ READY_TIMEOUT = 600.0  # a clone of a large primary takes a while; a reader in t
 QUORUM_TIMEOUT = 30.0
 
 
+def composed(service: "Service", what: str):
+    """The cluster pgaurora composed (its controller), or ActionFailed saying why `what` cannot run."""
+    controller = service.monitor.controller
+    if controller is None or not hasattr(controller, "add_replica"):
+        raise ActionFailed(f"{what} works on clusters pgaurora composes (`pgaurora up`); for a cluster of your "
+                           "own, change the nodes in the config file and reload")
+    if service.member is not None:
+        raise ActionFailed(f"{what} is not available with several instances ([dcs])")
+    return controller
+
+
+@asynccontextmanager
+async def exclusive(service: "Service"):
+    """One scaling or maintenance operation at a time; a second is refused rather than queued."""
+    if service.operations.locked():
+        raise ActionFailed("another replicas add/remove or maintenance operation is running; try again when "
+                           "it is done (pgaurora events)")
+    async with service.operations:
+        yield
+
+
+async def end_sessions(service: "Service", cluster, name: str, drain_timeout: float) -> int:
+    """Wait up to drain_timeout for a drained node's sessions to end by themselves, then end the rest: PostgreSQL
+    sends each FATAL 57P01 (terminating connection due to administrator command). How many were ended."""
+    state = service.proxy_state
+    deadline = time.monotonic() + drain_timeout
+    while state.count(name) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    left = state.count(name)
+    if left:
+        await asyncio.to_thread(cluster.node(name).sql, "SELECT count(pg_terminate_backend(pid)) FROM "
+                                "pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+    return left
+
+
 class Scaler:
     """One operation at a time; every step is an event. Adding: clone, configure, wait for reads. Removing:
     drain, leave synchronous replication, wait drain_timeout for the sessions, end the rest (57P01), forget."""
 
     def __init__(self, service: "Service") -> None:
         self.service = service
-        self._busy = asyncio.Lock()
-
-    @property
-    def cluster(self):
-        controller = self.service.monitor.controller
-        if controller is None or not hasattr(controller, "add_replica"):
-            raise ActionFailed("replicas add and remove work on clusters pgaurora composes (`pgaurora up`); "
-                               "for a cluster of your own, add the node to the config file and reload")
-        if self.service.member is not None:
-            raise ActionFailed("replicas add and remove are not available with several instances ([dcs])")
-        return controller
 
     async def add(self, count: int = 1) -> list[dict]:
-        cluster = self.cluster
-        if self._busy.locked():
-            raise ActionFailed("another replicas add or remove is running; try again when it is done")
-        async with self._busy:
+        cluster = composed(self.service, "replicas add")
+        async with exclusive(self.service):
             return [await self._add_one(cluster) for _ in range(count)]
 
     async def _add_one(self, cluster) -> dict:
@@ -72,15 +95,13 @@ class Scaler:
                 "serving_seconds": round(took, 2)}
 
     async def remove(self, name: str, drain_timeout: float = DRAIN_TIMEOUT) -> dict:
-        cluster = self.cluster
+        cluster = composed(self.service, "replicas remove")
         topology = self._topology()
         if name == topology.writer:
             raise ActionFailed(f"{name} is the writer: switch over first (`pgaurora switchover`), then remove it")
         if name not in {n.name for n in topology.nodes}:
             raise ActionFailed(f"no node named {name!r} (nodes: {', '.join(n.name for n in topology.nodes)})")
-        if self._busy.locked():
-            raise ActionFailed("another replicas add or remove is running; try again when it is done")
-        async with self._busy:
+        async with exclusive(self.service):
             return await self._remove(cluster, name, drain_timeout)
 
     async def _remove(self, cluster, name: str, drain_timeout: float) -> dict:
@@ -90,7 +111,7 @@ class Scaler:
         events.record("replica_removing", f"{name} drained and leaving synchronous replication; its sessions "
                       f"have {drain_timeout:g} s to finish", node=name, drain_timeout=drain_timeout)
         try:
-            ended = await self._drain_sessions(cluster, name, drain_timeout)
+            ended = await end_sessions(self.service, cluster, name, drain_timeout)
             await self._leave_quorum(name)
         except BaseException:
             await monitor.request("retire", node=name, leaving=False)
@@ -101,20 +122,6 @@ class Scaler:
         events.record("replica_removed", f"{name} removed: slot dropped, files deleted; {ended} session(s) were "
                       "ended after the drain timeout", node=name, sessions_ended=ended)
         return {"node": name, "sessions_ended": ended}
-
-    async def _drain_sessions(self, cluster, name: str, drain_timeout: float) -> int:
-        """Wait for the node's sessions to end by themselves; end the rest with 57P01. How many were ended."""
-        state = self.service.proxy_state
-        deadline = time.monotonic() + drain_timeout
-        while state.count(name) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        left = state.count(name)
-        if left:
-            # PostgreSQL ends each with FATAL 57P01 (terminating connection due to administrator command)
-            await asyncio.to_thread(cluster.node(name).sql, "SELECT count(pg_terminate_backend(pid)) FROM "
-                                    "pg_stat_activity WHERE backend_type = 'client backend' "
-                                    "AND pid <> pg_backend_pid()")
-        return left
 
     async def _leave_quorum(self, name: str) -> None:
         def out(t: Topology) -> bool:

@@ -5,56 +5,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 
-import psycopg
 import pytest
 
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, service_config, wait_until
-
-
-class ReadSessions:
-    """Reader sessions that stay open and query every 50 ms; each error is kept with the node it hit."""
-
-    def __init__(self, address: tuple[str, int], password: str, count: int) -> None:
-        self.address, self.password = address, password
-        self.errors: list[dict] = []   # {"time", "node", "sqlstate", "message"}
-        self.nodes: dict[int, str] = {}  # session number -> host of the node it is on now
-        self._stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)]
-        for thread in self.threads:
-            thread.start()
-
-    def _run(self, number: int) -> None:
-        conn = None
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = psycopg.connect(host=self.address[0], port=self.address[1], user="postgres",
-                                           password=self.password, dbname="postgres", autocommit=True,
-                                           connect_timeout=10)
-                self.nodes[number] = conn.execute("SELECT host(inet_server_addr())").fetchone()[0]
-            except psycopg.Error as exc:
-                self.errors.append({"time": time.time(), "node": self.nodes.get(number), "sqlstate": exc.sqlstate,
-                                    "message": str(exc)[:200]})
-                if conn is not None:
-                    conn.close()
-                conn = None
-            self._stop.wait(0.05)  # pacing of the workload, not a synchronisation
-        if conn is not None:
-            conn.close()
-
-    def on(self, host: str) -> int:
-        return sum(1 for h in self.nodes.values() if h == host)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self.threads:
-            thread.join(30)
+from tests.helpers import PGAURORA, ReadSessions, service_config, wait_until
 
 
 def _ids(node) -> set[int]:

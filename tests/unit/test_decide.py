@@ -176,6 +176,15 @@ def test_sync_standbys_shrink_to_the_live_replicas_before_the_voters_do():
     assert d.reason == "n3 leaves the voters once n2 has every commit the writer acknowledged so far"
 
 
+def test_a_replica_being_removed_leaves_the_sync_standbys_then_the_voters_while_still_healthy():
+    leaving = replace(POLICY, leaving=frozenset({"n3"}))
+    d = decide(RUNNING, HEALTHY, leaving)
+    assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2)")
+    d = decide(RUNNING, {**HEALTHY, "n1": primary(sync="ANY 1 (n2)")}, leaving)
+    assert (d.action, d.value) == (Action.SET_VOTERS, "n2")
+    assert desired_sync_names(RUNNING, HEALTHY, POLICY) == "ANY 1 (n2, n3)"  # without it, n3 stays
+
+
 def test_a_returning_standby_joins_the_voters_before_the_sync_standbys():
     state = replace(RUNNING, voters=frozenset({"n2"}))
     statuses = {**HEALTHY, "n1": primary(sync="ANY 1 (n2)")}

@@ -13,6 +13,7 @@ import click
 
 from .. import config as config_mod
 from ..errors import PgAuroraError
+from .adminclient import call as _admin, follow_events
 
 ADMIN_DEFAULT = "http://127.0.0.1:6434"
 
@@ -110,23 +111,6 @@ def proxy(config_path, check, reset_state, verbose) -> None:
                                       f"{cfg.reader.host}:{cfg.reader.port}\npgaurora is ready", err=False))
 
 
-def _admin(url: str, path: str, method: str = "GET", timeout: float = 120) -> object:
-    request = urllib.request.Request(url.rstrip("/") + path, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace")
-        try:
-            body = json.loads(body).get("error", body)
-        except (ValueError, AttributeError):
-            pass
-        raise click.ClickException(f"{path}: {body}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(f"cannot reach the admin endpoint at {url}: {getattr(exc, 'reason', exc)}; "
-                                   "is pgaurora running?") from None
-
-
 admin_option = click.option("--admin", "admin_url", default=ADMIN_DEFAULT, show_default=True,
                             help="URL of the admin endpoint.")
 
@@ -195,6 +179,36 @@ def replicas_remove(admin_url, node, drain_timeout) -> None:
     path = f"/nodes/{urllib.parse.quote(node)}?drain_timeout={drain_timeout:g}"
     result = _admin(admin_url, path, method="DELETE", timeout=drain_timeout + 600)
     click.echo(f"{result['node']} removed ({result['sessions_ended']} session(s) ended after the drain timeout)")
+
+
+@cli.group()
+def maintenance() -> None:
+    """Zero-downtime maintenance of a cluster `pgaurora up` composed."""
+
+
+@maintenance.command("restart")
+@admin_option
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
+              help="A setting that needs a restart (e.g. shared_buffers=256MB); repeat for more.")
+@click.option("--bindir", default=None, help="Move the nodes onto these PostgreSQL binaries (same major version).")
+@click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=30, show_default=True,
+              help="Seconds each node's reader sessions get to finish before they are ended (57P01).")
+def maintenance_restart(admin_url, settings, bindir, drain_timeout) -> None:
+    """Rolling restart: replicas one at a time (drained, restarted, back once caught up), a switchover to a
+    restarted replica, then the old primary. Progress is printed as it happens."""
+    pairs = {}
+    for item in settings:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--set")
+        pairs[name.strip()] = value.strip()
+    if not pairs and not bindir:
+        raise click.UsageError("nothing to apply: give --set NAME=VALUE, --bindir DIR, or both")
+    body = {"set": pairs, "bindir": bindir, "drain_timeout": drain_timeout}
+    result = follow_events(admin_url, "/maintenance/restart", body, "maintenance", timeout=24 * 3600)
+    applied = [f"{k}={v}" for k, v in pairs.items()] + ([f"binaries from {bindir}"] if bindir else [])
+    click.echo(f"every node runs with {', '.join(applied)}; writer unavailable "
+               f"{result['write_pause_seconds']:.2f} s; {result['seconds']:.1f} s in all")
 
 
 def _drain(admin_url: str, node: str, action: str) -> None:

@@ -126,7 +126,7 @@ class LocalCluster:
                        base_address=spec["base_address"], port=spec["port"], password=spec["password"],
                        replication_password=spec["replication_password"],
                        synchronous=spec["synchronous"], max_connections=spec["max_connections"],
-                       bindir=bindir, tls=spec.get("tls", False), **extra)
+                       bindir=bindir or spec.get("bindir"), tls=spec.get("tls", False), **extra)
         if "nodes" in spec:  # replicas added or removed since creation
             cluster.nodes = [cluster._node(name, host, cluster.port) for name, host in spec["nodes"]]
         return cluster
@@ -332,7 +332,7 @@ class LocalCluster:
                 "port": self.port, "password": self.password,
                 "replication_password": self.replication_password,
                 "synchronous": self.synchronous, "max_connections": self.max_connections,
-                "backend": self.backend, "tls": self.tls, **self._spec()}
+                "backend": self.backend, "tls": self.tls, "bindir": self.bindir, **self._spec()}
         path = self.root / STATE_FILE
         path.write_text(json.dumps(spec, indent=2) + "\n")
         os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
@@ -390,6 +390,49 @@ class LocalCluster:
             time.sleep(0.1)
         upstream.sql(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                      f"WHERE slot_name = {quote(slot)}")
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def check_restart(self, name: str, settings: dict[str, str], bindir: str | None) -> dict[str, str]:
+        """Before touching any node: would node `name` start with these settings and binaries? Returns
+        each setting as PostgreSQL reads it (pg_settings.setting); ClusterError naming what is wrong."""
+        node = self.node(name)
+        target = find_bindir(bindir) if bindir else node.bindir
+        if bindir:
+            major = (node.datadir / "PG_VERSION").read_text().strip()
+            version = node.run_tool([os.path.join(target, "postgres"), "--version"]).stdout.split()[-1]
+            if version.split(".")[0] != major:
+                raise ClusterError(f"{target} holds PostgreSQL {version}; the nodes run major version {major}: "
+                                   "a rolling restart moves between minor versions only")
+        read = {}
+        for setting, value in settings.items():
+            done = node.run_tool([os.path.join(target, "postgres"), "-D", str(node.datadir), "-c",
+                                  f"{setting}={value}", "-C", setting], check=False)
+            if done.returncode != 0:
+                raise ClusterError(f"{setting} = {value!r}: {(done.stderr or done.stdout).strip().splitlines()[-1]}")
+            read[setting] = done.stdout.strip()
+        return read
+
+    def restart_node(self, name: str, settings: dict[str, str], bindir: str | None) -> None:
+        """Restart a node with settings in postgresql.auto.conf and/or other binaries. If it does not come
+        back, its old settings and binaries are put back and it is started again; ClusterError says why."""
+        node = self.node(name)
+        before, old_bindir = node.auto_conf(), node.bindir
+        node.stop()
+        node.set_auto_conf(**settings)
+        node.bindir = find_bindir(bindir) if bindir else node.bindir
+        try:
+            node.start()
+        except ClusterError as exc:
+            node.replace_auto_conf(before)
+            node.bindir = old_bindir
+            node.start()
+            raise ClusterError(f"{name} did not start with the new settings, and was started again as it was: "
+                               f"{exc}") from None
+
+    def use_bindir(self, bindir: str) -> None:
+        """Record that every node now runs from bindir (for the next `pgaurora up`)."""
+        self.bindir = find_bindir(bindir)
+        self._save()
 
     # -- control used by the monitor (NodeController) --------------------------------------
     def stop_node(self, name: str) -> int:

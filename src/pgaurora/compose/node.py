@@ -215,6 +215,14 @@ class LocalNode:
         keep += [f"{k} = {quote(v)}" for k, v in settings.items() if v is not None]
         self._write(path, "\n".join(keep) + "\n")
 
+    def auto_conf(self) -> str:
+        path = self.datadir / _AUTO_CONF
+        return path.read_text() if path.exists() else ""
+
+    def replace_auto_conf(self, text: str) -> None:
+        """Put back postgresql.auto.conf as auto_conf() read it (while the node is stopped)."""
+        self._write(self.datadir / _AUTO_CONF, text)
+
     def make_standby(self, conninfo: str) -> None:
         self.set_auto_conf(primary_conninfo=conninfo, primary_slot_name=self.name)
         self._write(self.datadir / "standby.signal", "")

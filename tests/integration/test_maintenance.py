@@ -1,0 +1,75 @@
+"""`pgaurora maintenance restart`: a rolling restart under a workload through both endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from pgaurora.compose.background import WriteLoop
+from tests.helpers import PGAURORA, ReadSessions, service_config
+
+
+def _maintenance(admin: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*PGAURORA, "maintenance", "restart", *args, "--admin", admin], capture_output=True,
+                          text=True, timeout=600)
+
+
+def _ids(node) -> set[int]:
+    out = node.sql("SELECT string_agg(id::text, ',') FROM numbers")
+    return {int(x) for x in out.split(",")} if out else set()
+
+
+def _new_binaries(cluster) -> str:
+    """Another install of the same PostgreSQL, as a new minor version's package would be: links to each program."""
+    target = cluster.root / "bin-next"
+    target.mkdir()
+    for program in os.listdir(cluster.bindir):
+        os.symlink(os.path.join(cluster.bindir, program), target / program)
+    return str(target)
+
+
+def test_a_bad_setting_is_refused_before_any_node_restarts(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=1)
+    svc = service(service_config(cluster), controller=cluster)
+    pids = [n.pid for n in cluster.nodes]
+    for args, problem in ((["--set", "shared_buffers=lots"], 'invalid value for parameter "shared_buffers"'),
+                          (["--set", "no_such_setting=1"], 'unrecognized configuration parameter "no_such_setting"'),
+                          (["--set", "primary_conninfo=x"], "managed by pgaurora"),
+                          (["--bindir", "/nonexistent"], "binaries not found")):
+        out = _maintenance(svc.admin_url, *args)
+        assert out.returncode == 1 and problem in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert [n.pid for n in cluster.nodes] == pids
+
+
+def test_rolling_restart_applies_a_setting_and_new_binaries_to_every_node_losing_no_write(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster), controller=cluster)
+    bindir = _new_binaries(cluster)
+    writes = WriteLoop(svc.writer, "postgres", cluster.password, "numbers")
+    readers = ReadSessions(svc.reader, cluster.password, 4)
+    try:
+        writes.wait_acked(50, 10)
+        out = _maintenance(svc.admin_url, "--set", "shared_buffers=96MB", "--bindir", bindir, "--drain-timeout", "1")
+        assert out.returncode == 0, out.stdout + out.stderr
+        print(out.stdout)
+        writes.wait_acked(len(writes.acked) + 50, 10)
+    finally:
+        writes.stop()
+        readers.stop()
+    lines = out.stdout.splitlines()
+    for name in ("n1", "n2", "n3"):  # progress, live, for every node
+        assert any(f"{name} restarted, caught up" in line for line in lines), out.stdout
+    assert any("switching over from n1" in line for line in lines)
+    pause = float(out.stdout.split("writer unavailable ")[1].split(" s")[0])
+    assert pause < 3, out.stdout
+    for node in cluster.nodes:
+        assert node.sql("SHOW shared_buffers") == "96MB", node.name
+        argv0 = open(f"/proc/{node.pid}/cmdline").read().split("\0")[0]
+        assert argv0.startswith(bindir), (node.name, argv0)
+    assert json.loads((cluster.root / "cluster.json").read_text())["bindir"] == bindir
+    writer = cluster.node(svc.topology.writer)
+    assert svc.topology.writer != "n1" and writes.acked_ids() <= _ids(writer)  # 0 acknowledged writes lost
+    gaps = [b - a for (_, a), (_, b) in zip(writes.acked, writes.acked[1:])]
+    print(f"longest pause between acknowledged writes: {max(gaps):.2f} s")
+    assert all(e["sqlstate"] == "57P01" for e in readers.errors), readers.errors[:3]
