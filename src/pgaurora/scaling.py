@@ -81,7 +81,11 @@ class Scaler:
         except ClusterError as exc:
             raise ActionFailed(f"could not add a replica: {exc}") from None
         cloned = time.monotonic() - started
-        await self.service.apply_config(self._with_nodes(cluster), f"replica {node.name} added")
+        try:
+            await self.service.apply_config(self._with_nodes(cluster), f"replica {node.name} added")
+        except BaseException:  # the monitor did not take it: nothing half-made stays behind
+            await asyncio.to_thread(cluster.remove_replica, node.name, writer)
+            raise
         self.service.events.record("replica_added", f"{node.name} cloned from {writer} in {cloned:.1f} s",
                                    node=node.name, address=f"{node.host}:{node.port}")
         serving = await self.service.hub.wait_for(lambda t: node.name in t.readers, READY_TIMEOUT)
