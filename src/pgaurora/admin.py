@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import custom_endpoints, metrics
-from .errors import ConfigError
+from .errors import ClusterError, ConfigError
 from .health.actions import ActionFailed
 from .scaling import DRAIN_TIMEOUT
 from .topology import Role, Topology
@@ -57,6 +57,7 @@ def status_document(service: "Service") -> dict:
         "relay_threads": service.proxy_state.native.threads if service.proxy_state.native else None,
         "nodes": nodes,
         "dcs": service.member.document() if service.member is not None else None,
+        "backup": service.backups.document() if service.backups is not None else None,
         "endpoints": [{"name": e.name, "endpoint": f"{e.host}:{e.port}", "role": e.role.value,
                        "nodes": [n.name for n in custom_endpoints.targets(e, topology)]} for e in config.endpoints],
     }
@@ -92,7 +93,8 @@ class AdminServer:
                              web.post("/reload", self.reload),
                              web.post("/drain/{node}", self.drain), web.post("/undrain/{node}", self.undrain),
                              web.post("/nodes", self.add_nodes), web.delete("/nodes/{node}", self.remove_node),
-                             web.post("/maintenance/restart", self.rolling_restart)])
+                             web.post("/maintenance/restart", self.rolling_restart),
+                             web.post("/backups", self.take_backup), web.get("/backups", self.list_backups)])
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -181,11 +183,25 @@ class AdminServer:
             return _json({"error": "drain_timeout must be a number of seconds from 0 to 3600"}, status=400)
         return await self._operation(self.service.maintenance.restart(settings, bindir, timeout))
 
+    async def take_backup(self, request: web.Request) -> web.Response:
+        """A backup now (?type=full|diff|incr, default full), from a healthy replica when there is one."""
+        if self.service.backups is None:
+            return _json({"error": "backups are off: start pgaurora up with --backups"}, status=409)
+        return await self._operation(self.service.backups.backup(request.query.get("type", "full")))
+
+    async def list_backups(self, request: web.Request) -> web.Response:
+        if self.service.backups is None:
+            return _json({"error": "backups are off: start pgaurora up with --backups"}, status=409)
+        try:
+            return _json(await self.service.backups.listing())
+        except ClusterError as exc:
+            return _json({"error": str(exc)}, status=409)
+
     async def _operation(self, work) -> web.Response:
         """A long operation runs to its end even when the client hangs up (it is shielded)."""
         try:
             return _json(await asyncio.shield(asyncio.ensure_future(work)))
-        except (ActionFailed, ConfigError) as exc:
+        except (ActionFailed, ConfigError, ClusterError) as exc:
             return _json({"error": str(exc)}, status=409)
 
     async def rejoin(self, request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from .admin import AdminServer
+from .backups import Backups
 from . import config as config_mod, reconfigure
 from .config import Config, ReaderFallback, RelayMode
 from .errors import ConfigError
@@ -77,8 +78,17 @@ class Service:
         self.operations = asyncio.Lock()  # replicas add/remove and maintenance: one at a time
         self.scaler = Scaler(self)
         self.maintenance = Maintenance(self)
+        self.backups = self._backups(config, controller)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._monitor_task: asyncio.Task | None = None
+
+    def _backups(self, config: Config, controller) -> Backups | None:
+        if config.backup is None:
+            return None
+        if controller is None or not hasattr(controller, "archive_with"):
+            raise ConfigError(["backup: backups work on clusters pgaurora composes (`pgaurora up --backups`); for a "
+                               "cluster of your own, run pgBackRest beside it"])
+        return Backups(self, config.backup, controller)
 
     @property
     def relay_mode(self) -> str:
@@ -142,6 +152,8 @@ class Service:
         if self.member is not None:
             await self.member.start()
         await self.monitor.tick()  # the endpoints open on a real topology, not an empty one
+        if self.backups is not None:
+            await self.backups.start()
         for part in (self.writer, self.reader, *self.custom, self.dns, self.admin):
             if part is not None:
                 await part.start()
@@ -166,6 +178,8 @@ class Service:
             if part is not None:
                 await part.stop()
         await self.monitor.close()
+        if self.backups is not None:
+            await self.backups.stop()
         if self.member is not None:
             await self.member.close()
         if self.proxy_state.sockmap is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 import tomllib
@@ -324,6 +325,61 @@ class DcsConfig(_Frozen):
         return self.etcd[0].startswith("https://")
 
 
+class BackupConfig(_Frozen):
+    """Continuous WAL archiving and backups with pgBackRest, for a cluster pgaurora composes."""
+
+    repository: str | None = None
+    """Directory of the pgBackRest repository; default `<state_dir>/backups`."""
+    retention_full: Annotated[int, Field(ge=1, le=100)] = 2
+    """Full backups kept (with the differential and incremental ones and the WAL that depend on them)."""
+    full_every: Annotated[float | None, Field(gt=0)] = None
+    """Seconds between scheduled full backups (e.g. 86400); none scheduled when unset."""
+    incr_every: Annotated[float | None, Field(gt=0)] = None
+    """Seconds between scheduled incremental backups, between the full ones."""
+    cipher_pass: str | None = None
+    """Passphrase that encrypts the repository (aes-256-cbc); prefer `cipher_pass_file` or `cipher_pass_env`."""
+    cipher_pass_env: str | None = None
+    """Name of an environment variable holding the passphrase."""
+    cipher_pass_file: str | None = None
+    """File holding the passphrase; it must not be readable by group or others."""
+    options: dict[str, str] = {}
+    """More pgBackRest repository options, passed through: e.g. `repo1-type = "s3"`, `repo1-s3-bucket`."""
+
+    @model_validator(mode="after")
+    def _cipher(self) -> "BackupConfig":
+        given = [n for n in ("cipher_pass", "cipher_pass_env", "cipher_pass_file") if getattr(self, n) is not None]
+        problems = [f"{', '.join(given)}: give the passphrase one way only"] if len(given) > 1 else []
+        if self.cipher_pass_env is not None and not os.environ.get(self.cipher_pass_env):
+            problems.append(f"cipher_pass_env: the environment variable {self.cipher_pass_env} is not set")
+        if self.cipher_pass_file is not None:
+            problems += _secret_file_problems("cipher_pass_file", self.cipher_pass_file)
+        bad = [k for k in self.options if not re.match(r"^repo1-[a-z0-9-]+$", k) or k == "repo1-path"]
+        problems += [f"options: {k!r} is not a repo1-* option pgaurora leaves to you" for k in bad]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def passphrase(self) -> str | None:
+        """The repository's passphrase, from wherever the config says it is; None: not encrypted."""
+        if self.cipher_pass_file is not None:
+            return Path(self.cipher_pass_file).read_text().strip()
+        if self.cipher_pass_env is not None:
+            return os.environ[self.cipher_pass_env]
+        return self.cipher_pass
+
+
+def _secret_file_problems(name: str, path: str) -> list[str]:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return [f"{name}: cannot read {path!r} ({exc.strerror})"]
+    if mode & 0o077:
+        return [f"{name}: {path} is readable by group or others (mode {mode & 0o777:o}); chmod 600 it"]
+    if not Path(path).read_text().strip():
+        return [f"{name}: {path} is empty"]
+    return []
+
+
 class MonitorConfig(_Frozen):
     """How the monitor probes the nodes and decides that one is down."""
 
@@ -422,6 +478,8 @@ class Config(_Frozen):
     """`[dcs]`: several instances agreed through etcd; without it, one instance and its state file."""
     endpoints: tuple[CustomEndpointConfig, ...] = ()
     """`[[endpoints]]`: custom endpoints."""
+    backup: BackupConfig | None = None
+    """`[backup]`: WAL archiving and backups with pgBackRest (clusters pgaurora composes)."""
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":

@@ -75,6 +75,21 @@ def dcs_metrics(member) -> Iterator[Metric]:
                               value=member.leader_changes)
 
 
+def backup_metrics(backups) -> Iterator[Metric]:
+    """With backups: the writer's archiver, failures since start, the newest backup."""
+    archive = backups.archive
+    if archive.last_archived_time is not None:
+        yield GaugeMetricFamily("pgaurora_archive_last_archived_timestamp_seconds",
+                                "When the writer last archived a WAL segment", value=archive.last_archived_time)
+    yield GaugeMetricFamily("pgaurora_archive_pending_segments", "WAL segments waiting for the writer's archiver",
+                            value=archive.pending)
+    yield CounterMetricFamily("pgaurora_archive_failures", "WAL segments the archiver failed to archive, since start",
+                              value=backups.archive_failures)
+    if backups.last_backup is not None:
+        yield GaugeMetricFamily("pgaurora_backup_last_timestamp_seconds", "When the newest backup finished",
+                                value=backups.last_backup["timestamp"]["stop"])
+
+
 def custom_metrics(specs, topology: Topology) -> Iterator[Metric]:
     """Per custom endpoint: how many of its nodes take sessions now."""
     from . import custom_endpoints
@@ -89,8 +104,9 @@ class Collector:
     """Reads the current snapshot and the proxy's counters at every scrape; keeps no copy of either."""
 
     def __init__(self, topology: Callable[[], Topology], state: Callable[[], "ProxyState"], member=None,
-                 custom=()) -> None:
+                 custom=(), backups=None) -> None:
         self.topology, self.state, self.member, self.custom = topology, state, member, custom
+        self.backups = backups
 
     def collect(self) -> Iterator[Metric]:
         yield from topology_metrics(self.topology())
@@ -99,13 +115,15 @@ class Collector:
             yield from dcs_metrics(self.member)
         if self.custom:
             yield from custom_metrics(self.custom, self.topology())
+        if self.backups is not None:
+            yield from backup_metrics(self.backups)
 
 
 def registry_for(service: "Service") -> CollectorRegistry:
     """A registry of this service's own (not the process-wide default one, which tests would share)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(lambda: service.hub.current, lambda: service.proxy_state, service.member,
-                                service.config.endpoints))
+                                service.config.endpoints, service.backups))
     return registry
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from rich.console import Console
 from rich.table import Table
 
 
-def _size(count: int) -> str:
+def size(count: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if count < 1024 or unit == "GB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
@@ -17,7 +19,7 @@ def _size(count: int) -> str:
 def _lag(node: dict) -> str:
     if node["lag_bytes"] is None and node["lag_seconds"] is None:
         return "-"
-    return f"{_size(node['lag_bytes'] or 0)}, {node['lag_seconds'] or 0:.1f} s"
+    return f"{size(node['lag_bytes'] or 0)}, {node['lag_seconds'] or 0:.1f} s"
 
 
 def print_status(doc: dict, wide: bool = False) -> None:
@@ -55,6 +57,8 @@ def print_status(doc: dict, wide: bool = False) -> None:
         console.print(f"[yellow]asynchronous: a failover now could lose up to {bound} bytes of acknowledged WAL[/]")
     if doc.get("dcs"):
         _print_dcs(console, doc["dcs"], wide)
+    if doc.get("backup"):
+        _print_backup(console, doc["backup"])
     console.print(f"last decision: {doc['reason']}")
 
 
@@ -66,3 +70,34 @@ def _print_dcs(console: Console, dcs: dict, wide: bool) -> None:
     health = "[red]unreachable[/]" if dcs["role"] == "cut_off" else "[green]up[/]"
     endpoints = ", ".join(dcs["endpoints"]) if wide else dcs["endpoint_in_use"]
     console.print(f"etcd {health} ({endpoints})" + (f"  {dcs['last_error']}" if wide and dcs.get("last_error") else ""))
+
+
+def _when(seconds: float | None) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00") if seconds else "never"
+
+
+def _print_backup(console: Console, backup: dict) -> None:
+    """The writer's archiver and the newest backup."""
+    a, newest = backup["archive"], backup.get("newest_backup")
+    failing = a["failed_count"] and a.get("last_failed_wal")
+    state = f"[red]failing ({a['last_failed_wal']})[/]" if failing else "[green]ok[/]"
+    console.print(f"archive {state}: last {a['last_archived_wal'] or 'none'} at {_when(a['last_archived_time'])}, "
+                  f"{a['pending_segments']} waiting" + (f"  {a['error']}" if a.get("error") else ""))
+    console.print(f"backup  newest {newest['label'] + ' (' + newest['type'] + ')' if newest else 'none'}"
+                  + (f" finished {_when(newest['finished'])}" if newest else "")
+                  + ("  encrypted" if backup["encrypted"] else ""))
+
+
+def print_backups(doc: dict) -> None:
+    """One line per backup, and the restorable range."""
+    console = Console()
+    table = Table(box=None, pad_edge=False)
+    for column in ("label", "type", "finished", "took", "size", "in repository", "wal"):
+        table.add_column(column, no_wrap=True)
+    for b in doc["backups"]:
+        table.add_row(b["label"], b["type"], _when(b["finished"]), f"{b['seconds']} s", size(b["size_bytes"]),
+                      size(b["repository_bytes"]), f"{b['wal'][0]}..{b['wal'][1][-8:]}")
+    console.print(table)
+    span = doc.get("restorable")
+    console.print(f"restorable from {_when(span['from'])} to {_when(span['to'])}" if span else "nothing restorable yet")
+    console.print(f"repository {doc['repository']}" + ("  (encrypted, aes-256-cbc)" if doc["encrypted"] else ""))

@@ -62,16 +62,26 @@ reset_state_option = click.option(
 @click.option("--tls", is_flag=True,
               help="Encrypt every leg: make a CA and a certificate, turn on ssl on the nodes, and serve TLS on "
                    "the endpoints (a cluster made with --tls keeps it when resumed).")
+@click.option("--backups", is_flag=True,
+              help="Archive WAL and take backups with pgBackRest, into <dir>/backups (see `pgaurora backup`).")
+@click.option("--cipher-pass-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="With --backups: encrypt the repository (aes-256-cbc) with the passphrase in this file (mode 600).")
 @reset_state_option
 @click.option("--attach", is_flag=True,
               help="Serve the cluster in --dir as it is: start none of its nodes (a node that is down stays "
                    "down, and the monitor fails over from it). Drills use this.")
 @click.option("-v", "--verbose", is_flag=True)
 def up(replicas, state_dir, password, name, port, base_address, writer_port, reader_port, admin_port,
-       dns_port, asynchronous, backend, instances, instance, host, etcd, tls, reset_state, attach,
-       verbose) -> None:
+       dns_port, asynchronous, backend, instances, instance, host, etcd, tls, backups, cipher_pass_file,
+       reset_state, attach, verbose) -> None:
     """Start a local cluster (1 primary, 2 replicas), the proxy, the monitor and DNS."""
+    if cipher_pass_file and not backups:
+        raise click.UsageError("--cipher-pass-file goes with --backups")
+    backup = ({"cipher_pass_file": str(Path(cipher_pass_file).absolute())} if cipher_pass_file else {}) \
+        if backups else None
     if instances > 1:
+        if backups:
+            raise click.UsageError("--backups is not available with --instances")
         if attach or instance:
             raise click.UsageError("--instances starts its own instances: it goes with neither --attach nor --instance")
         from .instances import run_instances
@@ -86,7 +96,7 @@ def up(replicas, state_dir, password, name, port, base_address, writer_port, rea
     run_up(replicas=replicas, state_dir=state_dir, password=password, name=name, port=port,
            base_address=base_address, ports=(writer_port, reader_port, admin_port, dns_port),
            synchronous=not asynchronous, reset_state=reset_state, verbose=verbose, attach=attach, backend=backend,
-           tls=tls, instance=instance, etcd=etcd, host=host)
+           tls=tls, instance=instance, etcd=etcd, host=host, backup=backup)
 
 
 @cli.command()
@@ -179,6 +189,57 @@ def replicas_remove(admin_url, node, drain_timeout) -> None:
     path = f"/nodes/{urllib.parse.quote(node)}?drain_timeout={drain_timeout:g}"
     result = _admin(admin_url, path, method="DELETE", timeout=drain_timeout + 600)
     click.echo(f"{result['node']} removed ({result['sessions_ended']} session(s) ended after the drain timeout)")
+
+
+@cli.command()
+@admin_option
+@click.option("--type", "kind", type=click.Choice(["full", "diff", "incr"]), default="full", show_default=True)
+def backup(admin_url, kind) -> None:
+    """Take a backup now, from a healthy replica when there is one (pgBackRest)."""
+    from .display import size as _size
+    made = _admin(admin_url, f"/backups?type={kind}", method="POST", timeout=24 * 3600)
+    click.echo(f"{made['type']} backup {made['label']} from {made['node']}: {_size(made['size_bytes'])} "
+               f"({_size(made['repository_bytes'])} in the repository) in {made['seconds']:.1f} s")
+
+
+@cli.command()
+@admin_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def backups(admin_url, as_json) -> None:
+    """List the backups, their sizes and durations, and the range of times a restore can reach."""
+    doc = _admin(admin_url, "/backups")
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    from .display import print_backups
+    print_backups(doc)
+
+
+@cli.command()
+@click.option("--from", "source", required=True, type=click.Path(file_okay=False, exists=True),
+              help="State directory of the cluster whose backups to restore (its repository is <dir>/backups).")
+@click.option("--to", "target", required=True, help="The moment to recover to, with its zone: '2026-11-28 10:15:00+00'.")
+@click.option("--dir", "new_dir", required=True, type=click.Path(file_okay=False), help="Directory of the new cluster.")
+@click.option("--replicas", type=click.IntRange(0, 15), default=0, show_default=True)
+@click.option("--base-address", default=None, help="Loopback address of the new n1 (default: the source's + 16).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port of the new nodes (default: the source's).")
+@click.option("--repository", type=click.Path(file_okay=False, exists=True), default=None,
+              help="The pgBackRest repository (default <from>/backups).")
+@click.option("--cipher-pass-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Passphrase of an encrypted repository (or the environment variable PGAURORA_CIPHER_PASS).")
+def restore(source, target, new_dir, replicas, base_address, port, repository, cipher_pass_file) -> None:
+    """Point-in-time restore into a new cluster (as Aurora restores): serve it with `pgaurora up --dir NEW`."""
+    import os
+    from ..compose.restore import restore_cluster
+    passphrase = Path(cipher_pass_file).read_text().strip() if cipher_pass_file else \
+        os.environ.get("PGAURORA_CIPHER_PASS")
+    done = restore_cluster(Path(source), target, Path(new_dir), replicas, base_address, port,
+                           Path(repository) if repository else None, passphrase)
+    nodes = ", ".join(f"{n.name} {n.host}:{n.port}" for n in done.cluster.nodes)
+    click.echo(f"restored {done.cluster.name!r} into {done.cluster.root} in {done.seconds:.1f} s\n"
+               f"recovered to  {done.recovered_to or 'the end of the archived WAL'} (the last commit at or "
+               f"before {target})\nnodes         {nodes}\nserve it with pgaurora up --dir {done.cluster.root} "
+               "--writer-port ... (other ports than the source's)")
 
 
 @cli.group()

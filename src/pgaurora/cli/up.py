@@ -50,11 +50,11 @@ def tls_settings(cluster: LocalCluster) -> dict:
 
 
 def build_config(cluster: LocalCluster, ports: tuple[int, int, int, int], with_tls: bool = True,
-                 host: str | None = None, dcs: dict | None = None) -> config_mod.Config:
+                 host: str | None = None, dcs: dict | None = None, backup: dict | None = None) -> config_mod.Config:
     """The config `up` serves the cluster with; one of several instances listens on `host` and has [dcs]."""
     writer, reader, admin, dns = ports
     listen = {"host": host} if host else {}
-    extra = {"dcs": dcs} if dcs else {}
+    extra = {**({"dcs": dcs} if dcs else {}), **({"backup": backup} if backup is not None else {})}
     return config_mod.build({**extra,
         "cluster": cluster.name, "state_dir": str(cluster.root), "nodes": cluster.node_configs(),
         "writer": {"port": writer, **listen}, "reader": {"port": reader, **listen},
@@ -130,7 +130,8 @@ def etcd_tls(cluster: LocalCluster, instance: str, etcd) -> dict:
 
 
 def run_up(*, replicas, state_dir, password, name, port, base_address, ports, synchronous, reset_state,
-           verbose, attach=False, backend="local", tls=False, instance=None, etcd=(), host=None) -> None:
+           verbose, attach=False, backend="local", tls=False, instance=None, etcd=(), host=None,
+           backup: dict | None = None) -> None:
     """Serve a cluster; as `instance` (one of `up --instances`), on `host` with [dcs], nodes left running."""
     setup_logging(verbose)
     cluster = open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
@@ -140,7 +141,7 @@ def run_up(*, replicas, state_dir, password, name, port, base_address, ports, sy
     reaper = start_reaper()
     try:
         click.echo(cluster.up(attach))
-        cfg = build_config(cluster, ports, host=host, dcs=dcs)  # after up: with --tls, the certificates exist
+        cfg = build_config(cluster, ports, host=host, dcs=dcs, backup=backup)  # after up: certificates exist
         log_name = f"events-{instance}.jsonl" if instance else "events.jsonl"
         service = Service(cfg, controller=cluster, events=EventLog(cluster.root / log_name),
                           reset_state=reset_state)

@@ -43,6 +43,11 @@ max_prepared_transactions = {max_connections}
 shared_buffers = '64MB'
 password_encryption = 'scram-sha-256'
 log_line_prefix = '%m [%p] %q%u@%d '
+# WAL archiving is on from the start (changing archive_mode needs a restart); node.conf says where to:
+# nowhere ('/bin/true') until backups are set up.
+archive_mode = on
+# Commit times make point-in-time restores checkable, and say exactly what a restore recovered.
+track_commit_timestamp = on
 """
 
 HBA = """
@@ -97,6 +102,7 @@ class LocalCluster:
                       for i, addr in enumerate(node_addresses(base_address, replicas + 1))]
         self._lock_fd: int | None = None
         self._made_root = False
+        self._archive = None  # node -> its archive_command, once backups are set up
 
     backend = "local"
 
@@ -168,21 +174,25 @@ class LocalCluster:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def create(self) -> None:
-        """Make the cluster; if any step fails, remove what was made, so the same call can run again."""
+    def create(self, primary_from=None) -> None:
+        """Make the cluster; if any step fails, remove what was made, so the same call can run again.
+        primary_from(node) fills the primary's data directory (a restore) instead of initdb."""
         self._check_empty()
         self._made_root = self._made_root or not self.root.exists()
         try:
-            self._create_steps()
+            self._create_steps(primary_from)
         except BaseException:
             self._discard()
             raise
 
-    def _create_steps(self) -> None:
+    def _create_steps(self, primary_from) -> None:
         fail_point("create:prepare")
         self._prepare_root()
         fail_point("create:primary")
-        self._init_primary()
+        if primary_from is None:
+            self._init_primary()
+        else:
+            self._restored_primary(primary_from)
         for replica in self.replicas:
             fail_point(f"create:clone:{replica.name}")
             self._clone(replica, self.primary)
@@ -276,6 +286,30 @@ class LocalCluster:
         for replica in self.replicas:
             node.sql(f"SELECT pg_create_physical_replication_slot({quote(replica.name)})")
 
+    def _restored_primary(self, primary_from) -> None:
+        """The primary from a backup: restored, recovered to its target and promoted, then this cluster's."""
+        node = self.primary
+        node.datadir.mkdir(mode=0o700, exist_ok=True)
+        self.user.chown(str(node.datadir))
+        primary_from(node)
+        for stale in ("standby.signal", "postmaster.pid"):
+            (node.datadir / stale).unlink(missing_ok=True)
+        node.set_auto_conf(synchronous_standby_names=None, primary_conninfo=None, primary_slot_name=None)
+        self._write_node_conf(node)
+        try:
+            node.start(timeout=24 * 3600)  # recovery replays the archived WAL up to the target
+            while node.sql("SELECT pg_is_in_recovery()") == "t":
+                time.sleep(0.1)
+        except ClusterError:
+            raise ClusterError(f"the restored {node.name} did not recover to the target; its log ends with:\n"
+                               f"{node.log_tail()}") from None
+        for setting in ("restore_command", "recovery_target_time", "recovery_target_action",
+                        "recovery_target_timeline"):
+            node.sql(f"ALTER SYSTEM RESET {setting}")
+        node.sql("SELECT pg_reload_conf()")
+        for replica in self.replicas:
+            node.sql(f"SELECT pg_create_physical_replication_slot({quote(replica.name)})")
+
     def _clone(self, node: LocalNode, source: LocalNode) -> None:
         self._clone_files(node, source)
         self._write_node_conf(node)
@@ -290,7 +324,21 @@ class LocalCluster:
                        "-S", node.name, "-c", "fast"], timeout=600)
 
     def _write_node_conf(self, node: LocalNode) -> None:
-        node.write_node_conf(self.name, self._ssl_conf(node))
+        archive = f"archive_command = {quote(self._archive(node) if self._archive else '/bin/true')}\n"
+        node.write_node_conf(self.name, self._ssl_conf(node) + archive)
+
+    def archive_with(self, command_for) -> None:
+        """Every node archives with command_for(node) from now on (read at once: a reload, no restart).
+        ClusterError when a node runs without archive_mode (a cluster made before it was on by default)."""
+        self._archive = command_for
+        for node in self.nodes:
+            if node.running and node.sql("SHOW archive_mode") == "off":
+                raise ClusterError(f"{node.name} runs with archive_mode = off: restart it once "
+                                   "(`pgaurora maintenance restart --set archive_mode=on`) and try again")
+        for node in self.nodes:
+            self._write_node_conf(node)
+            if node.running:
+                node.sql("SELECT pg_reload_conf()")
 
     def _ssl_conf(self, node: LocalNode) -> str:
         """With tls: the node serves the cluster certificate, from a copy its own user owns."""

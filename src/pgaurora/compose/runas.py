@@ -27,7 +27,7 @@ class OsUser:
         kwargs = {} if self.is_self else {"user": self.uid, "group": self.gid, "extra_groups": []}
         full_env = {**os.environ, "HOME": cwd or "/", **(env or {})}
         try:
-            result = subprocess.run(argv, env=full_env, capture_output=True, text=True,
+            result = subprocess.run(argv, env=full_env, capture_output=True, text=True, errors="replace",
                                     timeout=timeout, cwd=cwd or "/", **kwargs)
         except subprocess.TimeoutExpired:
             raise ClusterError(f"{os.path.basename(argv[0])} did not finish within {timeout:.0f} s") from None
