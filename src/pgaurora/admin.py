@@ -94,7 +94,8 @@ class AdminServer:
                              web.post("/drain/{node}", self.drain), web.post("/undrain/{node}", self.undrain),
                              web.post("/nodes", self.add_nodes), web.delete("/nodes/{node}", self.remove_node),
                              web.post("/maintenance/restart", self.rolling_restart),
-                             web.post("/backups", self.take_backup), web.get("/backups", self.list_backups)])
+                             web.post("/backups", self.take_backup), web.get("/backups", self.list_backups),
+                             web.post("/backtrack", self.backtrack), web.post("/backtrack/undo", self.backtrack_undo)])
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -196,6 +197,20 @@ class AdminServer:
             return _json(await self.service.backups.listing())
         except ClusterError as exc:
             return _json({"error": str(exc)}, status=409)
+
+    async def backtrack(self, request: web.Request) -> web.Response:
+        """Rewind the cluster in place to ?to=TIME (the endpoints stay; a new epoch)."""
+        if self.service.backtrack is None:
+            return _json({"error": "backtrack restores from the backups: start pgaurora up with --backups"},
+                         status=409)
+        if not request.query.get("to"):
+            return _json({"error": "to=TIME is required, e.g. to=2026-11-28 10:15:00%2B00"}, status=400)
+        return await self._operation(self.service.backtrack.run(request.query["to"]))
+
+    async def backtrack_undo(self, request: web.Request) -> web.Response:
+        if self.service.backtrack is None:
+            return _json({"error": "there is no backtrack to undo: backups are off"}, status=409)
+        return await self._operation(self.service.backtrack.undo())
 
     async def _operation(self, work) -> web.Response:
         """A long operation runs to its end even when the client hangs up (it is shielded)."""

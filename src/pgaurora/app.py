@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from .admin import AdminServer
+from .backtrack import Backtrack
 from .backups import Backups
 from . import config as config_mod, reconfigure
 from .config import Config, ReaderFallback, RelayMode
@@ -79,6 +80,7 @@ class Service:
         self.scaler = Scaler(self)
         self.maintenance = Maintenance(self)
         self.backups = self._backups(config, controller)
+        self.backtrack = Backtrack(self, config.backup.backtrack_keep) if self.backups is not None else None
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._monitor_task: asyncio.Task | None = None
 
@@ -139,6 +141,12 @@ class Service:
                                removed=list(diff.removed))
         return diff
 
+    async def replace_nodes(self, new: Config, writer: str, reason: str) -> dict:
+        """Serve another set of nodes, `writer` their primary, in a new epoch (a backtrack and its undo)."""
+        result = await self.monitor.request("replace", config=new, writer=writer, reason=reason)
+        self._take_config(new)
+        return result
+
     def _take_config(self, config: Config) -> None:
         """The new settings for routing and DNS (the monitor took its own between two ticks)."""
         self.config = self.router.config = config
@@ -154,6 +162,7 @@ class Service:
         await self.monitor.tick()  # the endpoints open on a real topology, not an empty one
         if self.backups is not None:
             await self.backups.start()
+            self.backtrack.start()
         for part in (self.writer, self.reader, *self.custom, self.dns, self.admin):
             if part is not None:
                 await part.start()
@@ -179,6 +188,7 @@ class Service:
                 await part.stop()
         await self.monitor.close()
         if self.backups is not None:
+            await self.backtrack.stop()
             await self.backups.stop()
         if self.member is not None:
             await self.member.close()

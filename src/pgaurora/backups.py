@@ -188,7 +188,7 @@ class Backups:
         backups = await asyncio.to_thread(self.engine.backups)
         self._cached = backups
         newest_wal = await asyncio.to_thread(self.engine.newest_archive_time)
-        earliest = min((b["timestamp"]["stop"] for b in backups), default=None)
+        earliest = min((b["timestamp"]["stop"] + 1 for b in backups), default=None)  # see restore.check_range
         return {"backups": [describe(b) for b in backups], "encrypted": self.engine.encrypted,
                 "repository": str(self.engine.repository),
                 "restorable": {"from": earliest, "to": newest_wal} if earliest and newest_wal else None}

@@ -344,6 +344,9 @@ class BackupConfig(_Frozen):
     """File holding the passphrase; it must not be readable by group or others."""
     options: dict[str, str] = {}
     """More pgBackRest repository options, passed through: e.g. `repo1-type = "s3"`, `repo1-s3-bucket`."""
+    backtrack_keep: Annotated[float, Field(ge=0)] = 86400.0
+    """Seconds the nodes a backtrack replaced are kept (stopped) so that `pgaurora backtrack --undo` can
+    return to them; then their files are removed."""
 
     @model_validator(mode="after")
     def _cipher(self) -> "BackupConfig":

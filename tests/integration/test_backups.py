@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import urllib.request
 from datetime import datetime, timedelta
 
@@ -15,6 +16,7 @@ import pytest
 from pgaurora.compose import LocalCluster
 from pgaurora.compose.backrest import find_pgbackrest
 from pgaurora.errors import ClusterError
+from pgaurora.compose.background import WriteLoop
 from tests.helpers import PGAURORA, cluster_dir, free_loopback_base, free_port, service_config, wait_until
 
 try:
@@ -110,8 +112,12 @@ def test_point_in_time_restore_brings_back_exactly_the_rows_committed_up_to_the_
     writer.sql(f"CREATE TABLE marks (id int PRIMARY KEY, note text DEFAULT '{MARKER}')")
     made = _cli("backup", "--admin", svc.admin_url)
     assert made.returncode == 0 and "full backup" in made.stdout and "from n2" in made.stdout, made.stderr
+    backed_up = time.time()
     rows = Rows(svc.writer, cluster.password)
     try:
+        for _ in wait_until("the backup's last second over", 5):
+            if time.time() > backed_up + 1.1:
+                break
         rows.wait_for(40)
         if failover:  # the primary stops archiving, then dies: its last segments exist only on its standby
             writer.sql("ALTER SYSTEM SET archive_command = '/bin/false'")
@@ -196,3 +202,48 @@ def test_archiving_failures_are_an_event_a_metric_and_a_status_line(fresh_cluste
     assert float(failures.split()[-1]) >= 1
     status = _cli("status", "--admin", svc.admin_url)
     assert "archive failing" in status.stdout, status.stdout
+
+
+def _via(address: tuple[str, int], password: str, query: str):
+    with psycopg.connect(host=address[0], port=address[1], user="postgres", password=password, dbname="postgres",
+                         connect_timeout=10, autocommit=True) as conn:
+        return conn.execute(query).fetchone()
+
+
+def test_backtrack_rewinds_behind_the_same_writer_endpoint_and_undo_moves_back(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=1)
+    svc = service(service_config(cluster, backup={}), controller=cluster)
+    writer = cluster.node(svc.topology.writer)
+    writer.sql("CREATE TABLE precious AS SELECT generate_series(1, 100) AS id")
+    assert _cli("backup", "--admin", svc.admin_url).returncode == 0
+    backed_up = time.time()
+    writes = WriteLoop(svc.writer, "postgres", cluster.password, "numbers")
+    try:
+        for _ in wait_until("50 writes, and the backup's last second over", 10):
+            if len(writes.acked) >= 50 and time.time() > backed_up + 1.1:
+                break
+        before = writer.sql("SELECT clock_timestamp()")
+        writer.sql("SELECT pg_sleep(0.05)")
+        writer.sql("DROP TABLE precious")  # the accident, under the write loop
+        writes.wait_acked(len(writes.acked) + 50, 10)
+        _archived_up_to_now(svc, cluster)
+        epoch = svc.topology.epoch
+        out = _cli("backtrack", "--to", before, "--yes", "--admin", svc.admin_url)
+        assert out.returncode == 0, out.stdout + out.stderr
+        print(out.stdout)
+        assert _via(svc.writer, cluster.password, "SELECT count(*) FROM precious") == (100,)  # the same endpoint
+        assert svc.topology.epoch == epoch + 1 and svc.topology.writer not in ("n1", "n2")
+        assert sorted(n.name for n in svc.topology.nodes) == ["n3", "n4"]
+        writes.wait_acked(len(writes.acked) + 20, 20)  # writes go on, into the rewound data
+        undone = _cli("backtrack", "--undo", "--yes", "--admin", svc.admin_url)
+        assert undone.returncode == 0, undone.stdout + undone.stderr
+        print(undone.stdout)
+        assert _via(svc.writer, cluster.password, "SELECT to_regclass('precious') IS NULL") == (True,)
+        assert svc.topology.writer == "n1" and svc.topology.epoch == epoch + 2
+        writes.wait_acked(len(writes.acked) + 20, 20)
+    finally:
+        writes.stop()
+    unavailable = [float(x.split("unavailable ")[1].split(" s")[0]) for x in (out.stdout, undone.stdout)]
+    assert all(u < 10 for u in unavailable), unavailable
+    refused = _cli("backtrack", "--to", "2001-01-01 00:00:00+00", "--yes", "--admin", svc.admin_url)
+    assert refused.returncode == 1 and "outside the restorable range" in refused.stderr

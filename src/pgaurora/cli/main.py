@@ -242,6 +242,32 @@ def restore(source, target, new_dir, replicas, base_address, port, repository, c
                "--writer-port ... (other ports than the source's)")
 
 
+@cli.command("backtrack")
+@admin_option
+@click.option("--to", "target", default=None, help="The moment to rewind to, with its zone: '2026-11-28 10:15:00+00'.")
+@click.option("--undo", is_flag=True, help="Move the endpoints back to the nodes the last backtrack replaced.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def backtrack_command(admin_url, target, undo, yes) -> None:
+    """Rewind the cluster's data in place (Aurora's backtrack): restore TIME into fresh nodes, then move both
+    endpoints to them in one step. The old nodes are kept, stopped, for backtrack_keep (default 24 h)."""
+    if bool(target) == undo:
+        raise click.UsageError("give either --to TIME or --undo")
+    what = "move the endpoints back to the nodes the last backtrack replaced" if undo else \
+        f"rewind the data served at the writer and reader endpoints to {target}"
+    if not yes:
+        click.confirm(f"This will {what}; sessions open now will be ended. Go on?", abort=True)
+    path = "/backtrack/undo" if undo else "/backtrack?" + urllib.parse.urlencode({"to": target})
+    done = _admin(admin_url, path, method="POST", timeout=24 * 3600)
+    if undo:
+        click.echo(f"endpoints back on {', '.join(done['nodes'])} (writer {done['writer']}); "
+                   f"unavailable {done['unavailable_seconds']:.2f} s")
+        return
+    click.echo(f"rewound to {done['recovered_to']} (the last commit at or before {target}); restored in "
+               f"{done['restore_seconds']:.1f} s\nendpoints now on {', '.join(done['nodes'])} (writer {done['writer']}); "
+               f"unavailable {done['unavailable_seconds']:.2f} s\nthe nodes before ({', '.join(done['previous'])}) are "
+               "kept, stopped: `pgaurora backtrack --undo` moves back to them")
+
+
 @cli.group()
 def maintenance() -> None:
     """Zero-downtime maintenance of a cluster `pgaurora up` composed."""

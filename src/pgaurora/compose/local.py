@@ -192,7 +192,7 @@ class LocalCluster:
         if primary_from is None:
             self._init_primary()
         else:
-            self._restored_primary(primary_from)
+            self._restored_primary(self.primary, primary_from, self.replicas)
         for replica in self.replicas:
             fail_point(f"create:clone:{replica.name}")
             self._clone(replica, self.primary)
@@ -286,9 +286,8 @@ class LocalCluster:
         for replica in self.replicas:
             node.sql(f"SELECT pg_create_physical_replication_slot({quote(replica.name)})")
 
-    def _restored_primary(self, primary_from) -> None:
-        """The primary from a backup: restored, recovered to its target and promoted, then this cluster's."""
-        node = self.primary
+    def _restored_primary(self, node: LocalNode, primary_from, replicas: list[LocalNode]) -> None:
+        """A primary from a backup: restored, recovered to its target and promoted, with slots for replicas."""
         node.datadir.mkdir(mode=0o700, exist_ok=True)
         self.user.chown(str(node.datadir))
         primary_from(node)
@@ -307,7 +306,7 @@ class LocalCluster:
                         "recovery_target_timeline"):
             node.sql(f"ALTER SYSTEM RESET {setting}")
         node.sql("SELECT pg_reload_conf()")
-        for replica in self.replicas:
+        for replica in replicas:
             node.sql(f"SELECT pg_create_physical_replication_slot({quote(replica.name)})")
 
     def _clone(self, node: LocalNode, source: LocalNode) -> None:
@@ -389,21 +388,31 @@ class LocalCluster:
         return [{"name": n.name, "host": n.host, "port": n.port} for n in self.nodes]
 
     # -- scaling -------------------------------------------------------------------------------
+    def _new_nodes(self, count: int) -> list[LocalNode]:
+        """count nodes on the next free names and addresses, their directories made (not yet in self.nodes)."""
+        used = {n.host for n in self.nodes}
+        free = [a for a in node_addresses(self.base_address, MAX_REPLICAS + 1) if a not in used]
+        if count > len(free):
+            raise ClusterError(f"the cluster has {len(self.nodes)} nodes; {count} more would pass the "
+                               f"{MAX_REPLICAS + 1} addresses it has")
+        taken = {n.name for n in self.nodes}
+        names = [f"n{i}" for i in range(1, 4 * MAX_REPLICAS) if f"n{i}" not in taken][:count]
+        nodes = [self._node(name, host, self.port) for name, host in zip(names, free)]
+        for node in nodes:
+            for path in (node.home, node.sockdir):
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.user.chown(str(path))
+        return nodes
+
     def add_replica(self, upstream: str) -> LocalNode:
         """A new replica of upstream (the writer): a slot, pg_basebackup, started and saved in cluster.json.
         If any step fails, what it made is removed (slot included)."""
         if len(self.nodes) > MAX_REPLICAS:
             raise ClusterError(f"the cluster has {len(self.replicas)} replicas, the most it can have")
-        used = {n.host for n in self.nodes}
-        host = next(a for a in node_addresses(self.base_address, MAX_REPLICAS + 1) if a not in used)
-        taken = {n.name for n in self.nodes}
-        name = next(f"n{i}" for i in range(1, 2 * MAX_REPLICAS + 2) if f"n{i}" not in taken)
-        node, source = self._node(name, host, self.port), self.node(upstream)
+        source = self.node(upstream)
+        (node,) = self._new_nodes(1)
         try:
-            for path in (node.home, node.sockdir):
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self.user.chown(str(path))
-            source.sql(f"SELECT pg_create_physical_replication_slot({quote(name)})")
+            source.sql(f"SELECT pg_create_physical_replication_slot({quote(node.name)})")
             self._clone(node, source)
         except BaseException:
             self._forget(node, source)
@@ -411,6 +420,40 @@ class LocalCluster:
         self.nodes.append(node)
         self._save()
         return node
+
+    def restore_set(self, primary_from, replicas: int) -> list[LocalNode]:
+        """A second set of nodes beside the running ones (a backtrack): a primary that primary_from(node)
+        restores, recovered and promoted, and `replicas` clones of it; saved in cluster.json. On failure,
+        what it made is removed."""
+        made = self._new_nodes(replicas + 1)
+        primary, clones = made[0], made[1:]
+        try:
+            self._restored_primary(primary, primary_from, clones)
+            for clone in clones:
+                self._clone(clone, primary)
+            if self.synchronous and clones:
+                names = ", ".join(c.name for c in clones)
+                primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = {quote(f'ANY 1 ({names})')}")
+                primary.sql("SELECT pg_reload_conf()")
+        except BaseException:
+            for node in made:
+                if node.running:
+                    node.kill()
+                shutil.rmtree(node.home, ignore_errors=True)
+            raise
+        self.nodes += made
+        self._save()
+        return made
+
+    def forget_nodes(self, names: list[str]) -> None:
+        """Remove stopped nodes' files and entries (the other side of a backtrack, once its time is up)."""
+        for name in names:
+            node = self.node(name)
+            if node.running:
+                node.stop()
+            shutil.rmtree(node.home, ignore_errors=True)
+            self.nodes.remove(node)
+        self._save()
 
     def remove_replica(self, name: str, upstream: str) -> None:
         """Stop the replica, drop its slot on upstream (the writer), remove its files and its entry."""

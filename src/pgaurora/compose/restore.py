@@ -43,7 +43,8 @@ def check_range(engine: BackRest, moment: datetime) -> None:
     newest = engine.newest_archive_time()
     if not backups or newest is None:
         raise ClusterError(f"the repository {engine.repository} holds no backup to restore from")
-    earliest = min(b["timestamp"]["stop"] for b in backups)
+    earliest = min(b["timestamp"]["stop"] for b in backups) + 1  # pgBackRest needs a backup that stopped
+    # before the target's whole second
     if not earliest <= moment.timestamp() <= newest:
         raise ClusterError(f"{moment.isoformat(sep=' ')} is outside the restorable range: from {_stamp(earliest)} "
                            f"to {_stamp(newest)}")

@@ -497,6 +497,32 @@ class Monitor:
         self._set_state(fenced=self.state.fenced & nodes.keys(), drained=self.state.drained & nodes.keys())
         return {"added": list(added), "removed": list(removed)}
 
+    async def _request_replace(self, config: Config, writer: str, reason: str) -> dict:
+        """Serve another set of nodes (a backtrack or its undo): the nodes leaving are stopped already, and
+        `writer`, a primary of the new set, becomes the writer in a new epoch."""
+        if writer not in {n.name for n in config.nodes}:
+            raise actions.ActionFailed(f"{writer} is not one of the new nodes")
+        prober = Prober(next(n for n in config.nodes if n.name == writer), config.monitor, node_ssl(config.tls))
+        status = await prober.probe()
+        if not status.is_primary:
+            await prober.close()
+            raise actions.ActionFailed(f"{writer} does not answer as a primary: {status.error or 'in recovery'}")
+        await asyncio.gather(*(p.close() for p in self.probers.values()))
+        self.probers = {n.name: Prober(n, config.monitor, node_ssl(config.tls)) for n in config.nodes if n.name != writer}
+        self.probers[writer] = prober
+        self.config, self.nodes = config, {n.name: n for n in config.nodes}
+        self.policy = policy_for(config, self.controller)
+        self.statuses, self.last_seen, self._last_answer = {}, {}, {}
+        self._new_epoch(writer, status.timeline, fenced=frozenset(), drained=frozenset(), failures={},
+                        system_id=status.system_id)
+        self.events.record("writer_replaced", reason, new_writer=writer, epoch=self.state.epoch,
+                           nodes=sorted(self.nodes))
+        statuses = await self.probe_all()
+        self._observe(statuses)
+        await self._persist()
+        await self.publish(reason)
+        return {"writer": writer, "epoch": self.state.epoch, "nodes": sorted(self.nodes)}
+
     async def _request_rejoin(self, node: str) -> dict:
         if node not in self.nodes or node == self.state.writer:
             raise actions.ActionFailed(f"{node!r} is not a node that can rejoin (writer is {self.state.writer})")

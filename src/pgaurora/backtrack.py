@@ -1,0 +1,137 @@
+"""Backtrack: the cluster's data rewound to a point in time in place, at the same endpoints, and back again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING
+
+from . import config as config_mod
+from .compose.backrest import recovered_to
+from .compose.restore import check_range, parse_time
+from .errors import ClusterError
+from .health.actions import ActionFailed
+from .scaling import composed, exclusive
+
+if TYPE_CHECKING:
+    from .app import Service
+
+KEEP = 24 * 3600.0  # how long the nodes a backtrack replaced are kept, stopped, for --undo
+STATE_FILE = "backtrack.json"
+EXPIRY_POLL = 60.0
+
+
+class Backtrack:
+    """Restores the time asked for into a fresh set of nodes while the old set serves; then stops the old set
+    and moves both endpoints to the new one in a new epoch. The old set stays, stopped, for `keep` seconds:
+    undo() swaps back."""
+
+    def __init__(self, service: "Service", keep: float = KEEP) -> None:
+        self.service, self.keep = service, keep
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._expire())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def run(self, target: str) -> dict:
+        cluster, backups = self._parts()
+        moment = parse_time(target)
+        async with exclusive(self.service):
+            await asyncio.to_thread(check_range, backups.engine, moment)
+            old = [n.name for n in cluster.nodes]
+            started = time.monotonic()
+            restore = lambda node: backups.engine.restore(node.datadir, moment.isoformat(sep=" "))  # noqa: E731
+            try:
+                made = await asyncio.to_thread(cluster.restore_set, restore, len(old) - 1)
+            except ClusterError as exc:
+                raise ActionFailed(f"backtrack failed before any endpoint moved: {exc}") from None
+            recovered = recovered_to(made[0].logfile.read_text(errors="replace"))
+            restored = time.monotonic() - started
+            pause = await self._swap(cluster, leaving=old, coming=[n.name for n in made], writer=made[0].name,
+                                     reason=f"backtrack to {target}: the data as of {recovered}")
+            self._remember({"previous": old, "until": time.time() + self.keep, "target": target})
+            return {"target": target, "recovered_to": recovered, "writer": made[0].name,
+                    "nodes": [n.name for n in made], "restore_seconds": round(restored, 2),
+                    "unavailable_seconds": round(pause, 3), "previous": old, "kept_until": time.time() + self.keep}
+
+    async def undo(self) -> dict:
+        cluster, _ = self._parts()
+        remembered = self._remembered()
+        if remembered is None:
+            raise ActionFailed("there is no backtrack to undo (or its nodes were removed when backtrack_keep ran out)")
+        async with exclusive(self.service):
+            previous = remembered["previous"]
+            current = [n.name for n in cluster.nodes if n.name not in previous]
+            writer = await asyncio.to_thread(self._start, cluster, previous)
+            if writer is None:
+                raise ActionFailed(f"none of {', '.join(previous)} came back as a primary; nothing was moved")
+            pause = await self._swap(cluster, leaving=current, coming=previous, writer=writer,
+                                     reason=f"backtrack to {remembered['target']} undone")
+            self._remember({"previous": current, "until": time.time() + self.keep,
+                            "target": f"undo of {remembered['target']}"})
+            return {"writer": writer, "nodes": previous, "unavailable_seconds": round(pause, 3), "previous": current}
+
+    async def _swap(self, cluster, leaving: list[str], coming: list[str], writer: str, reason: str) -> float:
+        """Stop the leaving nodes (the writer is unavailable from here), serve the coming ones. The pause."""
+        started = time.monotonic()
+        await asyncio.to_thread(self._stop, cluster, leaving)
+        await self.service.replace_nodes(self._config_for(cluster, coming), writer, reason)
+        return time.monotonic() - started
+
+    @staticmethod
+    def _stop(cluster, names: list[str]) -> None:
+        for name in names:
+            node = cluster.node(name)
+            if node.running:
+                node.stop("fast")
+
+    @staticmethod
+    def _start(cluster, names: list[str]) -> str | None:
+        """Start the nodes; the one that is a primary."""
+        for name in names:
+            cluster.node(name).start()
+        return next((n for n in names if cluster.node(n).sql("SELECT pg_is_in_recovery()") == "f"), None)
+
+    def _config_for(self, cluster, names: list[str]) -> config_mod.Config:
+        config = self.service.config
+        nodes = [{"name": n.name, "host": n.host, "port": n.port} for n in cluster.nodes if n.name in names]
+        return config_mod.build({**config.model_dump(mode="json", exclude_none=True), "nodes": nodes},
+                                "the backtracked nodes")
+
+    def _parts(self):
+        cluster = composed(self.service, "backtrack")
+        if self.service.backups is None:
+            raise ActionFailed("backtrack restores from the backups: start pgaurora up with --backups")
+        return cluster, self.service.backups
+
+    # -- what a backtrack left behind ------------------------------------------------------------
+    def _path(self):
+        return self.service.monitor.controller.root / STATE_FILE
+
+    def _remember(self, state: dict) -> None:
+        self._path().write_text(json.dumps(state) + "\n")
+
+    def _remembered(self) -> dict | None:
+        try:
+            return json.loads(self._path().read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    async def _expire(self) -> None:
+        """Remove the replaced nodes once backtrack_keep has passed."""
+        while True:
+            await asyncio.sleep(EXPIRY_POLL)
+            state = self._remembered()
+            if state is None or time.time() < state["until"] or self.service.operations.locked():
+                continue
+            async with exclusive(self.service):
+                await asyncio.to_thread(self.service.monitor.controller.forget_nodes, state["previous"])
+                self._path().unlink(missing_ok=True)
+                self.service.events.record("backtrack_expired", f"{', '.join(state['previous'])} removed: the "
+                                           "backtrack can no longer be undone", nodes=state["previous"])
