@@ -51,7 +51,11 @@ def _source(work: Path, scale: int) -> tuple[LocalCluster, BackRest, str]:
     started = time.monotonic()
     engine.backup("full", node, None)
     print(f"full backup in {time.monotonic() - started:.1f} s", flush=True)
+    done = time.time()
+    while time.time() < done + 1.5:  # a restore needs a backup that stopped before the target's second
+        time.sleep(0.1)
     target = datetime.now(timezone.utc).isoformat(sep=" ")
+    node.sql("CREATE TABLE after_the_target ()")  # recovery stops at the first commit past the target
     segment = node.sql("SELECT pg_walfile_name(pg_switch_wal())")
     while node.sql("SELECT last_archived_wal FROM pg_stat_archiver") < segment:
         time.sleep(0.2)
@@ -69,8 +73,12 @@ def _by_hand(cluster: LocalCluster, engine: BackRest, target: str, work: Path) -
                                             f"'{node.sockdir}'\narchive_command = '/bin/true'\n")
     cluster.user.chown(str(node.datadir / "node.conf"))
     node.start(timeout=3600)
-    while node.sql("SELECT pg_is_in_recovery()") == "t":
-        time.sleep(0.05)
+    try:
+        while node.sql("SELECT pg_is_in_recovery()") == "t":
+            time.sleep(0.05)
+    except Exception:
+        print(node.log_tail(30), file=sys.stderr)
+        raise
     took = time.monotonic() - started
     node.stop()
     shutil.rmtree(node.home)
