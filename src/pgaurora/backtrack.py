@@ -82,7 +82,9 @@ class Backtrack:
         started = time.monotonic()
         await asyncio.to_thread(self._stop, cluster, leaving)
         await self.service.replace_nodes(self._config_for(cluster, coming), writer, reason)
-        return time.monotonic() - started
+        pause = time.monotonic() - started
+        await asyncio.to_thread(cluster.park, leaving)  # a later `pgaurora up` starts and serves only `coming`
+        return pause
 
     @staticmethod
     def _stop(cluster, names: list[str]) -> None:

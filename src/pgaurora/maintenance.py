@@ -115,7 +115,7 @@ class Maintenance:
         names = ", ".join(f"'{name}'" for name in settings)
         query = f"SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings WHERE name IN ({names})"
         values = {}
-        for node in cluster.nodes:
+        for node in (n for n in cluster.nodes if n.name not in cluster.parked):
             out = await asyncio.to_thread(node.sql, query) if settings else ""
             values[node.name] = dict(pair.split("=", 1) for pair in out.split(",") if pair)
         return values

@@ -144,6 +144,6 @@ class Scaler:
         old = {n.name: n for n in config.nodes}
         nodes = [old[n.name].model_dump(mode="json") if n.name in old
                  else {"name": n.name, "host": n.host, "port": n.port}
-                 for n in cluster.nodes if n.name != without]
+                 for n in cluster.nodes if n.name != without and n.name not in cluster.parked]
         return config_mod.build({**config.model_dump(mode="json", exclude_none=True), "nodes": nodes},
                                 "the cluster's nodes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,6 +166,10 @@ def test_an_encrypted_repository_holds_no_plaintext_and_refuses_a_restore_withou
     writer.sql(f"CREATE TABLE marks (id int PRIMARY KEY, note text DEFAULT '{MARKER}')")
     writer.sql("INSERT INTO marks (id) SELECT generate_series(1, 1000)")
     assert _cli("backup", "--admin", svc.admin_url).returncode == 0
+    backed_up = time.time()
+    for _ in wait_until("the backup's last second over", 5):
+        if time.time() > backed_up + 1.1:
+            break
     _archived_up_to_now(svc, cluster)
     files = [p for p in (cluster.root / "backups").rglob("*") if p.is_file()]
     data = [p for p in files if "/backup/" in str(p) and "/pg_data/" in str(p)]
@@ -183,6 +188,16 @@ def test_an_encrypted_repository_holds_no_plaintext_and_refuses_a_restore_withou
         out = _cli("restore", "--from", str(cluster.root), "--to", early, "--dir", str(new_dir),
                    "--cipher-pass-file", _secret(cluster.root.parent))
         assert out.returncode == 1 and "outside the restorable range: from 20" in out.stderr, out.stderr
+        # The end of the range: the archive ends before any commit past it, so recovery runs to its end.
+        end = json.loads(_cli("backups", "--json", "--admin", svc.admin_url).stdout)["restorable"]["to"]
+        out = _cli("restore", "--from", str(cluster.root), "--to", str(datetime.fromtimestamp(end).astimezone()),
+                   "--dir", str(new_dir), "--base-address", free_loopback_base(1), "--port", str(free_port()),
+                   "--cipher-pass-file", _secret(cluster.root.parent))
+        assert out.returncode == 0, out.stdout + out.stderr
+        restored = LocalCluster.open(new_dir)
+        restored.start()
+        assert restored.primary.sql("SELECT count(*) FROM marks") == "1000"
+        restored.destroy()
     finally:
         shutil.rmtree(new_dir.parent, ignore_errors=True)
 
@@ -240,6 +255,7 @@ def test_backtrack_rewinds_behind_the_same_writer_endpoint_and_undo_moves_back(f
         print(undone.stdout)
         assert _via(svc.writer, cluster.password, "SELECT to_regclass('precious') IS NULL") == (True,)
         assert svc.topology.writer == "n1" and svc.topology.epoch == epoch + 2
+        assert LocalCluster.open(cluster.root).parked == ["n3", "n4"]  # a later `up` leaves them stopped
         writes.wait_acked(len(writes.acked) + 20, 20)
     finally:
         writes.stop()

@@ -83,20 +83,19 @@ def _print_backup(console: Console, backup: dict) -> None:
     state = f"[red]failing ({a['last_failed_wal']})[/]" if failing else "[green]ok[/]"
     console.print(f"archive {state}: last {a['last_archived_wal'] or 'none'} at {_when(a['last_archived_time'])}, "
                   f"{a['pending_segments']} waiting" + (f"  {a['error']}" if a.get("error") else ""))
-    console.print(f"backup  newest {newest['label'] + ' (' + newest['type'] + ')' if newest else 'none'}"
-                  + (f" finished {_when(newest['finished'])}" if newest else "")
-                  + ("  encrypted" if backup["encrypted"] else ""))
+    newest_text = f"{newest['label']} ({newest['type']}) at {_when(newest['finished'])}" if newest else "none yet"
+    console.print(f"backup  {newest_text}{', encrypted' if backup['encrypted'] else ''}")
 
 
 def print_backups(doc: dict) -> None:
     """One line per backup, and the restorable range."""
     console = Console()
     table = Table(box=None, pad_edge=False)
-    for column in ("label", "type", "finished", "took", "size", "in repository", "wal"):
+    for column in ("label", "type", "finished", "took", "size", "stored"):
         table.add_column(column, no_wrap=True)
     for b in doc["backups"]:
         table.add_row(b["label"], b["type"], _when(b["finished"]), f"{b['seconds']} s", size(b["size_bytes"]),
-                      size(b["repository_bytes"]), f"{b['wal'][0]}..{b['wal'][1][-8:]}")
+                      size(b["repository_bytes"]))
     console.print(table)
     span = doc.get("restorable")
     console.print(f"restorable from {_when(span['from'])} to {_when(span['to'])}" if span else "nothing restorable yet")

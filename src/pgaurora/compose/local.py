@@ -103,6 +103,7 @@ class LocalCluster:
         self._lock_fd: int | None = None
         self._made_root = False
         self._archive = None  # node -> its archive_command, once backups are set up
+        self.parked: list[str] = []  # stopped nodes kept aside (those a backtrack replaced): never started or served
 
     backend = "local"
 
@@ -135,6 +136,7 @@ class LocalCluster:
                        bindir=bindir or spec.get("bindir"), tls=spec.get("tls", False), **extra)
         if "nodes" in spec:  # replicas added or removed since creation
             cluster.nodes = [cluster._node(name, host, cluster.port) for name, host in spec["nodes"]]
+        cluster.parked = list(spec.get("parked", []))
         return cluster
 
     @property
@@ -232,6 +234,8 @@ class LocalCluster:
 
     def start(self) -> None:
         for node in self.nodes:
+            if node.name in self.parked:
+                continue
             if not node.exists:
                 raise ClusterError(f"node {node.name} has no data directory in {node.datadir}; "
                                    f"the state directory {self.root} is incomplete")
@@ -296,18 +300,28 @@ class LocalCluster:
         node.set_auto_conf(synchronous_standby_names=None, primary_conninfo=None, primary_slot_name=None)
         self._write_node_conf(node)
         try:
-            node.start(timeout=24 * 3600)  # recovery replays the archived WAL up to the target
-            while node.sql("SELECT pg_is_in_recovery()") == "t":
-                time.sleep(0.1)
+            self._recover(node)
         except ClusterError:
-            raise ClusterError(f"the restored {node.name} did not recover to the target; its log ends with:\n"
-                               f"{node.log_tail()}") from None
+            if "recovery ended before configured recovery target was reached" not in node.log_tail(50):
+                raise ClusterError(f"the restored {node.name} did not recover to the target; its log ends "
+                                   f"with:\n{node.log_tail()}") from None
+            # The archive ends before any commit past the target: every archived commit is wanted.
+            node.stop()  # the postmaster may still be shutting down after its startup process failed
+            node.set_auto_conf(recovery_target_time=None)
+            self._recover(node)
         for setting in ("restore_command", "recovery_target_time", "recovery_target_action",
                         "recovery_target_timeline"):
             node.sql(f"ALTER SYSTEM RESET {setting}")
         node.sql("SELECT pg_reload_conf()")
         for replica in replicas:
             node.sql(f"SELECT pg_create_physical_replication_slot({quote(replica.name)})")
+
+    @staticmethod
+    def _recover(node: LocalNode) -> None:
+        """Start a node in recovery and wait until it has promoted itself."""
+        node.start(timeout=24 * 3600)  # recovery replays the archived WAL up to the target
+        while node.sql("SELECT pg_is_in_recovery()") == "t":
+            time.sleep(0.1)
 
     def _clone(self, node: LocalNode, source: LocalNode) -> None:
         self._clone_files(node, source)
@@ -379,13 +393,20 @@ class LocalCluster:
                 "port": self.port, "password": self.password,
                 "replication_password": self.replication_password,
                 "synchronous": self.synchronous, "max_connections": self.max_connections,
-                "backend": self.backend, "tls": self.tls, "bindir": self.bindir, **self._spec()}
+                "backend": self.backend, "tls": self.tls, "bindir": self.bindir, "parked": self.parked,
+                **self._spec()}
         path = self.root / STATE_FILE
         path.write_text(json.dumps(spec, indent=2) + "\n")
         os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
 
     def node_configs(self) -> list[dict]:
-        return [{"name": n.name, "host": n.host, "port": n.port} for n in self.nodes]
+        """The nodes pgaurora serves: every one but the parked."""
+        return [{"name": n.name, "host": n.host, "port": n.port} for n in self.nodes if n.name not in self.parked]
+
+    def park(self, names: list[str]) -> None:
+        """Keep these (stopped) nodes aside from now on, and only these: start() and node_configs() skip them."""
+        self.parked = list(names)
+        self._save()
 
     # -- scaling -------------------------------------------------------------------------------
     def _new_nodes(self, count: int) -> list[LocalNode]:
@@ -453,6 +474,7 @@ class LocalCluster:
                 node.stop()
             shutil.rmtree(node.home, ignore_errors=True)
             self.nodes.remove(node)
+        self.parked = [n for n in self.parked if n not in names]
         self._save()
 
     def remove_replica(self, name: str, upstream: str) -> None:
