@@ -11,6 +11,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -291,3 +293,12 @@ class ReadSessions:
         self._stop.set()
         for thread in self.threads:
             thread.join(30)
+
+
+def refused(url: str, method: str = "POST") -> tuple[int, str]:
+    """An admin request that must fail: its HTTP status and body (AssertionError if it succeeds)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    raise AssertionError(f"{method} {url} succeeded")

@@ -90,6 +90,9 @@ class Service:
         if controller is None or not hasattr(controller, "archive_with"):
             raise ConfigError(["backup: backups work on clusters pgaurora composes (`pgaurora up --backups`); for a "
                                "cluster of your own, run pgBackRest beside it"])
+        if getattr(controller, "backend", "local") != "local":
+            raise ConfigError(["backup: backups need the nodes as local processes (--backend local): pgBackRest "
+                               "runs beside them, on this host"])
         return Backups(self, config.backup, controller)
 
     @property

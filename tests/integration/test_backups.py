@@ -263,3 +263,11 @@ def test_backtrack_rewinds_behind_the_same_writer_endpoint_and_undo_moves_back(f
     assert all(u < 10 for u in unavailable), unavailable
     refused = _cli("backtrack", "--to", "2001-01-01 00:00:00+00", "--yes", "--admin", svc.admin_url)
     assert refused.returncode == 1 and "outside the restorable range" in refused.stderr
+
+
+def test_backups_for_a_cluster_pgaurora_does_not_compose_are_refused_with_one_clear_message(tmp_path):
+    config = tmp_path / "cluster.toml"
+    config.write_text('[[nodes]]\nname = "n1"\nhost = "127.0.0.1"\nport = 1\n[backup]\n')
+    out = _cli("proxy", "-c", str(config), timeout=60)
+    assert out.returncode == 1 and "backups work on clusters pgaurora composes" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

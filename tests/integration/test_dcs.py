@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -391,36 +392,53 @@ def _enable_auth(endpoint: str, password: str) -> None:
     asyncio.run(run())
 
 
+@contextlib.contextmanager
+def _two_instances(cluster, workdir, endpoints: list[str], settings: list[tuple[str, dict]]):
+    """`pgaurora proxy` instances with [dcs] settings of their own; the first must start."""
+    made = []
+    try:
+        for name, extra in settings:
+            config = service_config(cluster, state_dir=None, dcs={"etcd": endpoints, "instance": name, **extra})
+            made.append(Command("proxy", "-c", str(write_config(config, workdir / f"{name}.toml"))))
+            made[-1].admin = f"http://{config.admin.host}:{config.admin.port}"
+        made[0].wait_for_line("pgaurora is ready", 60)
+        yield made
+    finally:
+        for command in made:
+            command.stop()
+
+
+def _status_of(command) -> dict:
+    return json.loads(urllib.request.urlopen(command.admin + "/status", timeout=5).read())
+
+
+def _first_leads_second_refused(made, refusal: str, what: str) -> None:
+    for _ in wait_until(what, 30):
+        try:
+            good, bad = _status_of(made[0])["dcs"], _status_of(made[1])["dcs"]
+        except OSError:
+            continue
+        if good["role"] == "leader" and bad["role"] == "cut_off" and refusal in (bad["last_error"] or ""):
+            break
+
+
 def test_etcd_over_tls_with_client_certificates_admits_only_a_certified_instance(fresh_cluster, tmp_path):
     cluster = fresh_cluster(replicas=1)
     authority = CertAuthority.open(tmp_path / "ca", "etcd-test")
     etcd = EtcdCluster(cluster_dir() / "etcd", 3, free_loopback_base(3), authority=authority)
     etcd.start()
-    made = []
     try:
         assert all(url.startswith("https://") for url in etcd.endpoints)
         cert, key = etcd.client_certificate("i1")
         ca = str(authority.cert_file)
-        for name, tls in (("certified", {"ca_file": ca, "cert_file": str(cert), "key_file": str(key)}),
-                          ("uncertified", {"ca_file": ca})):
-            config = service_config(cluster, state_dir=None, dcs={"etcd": etcd.endpoints, "instance": name, **tls})
-            made.append(Command("proxy", "-c", str(write_config(config, tmp_path / f"{name}.toml"))))
-            made[-1].admin = f"http://{config.admin.host}:{config.admin.port}"
-        made[0].wait_for_line("pgaurora is ready", 60)
-        status = lambda c: json.loads(urllib.request.urlopen(c.admin + "/status", timeout=5).read())  # noqa: E731
-        for _ in wait_until("the certified instance to lead, the other to be refused at the handshake", 30):
-            try:
-                good, bad = status(made[0])["dcs"], status(made[1])["dcs"]
-            except OSError:
-                continue
-            if good["role"] == "leader" and bad["role"] == "cut_off" and "TLS handshake with etcd failed" in (
-                    bad["last_error"] or ""):
-                break
-        assert status(made[0])["writer"]["node"] == cluster.primary.name
-        assert not any(line.startswith(("E1", "I1")) for line in made[1].lines), "gRPC's own log lines leaked"
+        settings = [("certified", {"ca_file": ca, "cert_file": str(cert), "key_file": str(key)}),
+                    ("uncertified", {"ca_file": ca})]
+        with _two_instances(cluster, tmp_path, etcd.endpoints, settings) as made:
+            _first_leads_second_refused(made, "TLS handshake with etcd failed",
+                                        "the certified instance to lead, the other to be refused at the handshake")
+            assert _status_of(made[0])["writer"]["node"] == cluster.primary.name
+            assert not any(line.startswith(("E1", "I1")) for line in made[1].lines), "gRPC's own log lines leaked"
     finally:
-        for command in made:
-            command.stop()
         etcd.destroy()
         shutil.rmtree(etcd.root.parent, ignore_errors=True)
 
@@ -428,23 +446,8 @@ def test_etcd_over_tls_with_client_certificates_admits_only_a_certified_instance
 def test_etcd_with_authentication_admits_only_the_right_password(fresh_cluster, etcd, tmp_path):
     cluster = fresh_cluster(replicas=1)
     _enable_auth(etcd.endpoints[0], "etcd-secret")
-    made = []
-    try:
-        for name, password in (("good", "etcd-secret"), ("bad", "wrong")):
-            config = service_config(cluster, state_dir=None, dcs={"etcd": etcd.endpoints, "instance": name,
-                                                                   "username": "root", "password": password})
-            made.append(Command("proxy", "-c", str(write_config(config, tmp_path / f"{name}.toml"))))
-            made[-1].admin = f"http://{config.admin.host}:{config.admin.port}"
-        made[0].wait_for_line("pgaurora is ready", 60)
-        status = lambda c: json.loads(urllib.request.urlopen(c.admin + "/status", timeout=5).read())  # noqa: E731
-        for _ in wait_until("the instance with the right password to lead, the other to be refused", 30):
-            try:
-                good, bad = status(made[0])["dcs"], status(made[1])["dcs"]
-            except OSError:
-                continue
-            if good["role"] == "leader" and bad["role"] == "cut_off" and "authentication failed" in (
-                    bad["last_error"] or ""):
-                break
-    finally:
-        for command in made:
-            command.stop()
+    settings = [(name, {"username": "root", "password": password})
+                for name, password in (("good", "etcd-secret"), ("bad", "wrong"))]
+    with _two_instances(cluster, tmp_path, etcd.endpoints, settings) as made:
+        _first_leads_second_refused(made, "authentication failed",
+                                    "the instance with the right password to lead, the other to be refused")

@@ -6,13 +6,10 @@ import json
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
-import pytest
 
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, ReadSessions, service_config, wait_until
+from tests.helpers import PGAURORA, ReadSessions, refused, service_config, wait_until
 
 
 def _ids(node) -> set[int]:
@@ -84,10 +81,8 @@ def test_scaling_one_to_three_to_one_replicas_under_load_keeps_both_endpoints_se
 def test_removing_the_writer_is_refused_with_a_switchover_hint_and_changes_nothing(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
     svc = service(service_config(cluster), controller=cluster)
-    request = urllib.request.Request(f"{svc.admin_url}/nodes/n1", method="DELETE")
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=30)
-    assert refused.value.code == 409 and "switch over first" in refused.value.read().decode()
+    code, body = refused(f"{svc.admin_url}/nodes/n1", "DELETE")
+    assert code == 409 and "switch over first" in body
     out = subprocess.run([*PGAURORA, "replicas", "remove", "n9", "--admin", svc.admin_url],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "no node named 'n9'" in out.stderr and "Traceback" not in out.stderr
