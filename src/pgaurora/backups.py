@@ -25,6 +25,7 @@ log = logging.getLogger("pgaurora.backups")
 
 ARCHIVE_POLL = 2.0
 SCHEDULE_POLL = 10.0
+STOP_WAIT = 120.0
 KINDS = ("full", "diff", "incr")
 ARCHIVER_QUERY = """
 SELECT last_archived_wal, extract(epoch FROM last_archived_time)::float8 AS last_archived_time, failed_count,
@@ -63,6 +64,7 @@ class Backups:
         self.last_backup: dict | None = None
         self._timeline: int | None = None
         self._cached: list[dict] = []  # the repository's backups, as last read
+        self._running: asyncio.Future | None = None  # the pgBackRest backup under way
         self._tasks: list[asyncio.Task] = []
 
     # -- setup and the loops -----------------------------------------------------------------
@@ -83,6 +85,9 @@ class Backups:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._running is not None and not self._running.done():  # pgBackRest is not left running behind us
+            log.warning("waiting for the backup under way to finish (at most %.0f s)", STOP_WAIT)
+            await asyncio.wait([self._running], timeout=STOP_WAIT)
 
     async def _watch(self) -> None:
         while True:
@@ -96,8 +101,9 @@ class Backups:
                 self.archive.error = f"{type(exc).__name__}: {exc}"
 
     async def _schedule(self) -> None:
+        every = [x / 4 for x in (self.config.full_every, self.config.incr_every) if x]
         while True:
-            await asyncio.sleep(SCHEDULE_POLL)
+            await asyncio.sleep(min([SCHEDULE_POLL, *every]))
             kind = self._due(time.time())
             if kind is None or self.service.operations.locked():
                 continue
@@ -165,8 +171,10 @@ class Backups:
                 raise ActionFailed("no writer is known: a backup needs one")
             standby = next((self._node(n) for n in topology.readers), None)
             started = time.monotonic()
+            self._running = asyncio.get_running_loop().run_in_executor(
+                None, self.engine.backup, kind, self._node(topology.writer), standby)
             try:
-                label = await asyncio.to_thread(self.engine.backup, kind, self._node(topology.writer), standby)
+                label = await asyncio.shield(self._running)
             except ClusterError as exc:
                 self.service.events.record("backup_failed", f"{kind} backup failed: {exc}", type=kind)
                 raise ActionFailed(f"{kind} backup failed: {exc}") from None

@@ -202,6 +202,18 @@ def test_an_encrypted_repository_holds_no_plaintext_and_refuses_a_restore_withou
         shutil.rmtree(new_dir.parent, ignore_errors=True)
 
 
+def test_the_schedule_takes_backups_by_itself(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=1)
+    svc = service(service_config(cluster, backup={"full_every": 3600, "incr_every": 2}), controller=cluster)
+    for _ in wait_until("a scheduled full backup, then an incremental one", 30):
+        kinds = [e.get("type") for e in svc.service.events.recent() if e["kind"] == "backup"
+                 and "(scheduled)" in e["reason"]]
+        if kinds[:2] == ["full", "incr"]:
+            break
+    listing = json.loads(_cli("backups", "--json", "--admin", svc.admin_url).stdout)
+    assert [b["type"] for b in listing["backups"]][:2] == ["full", "incr"]
+
+
 def test_archiving_failures_are_an_event_a_metric_and_a_status_line(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
     svc = service(service_config(cluster, backup={}), controller=cluster)

@@ -302,6 +302,8 @@ def test_etcd_quorum_loss_stops_all_acting_but_not_sessions_and_failover_resumes
     etcd.stop_member(etcd.members[2].name)  # one member down: nothing happens
     for _ in observe("the leadership to hold with one etcd member down", TTL + 1, interval=0.25):
         assert leader.status()["dcs"]["role"] == "leader" and not leader.events("leader_lost")
+    health = leader.status()["dcs"]["endpoint_health"]  # and /status says which endpoint is down
+    assert health[etcd.members[2].client_url] != "up" and health[etcd.members[0].client_url] == "up", health
     host, port = leader.writer
     with psycopg.connect(host=host, port=port, user="postgres", password=cluster.password, dbname="postgres",
                          autocommit=True) as session:

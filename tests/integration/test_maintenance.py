@@ -7,7 +7,7 @@ import os
 import subprocess
 
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, ReadSessions, service_config
+from tests.helpers import PGAURORA, ReadSessions, service_config, wait_until
 
 
 def _maintenance(admin: str, *args: str) -> subprocess.CompletedProcess:
@@ -40,6 +40,13 @@ def test_a_bad_setting_is_refused_before_any_node_restarts(fresh_cluster, servic
         out = _maintenance(svc.admin_url, *args)
         assert out.returncode == 1 and problem in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert [n.pid for n in cluster.nodes] == pids
+    cluster.node("n2").stop()  # an unhealthy cluster: the restart refuses to start
+    for _ in wait_until("n2 to show as unreachable", 10):
+        if svc.topology.by_name["n2"].health.value == "unreachable":
+            break
+    out = _maintenance(svc.admin_url, "--set", "shared_buffers=96MB")
+    assert out.returncode == 1 and "cannot start: the cluster is not healthy (n2 is" in out.stderr, out.stderr
+    assert cluster.node("n1").pid == pids[0]
 
 
 def test_rolling_restart_applies_a_setting_and_new_binaries_to_every_node_losing_no_write(fresh_cluster, service):

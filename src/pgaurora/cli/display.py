@@ -68,8 +68,10 @@ def _print_dcs(console: Console, dcs: dict, wide: bool) -> None:
     left = f", lease {dcs['lease_left']:.1f} s left" if dcs.get("lease_left") is not None else ""
     console.print(f"instances {', '.join(names) or 'none'}   this one: {dcs['instance']}, {dcs['role']}{left}")
     health = "[red]unreachable[/]" if dcs["role"] == "cut_off" else "[green]up[/]"
+    down = [url for url, state in (dcs.get("endpoint_health") or {}).items() if state != "up"]
     endpoints = ", ".join(dcs["endpoints"]) if wide else dcs["endpoint_in_use"]
-    console.print(f"etcd {health} ({endpoints})" + (f"  {dcs['last_error']}" if wide and dcs.get("last_error") else ""))
+    console.print(f"etcd {health} ({endpoints})" + (f"  [yellow]down: {', '.join(down)}[/]" if down else "")
+                  + (f"  {dcs['last_error']}" if wide and dcs.get("last_error") else ""))
 
 
 def _when(seconds: float | None) -> str:

@@ -153,6 +153,21 @@ class Etcd:
         got = await self._call(lambda c: c.get_prefix(prefix.encode()))
         return {kv.key.decode(): kv.value for kv in got}
 
+    async def health(self) -> dict[str, str]:
+        """Each endpoint's health: 'up' when its member answers a status request in time, else why not."""
+        async def one(url) -> str:
+            single = Etcd((url,), self.username, self.password, self.timeout, self.tls)
+            try:
+                async with asyncio.timeout(self.timeout * 2):
+                    await (await single._connected()).status()
+                return "up"
+            except Exception as exc:  # whatever fails, this endpoint is not usable now
+                return f"{type(exc).__name__} {exc}".strip()[:200] + single._hint(str(exc))
+            finally:
+                await single.close()
+        results = await asyncio.gather(*(one(url) for url in self.urls))
+        return dict(zip(self.urls, results))
+
     async def changes(self, prefix: str):
         """Yield once per batch of changes under prefix, until the stream breaks (DcsUnavailable). It holds
         its client for as long as it runs: give it an Etcd of its own."""

@@ -46,13 +46,15 @@ class Member:
         self.members: dict[str, dict] = {}
         self.shared: tuple[dict | None, dict | None] = (None, None)  # (state, intent) as last read
         self.last_error: str | None = None
+        self.endpoint_health: dict[str, str] = {}
         self._tasks: list[asyncio.Task] = []
 
     # -- the lease loop ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.beat()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run()), loop.create_task(self._watch())]
+        self._tasks = [loop.create_task(self._run()), loop.create_task(self._watch()),
+                       loop.create_task(self._check_endpoints())]
 
     async def _run(self) -> None:
         """A beat every ttl/4, and at once when the watch saw a change (a new leader, state or intent)."""
@@ -67,6 +69,12 @@ class Member:
             await self.beat()
             if self.shared != before and self.on_change is not None:
                 self.on_change()
+
+    async def _check_endpoints(self) -> None:
+        """Every endpoint's health, every ttl, for /status (the beats use one endpoint at a time)."""
+        while True:
+            self.endpoint_health = await self.etcd.health()
+            await asyncio.sleep(self.ttl)
 
     async def _watch(self) -> None:
         """Watch the prefix; when the stream breaks, the beats carry on alone until it is back."""
@@ -183,7 +191,8 @@ class Member:
         return {"instance": self.me, "role": self.verdict.role.value, "reason": self.verdict.reason,
                 "leader": self.leader, "leader_since": self.leader_since, "ttl": self.ttl,
                 "lease_left": None if left is None else round(left, 2), "endpoints": list(self.etcd.urls),
-                "endpoint_in_use": self.etcd.endpoint, "last_error": self.last_error,
+                "endpoint_in_use": self.etcd.endpoint, "endpoint_health": self.endpoint_health,
+                "last_error": self.last_error,
                 "instances": self.members}
 
 
