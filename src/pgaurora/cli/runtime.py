@@ -24,14 +24,31 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
 
-async def check_endpoint(host: str, port: int, user: str, password: str | None, tls: bool = False) -> bool:
-    """Does a real client get through this endpoint (over TLS when `tls`)? Returns pg_is_in_recovery() there."""
+async def check_endpoint(host: str, port: int, user: str, password: str | None, tls: bool = False,
+                         within: float = 30.0) -> bool:
+    """Does a real client get through this endpoint (over TLS when `tls`)? Returns pg_is_in_recovery() there.
+    A session lost on the way (a switchover or a failover just then) is tried again until `within` runs out."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            return await _query_through(host, port, user, password, tls)
+        except (asyncpg.ConnectionDoesNotExistError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
+                asyncpg.CannotConnectNowError, asyncpg.InternalClientError, ConnectionError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def _query_through(host: str, port: int, user: str, password: str | None, tls: bool) -> bool:
     conn = await asyncpg.connect(host=host, port=port, user=user, password=password, database="postgres",
                                  timeout=10, ssl="require" if tls else False)
     try:
         return await conn.fetchval("SELECT pg_is_in_recovery()")
     finally:
-        await conn.close()
+        try:
+            await asyncio.wait_for(conn.close(), 5)
+        except Exception:  # the session is already gone (what a retry is for): just drop it
+            conn.terminate()
 
 
 async def _serve(service: Service, on_ready: Callable[[], None]) -> None:

@@ -258,6 +258,10 @@ class Monitor:
         return tuple(sorted(hosts | {self.config.writer.host}))
 
     async def close(self) -> None:
+        while not self._requests.empty():  # requests nobody will serve any more: answered, not left hanging
+            kind, _, future = self._requests.get_nowait()
+            if not future.done():
+                future.set_exception(actions.ActionFailed(f"pgaurora is stopping; the {kind} was not started"))
         await asyncio.gather(*(p.close() for p in self.probers.values()))
 
     # -- write-ahead intents -------------------------------------------------------------
@@ -464,6 +468,10 @@ class Monitor:
                 future.set_result(result)
             except Exception as exc:
                 future.set_exception(exc)
+            except asyncio.CancelledError:  # the service is stopping: the caller hears so, now
+                if not future.done():
+                    future.set_exception(actions.ActionFailed(f"pgaurora is stopping; the {kind} was interrupted"))
+                raise
 
     @staticmethod
     def _take(future: asyncio.Future, handler, args: dict) -> None:
