@@ -222,6 +222,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--tls", action="store_true", help="clients connect with TLS (sslmode=require): pgaurora "
                         "against PgBouncer with client_tls_sslmode = require, both with plaintext to the node "
                         "(HAProxy cannot answer PostgreSQL's SSLRequest, and is left out)")
+    parser.add_argument("--targets", default="direct,pgaurora,pgbouncer,haproxy",
+                        help="comma-separated subset of direct, pgaurora, pgbouncer, haproxy (direct always runs: "
+                             "every ratio is taken against it)")
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     args.workloads = [w for w in args.workloads.split(",") if w]
@@ -237,6 +240,10 @@ def _arguments() -> argparse.Namespace:
                      "with the relay its [proxy] section sets")
     if args.config and args.tls:
         parser.error("--tls applies to the local cluster; with --config, set [tls] in that config")
+    args.targets = set(args.targets.split(",")) | {"direct"}
+    unknown_targets = args.targets - {"direct", "pgaurora", "pgbouncer", "haproxy"}
+    if unknown_targets:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown_targets))}")
     args.relays = (args.relays or "native").split(",")
     bad = set(args.relays) - {"native", "hybrid", "python", "kernel"}
     if bad:
@@ -251,13 +258,15 @@ def _start_targets(bc: BenchCluster, work: Path, args: argparse.Namespace, targe
     targets.append(Target("direct", *bc.primary))  # plaintext: the floor TLS adds its cost to
     if bc.replica is not None:
         replica_targets.append(Target("direct-replica", *bc.replica))
-    for writer, reader in ([given_pgaurora(bc, work)] if bc.config else
-                           (start_pgaurora(bc, work, relay, f"pgaurora-{relay}", tls) for relay in args.relays)):
+    ours = [given_pgaurora(bc, work)] if bc.config else \
+        (start_pgaurora(bc, work, relay, f"pgaurora-{relay}", tls) for relay in args.relays)
+    for writer, reader in (ours if "pgaurora" in args.targets else []):
         targets.append(writer)  # the reader shares the writer's process: stopped with it
         if bc.replica is not None:
             replica_targets.append(reader)
-    targets.append(start_pgbouncer(bc, work, tls))
-    if not args.tls:
+    if "pgbouncer" in args.targets:
+        targets.append(start_pgbouncer(bc, work, tls))
+    if "haproxy" in args.targets and not args.tls:
         targets.append(start_haproxy(bc, work))
 
 

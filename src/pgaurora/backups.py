@@ -101,16 +101,17 @@ class Backups:
                 self.archive.error = f"{type(exc).__name__}: {exc}"
 
     async def _schedule(self) -> None:
+        """Checked at once (a cluster without a backup gets its first now), then at a quarter of the
+        shortest interval, at most every SCHEDULE_POLL seconds."""
         every = [x / 4 for x in (self.config.full_every, self.config.incr_every) if x]
         while True:
-            await asyncio.sleep(min([SCHEDULE_POLL, *every]))
             kind = self._due(time.time())
-            if kind is None or self.service.operations.locked():
-                continue
-            try:
-                await self.backup(kind, scheduled=True)
-            except (ActionFailed, ClusterError) as exc:
-                self.service.events.record("backup_failed", f"scheduled {kind} backup failed: {exc}", type=kind)
+            if kind is not None and not self.service.operations.locked():
+                try:
+                    await self.backup(kind, scheduled=True)
+                except (ActionFailed, ClusterError) as exc:
+                    self.service.events.record("backup_failed", f"scheduled {kind} backup failed: {exc}", type=kind)
+            await asyncio.sleep(min([SCHEDULE_POLL, *every]))
 
     def _due(self, now: float) -> str | None:
         return due(self._cached, now, self.config.full_every, self.config.incr_every)
@@ -154,7 +155,8 @@ class Backups:
 
     def _record_failures(self, node: str) -> None:
         failed = self.archive.failed_count
-        if failed > self.failures_seen and (self.archive.last_failed_time or 0) > (self.archive.last_archived_time or 0):
+        newer = (self.archive.last_failed_time or 0) > (self.archive.last_archived_time or 0)
+        if failed > self.failures_seen and newer:
             self.archive_failures += failed - self.failures_seen
             self.service.events.record("archive_failed", f"{node} could not archive {self.archive.last_failed_wal} "
                                        f"({failed} failure(s) so far, {self.archive.pending} segment(s) waiting); "

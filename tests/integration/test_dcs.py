@@ -112,7 +112,8 @@ def _ids_on(node, table: str = "numbers") -> set[int]:
     return {int(x) for x in out.split(",")} if out else set()
 
 
-def test_both_instances_route_to_the_same_writer_and_show_the_same_leader(fresh_cluster, etcd, instances):
+def test_both_instances_route_alike_show_the_same_leader_follow_its_changes_and_back_each_other_up(
+        fresh_cluster, etcd, instances):
     cluster = fresh_cluster(replicas=2)
     a, b = instances(cluster, etcd.endpoints, "i1", "i2")
     leader, follower = _leader_and_other(a, b)
@@ -151,17 +152,11 @@ def test_both_instances_route_to_the_same_writer_and_show_the_same_leader(fresh_
         for _ in wait_until("proxy.<zone> to list both instances", TTL):
             if sorted(r.address for r in resolver.resolve(f"proxy.{instance.config.zone}", "A")) == hosts:
                 break
+    _followers_route_the_leaders_changes_within_one_watch_round_trip(leader, follower)
+    _a_multi_host_connection_string_survives_the_loss_of_an_instance(cluster, a, b)
 
 
-def _drained_at(instance: Instance, node: str, drained: bool, deadline: float) -> float:
-    for _ in wait_until(f"{instance.name} to show {node} drained={drained}", deadline, interval=0.01):
-        if next(n for n in instance.status()["nodes"] if n["name"] == node)["drained"] is drained:
-            return time.monotonic()
-
-
-def test_followers_route_a_change_of_the_leaders_within_one_watch_round_trip(fresh_cluster, etcd, instances):
-    cluster = fresh_cluster(replicas=2)
-    leader, follower = _leader_and_other(*instances(cluster, etcd.endpoints, "i1", "i2"))
+def _followers_route_the_leaders_changes_within_one_watch_round_trip(leader: Instance, follower: Instance) -> None:
     lags = []
     for drained in (True, False, True, False):  # polling alone (every ttl/4 + a probe) would take ~0.6 s
         path = "/drain/n2" if drained else "/undrain/n2"
@@ -172,9 +167,7 @@ def test_followers_route_a_change_of_the_leaders_within_one_watch_round_trip(fre
     assert max(lags) < 0.4, lags
 
 
-def test_a_multi_host_connection_string_survives_the_loss_of_an_instance(fresh_cluster, etcd, instances):
-    cluster = fresh_cluster(replicas=1)
-    a, b = instances(cluster, etcd.endpoints, "i1", "i2")
+def _a_multi_host_connection_string_survives_the_loss_of_an_instance(cluster, a: Instance, b: Instance) -> None:
     dsn = (f"host={a.writer[0]},{b.writer[0]} port={a.writer[1]},{b.writer[1]} user=postgres "
            f"password={cluster.password} dbname=postgres target_session_attrs=read-write connect_timeout=5")
     with psycopg.connect(dsn) as conn:
@@ -182,6 +175,12 @@ def test_a_multi_host_connection_string_survives_the_loss_of_an_instance(fresh_c
     os.kill(a.pid, signal.SIGKILL)
     with psycopg.connect(dsn) as conn:  # libpq moves on to the next host
         assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (cluster.primary.host,)
+
+
+def _drained_at(instance: Instance, node: str, drained: bool, deadline: float) -> float:
+    for _ in wait_until(f"{instance.name} to show {node} drained={drained}", deadline, interval=0.01):
+        if next(n for n in instance.status()["nodes"] if n["name"] == node)["drained"] is drained:
+            return time.monotonic()
 
 
 def test_leader_instance_and_primary_killed_together_survivor_promotes_losing_nothing(

@@ -218,11 +218,13 @@ def backups(admin_url, as_json) -> None:
 @cli.command()
 @click.option("--from", "source", required=True, type=click.Path(file_okay=False, exists=True),
               help="State directory of the cluster whose backups to restore (its repository is <dir>/backups).")
-@click.option("--to", "target", required=True, help="The moment to recover to, with its zone: '2026-11-28 10:15:00+00'.")
+@click.option("--to", "target", required=True,
+              help="The moment to recover to, with its zone: '2026-11-28 10:15:00+00'.")
 @click.option("--dir", "new_dir", required=True, type=click.Path(file_okay=False), help="Directory of the new cluster.")
 @click.option("--replicas", type=click.IntRange(0, 15), default=0, show_default=True)
 @click.option("--base-address", default=None, help="Loopback address of the new n1 (default: the source's + 16).")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port of the new nodes (default: the source's).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the new nodes (default: the source's).")
 @click.option("--repository", type=click.Path(file_okay=False, exists=True), default=None,
               help="The pgBackRest repository (default <from>/backups).")
 @click.option("--cipher-pass-file", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -263,7 +265,8 @@ def backtrack_command(admin_url, target, undo, yes) -> None:
                    f"unavailable {done['unavailable_seconds']:.2f} s")
         return
     click.echo(f"rewound to {done['recovered_to']} (the last commit at or before {target}); restored in "
-               f"{done['restore_seconds']:.1f} s\nendpoints now on {', '.join(done['nodes'])} (writer {done['writer']}); "
+               f"{done['restore_seconds']:.1f} s\nendpoints now on {', '.join(done['nodes'])} "
+               f"(writer {done['writer']}); "
                f"unavailable {done['unavailable_seconds']:.2f} s\nthe nodes before ({', '.join(done['previous'])}) are "
                "kept, stopped: `pgaurora backtrack --undo` moves back to them")
 

@@ -516,7 +516,8 @@ class Monitor:
             await prober.close()
             raise actions.ActionFailed(f"{writer} does not answer as a primary: {status.error or 'in recovery'}")
         await asyncio.gather(*(p.close() for p in self.probers.values()))
-        self.probers = {n.name: Prober(n, config.monitor, node_ssl(config.tls)) for n in config.nodes if n.name != writer}
+        self.probers = {n.name: Prober(n, config.monitor, node_ssl(config.tls))
+                        for n in config.nodes if n.name != writer}
         self.probers[writer] = prober
         self.config, self.nodes = config, {n.name: n for n in config.nodes}
         self.policy = policy_for(config, self.controller)
