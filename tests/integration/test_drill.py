@@ -20,6 +20,9 @@ from pgaurora.drill.workload import TABLE
 from tests.helpers import PGAURORA, Command, free_loopback_base, require_docker, service_config, write_config
 
 EVERY_FAULT = "kill-primary,stop-primary,pause-primary,kill-replica,isolate-primary,switchover,restart-pgaurora"
+# On Docker, the faults whose injection differs from local processes (docker kill, stop and pause), and a
+# switchover; the others act on addresses and on pgaurora itself, the same on both backends.
+DOCKER_FAULTS = "kill-primary,stop-primary,pause-primary,switchover"
 
 
 @pytest.mark.parametrize("backend", ["local", "docker"])
@@ -27,16 +30,17 @@ def test_a_drill_of_every_fault_loses_nothing_and_draws_its_timeline(backend, tm
     if backend == "docker":
         require_docker()
     out, png = tmp_path / "out.json", tmp_path / "out.png"
-    run = subprocess.run([*PGAURORA, "drill", "--backend", backend, "--faults", EVERY_FAULT, "--rounds", "1",
+    faults = EVERY_FAULT if backend == "local" else DOCKER_FAULTS
+    run = subprocess.run([*PGAURORA, "drill", "--backend", backend, "--faults", faults, "--rounds", "1",
                           "--json", str(out), "--plot", str(png), "--base-address", free_loopback_base(3)],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "100"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [r["fault"] for r in report["rounds"]] == EVERY_FAULT.split(",")
+    assert [r["fault"] for r in report["rounds"]] == faults.split(",")
     for r in report["rounds"]:
         assert r["lost"] == 0 and r["write_downtime"] is not None and r["write_downtime"] <= 5.0, r
     outcomes = {r["fault"]: r["outcome"] for r in report["rounds"]}
-    assert outcomes["isolate-primary"].startswith("no failover"), outcomes
+    assert outcomes.get("isolate-primary", "no failover").startswith("no failover"), outcomes
     assert outcomes["kill-primary"].startswith("failover n1 -> ")
     c = report["consistency"]
     assert (c["lost"], c["split_brain"]) == (0, 0) and c["acknowledged"] > 100

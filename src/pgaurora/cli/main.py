@@ -237,11 +237,13 @@ def restore(source, target, new_dir, replicas, base_address, port, repository, c
         os.environ.get("PGAURORA_CIPHER_PASS")
     done = restore_cluster(Path(source), target, Path(new_dir), replicas, base_address, port,
                            Path(repository) if repository else None, passphrase)
+    from ..compose.ports import free_ports
     nodes = ", ".join(f"{n.name} {n.host}:{n.port}" for n in done.cluster.nodes)
+    ports = " ".join(f"--{what}-port {port}" for what, port in zip(("writer", "reader", "admin", "dns"), free_ports(4)))
     click.echo(f"restored {done.cluster.name!r} into {done.cluster.root} in {done.seconds:.1f} s\n"
                f"recovered to  {done.recovered_to or 'the end of the archived WAL'} (the last commit at or "
-               f"before {target})\nnodes         {nodes}\nserve it with pgaurora up --dir {done.cluster.root} "
-               "--writer-port ... (other ports than the source's)")
+               f"before {target})\nnodes         {nodes}\nits endpoints: pgaurora up --dir {done.cluster.root} "
+               f"{ports}")
 
 
 @cli.command("backtrack")
