@@ -29,6 +29,14 @@ def check_settings(settings: dict[str, str]) -> None:
         raise ActionFailed("; ".join(problems))
 
 
+def _caught_up(topology, name: str, drained: bool) -> bool:
+    """Serving reads again; for a replica an operator drained, healthy (in time and lag) instead."""
+    if not drained:
+        return name in topology.readers
+    node = topology.by_name.get(name)
+    return node is not None and node.role is Role.REPLICA and node.health is Health.HEALTHY
+
+
 class Maintenance:
     """Replicas first, each drained, restarted and back in routing once caught up; then a planned switchover to
     a restarted replica; then the old primary, now a replica. Every step is a `maintenance` event, and the
@@ -74,6 +82,7 @@ class Maintenance:
     async def _restart_replica(self, cluster, name: str, settings, bindir, drain_timeout: float) -> None:
         self._require_healthy(f"stopped before {name}")
         monitor = self.service.monitor
+        kept_drained = self.service.hub.current.by_name[name].drained  # an operator's drain outlives the restart
         await monitor.request("drain", node=name)
         ended = await end_sessions(self.service, cluster, name, drain_timeout)
         self._step(f"{name} drained ({ended} session(s) ended at the {drain_timeout:g} s drain timeout); restarting",
@@ -81,14 +90,16 @@ class Maintenance:
         try:
             await asyncio.to_thread(cluster.restart_node, name, settings, bindir)
         except ClusterError as exc:
-            await monitor.request("undrain", node=name)
             raise ActionFailed(f"rolling restart stopped: {exc}") from None
-        await monitor.request("undrain", node=name)
-        back = await self.service.hub.wait_for(lambda t: name in t.readers, CATCH_UP_TIMEOUT)
+        finally:
+            if not kept_drained:
+                await monitor.request("undrain", node=name)
+        back = await self.service.hub.wait_for(lambda t: _caught_up(t, name, kept_drained), CATCH_UP_TIMEOUT)
         if back is None:
-            raise ActionFailed(f"rolling restart stopped: {name} restarted but did not catch up and serve reads "
-                               f"in {CATCH_UP_TIMEOUT:.0f} s; see `pgaurora status`")
-        self._step(f"{name} restarted, caught up and back in the reader endpoint", node=name)
+            raise ActionFailed(f"rolling restart stopped: {name} restarted but did not catch up in "
+                               f"{CATCH_UP_TIMEOUT:.0f} s; see `pgaurora status`")
+        where = "left drained, as it was" if kept_drained else "back in the reader endpoint"
+        self._step(f"{name} restarted, caught up and {where}", node=name)
 
     async def _rejoined(self, name: str) -> None:
         """The old primary shows as a healthy replica (the monitor sees it at its next probe)."""

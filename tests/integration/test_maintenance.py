@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.request
 
 from pgaurora.compose.background import WriteLoop
 from tests.helpers import PGAURORA, ReadSessions, service_config, wait_until
@@ -57,6 +58,7 @@ def test_rolling_restart_applies_a_setting_and_new_binaries_to_every_node_losing
     readers = ReadSessions(svc.reader, cluster.password, 4)
     try:
         writes.wait_acked(50, 10)
+        urllib.request.urlopen(urllib.request.Request(f"{svc.admin_url}/drain/n3", method="POST"), timeout=10)
         out = _maintenance(svc.admin_url, "--set", "shared_buffers=96MB", "--bindir", bindir, "--drain-timeout", "1")
         assert out.returncode == 0, out.stdout + out.stderr
         print(out.stdout)
@@ -68,6 +70,8 @@ def test_rolling_restart_applies_a_setting_and_new_binaries_to_every_node_losing
     for name in ("n1", "n2", "n3"):  # progress, live, for every node
         assert any(f"{name} restarted, caught up" in line for line in lines), out.stdout
     assert any("switching over from n1" in line for line in lines)
+    assert any("n3 restarted, caught up and left drained, as it was" in line for line in lines), out.stdout
+    assert svc.topology.by_name["n3"].drained  # the operator's drain outlived the restart
     pause = float(out.stdout.split("writer unavailable ")[1].split(" s")[0])
     assert pause < 3, out.stdout
     for node in cluster.nodes:

@@ -487,10 +487,13 @@ class LocalCluster:
         self._save()
 
     def _forget(self, node: LocalNode, upstream: LocalNode) -> None:
+        """Kill the node, drop its slot wherever one is (the writer's; a former writer's too, since an idle
+        slot keeps WAL), remove its files."""
         if node.running:
             node.kill()
-        if upstream.running:
-            self._drop_slot(upstream, node.name)
+        for other in (upstream, *(n for n in self.nodes if n not in (upstream, node))):
+            if other.running and other.name not in self.parked:
+                self._drop_slot(other, node.name)
         shutil.rmtree(node.home, ignore_errors=True)
 
     @staticmethod
