@@ -61,14 +61,14 @@ class Backtrack:
                     "unavailable_seconds": round(pause, 3), "previous": old, "kept_until": time.time() + self.keep}
 
     async def undo(self) -> dict:
-        cluster, _ = self._parts()
+        cluster, backups = self._parts()
         remembered = self._remembered()
         if remembered is None:
             raise ActionFailed("there is no backtrack to undo (or its nodes were removed when backtrack_keep ran out)")
         async with exclusive(self.service):
             previous = remembered["previous"]
             current = [n.name for n in cluster.nodes if n.name not in previous]
-            writer = await asyncio.to_thread(self._start, cluster, previous)
+            writer = await asyncio.to_thread(self._start, cluster, previous, backups.engine.restore_command)
             if writer is None:
                 raise ActionFailed(f"none of {', '.join(previous)} came back as a primary; nothing was moved")
             pause = await self._swap(cluster, leaving=current, coming=previous, writer=writer,
@@ -94,11 +94,15 @@ class Backtrack:
                 node.stop("fast")
 
     @staticmethod
-    def _start(cluster, names: list[str]) -> str | None:
-        """Start the nodes; the one that is a primary."""
+    def _start(cluster, names: list[str], restore_command) -> str | None:
+        """Start the nodes; the one that stopped as a primary comes back on a new timeline. That primary."""
+        primary = next((n for n in names if cluster.node(n).stopped_as_primary()), None)
+        if primary is not None:
+            cluster.promote_anew(primary, restore_command)
         for name in names:
-            cluster.node(name).start()
-        return next((n for n in names if cluster.node(n).sql("SELECT pg_is_in_recovery()") == "f"), None)
+            if name != primary:
+                cluster.node(name).start()
+        return primary
 
     def _config_for(self, cluster, names: list[str]) -> config_mod.Config:
         config = self.service.config

@@ -266,9 +266,26 @@ def test_backtrack_rewinds_behind_the_same_writer_endpoint_and_undo_moves_back(f
         assert _via(svc.writer, cluster.password, "SELECT to_regclass('precious') IS NULL") == (True,)
         assert svc.topology.writer == "n1" and svc.topology.epoch == epoch + 2
         assert LocalCluster.open(cluster.root).parked == ["n3", "n4"]  # a later `up` leaves them stopped
-        writes.wait_acked(len(writes.acked) + 20, 20)
+        timelines = {n.name: n.timeline for n in svc.topology.nodes}
+        assert timelines["n1"] == 3, timelines  # past the backtrack's 2: the line that runs is the newest
+        writes.wait_acked(len(writes.acked) + 20, 20)  # n2 follows n1 onto its new timeline: commits go on
     finally:
         writes.stop()
+    after_undo = cluster.node("n1").sql("SELECT clock_timestamp()")
+    cluster.node("n1").sql("CREATE TABLE written_after_the_undo ()")  # recovery stops at a commit past the target
+    _archived_up_to_now(svc, cluster)
+    new_dir = cluster_dir() / "restored"
+    try:  # a later point-in-time restore follows the line that runs, not the abandoned one
+        later = _cli("restore", "--from", str(cluster.root), "--to", after_undo, "--dir", str(new_dir),
+                     "--base-address", free_loopback_base(1), "--port", str(free_port()))
+        assert later.returncode == 0, later.stdout + later.stderr
+        restored = LocalCluster.open(new_dir)
+        restored.start()
+        assert restored.primary.sql("SELECT to_regclass('precious') IS NULL") == "t"
+        assert int(restored.primary.sql("SELECT max(id) FROM numbers")) >= max(writes.acked_ids()) - 1
+        restored.destroy()
+    finally:
+        shutil.rmtree(new_dir.parent, ignore_errors=True)
     unavailable = [float(x.split("unavailable ")[1].split(" s")[0]) for x in (out.stdout, undone.stdout)]
     assert all(u < 10 for u in unavailable), unavailable
     refused = _cli("backtrack", "--to", "2001-01-01 00:00:00+00", "--yes", "--admin", svc.admin_url)

@@ -61,6 +61,10 @@ class BackRest:
     def archive_command(self, node: LocalNode) -> str:
         return f"{self.binary} --config={self.conf} --stanza={self.stanza} --pg1-path={node.datadir} archive-push %p"
 
+    def restore_command(self, node: LocalNode) -> str:
+        return (f'{self.binary} --config={self.conf} --stanza={self.stanza} --pg1-path={node.datadir} '
+                'archive-get %f "%p"')
+
     def run(self, *args: str, timeout: float = 3600, check: bool = True):
         return self.user.run([self.binary, f"--config={self.conf}", f"--stanza={self.stanza}", *args],
                              timeout=timeout, check=check)

@@ -466,6 +466,36 @@ class LocalCluster:
         self._save()
         return made
 
+    def promote_anew(self, name: str, restore_command) -> None:
+        """Start a stopped primary through a recovery of its own line of WAL (restore_command(node) fetches what
+        the archive has) that ends in a promotion, so that
+        it runs on a timeline newer than any in the archive. After a backtrack is undone, the line that runs
+        must be the newest: a later point-in-time restore follows the newest timeline, not the abandoned one."""
+        node = self.node(name)
+        node.set_auto_conf(restore_command=restore_command(node), recovery_target_timeline="current")
+        (node.datadir / "recovery.signal").write_text("")
+        self.user.chown(str(node.datadir / "recovery.signal"))
+        try:
+            self._recover(node)
+        except ClusterError:
+            raise ClusterError(f"{name} did not come back through its recovery; its log ends with:\n"
+                               f"{node.log_tail()}") from None
+        for setting in ("restore_command", "recovery_target_timeline"):
+            node.sql(f"ALTER SYSTEM RESET {setting}")
+        node.sql("SELECT pg_reload_conf()")
+        self._fetch_histories(node, restore_command(node))
+
+    def _fetch_histories(self, node: LocalNode, restore_command: str) -> None:
+        """The history files of the timelines it skipped, into pg_wal: a standby following it asks for
+        every one between its timeline and the new one, and recovery only read them from the archive."""
+        newest = int(node.sql("SELECT timeline_id FROM pg_control_checkpoint()"))
+        for timeline in range(2, newest):
+            name = f"{timeline:08X}.history"
+            target = node.datadir / "pg_wal" / name
+            if not target.exists():
+                node.run_tool(["sh", "-c", restore_command.replace("%f", name).replace("%p", str(target))],
+                              check=False)
+
     def forget_nodes(self, names: list[str]) -> None:
         """Remove stopped nodes' files and entries (the other side of a backtrack, once its time is up)."""
         for name in names:

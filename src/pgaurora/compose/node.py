@@ -183,6 +183,12 @@ class LocalNode:
             raise ClusterError(f"pg_controldata of {self.name} shows no checkpoint location")
         return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
 
+    def stopped_as_primary(self) -> bool:
+        """Was this stopped node a primary when it stopped (pg_control's state: not 'in recovery')?"""
+        out = self.run_tool([self.bin("pg_controldata"), "-D", str(self.datadir)]).stdout
+        state = re.search(r"Database cluster state:\s+(.+)", out)
+        return state is not None and state.group(1).strip() == "shut down"
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
