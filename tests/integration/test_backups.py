@@ -110,11 +110,17 @@ def test_point_in_time_restore_brings_back_exactly_the_rows_committed_up_to_the_
                                                                                        failover):
     cluster = fresh_cluster(replicas=1)
     secret = _secret(cluster.root.parent)
-    svc = service(service_config(cluster, backup={"cipher_pass_file": secret}), controller=cluster)
+    schedule = {} if failover else {"full_every": 3600}  # without a failover, the schedule takes the backup
+    svc = service(service_config(cluster, backup={"cipher_pass_file": secret, **schedule}), controller=cluster)
     writer = cluster.node(svc.topology.writer)
     writer.sql(f"CREATE TABLE marks (id int PRIMARY KEY, note text DEFAULT '{MARKER}')")
-    made = _cli("backup", "--admin", svc.admin_url)
-    assert made.returncode == 0 and "full backup" in made.stdout and "from n2" in made.stdout, made.stderr
+    if failover:
+        made = _cli("backup", "--admin", svc.admin_url)
+        assert made.returncode == 0 and "full backup" in made.stdout and "from n2" in made.stdout, made.stderr
+    else:
+        for _ in wait_until("a scheduled full backup", 30):
+            if any(e["kind"] == "backup" and "(scheduled)" in e["reason"] for e in svc.service.events.recent()):
+                break
     backed_up = time.time()
     rows = Rows(svc.writer, cluster.password)
     try:
@@ -161,6 +167,24 @@ def test_point_in_time_restore_brings_back_exactly_the_rows_committed_up_to_the_
         assert _restored_ids(new_dir) == expected  # no more and no fewer
         if not failover:
             _check_the_repository_is_encrypted(svc, cluster, target, cluster_dir() / "refused")
+            _a_restore_to_the_range_end_has_every_archived_row(svc, cluster, secret, len(commits))
+    finally:
+        shutil.rmtree(new_dir.parent, ignore_errors=True)
+
+
+def _a_restore_to_the_range_end_has_every_archived_row(svc, cluster, secret: str, rows: int) -> None:
+    """The archive ends before any commit past the range's end, so recovery runs to the archive's end."""
+    writer = cluster.node(svc.topology.writer)
+    writer.sql("CREATE TABLE marks AS SELECT generate_series(1, %d) AS id" % rows)
+    _archived_up_to_now(svc, cluster)
+    end = json.loads(_cli("backups", "--json", "--admin", svc.admin_url).stdout)["restorable"]["to"]
+    inside = datetime.fromtimestamp(end - 0.01).astimezone()
+    new_dir = cluster_dir() / "restored"
+    try:
+        out = _cli("restore", "--from", str(cluster.root), "--to", str(inside), "--dir", str(new_dir),
+                   "--base-address", free_loopback_base(1), "--port", str(free_port()), "--cipher-pass-file", secret)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert len(_restored_ids(new_dir)) == rows
     finally:
         shutil.rmtree(new_dir.parent, ignore_errors=True)
 
@@ -182,32 +206,6 @@ def _check_the_repository_is_encrypted(svc, cluster, target: datetime, new_dir) 
         out = _cli("restore", "--from", str(cluster.root), "--to", "2001-01-01 00:00:00+00", "--dir", str(new_dir),
                    "--cipher-pass-file", _secret(cluster.root.parent))
         assert out.returncode == 1 and "outside the restorable range: from 20" in out.stderr, out.stderr
-    finally:
-        shutil.rmtree(new_dir.parent, ignore_errors=True)
-
-
-def test_the_schedule_backs_up_by_itself_and_a_restore_to_the_range_end_has_every_archived_row(
-        fresh_cluster, service):
-    cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster, backup={"full_every": 3600}), controller=cluster)
-    cluster.node(svc.topology.writer).sql("CREATE TABLE marks AS SELECT generate_series(1, 1000) AS id")
-    for _ in wait_until("a scheduled full backup", 30):
-        if any(e["kind"] == "backup" and "(scheduled)" in e["reason"] for e in svc.service.events.recent()):
-            break
-    backed_up = time.time()
-    for _ in wait_until("the backup's last second over", 5):
-        if time.time() > backed_up + 1.1:
-            break
-    _archived_up_to_now(svc, cluster)
-    # The end of the range: the archive ends before any commit past it, so recovery runs to the archive's end.
-    end = json.loads(_cli("backups", "--json", "--admin", svc.admin_url).stdout)["restorable"]["to"]
-    new_dir = cluster_dir() / "restored"
-    try:
-        inside = datetime.fromtimestamp(end - 0.01).astimezone()
-        out = _cli("restore", "--from", str(cluster.root), "--to", str(inside), "--dir", str(new_dir),
-                   "--base-address", free_loopback_base(1), "--port", str(free_port()))
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert len(_restored_ids(new_dir)) == 1000
     finally:
         shutil.rmtree(new_dir.parent, ignore_errors=True)
 

@@ -150,8 +150,9 @@ def test_status_fits_80_columns_with_full_addresses(proxy):
     assert "upstream" in wide.stdout and "clients" in wide.stdout
 
 
-@pytest.mark.parametrize("step", ["create:prepare", "create:primary", "create:clone:n2", "create:sync",
-                                  "create:save"])
+# The first step, one in the middle and the last: each failure goes through the same clean-up (_discard),
+# which must remove whatever the steps before it made, from nothing to everything.
+@pytest.mark.parametrize("step", ["create:prepare", "create:clone:n2", "create:save"])
 def test_a_create_that_fails_at_any_step_removes_what_it_made(step, monkeypatch):
     root = cluster_dir()
     try:
