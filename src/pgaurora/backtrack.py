@@ -44,6 +44,8 @@ class Backtrack:
         moment = parse_time(target)
         async with exclusive(self.service):
             await asyncio.to_thread(check_range, backups.engine, moment)
+            if cluster.parked:  # one backtrack can be undone at a time: the one before is over
+                await self._forget(cluster, "a new backtrack began")
             old = [n.name for n in cluster.nodes]
             started = time.monotonic()
             restore = lambda node: backups.engine.restore(node.datadir, moment.isoformat(sep=" "))  # noqa: E731
@@ -137,7 +139,12 @@ class Backtrack:
             if state is None or time.time() < state["until"] or self.service.operations.locked():
                 continue
             async with exclusive(self.service):
-                await asyncio.to_thread(self.service.monitor.controller.forget_nodes, state["previous"])
-                self._path().unlink(missing_ok=True)
-                self.service.events.record("backtrack_expired", f"{', '.join(state['previous'])} removed: the "
-                                           "backtrack can no longer be undone", nodes=state["previous"])
+                await self._forget(self.service.monitor.controller, "backtrack_keep ran out")
+
+    async def _forget(self, cluster, why: str) -> None:
+        """Remove the parked nodes: the last backtrack can no longer be undone."""
+        parked = list(cluster.parked)
+        await asyncio.to_thread(cluster.forget_nodes, parked)
+        self._path().unlink(missing_ok=True)
+        self.service.events.record("backtrack_expired", f"{', '.join(parked)} removed ({why}): the last backtrack "
+                                   "can no longer be undone", nodes=parked)

@@ -286,6 +286,11 @@ def test_backtrack_rewinds_behind_the_same_writer_endpoint_and_undo_moves_back(f
         shutil.rmtree(new_dir.parent, ignore_errors=True)
     unavailable = [float(x.split("unavailable ")[1].split(" s")[0]) for x in (out.stdout, undone.stdout)]
     assert all(u < 10 for u in unavailable), unavailable
+    again = _cli("backtrack", "--to", before, "--yes", "--admin", svc.admin_url)  # ends the first one's undo
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _via(svc.writer, cluster.password, "SELECT count(*) FROM precious") == (100,)
+    assert any(e["kind"] == "backtrack_expired" for e in svc.service.events.recent())
+    assert LocalCluster.open(cluster.root).parked == ["n1", "n2"] and not (cluster.root / "n5").exists()
     refused = _cli("backtrack", "--to", "2001-01-01 00:00:00+00", "--yes", "--admin", svc.admin_url)
     assert refused.returncode == 1 and "outside the restorable range" in refused.stderr
 
