@@ -52,3 +52,21 @@ def test_the_passphrase_is_given_one_way_only_and_an_unset_variable_is_named(mon
     message = str(info.value)
     assert "give the passphrase one way only" in message and "NO_SUCH_PASS is not set" in message
     assert "'repo1-path' is not a repo1-* option" in message
+
+
+def test_the_repository_options_reach_pgbackrest_and_its_config_file_is_private(tmp_path):
+    pytest.importorskip("pgaurora.compose.backrest")
+    from pgaurora.compose.backrest import BackRest, find_pgbackrest
+    from pgaurora.compose.runas import server_user
+    from pgaurora.errors import ClusterError
+    try:
+        find_pgbackrest()
+    except ClusterError:
+        pytest.skip("pgBackRest is installed by .ci/run")
+    options = {"repo1-type": "s3", "repo1-s3-bucket": "backups", "repo1-s3-endpoint": "s3.example.net"}
+    engine = BackRest(tmp_path, "demo", server_user(), passphrase="secret", options=options)
+    engine.write_config()
+    lines = engine.conf.read_text().splitlines()
+    assert {"repo1-type=s3", "repo1-s3-bucket=backups", "repo1-s3-endpoint=s3.example.net",
+            "repo1-cipher-type=aes-256-cbc", "repo1-cipher-pass=secret"} <= set(lines)
+    assert engine.conf.stat().st_mode & 0o777 == 0o600
