@@ -120,6 +120,12 @@ class ServiceThread(BackgroundService):
             raise AssertionError(str(exc)) from None
 
 
+def ids_on(node, table: str = "numbers") -> set[int]:
+    """The ids in a table of a node, as the node itself has them (the write loops' tables)."""
+    out = node.sql(f"SELECT string_agg(id::text, ',') FROM {table}")
+    return {int(x) for x in out.split(",")} if out else set()
+
+
 def hosts_through(dsn: str, count: int = 12) -> set[str]:
     """The node addresses `count` new sessions on dsn reached."""
     import psycopg

@@ -18,7 +18,7 @@ from pgaurora.compose import LocalCluster
 from pgaurora.compose.backrest import find_pgbackrest
 from pgaurora.errors import ClusterError
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, cluster_dir, free_loopback_base, free_port, service_config, wait_until
+from tests.helpers import PGAURORA, cluster_dir, free_loopback_base, free_port, ids_on, service_config, wait_until
 
 try:
     find_pgbackrest()
@@ -99,8 +99,7 @@ def _restored_ids(new_dir) -> set[int]:
     restored = LocalCluster.open(new_dir)
     restored.start()
     try:
-        out = restored.primary.sql("SELECT string_agg(id::text, ',') FROM marks")
-        return {int(x) for x in out.split(",")} if out else set()
+        return ids_on(restored.primary, "marks")
     finally:
         restored.destroy()
 

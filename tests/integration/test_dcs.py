@@ -22,8 +22,8 @@ from pgaurora.compose.background import WriteLoop
 from pgaurora.compose.certs import CertAuthority
 from pgaurora.compose.etcd import EtcdCluster, find_etcd
 from pgaurora.errors import ClusterError
-from tests.helpers import (PGAURORA, Command, cluster_dir, free_loopback_base, free_ports, observe, service_config,
-                           wait_until, write_config)
+from tests.helpers import (PGAURORA, Command, cluster_dir, free_loopback_base, free_ports, ids_on, observe,
+                           service_config, wait_until, write_config)
 
 try:
     find_etcd()
@@ -105,11 +105,6 @@ def _leader_and_other(a: Instance, b: Instance) -> tuple[Instance, Instance]:
         if sorted(roles.values()) == ["follower", "leader"]:
             break
     return (a, b) if roles[a.name] == "leader" else (b, a)
-
-
-def _ids_on(node, table: str = "numbers") -> set[int]:
-    out = node.sql(f"SELECT string_agg(id::text, ',') FROM {table}")
-    return {int(x) for x in out.split(",")} if out else set()
 
 
 def test_both_instances_route_alike_show_the_same_leader_follow_its_changes_and_back_each_other_up(
@@ -210,7 +205,7 @@ def test_leader_instance_and_primary_killed_together_survivor_promotes_losing_no
     assert survivor.status()["dcs"]["role"] == "leader"
     new = cluster.node(failover["new_writer"])
     acked = {i for i, _ in writes.acked}
-    assert acked <= _ids_on(new), f"lost acknowledged writes: {sorted(acked - _ids_on(new))[:10]}"
+    assert acked <= ids_on(new), f"lost acknowledged writes: {sorted(acked - ids_on(new))[:10]}"
 
 
 def test_a_leader_that_dies_in_the_middle_of_a_failover_is_succeeded_and_the_failover_completed(

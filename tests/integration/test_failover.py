@@ -11,7 +11,7 @@ import urllib.request
 import dns.resolver
 import psycopg
 
-from tests.helpers import PGAURORA, TcpRelay, hosts_through, observe, service_config, wait_until
+from tests.helpers import PGAURORA, TcpRelay, hosts_through, ids_on, observe, service_config, wait_until
 
 
 def _events(svc, kind: str) -> list[dict]:
@@ -26,11 +26,6 @@ def _resolve(svc, name: str) -> list[str]:
         return sorted(r.address for r in resolver.resolve(f"{name}.{svc.config.zone}", "A"))
     except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN, dns.exception.Timeout):
         return []
-
-
-def _ids_on(node, table: str = "numbers") -> set[int]:
-    out = node.sql(f"SELECT string_agg(id::text, ',') FROM {table}")
-    return {int(x) for x in out.split(",")} if out else set()
 
 
 def _hosts_through(svc, endpoint: str, count: int = 12) -> set[str]:
@@ -72,7 +67,7 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(fresh_clu
     assert dns_seen["at"] - failover["phases"]["promoted"] < 1.0
     assert _resolve(svc, "writer") == [new.host]
     acked = {i for i, _ in writes.acked}
-    assert acked <= _ids_on(new), f"lost acknowledged writes: {sorted(acked - _ids_on(new))[:10]}"
+    assert acked <= ids_on(new), f"lost acknowledged writes: {sorted(acked - ids_on(new))[:10]}"
 
     other = next(n for n in cluster.replicas if n is not new)
     for _ in wait_until("the other replica to stream from the new primary", 15):
@@ -143,7 +138,7 @@ def test_fenced_primary_rejoins_automatically_by_default(fresh_cluster, service)
         if "n1" in svc.topology.readers:
             break
     acked = {i for i, _ in writes.acked}
-    assert acked <= _ids_on(cluster.primary)
+    assert acked <= ids_on(cluster.primary)
 
 
 def test_monitor_cut_off_from_primary_alone_causes_no_failover(fresh_cluster, service):
@@ -186,7 +181,7 @@ def test_switchover_under_write_loop_loses_no_acknowledged_write(fresh_cluster, 
     assert svc.topology.writer == "n3" and _hosts_through(svc, "writer", 3) == {n3.host}
     assert n1.sql("SELECT pg_is_in_recovery()") == "t"
     acked = {i for i, _ in writes.acked}
-    assert acked <= _ids_on(n3), f"lost: {sorted(acked - _ids_on(n3))[:10]}"
+    assert acked <= ids_on(n3), f"lost: {sorted(acked - ids_on(n3))[:10]}"
     for _ in wait_until("the old primary to stream from the new one", 15):
         if n1.sql("SELECT sender_host || ':' || status FROM pg_stat_wal_receiver") == f"{n3.host}:streaming":
             break
@@ -255,7 +250,7 @@ def test_frozen_primary_fails_over_within_3_seconds(fresh_cluster, service):
     back = writes.resumed_after(frozen) - frozen
     assert back <= 3.0, f"writes came back {back:.2f} s after the primary froze"
     new = cluster.node(svc.topology.writer)
-    assert {i for i, _ in writes.acked} <= _ids_on(new)
+    assert {i for i, _ in writes.acked} <= ids_on(new)
     for _ in wait_until("the thawed old primary to be fenced or rejoined, never routed", 20):
         if svc.topology.node("n1").role.value in ("fenced", "replica"):
             break

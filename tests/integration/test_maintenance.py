@@ -8,17 +8,12 @@ import subprocess
 import urllib.request
 
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, ReadSessions, service_config, wait_until
+from tests.helpers import PGAURORA, ReadSessions, ids_on, service_config, wait_until
 
 
 def _maintenance(admin: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*PGAURORA, "maintenance", "restart", *args, "--admin", admin], capture_output=True,
                           text=True, timeout=600)
-
-
-def _ids(node) -> set[int]:
-    out = node.sql("SELECT string_agg(id::text, ',') FROM numbers")
-    return {int(x) for x in out.split(",")} if out else set()
 
 
 def _new_binaries(cluster) -> str:
@@ -80,7 +75,7 @@ def test_rolling_restart_applies_a_setting_and_new_binaries_to_every_node_losing
         assert argv0.startswith(bindir), (node.name, argv0)
     assert json.loads((cluster.root / "cluster.json").read_text())["bindir"] == bindir
     writer = cluster.node(svc.topology.writer)
-    assert svc.topology.writer != "n1" and writes.acked_ids() <= _ids(writer)  # 0 acknowledged writes lost
+    assert svc.topology.writer != "n1" and writes.acked_ids() <= ids_on(writer)  # 0 acknowledged writes lost
     gaps = [b - a for (_, a), (_, b) in zip(writes.acked, writes.acked[1:])]
     print(f"longest pause between acknowledged writes: {max(gaps):.2f} s")
     assert all(e["sqlstate"] == "57P01" for e in readers.errors), readers.errors[:3]

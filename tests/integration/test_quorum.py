@@ -13,14 +13,9 @@ from contextlib import contextmanager
 import asyncpg
 import pytest
 
-from tests.helpers import observe, service_config, wait_until
+from tests.helpers import ids_on, observe, service_config, wait_until
 
 PGAURORA = [sys.executable, "-m", "pgaurora"]
-
-
-def _ids_on(node, table: str = "numbers") -> set[int]:
-    out = node.sql(f"SELECT string_agg(id::text, ',') FROM {table}")
-    return {int(x) for x in out.split(",")} if out else set()
 
 
 @contextmanager
@@ -99,7 +94,7 @@ def test_primary_and_the_acknowledging_standby_dying_together_block_failover_unt
         for w in loops:
             w.stop()
     for i, w in enumerate(loops):
-        lost = w.acked_ids() - _ids_on(n2, f"numbers{i}")
+        lost = w.acked_ids() - ids_on(n2, f"numbers{i}")
         assert not lost, f"lost {len(lost)} acknowledged commits in numbers{i}"
 
 
@@ -139,7 +134,7 @@ def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_recor
     status = json.loads(_cli(svc, "status", "--json").stdout)
     assert status["last_unsafe_failover"]["loss_bound_bytes"] == event["loss_bound_bytes"]
     assert "may be lost" in _cli(svc, "status").stdout
-    lost = writes.acked_ids() - _ids_on(n3)
+    lost = writes.acked_ids() - ids_on(n3)
     assert lost, "n3 missed the commits n2 alone acknowledged: this failover did lose data, as it said"
 
 
@@ -161,5 +156,5 @@ def test_a_standby_that_caught_up_before_the_voters_shrank_is_promoted_with_noth
                 break
     finally:
         writes.stop()
-    assert not writes.acked_ids() - _ids_on(n3)
+    assert not writes.acked_ids() - ids_on(n3)
     assert "failover_blocked" not in _kinds(svc)

@@ -9,12 +9,7 @@ import time
 
 
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, ReadSessions, refused, service_config, wait_until
-
-
-def _ids(node) -> set[int]:
-    out = node.sql("SELECT string_agg(id::text, ',') FROM numbers")
-    return {int(x) for x in out.split(",")} if out else set()
+from tests.helpers import PGAURORA, ReadSessions, ids_on, refused, service_config, wait_until
 
 
 def _replicas(admin: str, *args: str, timeout: float = 300) -> str:
@@ -48,7 +43,7 @@ def test_scaling_one_to_three_to_one_replicas_under_load_keeps_both_endpoints_se
                 break
         acked = writes.acked_ids()
         for _ in wait_until("n4 to hold every write acknowledged so far", 10):
-            if acked <= _ids(cluster.node("n4")):
+            if acked <= ids_on(cluster.node("n4")):
                 break
 
         removed_hosts, began = {}, {}
