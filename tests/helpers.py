@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import psycopg
 import tomli_w
@@ -308,3 +308,55 @@ def refused(url: str, method: str = "POST") -> tuple[int, str]:
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
     raise AssertionError(f"{method} {url} succeeded")
+
+
+class RowWriter:
+    """Inserts one row per transaction (ids counting up from 1000), reconnecting after errors.
+
+    An INSERT whose acknowledgement is lost (the connection dies at a failover) may have committed
+    all the same: its outcome is unknown. Retrying the same id could then hit the primary key
+    forever, so every attempt takes a fresh id; ids whose outcome is unknown are kept in `unknown`.
+    """
+
+    def __init__(self, connect: Callable[[], Any], pace: float = 0.01) -> None:
+        self.connect, self.pace = connect, pace
+        self.inserted: list[int] = []   # acknowledged
+        self.unknown: list[int] = []    # failed: committed or not, nobody knows
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def through(cls, address: tuple[str, int], password: str) -> "RowWriter":
+        """A writer into table marks through a PostgreSQL endpoint (psycopg, autocommit)."""
+        return cls(lambda: psycopg.connect(host=address[0], port=address[1], user="postgres", password=password,
+                                           dbname="postgres", autocommit=True, connect_timeout=5))
+
+    def _run(self) -> None:
+        conn, next_id = None, 1000
+        while not self._stop.is_set():
+            attempt = None
+            try:
+                conn = conn or self.connect()
+                attempt, next_id = next_id, next_id + 1   # never retried: a lost ack may hide a commit
+                conn.execute("INSERT INTO marks (id) VALUES (%s)", (attempt,))
+                self.inserted.append(attempt)
+            except psycopg.Error as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                if attempt is not None:
+                    self.unknown.append(attempt)
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._stop.wait(self.pace)  # pacing of the workload
+
+    def wait_for(self, count: int, timeout: float = 20) -> None:
+        start = len(self.inserted)
+        for _ in wait_until(f"{count} more rows", timeout):
+            if len(self.inserted) >= start + count:
+                break
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(30)

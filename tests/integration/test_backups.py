@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 from datetime import datetime
@@ -18,7 +17,7 @@ from pgaurora.compose import LocalCluster
 from pgaurora.compose.backrest import find_pgbackrest
 from pgaurora.errors import ClusterError
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, cluster_dir, free_loopback_base, free_port, ids_on, service_config, wait_until
+from tests.helpers import PGAURORA, RowWriter, cluster_dir, free_loopback_base, free_port, ids_on, service_config, wait_until
 
 try:
     find_pgbackrest()
@@ -26,46 +25,6 @@ except ClusterError:
     pytest.skip("pgBackRest is installed by .ci/run (Debian's pgbackrest)", allow_module_level=True)
 
 MARKER = "PLAINTEXT-MARKER-7f3a9c"
-
-
-class Rows:
-    """Inserts one row per transaction through the writer endpoint, reconnecting after errors."""
-
-    def __init__(self, address: tuple[str, int], password: str) -> None:
-        self.address, self.password = address, password
-        self.inserted: list[int] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        conn, next_id = None, 1000
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = psycopg.connect(host=self.address[0], port=self.address[1], user="postgres",
-                                           password=self.password, dbname="postgres", autocommit=True,
-                                           connect_timeout=5)
-                conn.execute("INSERT INTO marks (id) VALUES (%s)", (next_id,))
-                self.inserted.append(next_id)
-                next_id += 1
-            except psycopg.Error as exc:
-                self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                if conn is not None:
-                    conn.close()
-                conn = None
-            self._stop.wait(0.01)  # pacing of the workload
-
-    def wait_for(self, count: int, timeout: float = 20) -> None:
-        start = len(self.inserted)
-        for _ in wait_until(f"{count} more rows", timeout):
-            if len(self.inserted) >= start + count:
-                break
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(30)
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -121,7 +80,7 @@ def test_point_in_time_restore_brings_back_exactly_the_rows_committed_up_to_the_
             if any(e["kind"] == "backup" and "(scheduled)" in e["reason"] for e in svc.service.events.recent()):
                 break
     backed_up = time.time()
-    rows = Rows(svc.writer, cluster.password)
+    rows = RowWriter.through(svc.writer, cluster.password)
     try:
         for _ in wait_until("the backup's last second over", 5):
             if time.time() > backed_up + 1.1:

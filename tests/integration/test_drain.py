@@ -31,10 +31,14 @@ def test_drained_replica_gets_no_new_reader_sessions_keeps_its_open_ones_and_com
     for _ in wait_until("both replicas to serve reads", 15):
         if _reader_hosts(svc, 6) == {n2.host, n3.host}:
             break
-    with psycopg.connect(svc.dsn("reader", connect_timeout=10), autocommit=True) as on_n2:
-        while on_n2.execute("SELECT host(inet_server_addr())").fetchone()[0] != n2.host:
+    on_n2 = None
+    for _ in wait_until("a reader session on n2", 15):
+        if on_n2 is not None:
             on_n2.close()
-            on_n2 = psycopg.connect(svc.dsn("reader", connect_timeout=10), autocommit=True)
+        on_n2 = psycopg.connect(svc.dsn("reader", connect_timeout=10), autocommit=True)
+        if on_n2.execute("SELECT host(inet_server_addr())").fetchone()[0] == n2.host:
+            break
+    with on_n2:
         out = _cli(svc, "drain", "n2")
         assert out.returncode == 0 and "n2 drained" in out.stdout, out.stderr
         assert _reader_hosts(svc) == {n3.host} and _reader_dns(svc) == [n3.host]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -19,14 +20,17 @@ class OrderApp:
     def __init__(self, writer_url: str, reader_url: str) -> None:
         self.writer_url, self.reader_url, self.conn = writer_url, reader_url, None
         with psycopg.connect(writer_url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, placed timestamptz DEFAULT now())")
+            conn.execute("CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, request uuid UNIQUE NOT NULL, "
+                         "placed timestamptz DEFAULT now())")
 
     def place_order(self) -> None:
-        deadline = time.monotonic() + 30
+        """Retries are idempotent: an INSERT whose acknowledgement was lost may have committed."""
+        deadline, request = time.monotonic() + 30, uuid.uuid4()
         while True:
             try:
                 self.conn = self.conn or psycopg.connect(self.writer_url, autocommit=True, connect_timeout=10)
-                self.conn.execute("INSERT INTO orders DEFAULT VALUES")
+                self.conn.execute("INSERT INTO orders (request) VALUES (%s) ON CONFLICT (request) DO NOTHING",
+                                  (request,))
                 return
             except psycopg.OperationalError:
                 self.conn = None
