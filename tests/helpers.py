@@ -11,8 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -20,6 +19,7 @@ import psycopg
 import tomli_w
 
 from pgaurora import config as config_mod
+from pgaurora.admin import client as admin_client
 from pgaurora.compose import LocalCluster
 from pgaurora.compose.ports import free_port, free_ports  # noqa: F401 (tests import them from here)
 from pgaurora.compose.background import BackgroundService, WriteLoop
@@ -301,12 +301,19 @@ class ReadSessions:
             thread.join(30)
 
 
-def refused(url: str, method: str = "POST") -> tuple[int, str]:
-    """An admin request that must fail: its HTTP status and body (AssertionError if it succeeds)."""
+def admin(url: str, method: str = "GET", body: Any = None, timeout: float = 30, token: str | None = None) -> Any:
+    """A request to an admin URL (http://host:port/path?query) with the token the CLI would send."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return admin_client.call(f"{parts.scheme}://{parts.netloc}", path, method, body, timeout, token)
+
+
+def refused(url: str, method: str = "POST", body: Any = None, token: str | None = None) -> tuple[int, str]:
+    """An admin request that must fail: its HTTP status and message (AssertionError if it succeeds)."""
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        admin(url, method, body, 60, token)
+    except admin_client.AdminError as exc:
+        return exc.status, exc.message + "".join(f"\n{p}" for p in exc.problems)
     raise AssertionError(f"{method} {url} succeeded")
 
 
@@ -360,3 +367,15 @@ class RowWriter:
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(30)
+
+
+def admin_tokens(directory: Path, **scopes: str) -> tuple[list[dict], dict[str, str]]:
+    """Token files (mode 600) for [[admin.tokens]], one per name=scope; returns the config and the tokens."""
+    tokens, config = {}, []
+    for name, scope in scopes.items():
+        path = Path(directory) / f"{name}.token"
+        tokens[name] = f"{name}-{random.getrandbits(64):016x}"
+        path.write_text(tokens[name] + "\n")
+        os.chmod(path, 0o600)
+        config.append({"name": name, "scope": scope, "file": str(path)})
+    return config, tokens

@@ -1,18 +1,23 @@
-"""mkdocs hook: the configuration reference, generated from pgaurora's pydantic models at build time.
+"""mkdocs hook: the configuration and admin API references, generated from pgaurora's own models at build time.
 
 A page holding `<!-- config-reference -->` gets one table per section. A setting without a description
-fails the build, so the reference can neither drift from the code nor miss a key.
+fails the build, so the reference can neither drift from the code nor miss a key. A page holding
+`<!-- api-reference -->` gets the admin routes from the route table's OpenAPI document, which the site
+also serves as openapi.json.
 """
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 
 from pydantic import BaseModel
 
+from pgaurora.admin.routes import openapi
 from pgaurora.config import Config, LagLimit
 
 MARKER = "<!-- config-reference -->"
+API_MARKER = "<!-- api-reference -->"
 
 
 def _default(value: object) -> str:
@@ -62,5 +67,39 @@ def _section(annotation) -> type[BaseModel] | None:
     return None
 
 
+def _parameters(op: dict) -> list[str]:
+    rows = [(p["name"], p["in"], p["schema"], p.get("description", ""), p.get("required", False))
+            for p in op.get("parameters", [])]
+    body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    rows += [(n, "body", s, s.get("description", ""), n in body.get("required", []))
+             for n, s in body.get("properties", {}).items()]
+    out = []
+    for name, where, schema, text, required in rows:
+        kind = schema.get("type") or "/".join(a.get("type", "?") for a in schema.get("anyOf", []))
+        limits = ", ".join(f"{k} {schema[k]}" for k in ("minimum", "maximum", "enum", "pattern") if k in schema)
+        default = "required" if required else f"default `{json.dumps(schema.get('default'))}`"
+        out.append(f"| `{name}` | {where} | {kind}{' (' + limits + ')' if limits else ''} | {default} | {text} |")
+    return out
+
+
+def api_reference() -> str:
+    doc, out = openapi("docs"), []
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            out += [f"### `{method.upper()} {path}`", "", f"{op['summary']} Scope: **{op['x-pgaurora-scope']}**. "
+                    + op.get("description", ""), ""]
+            rows = _parameters(op)
+            if rows:
+                out += ["| parameter | in | type | default | meaning |", "|---|---|---|---|---|", *rows, ""]
+    return "\n".join(out)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    return markdown.replace(MARKER, reference()) if MARKER in markdown else markdown
+    markdown = markdown.replace(MARKER, reference()) if MARKER in markdown else markdown
+    return markdown.replace(API_MARKER, api_reference()) if API_MARKER in markdown else markdown
+
+
+def on_files(files, config):
+    from mkdocs.structure.files import File
+    files.append(File.generated(config, "openapi.json", content=json.dumps(openapi("docs"), indent=2)))
+    return files

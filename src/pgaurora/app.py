@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from .admin import AdminServer
+from .admin.server import AdminServer
 from .backtrack import Backtrack
 from .backups import Backups
 from . import config as config_mod, reconfigure

@@ -191,11 +191,57 @@ class CustomEndpointConfig(Listen):
         return self
 
 
+class AdminScope(str, Enum):
+    """What an admin credential may do; each scope includes the ones before it."""
+
+    READ = "read"  # /status, /events, /metrics, /backups, /openapi.json
+    OPERATE = "operate"  # switchover, drain, reload, scaling, backups, maintenance, rejoin
+    ADMIN = "admin"  # failover with data loss, backtrack, removal of a node
+
+    def allows(self, needed: "AdminScope") -> bool:
+        order = list(AdminScope)
+        return order.index(self) >= order.index(needed)
+
+
+class AdminToken(_Frozen):
+    """One credential of the admin API (`[[admin.tokens]]`): a bearer token kept in a file, with a scope."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    """Name the audit trail records for requests made with this token."""
+    scope: AdminScope
+    """`read`, `operate` or `admin`."""
+    file: str
+    """File holding the token (mode 600: readable by pgaurora's user alone); read at start."""
+
+    @model_validator(mode="after")
+    def _file(self) -> "AdminToken":
+        problems = _secret_file_problems(f"token {self.name!r} file", self.file)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class AdminConfig(Listen):
-    """The admin HTTP endpoint: /status, /events, /metrics, /switchover, /failover, /rejoin."""
+    """The admin HTTP API (its routes: docs/api.md or GET /openapi.json); every request needs a bearer token."""
 
     port: Port = 6434
     """Port to listen on."""
+    tokens: tuple[AdminToken, ...] = ()
+    """Bearer tokens with their scopes, beside the `local` admin token pgaurora keeps itself."""
+    token_file: str | None = None
+    """Where pgaurora keeps its own `admin`-scope token (name `local`), made with mode 600 at the first start:
+    default `<state_dir>/admin.token`. The CLI finds it through a copy under ~/.local/state/pgaurora/admin/."""
+    open_metrics: bool = False
+    """Serve GET /metrics without a token, for a scraper that cannot send one."""
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique(cls, tokens: tuple[AdminToken, ...]) -> tuple[AdminToken, ...]:
+        names = [t.name for t in tokens]
+        taken = sorted({n for n in names if names.count(n) > 1} | ({"local"} & set(names)))
+        if taken:
+            raise ValueError(f"token names must be unique and not 'local' (pgaurora's own): {', '.join(taken)}")
+        return tokens
 
 
 class DnsConfig(Listen):

@@ -109,3 +109,15 @@ class TopologyHub:
                     return self._current
         except TimeoutError:
             return None
+
+
+def loss_bound_bytes(topology: Topology) -> int | None:
+    """How much acknowledged WAL a failover could lose now: 0 under synchronous commit, else how far
+    the writer is ahead of the most advanced replica (None when that cannot be known)."""
+    if topology.sync_standbys:
+        return 0
+    writer = topology.writer_node
+    replicas = [n.lsn for n in topology.nodes if n.role is Role.REPLICA and n.lsn is not None]
+    if writer is None or writer.lsn is None or not replicas:
+        return None
+    return max(0, writer.lsn - max(replicas))

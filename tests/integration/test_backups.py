@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 from datetime import datetime
 
 import psycopg
@@ -17,7 +16,8 @@ from pgaurora.compose import LocalCluster
 from pgaurora.compose.backrest import find_pgbackrest
 from pgaurora.errors import ClusterError
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, RowWriter, cluster_dir, free_loopback_base, free_port, ids_on, service_config, wait_until
+from tests.helpers import (PGAURORA, RowWriter, admin, cluster_dir, free_loopback_base, free_port, ids_on,
+                          service_config, wait_until)
 
 try:
     find_pgbackrest()
@@ -178,7 +178,7 @@ def test_archiving_failures_are_an_event_a_metric_and_a_status_line(fresh_cluste
     for _ in wait_until("an archive_failed event", 30):
         if any(e["kind"] == "archive_failed" for e in svc.service.events.recent()):
             break
-    metrics = urllib.request.urlopen(f"{svc.admin_url}/metrics", timeout=10).read().decode()
+    metrics = admin(f"{svc.admin_url}/metrics")
     failures = next(l for l in metrics.splitlines() if l.startswith("pgaurora_archive_failures_total"))
     assert float(failures.split()[-1]) >= 1
     status = _cli("status", "--admin", svc.admin_url)

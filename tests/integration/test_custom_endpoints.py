@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import urllib.request
 
 import dns.resolver
 import psycopg
 import pytest
 
 from pgaurora.wire import StartupMessage, encode
-from tests.helpers import PGAURORA, error_of, exchange, free_ports, hosts_through, service_config, wait_until
+from tests.helpers import PGAURORA, admin, error_of, exchange, free_ports, hosts_through, service_config, wait_until
 
 
 def _dsn(svc, port: int) -> str:
@@ -52,6 +51,6 @@ def test_a_custom_endpoint_routes_only_to_its_replica_and_refuses_by_name_when_i
     error = error_of(exchange(("127.0.0.1", reports), startup)[0])
     assert error.sqlstate == "57P03" and "reports" in error.message
     assert _hosts(svc, spill, 2) == {cluster.primary.host}  # this one falls back to the writer
-    metrics = urllib.request.urlopen(f"{svc.admin_url}/metrics", timeout=5).read().decode()
+    metrics = admin(f"{svc.admin_url}/metrics")
     assert 'pgaurora_custom_endpoint_nodes{endpoint="reports"} 0.0' in metrics
     assert 'pgaurora_sessions_total{endpoint="reports",node="n3"}' in metrics

@@ -11,8 +11,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import dns.resolver
 import psycopg
@@ -22,8 +20,8 @@ from pgaurora.compose.background import WriteLoop
 from pgaurora.compose.certs import CertAuthority
 from pgaurora.compose.etcd import EtcdCluster, find_etcd
 from pgaurora.errors import ClusterError
-from tests.helpers import (PGAURORA, Command, cluster_dir, free_loopback_base, free_ports, ids_on, observe,
-                           service_config, wait_until, write_config)
+from tests.helpers import (Command, PGAURORA, admin, cluster_dir, free_loopback_base, free_ports, ids_on, observe,
+                          refused, service_config, wait_until, write_config)
 
 try:
     find_etcd()
@@ -67,8 +65,7 @@ class Instance:
         return f"http://{self.config.admin.host}:{self.config.admin.port}"
 
     def get(self, path: str, timeout: float = 5):
-        with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as response:
-            return json.loads(response.read())
+        return admin(self.admin_url + path, timeout=timeout)
 
     def status(self) -> dict:
         return self.get("/status")
@@ -133,13 +130,11 @@ def test_both_instances_route_alike_show_the_same_leader_follow_its_changes_and_
                       if line.startswith(("writer", "instances"))]
                      + [line.split()[:4] for line in lines if line.startswith(("n1", "n2", "n3"))])
     assert shown[0] == shown[1] and len(shown[0]) == 5, shown
-    metrics = urllib.request.urlopen(f"{leader.admin_url}/metrics").read()
-    assert b"pgaurora_dcs_leader 1.0" in metrics and b"pgaurora_dcs_up 1.0" in metrics
+    metrics = admin(f"{leader.admin_url}/metrics")
+    assert "pgaurora_dcs_leader 1.0" in metrics and "pgaurora_dcs_up 1.0" in metrics
     assert follower.status()["dcs"]["role"] == "follower"
-    request = urllib.request.Request(f"{follower.admin_url}/switchover", method="POST")
-    with pytest.raises(urllib.error.HTTPError) as refused:  # acting is the leader's: the follower says where
-        urllib.request.urlopen(request, timeout=30)
-    assert refused.value.code == 409 and leader.admin_url in refused.value.read().decode()
+    code, message = refused(f"{follower.admin_url}/switchover")  # acting is the leader's: the follower says where
+    assert code == 409 and leader.admin_url in message
     hosts = sorted(i.config.writer.host for i in (a, b))
     for instance in (a, b):  # proxy.<zone> names every live instance, from either one's DNS server
         resolver = dns.resolver.Resolver(configure=False)
@@ -155,7 +150,7 @@ def _followers_route_the_leaders_changes_within_one_watch_round_trip(leader: Ins
     lags = []
     for drained in (True, False, True, False):  # polling alone (every ttl/4 + a probe) would take ~0.6 s
         path = "/drain/n2" if drained else "/undrain/n2"
-        urllib.request.urlopen(urllib.request.Request(leader.admin_url + path, method="POST"), timeout=10)
+        admin(leader.admin_url + path, "POST", timeout=10)
         at_leader = _drained_at(leader, "n2", drained, 5)
         lags.append(_drained_at(follower, "n2", drained, 5) - at_leader)
     print(f"follower lag behind the leader: {[round(x, 3) for x in lags]} s")
@@ -338,7 +333,7 @@ def test_up_instances_with_tls_serves_through_any_instance_survives_the_leaders_
         (line,) = [l for l in up.lines if "target_session_attrs=read-write" in l]
         conninfo = line.split('psql "', 1)[1].split('"')[0] + " dbname=postgres password=pw connect_timeout=5"
         admins = [l.split("admin ")[1].split("/status")[0] for l in up.lines if l.startswith("instance ")]
-        status = lambda url: json.loads(urllib.request.urlopen(url + "/status", timeout=5).read())  # noqa: E731
+        status = lambda url: admin(url + "/status", timeout=5)  # noqa: E731
         for _ in wait_until("one instance to lead", 15):
             roles = {url: status(url)["dcs"]["role"] for url in admins}
             if sorted(roles.values()) == ["follower", "leader"]:
@@ -405,7 +400,7 @@ def _two_instances(cluster, workdir, endpoints: list[str], settings: list[tuple[
 
 
 def _status_of(command) -> dict:
-    return json.loads(urllib.request.urlopen(command.admin + "/status", timeout=5).read())
+    return admin(command.admin + "/status", timeout=5)
 
 
 def _first_leads_second_refused(made, refusal: str, what: str) -> None:

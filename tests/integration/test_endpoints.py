@@ -11,7 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import admin, wait_until
 
 
 def _psql(proxy, endpoint: str, sql: str) -> str:
@@ -126,10 +126,7 @@ async def test_200_clients_each_run_50_transactions_through_writer(proxy):
 
 
 def test_status_reports_every_node_and_endpoint_targets(proxy, cluster):
-    import json
-    import urllib.request
-    with urllib.request.urlopen(proxy.admin_url + "/status", timeout=10) as response:
-        doc = json.loads(response.read())
+    doc = admin(proxy.admin_url + "/status")
     assert doc["writer"]["node"] == "n1"
     assert sorted(doc["reader"]["nodes"]) == ["n2", "n3"]
     assert {n["name"]: n["role"] for n in doc["nodes"]} == {"n1": "primary", "n2": "replica", "n3": "replica"}

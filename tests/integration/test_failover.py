@@ -6,12 +6,11 @@ import json
 import subprocess
 import threading
 import time
-import urllib.request
 
 import dns.resolver
 import psycopg
 
-from tests.helpers import PGAURORA, TcpRelay, hosts_through, ids_on, observe, service_config, wait_until
+from tests.helpers import PGAURORA, TcpRelay, admin, hosts_through, ids_on, observe, service_config, wait_until
 
 
 def _events(svc, kind: str) -> list[dict]:
@@ -103,7 +102,7 @@ def test_old_primary_restarted_as_primary_is_fenced_then_rejoins(fresh_cluster, 
             break
     assert old.host not in _hosts_through(svc, "writer", 10) | _hosts_through(svc, "reader", 10)
     assert old.host not in _resolve(svc, "writer") + _resolve(svc, "reader")
-    status = json.loads(urllib.request.urlopen(svc.admin_url + "/status", timeout=10).read())
+    status = admin(svc.admin_url + "/status")
     assert {n["name"]: n["role"] for n in status["nodes"]}["n1"] == "fenced"
 
     out = subprocess.run(["pgaurora", "rejoin", "n1", "--admin", svc.admin_url], capture_output=True,
@@ -295,7 +294,7 @@ def test_rejoin_print_commands_bring_back_a_fenced_node_of_a_cluster_pgaurora_do
     for _ in wait_until("the old primary to be fenced", 10):
         if svc.topology.node("n1").role.value == "fenced":
             break
-    status = json.loads(urllib.request.urlopen(svc.admin_url + "/status", timeout=10).read())
+    status = admin(svc.admin_url + "/status")
     assert "pgaurora rejoin NODE --print" in status["fenced_hint"]
     direct = subprocess.run([*PGAURORA, "rejoin", "n1", "--admin", svc.admin_url], capture_output=True,
                             text=True, timeout=60)

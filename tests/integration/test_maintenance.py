@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import urllib.request
 
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, ReadSessions, ids_on, service_config, wait_until
+from tests.helpers import PGAURORA, ReadSessions, admin, ids_on, service_config, wait_until
 
 
 def _maintenance(admin: str, *args: str) -> subprocess.CompletedProcess:
@@ -53,7 +52,7 @@ def test_rolling_restart_applies_a_setting_and_new_binaries_to_every_node_losing
     readers = ReadSessions(svc.reader, cluster.password, 4)
     try:
         writes.wait_acked(50, 10)
-        urllib.request.urlopen(urllib.request.Request(f"{svc.admin_url}/drain/n3", method="POST"), timeout=10)
+        admin(f"{svc.admin_url}/drain/n3", "POST")
         out = _maintenance(svc.admin_url, "--set", "shared_buffers=96MB", "--bindir", bindir, "--drain-timeout", "1")
         assert out.returncode == 0, out.stdout + out.stderr
         print(out.stdout)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import asyncpg
 import pytest
 
-from tests.helpers import ids_on, observe, service_config, wait_until
+from tests.helpers import admin_tokens, ids_on, observe, service_config, wait_until
 
 PGAURORA = [sys.executable, "-m", "pgaurora"]
 
@@ -54,8 +54,10 @@ def _kinds(svc) -> list[str]:
     return [e["kind"] for e in svc.events.recent()]
 
 
-def _cli(svc, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([*PGAURORA, *args, "--admin", svc.admin_url], capture_output=True, text=True, timeout=120)
+def _cli(svc, *args, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PGAURORA_ADMIN_TOKEN": token} if token else None
+    return subprocess.run([*PGAURORA, *args, "--admin", svc.admin_url], capture_output=True, text=True, timeout=120,
+                          env=env)
 
 
 def test_primary_and_the_acknowledging_standby_dying_together_block_failover_until_it_returns(fresh_cluster,
@@ -101,7 +103,8 @@ def test_primary_and_the_acknowledging_standby_dying_together_block_failover_unt
 def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_records_the_bound(fresh_cluster,
                                                                                             service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster), controller=cluster)
+    tokens, token = admin_tokens(cluster.root.parent, ops="operate", boss="admin")
+    svc = service(service_config(cluster, admin={"tokens": tokens}), controller=cluster)
     n1, n2, n3 = cluster.nodes
     writes = svc.write_loop()
     try:
@@ -120,9 +123,11 @@ def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_recor
                     break
         for _ in observe("no promotion once n3 runs again, for it cannot catch up from a dead primary", 2):
             assert svc.topology.writer == "n1"
-        plain = _cli(svc, "failover", "--to", "n3")
+        plain = _cli(svc, "failover", "--to", "n3", token=token["ops"])
         assert plain.returncode == 1 and "cannot prove it has every acknowledged commit" in plain.stderr
-        forced = _cli(svc, "failover", "--to", "n3", "--accept-data-loss")
+        weak = _cli(svc, "failover", "--to", "n3", "--accept-data-loss", token=token["ops"])
+        assert weak.returncode == 1 and "needs the admin scope; token 'ops' has operate" in weak.stderr
+        forced = _cli(svc, "failover", "--to", "n3", "--accept-data-loss", token=token["boss"])
         assert forced.returncode == 0, forced.stderr
     finally:
         writes.stop()
@@ -130,6 +135,9 @@ def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_recor
     assert (event["new_writer"], event["forced"]) == ("n3", True)
     assert event["loss_bound_bytes"] > 0
     unsafe = next(e for e in svc.events.recent() if e["kind"] == "failover_unsafe")
+    audit = [e for e in svc.events.recent() if e["kind"] == "audit" and e["request"] == "POST /failover"]
+    assert [(e["token"], e["phase"], e.get("status")) for e in audit] == [
+        ("ops", "requested", None), ("ops", "answered", 409), ("boss", "requested", None), ("boss", "answered", 200)]
     assert unsafe["loss_bound_bytes"] == event["loss_bound_bytes"]
     status = json.loads(_cli(svc, "status", "--json").stdout)
     assert status["last_unsafe_failover"]["loss_bound_bytes"] == event["loss_bound_bytes"]

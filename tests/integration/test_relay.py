@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import urllib.request
 
 import psycopg
 import pytest
 
 from pgaurora.proxy import native
 from pgaurora.proxy.sockmap import SockMap
-from tests.helpers import ServiceThread, service_config
+from tests.helpers import ServiceThread, admin, service_config
 
 KERNEL = SockMap.open()
 if KERNEL is not None:
@@ -33,7 +31,7 @@ def relay_proxy(request, cluster):
 
 def test_relay_mode_is_reported_and_sessions_use_it(relay_proxy):
     mode, svc = relay_proxy
-    status = json.loads(urllib.request.urlopen(svc.admin_url + "/status", timeout=10).read())
+    status = admin(svc.admin_url + "/status")
     assert status["relay"] == mode
     assert status["relay_threads"] == (native.default_threads() if mode == "native" else None)
     with psycopg.connect(svc.dsn("writer")) as conn:

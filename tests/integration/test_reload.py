@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import json
 import signal
-import urllib.error
-import urllib.request
 
 import psycopg
 
-from tests.helpers import Command, service_config, wait_until, write_config
+from pgaurora.admin.client import AdminError
+from tests.helpers import Command, admin, service_config, wait_until, write_config
 
 
 def _post(url: str) -> tuple[int, dict]:
-    request = urllib.request.Request(url, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        return 200, admin(url, "POST")
+    except AdminError as exc:
+        return exc.status, {"error": exc.message, "problems": exc.problems}
 
 
-def _status(admin: str) -> dict:
-    with urllib.request.urlopen(f"{admin}/status", timeout=5) as response:
-        return json.loads(response.read())
+def _status(admin_url: str) -> dict:
+    return admin(f"{admin_url}/status")
 
 
 def test_reload_adds_a_node_and_changes_the_policy_keeping_open_sessions(fresh_cluster, tmp_path):

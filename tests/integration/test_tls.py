@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import asyncpg
@@ -20,8 +19,8 @@ import pytest
 import trustme
 
 from pgaurora.wire import SSLRequest, StartupMessage, encode
-from tests.helpers import (Command, ServiceThread, error_of, exchange, make_cluster, service_config, wait_until,
-                           write_config)
+from tests.helpers import (Command, ServiceThread, admin, error_of, exchange, make_cluster, refused, service_config,
+                          wait_until, write_config)
 
 JAR = Path("/usr/share/java/postgresql.jar")
 PROBE = Path(__file__).parent / "clients" / "JdbcProbe.java"
@@ -247,8 +246,7 @@ def test_reload_serves_the_new_certificate_to_new_sessions_and_keeps_live_ones(t
         _issue(tmp_path, "new-ca")  # the files change on disk: nothing changes until the reload
         with psycopg.connect(dsn("old-ca.pem")) as before:
             assert before.execute("SELECT 1").fetchone() == (1,)
-        request = urllib.request.Request(f"{svc.admin_url}/reload", method="POST")
-        assert b'"tls_reloaded": true' in urllib.request.urlopen(request, timeout=5).read()
+        assert admin(f"{svc.admin_url}/reload", "POST")["tls_reloaded"] is True
         with psycopg.connect(dsn("new-ca.pem")) as after:
             assert after.execute("SELECT 1").fetchone() == (1,)
         with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
@@ -286,10 +284,8 @@ def test_reload_with_a_broken_key_keeps_the_old_certificate(tls_cluster, service
     pem = tmp_path / "proxy.pem"
     svc = service(service_config(tls_cluster, tls={"cert_file": str(pem), "key_file": str(pem)}))
     pem.write_text("not a certificate\n")
-    request = urllib.request.Request(f"{svc.admin_url}/reload", method="POST")
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=5)
-    assert refused.value.code == 409 and b"cannot load" in refused.value.read()
+    code, message = refused(f"{svc.admin_url}/reload")
+    assert code == 409 and "cannot load" in message
     with psycopg.connect(svc.dsn("writer", sslmode="verify-full", sslrootcert=tmp_path / "ca.pem")) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 

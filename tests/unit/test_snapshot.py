@@ -43,7 +43,7 @@ def test_unelected_primary_and_fenced_nodes_are_fenced():
 
 
 def test_loss_bound_is_zero_when_synchronous_and_the_replica_gap_when_not():
-    from pgaurora.admin import loss_bound_bytes
+    from pgaurora.topology import loss_bound_bytes
     statuses = {"n1": _primary(5000), "n2": _replica("n2", 4000), "n3": _replica("n3", 4500)}
     sync = build(CFG, STATE, statuses, {}, "ok")
     assert loss_bound_bytes(sync) == 0

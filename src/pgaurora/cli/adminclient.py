@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import click
 
+from ..admin.client import AdminError
+from ..admin.client import call as _call
+
 
 def call(url: str, path: str, method: str = "GET", timeout: float = 120, body: dict | None = None) -> object:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url.rstrip("/") + path, method=method, data=data,
-                                     headers={"Content-Type": "application/json"} if data else {})
+    """One admin request with the local token (or $PGAURORA_ADMIN_TOKEN); one clear message on failure."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode(errors="replace")
-        try:
-            text = json.loads(text).get("error", text)
-        except (ValueError, AttributeError):
-            pass
-        raise click.ClickException(f"{path}: {text}") from None
-    except (urllib.error.URLError, OSError) as exc:
+        return _call(url, path, method, body, timeout)
+    except AdminError as exc:
+        detail = f": {'; '.join(exc.problems)}" if exc.problems and exc.status == 400 else ""
+        hint = ("; set PGAURORA_ADMIN_TOKEN or PGAURORA_ADMIN_TOKEN_FILE, or run this on pgaurora's host as its "
+                "user" if exc.status == 401 else "")
+        raise click.ClickException(f"{method} {path}: {exc.message}{detail}{hint}") from None
+    except OSError as exc:
         raise click.ClickException(f"cannot reach the admin endpoint at {url}: {getattr(exc, 'reason', exc)}; "
                                    "is pgaurora running?") from None
 

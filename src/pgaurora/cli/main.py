@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import click
@@ -142,9 +140,10 @@ def status(admin_url, as_json, wide) -> None:
 @cli.command()
 @admin_option
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
-def events(admin_url, limit) -> None:
+@click.option("--audit", is_flag=True, help="Only the audit trail: who asked the admin API to change what.")
+def events(admin_url, limit, audit) -> None:
     """Print the latest failovers, switchovers, fences and rejoins as JSON lines."""
-    for event in _admin(admin_url, f"/events?limit={limit}"):
+    for event in _admin(admin_url, f"/events?limit={limit}" + ("&audit=true" if audit else "")):
         click.echo(json.dumps(event))
 
 
@@ -174,7 +173,7 @@ def replicas() -> None:
 @click.option("--count", type=click.IntRange(1, 15), default=1, show_default=True, help="Replicas to add.")
 def replicas_add(admin_url, count) -> None:
     """Clone new replicas from the writer (pg_basebackup and a slot); returns once each serves reads."""
-    for added in _admin(admin_url, f"/nodes?count={count}", method="POST", timeout=3600):
+    for added in _admin(admin_url, "/nodes", method="POST", timeout=3600, body={"count": count}):
         click.echo(f"{added['node']} added at {added['address']}: cloned in {added['cloned_seconds']:.1f} s, "
                    f"serving reads {added['serving_seconds']:.1f} s after the start")
 
@@ -186,8 +185,8 @@ def replicas_add(admin_url, count) -> None:
               help="Seconds the node's open sessions get to finish before they are ended (57P01).")
 def replicas_remove(admin_url, node, drain_timeout) -> None:
     """Drain a replica, wait for its sessions, end the rest, then drop its slot and delete its files."""
-    path = f"/nodes/{urllib.parse.quote(node)}?drain_timeout={drain_timeout:g}"
-    result = _admin(admin_url, path, method="DELETE", timeout=drain_timeout + 600)
+    result = _admin(admin_url, f"/nodes/{urllib.parse.quote(node)}", method="DELETE", timeout=drain_timeout + 600,
+                    body={"drain_timeout": drain_timeout})
     click.echo(f"{result['node']} removed ({result['sessions_ended']} session(s) ended after the drain timeout)")
 
 
@@ -197,7 +196,7 @@ def replicas_remove(admin_url, node, drain_timeout) -> None:
 def backup(admin_url, kind) -> None:
     """Take a backup now, from a healthy replica when there is one (pgBackRest)."""
     from .display import size as _size
-    made = _admin(admin_url, f"/backups?type={kind}", method="POST", timeout=24 * 3600)
+    made = _admin(admin_url, "/backups", method="POST", timeout=24 * 3600, body={"type": kind})
     click.echo(f"{made['type']} backup {made['label']} from {made['node']}: {_size(made['size_bytes'])} "
                f"({_size(made['repository_bytes'])} in the repository) in {made['seconds']:.1f} s")
 
@@ -260,8 +259,8 @@ def backtrack_command(admin_url, target, undo, yes) -> None:
         f"rewind the data served at the writer and reader endpoints to {target}"
     if not yes:
         click.confirm(f"This will {what}; sessions open now will be ended. Go on?", abort=True)
-    path = "/backtrack/undo" if undo else "/backtrack?" + urllib.parse.urlencode({"to": target})
-    done = _admin(admin_url, path, method="POST", timeout=24 * 3600)
+    path, body = ("/backtrack/undo", {}) if undo else ("/backtrack", {"to": target})
+    done = _admin(admin_url, path, method="POST", timeout=24 * 3600, body=body)
     if undo:
         click.echo(f"endpoints back on {', '.join(done['nodes'])} (writer {done['writer']}); "
                    f"unavailable {done['unavailable_seconds']:.2f} s")
@@ -313,8 +312,8 @@ def _drain(admin_url: str, node: str, action: str) -> None:
 @click.option("--to", "target", default=None, help="Node to promote (default: the most advanced replica).")
 def switchover(admin_url, target) -> None:
     """Planned switchover: demote the primary cleanly and promote a replica."""
-    path = "/switchover" + (f"?to={target}" if target else "")
-    click.echo(json.dumps(_admin(admin_url, path, method="POST"), indent=2))
+    body = {"to": target} if target else {}
+    click.echo(json.dumps(_admin(admin_url, "/switchover", method="POST", body=body), indent=2))
 
 
 @cli.command()
@@ -324,9 +323,9 @@ def switchover(admin_url, target) -> None:
               help="Promote even when pgaurora cannot prove the node has every acknowledged commit.")
 def failover(admin_url, target, accept_data_loss) -> None:
     """Fail over from a writer that is down: what the monitor does itself, unless it cannot prove safety."""
-    params = {"to": target, "accept_data_loss": "1" if accept_data_loss else None}
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
-    click.echo(json.dumps(_admin(admin_url, "/failover" + (f"?{query}" if query else ""), method="POST"), indent=2))
+    body = {"to": target, "accept_data_loss": accept_data_loss}
+    click.echo(json.dumps(_admin(admin_url, "/failover", method="POST", body={k: v for k, v in body.items() if v}),
+                          indent=2))
 
 
 @cli.command()

@@ -9,6 +9,7 @@ import click
 
 from .. import config as config_mod
 from ..app import Service
+from ..admin.auth import local_token_file
 from ..compose.local import STATE_FILE, LocalCluster, default_state_dir
 from ..compose.preflight import Listen, conflicts
 from ..compose.reaper import start_reaper
@@ -105,6 +106,7 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
         f"writer endpoint  {w.host}:{w.port}   (the current primary)",
         f"reader endpoint  {r.host}:{r.port}   (replicas, round robin)",
         f"admin endpoint   http://{cfg.admin.host}:{cfg.admin.port}/status",
+        f"admin token      {local_token_file(cfg)}   (mode 600; pgaurora commands on this host read it)",
         f"dns              {d.host}:{d.port}   zone {cfg.zone}",
         f"password         {cluster.password}   (user postgres)",
         "",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import urllib.request
 from dataclasses import dataclass
+
+from ..admin import client as admin_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +31,10 @@ def _taken(host: str, port: int, kind: int) -> bool:
 def _pgaurora_at(host: str, port: int) -> str | None:
     """'another pgaurora (cluster X, pid N)' if an admin endpoint answers there."""
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=1) as response:
-            doc = json.loads(response.read())
+        doc = admin_client.call(f"http://{host}:{port}", "/status", timeout=1)
         return f"another pgaurora (cluster {doc['cluster']!r}, pid {doc['pid']})"
+    except admin_client.AdminError as exc:  # one whose token this user does not hold
+        return "another pgaurora" if exc.status in (401, 403) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

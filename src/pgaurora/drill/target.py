@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..admin import client as admin_client
 from ..compose import LocalCluster
 from ..compose.ports import free_ports
 from ..config import Config
@@ -21,9 +20,9 @@ from ..errors import ClusterError
 
 
 def _get(url: str, method: str = "GET", timeout: float = 5) -> object:
-    request = urllib.request.Request(url, method=method)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+    parts = urllib.parse.urlsplit(url)
+    base, path = f"{parts.scheme}://{parts.netloc}", parts.path + (f"?{parts.query}" if parts.query else "")
+    return admin_client.call(base, path, method, {} if method == "POST" else None, timeout)
 
 
 class Partition:
@@ -78,13 +77,13 @@ class Target:
     def status(self) -> dict | None:
         try:
             return _get(self.admin_url + "/status", timeout=2)
-        except (OSError, ValueError):
+        except (OSError, ValueError, admin_client.AdminError):
             return None
 
     def events(self) -> list[dict]:
         try:
             return _get(self.admin_url + "/events?limit=500")
-        except (OSError, ValueError):
+        except (OSError, ValueError, admin_client.AdminError):
             return []
 
     def change_event(self, since: float) -> dict | None:
@@ -96,8 +95,8 @@ class Target:
     def switchover(self) -> dict:
         try:
             return _get(self.admin_url + "/switchover", method="POST", timeout=120)
-        except urllib.error.HTTPError as exc:
-            raise ClusterError(f"switchover refused: {exc.read().decode(errors='replace')}") from None
+        except admin_client.AdminError as exc:
+            raise ClusterError(f"switchover refused: {exc.message}") from None
 
     def pgaurora_uid(self) -> int:
         """The OS user pgaurora runs as (its traffic is what a partition cuts)."""

@@ -1,0 +1,289 @@
+"""The admin HTTP server: authenticates, validates against the route table, audits, then runs each request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .. import custom_endpoints, metrics
+from ..errors import ClusterError, ConfigError
+from ..health.actions import ActionFailed
+from ..topology import Role, Topology, loss_bound_bytes
+from . import auth
+from .routes import (MAX_BODY_BYTES, ROUTES, AddNodesParams, BacktrackParams, BackupParams, EventsParams,
+                     FailoverParams, Invalid, NodeParams, NoParams, Params, RemoveNodeParams, RestartParams, Route,
+                     SwitchoverParams, openapi, validate)
+
+if TYPE_CHECKING:
+    from ..app import Service
+
+log = logging.getLogger("pgaurora.admin")
+
+
+def status_document(service: "Service") -> dict:
+    """Everything `pgaurora status` shows, read from the current Topology."""
+    topology, config = service.hub.current, service.config
+    nodes = [{"name": n.name, "address": n.address, "role": n.role.value, "health": n.health.value,
+              "lag_bytes": n.lag_bytes, "lag_seconds": None if n.lag_seconds is None else round(n.lag_seconds, 3),
+              "timeline": n.timeline, "upstream": n.upstream, "drained": n.drained,
+              "connections": service.proxy_state.count(n.name)} for n in topology.nodes]
+    return {
+        "cluster": topology.cluster, "zone": config.zone, "pid": os.getpid(), "epoch": topology.epoch,
+        "topology_version": topology.version, "reason": topology.reason,
+        "writer": {"endpoint": f"{config.writer.host}:{config.writer.port}", "node": topology.writer},
+        "reader": {"endpoint": f"{config.reader.host}:{config.reader.port}", "nodes": service.reader_nodes(),
+                   "policy": config.reader.policy.value, "fallback": config.reader.fallback.value},
+        "dns": f"{config.dns.host}:{config.dns.port}" if config.dns.enabled else None,
+        "sync_mode": config.failover.sync_mode.value, "sync_standbys": topology.sync_standbys,
+        "loss_bound_bytes": loss_bound_bytes(topology),
+        "voters": list(topology.voters), "promote_quorum": len(topology.voters),
+        "failover_safe": topology.failover_safe, "failover_outlook": topology.failover_outlook,
+        "fenced_hint": _fenced_hint(topology, service),
+        "last_unsafe_failover": _last_unsafe(service),
+        "client_connections": service.proxy_state.clients,
+        "relay": service.relay_mode,
+        "relay_threads": service.proxy_state.native.threads if service.proxy_state.native else None,
+        "nodes": nodes,
+        "dcs": service.member.document() if service.member is not None else None,
+        "backup": service.backups.document() if service.backups is not None else None,
+        "endpoints": [{"name": e.name, "endpoint": f"{e.host}:{e.port}", "role": e.role.value,
+                       "nodes": [n.name for n in custom_endpoints.targets(e, topology)]} for e in config.endpoints],
+    }
+
+
+def _last_unsafe(service: "Service") -> dict | None:
+    """The latest failover forced with --accept-data-loss, and the loss bound it recorded."""
+    event = next((e for e in reversed(service.events.recent()) if e["kind"] == "failover_unsafe"), None)
+    if event is None:
+        return None
+    return {k: event.get(k) for k in ("time", "candidate", "old_writer", "loss_bound_bytes", "reason")}
+
+
+def _fenced_hint(topology: Topology, service: "Service") -> str | None:
+    fenced = [n.name for n in topology.nodes if n.role is Role.FENCED]
+    if not fenced:
+        return None
+    if service.monitor.controller is not None:
+        return f"fenced: {', '.join(fenced)}; `pgaurora rejoin NODE` makes one a replica again"
+    return (f"fenced: {', '.join(fenced)}; `pgaurora rejoin NODE --print` prints the commands that make one a "
+            "replica again, to run on its host")
+
+
+def _refusal(problem: Invalid) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="pgaurora"'} if problem.status == 401 else None
+    return _json({"error": problem.error, "problems": problem.problems}, problem.status, headers)
+
+
+async def _body(request: web.Request) -> bytes:
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise Invalid(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Invalid(413, f"the body is larger than {MAX_BODY_BYTES} bytes") from None
+
+
+class AdminServer:
+    """Serves ROUTES: each request is authenticated, validated and scope-checked; changes are audited."""
+
+    def __init__(self, service: "Service", host: str, port: int) -> None:
+        self.service, self.host, self.port = service, host, port
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+        self.metrics = metrics.registry_for(service)
+        self.local_token = auth.local_token(service.config)
+        self.auth = auth.authenticator(service.config, self.local_token)
+        self.app.add_routes([web.route(r.method, r.path, self._handler(r)) for r in ROUTES])
+        self._runner: web.AppRunner | None = None
+        self._published: Path | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+        self._published = auth.publish(self.host, self.port, self.local_token)
+
+    async def stop(self) -> None:
+        if self._published is not None:
+            auth.withdraw(self._published, self.local_token)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _handler(self, route: Route):
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                credential = self._authenticate(route, request)
+                params = validate(route, list(request.query.items()), dict(request.match_info), await _body(request))
+                self._authorize(route, params, credential)
+                self._check_nodes(params)
+            except Invalid as problem:
+                return _refusal(problem)
+            if not route.takes_body or credential is None:
+                return await self._run(route, params)
+            return await self._audited(route, request, params, credential.name)
+        return handle
+
+    def _authenticate(self, route: Route, request: web.Request) -> auth.Credential | None:
+        if route.path == "/metrics" and self.service.config.admin.open_metrics:
+            return self.auth.identify(request.headers.get("Authorization"))
+        credential = self.auth.identify(request.headers.get("Authorization"))
+        if credential is None:
+            given = "Authorization" in request.headers
+            raise Invalid(401, "the bearer token is not valid" if given else
+                          "a bearer token is required (Authorization: Bearer TOKEN); on this host `pgaurora` "
+                          "commands find the local one themselves")
+        return credential
+
+    @staticmethod
+    def _authorize(route: Route, params: Params, credential: auth.Credential | None) -> None:
+        needed = route.needed_scope(params)
+        if credential is not None and not credential.scope.allows(needed):
+            raise Invalid(403, f"{route.method} {route.path} needs the {needed.value} scope; token "
+                               f"{credential.name!r} has {credential.scope.value}")
+
+    def _check_nodes(self, params: Params) -> None:
+        known = [n.name for n in self.service.hub.current.nodes]
+        unknown = {k: v for k, v in params.node_refs().items() if v not in known}
+        if unknown:
+            names = ", ".join(repr(v) for v in sorted(set(unknown.values())))
+            raise Invalid(404, f"no node named {names}; the nodes are {', '.join(known) or 'none yet'}",
+                          [f"{k}: no node {v!r}" for k, v in unknown.items()])
+
+    async def _audited(self, route: Route, request: web.Request, params: Params, token: str) -> web.StreamResponse:
+        what, peer = f"{route.method} {request.path}", request.remote or "unknown"
+        args = params.model_dump(mode="json", exclude_defaults=True)
+        record = dict(token=token, peer=peer, request=what, params=args)
+        self.service.events.record("audit", f"{what} by {token} from {peer}: requested", phase="requested", **record)
+        response = await self._run(route, params)
+        outcome = "done" if response.status < 400 else _error_of(response)
+        self.service.events.record("audit", f"{what} by {token} from {peer}: {response.status} {outcome}"[:300],
+                                   phase="answered", status=response.status, outcome=outcome, **record)
+        return response
+
+    async def _run(self, route: Route, params: Params) -> web.StreamResponse:
+        try:
+            return await getattr(self, route.handler)(params)
+        except (ActionFailed, ClusterError) as exc:
+            return _json({"error": str(exc), "problems": []}, status=409)
+        except ConfigError as exc:
+            return _json({"error": str(exc), "problems": exc.problems}, status=409)
+
+    async def status(self, params: NoParams) -> web.Response:
+        return _json(status_document(self.service))
+
+    async def openapi(self, params: NoParams) -> web.Response:
+        from importlib.metadata import version
+        return _json(openapi(version("pgaurora")))
+
+    async def scrape(self, params: NoParams) -> web.Response:
+        response = web.Response(body=metrics.render(self.metrics))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def events(self, params: EventsParams) -> web.Response:
+        events = self.service.events.recent()
+        if params.audit:
+            events = [e for e in events if e["kind"] == "audit"]
+        return _json(events[-params.limit:] if params.limit else events)
+
+    async def switchover(self, params: SwitchoverParams) -> web.Response:
+        return await self._monitor_request("switchover", to=params.to)
+
+    async def failover(self, params: FailoverParams) -> web.Response:
+        return await self._monitor_request("failover", to=params.to, accept_data_loss=params.accept_data_loss)
+
+    async def rejoin_plan(self, params: NodeParams) -> web.Response:
+        """The commands that make a fenced node a replica of the writer, for its host's operator."""
+        from ..health.rejoin_plan import plan
+        try:
+            return _json({"script": plan(self.service.config, self.service.hub.current, params.node)})
+        except ValueError as exc:
+            return _json({"error": str(exc), "problems": []}, status=409)
+
+    async def reload(self, params: NoParams) -> web.Response:
+        """Reload the endpoints' TLS certificate and key, and the config file, as SIGHUP does."""
+        return _json(await self.service.reload())
+
+    async def drain(self, params: NodeParams) -> web.Response:
+        return await self._monitor_request("drain", node=params.node)
+
+    async def undrain(self, params: NodeParams) -> web.Response:
+        return await self._monitor_request("undrain", node=params.node)
+
+    async def rejoin(self, params: NodeParams) -> web.Response:
+        return await self._monitor_request("rejoin", node=params.node)
+
+    async def add_nodes(self, params: AddNodesParams) -> web.Response:
+        return await self._operation(self.service.scaler.add(params.count))
+
+    async def remove_node(self, params: RemoveNodeParams) -> web.Response:
+        return await self._operation(self.service.scaler.remove(params.node, params.drain_timeout))
+
+    async def rolling_restart(self, params: RestartParams) -> web.Response:
+        return await self._operation(self.service.maintenance.restart(dict(params.set), params.bindir,
+                                                                      params.drain_timeout))
+
+    async def take_backup(self, params: BackupParams) -> web.Response:
+        if self.service.backups is None:
+            raise ClusterError("backups are off: start pgaurora up with --backups")
+        return await self._operation(self.service.backups.backup(params.type))
+
+    async def list_backups(self, params: NoParams) -> web.Response:
+        if self.service.backups is None:
+            raise ClusterError("backups are off: start pgaurora up with --backups")
+        return _json(await self.service.backups.listing())
+
+    async def backtrack(self, params: BacktrackParams) -> web.Response:
+        """Rewind the cluster in place (the endpoints stay; a new epoch)."""
+        if self.service.backtrack is None:
+            raise ClusterError("backtrack restores from the backups: start pgaurora up with --backups")
+        return await self._operation(self.service.backtrack.run(params.to))
+
+    async def backtrack_undo(self, params: NoParams) -> web.Response:
+        if self.service.backtrack is None:
+            raise ClusterError("there is no backtrack to undo: backups are off")
+        return await self._operation(self.service.backtrack.undo())
+
+    async def _operation(self, work) -> web.Response:
+        """A long operation runs to its end even when the client hangs up (it is shielded)."""
+        return _json(await asyncio.shield(asyncio.ensure_future(work)))
+
+    async def _monitor_request(self, kind: str, **args) -> web.Response:
+        try:
+            return _json(await self.service.monitor.request(kind, **args))
+        except Exception as exc:  # the monitor's refusal, whatever its type, is the answer
+            return _json({"error": str(exc), "problems": []}, status=409)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """aiohttp's own answers (no such route, method not allowed) in the API's error shape; never a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        allowed = exc.headers.get("Allow") if exc.status == 405 else None
+        return _json({"error": exc.reason + (f": {request.method} {request.path}" if exc.status in (404, 405) else ""),
+                      "problems": [f"allowed: {allowed}"] if allowed else []}, exc.status)
+    except Exception as exc:  # a bug: answer 500 with what failed, log the traceback
+        log.exception("admin request %s %s failed", request.method, request.path)
+        return _json({"error": f"internal error: {type(exc).__name__}: {exc}", "problems": []}, 500)
+
+
+def _error_of(response: web.StreamResponse) -> str:
+    try:
+        return str(json.loads(response.text)["error"])[:200]  # type: ignore[attr-defined]  # web.Response
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return "error"
+
+
+def _json(data, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=2, default=str) + "\n", status=status, headers=headers,
+                        content_type="application/json")
