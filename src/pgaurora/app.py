@@ -16,6 +16,7 @@ from .dns.resolver import Zone
 from .dns.server import DnsServer
 from .eventlog import EventLog
 from .dcs.member import Member
+from .health.heal import StartCommands, Supervisor
 from .health.monitor import Monitor, NodeController
 from .proxy.endpoint import Endpoint
 from .proxy.router import EndpointKind, Router
@@ -81,8 +82,17 @@ class Service:
         self.maintenance = Maintenance(self)
         self.backups = self._backups(config, controller)
         self.backtrack = Backtrack(self, config.backup.backtrack_keep) if self.backups is not None else None
+        self.supervisor = self._supervisor(config, controller)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._monitor_task: asyncio.Task | None = None
+        self._heal_task: asyncio.Task | None = None
+
+    def _supervisor(self, config: Config, controller) -> Supervisor | None:
+        """Self-healing: of the nodes pgaurora composes, or through [heal] commands; off with [heal] enabled."""
+        if not config.heal.enabled or (controller is None and not config.heal.commands):
+            return None
+        nodes = controller if controller is not None else StartCommands(config.heal.commands)
+        return Supervisor(nodes, self.hub, self.monitor, self.events, config.heal, config.failover.sync_mode)
 
     def _backups(self, config: Config, controller) -> Backups | None:
         if config.backup is None:
@@ -170,6 +180,8 @@ class Service:
             if part is not None:
                 await part.start()
         self._monitor_task = asyncio.get_running_loop().create_task(self._run_monitor())
+        if self.supervisor is not None:
+            self._heal_task = asyncio.get_running_loop().create_task(self._run_supervisor())
 
     async def _run_monitor(self) -> None:
         while True:
@@ -181,7 +193,24 @@ class Service:
                 log.exception("monitor loop failed; restarting it")
                 await asyncio.sleep(self.config.monitor.probe_interval)
 
+    async def _run_supervisor(self) -> None:
+        """Heals beside the monitor (never inside its tick); with several instances, only the leader heals."""
+        while True:
+            try:
+                if self.member is None or self.member.leading():
+                    await self.supervisor.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("self-healing round failed; the next one comes")
+            await asyncio.sleep(self.config.monitor.probe_interval)
+
     async def stop(self) -> None:
+        if self._heal_task is not None:
+            self._heal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heal_task
+            await self.supervisor.stop()
         if self._monitor_task is not None:
             self._monitor_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

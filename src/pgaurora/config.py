@@ -497,6 +497,28 @@ class FailoverConfig(_Frozen):
         return 1024**2 if self.sync_mode is SyncMode.OFF else 0
 
 
+class HealConfig(_Frozen):
+    """Self-healing of the nodes pgaurora composes (`pgaurora up`): a node that exits unasked is brought back."""
+
+    enabled: bool = True
+    """Start a crashed node again, rewind a crashed former primary, rebuild a node that cannot start."""
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    """Tries in a row (starts, rewinds, rebuilds) before pgaurora gives up on a node and says so."""
+    rebuild_after: Annotated[int, Field(ge=1, le=100)] = 3
+    """Failed starts in a row after which the node is rebuilt from the writer (pg_basebackup); a node whose
+    data directory is gone is rebuilt at once."""
+    backoff: Annotated[float, Field(gt=0, le=600)] = 1.0
+    """Seconds before the second try; each later try waits twice as long, up to `max_backoff`."""
+    max_backoff: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """The longest wait between two tries."""
+    stable_after: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Seconds a node must stay up before its count of tries starts again from zero."""
+    commands: dict[str, str] = {}
+    """For `pgaurora proxy -c`: a shell command per node name that starts that node on its host (for
+    example an ssh to systemctl start); pgaurora runs it when the node is unreachable and its writer
+    is elsewhere. Without one, the host's own supervisor (systemd's `Restart=`) must restart it."""
+
+
 class Config(_Frozen):
     """The whole file."""
 
@@ -529,6 +551,8 @@ class Config(_Frozen):
     """`[[endpoints]]`: custom endpoints."""
     backup: BackupConfig | None = None
     """`[backup]`: WAL archiving and backups with pgBackRest (clusters pgaurora composes)."""
+    heal: HealConfig = HealConfig()
+    """`[heal]`: starting again, rewinding or rebuilding nodes that crashed."""
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -41,6 +42,21 @@ def topology_metrics(topology: Topology) -> Iterator[Metric]:
     yield voter
     yield GaugeMetricFamily("pgaurora_failover_safe", "1 when a failover now would keep every acknowledged commit",
                             value=1 if topology.failover_safe else 0)
+
+
+def redundancy_metrics(topology: Topology, sync_mode, degraded_since: float | None) -> Iterator[Metric]:
+    """Copies of each commit now and wanted (alert when fewer), streaming replicas, and how long it is short."""
+    from .health.heal import redundancy
+    now = redundancy(topology, sync_mode)
+    yield GaugeMetricFamily("pgaurora_commit_copies", "Copies a commit is acknowledged from now (writer included)",
+                            value=now.copies)
+    yield GaugeMetricFamily("pgaurora_commit_copies_wanted", "Copies the configuration asks for; alert when "
+                            "pgaurora_commit_copies is lower", value=now.wanted)
+    yield GaugeMetricFamily("pgaurora_replicas_streaming", "Replicas streaming from the writer", value=now.streaming)
+    yield GaugeMetricFamily("pgaurora_replicas", "Replicas the cluster should have", value=now.replicas)
+    yield GaugeMetricFamily("pgaurora_redundancy_degraded_seconds", "Seconds since the cluster last had full "
+                            "redundancy (0 while it has it)",
+                            value=0 if degraded_since is None else max(0.0, time.time() - degraded_since))
 
 
 def proxy_metrics(state: "ProxyState") -> Iterator[Metric]:
@@ -104,12 +120,15 @@ class Collector:
     """Reads the current snapshot and the proxy's counters at every scrape; keeps no copy of either."""
 
     def __init__(self, topology: Callable[[], Topology], state: Callable[[], "ProxyState"], member=None,
-                 custom=(), backups=None) -> None:
+                 custom=(), backups=None, sync_mode=None, degraded_since: Callable[[], float | None] = lambda: None
+                 ) -> None:
         self.topology, self.state, self.member, self.custom = topology, state, member, custom
-        self.backups = backups
+        self.backups, self.sync_mode, self.degraded_since = backups, sync_mode, degraded_since
 
     def collect(self) -> Iterator[Metric]:
         yield from topology_metrics(self.topology())
+        if self.sync_mode is not None:
+            yield from redundancy_metrics(self.topology(), self.sync_mode, self.degraded_since())
         yield from proxy_metrics(self.state())
         if self.member is not None:
             yield from dcs_metrics(self.member)
@@ -122,8 +141,10 @@ class Collector:
 def registry_for(service: "Service") -> CollectorRegistry:
     """A registry of this service's own (not the process-wide default one, which tests would share)."""
     registry = CollectorRegistry(auto_describe=False)
+    supervisor = service.supervisor
     registry.register(Collector(lambda: service.hub.current, lambda: service.proxy_state, service.member,
-                                service.config.endpoints, service.backups))
+                                service.config.endpoints, service.backups, service.config.failover.sync_mode,
+                                lambda: supervisor.degraded_since if supervisor is not None else None))
     return registry
 
 

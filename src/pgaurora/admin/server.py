@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .. import custom_endpoints, metrics
 from ..errors import ClusterError, ConfigError
 from ..health.actions import ActionFailed
+from ..health.heal import redundancy
 from ..topology import Role, Topology, loss_bound_bytes
 from . import auth
 from .routes import (MAX_BODY_BYTES, ROUTES, AddNodesParams, BacktrackParams, BackupParams, EventsParams,
@@ -43,6 +44,8 @@ def status_document(service: "Service") -> dict:
         "dns": f"{config.dns.host}:{config.dns.port}" if config.dns.enabled else None,
         "sync_mode": config.failover.sync_mode.value, "sync_standbys": topology.sync_standbys,
         "loss_bound_bytes": loss_bound_bytes(topology),
+        "redundancy": _redundancy(topology, service),
+        "heal": service.supervisor.document() if service.supervisor is not None else None,
         "voters": list(topology.voters), "promote_quorum": len(topology.voters),
         "failover_safe": topology.failover_safe, "failover_outlook": topology.failover_outlook,
         "fenced_hint": _fenced_hint(topology, service),
@@ -56,6 +59,14 @@ def status_document(service: "Service") -> dict:
         "endpoints": [{"name": e.name, "endpoint": f"{e.host}:{e.port}", "role": e.role.value,
                        "nodes": [n.name for n in custom_endpoints.targets(e, topology)]} for e in config.endpoints],
     }
+
+
+def _redundancy(topology: Topology, service: "Service") -> dict:
+    """Copies now against copies wanted, and since when the cluster has been short of them."""
+    now = redundancy(topology, service.config.failover.sync_mode)
+    since = service.supervisor.degraded_since if service.supervisor is not None else None
+    return {"replicas": now.replicas, "streaming": now.streaming, "commit_copies": now.copies,
+            "wanted_copies": now.wanted, "full": now.full, "summary": now.describe(), "degraded_since": since}
 
 
 def _last_unsafe(service: "Service") -> dict | None:

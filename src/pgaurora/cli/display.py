@@ -50,6 +50,7 @@ def print_status(doc: dict, wide: bool = False) -> None:
     if unsafe:
         console.print(f"[red]forced failover to {unsafe['candidate']} at {unsafe['time']}: up to "
                       f"{unsafe['loss_bound_bytes']} bytes of acknowledged WAL may be lost[/]")
+    _print_redundancy(console, doc.get("redundancy"), doc.get("heal"))
     if doc.get("fenced_hint"):
         console.print(f"[yellow]{doc['fenced_hint']}[/]")
     bound = doc.get("loss_bound_bytes")
@@ -60,6 +61,20 @@ def print_status(doc: dict, wide: bool = False) -> None:
     if doc.get("backup"):
         _print_backup(console, doc["backup"])
     console.print(f"last decision: {doc['reason']}")
+
+
+def _print_redundancy(console: Console, red: dict | None, heal: dict | None) -> None:
+    """'2 of 2 replicas streaming; commits on 2 copies', how long it has been short, and what is healing."""
+    if not red:
+        return
+    since = red.get("degraded_since")
+    short = "" if red["full"] or since is None else \
+        f" (short for {datetime.now(timezone.utc).timestamp() - since:.0f} s)"
+    console.print(("[green]" if red["full"] else "[yellow]") + f"redundancy: {red['summary']}{short}[/]")
+    for name, state in ((heal or {}).get("nodes") or {}).items():
+        what = "[red]given up: needs a person[/]" if state["given_up"] else \
+            "healing now" if state["healing"] else "waiting for its next try"
+        console.print(f"  {name}: {state['tries']} tries; {what}")
 
 
 def _print_dcs(console: Console, dcs: dict, wide: bool) -> None:

@@ -64,7 +64,7 @@ class DockerNode(LocalNode):
         container = self._container()
         return container is not None and container.status in ("running", "paused")
 
-    def start(self, timeout: float = 60) -> None:
+    def _start(self, timeout: float) -> None:
         from testcontainers.core.container import DockerContainer
         if self.running:
             return
@@ -103,12 +103,27 @@ class DockerNode(LocalNode):
                 pass
         self._remove()
 
-    def _remove(self) -> None:
+    def _remove(self, timeout: float = 30) -> None:
+        """Remove the container and wait until it is gone (a removal already under way is waited for)."""
+        import docker.errors
         container = self._container()
-        if container is not None:
+        if container is None:
+            return
+        try:
             container.remove(force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise
+        deadline = time.monotonic() + timeout
+        while self._container() is not None:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the container of {self.name} was not removed within {timeout:.0f} s")
+            time.sleep(0.05)
 
-    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+    def _stop(self, mode: str, timeout: float) -> None:
+        self.held = True
         self._stop_with(_SIGNALS[mode], timeout)
         if (self.datadir / "postmaster.pid").exists() and mode != "immediate":
             raise ClusterError(f"node {self.name} did not stop cleanly within {timeout:.0f} s")

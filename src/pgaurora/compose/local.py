@@ -591,25 +591,65 @@ class LocalCluster:
         self.node(name).start()
 
     def rejoin(self, name: str, upstream: str) -> str:
-        """Make a former primary a replica of upstream: pg_rewind, or a fresh clone if rewind fails."""
-        node, source = self.node(name), self.node(upstream)
-        source.sql(f"SELECT pg_create_physical_replication_slot({quote(name)}, true) WHERE NOT EXISTS "
-                   f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = {quote(name)})")
+        """Make a former primary a replica of upstream: pg_rewind (after the crash recovery a crash left
+        owing), or a fresh clone if rewind fails."""
+        node, source = self.node(name), self._slot_for(name, upstream)
         # A freshly promoted primary records its new timeline in pg_control only at its next
         # checkpoint; without one, pg_rewind would see one timeline and decide nothing needs rewinding.
         source.sql("CHECKPOINT")
         if node.running:
             node.stop()
+        node.held = True  # until it starts as a replica: not a crash for self-healing to see
         method = "pg_rewind"
         try:
+            node.finish_crash_recovery()
             node.run_tool([node.bin("pg_rewind"), "-D", str(node.datadir), "--source-server",
                            f"host={source.sockdir} port={source.port} user=postgres dbname=postgres"],
                           timeout=600)
         except ClusterError:
             method = "clone"
-            shutil.rmtree(node.datadir)
-            self._clone_files(node, source)
+            self._reclone(node, source)
         self._write_node_conf(node)
         node.make_standby(self.conninfo(node, source))
         node.start()
         return method
+
+    def rebuild(self, name: str, upstream: str) -> None:
+        """Replace a node's data directory with a fresh clone of upstream (with its slot), and start it as
+        a replica: for a node that cannot start, or whose files are gone."""
+        node, source = self.node(name), self._slot_for(name, upstream)
+        if node.running:
+            node.stop(mode="immediate")
+        node.held = True
+        self._reclone(node, source)
+        self._write_node_conf(node)
+        node.make_standby(self.conninfo(node, source))
+        node.start()
+
+    def _slot_for(self, name: str, upstream: str) -> LocalNode:
+        source = self.node(upstream)
+        source.sql(f"SELECT pg_create_physical_replication_slot({quote(name)}, true) WHERE NOT EXISTS "
+                   f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = {quote(name)})")
+        return source
+
+    def _reclone(self, node: LocalNode, source: LocalNode) -> None:
+        shutil.rmtree(node.datadir, ignore_errors=True)
+        self._clone_files(node, source)
+
+    # -- what self-healing reads (health/heal.py) -------------------------------------------------------
+    owns_files = True
+
+    def alive(self, name: str) -> bool | None:
+        return self.node(name).running
+
+    def why_down(self, name: str) -> str:
+        return self.node(name).exit_reason()
+
+    def held(self, name: str) -> bool:
+        """Stopped on purpose by this process (an operation, a switchover, a stop): not a crash."""
+        return self.node(name).held
+
+    def usable(self, name: str) -> bool:
+        """Has the node a data directory it could start from?"""
+        node = self.node(name)
+        return node.exists and (node.datadir / "global" / "pg_control").exists()

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class LocalNode:
         self.logfile = self.home / "postgres.log"
         self.bindir, self.user = bindir, user
         self._proc: subprocess.Popen | None = None
+        self.held = False  # stopped on purpose (by this process): self-healing leaves it alone
+        self.last_exit: int | None = None  # the exit status of the last postmaster this process reaped
+        self._control = threading.RLock()  # start and stop, one at a time (the supervisor and operations)
 
     def __repr__(self) -> str:
         return f"LocalNode({self.name} {self.host}:{self.port})"
@@ -87,9 +91,21 @@ class LocalNode:
         return (self.datadir / "PG_VERSION").exists()
 
     def start(self, timeout: float = 60) -> None:
-        """Start the postmaster as our child (so we reap it) and wait until it accepts connections."""
+        """Start the postmaster as our child (so we reap it) and wait until it accepts connections.
+        One start or stop at a time in this process; a start that loses the race to another process is no
+        error. The node counts as stopped on purpose (held) until the start is over, whatever its end."""
+        with self._control:
+            try:
+                self._start(timeout)
+            finally:
+                self.held = False
+
+    def _start(self, timeout: float) -> None:
         if self.running:
             return
+        if self._proc is not None and self._proc.poll() is not None:  # reap a postmaster that crashed
+            self._proc = None
+        self.last_exit = None
         with open(self.logfile, "ab") as log:
             kwargs = {} if self.user.is_self else {"user": self.user.uid, "group": self.user.gid,
                                                     "extra_groups": []}
@@ -100,6 +116,8 @@ class LocalNode:
         while self.pid != self._proc.pid or self._status() not in ("ready", "standby"):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self._reap(kill=True)
+                if self.running and self._status() in ("ready", "standby"):
+                    return  # another process started it meanwhile
                 raise ClusterError(f"node {self.name} did not start; last log lines:\n{self.log_tail()}")
             time.sleep(0.02)
 
@@ -122,8 +140,14 @@ class LocalNode:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        self.last_exit = proc.returncode
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        with self._control:
+            self._stop(mode, timeout)
+
+    def _stop(self, mode: str, timeout: float) -> None:
+        self.held = True  # stopped on purpose: not a crash to heal
         if not self.running:
             self._reap()
             return
@@ -174,6 +198,22 @@ class LocalNode:
                 for p in alive:
                     os.kill(p, signal.SIGKILL)
             time.sleep(0.02)
+
+    def exit_reason(self) -> str:
+        """How the postmaster ended, when it was this process's child; else that it is gone."""
+        code = self._proc.poll() if self._proc is not None else self.last_exit
+        if code is None:
+            return "is not running" if not (self.datadir / "postmaster.pid").exists() else "exited"
+        return f"exited (signal {-code})" if code < 0 else f"exited (exit code {code})"
+
+    def finish_crash_recovery(self) -> bool:
+        """Run the crash recovery a crash left owing, alone (single-user mode), so that the data directory
+        is shut down cleanly as pg_rewind needs. True when there was one to run."""
+        out = self.run_tool([self.bin("pg_controldata"), "-D", str(self.datadir)], check=False).stdout
+        if not re.search(r"Database cluster state:\s+in (production|crash recovery)", out):
+            return False
+        self.run_tool([self.bin("postgres"), "--single", "-F", "-D", str(self.datadir), "postgres"], timeout=600)
+        return True
 
     def checkpoint_lsn(self) -> int:
         """Latest checkpoint location from pg_control (read while the node is stopped)."""

@@ -28,6 +28,7 @@ class OsUser:
         full_env = {**os.environ, "HOME": cwd or "/", **(env or {})}
         try:
             result = subprocess.run(argv, env=full_env, capture_output=True, text=True, errors="replace",
+                                    stdin=subprocess.DEVNULL,
                                     timeout=timeout, cwd=cwd or "/", **kwargs)
         except subprocess.TimeoutExpired:
             raise ClusterError(f"{os.path.basename(argv[0])} did not finish within {timeout:.0f} s") from None

@@ -17,8 +17,11 @@ from .workload import TABLE, Log, Workload
 
 
 def healthy(status: dict | None, nodes: int) -> bool:
-    """Every node up as the writer or a reader, none fenced, and a failover now provably safe."""
+    """Every node up as the writer or a reader, none fenced, a failover now provably safe, and commits on
+    every copy the configuration asks for."""
     if not status or not status["writer"]["node"] or not status.get("failover_safe"):
+        return False
+    if not (status.get("redundancy") or {}).get("full", True):
         return False
     roles = [n["role"] for n in status["nodes"] if n["health"] == "healthy"]
     return roles.count("primary") == 1 and roles.count("replica") == nodes - 1
@@ -80,6 +83,8 @@ class Drill:
         event = wait_for("the change of writer's event", lambda: self.target.change_event(at), 30) \
             if fault.expect_failover else None
         self._measure(result, event, at, ended)
+        wait_for("the cluster to heal: every node back and commits on every copy", self._healthy_status, 120)
+        result.redundant_again = time.time() - at
         return result
 
     def _healthy_status(self) -> dict | None:
@@ -105,13 +110,17 @@ class Drill:
             restore()
         return f"failover {node} -> {new}"
 
+    def _start(self, node: str) -> Callable[[], None]:
+        """What ends a crash: nothing where pgaurora heals the cluster itself, else the drill starts the node."""
+        return (lambda: None) if self.target.heals else self.target.node(node).start
+
     def _kill_primary(self, node: str, old: str, at: float) -> str:
         self.target.node(node).kill()
-        return self._after_primary_fault(node, at, lambda: self.target.node(node).start())
+        return self._after_primary_fault(node, at, self._start(node))
 
     def _stop_primary(self, node: str, old: str, at: float) -> str:
         self.target.node(node).stop()
-        return self._after_primary_fault(node, at, lambda: self.target.node(node).start())
+        return self._after_primary_fault(node, at, self._start(node))
 
     def _pause_primary(self, node: str, old: str, at: float) -> str:
         self.target.node(node).pause()
@@ -121,7 +130,7 @@ class Drill:
         self.target.node(node).kill()
         self.target.kill_pgaurora()
         self.target.start_pgaurora()
-        return self._after_primary_fault(node, at, lambda: self.target.node(node).start())
+        return self._after_primary_fault(node, at, self._start(node))
 
     def _replica_fault(self, node: str, at: float, inject, restore) -> str:
         inject()
@@ -136,8 +145,7 @@ class Drill:
         return f"{node} left the reader endpoint; no failover"
 
     def _kill_replica(self, node: str, old: str, at: float) -> str:
-        n = self.target.node(node)
-        return self._replica_fault(node, at, n.kill, n.start)
+        return self._replica_fault(node, at, self.target.node(node).kill, self._start(node))
 
     def _pause_replica(self, node: str, old: str, at: float) -> str:
         n = self.target.node(node)

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 from rich.table import Table
 
-PHASES = ("write_downtime", "read_downtime", "detected", "promoted", "dns_updated", "writer_available")
+PHASES = ("write_downtime", "read_downtime", "detected", "promoted", "dns_updated", "writer_available",
+          "redundant_again")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class RoundResult:
     promoted: float | None = None
     dns_updated: float | None = None
     writer_available: float | None = None  # the first acknowledged write on the new writer
+    redundant_again: float | None = None  # every node back, streaming or writing, and commits on every copy
     lost: int = 0  # acknowledged writes missing on the writer at the end of the round
     errors: dict[str, int] = field(default_factory=dict)  # client errors by SQLSTATE
     reads_by_node: dict[str, int] = field(default_factory=dict)  # read spread: which nodes answered reads
@@ -94,11 +96,11 @@ def _s(value: float | None) -> str:
 
 def round_table(rounds: list[RoundResult]) -> Table:
     table = Table(title="rounds: seconds after the fault", title_justify="left")
-    for column in ("fault", "#", "write down", "read down", "promoted", "writes back", "lost"):
+    for column in ("fault", "#", "write down", "read down", "promoted", "writes back", "healed", "lost"):
         table.add_column(column, no_wrap=True)
     for r in rounds:
         table.add_row(r.fault, str(r.round), _s(r.write_downtime), _s(r.read_downtime), _s(r.promoted),
-                      _s(r.writer_available), str(r.lost))
+                      _s(r.writer_available), _s(r.redundant_again), str(r.lost))
     return table
 
 

@@ -64,6 +64,7 @@ class Target:
     user: str
     password: str | None
     nodes: list
+    heals = False  # does pgaurora start crashed nodes again itself (`pgaurora up`), or must the drill
 
     def __init__(self) -> None:
         self.partitions: list[Partition] = []
@@ -154,7 +155,9 @@ class _Node:
 
 class ComposedTarget(Target):
     """A LocalCluster made for the drill, and `pgaurora up --attach` serving it as a separate process,
-    so that the drill can kill pgaurora itself (restart-pgaurora)."""
+    so that the drill can kill pgaurora itself (restart-pgaurora). pgaurora heals it: the drill only waits."""
+
+    heals = True
 
     def __init__(self, workdir: Path, replicas: int, base_address: str = "127.0.3.11", backend: str = "local") -> None:
         super().__init__()

@@ -421,6 +421,16 @@ class Monitor:
                 log.warning("could not re-point %s: %s", name, result)
         return [n for n, r in zip(names, results) if not isinstance(r, Exception)]
 
+    async def rejoin_once(self, name: str, reason: str) -> str:
+        """Rejoin a fenced node unless a rejoin of it is under way already (self-healing calls this)."""
+        if name in self._rejoining:
+            raise actions.ActionFailed(f"a rejoin of {name} is under way already")
+        self._rejoining.add(name)
+        try:
+            return await self.rejoin(name, reason)
+        finally:
+            self._rejoining.discard(name)
+
     async def rejoin(self, name: str, reason: str) -> str:
         if self.controller is None:
             raise actions.ActionFailed(f"rejoin needs a cluster started by pgaurora (compose); for this cluster, "

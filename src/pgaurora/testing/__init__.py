@@ -39,6 +39,7 @@ class AuroraCluster:
         self._fault_at: float | None = None
         self._writer_before: str | None = None
         self._restore: list = []
+        self._crashed: str | None = None  # the node the last kill took, which pgaurora heals
         self.started_in: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -103,12 +104,15 @@ class AuroraCluster:
         node = self._target.node(name)
         self._writer_before, self._fault_at = status["writer"]["node"], time.time()
         getattr(node, act)()
-        if undo:
+        if undo == "start" and self._target.heals:  # pgaurora starts it again itself: wait for that
+            self._crashed = name
+            self._restore.append(lambda: self.wait_healed())
+        elif undo:
             self._restore.append(getattr(node, undo))
         return name
 
     def kill_primary(self) -> str:
-        """SIGKILL (docker kill) the primary; restore() starts it again. Returns its name."""
+        """SIGKILL (docker kill) the primary; pgaurora heals it (restore() waits for that). Returns its name."""
         return self._fault(True, "kill", "start")
 
     def pause_primary(self) -> str:
@@ -136,6 +140,17 @@ class AuroraCluster:
             self._restore.pop()()
 
     # -- waiting -----------------------------------------------------------------------------------------
+    def wait_healed(self, timeout: float = 60) -> dict:
+        """Block until pgaurora has brought back the node a kill took (kill_primary(), kill_replica()) and every
+        node is back, the writer and streaming replicas, with commits on every copy. Returns the status."""
+        from ..drill.engine import healthy
+        crashed, at, nodes = self._crashed, self._fault_at or 0, len(self._target.nodes)
+        if crashed is not None:
+            wait_for(f"pgaurora to heal {crashed}", lambda: any(
+                e["kind"] == "healed" and e.get("node") == crashed and e["ts"] >= at for e in self._target.events()),
+                timeout)
+        return wait_for("the cluster to heal", lambda: (s := self.status()) and healthy(s, nodes) and s, timeout)
+
     def wait_for_failover(self, timeout: float = 30) -> dict[str, float]:
         """Block until another node is the writer; returns seconds from the fault to each phase."""
         if self._fault_at is None:
