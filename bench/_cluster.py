@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import asyncpg
 
+from pgaurora.admin import client as admin_client
 from pgaurora.compose import LocalCluster
 from pgaurora.compose.runas import OsUser, server_user
 from pgaurora.config import Config, load
@@ -142,9 +140,7 @@ def _wait_replayed(bc: BenchCluster, timeout: float = 120) -> None:
 
 def running_pgaurora(config: Config) -> dict | None:
     """The admin /status of a pgaurora already serving `config`, or None when nothing answers there."""
-    url = f"http://{config.admin.host}:{config.admin.port}/status"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
-    except (OSError, urllib.error.URLError, ValueError):
+    try:  # with the token that pgaurora published for this host's clients, as the CLI sends it
+        return admin_client.call(f"http://{config.admin.host}:{config.admin.port}", "/status", timeout=5)
+    except (OSError, ValueError, admin_client.AdminError):
         return None

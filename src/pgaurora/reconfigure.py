@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .config import Config
 
 # Settings a running pgaurora cannot take: a new listening socket, another relay, another identity.
-RESTART_ONLY = ("cluster", "state_dir", "writer", "admin", "tls", "dcs", "endpoints", "backup", "reader.host",
+RESTART_ONLY = ("cluster", "state_dir", "writer", "admin", "tls", "dcs", "endpoints", "backup", "heal", "reader.host",
                 "reader.port", "dns.host", "dns.port", "dns.enabled", "dns.zone", "proxy.relay",
                 "proxy.relay_threads", "monitor.user", "monitor.password", "monitor.database")
 

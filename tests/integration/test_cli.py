@@ -46,7 +46,7 @@ def test_up_serves_both_endpoints_then_stops_everything_on_sigterm(state_dir):
         assert f"psql -h 127.0.0.1 -p {ports[0]} -U postgres" in text and f"dig @127.0.0.1 -p {ports[3]}" in text
         assert _psql(ports[0], "s3cret", "SELECT pg_is_in_recovery()") == "f"
         assert _psql(ports[1], "s3cret", "SELECT pg_is_in_recovery()") == "t"
-        status = subprocess.run(["pgaurora", "status", "--admin", f"http://127.0.0.1:{ports[2]}"],
+        status = subprocess.run([*PGAURORA, "status", "--admin", f"http://127.0.0.1:{ports[2]}"],
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0 and "primary" in status.stdout
     finally:
@@ -89,7 +89,7 @@ def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line(state_dir)
 def test_up_refuses_a_directory_that_is_not_a_cluster(state_dir):
     state_dir.mkdir(parents=True)
     (state_dir / "precious.txt").write_text("do not touch")
-    out = subprocess.run(["pgaurora", "up", "--dir", str(state_dir)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([*PGAURORA, "up", "--dir", str(state_dir)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "is not empty and holds no pgaurora cluster" in out.stderr
     assert (state_dir / "precious.txt").read_text() == "do not touch"
@@ -98,7 +98,7 @@ def test_up_refuses_a_directory_that_is_not_a_cluster(state_dir):
 def test_proxy_config_errors_are_listed_in_one_message(tmp_path):
     bad = tmp_path / "cluster.toml"
     bad.write_text('[[nodes]]\nname = "n1"\nhost = "127.0.0.11"\nport = 99999\n[writer]\nport = "x"\n[extra]\n')
-    out = subprocess.run(["pgaurora", "proxy", "-c", str(bad)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([*PGAURORA, "proxy", "-c", str(bad)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "invalid " + str(bad) + " (3 problems)" in out.stderr
@@ -107,7 +107,7 @@ def test_proxy_config_errors_are_listed_in_one_message(tmp_path):
 
 
 def test_status_without_a_running_pgaurora_is_one_clear_error():
-    out = subprocess.run(["pgaurora", "status", "--admin", f"http://127.0.0.1:{free_port()}"],
+    out = subprocess.run([*PGAURORA, "status", "--admin", f"http://127.0.0.1:{free_port()}"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "cannot reach the admin endpoint" in out.stderr and "is pgaurora running?" in out.stderr

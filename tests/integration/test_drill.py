@@ -39,6 +39,7 @@ def test_a_drill_of_every_fault_loses_nothing_and_draws_its_timeline(backend, tm
     assert [r["fault"] for r in report["rounds"]] == faults.split(",")
     for r in report["rounds"]:
         assert r["lost"] == 0 and r["write_downtime"] is not None and r["write_downtime"] <= 5.0, r
+        assert r["redundant_again"] is not None and r["redundant_again"] <= 30.0, r  # pgaurora healed it alone
     outcomes = {r["fault"]: r["outcome"] for r in report["rounds"]}
     assert outcomes.get("isolate-primary", "no failover").startswith("no failover"), outcomes
     assert outcomes["kill-primary"].startswith("failover n1 -> ")
@@ -46,6 +47,7 @@ def test_a_drill_of_every_fault_loses_nothing_and_draws_its_timeline(backend, tm
     assert (c["lost"], c["split_brain"]) == (0, 0) and c["acknowledged"] > 100
     assert set(c["missing"].values()) == {0}
     assert "summary per fault" in run.stdout and "lost writes" in run.stdout
+    assert "pgaurora heals this cluster itself" in run.stdout
     header = png.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", header[16:24])

@@ -11,7 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.helpers import admin, wait_until
+from tests.helpers import PGAURORA, admin, wait_until
 
 
 def _psql(proxy, endpoint: str, sql: str) -> str:
@@ -133,7 +133,7 @@ def test_status_reports_every_node_and_endpoint_targets(proxy, cluster):
     assert all(n["health"] == "healthy" and n["lag_bytes"] is not None for n in doc["nodes"])
     assert doc["zone"] == "demo.pgaurora.internal" and doc["epoch"] >= 1
     assert doc["pid"] == os.getpid()  # the fixture's service runs in this process
-    table = subprocess.run(["pgaurora", "status", "--admin", proxy.admin_url], capture_output=True,
+    table = subprocess.run([*PGAURORA, "status", "--admin", proxy.admin_url], capture_output=True,
                            text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
     assert table.returncode == 0, table.stderr
     assert "primary" in table.stdout and "replica" in table.stdout and "n3" in table.stdout

@@ -105,7 +105,7 @@ def test_old_primary_restarted_as_primary_is_fenced_then_rejoins(fresh_cluster, 
     status = admin(svc.admin_url + "/status")
     assert {n["name"]: n["role"] for n in status["nodes"]}["n1"] == "fenced"
 
-    out = subprocess.run(["pgaurora", "rejoin", "n1", "--admin", svc.admin_url], capture_output=True,
+    out = subprocess.run([*PGAURORA, "rejoin", "n1", "--admin", svc.admin_url], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["method"] in ("pg_rewind", "clone")
@@ -165,7 +165,7 @@ def test_switchover_under_write_loop_loses_no_acknowledged_write(fresh_cluster, 
     writes = svc.write_loop()
     try:
         writes.wait_acked(50, 10)
-        out = subprocess.run(["pgaurora", "switchover", "--to", "n3", "--admin", svc.admin_url],
+        out = subprocess.run([*PGAURORA, "switchover", "--to", "n3", "--admin", svc.admin_url],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         done = time.time()

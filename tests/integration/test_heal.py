@@ -202,3 +202,20 @@ def test_docker_nodes_heal_after_a_kill(fault):
         print(f"docker {fault}: {name} healed {time.time() - killed:.1f} s after the kill")
     assert [e["node"] for e in healed] == [name], healed
     assert status["redundancy"]["full"]
+
+
+def test_a_cluster_of_its_own_heals_through_the_start_command_of_a_node(fresh_cluster, service):
+    """`proxy -c`: pgaurora runs no node, but runs `[heal] commands` for one that went down."""
+    cluster = fresh_cluster(replicas=2)
+    n3 = cluster.node("n3")
+    start = (f"runuser -u {cluster.user.name} -- {n3.bin('pg_ctl')} -D {n3.datadir} -l {n3.datadir}/started.log -w start"
+             if not cluster.user.is_self else f"{n3.bin('pg_ctl')} -D {n3.datadir} -l {n3.datadir}/started.log -w start")
+    svc = service(service_config(cluster, heal={"enabled": True, "commands": {"n3": start}}))  # no controller
+    killed = time.time()
+    n3.kill()
+    for _ in wait_until("n3 started by its command and serving reads", 20):  # destroy() stops it by its PID
+        if "n3" in svc.topology.readers and n3.host in hosts_through(svc.dsn("reader"), 8):
+            break
+    heal, healed = _events(svc, "heal", killed)[0], _events(svc, "healed", killed)
+    assert "n3 is unreachable (its start command starts it on its host)" in heal["reason"], heal
+    assert healed and healed[0]["node"] == "n3" and healed[0]["step"] == "start"

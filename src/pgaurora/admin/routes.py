@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import json
@@ -12,6 +11,7 @@ import json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import AdminScope
+from ..errors import ClusterError
 
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body the admin server reads; a longer one gets 413 before anything runs."""
@@ -96,12 +96,11 @@ class BacktrackParams(Params):
     @field_validator("to")
     @classmethod
     def _moment(cls, value: str) -> str:
+        from ..compose.restore import parse_time  # the restore's own reading of a moment
         try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is not a time like '2026-11-28 10:15:00+00'") from None
-        if moment.tzinfo is None:
-            raise ValueError(f"{value!r} has no time zone: add one, e.g. '+00'")
+            parse_time(value)
+        except ClusterError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
 

@@ -121,6 +121,9 @@ def _run(target, faults, rounds, writers, readers) -> tuple[Report, object]:
     reaper = start_reaper()
     try:
         target.start()
+        click.echo("pgaurora heals this cluster itself: the drill waits for it after each fault" if target.heals
+                   else "pgaurora runs no node of this cluster: after each fault the drill ends what it can itself "
+                        "(a crashed node needs its host's supervisor, or [heal] commands)")
         with Progress(TextColumn("[bold]drill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.description}")) as progress:
             task = progress.add_task("", total=len(faults) * rounds)
@@ -143,4 +146,5 @@ def _run(target, faults, rounds, writers, readers) -> tuple[Report, object]:
 
 def _line(r: RoundResult) -> str:
     down = "-" if r.write_downtime is None else f"{r.write_downtime:.2f} s"
-    return f"{r.fault} #{r.round}: {r.outcome}; writes down {down}; lost {r.lost}"
+    healed = "" if r.redundant_again is None else f"; fully redundant again after {r.redundant_again:.1f} s"
+    return f"{r.fault} #{r.round}: {r.outcome}; writes down {down}{healed}; lost {r.lost}"

@@ -19,6 +19,8 @@ log = logging.getLogger("pgaurora.heal")
 
 WRITER_GRACE = 10.0
 """Seconds a crashed writer is left to the monitor's failover before it is started again in place."""
+PROBE_GRACE = 5.0
+"""After a start command succeeded, seconds the probes get to see the node up before another try."""
 
 
 class Step(str, Enum):
@@ -102,10 +104,12 @@ def _repair(seen: Seen, tries: Tries, config: HealConfig) -> Plan:
     return Plan(Step.START, "a replica")
 
 
-def after_try(tries: Tries, step: Step, ok: bool, now: float, config: HealConfig) -> Tries:
-    """The record after one try: counted either way, with a back-off doubling from config.backoff."""
+def after_try(tries: Tries, step: Step, ok: bool, now: float, config: HealConfig, grace: float = 0.0) -> Tries:
+    """The record after one try: counted either way, with a back-off doubling from config.backoff (and at
+    least `grace` after a success, when only the probes can tell that the node is up)."""
     count = tries.count + 1
     wait = min(config.max_backoff, config.backoff * 2 ** (count - 1))
+    wait = max(wait, grace) if ok else wait
     return replace(tries, count=count, next_at=now + wait, rebuilt=tries.rebuilt or step is Step.REBUILD,
                    up_since=now if ok else None)
 
@@ -234,7 +238,8 @@ class Supervisor:
                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:400],
                                node=name, step=decision.step.value, attempt=attempt)
         else:
-            self.tries[name] = after_try(self.tries[name], decision.step, True, time.time(), self.config)
+            self.tries[name] = after_try(self.tries[name], decision.step, True, time.time(), self.config,
+                                         0.0 if self.nodes.owns_files else PROBE_GRACE)
             self.events.record("healed", f"{name} {done} in {time.monotonic() - began:.1f} s", node=name,
                                step=decision.step.value, attempt=attempt,
                                seconds=round(time.monotonic() - began, 2))
@@ -293,8 +298,8 @@ class StartCommands:
         done = subprocess.run(self.commands[name], shell=True, capture_output=True, text=True, timeout=120,
                               stdin=subprocess.DEVNULL)
         if done.returncode != 0:
-            raise RuntimeError(f"`{self.commands[name]}` exited {done.returncode}: "
-                               f"{(done.stderr or done.stdout).strip()[-300:]}")
+            said = " / ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise RuntimeError(f"`{self.commands[name]}` exited {done.returncode}: {said[-300:]}")
 
     def rebuild(self, name: str, upstream: str) -> None:
         raise RuntimeError(f"pgaurora cannot rebuild {name} on its own host: rebuild it there")
