@@ -5,13 +5,18 @@ from __future__ import annotations
 import threading
 
 import click
+from pydantic import ValidationError
 
 from ..admin.client import AdminError
 from ..admin.client import call as _call
+from ..admin.routes import Params
 
 
-def call(url: str, path: str, method: str = "GET", timeout: float = 120, body: dict | None = None) -> object:
-    """One admin request with the local token (or $PGAURORA_ADMIN_TOKEN); one clear message on failure."""
+def call(url: str, path: str, method: str = "GET", timeout: float = 120, params: Params | None = None) -> object:
+    """One admin request with the local token (or $PGAURORA_ADMIN_TOKEN); one clear message on failure. The
+    parameters are the route table's own models, so the CLI cannot send what the server would refuse."""
+    body = params.model_dump(mode="json", exclude_defaults=True, exclude=set(params.nodes) & {"node"}) \
+        if params is not None else ({} if method != "GET" else None)
     try:
         return _call(url, path, method, body, timeout)
     except AdminError as exc:
@@ -24,7 +29,16 @@ def call(url: str, path: str, method: str = "GET", timeout: float = 120, body: d
                                    "is pgaurora running?") from None
 
 
-def follow_events(url: str, path: str, body: dict, kind: str, timeout: float) -> dict:
+def params(model: type[Params], **values: object) -> Params:
+    """A route's parameters, checked here as the server checks them; one message naming each problem."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors())
+        raise click.ClickException(problems) from None
+
+
+def follow_events(url: str, path: str, body: Params, kind: str, timeout: float) -> dict:
     """POST body to path, printing each `kind` event as it is recorded until the answer comes."""
     seen = {(e["ts"], e["reason"]) for e in call(url, "/events?limit=200")}
     outcome: dict = {}

@@ -11,7 +11,8 @@ import click
 
 from .. import config as config_mod
 from ..errors import PgAuroraError
-from .adminclient import call as _admin, follow_events
+from ..admin import routes
+from .adminclient import call as _admin, follow_events, params
 
 ADMIN_DEFAULT = "http://127.0.0.1:6434"
 
@@ -173,7 +174,7 @@ def replicas() -> None:
 @click.option("--count", type=click.IntRange(1, 15), default=1, show_default=True, help="Replicas to add.")
 def replicas_add(admin_url, count) -> None:
     """Clone new replicas from the writer (pg_basebackup and a slot); returns once each serves reads."""
-    for added in _admin(admin_url, "/nodes", method="POST", timeout=3600, body={"count": count}):
+    for added in _admin(admin_url, "/nodes", "POST", 3600, params(routes.AddNodesParams, count=count)):
         click.echo(f"{added['node']} added at {added['address']}: cloned in {added['cloned_seconds']:.1f} s, "
                    f"serving reads {added['serving_seconds']:.1f} s after the start")
 
@@ -185,8 +186,8 @@ def replicas_add(admin_url, count) -> None:
               help="Seconds the node's open sessions get to finish before they are ended (57P01).")
 def replicas_remove(admin_url, node, drain_timeout) -> None:
     """Drain a replica, wait for its sessions, end the rest, then drop its slot and delete its files."""
-    result = _admin(admin_url, f"/nodes/{urllib.parse.quote(node)}", method="DELETE", timeout=drain_timeout + 600,
-                    body={"drain_timeout": drain_timeout})
+    result = _admin(admin_url, f"/nodes/{urllib.parse.quote(node)}", "DELETE", drain_timeout + 600,
+                    params(routes.RemoveNodeParams, node=node, drain_timeout=drain_timeout))
     click.echo(f"{result['node']} removed ({result['sessions_ended']} session(s) ended after the drain timeout)")
 
 
@@ -196,7 +197,7 @@ def replicas_remove(admin_url, node, drain_timeout) -> None:
 def backup(admin_url, kind) -> None:
     """Take a backup now, from a healthy replica when there is one (pgBackRest)."""
     from .display import size as _size
-    made = _admin(admin_url, "/backups", method="POST", timeout=24 * 3600, body={"type": kind})
+    made = _admin(admin_url, "/backups", "POST", 24 * 3600, params(routes.BackupParams, type=kind))
     click.echo(f"{made['type']} backup {made['label']} from {made['node']}: {_size(made['size_bytes'])} "
                f"({_size(made['repository_bytes'])} in the repository) in {made['seconds']:.1f} s")
 
@@ -259,8 +260,8 @@ def backtrack_command(admin_url, target, undo, yes) -> None:
         f"rewind the data served at the writer and reader endpoints to {target}"
     if not yes:
         click.confirm(f"This will {what}; sessions open now will be ended. Go on?", abort=True)
-    path, body = ("/backtrack/undo", {}) if undo else ("/backtrack", {"to": target})
-    done = _admin(admin_url, path, method="POST", timeout=24 * 3600, body=body)
+    path, body = ("/backtrack/undo", None) if undo else ("/backtrack", params(routes.BacktrackParams, to=target))
+    done = _admin(admin_url, path, "POST", 24 * 3600, body)
     if undo:
         click.echo(f"endpoints back on {', '.join(done['nodes'])} (writer {done['writer']}); "
                    f"unavailable {done['unavailable_seconds']:.2f} s")
@@ -295,7 +296,7 @@ def maintenance_restart(admin_url, settings, bindir, drain_timeout) -> None:
         pairs[name.strip()] = value.strip()
     if not pairs and not bindir:
         raise click.UsageError("nothing to apply: give --set NAME=VALUE, --bindir DIR, or both")
-    body = {"set": pairs, "bindir": bindir, "drain_timeout": drain_timeout}
+    body = params(routes.RestartParams, set=pairs, bindir=bindir, drain_timeout=drain_timeout)
     result = follow_events(admin_url, "/maintenance/restart", body, "maintenance", timeout=24 * 3600)
     applied = [f"{k}={v}" for k, v in pairs.items()] + ([f"binaries from {bindir}"] if bindir else [])
     click.echo(f"every node runs with {', '.join(applied)}; writer unavailable "
@@ -312,8 +313,8 @@ def _drain(admin_url: str, node: str, action: str) -> None:
 @click.option("--to", "target", default=None, help="Node to promote (default: the most advanced replica).")
 def switchover(admin_url, target) -> None:
     """Planned switchover: demote the primary cleanly and promote a replica."""
-    body = {"to": target} if target else {}
-    click.echo(json.dumps(_admin(admin_url, "/switchover", method="POST", body=body), indent=2))
+    body = params(routes.SwitchoverParams, to=target)
+    click.echo(json.dumps(_admin(admin_url, "/switchover", "POST", params=body), indent=2))
 
 
 @cli.command()
@@ -323,9 +324,8 @@ def switchover(admin_url, target) -> None:
               help="Promote even when pgaurora cannot prove the node has every acknowledged commit.")
 def failover(admin_url, target, accept_data_loss) -> None:
     """Fail over from a writer that is down: what the monitor does itself, unless it cannot prove safety."""
-    body = {"to": target, "accept_data_loss": accept_data_loss}
-    click.echo(json.dumps(_admin(admin_url, "/failover", method="POST", body={k: v for k, v in body.items() if v}),
-                          indent=2))
+    body = params(routes.FailoverParams, to=target, accept_data_loss=accept_data_loss)
+    click.echo(json.dumps(_admin(admin_url, "/failover", "POST", params=body), indent=2))
 
 
 @cli.command()
