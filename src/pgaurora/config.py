@@ -138,14 +138,36 @@ class Listen(_Frozen):
     _host = field_validator("host")(classmethod(lambda cls, v: _loopback_or_ip(v)))
 
 
-class WriterConfig(Listen):
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    bad = []
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            bad.append(f"{entry!r} is not an address or a network like 203.0.113.0/24")
+    if bad:
+        raise ValueError("; ".join(bad))
+    return value
+
+
+class ClientEndpoint(Listen):
+    """An endpoint clients connect to, with the addresses it accepts connections from."""
+
+    allow: tuple[str, ...] = ()
+    """Client addresses or networks (CIDR) this endpoint accepts, as a security group does: a connection
+    from anywhere else is closed before a byte is read, and counted. Empty: every address."""
+
+    _allow = field_validator("allow")(classmethod(lambda cls, v: _networks(v)))
+
+
+class WriterConfig(ClientEndpoint):
     """The writer endpoint: every session reaches the current primary."""
 
     port: Port = 6432
     """Port to listen on."""
 
 
-class ReaderConfig(Listen):
+class ReaderConfig(ClientEndpoint):
     """The reader endpoint: sessions spread over healthy replicas that are not lagging."""
 
     port: Port = 6433
@@ -166,7 +188,7 @@ class CustomFallback(str, Enum):
     WRITER = "writer"
 
 
-class CustomEndpointConfig(Listen):
+class CustomEndpointConfig(ClientEndpoint):
     """A custom endpoint (`[[endpoints]]`): a named subset of the nodes on a port of its own, as Aurora's."""
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")]

@@ -78,6 +78,13 @@ def proxy_metrics(state: "ProxyState") -> Iterator[Metric]:
     yield refused
     yield CounterMetricFamily("pgaurora_tls_handshakes", "Client connections that started a TLS handshake",
                               value=state.tls_total)
+    for name, counts, text in (("pgaurora_allowlist_accepted", state.allowed_total, "let in by"),
+                               ("pgaurora_allowlist_refused", state.disallowed_total, "closed at once by")):
+        family = CounterMetricFamily(name, f"Client connections {text} the endpoint's allow-list",
+                                     labels=["endpoint"])
+        for endpoint, count in sorted(counts.items()):
+            family.add_metric([endpoint], count)
+        yield family
 
 
 def dcs_metrics(member) -> Iterator[Metric]:

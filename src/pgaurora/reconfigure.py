@@ -33,7 +33,12 @@ def _flat(data: object, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): data}
 
 
+LIVE = ("writer.allow", "reader.allow")  # inside a restart-only section, but read at every accept
+
+
 def _restart_only(setting: str) -> bool:
+    if any(setting == live or setting.startswith(live + ".") for live in LIVE):
+        return False
     return any(setting == r or setting.startswith(r + ".") for r in RESTART_ONLY)
 
 

@@ -81,3 +81,10 @@ def test_every_setting_is_described_for_the_generated_reference():
     text = reference.reference()  # raises on a setting without a description
     for key in ("witness_window", "max_data_loss", "failover_connect_timeout", "replication_host"):
         assert f"| `{key}` |" in text
+
+
+def test_an_allow_list_entry_that_is_no_network_is_refused_at_load():
+    with pytest.raises(ConfigError) as info:
+        build({"nodes": [{"name": "n1", "host": "127.0.0.1"}],
+                      "reader": {"allow": ["203.0.113.0/24", "127.0.0.1", "not-a-net"]}})
+    assert "reader.allow: 'not-a-net' is not an address or a network like 203.0.113.0/24" in str(info.value)

@@ -43,10 +43,16 @@ class ClientProtocol(asyncio.Protocol):
         self.session: Session | None = None
         self.tls: TlsTransport | None = None
         self.certificate: bytes | None = None  # DER of the certificate this client's handshake used
+        self.disallowed = False  # refused by the endpoint's allow-list: closed at once
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if not self.endpoint.admits(peer[0] if peer else ""):
+            self.disallowed = True
+            transport.abort()  # closed before a byte is read or written, as a security group drops it
+            return
         self.endpoint.state.client_opened()
         timeout = self.endpoint.config.proxy.startup_timeout
         self.timer = asyncio.get_running_loop().call_later(timeout, self._startup_timeout)
@@ -65,8 +71,8 @@ class ClientProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.session is not None:
-            return  # the Session owns the transport now
+        if self.session is not None or self.disallowed:
+            return  # the Session owns the transport now; or it was never let in
         self.endpoint.state.client_closed()
         self._cancel_timer()
         if self.task is not None:

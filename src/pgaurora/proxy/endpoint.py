@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 
 from ..config import Config, CustomEndpointConfig, Listen
@@ -34,6 +36,13 @@ class Endpoint:
     @property
     def address(self) -> str:
         return f"{self.listen.host}:{self.listen.port}"
+
+    def admits(self, peer: str) -> bool:
+        """Is a connection from this address allowed in (the allow-list as configured now), and counted."""
+        spec = self.custom if self.custom is not None else getattr(self.config, self.kind.value)
+        allowed = not spec.allow or _in_networks(peer, spec.allow)
+        (self.state.allowed_total if allowed else self.state.disallowed_total)[self.name] += 1
+        return allowed
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,6 +134,19 @@ class Endpoint:
         why = f"node {session.node} is no longer the writer" if self.kind is EndpointKind.WRITER else \
             f"node {session.node} was fenced"
         session.terminate("57P01", f"terminating connection: {why} (epoch {topology.epoch})")
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def _in_networks(peer: str, networks: tuple[str, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in _parsed(networks) if network.version == address.version)
 
 
 def _writer_unavailable(exc: ProxyError, topology: Topology) -> ProxyError:

@@ -27,6 +27,8 @@ class ProxyState:
         self.sessions_total: Counter[tuple[str, str]] = Counter()  # (endpoint, node) -> sessions established
         self.refused_total: Counter[str] = Counter()  # SQLSTATE -> clients the proxy itself turned away
         self.tls_total = 0  # client connections that started a TLS handshake
+        self.allowed_total: Counter[str] = Counter()  # endpoint -> connections its allow-list let in
+        self.disallowed_total: Counter[str] = Counter()  # endpoint -> connections closed by its allow-list
 
     def client_opened(self) -> int:
         self.clients += 1
