@@ -124,6 +124,7 @@ class Service:
         """Read the endpoints' certificate and key again (SIGHUP, POST /reload): new sessions use them,
         live ones keep theirs. False when TLS is off; ConfigError (old ones kept) when unusable."""
         reloaded = self.tls.reload()
+        self.admin.reload_tls()
         if reloaded:
             self.events.record("tls_reloaded", f"new sessions use {self.config.tls.cert_file} as read now",
                                cert_file=self.config.tls.cert_file)

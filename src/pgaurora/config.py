@@ -243,6 +243,15 @@ class AdminToken(_Frozen):
         return self
 
 
+class AdminCertificate(_Frozen):
+    """A TLS client certificate accepted as an admin credential (`[[admin.certificates]]`), by its common name."""
+
+    common_name: Annotated[str, Field(min_length=1, max_length=64)]
+    """The certificate's subject common name; the audit trail records it as `cert:<common_name>`."""
+    scope: AdminScope
+    """`read`, `operate` or `admin`."""
+
+
 class AdminConfig(Listen):
     """The admin HTTP API (its routes: docs/api.md or GET /openapi.json); every request needs a bearer token."""
 
@@ -255,6 +264,25 @@ class AdminConfig(Listen):
     default `<state_dir>/admin.token`. The CLI finds it through a copy under ~/.local/state/pgaurora/admin/."""
     open_metrics: bool = False
     """Serve GET /metrics without a token, for a scraper that cannot send one."""
+    tls: bool = False
+    """Serve HTTPS with the `[tls]` certificate and key (read again on reload, as the endpoints do)."""
+    client_ca_file: str | None = None
+    """With `tls`: TLS client certificates signed by this CA are credentials too, as `certificates` maps them."""
+    certificates: tuple[AdminCertificate, ...] = ()
+    """Client certificates by common name, each with a scope (needs `client_ca_file`)."""
+
+    @model_validator(mode="after")
+    def _certificates(self) -> "AdminConfig":
+        problems = []
+        if self.client_ca_file and not self.tls:
+            problems.append("client_ca_file needs tls = true")
+        if self.certificates and not self.client_ca_file:
+            problems.append("certificates need client_ca_file, the CA that signs them")
+        if self.client_ca_file and not os.path.exists(self.client_ca_file):
+            problems.append(f"client_ca_file: no such file {self.client_ca_file!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("tokens")
     @classmethod
@@ -593,6 +621,8 @@ class Config(_Frozen):
             unknown = sorted((set(endpoint.nodes or ()) | set(endpoint.exclude)) - names)
             if unknown:
                 problems.append(f"endpoints.{endpoint.name}: unknown nodes {', '.join(unknown)}")
+        if self.admin.tls and not self.tls.cert_file:
+            problems.append("admin.tls: HTTPS on the admin port needs [tls] cert_file and key_file")
         if problems:
             raise ValueError("; ".join(problems))
         return self

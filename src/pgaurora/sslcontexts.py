@@ -56,6 +56,22 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     return ctx
 
 
+def admin_context(tls: TlsConfig, client_ca_file: str | None) -> ssl.SSLContext:
+    """HTTPS for the admin port, with the endpoints' certificate; client certificates are asked for (and
+    verified against client_ca_file) when there is one, never required: a bearer token does as well."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        if client_ca_file:
+            ctx.load_verify_locations(client_ca_file)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"admin.tls: cannot load {tls.cert_file} / {tls.key_file} / {client_ca_file}: {exc}"]
+                          ) from None
+    return ctx
+
+
 def client_context(tls: TlsConfig) -> ssl.SSLContext:
     """For the nodes: verify-full checks the chain and the host name, prefer and require encrypt only."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

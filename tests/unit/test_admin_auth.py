@@ -74,3 +74,20 @@ def test_token_files_readable_by_others_and_repeated_names_are_refused_together(
     assert "readable by group or others" in text and "scope" in text
     with pytest.raises(ConfigError, match="must be unique and not 'local'"):
         _config(tmp_path, tokens=[{"name": "local", "scope": "read", "file": str(good)}])
+
+
+def test_a_verified_client_certificate_is_a_credential_by_its_common_name_only_when_mapped():
+    checker = auth.Authenticator({}, {"ops-client": AdminScope.OPERATE})
+    cert = {"subject": ((("organizationName", "x"),), (("commonName", "ops-client"),))}
+    assert (checker.by_certificate(cert).name, checker.by_certificate(cert).scope) == ("cert:ops-client",
+                                                                                     AdminScope.OPERATE)
+    assert checker.by_certificate({"subject": ((("commonName", "other"),),)}) is None
+    assert checker.by_certificate(None) is None and checker.by_certificate({}) is None
+
+
+def test_https_on_the_admin_port_needs_a_certificate_and_client_certificates_need_their_ca(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        _config(tmp_path, tls=True, certificates=[{"common_name": "ops", "scope": "read"}])
+    assert "certificates need client_ca_file" in str(info.value)
+    with pytest.raises(ConfigError, match="admin.tls: HTTPS on the admin port needs"):
+        _config(tmp_path, tls=True)

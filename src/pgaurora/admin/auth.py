@@ -27,10 +27,21 @@ def _digest(token: str) -> bytes:
 
 
 class Authenticator:
-    """Checks a bearer token against every known credential, in time that does not depend on which matched."""
+    """Checks a bearer token against every known credential, in time that does not depend on which matched;
+    or takes a verified TLS client certificate by its common name."""
 
-    def __init__(self, tokens: dict[str, tuple[AdminScope, str]]) -> None:
+    def __init__(self, tokens: dict[str, tuple[AdminScope, str]],
+                 certificates: dict[str, AdminScope] | None = None) -> None:
         self.credentials = tuple(Credential(name, scope, _digest(token)) for name, (scope, token) in tokens.items())
+        self.certificates = certificates or {}
+
+    def by_certificate(self, peercert: dict | None) -> Credential | None:
+        """The credential of a client certificate the TLS handshake verified (ssl's getpeercert()), or None."""
+        subject = dict(item for rdn in (peercert or {}).get("subject", ()) for item in rdn)
+        name = subject.get("commonName")
+        if name is None or name not in self.certificates:
+            return None
+        return Credential(f"cert:{name}", self.certificates[name], b"")
 
     def identify(self, authorization: str | None) -> Credential | None:
         """The credential an Authorization header carries, or None."""
@@ -96,7 +107,8 @@ def withdraw(path: Path, token: str) -> None:
 
 def authenticator(config: Config, local: str) -> Authenticator:
     tokens = {t.name: (t.scope, Path(t.file).read_text().strip()) for t in config.admin.tokens}
-    return Authenticator({LOCAL: (AdminScope.ADMIN, local), **tokens})
+    return Authenticator({LOCAL: (AdminScope.ADMIN, local), **tokens},
+                         {c.common_name: c.scope for c in config.admin.certificates})
 
 
 def token_for(url: str) -> str | None:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
 
 from .auth import token_for
+
+
+def _tls(url: str) -> ssl.SSLContext | None:
+    """For https: the CA in $PGAURORA_ADMIN_CA_FILE (else the system's), and a client certificate from
+    $PGAURORA_ADMIN_CERT_FILE and $PGAURORA_ADMIN_KEY_FILE when they are set."""
+    if not url.startswith("https:"):
+        return None
+    context = ssl.create_default_context(cafile=os.environ.get("PGAURORA_ADMIN_CA_FILE"))
+    if os.environ.get("PGAURORA_ADMIN_CERT_FILE"):
+        context.load_cert_chain(os.environ["PGAURORA_ADMIN_CERT_FILE"], os.environ.get("PGAURORA_ADMIN_KEY_FILE"))
+    return context
 
 
 class AdminError(Exception):
@@ -28,7 +41,7 @@ def call(url: str, path: str, method: str = "GET", body: Any = None, timeout: fl
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url.rstrip("/") + path, method=method, data=data, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=_tls(url)) as response:
             raw = response.read()
             return json.loads(raw) if response.headers.get_content_type() == "application/json" else raw.decode()
     except urllib.error.HTTPError as exc:

@@ -16,6 +16,7 @@ from .. import custom_endpoints, metrics
 from ..errors import ClusterError, ConfigError
 from ..health.actions import ActionFailed
 from ..health.heal import redundancy
+from ..sslcontexts import admin_context
 from ..topology import Role, Topology, loss_bound_bytes
 from . import auth
 from .routes import (MAX_BODY_BYTES, ROUTES, AddNodesParams, BacktrackParams, BackupParams, EventsParams,
@@ -113,11 +114,20 @@ class AdminServer:
         self.app.add_routes([web.route(r.method, r.path, self._handler(r)) for r in ROUTES])
         self._runner: web.AppRunner | None = None
         self._published: Path | None = None
+        a = service.config.admin
+        self.ssl = admin_context(service.config.tls, a.client_ca_file) if a.tls else None
+
+    def reload_tls(self) -> None:
+        """New connections get the certificate as it is on disk now (ConfigError, old one kept, if unusable)."""
+        if self.ssl is not None:
+            tls = self.service.config.tls
+            admin_context(tls, self.service.config.admin.client_ca_file)  # checks the files: ConfigError first
+            self.ssl.load_cert_chain(tls.cert_file, tls.key_file)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl).start()
         self._published = auth.publish(self.host, self.port, self.local_token)
 
     async def stop(self) -> None:
@@ -144,6 +154,8 @@ class AdminServer:
         if route.path == "/metrics" and self.service.config.admin.open_metrics:
             return self.auth.identify(request.headers.get("Authorization"))
         credential = self.auth.identify(request.headers.get("Authorization"))
+        if credential is None and "Authorization" not in request.headers and self.ssl is not None:
+            credential = self.auth.by_certificate(_peercert(request))
         if credential is None:
             given = "Authorization" in request.headers
             raise Invalid(401, "the bearer token is not valid" if given else
@@ -286,6 +298,12 @@ async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
     except Exception as exc:  # a bug: answer 500 with what failed, log the traceback
         log.exception("admin request %s %s failed", request.method, request.path)
         return _json({"error": f"internal error: {type(exc).__name__}: {exc}", "problems": []}, 500)
+
+
+def _peercert(request: web.Request) -> dict | None:
+    """The client certificate the TLS handshake verified, as ssl's getpeercert() gives it; None without one."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport is not None else None
+    return ssl_object.getpeercert() if ssl_object is not None else None
 
 
 def _error_of(response: web.StreamResponse) -> str:
