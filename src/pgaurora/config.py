@@ -671,9 +671,18 @@ def build(data: dict, source: str = "configuration") -> Config:
 def load(path: str | Path) -> Config:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError([f"file not found: {path}"], str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read it: {exc}"], str(path)) from None
+    return loads(text, str(path))
+
+
+def loads(text: str, source: str = "configuration") -> Config:
+    """A Config from TOML text (what load() reads), or one ConfigError listing every problem."""
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
-    return build(data, str(path))
+        raise ConfigError([f"not valid TOML: {exc}"], source) from None
+    return build(data, source)
