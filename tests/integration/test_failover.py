@@ -335,3 +335,30 @@ def test_a_prepared_transaction_survives_failover_and_commits_on_the_new_primary
     with psycopg.connect(svc.dsn("writer"), autocommit=True) as conn:
         assert conn.execute("SELECT id FROM ledger").fetchall() == [(1,)]
         assert conn.execute("SELECT host(inet_server_addr())").fetchone()[0] != cluster.primary.host
+
+
+def test_a_replica_restarted_while_the_primary_hung_is_promoted_without_waiting_out_the_catch_up(fresh_cluster,
+                                                                                                service):
+    """A restarted standby reports as received only the start of the segment it will stream from, below what it
+    has replayed: the promotion must not wait catchup_timeout (5 s) for a receive position that never comes."""
+    cluster = fresh_cluster(replicas=1)
+    svc = service(service_config(cluster), controller=cluster)
+    n1, n2 = cluster.nodes
+    writes = svc.write_loop()
+    writes.wait_acked(30)
+    n1.pause()  # hung: n2, restarting meanwhile, cannot stream from it again
+    n2.stop()
+    n2.start()
+    received, replayed = n2.sql("SELECT coalesce(pg_last_wal_receive_lsn() - '0/0', -1) || ' ' || "
+                                "(pg_last_wal_replay_lsn() - '0/0')").split()
+    for _ in wait_until("n2 promoted", 20):
+        if svc.topology.writer == "n2":
+            break
+    n1.resume()  # a fenced former primary now; the fixture stops it
+    writes.stop()
+    event = next(e for e in svc.events.recent() if e["kind"] == "failover")
+    took = event["phases"]["promoted"] - event["phases"]["candidate_chosen"]
+    print(f"n2 had received up to {received}, replayed up to {replayed}; its promotion took {took:.2f} s")
+    assert int(received) < int(replayed)  # the state this test is about
+    assert took < 1.0, event["phases"]
+    assert writes.acked_ids() <= ids_on(n2)

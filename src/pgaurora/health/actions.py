@@ -44,12 +44,13 @@ async def connect(config: Config, node: NodeConfig, timeout: float | None = None
 
 
 async def _wait_replay(conn: asyncpg.Connection, timeout: float) -> None:
-    """Let the replica replay what it received (bounded); resume replay if someone paused it."""
+    """Let the replica replay what it received (bounded); resume replay if someone paused it. Replay past
+    the received position counts as done: a restarted standby reports as received only the start of the
+    segment it will stream from, and with its primary gone that never moves (the wait took 5 s)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        row = await conn.fetchrow("SELECT pg_last_wal_receive_lsn() >= pg_last_wal_replay_lsn() AS ahead, "
-                                  "pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() AS done, "
+        row = await conn.fetchrow("SELECT pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() AS done, "
                                   "pg_is_wal_replay_paused() AS paused")
         if row["paused"]:
             await conn.execute("SELECT pg_wal_replay_resume()")
