@@ -151,12 +151,12 @@ class AdminServer:
         return handle
 
     def _authenticate(self, route: Route, request: web.Request) -> auth.Credential | None:
-        if route.path == "/metrics" and self.service.config.admin.open_metrics:
-            return self.auth.identify(request.headers.get("Authorization"))
+        """The request's credential: its bearer token, else its verified client certificate; None only for
+        /metrics with open_metrics."""
         credential = self.auth.identify(request.headers.get("Authorization"))
         if credential is None and "Authorization" not in request.headers and self.ssl is not None:
             credential = self.auth.by_certificate(_peercert(request))
-        if credential is None:
+        if credential is None and not (route.path == "/metrics" and self.service.config.admin.open_metrics):
             given = "Authorization" in request.headers
             raise Invalid(401, "the bearer token is not valid" if given else
                           "a bearer token is required (Authorization: Bearer TOKEN); on this host `pgaurora` "

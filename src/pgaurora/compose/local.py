@@ -639,6 +639,9 @@ class LocalCluster:
     # -- what self-healing reads (health/heal.py) -------------------------------------------------------
     owns_files = True
 
+    def knows(self, name: str) -> bool:
+        return any(n.name == name for n in self.nodes)
+
     def alive(self, name: str) -> bool | None:
         return self.node(name).running
 

@@ -158,6 +158,8 @@ class Nodes(Protocol):
 
     owns_files: bool  # can rewind and rebuild (compose), or only start (commands)
 
+    def knows(self, name: str) -> bool: ...
+
     def alive(self, name: str) -> bool | None: ...  # None: cannot tell from here (use the probes)
 
     def why_down(self, name: str) -> str: ...
@@ -172,7 +174,7 @@ class Nodes(Protocol):
 
 
 class Rejoiner(Protocol):
-    async def rejoin_once(self, name: str, reason: str) -> str | None: ...
+    async def rejoin_once(self, name: str, reason: str) -> str: ...
 
 
 class Supervisor:
@@ -183,15 +185,12 @@ class Supervisor:
         self.nodes, self.hub, self.rejoiner, self.events = nodes, hub, rejoiner, events
         self.config, self.sync_mode = config, sync_mode
         self.tries: dict[str, Tries] = {}
-        self.full_since: float | None = None  # when the cluster last became fully redundant
-        self.degraded_since: float | None = None
+        self.degraded_since: float | None = None  # since when the cluster has been short of copies
         self._working: dict[str, asyncio.Task] = {}
 
     async def tick(self) -> None:
         topology, now = self.hub.current, time.time()
         self._track_redundancy(topology, now)
-        if topology.writer is None and not topology.nodes:
-            return
         seen = await asyncio.to_thread(self._look, topology)
         for s in seen:
             self.tries[s.name] = observed(self.tries.get(s.name, Tries()), s.alive, now, self.config)
@@ -199,15 +198,17 @@ class Supervisor:
                 self._follow(s, plan(s, self.tries[s.name], now, self.config), topology.writer)
 
     def _look(self, topology: Topology) -> list[Seen]:
-        """Blocking looks (files, /proc, the Docker API): run on a thread, never on the loop."""
-        alive = {n.name: self._alive(n.name, n.health) for n in topology.nodes}
+        """Blocking looks (files, /proc, the Docker API): run on a thread, never on the loop. A node the
+        cluster no longer holds (being removed) is left out."""
+        nodes = [n for n in topology.nodes if self.nodes.knows(n.name)]
+        alive = {n.name: self._alive(n.name, n.health) for n in nodes}
         writer = topology.writer
         return [Seen(n.name, alive[n.name], self.nodes.held(n.name), self.nodes.usable(n.name), n.role,
                      n.name == writer, bool(writer) and alive.get(writer, False),
                      any(a for other, a in alive.items() if other != n.name
                          and topology.by_name[other].role is not Role.FENCED),
                      self.nodes.owns_files, "" if alive[n.name] else self.nodes.why_down(n.name))
-                for n in topology.nodes]
+                for n in nodes]
 
     def _alive(self, name: str, health: Health) -> bool:
         alive = self.nodes.alive(name)
@@ -257,10 +258,8 @@ class Supervisor:
         return "started again"
 
     def _track_redundancy(self, topology: Topology, now: float) -> None:
-        if redundancy(topology, self.sync_mode).full:
-            self.full_since, self.degraded_since = self.full_since or now, None
-        else:
-            self.full_since, self.degraded_since = None, self.degraded_since or now
+        full = redundancy(topology, self.sync_mode).full
+        self.degraded_since = None if full else self.degraded_since or now
 
     def document(self) -> dict:
         """For /status: the nodes being healed or given up on, and since when redundancy is short."""
@@ -284,6 +283,9 @@ class StartCommands:
 
     def why_down(self, name: str) -> str:
         return "is unreachable"
+
+    def knows(self, name: str) -> bool:
+        return True
 
     def alive(self, name: str) -> bool | None:
         return None if name in self.commands else True  # a node without a command is not pgaurora's to start
