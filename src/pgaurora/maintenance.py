@@ -44,14 +44,17 @@ class Maintenance:
 
     def __init__(self, service: "Service") -> None:
         self.service = service
+        self._epoch: int | None = None  # the writer's epoch when the running restart began
 
     async def restart(self, settings: dict[str, str], bindir: str | None = None,
                       drain_timeout: float = DRAIN_TIMEOUT) -> dict:
         cluster = composed(self.service, "maintenance restart")
         check_settings(settings)
         async with exclusive(self.service):
+            self._epoch = None
             self._require_healthy("cannot start")
             topology = self.service.hub.current
+            self._epoch = topology.epoch  # a change of writer under the restart ends it: its plan no longer holds
             replicas = [n.name for n in topology.nodes if n.role is Role.REPLICA]
             try:
                 expected = await asyncio.to_thread(cluster.check_restart, replicas[0], settings, bindir)
@@ -62,8 +65,12 @@ class Maintenance:
                        bindir=bindir)
             for name in replicas:
                 await self._restart_replica(cluster, name, settings, bindir, drain_timeout)
+            self._require_healthy("stopped before the switchover")
             self._step(f"switching over from {topology.writer} to a restarted replica")
-            switched = await self.service.monitor.request("switchover")
+            try:
+                switched = await self.service.monitor.request("switchover")
+            except ActionFailed as exc:
+                raise ActionFailed(f"rolling restart stopped at the switchover: {exc}") from None
             await self._rejoined(topology.writer)
             await self._restart_replica(cluster, topology.writer, settings, bindir, drain_timeout)
             if bindir:
@@ -118,6 +125,9 @@ class Maintenance:
             problems.append("no writer is known")
         if not any(n.role is Role.REPLICA for n in topology.nodes):
             problems.append("there is no replica to switch over to")
+        if self._epoch is not None and topology.epoch != self._epoch:
+            problems.append(f"the writer changed during the restart (epoch {self._epoch} -> {topology.epoch}, "
+                            f"now {topology.writer})")
         if problems:
             raise ActionFailed(f"rolling restart {what}: the cluster is not healthy ({'; '.join(problems)})")
 
