@@ -71,6 +71,7 @@ class Maintenance:
                 switched = await self.service.monitor.request("switchover")
             except ActionFailed as exc:
                 raise ActionFailed(f"rolling restart stopped at the switchover: {exc}") from None
+            self._epoch = switched["epoch"]  # its own change of writer
             await self._rejoined(topology.writer)
             await self._restart_replica(cluster, topology.writer, settings, bindir, drain_timeout)
             if bindir:

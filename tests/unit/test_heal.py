@@ -27,8 +27,9 @@ def seen(**changes) -> Seen:
     (seen(role=Role.FENCED, writer_alive=False), Tries(), Step.WAIT, "running writer"),
     (seen(usable=False), Tries(), Step.REBUILD, "no usable data directory"),
     (seen(usable=False, writer_alive=False), Tries(), Step.WAIT, "running writer"),
-    (seen(), Tries(count=3), Step.REBUILD, "failed to start 3 times"),
-    (seen(), Tries(count=3, rebuilt=True), Step.START, "a replica"),
+    (seen(), Tries(count=3, failed=3), Step.REBUILD, "failed to start 3 times"),
+    (seen(), Tries(count=3, failed=3, rebuilt=True), Step.START, "a replica"),
+    (seen(role=Role.FENCED), Tries(count=3, failed=0), Step.REJOIN, "former primary"),  # 3 heals that worked
     (seen(), Tries(count=5), Step.GIVE_UP, "5 tries in a row failed"),
     (seen(), Tries(count=5, given_up=True), Step.NONE, "given up"),
     (seen(), Tries(count=1, next_at=NOW + 2), Step.WAIT, "next try in 2.0 s"),
@@ -51,7 +52,8 @@ def test_tries_back_off_doubling_up_to_the_cap_and_count_failures_and_successes(
     for _ in range(6):
         tries = after_try(tries, Step.START, False, NOW, CONFIG)
         waits.append(tries.next_at - NOW)
-    assert waits == [1, 2, 4, 8, 8, 8] and tries.count == 6 and tries.up_since is None
+    assert waits == [1, 2, 4, 8, 8, 8] and tries.count == 6 and tries.failed == 6 and tries.up_since is None
+    assert after_try(tries, Step.START, True, NOW, CONFIG).failed == 0
     rebuilt = after_try(Tries(count=3), Step.REBUILD, True, NOW, CONFIG)
     assert rebuilt.rebuilt and rebuilt.up_since == NOW and rebuilt.count == 4
     assert after_try(Tries(count=3), Step.REBUILD, False, NOW, CONFIG).rebuilt  # one rebuild, whatever came of it

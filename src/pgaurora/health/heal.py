@@ -53,6 +53,7 @@ class Tries:
     """A node's healing so far; replaced whole, by the supervisor alone."""
 
     count: int = 0  # tries in a row, reset once the node stays up for stable_after
+    failed: int = 0  # tries in a row that failed outright (a start that raised): rebuild_after counts these
     next_at: float = 0.0  # no try before this moment (back-off)
     down_since: float | None = None
     up_since: float | None = None
@@ -88,14 +89,14 @@ def plan(seen: Seen, tries: Tries, now: float, config: HealConfig) -> Plan:
 
 
 def _repair(seen: Seen, tries: Tries, config: HealConfig) -> Plan:
-    needs_writer = not seen.usable or seen.role is Role.FENCED or (tries.count >= config.rebuild_after
+    needs_writer = not seen.usable or seen.role is Role.FENCED or (tries.failed >= config.rebuild_after
                                                                    and not tries.rebuilt)
     if needs_writer and not seen.writer_alive:
         return Plan(Step.WAIT, "waiting for a running writer to rebuild or rewind it from")
     if not seen.usable:
         return Plan(Step.REBUILD, "no usable data directory")
-    if tries.count >= config.rebuild_after and not tries.rebuilt:
-        return Plan(Step.REBUILD, f"failed to start {tries.count} times in a row")
+    if tries.failed >= config.rebuild_after and not tries.rebuilt:
+        return Plan(Step.REBUILD, f"failed to start {tries.failed} times in a row")
     if seen.role is Role.FENCED:
         return Plan(Step.REJOIN, "a former primary")
     if seen.is_writer:
@@ -110,8 +111,8 @@ def after_try(tries: Tries, step: Step, ok: bool, now: float, config: HealConfig
     count = tries.count + 1
     wait = min(config.max_backoff, config.backoff * 2 ** (count - 1))
     wait = max(wait, grace) if ok else wait
-    return replace(tries, count=count, next_at=now + wait, rebuilt=tries.rebuilt or step is Step.REBUILD,
-                   up_since=now if ok else None)
+    return replace(tries, count=count, failed=0 if ok else tries.failed + 1, next_at=now + wait,
+                   rebuilt=tries.rebuilt or step is Step.REBUILD, up_since=now if ok else None)
 
 
 def observed(tries: Tries, alive: bool, now: float, config: HealConfig) -> Tries:
