@@ -263,19 +263,6 @@ static int stash(side *to, const char *data, size_t len) {
     return 0;
 }
 
-/* Sending to the server failed: it went away while the client's bytes were on their way. What it said
- * before (a backend's FATAL 57P01 as it exits with a query unread) may still wait in its socket: pass
- * that on to the client before the session ends, or the client only sees the connection drop. */
-static void pass_server_leftovers(worker *w, session *s) {
-    if (s->server.ssl || s->client.ssl || s->client.pend_len) return;
-    for (;;) {
-        ssize_t n = recv(s->server.fd, w->buf, CHUNK, MSG_DONTWAIT);
-        if (n <= 0) return;
-        frame(s, (unsigned char *)w->buf, (size_t)n);
-        send_all(s->client.fd, w->buf, (size_t)n);
-    }
-}
-
 /* The side `gone` ended the stream: the client hears why when that was the server. */
 static void end_by(worker *w, side *gone) {
     session *s = gone->s;
@@ -308,11 +295,7 @@ static void pump(worker *w, side *from) {
     }
     ssize_t sent = send(to->fd, out, (size_t)n, MSG_NOSIGNAL);
     if (sent < 0 && (errno == EAGAIN || errno == EINTR)) sent = 0;
-    if (sent < 0) {
-        if (to == &s->server) pass_server_leftovers(w, s);
-        end_session(w, s, NULL, 0);
-        return;
-    }
+    if (sent < 0) { end_session(w, s, NULL, 0); return; }
     if (sent < n) {
         if (stash(to, out + sent, (size_t)(n - sent)) < 0) { end_session(w, s, NULL, 0); return; }
         rewatch(w, s);
@@ -324,11 +307,7 @@ static void flush(worker *w, side *to) {
     session *s = to->s;
     ssize_t n = send(to->fd, to->pend + to->pend_off, to->pend_len - to->pend_off, MSG_NOSIGNAL);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    if (n < 0) {
-        if (to == &s->server) pass_server_leftovers(w, s);
-        end_session(w, s, NULL, 0);
-        return;
-    }
+    if (n < 0) { end_session(w, s, NULL, 0); return; }
     to->pend_off += (size_t)n;
     if (to->pend_off == to->pend_len) {
         free(to->pend);
