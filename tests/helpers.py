@@ -381,3 +381,11 @@ def admin_tokens(directory: Path, **scopes: str) -> tuple[list[dict], dict[str, 
         os.chmod(path, 0o600)
         config.append({"name": name, "scope": scope, "file": str(path)})
     return config, tokens
+
+
+def ended_on_purpose(error: dict) -> bool:
+    """A ReadSessions error from a session pgaurora ended on purpose (drain timeout, removal, restart): 57P01 as
+    the backend sent it, or the bare close that reaches the client instead in about one run in five (a known
+    flake, not yet explained: the backend's FATAL is lost on the way; see issue 27's closing note)."""
+    return error["sqlstate"] == "57P01" or (error["sqlstate"] is None and
+                                           "server closed the connection unexpectedly" in error["message"])

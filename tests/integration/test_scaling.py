@@ -9,7 +9,7 @@ import time
 
 
 from pgaurora.compose.background import WriteLoop
-from tests.helpers import PGAURORA, ReadSessions, ids_on, refused, service_config, wait_until
+from tests.helpers import PGAURORA, ReadSessions, ended_on_purpose, ids_on, refused, service_config, wait_until
 
 
 def _replicas(admin: str, *args: str, timeout: float = 300) -> str:
@@ -71,10 +71,7 @@ def test_scaling_one_to_three_to_one_replicas_under_load_keeps_both_endpoints_se
     assert any(e["node"] == removed_hosts["n3"] and e["sqlstate"] == "57P01" for e in errors)  # n3's were ended
     for error in errors:  # only sessions on a removed node end, with 57P01, and only after the drain timeout
         name = next((n for n, h in removed_hosts.items() if h == error["node"]), None)
-        # Known flake, not yet fixed (issue 27's closing note): about one run in five, one such session sees
-        # its connection close without the 57P01 its backend sent; it is still one of the removed node's.
-        assert name is not None and (error["sqlstate"] == "57P01" or error["sqlstate"] is None and
-                                     "server closed the connection unexpectedly" in error["message"]), error
+        assert name is not None and ended_on_purpose(error), error
         assert error["time"] >= began[name] + 2, (error, began[name])
 
 
