@@ -15,7 +15,6 @@ from _cluster import BenchCluster, running_pgaurora
 
 from pgaurora.compose.ports import free_port, free_ports
 
-
 BASELINES = {"pgbouncer": "pgbouncer", "haproxy": "haproxy", "pgbench": "postgresql-contrib"}  # tool: package
 _SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/lib/postgresql/15/bin"])
 _POLICY_RC = Path("/usr/sbin/policy-rc.d")
@@ -107,29 +106,35 @@ class Target:
 def machine_cpu_seconds() -> float:
     """Busy CPU time of the whole machine (all processes, kernel threads and interrupts), from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def tls_certificate(work: Path) -> tuple[Path, Path]:
     """(cert, key) for 127.0.0.1 from a CA of the run's own, which the TLS targets all present."""
     from pgaurora.compose.certs import CertAuthority
+
     return CertAuthority.open(work / "tls", "bench").issue("proxy", ["127.0.0.1"])
 
 
-def start_pgaurora(bc: BenchCluster, work: Path, relay: str = "auto", name: str = "pgaurora",
-                   tls: tuple[Path, Path] | None = None) -> tuple[Target, Target]:
+def start_pgaurora(
+    bc: BenchCluster, work: Path, relay: str = "auto", name: str = "pgaurora", tls: tuple[Path, Path] | None = None
+) -> tuple[Target, Target]:
     """The benchmark's own pgaurora on free ports, for the local cluster; with tls, clients must use TLS."""
     writer, reader, admin, dns = free_ports(4)
     conf = work / f"{name}.toml"
     tls_toml = f'[tls]\ncert_file = "{tls[0]}"\nkey_file = "{tls[1]}"\nclient_tls = "require"\n' if tls else ""
-    conf.write_text(f'cluster = "bench"\n{bc.pgaurora_toml}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
-                    f'[admin]\nport = {admin}\n[dns]\nport = {dns}\n'
-                    f'[proxy]\nmax_client_connections = 10000\nrelay = "{relay}"\n{tls_toml}')
+    conf.write_text(
+        f'cluster = "bench"\n{bc.pgaurora_toml}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
+        f"[admin]\nport = {admin}\n[dns]\nport = {dns}\n"
+        f'[proxy]\nmax_client_connections = 10000\nrelay = "{relay}"\n{tls_toml}'
+    )
     proc = _spawn_pgaurora(conf, work / f"{name}.log", ("127.0.0.1", writer), ("127.0.0.1", reader))
     sslmode = "require" if tls else None
-    return (Target(name, "127.0.0.1", writer, proc, sslmode=sslmode),
-            Target(f"{name}-reader", "127.0.0.1", reader, proc, sslmode=sslmode))
+    return (
+        Target(name, "127.0.0.1", writer, proc, sslmode=sslmode),
+        Target(f"{name}-reader", "127.0.0.1", reader, proc, sslmode=sslmode),
+    )
 
 
 def given_pgaurora(bc: BenchCluster, work: Path) -> tuple[Target, Target]:
@@ -149,8 +154,9 @@ def given_pgaurora(bc: BenchCluster, work: Path) -> tuple[Target, Target]:
 def _spawn_pgaurora(conf: Path, log_path: Path, writer: tuple[str, int], reader: tuple[str, int]) -> subprocess.Popen:
     with open(log_path, "w") as log:
         # this interpreter's pgaurora: a virtualenv need not be activated, nor pgaurora be on PATH
-        proc = subprocess.Popen([sys.executable, "-m", "pgaurora", "proxy", "-c", str(conf)], stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pgaurora", "proxy", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+        )
     started(proc, *writer)
     wait_port(*reader)
     return proc
@@ -163,30 +169,43 @@ def start_pgbouncer(bc: BenchCluster, work: Path, tls: tuple[Path, Path] | None 
     (work / "userlist.txt").write_text(" ".join(quoted) + "\n")  # a plain password: PgBouncer does SCRAM itself
     auth = "scram-sha-256" if bc.password else "trust"
     ini = work / "pgbouncer.ini"
-    ini.write_text(f"[databases]\n* = host={host} port={server_port}\n[pgbouncer]\n"
-                   f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-                   f"auth_type = {auth}\nauth_file = {work / 'userlist.txt'}\npool_mode = session\n"
-                   "max_client_conn = 10000\ndefault_pool_size = 3000\nmax_db_connections = 0\n"
-                   "logfile =\nlog_connections = 0\nlog_disconnections = 0\n"
-                   + (f"client_tls_sslmode = require\nclient_tls_cert_file = {tls[0]}\n"
-                      f"client_tls_key_file = {tls[1]}\n" if tls else ""))
+    ini.write_text(
+        f"[databases]\n* = host={host} port={server_port}\n[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = {auth}\nauth_file = {work / 'userlist.txt'}\npool_mode = session\n"
+        "max_client_conn = 10000\ndefault_pool_size = 3000\nmax_db_connections = 0\n"
+        "logfile =\nlog_connections = 0\nlog_disconnections = 0\n"
+        + (
+            f"client_tls_sslmode = require\nclient_tls_cert_file = {tls[0]}\nclient_tls_key_file = {tls[1]}\n"
+            if tls
+            else ""
+        )
+    )
     for path in (work, ini, work / "userlist.txt", *(tls or ()), *((tls[0].parent,) if tls else ())):
         bc.runas.chown(str(path))
     os.chmod(work / "userlist.txt", 0o600)
     kwargs = {} if bc.runas.is_self else {"user": bc.runas.uid, "group": bc.runas.gid, "extra_groups": []}
-    proc = subprocess.Popen([shutil.which("pgbouncer", path=_SBIN_PATH), str(ini)],
-                            stdout=subprocess.DEVNULL, stderr=open(work / "pgbouncer.log", "w"), **kwargs)
-    return Target("pgbouncer", "127.0.0.1", port, started(proc, "127.0.0.1", port),
-                  sslmode="require" if tls else None)
+    proc = subprocess.Popen(
+        [shutil.which("pgbouncer", path=_SBIN_PATH), str(ini)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "pgbouncer.log", "w"),
+        **kwargs,
+    )
+    return Target("pgbouncer", "127.0.0.1", port, started(proc, "127.0.0.1", port), sslmode="require" if tls else None)
 
 
 def start_haproxy(bc: BenchCluster, work: Path) -> Target:
     port = free_port()
     host, server_port = bc.primary
     cfg = work / "haproxy.cfg"
-    cfg.write_text(f"global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n"
-                   f"  timeout client 1h\n  timeout server 1h\n\nfrontend pg\n  bind 127.0.0.1:{port}\n"
-                   f"  default_backend primary\n\nbackend primary\n  server n1 {host}:{server_port}\n")
-    proc = subprocess.Popen([shutil.which("haproxy", path=_SBIN_PATH), "-db", "-f", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=open(work / "haproxy.log", "w"))
+    cfg.write_text(
+        f"global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+        f"  timeout client 1h\n  timeout server 1h\n\nfrontend pg\n  bind 127.0.0.1:{port}\n"
+        f"  default_backend primary\n\nbackend primary\n  server n1 {host}:{server_port}\n"
+    )
+    proc = subprocess.Popen(
+        [shutil.which("haproxy", path=_SBIN_PATH), "-db", "-f", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "haproxy.log", "w"),
+    )
     return Target("haproxy", "127.0.0.1", port, started(proc, "127.0.0.1", port))

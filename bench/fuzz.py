@@ -30,10 +30,11 @@ def check_startup(data: bytes) -> None:
     """Feed the startup decoder in pieces; only a ProtocolError (an 08P01-style refusal) may come out."""
     from pgaurora.wire.codec import NEED_DATA, StartupDecoder
     from pgaurora.wire.errors import ProtocolError
+
     decoder, cut = StartupDecoder(), (data[0] % 16 + 1) if data else 1
     try:
         for start in range(1, len(data), cut):
-            decoder.feed(data[start:start + cut])
+            decoder.feed(data[start : start + cut])
             while decoder.next_event() is not NEED_DATA:
                 pass
     except ProtocolError:
@@ -45,10 +46,11 @@ def check_framer(data: bytes) -> None:
     from pgaurora.wire.codec import decode_backend
     from pgaurora.wire.errors import ProtocolError
     from pgaurora.wire.framer import Framer
+
     framer, cut = Framer(max_message=1 << 16), (data[0] % 32 + 1) if data else 1
     try:
         for start in range(1, len(data), cut):
-            framer.feed(data[start:start + cut])
+            framer.feed(data[start : start + cut])
             while (frame := framer.next_frame()) is not None:
                 decode_backend(frame.type, frame.payload)
     except ProtocolError:
@@ -57,8 +59,9 @@ def check_framer(data: bytes) -> None:
 
 def check_config(data: bytes) -> None:
     """A config file's text: a Config or one ConfigError, nothing else."""
-    from pgaurora.config import loads
-    from pgaurora.errors import ConfigError
+    from pgaurora.core.config import loads
+    from pgaurora.core.errors import ConfigError
+
     try:
         loads(data.decode("utf-8", errors="replace"))
     except ConfigError:
@@ -68,7 +71,9 @@ def check_config(data: bytes) -> None:
 def check_admin(data: bytes) -> None:
     """A route, a query string and a body: parameters or Invalid, nothing else."""
     from urllib.parse import parse_qsl
-    from pgaurora.admin.routes import ROUTES, Invalid, validate
+
+    from pgaurora.service.admin.routes import ROUTES, Invalid, validate
+
     if not data:
         return
     route = ROUTES[data[0] % len(ROUTES)]
@@ -87,14 +92,25 @@ CHECKS = {"startup": check_startup, "framer": check_framer, "config": check_conf
 def _fuzz(target: str, runs: int, corpus: Path, crashes: Path) -> None:
     """In this process: instrument pgaurora's parsers, then let libFuzzer drive the target."""
     import atheris
+
     with atheris.instrument_imports(include=["pgaurora"]):
-        import pgaurora.admin.routes  # noqa: F401
-        import pgaurora.config  # noqa: F401
-        import pgaurora.wire.codec  # noqa: F401
-        import pgaurora.wire.framer  # noqa: F401
+        import pgaurora.core.config
+        import pgaurora.service.admin.routes
+        import pgaurora.wire.codec
+        import pgaurora.wire.framer  # noqa: F401  (imported here to be instrumented)
     check = CHECKS[target]
-    atheris.Setup([sys.argv[0], f"-runs={runs}", "-timeout=1", "-rss_limit_mb=2048", "-print_final_stats=1",
-                   f"-artifact_prefix={crashes}/", str(corpus)], check)
+    atheris.Setup(
+        [
+            sys.argv[0],
+            f"-runs={runs}",
+            "-timeout=1",
+            "-rss_limit_mb=2048",
+            "-print_final_stats=1",
+            f"-artifact_prefix={crashes}/",
+            str(corpus),
+        ],
+        check,
+    )
     atheris.Fuzz()
 
 
@@ -107,15 +123,25 @@ def run(target: str, runs: int, grow: bool = False) -> dict:
         if not grow:
             shutil.copytree(seeds, corpus) if seeds.exists() else corpus.mkdir()
         before = set(crashes.iterdir())
-        done = subprocess.run([sys.executable, __file__, target, "--runs", str(runs), "--child", str(corpus),
-                               str(crashes)], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        done = subprocess.run(
+            [sys.executable, __file__, target, "--runs", str(runs), "--child", str(corpus), str(crashes)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
     found = sorted(str(p) for p in set(crashes.iterdir()) - before)
     stats = dict(re.findall(r"^stat::(\w+):\s+(\d+)", done.stderr, re.M))
     cov = re.findall(r"cov: (\d+) ft: (\d+)", done.stderr)
-    return {"target": target, "returncode": done.returncode, "executions": int(stats.get("number_of_executed_units", 0)),
-            "exec_per_second": int(stats.get("average_exec_per_sec", 0)),
-            "coverage": int(cov[-1][0]) if cov else None, "features": int(cov[-1][1]) if cov else None,
-            "crashes": found, "tail": done.stderr[-1500:] if done.returncode else ""}
+    return {
+        "target": target,
+        "returncode": done.returncode,
+        "executions": int(stats.get("number_of_executed_units", 0)),
+        "exec_per_second": int(stats.get("average_exec_per_sec", 0)),
+        "coverage": int(cov[-1][0]) if cov else None,
+        "features": int(cov[-1][1]) if cov else None,
+        "crashes": found,
+        "tail": done.stderr[-1500:] if done.returncode else "",
+    }
 
 
 def main() -> None:
@@ -129,8 +155,10 @@ def main() -> None:
         _fuzz(args.target, args.runs, Path(args.child[0]), Path(args.child[1]))
         return
     result = run(args.target, args.runs, args.grow)
-    print(f"{result['target']}: {result['executions']} executions ({result['exec_per_second']}/s), "
-          f"coverage {result['coverage']} edges, {result['features']} features, crashes {len(result['crashes'])}")
+    print(
+        f"{result['target']}: {result['executions']} executions ({result['exec_per_second']}/s), "
+        f"coverage {result['coverage']} edges, {result['features']} features, crashes {len(result['crashes'])}"
+    )
     for path in result["crashes"]:
         print(f"  crash: {path}")
     if result["returncode"] and not result["crashes"]:

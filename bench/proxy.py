@@ -8,9 +8,10 @@ database of its own (pgaurora_bench, dropped at the end), and measures the pgaur
 that config, or starts one with it.
 
 Targets run interleaved inside each round, in alternating order (A B C D, D C B A, ...), so drift in
-machine speed hits them alike. For every target and workload it reports median TPS, average and p99 latency, the proxy's CPU
-time per transaction (from /proc, µs/tx), the whole
-machine's busy CPU per transaction (kernel threads included: the kernel relay works in kworkers), and ratios to direct, HAProxy and PgBouncer in the same round.
+machine speed hits them alike. For every target and workload it reports median TPS, average and p99
+latency, the proxy's CPU time per transaction (from /proc, µs/tx), the whole machine's busy CPU per
+transaction (kernel threads included: the kernel relay works in kworkers), and ratios to direct, HAProxy
+and PgBouncer in the same round.
 """
 
 from __future__ import annotations
@@ -31,8 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _cluster import DATABASE, BenchCluster, bench_database, given_cluster, local_cluster
-from _targets import (Target, ensure_baselines, free_port, given_pgaurora, machine_cpu_seconds, rss_bytes,
-                      start_haproxy, start_pgaurora, start_pgbouncer, tls_certificate)
+from _targets import (
+    Target,
+    ensure_baselines,
+    free_port,
+    given_pgaurora,
+    machine_cpu_seconds,
+    rss_bytes,
+    start_haproxy,
+    start_pgaurora,
+    start_pgbouncer,
+    tls_certificate,
+)
 
 BANDWIDTH_SQL = "SELECT repeat('x', 8000) FROM generate_series(1, 1250);\n"  # ~10 MB per transaction
 BANDWIDTH_BYTES = 8000 * 1250
@@ -71,10 +82,26 @@ def _pgbench(target: Target, workload: str, duration: float, work: Path, bc: Ben
     logdir = Path(tempfile.mkdtemp(dir=work))
     cpu_before = target.cpu() if target.pids else None
     machine_before = machine_cpu_seconds()
-    out = subprocess.run(["pgbench", "-n", "-T", str(int(duration)), *args, "-l", "--log-prefix",
-                          str(logdir / "tx"), "-h", target.host, "-p", str(target.port)],
-                         capture_output=True, text=True, timeout=duration + 120,
-                         env={**bc.env(), **({"PGSSLMODE": target.sslmode} if target.sslmode else {})})
+    out = subprocess.run(
+        [
+            "pgbench",
+            "-n",
+            "-T",
+            str(int(duration)),
+            *args,
+            "-l",
+            "--log-prefix",
+            str(logdir / "tx"),
+            "-h",
+            target.host,
+            "-p",
+            str(target.port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 120,
+        env={**bc.env(), **({"PGSSLMODE": target.sslmode} if target.sslmode else {})},
+    )
     cpu = (target.cpu() - cpu_before) if cpu_before is not None else None
     machine = machine_cpu_seconds() - machine_before
     if out.returncode != 0:
@@ -85,9 +112,18 @@ def _pgbench(target: Target, workload: str, duration: float, work: Path, bc: Ben
     shutil.rmtree(logdir)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000 if latencies else float("nan")
     avg = statistics.fmean(latencies) / 1000 if latencies else float("nan")
-    return Run(0, workload, target.name, tps, avg, p99, cpu * 1e6 / txs if cpu is not None and txs else None,
-               machine * 1e6 / txs if txs else float("nan"), txs,
-               tps * BANDWIDTH_BYTES / 1e6 if workload.startswith("bandwidth") else None)
+    return Run(
+        0,
+        workload,
+        target.name,
+        tps,
+        avg,
+        p99,
+        cpu * 1e6 / txs if cpu is not None and txs else None,
+        machine * 1e6 / txs if txs else float("nan"),
+        txs,
+        tps * BANDWIDTH_BYTES / 1e6 if workload.startswith("bandwidth") else None,
+    )
 
 
 def _median(values):
@@ -96,8 +132,11 @@ def _median(values):
 
 
 def _baselines(target: str) -> dict[str, str]:
-    return {"direct": "direct-replica" if target.endswith("-reader") else "direct",
-            "haproxy": "haproxy", "pgbouncer": "pgbouncer"}
+    return {
+        "direct": "direct-replica" if target.endswith("-reader") else "direct",
+        "haproxy": "haproxy",
+        "pgbouncer": "pgbouncer",
+    }
 
 
 def _per_round(runs: list[Run], workload: str, target: str, base: str) -> list[float]:
@@ -113,8 +152,7 @@ def _per_round(runs: list[Run], workload: str, target: str, base: str) -> list[f
 
 def _ratios(runs: list[Run], workload: str, target: str) -> dict[str, float | None]:
     """Median over rounds of TPS(target) / TPS(baseline) measured in the same round."""
-    return {label: _median(_per_round(runs, workload, target, base))
-            for label, base in _baselines(target).items()}
+    return {label: _median(_per_round(runs, workload, target, base)) for label, base in _baselines(target).items()}
 
 
 def _spread(runs: list[Run], workload: str, target: str) -> dict[str, dict]:
@@ -124,8 +162,12 @@ def _spread(runs: list[Run], workload: str, target: str) -> dict[str, dict]:
     for label, base in _baselines(target).items():
         ratios = _per_round(runs, workload, target, base)
         if ratios:
-            out[label] = {"min": min(ratios), "max": max(ratios), "rounds": len(ratios),
-                          "at_least_1": sum(r >= 1.0 for r in ratios)}
+            out[label] = {
+                "min": min(ratios),
+                "max": max(ratios),
+                "rounds": len(ratios),
+                "at_least_1": sum(r >= 1.0 for r in ratios),
+            }
     return out
 
 
@@ -134,14 +176,20 @@ def summarize(runs: list[Run]) -> list[dict]:
     for workload in dict.fromkeys(r.workload for r in runs):
         for target in dict.fromkeys(r.target for r in runs if r.workload == workload):
             mine = [r for r in runs if (r.workload, r.target) == (workload, target)]
-            rows.append({"workload": workload, "target": target, "tps": _median([r.tps for r in mine]),
-                         "lat_avg_ms": _median([r.latency_avg_ms for r in mine]),
-                         "lat_p99_ms": _median([r.latency_p99_ms for r in mine]),
-                         "cpu_us_per_tx": _median([r.cpu_us_per_tx for r in mine]),
-                         "machine_us_per_tx": _median([r.machine_us_per_tx for r in mine]),
-                         "mb_per_s": _median([r.mb_per_s for r in mine]),
-                         "ratio": _ratios(runs, workload, target),
-                         "spread": _spread(runs, workload, target)})
+            rows.append(
+                {
+                    "workload": workload,
+                    "target": target,
+                    "tps": _median([r.tps for r in mine]),
+                    "lat_avg_ms": _median([r.latency_avg_ms for r in mine]),
+                    "lat_p99_ms": _median([r.latency_p99_ms for r in mine]),
+                    "cpu_us_per_tx": _median([r.cpu_us_per_tx for r in mine]),
+                    "machine_us_per_tx": _median([r.machine_us_per_tx for r in mine]),
+                    "mb_per_s": _median([r.mb_per_s for r in mine]),
+                    "ratio": _ratios(runs, workload, target),
+                    "spread": _spread(runs, workload, target),
+                }
+            )
     return rows
 
 
@@ -151,17 +199,21 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'workload':<14}{'target':<17}{'tps':>10}{'MB/s':>8}{'avg ms':>9}{'p99 ms':>9}{'proxy µs':>10}" \
-           f"{'all µs':>9}" \
-           f"{'/direct':>9}{'/haproxy':>10}{'/pgbouncer':>11}"
+    head = (
+        f"{'workload':<14}{'target':<17}{'tps':>10}{'MB/s':>8}{'avg ms':>9}{'p99 ms':>9}{'proxy µs':>10}"
+        f"{'all µs':>9}"
+        f"{'/direct':>9}{'/haproxy':>10}{'/pgbouncer':>11}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         ratio = r["ratio"]
-        print(f"{r['workload']:<14}{r['target']:<17}{_fmt(r['tps'], '10.0f')}{_fmt(r['mb_per_s'], '8.0f')}"
-              f"{_fmt(r['lat_avg_ms'], '9.3f')}{_fmt(r['lat_p99_ms'], '9.3f')}{_fmt(r['cpu_us_per_tx'], '10.1f')}"
-              f"{_fmt(r['machine_us_per_tx'], '9.1f')}"
-              f"{_fmt(ratio['direct'], '9.2f')}{_fmt(ratio['haproxy'], '10.2f')}{_fmt(ratio['pgbouncer'], '11.2f')}")
+        print(
+            f"{r['workload']:<14}{r['target']:<17}{_fmt(r['tps'], '10.0f')}{_fmt(r['mb_per_s'], '8.0f')}"
+            f"{_fmt(r['lat_avg_ms'], '9.3f')}{_fmt(r['lat_p99_ms'], '9.3f')}{_fmt(r['cpu_us_per_tx'], '10.1f')}"
+            f"{_fmt(r['machine_us_per_tx'], '9.1f')}"
+            f"{_fmt(ratio['direct'], '9.2f')}{_fmt(ratio['haproxy'], '10.2f')}{_fmt(ratio['pgbouncer'], '11.2f')}"
+        )
 
 
 def print_spread(rows: list[dict]) -> None:
@@ -170,20 +222,32 @@ def print_spread(rows: list[dict]) -> None:
     for r in rows:
         if not r["target"].startswith("pgaurora"):
             continue
-        parts = [f"/{label} {s['min']:.2f}-{s['max']:.2f} ({s['at_least_1']} of {s['rounds']})"
-                 for label, s in r["spread"].items() if label != "direct"]
+        parts = [
+            f"/{label} {s['min']:.2f}-{s['max']:.2f} ({s['at_least_1']} of {s['rounds']})"
+            for label, s in r["spread"].items()
+            if label != "direct"
+        ]
         print(f"{r['workload']:<14}{r['target']:<24}" + "   ".join(parts))
 
 
 async def _open_sessions(host: str, port: int, bc: BenchCluster, count: int, sslmode: str | None = None) -> list:
     """`count` open sessions, or (having closed those that opened) the first failure."""
     import asyncpg
+
     sem = asyncio.Semaphore(100)
 
     async def one():
         async with sem:
-            return await asyncpg.connect(host=host, port=port, user=bc.user, password=bc.password,
-                                         database=DATABASE, ssl=sslmode or False, timeout=60)
+            return await asyncpg.connect(
+                host=host,
+                port=port,
+                user=bc.user,
+                password=bc.password,
+                database=DATABASE,
+                ssl=sslmode or False,
+                timeout=60,
+            )
+
     results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]
     if failures:
@@ -194,37 +258,57 @@ async def _open_sessions(host: str, port: int, bc: BenchCluster, count: int, ssl
 
 def rss_per_session(target: Target, bc: BenchCluster, sessions: int) -> dict:
     """Proxy RSS before and while `sessions` clients are connected through it; on failure, why."""
+
     async def measure():
         before = rss_bytes(target.pids[0])
         conns = await _open_sessions(target.host, target.port, bc, sessions, target.sslmode)
         during = rss_bytes(target.pids[0])
         await asyncio.gather(*(c.close() for c in conns))
         return before, during
+
     try:
         before, during = asyncio.run(measure())
     except Exception as exc:  # the throughput rounds already ran: report this one failure with them
         return {"sessions": sessions, "error": f"{type(exc).__name__}: {exc}"}
-    return {"sessions": sessions, "rss_before_mb": before / 2**20, "rss_during_mb": during / 2**20,
-            "growth_mb": (during - before) / 2**20, "kb_per_session": (during - before) / 1024 / sessions}
+    return {
+        "sessions": sessions,
+        "rss_before_mb": before / 2**20,
+        "rss_during_mb": during / 2**20,
+        "growth_mb": (during - before) / 2**20,
+        "kb_per_session": (during - before) / 1024 / sessions,
+    }
 
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="benchmark the cluster this pgaurora config names (logging in with its "
-                        "monitor user) instead of starting a local one")
+    parser.add_argument(
+        "--config",
+        help="benchmark the cluster this pgaurora config names (logging in with its "
+        "monitor user) instead of starting a local one",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved runs (at least 3)")
     parser.add_argument("--duration", type=float, default=10, help="seconds of each pgbench run")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale factor")
     parser.add_argument("--sessions", type=int, default=0, help="also measure RSS with this many sessions (e.g. 2000)")
-    parser.add_argument("--relays", help="comma-separated pgaurora relays to run on the local cluster: native "
-                        "(the default), hybrid, python, kernel")
-    parser.add_argument("--tls", action="store_true", help="clients connect with TLS (sslmode=require): pgaurora "
-                        "against PgBouncer with client_tls_sslmode = require, both with plaintext to the node "
-                        "(HAProxy cannot answer PostgreSQL's SSLRequest, and is left out)")
-    parser.add_argument("--targets", default="direct,pgaurora,pgbouncer,haproxy",
-                        help="comma-separated subset of direct, pgaurora, pgbouncer, haproxy (direct always runs: "
-                             "every ratio is taken against it)")
+    parser.add_argument(
+        "--relays",
+        help="comma-separated pgaurora relays to run on the local cluster: native "
+        "(the default), hybrid, python, kernel",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="clients connect with TLS (sslmode=require): pgaurora "
+        "against PgBouncer with client_tls_sslmode = require, both with plaintext to the node "
+        "(HAProxy cannot answer PostgreSQL's SSLRequest, and is left out)",
+    )
+    parser.add_argument(
+        "--targets",
+        default="direct,pgaurora,pgbouncer,haproxy",
+        help="comma-separated subset of direct, pgaurora, pgbouncer, haproxy (direct always runs: "
+        "every ratio is taken against it)",
+    )
     parser.add_argument("--json", dest="json_path")
     args = parser.parse_args()
     args.workloads = [w for w in args.workloads.split(",") if w]
@@ -236,8 +320,10 @@ def _arguments() -> argparse.Namespace:
     if args.duration < 1:
         parser.error("--duration must be at least 1 second")
     if args.config and args.relays:
-        parser.error("--relays applies to the local cluster; with --config the pgaurora serving it is measured "
-                     "with the relay its [proxy] section sets")
+        parser.error(
+            "--relays applies to the local cluster; with --config the pgaurora serving it is measured "
+            "with the relay its [proxy] section sets"
+        )
     if args.config and args.tls:
         parser.error("--tls applies to the local cluster; with --config, set [tls] in that config")
     args.targets = set(args.targets.split(",")) | {"direct"}
@@ -251,16 +337,20 @@ def _arguments() -> argparse.Namespace:
     return args
 
 
-def _start_targets(bc: BenchCluster, work: Path, args: argparse.Namespace, targets: list[Target],
-                   replica_targets: list[Target]) -> None:
+def _start_targets(
+    bc: BenchCluster, work: Path, args: argparse.Namespace, targets: list[Target], replica_targets: list[Target]
+) -> None:
     """Fill the two lists one target at a time, so that the caller's `finally` stops whatever started."""
     tls = tls_certificate(work) if args.tls else None
     targets.append(Target("direct", *bc.primary))  # plaintext: the floor TLS adds its cost to
     if bc.replica is not None:
         replica_targets.append(Target("direct-replica", *bc.replica))
-    ours = [given_pgaurora(bc, work)] if bc.config else \
-        (start_pgaurora(bc, work, relay, f"pgaurora-{relay}", tls) for relay in args.relays)
-    for writer, reader in (ours if "pgaurora" in args.targets else []):
+    ours = (
+        [given_pgaurora(bc, work)]
+        if bc.config
+        else (start_pgaurora(bc, work, relay, f"pgaurora-{relay}", tls) for relay in args.relays)
+    )
+    for writer, reader in ours if "pgaurora" in args.targets else []:
         targets.append(writer)  # the reader shares the writer's process: stopped with it
         if bc.replica is not None:
             replica_targets.append(reader)
@@ -270,8 +360,9 @@ def _start_targets(bc: BenchCluster, work: Path, args: argparse.Namespace, targe
         targets.append(start_haproxy(bc, work))
 
 
-def _run_rounds(args: argparse.Namespace, bc: BenchCluster, work: Path, targets: list[Target],
-                replica_targets: list[Target]) -> list[Run]:
+def _run_rounds(
+    args: argparse.Namespace, bc: BenchCluster, work: Path, targets: list[Target], replica_targets: list[Target]
+) -> list[Run]:
     runs = []
     for rnd in range(args.rounds):
         for workload in args.workloads:
@@ -282,8 +373,12 @@ def _run_rounds(args: argparse.Namespace, bc: BenchCluster, work: Path, targets:
                 run = _pgbench(target, workload, args.duration, work, bc)
                 run.round = rnd
                 runs.append(run)
-                print(f"round {rnd + 1} {workload:<13} {target.name:<16} {run.tps:10.0f} tps "
-                      f"{_fmt(run.cpu_us_per_tx, '8.1f')} µs/tx", file=sys.stderr, flush=True)
+                print(
+                    f"round {rnd + 1} {workload:<13} {target.name:<16} {run.tps:10.0f} tps "
+                    f"{_fmt(run.cpu_us_per_tx, '8.1f')} µs/tx",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return runs
 
 
@@ -294,8 +389,7 @@ def _bench(args: argparse.Namespace, bc: BenchCluster, work: Path) -> tuple[list
         with bench_database(bc, args.scale):
             _start_targets(bc, work, args, targets, replica_targets)
             runs = _run_rounds(args, bc, work, targets, replica_targets)
-            rss = {t.name: rss_per_session(t, bc, args.sessions) for t in targets if t.pids} \
-                if args.sessions else {}
+            rss = {t.name: rss_per_session(t, bc, args.sessions) for t in targets if t.pids} if args.sessions else {}
             return runs, rss
     finally:
         for target in targets:
@@ -304,9 +398,11 @@ def _bench(args: argparse.Namespace, bc: BenchCluster, work: Path) -> tuple[list
 
 def _report(args: argparse.Namespace, runs: list[Run], rss: dict, where: str) -> None:
     rows = summarize(runs)
-    print(f"\npgaurora proxy benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
-          f"{where}, {args.rounds} rounds x {args.duration:.0f} s, pgbench scale {args.scale}"
-          f"{', clients on TLS (direct: plaintext)' if args.tls else ''}\n")
+    print(
+        f"\npgaurora proxy benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
+        f"{where}, {args.rounds} rounds x {args.duration:.0f} s, pgbench scale {args.scale}"
+        f"{', clients on TLS (direct: plaintext)' if args.tls else ''}\n"
+    )
     print_table(rows)
     print_spread(rows)
     for name, r in rss.items():
@@ -314,12 +410,23 @@ def _report(args: argparse.Namespace, runs: list[Run], rss: dict, where: str) ->
             hint = "; the server's max_connections must allow them" if "TooManyConnections" in r["error"] else ""
             print(f"RSS {name}: could not hold {r['sessions']} sessions ({r['error']}){hint}")
             continue
-        print(f"RSS {name}: {r['rss_before_mb']:.1f} MB -> {r['rss_during_mb']:.1f} MB with {r['sessions']} "
-              f"sessions ({r['kb_per_session']:.1f} kB/session)")
+        print(
+            f"RSS {name}: {r['rss_before_mb']:.1f} MB -> {r['rss_during_mb']:.1f} MB with {r['sessions']} "
+            f"sessions ({r['kb_per_session']:.1f} kB/session)"
+        )
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cluster": where,
-                                                    "rows": rows, "runs": [r.__dict__ for r in runs], "rss": rss},
-                                                   indent=2))
+        Path(args.json_path).write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d"),
+                    "cluster": where,
+                    "rows": rows,
+                    "runs": [r.__dict__ for r in runs],
+                    "rss": rss,
+                },
+                indent=2,
+            )
+        )
 
 
 def main() -> int:

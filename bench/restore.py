@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pgaurora.compose import LocalCluster
@@ -44,8 +44,23 @@ def _source(work: Path, scale: int) -> tuple[LocalCluster, BackRest, str]:
     engine.stanza_create(cluster.primary)
     node = cluster.primary
     started = time.monotonic()
-    node.run_tool([node.bin("pgbench"), "-i", "-q", "-s", str(scale), "-h", str(node.sockdir), "-p", str(node.port),
-                   "-U", "postgres", "postgres"], timeout=3600)
+    node.run_tool(
+        [
+            node.bin("pgbench"),
+            "-i",
+            "-q",
+            "-s",
+            str(scale),
+            "-h",
+            str(node.sockdir),
+            "-p",
+            str(node.port),
+            "-U",
+            "postgres",
+            "postgres",
+        ],
+        timeout=3600,
+    )
     size = node.sql("SELECT pg_size_pretty(pg_database_size('postgres'))")
     print(f"pgbench -i -s {scale}: {size} in {time.monotonic() - started:.0f} s", flush=True)
     started = time.monotonic()
@@ -54,7 +69,7 @@ def _source(work: Path, scale: int) -> tuple[LocalCluster, BackRest, str]:
     done = time.time()
     while time.time() < done + 1.5:  # a restore needs a backup that stopped before the target's second
         time.sleep(0.1)
-    target = datetime.now(timezone.utc).isoformat(sep=" ")
+    target = datetime.now(UTC).isoformat(sep=" ")
     node.sql("CREATE TABLE after_the_target ()")  # recovery stops at the first commit past the target
     segment = node.sql("SELECT pg_walfile_name(pg_switch_wal())")
     while node.sql("SELECT last_archived_wal FROM pg_stat_archiver") < segment:
@@ -69,8 +84,9 @@ def _by_hand(cluster: LocalCluster, engine: BackRest, target: str, work: Path) -
         cluster.user.chown(str(path))
     started = time.monotonic()
     engine.restore(node.datadir, target)
-    (node.datadir / "node.conf").write_text(f"listen_addresses = '{node.host}'\nunix_socket_directories = "
-                                            f"'{node.sockdir}'\narchive_command = '/bin/true'\n")
+    (node.datadir / "node.conf").write_text(
+        f"listen_addresses = '{node.host}'\nunix_socket_directories = '{node.sockdir}'\narchive_command = '/bin/true'\n"
+    )
     cluster.user.chown(str(node.datadir / "node.conf"))
     node.start(timeout=3600)
     try:
@@ -88,8 +104,25 @@ def _by_hand(cluster: LocalCluster, engine: BackRest, target: str, work: Path) -
 def _pgaurora(cluster: LocalCluster, target: str, work: Path) -> float:
     new = work / "restored"
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "pgaurora", "restore", "--from", str(cluster.root), "--to", target,
-                    "--dir", str(new), "--base-address", "127.0.5.100"], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pgaurora",
+            "restore",
+            "--from",
+            str(cluster.root),
+            "--to",
+            target,
+            "--dir",
+            str(new),
+            "--base-address",
+            "127.0.5.100",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     took = time.monotonic() - started
     LocalCluster.open(new).destroy()
     return took
@@ -105,13 +138,15 @@ def main() -> int:
         cluster.stop()  # nothing else competes for the disk
         hand, ours = [], []
         for rnd in range(args.rounds):  # alternate the order: a drift in disk speed cancels out
-            for way in (("hand", "pgaurora") if rnd % 2 == 0 else ("pgaurora", "hand")):
+            for way in ("hand", "pgaurora") if rnd % 2 == 0 else ("pgaurora", "hand"):
                 took = _by_hand(cluster, engine, target, work) if way == "hand" else _pgaurora(cluster, target, work)
                 (hand if way == "hand" else ours).append(took)
                 print(f"round {rnd + 1} {way:<9} {took:6.1f} s", flush=True)
         h, o = sorted(hand)[len(hand) // 2], sorted(ours)[len(ours) // 2]
-        print(f"\nrestore of pgbench scale {args.scale}: pgBackRest by hand {h:.1f} s, pgaurora restore {o:.1f} s, "
-              f"ratio {o / h:.2f} (the issue's bound: 2.0)")
+        print(
+            f"\nrestore of pgbench scale {args.scale}: pgBackRest by hand {h:.1f} s, pgaurora restore {o:.1f} s, "
+            f"ratio {o / h:.2f} (the issue's bound: 2.0)"
+        )
         return 0
     finally:
         if cluster is not None:

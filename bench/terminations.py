@@ -16,15 +16,16 @@ from __future__ import annotations
 import argparse
 import collections
 import threading
-import time
 
 import psycopg
 
-from pgaurora.polling import wait_for
+from pgaurora.core.polling import wait_for
 from pgaurora.testing import AuroraCluster
 
-TERMINATE = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-             "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+TERMINATE = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+)
 
 
 class Sessions:
@@ -55,7 +56,7 @@ class Sessions:
         if conn is not None:
             conn.close()
 
-    def _count(self, connected: int = 0, error: str | None | bool = False) -> None:
+    def _count(self, connected: int = 0, error: str | bool | None = False) -> None:
         with self._lock:
             self.connected += connected
             if error is not False:
@@ -97,8 +98,10 @@ def main() -> None:
     for name, errors in totals.items():
         ended = sum(errors.values())
         rates[name] = errors[None] / ended if ended else 0.0
-        print(f"{name:9} {ended:6} sessions ended: {errors['57P01']} with 57P01, {errors[None]} bare closes "
-              f"({100 * rates[name]:.2f} %), other: {dict((k, v) for k, v in errors.items() if k not in ('57P01', None))}")
+        print(
+            f"{name:9} {ended:6} sessions ended: {errors['57P01']} with 57P01, {errors[None]} bare closes "
+            f"({100 * rates[name]:.2f} %), other: {dict((k, v) for k, v in errors.items() if k not in ('57P01', None))}"
+        )
     if rates["direct"]:
         print(f"ratio pgaurora/direct of bare closes: {rates['pgaurora'] / rates['direct']:.2f}")
     else:

@@ -12,18 +12,18 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg
 import tomli_w
 
-from pgaurora import config as config_mod
-from pgaurora.admin import client as admin_client
 from pgaurora.compose import LocalCluster
-from pgaurora.compose.ports import free_port, free_ports  # noqa: F401 (tests import them from here)
-from pgaurora.compose.background import BackgroundService, WriteLoop
-
+from pgaurora.compose.ports import free_port, free_ports
+from pgaurora.core import config as config_mod
+from pgaurora.service.admin import client as admin_client
+from pgaurora.testing.background import BackgroundService, WriteLoop
 
 PGAURORA = [sys.executable, "-m", "pgaurora"]  # this interpreter's pgaurora, never one found on PATH
 
@@ -65,8 +65,14 @@ def cluster_dir() -> Path:
 
 def make_cluster(replicas: int = 2, **kwargs) -> LocalCluster:
     port = free_port()
-    cluster = LocalCluster(cluster_dir() / "cluster", replicas=replicas, port=port,
-                           base_address=free_loopback_base(replicas + 1), password="test-pw", **kwargs)
+    cluster = LocalCluster(
+        cluster_dir() / "cluster",
+        replicas=replicas,
+        port=port,
+        base_address=free_loopback_base(replicas + 1),
+        password="test-pw",
+        **kwargs,
+    )
     cluster.lock()
     cluster.create()
     return cluster
@@ -75,12 +81,18 @@ def make_cluster(replicas: int = 2, **kwargs) -> LocalCluster:
 def service_config(cluster: LocalCluster, **overrides) -> config_mod.Config:
     writer, reader, admin, dns = free_ports(4)
     data = {
-        "cluster": cluster.name, "state_dir": str(cluster.root), "nodes": cluster.node_configs(),
-        "writer": {"port": writer}, "reader": {"port": reader}, "admin": {"port": admin},
+        "cluster": cluster.name,
+        "state_dir": str(cluster.root),
+        "nodes": cluster.node_configs(),
+        "writer": {"port": writer},
+        "reader": {"port": reader},
+        "admin": {"port": admin},
         "dns": {"port": dns},
         "monitor": {"user": "postgres", "password": cluster.password, "probe_interval": 0.2},
-        "failover": {"replication_password": cluster.replication_password,
-                     "sync_mode": "quorum" if cluster.synchronous else "off"},
+        "failover": {
+            "replication_password": cluster.replication_password,
+            "sync_mode": "quorum" if cluster.synchronous else "off",
+        },
         # Faults in most tests must last: they test failover, not healing (tests/integration/test_heal.py does)
         "heal": {"enabled": False},
     }
@@ -131,6 +143,7 @@ def ids_on(node, table: str = "numbers") -> set[int]:
 def hosts_through(dsn: str, count: int = 12) -> set[str]:
     """The node addresses `count` new sessions on dsn reached."""
     import psycopg
+
     hosts = set()
     for _ in range(count):
         with psycopg.connect(dsn) as conn:
@@ -152,6 +165,7 @@ def exchange(address, payload: bytes, timeout: float = 6.0) -> tuple[bytes, floa
 
 def error_of(data: bytes):
     from pgaurora.wire import Framer, decode_backend
+
     framer = Framer()
     framer.feed(data)
     frame = framer.next_frame()
@@ -163,8 +177,14 @@ class Command:
     """A pgaurora process whose output is collected line by line."""
 
     def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.proc = subprocess.Popen([*PGAURORA, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True, env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            [*PGAURORA, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -253,8 +273,10 @@ class TcpRelay:
 def require_docker() -> None:
     """Skip when no Docker engine answers, saying why; in CI (PGAURORA_REQUIRE_DOCKER=1) fail instead."""
     import pytest
+
     from pgaurora.compose.docker import docker_client
-    from pgaurora.errors import ClusterError
+    from pgaurora.core.errors import ClusterError
+
     try:
         docker_client()
     except ClusterError as exc:
@@ -268,7 +290,7 @@ class ReadSessions:
 
     def __init__(self, address: tuple[str, int], password: str, count: int) -> None:
         self.address, self.password = address, password
-        self.errors: list[dict] = []   # {"time", "node", "sqlstate", "message"}
+        self.errors: list[dict] = []  # {"time", "node", "sqlstate", "message"}
         self.nodes: dict[int, str] = {}  # session number -> host of the node it is on now
         self._stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)]
@@ -280,13 +302,25 @@ class ReadSessions:
         while not self._stop.is_set():
             try:
                 if conn is None:
-                    conn = psycopg.connect(host=self.address[0], port=self.address[1], user="postgres",
-                                           password=self.password, dbname="postgres", autocommit=True,
-                                           connect_timeout=10)
+                    conn = psycopg.connect(
+                        host=self.address[0],
+                        port=self.address[1],
+                        user="postgres",
+                        password=self.password,
+                        dbname="postgres",
+                        autocommit=True,
+                        connect_timeout=10,
+                    )
                 self.nodes[number] = conn.execute("SELECT host(inet_server_addr())").fetchone()[0]
             except psycopg.Error as exc:
-                self.errors.append({"time": time.time(), "node": self.nodes.get(number), "sqlstate": exc.sqlstate,
-                                    "message": str(exc)[:200]})
+                self.errors.append(
+                    {
+                        "time": time.time(),
+                        "node": self.nodes.get(number),
+                        "sqlstate": exc.sqlstate,
+                        "message": str(exc)[:200],
+                    }
+                )
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -329,18 +363,27 @@ class RowWriter:
 
     def __init__(self, connect: Callable[[], Any], pace: float = 0.01) -> None:
         self.connect, self.pace = connect, pace
-        self.inserted: list[int] = []   # acknowledged
-        self.unknown: list[int] = []    # failed: committed or not, nobody knows
+        self.inserted: list[int] = []  # acknowledged
+        self.unknown: list[int] = []  # failed: committed or not, nobody knows
         self.errors: list[str] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     @classmethod
-    def through(cls, address: tuple[str, int], password: str) -> "RowWriter":
+    def through(cls, address: tuple[str, int], password: str) -> RowWriter:
         """A writer into table marks through a PostgreSQL endpoint (psycopg, autocommit)."""
-        return cls(lambda: psycopg.connect(host=address[0], port=address[1], user="postgres", password=password,
-                                           dbname="postgres", autocommit=True, connect_timeout=5))
+        return cls(
+            lambda: psycopg.connect(
+                host=address[0],
+                port=address[1],
+                user="postgres",
+                password=password,
+                dbname="postgres",
+                autocommit=True,
+                connect_timeout=5,
+            )
+        )
 
     def _run(self) -> None:
         conn, next_id = None, 1000
@@ -348,7 +391,7 @@ class RowWriter:
             attempt = None
             try:
                 conn = conn or self.connect()
-                attempt, next_id = next_id, next_id + 1   # never retried: a lost ack may hide a commit
+                attempt, next_id = next_id, next_id + 1  # never retried: a lost ack may hide a commit
                 conn.execute("INSERT INTO marks (id) VALUES (%s)", (attempt,))
                 self.inserted.append(attempt)
             except psycopg.Error as exc:
@@ -388,5 +431,6 @@ def ended_on_purpose(error: dict) -> bool:
     the backend sent it, or the bare close libpq reports now and then instead. That is PostgreSQL and libpq, not
     the proxy: `bench/terminations.py` measured 10 bare closes in 1,200 terminations directly on a server and 6
     in 1,200 through pgaurora's reader endpoint, in one run."""
-    return error["sqlstate"] == "57P01" or (error["sqlstate"] is None and
-                                           "server closed the connection unexpectedly" in error["message"])
+    return error["sqlstate"] == "57P01" or (
+        error["sqlstate"] is None and "server closed the connection unexpectedly" in error["message"]
+    )

@@ -13,8 +13,8 @@ from enum import Enum
 
 from pydantic import BaseModel
 
-from pgaurora.admin.routes import openapi
-from pgaurora.config import Config, LagLimit
+from pgaurora.core.config import Config, LagLimit
+from pgaurora.service.admin.routes import openapi
 
 MARKER = "<!-- config-reference -->"
 API_MARKER = "<!-- api-reference -->"
@@ -54,8 +54,16 @@ def reference() -> str:
         if model is None:
             continue
         title = f"[[{name}]]" if name == "nodes" else f"[{name}]"
-        out += ["", f"### `{title}`", "", " ".join((model.__doc__ or "").split()), "",
-                "| key | default | meaning |", "|---|---|---|", *_rows(model)]
+        out += [
+            "",
+            f"### `{title}`",
+            "",
+            " ".join((model.__doc__ or "").split()),
+            "",
+            "| key | default | meaning |",
+            "|---|---|---|",
+            *_rows(model),
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -68,11 +76,15 @@ def _section(annotation) -> type[BaseModel] | None:
 
 
 def _parameters(op: dict) -> list[str]:
-    rows = [(p["name"], p["in"], p["schema"], p.get("description", ""), p.get("required", False))
-            for p in op.get("parameters", [])]
+    rows = [
+        (p["name"], p["in"], p["schema"], p.get("description", ""), p.get("required", False))
+        for p in op.get("parameters", [])
+    ]
     body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
-    rows += [(n, "body", s, s.get("description", ""), n in body.get("required", []))
-             for n, s in body.get("properties", {}).items()]
+    rows += [
+        (n, "body", s, s.get("description", ""), n in body.get("required", []))
+        for n, s in body.get("properties", {}).items()
+    ]
     out = []
     for name, where, schema, text, required in rows:
         kind = schema.get("type") or "/".join(a.get("type", "?") for a in schema.get("anyOf", []))
@@ -86,8 +98,12 @@ def api_reference() -> str:
     doc, out = openapi("docs"), []
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
-            out += [f"### `{method.upper()} {path}`", "", f"{op['summary']} Scope: **{op['x-pgaurora-scope']}**. "
-                    + op.get("description", ""), ""]
+            out += [
+                f"### `{method.upper()} {path}`",
+                "",
+                f"{op['summary']} Scope: **{op['x-pgaurora-scope']}**. " + op.get("description", ""),
+                "",
+            ]
             rows = _parameters(op)
             if rows:
                 out += ["| parameter | in | type | default | meaning |", "|---|---|---|---|---|", *rows, ""]
@@ -101,5 +117,6 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 def on_files(files, config):
     from mkdocs.structure.files import File
+
     files.append(File.generated(config, "openapi.json", content=json.dumps(openapi("docs"), indent=2)))
     return files

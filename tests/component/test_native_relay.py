@@ -218,12 +218,26 @@ def test_the_relay_compiles_with_and_without_openssl(tls):
     import subprocess
     import sysconfig
     from pathlib import Path
+
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         pytest.skip("no C compiler (.ci/run installs gcc)")
     source = Path(native.__file__).with_name("_relay.c")
     flags = ["-DPGAURORA_TLS=1"] if tls else []
-    out = subprocess.run([compiler, "-fsyntax-only", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
-                          f"-I{sysconfig.get_paths()['include']}", *flags, str(source)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            compiler,
+            "-fsyntax-only",
+            "-Wall",
+            "-Wextra",
+            "-Wno-unused-parameter",
+            "-Werror",
+            f"-I{sysconfig.get_paths()['include']}",
+            *flags,
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr

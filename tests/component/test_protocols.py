@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import struct
 
-
-from pgaurora import config as config_mod
+from pgaurora.core import config as config_mod
+from pgaurora.core.topology import Health, NodeState, Role, Topology, TopologyHub
 from pgaurora.proxy.client import ClientProtocol
 from pgaurora.proxy.endpoint import Endpoint
 from pgaurora.proxy.relay import Session
 from pgaurora.proxy.router import EndpointKind, Router
 from pgaurora.proxy.state import ProxyState
-from pgaurora.topology import Health, NodeState, Role, Topology, TopologyHub
 from pgaurora.wire import CancelRequest, Framer, SSLRequest, StartupMessage, decode_backend, encode
 
 STARTUP = encode(StartupMessage((("user", "app"), ("database", "db"))))
@@ -58,13 +57,19 @@ class MockTransport(asyncio.Transport):
 
 
 def _config(**proxy) -> config_mod.Config:
-    return config_mod.build({"nodes": [{"name": "n1", "host": "127.0.0.11"}, {"name": "n2", "host": "127.0.0.12"}],
-                             "proxy": {"failover_connect_timeout": 0.05, "startup_timeout": 0.2, **proxy}})
+    return config_mod.build(
+        {
+            "nodes": [{"name": "n1", "host": "127.0.0.11"}, {"name": "n2", "host": "127.0.0.12"}],
+            "proxy": {"failover_connect_timeout": 0.05, "startup_timeout": 0.2, **proxy},
+        }
+    )
 
 
 def _topology(writer: str | None = "n1") -> Topology:
-    nodes = (NodeState("n1", "127.0.0.11", 5432, Role.PRIMARY if writer == "n1" else Role.FENCED, Health.HEALTHY),
-             NodeState("n2", "127.0.0.12", 5432, Role.PRIMARY if writer == "n2" else Role.REPLICA, Health.HEALTHY))
+    nodes = (
+        NodeState("n1", "127.0.0.11", 5432, Role.PRIMARY if writer == "n1" else Role.FENCED, Health.HEALTHY),
+        NodeState("n2", "127.0.0.12", 5432, Role.PRIMARY if writer == "n2" else Role.REPLICA, Health.HEALTHY),
+    )
     return Topology("demo", nodes, writer=writer, readers=("n2",) if writer == "n1" else (), epoch=1)
 
 
@@ -101,7 +106,7 @@ async def test_garbage_gets_protocol_violation_and_close():
 
 
 async def test_silent_client_is_closed_at_the_startup_deadline():
-    protocol, transport = _client(_endpoint())
+    _protocol, transport = _client(_endpoint())
     await _settle(transport)
     assert transport.errors()[0].message == "timeout while waiting for the startup packet"
 
@@ -158,7 +163,7 @@ def test_session_relays_bytes_unchanged_and_applies_backpressure():
 
 def test_lost_server_at_ready_for_query_tells_client_08006():
     state = ProxyState()
-    session, client, server = _session(state)
+    session, client, _server = _session(state)
     session.server.data_received(b"C\x00\x00\x00\x0bSELECT\x00Z\x00\x00\x00\x05I")
     session.server.connection_lost(ConnectionResetError())
     assert client.closed and [e.sqlstate for e in client.errors()] == ["08006"]
@@ -167,7 +172,7 @@ def test_lost_server_at_ready_for_query_tells_client_08006():
 
 def test_lost_server_mid_message_closes_without_corrupting_the_stream():
     state = ProxyState()
-    session, client, server = _session(state)
+    session, client, _server = _session(state)
     session.server.data_received(b"D\x00\x00\x01\x00partial-row")
     session.server.connection_lost(None)
     assert client.closed and client.written == b"D\x00\x00\x01\x00partial-row"
@@ -175,8 +180,8 @@ def test_lost_server_mid_message_closes_without_corrupting_the_stream():
 
 def test_writer_sessions_on_the_old_primary_are_terminated_with_57p01():
     endpoint = _endpoint(topology=_topology("n1"))
-    session, client, _ = _session(endpoint.state)
-    reader_session, reader_client, _ = _session(endpoint.state, node="n2", kind="reader")
+    _, client, _ = _session(endpoint.state)
+    _reader_session, reader_client, _ = _session(endpoint.state, node="n2", kind="reader")
     endpoint._on_topology(_topology("n1"), _topology("n2"))
     assert client.closed and [e.sqlstate for e in client.errors()] == ["57P01"]
     assert not reader_client.closed

@@ -60,10 +60,17 @@ async def _pair(server_ctx, client_ctx):
     raw_client, _ = await loop.connect_accepted_socket(asyncio.Protocol, b)
     outcomes = {"server": loop.create_future(), "client": loop.create_future()}
     server_sink, client_sink = Sink(), Sink()
-    server = TlsTransport(raw_server, server_ctx, server_side=True, app=server_sink,
-                          on_handshake=outcomes["server"].set_result)
-    client = TlsTransport(raw_client, client_ctx, server_side=False, app=client_sink, server_hostname="127.0.0.1",
-                          on_handshake=outcomes["client"].set_result)
+    server = TlsTransport(
+        raw_server, server_ctx, server_side=True, app=server_sink, on_handshake=outcomes["server"].set_result
+    )
+    client = TlsTransport(
+        raw_client,
+        client_ctx,
+        server_side=False,
+        app=client_sink,
+        server_hostname="127.0.0.1",
+        on_handshake=outcomes["client"].set_result,
+    )
     return server, server_sink, client, client_sink, outcomes
 
 
@@ -112,7 +119,7 @@ def test_a_failed_handshake_is_reported_once_to_both_sides_and_closes_them(ca, r
 
 
 async def _a_failed_handshake_is_reported_once_to_both_sides_and_closes_them(ca):
-    server, server_sink, client, client_sink, outcomes = await _pair(*_contexts(ca, client_ca=trustme.CA()))
+    _server, server_sink, _client, client_sink, outcomes = await _pair(*_contexts(ca, client_ca=trustme.CA()))
     client_error = await asyncio.wait_for(outcomes["client"], 5)
     assert isinstance(client_error, ssl.SSLCertVerificationError)
     assert await asyncio.wait_for(outcomes["server"], 5) is not None
@@ -181,7 +188,7 @@ async def _no_tls_record_carries_more_than_8_kb_of_plaintext(ca):
             break
         if view[0] == 23:  # application data
             lengths.append(length)
-        view = view[5 + length:]
+        view = view[5 + length :]
     assert len(lengths) >= 36 and max(lengths) <= 8192 + 64, max(lengths)
     server.abort()
     b.close()
@@ -207,8 +214,9 @@ class _Node(asyncio.Protocol):
 
 async def _connect_to(answer: bytes, mode, after: bytes = b"", eager: bool = False) -> bool:
     """Connect as the proxy does; True when the connection ended up encrypted."""
+    from pgaurora.core.topology import NodeState, Role
     from pgaurora.proxy.upstream import connect
-    from pgaurora.topology import NodeState, Role
+
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Node(answer, after, eager), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -222,20 +230,24 @@ async def _connect_to(answer: bytes, mode, after: bytes = b"", eager: bool = Fal
         server.close()
 
 
-@pytest.mark.parametrize("answer, after, eager, mode, refused", [
-    (b"N", b"", False, "require", "refused TLS"),
-    (b"S", b"\x15\x03\x03\x00\x02\x02\x28", False, "require", "TLS handshake with node n1 failed"),  # an alert
-    (b"S", b"extra", True, "verify-full", "unexpected data"),  # bytes before the handshake: CVE-2021-23222
-])
-def test_a_node_that_will_not_do_the_tls_asked_for_fails_at_once_with_08001(run, answer, after, eager, mode,
-                                                                          refused):
-    from pgaurora.config import BackendTls
-    from pgaurora.errors import NodeTlsFailed
+@pytest.mark.parametrize(
+    "answer, after, eager, mode, refused",
+    [
+        (b"N", b"", False, "require", "refused TLS"),
+        (b"S", b"\x15\x03\x03\x00\x02\x02\x28", False, "require", "TLS handshake with node n1 failed"),  # an alert
+        (b"S", b"extra", True, "verify-full", "unexpected data"),  # bytes before the handshake: CVE-2021-23222
+    ],
+)
+def test_a_node_that_will_not_do_the_tls_asked_for_fails_at_once_with_08001(run, answer, after, eager, mode, refused):
+    from pgaurora.core.config import BackendTls
+    from pgaurora.core.errors import NodeTlsFailed
+
     with pytest.raises(NodeTlsFailed, match=refused) as failure:
         run(_connect_to(answer, BackendTls(mode), after, eager))
     assert failure.value.sqlstate == "08001"
 
 
 def test_prefer_falls_back_to_plaintext_when_the_node_answers_n(run):
-    from pgaurora.config import BackendTls
+    from pgaurora.core.config import BackendTls
+
     assert run(_connect_to(b"N", BackendTls.PREFER)) is False

@@ -21,8 +21,9 @@ def cluster():
 
 @pytest.fixture(scope="session")
 def proxy(cluster):
-    svc = ServiceThread(service_config(cluster, monitor={"max_replica_lag": "1MB"},
-                                       proxy={"startup_timeout": 2.0}), controller=cluster)
+    svc = ServiceThread(
+        service_config(cluster, monitor={"max_replica_lag": "1MB"}, proxy={"startup_timeout": 2.0}), controller=cluster
+    )
     svc.wait_ready()
     yield svc
     svc.stop()

@@ -10,7 +10,7 @@ import urllib.error
 import pytest
 import trustme
 
-from pgaurora.admin.client import AdminError, call
+from pgaurora.service.admin.client import AdminError, call
 from tests.helpers import PGAURORA, service_config
 
 pytestmark = pytest.mark.integration
@@ -25,9 +25,17 @@ def https(fresh_cluster, service, tmp_path, monkeypatch):
         cert = issuer.issue_cert(name, common_name="ops-client" if name == "impostor" else name)
         cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{name}.pem"))
     pem, ca_file = str(tmp_path / "server.pem"), str(tmp_path / "ca.pem")
-    svc = service(service_config(fresh_cluster(replicas=2), tls={"cert_file": pem, "key_file": pem},
-                                 admin={"tls": True, "client_ca_file": ca_file,
-                                        "certificates": [{"common_name": "ops-client", "scope": "operate"}]}))
+    svc = service(
+        service_config(
+            fresh_cluster(replicas=2),
+            tls={"cert_file": pem, "key_file": pem},
+            admin={
+                "tls": True,
+                "client_ca_file": ca_file,
+                "certificates": [{"common_name": "ops-client", "scope": "operate"}],
+            },
+        )
+    )
     monkeypatch.setenv("PGAURORA_ADMIN_CA_FILE", ca_file)
     svc.url = svc.admin_url.replace("http://", "https://")
     svc.dir = tmp_path
@@ -67,10 +75,12 @@ def test_the_admin_port_serves_https_only_with_a_token_or_a_mapped_client_certif
 
 def test_the_cli_talks_https_with_the_ca_it_is_given(https):
     env = {**os.environ, "PGAURORA_ADMIN_CA_FILE": str(https.dir / "ca.pem")}
-    out = subprocess.run([*PGAURORA, "status", "--admin", https.url], capture_output=True, text=True, timeout=60,
-                         env=env)
+    out = subprocess.run(
+        [*PGAURORA, "status", "--admin", https.url], capture_output=True, text=True, timeout=60, env=env
+    )
     assert out.returncode == 0 and "n1" in out.stdout, out.stderr
     env.pop("PGAURORA_ADMIN_CA_FILE")
-    untrusted = subprocess.run([*PGAURORA, "status", "--admin", https.url], capture_output=True, text=True,
-                               timeout=60, env=env)
+    untrusted = subprocess.run(
+        [*PGAURORA, "status", "--admin", https.url], capture_output=True, text=True, timeout=60, env=env
+    )
     assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr, untrusted.stderr

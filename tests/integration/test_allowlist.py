@@ -32,13 +32,11 @@ def _counts(svc, endpoint: str) -> tuple[float, float]:
     return values.get("pgaurora_allowlist_accepted_total", 0.0), values.get("pgaurora_allowlist_refused_total", 0.0)
 
 
-def test_a_client_outside_the_allow_list_is_closed_without_a_byte_and_a_reload_moves_the_list(fresh_cluster,
-                                                                                               service):
+def test_a_client_outside_the_allow_list_is_closed_without_a_byte_and_a_reload_moves_the_list(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
     config = service_config(cluster, writer={"allow": ["127.0.0.1/32"]})
     svc = service(config)
-    sessions_before = cluster.primary.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
-                                          "'client backend'")
+    sessions_before = cluster.primary.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
     assert _from("127.0.0.2", svc.writer) == b""  # closed: not even PostgreSQL's one-byte answer
     assert _from("127.0.0.1", svc.writer) in (b"N", b"S")  # inside the list: the endpoint answers
     with psycopg.connect(svc.dsn("writer"), autocommit=True) as conn:
@@ -55,4 +53,3 @@ def test_a_client_outside_the_allow_list_is_closed_without_a_byte_and_a_reload_m
     assert _from("127.0.0.2", svc.writer) in (b"N", b"S")
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(svc.dsn("writer", connect_timeout=5))
-

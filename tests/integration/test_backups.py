@@ -14,10 +14,19 @@ import pytest
 
 from pgaurora.compose import LocalCluster
 from pgaurora.compose.backrest import find_pgbackrest
-from pgaurora.errors import ClusterError
-from pgaurora.compose.background import WriteLoop
-from tests.helpers import (PGAURORA, RowWriter, admin, cluster_dir, free_loopback_base, free_port, ids_on,
-                          service_config, wait_until)
+from pgaurora.core.errors import ClusterError
+from pgaurora.testing.background import WriteLoop
+from tests.helpers import (
+    PGAURORA,
+    RowWriter,
+    admin,
+    cluster_dir,
+    free_loopback_base,
+    free_port,
+    ids_on,
+    service_config,
+    wait_until,
+)
 
 try:
     find_pgbackrest()
@@ -64,8 +73,9 @@ def _restored_ids(new_dir) -> set[int]:
 
 
 @pytest.mark.parametrize("failover", [False, True], ids=["same-timeline", "across-a-failover"])
-def test_point_in_time_restore_brings_back_exactly_the_rows_committed_up_to_the_target(fresh_cluster, service,
-                                                                                       failover):
+def test_point_in_time_restore_brings_back_exactly_the_rows_committed_up_to_the_target(
+    fresh_cluster, service, failover
+):
     cluster = fresh_cluster(replicas=1)
     secret = _secret(cluster.root.parent)
     schedule = {} if failover else {"full_every": 3600}  # without a failover, the schedule takes the backup
@@ -116,8 +126,21 @@ def test_point_in_time_restore_brings_back_exactly_the_rows_committed_up_to_the_
                 break
     new_dir = cluster_dir() / "restored"
     try:
-        out = _cli("restore", "--from", str(cluster.root), "--to", target.isoformat(sep=" "), "--dir", str(new_dir),
-                   "--base-address", free_loopback_base(1), "--port", str(free_port()), "--cipher-pass-file", secret)
+        out = _cli(
+            "restore",
+            "--from",
+            str(cluster.root),
+            "--to",
+            target.isoformat(sep=" "),
+            "--dir",
+            str(new_dir),
+            "--base-address",
+            free_loopback_base(1),
+            "--port",
+            str(free_port()),
+            "--cipher-pass-file",
+            secret,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         print(out.stdout)
         recovered = datetime.fromisoformat(out.stdout.split("recovered to")[1].split("(")[0].strip())
@@ -133,14 +156,27 @@ def test_point_in_time_restore_brings_back_exactly_the_rows_committed_up_to_the_
 def _a_restore_to_the_range_end_has_every_archived_row(svc, cluster, secret: str, rows: int) -> None:
     """The archive ends before any commit past the range's end, so recovery runs to the archive's end."""
     writer = cluster.node(svc.topology.writer)
-    writer.sql("CREATE TABLE marks AS SELECT generate_series(1, %d) AS id" % rows)
+    writer.sql(f"CREATE TABLE marks AS SELECT generate_series(1, {rows}) AS id")
     _archived_up_to_now(svc, cluster)
     end = json.loads(_cli("backups", "--json", "--admin", svc.admin_url).stdout)["restorable"]["to"]
     inside = datetime.fromtimestamp(end - 0.01).astimezone()
     new_dir = cluster_dir() / "restored"
     try:
-        out = _cli("restore", "--from", str(cluster.root), "--to", str(inside), "--dir", str(new_dir),
-                   "--base-address", free_loopback_base(1), "--port", str(free_port()), "--cipher-pass-file", secret)
+        out = _cli(
+            "restore",
+            "--from",
+            str(cluster.root),
+            "--to",
+            str(inside),
+            "--dir",
+            str(new_dir),
+            "--base-address",
+            free_loopback_base(1),
+            "--port",
+            str(free_port()),
+            "--cipher-pass-file",
+            secret,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         assert len(_restored_ids(new_dir)) == rows
     finally:
@@ -161,8 +197,17 @@ def _check_the_repository_is_encrypted(svc, cluster, target: datetime, new_dir) 
         out = _cli("restore", "--from", str(cluster.root), "--to", target.isoformat(sep=" "), "--dir", str(new_dir))
         assert out.returncode == 1 and "is encrypted" in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert not new_dir.exists()  # nothing half-made
-        out = _cli("restore", "--from", str(cluster.root), "--to", "2001-01-01 00:00:00+00", "--dir", str(new_dir),
-                   "--cipher-pass-file", _secret(cluster.root.parent))
+        out = _cli(
+            "restore",
+            "--from",
+            str(cluster.root),
+            "--to",
+            "2001-01-01 00:00:00+00",
+            "--dir",
+            str(new_dir),
+            "--cipher-pass-file",
+            _secret(cluster.root.parent),
+        )
         assert out.returncode == 1 and "outside the restorable range: from 20" in out.stderr, out.stderr
     finally:
         shutil.rmtree(new_dir.parent, ignore_errors=True)
@@ -179,15 +224,22 @@ def test_archiving_failures_are_an_event_a_metric_and_a_status_line(fresh_cluste
         if any(e["kind"] == "archive_failed" for e in svc.service.events.recent()):
             break
     metrics = admin(f"{svc.admin_url}/metrics")
-    failures = next(l for l in metrics.splitlines() if l.startswith("pgaurora_archive_failures_total"))
+    failures = next(m for m in metrics.splitlines() if m.startswith("pgaurora_archive_failures_total"))
     assert float(failures.split()[-1]) >= 1
     status = _cli("status", "--admin", svc.admin_url)
     assert "archive failing" in status.stdout, status.stdout
 
 
 def _via(address: tuple[str, int], password: str, query: str):
-    with psycopg.connect(host=address[0], port=address[1], user="postgres", password=password, dbname="postgres",
-                         connect_timeout=10, autocommit=True) as conn:
+    with psycopg.connect(
+        host=address[0],
+        port=address[1],
+        user="postgres",
+        password=password,
+        dbname="postgres",
+        connect_timeout=10,
+        autocommit=True,
+    ) as conn:
         return conn.execute(query).fetchone()
 
 
@@ -232,8 +284,19 @@ def test_backtrack_rewinds_behind_the_same_writer_endpoint_and_undo_moves_back(f
     _archived_up_to_now(svc, cluster)
     new_dir = cluster_dir() / "restored"
     try:  # a later point-in-time restore follows the line that runs, not the abandoned one
-        later = _cli("restore", "--from", str(cluster.root), "--to", after_undo, "--dir", str(new_dir),
-                     "--base-address", free_loopback_base(1), "--port", str(free_port()))
+        later = _cli(
+            "restore",
+            "--from",
+            str(cluster.root),
+            "--to",
+            after_undo,
+            "--dir",
+            str(new_dir),
+            "--base-address",
+            free_loopback_base(1),
+            "--port",
+            str(free_port()),
+        )
         assert later.returncode == 0, later.stdout + later.stderr
         restored = LocalCluster.open(new_dir)
         restored.start()

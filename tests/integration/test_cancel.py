@@ -61,6 +61,7 @@ async def test_asyncpg_cancel_ends_statement_within_2s(proxy, cluster, endpoint)
 
 def test_cancel_arriving_on_the_other_endpoint_reaches_the_writer_backend(proxy, cluster):
     import socket
+
     from pgaurora.wire import CancelRequest, encode
 
     conn = psycopg.connect(proxy.dsn("writer"))

@@ -10,13 +10,18 @@ import subprocess
 import pytest
 
 from pgaurora.compose import LocalCluster
-from pgaurora.errors import ClusterError
-from tests.helpers import PGAURORA, Command, require_docker, cluster_dir, free_loopback_base, free_port, free_ports
+from pgaurora.core.errors import ClusterError
+from tests.helpers import PGAURORA, Command, cluster_dir, free_loopback_base, free_port, free_ports, require_docker
 
 
 def _psql(port: int, password: str, sql: str) -> str:
-    out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-XAtc", sql],
-                         capture_output=True, text=True, timeout=30, env={**os.environ, "PGPASSWORD": password})
+    out = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-XAtc", sql],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PGPASSWORD": password},
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -32,9 +37,23 @@ def state_dir():
 
 def _up_args(state_dir, ports) -> list[str]:
     writer, reader, admin, dns = ports
-    return ["up", "--dir", str(state_dir), "--port", str(free_port()), "--base-address", free_loopback_base(3),
-            "--writer-port", str(writer), "--reader-port", str(reader), "--admin-port", str(admin),
-            "--dns-port", str(dns)]
+    return [
+        "up",
+        "--dir",
+        str(state_dir),
+        "--port",
+        str(free_port()),
+        "--base-address",
+        free_loopback_base(3),
+        "--writer-port",
+        str(writer),
+        "--reader-port",
+        str(reader),
+        "--admin-port",
+        str(admin),
+        "--dns-port",
+        str(dns),
+    ]
 
 
 def test_up_serves_both_endpoints_then_stops_everything_on_sigterm(state_dir):
@@ -46,8 +65,9 @@ def test_up_serves_both_endpoints_then_stops_everything_on_sigterm(state_dir):
         assert f"psql -h 127.0.0.1 -p {ports[0]} -U postgres" in text and f"dig @127.0.0.1 -p {ports[3]}" in text
         assert _psql(ports[0], "s3cret", "SELECT pg_is_in_recovery()") == "f"
         assert _psql(ports[1], "s3cret", "SELECT pg_is_in_recovery()") == "t"
-        status = subprocess.run([*PGAURORA, "status", "--admin", f"http://127.0.0.1:{ports[2]}"],
-                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            [*PGAURORA, "status", "--admin", f"http://127.0.0.1:{ports[2]}"], capture_output=True, text=True, timeout=30
+        )
         assert status.returncode == 0 and "primary" in status.stdout
     finally:
         assert up.stop() == 0, "\n".join(up.lines)
@@ -68,20 +88,25 @@ def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line(state_dir)
     up = Command(*_up_args(state_dir, ports), "--replicas", "1", "--password", "s3cret", "--tls")
     try:
         up.wait_for_line("pgaurora is ready", 90)
-        (line,) = [l for l in up.lines if "sslmode=verify-full" in l]
+        (line,) = [s for s in up.lines if "sslmode=verify-full" in s]
         conninfo = line.split('psql "', 1)[1].rstrip('"')
         ca = conninfo.split("sslrootcert=", 1)[1]
         assert ca == str(state_dir / "tls" / "ca.crt")
         assert oct(os.stat(state_dir / "tls" / "ca.key").st_mode)[-3:] == "600"
-        out = subprocess.run(["psql", conninfo, "-XAtc", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
-                             capture_output=True, text=True, timeout=30, env={**os.environ, "PGPASSWORD": "s3cret"})
+        out = subprocess.run(
+            ["psql", conninfo, "-XAtc", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PGPASSWORD": "s3cret"},
+        )
         assert out.returncode == 0 and out.stdout.strip() == "t", out.stderr  # the node leg is TLS too
     finally:
         assert up.stop() == 0, "\n".join(up.lines)
     again = Command(*_up_args(state_dir, ports))  # resumed without --tls: still TLS
     try:
         again.wait_for_line("pgaurora is ready", 90)
-        assert any("sslmode=verify-full" in l for l in again.lines)
+        assert any("sslmode=verify-full" in s for s in again.lines)
     finally:
         assert again.stop() == 0
 
@@ -107,8 +132,9 @@ def test_proxy_config_errors_are_listed_in_one_message(tmp_path):
 
 
 def test_status_without_a_running_pgaurora_is_one_clear_error():
-    out = subprocess.run([*PGAURORA, "status", "--admin", f"http://127.0.0.1:{free_port()}"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [*PGAURORA, "status", "--admin", f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "cannot reach the admin endpoint" in out.stderr and "is pgaurora running?" in out.stderr
 
@@ -137,16 +163,26 @@ def test_a_second_up_that_clashes_names_every_conflict_and_leaves_nothing_behind
 
 
 def test_status_fits_80_columns_with_full_addresses(proxy):
-    out = subprocess.run([*PGAURORA, "status", "--admin", proxy.admin_url], capture_output=True, text=True,
-                         timeout=30, env={**os.environ, "COLUMNS": "80"})
+    out = subprocess.run(
+        [*PGAURORA, "status", "--admin", proxy.admin_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "80"},
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert all(len(line) <= 80 for line in lines), lines
     for node in proxy.topology.nodes:
         (row,) = [line for line in lines if line.startswith(node.name + " ")]
         assert node.address in row and node.role.value in row and " s" in row, row
-    wide = subprocess.run([*PGAURORA, "status", "--wide", "--admin", proxy.admin_url], capture_output=True,
-                          text=True, timeout=30, env={**os.environ, "COLUMNS": "160"})
+    wide = subprocess.run(
+        [*PGAURORA, "status", "--wide", "--admin", proxy.admin_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "160"},
+    )
     assert "upstream" in wide.stdout and "clients" in wide.stdout
 
 
@@ -187,6 +223,7 @@ def _processes_under(root) -> list[int]:
 def test_up_with_the_docker_backend_serves_containers_and_removes_them_on_sigterm(state_dir):
     require_docker()
     from pgaurora.compose.docker import docker_client
+
     ports = tuple(free_ports(4))
     up = Command(*_up_args(state_dir, ports), "--backend", "docker", "--password", "s3cret")
     try:

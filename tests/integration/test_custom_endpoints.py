@@ -13,8 +13,10 @@ from tests.helpers import PGAURORA, admin, error_of, exchange, free_ports, hosts
 
 
 def _dsn(svc, port: int) -> str:
-    return (f"host=127.0.0.1 port={port} user=postgres password={svc.config.monitor.password} dbname=postgres "
-            "connect_timeout=10")
+    return (
+        f"host=127.0.0.1 port={port} user=postgres password={svc.config.monitor.password} dbname=postgres "
+        "connect_timeout=10"
+    )
 
 
 def _hosts(svc, port: int, count: int = 8) -> set[str]:
@@ -24,8 +26,10 @@ def _hosts(svc, port: int, count: int = 8) -> set[str]:
 def test_a_custom_endpoint_routes_only_to_its_replica_and_refuses_by_name_when_it_dies(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
     reports, spill = free_ports(2)
-    endpoints = [{"name": "reports", "port": reports, "nodes": ["n3"]},
-                 {"name": "spill", "port": spill, "nodes": ["n3"], "fallback": "writer"}]
+    endpoints = [
+        {"name": "reports", "port": reports, "nodes": ["n3"]},
+        {"name": "spill", "port": spill, "nodes": ["n3"], "fallback": "writer"},
+    ]
     svc = service(service_config(cluster, endpoints=endpoints), controller=cluster)
     n3 = cluster.node("n3")
     for _ in wait_until("the custom endpoint to serve n3", 10):
@@ -38,8 +42,7 @@ def test_a_custom_endpoint_routes_only_to_its_replica_and_refuses_by_name_when_i
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers, resolver.port = [svc.config.dns.host], svc.config.dns.port
     assert [r.address for r in resolver.resolve(f"reports.{svc.config.zone}", "A")] == [n3.host]
-    status = subprocess.run([*PGAURORA, "status", "--admin", svc.admin_url], capture_output=True, text=True,
-                            timeout=30)
+    status = subprocess.run([*PGAURORA, "status", "--admin", svc.admin_url], capture_output=True, text=True, timeout=30)
     assert f"custom reports 127.0.0.1:{reports} -> n3" in status.stdout, status.stdout
     n3.kill()
     for _ in wait_until("the monitor to see n3 down", 10):

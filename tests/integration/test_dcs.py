@@ -16,12 +16,24 @@ import dns.resolver
 import psycopg
 import pytest
 
-from pgaurora.compose.background import WriteLoop
 from pgaurora.compose.certs import CertAuthority
 from pgaurora.compose.etcd import EtcdCluster, find_etcd
-from pgaurora.errors import ClusterError
-from tests.helpers import (Command, PGAURORA, admin, cluster_dir, free_loopback_base, free_ports, ids_on, observe,
-                          refused, service_config, wait_until, write_config)
+from pgaurora.core.errors import ClusterError
+from pgaurora.testing.background import WriteLoop
+from tests.helpers import (
+    PGAURORA,
+    Command,
+    admin,
+    cluster_dir,
+    free_loopback_base,
+    free_ports,
+    ids_on,
+    observe,
+    refused,
+    service_config,
+    wait_until,
+    write_config,
+)
 
 try:
     find_etcd()
@@ -46,9 +58,15 @@ class Instance:
     def __init__(self, name: str, cluster, endpoints: list[str], workdir, env: dict | None = None) -> None:
         self.name = name
         host = free_loopback_base(1)  # each instance on an address of its own, like a host of its own
-        self.config = service_config(cluster, dcs={"etcd": endpoints, "instance": name, "ttl": TTL}, state_dir=None,
-                                     writer={"host": host}, reader={"host": host}, admin={"host": host},
-                                     dns={"host": host})
+        self.config = service_config(
+            cluster,
+            dcs={"etcd": endpoints, "instance": name, "ttl": TTL},
+            state_dir=None,
+            writer={"host": host},
+            reader={"host": host},
+            admin={"host": host},
+            dns={"host": host},
+        )
         path = write_config(self.config, workdir / f"{name}.toml")
         self.command = Command("proxy", "-c", str(path), env=env)
 
@@ -83,13 +101,14 @@ class Instance:
 def instances(tmp_path):
     made: list[Instance] = []
 
-    def start(cluster, etcd_endpoints, *names: str, endpoints: dict | None = None,
-              env: dict | None = None) -> list[Instance]:
+    def start(
+        cluster, etcd_endpoints, *names: str, endpoints: dict | None = None, env: dict | None = None
+    ) -> list[Instance]:
         for name in names:
             made.append(Instance(name, cluster, (endpoints or {}).get(name, etcd_endpoints), tmp_path, env))
-        for instance in made[-len(names):]:
+        for instance in made[-len(names) :]:
             instance.command.wait_for_line("pgaurora is ready", 60)
-        return made[-len(names):]
+        return made[-len(names) :]
 
     yield start
     for instance in made:
@@ -105,30 +124,40 @@ def _leader_and_other(a: Instance, b: Instance) -> tuple[Instance, Instance]:
 
 
 def test_both_instances_route_alike_show_the_same_leader_follow_its_changes_and_back_each_other_up(
-        fresh_cluster, etcd, instances):
+    fresh_cluster, etcd, instances
+):
     cluster = fresh_cluster(replicas=2)
     a, b = instances(cluster, etcd.endpoints, "i1", "i2")
     leader, follower = _leader_and_other(a, b)
     for _ in wait_until("each instance to know both, and the same leader", TTL):
-        seen = [(s["dcs"]["leader"], sorted(s["dcs"]["instances"]), s["writer"]["node"], s["epoch"])
-                for s in (a.status(), b.status())]
+        seen = [
+            (s["dcs"]["leader"], sorted(s["dcs"]["instances"]), s["writer"]["node"], s["epoch"])
+            for s in (a.status(), b.status())
+        ]
         if seen[0] == seen[1] == (leader.name, ["i1", "i2"], "n1", seen[0][3]):
             break
     for instance in (a, b):
         host, port = instance.writer
-        with psycopg.connect(host=host, port=port, user="postgres", password=cluster.password,
-                             dbname="postgres") as conn:
+        with psycopg.connect(
+            host=host, port=port, user="postgres", password=cluster.password, dbname="postgres"
+        ) as conn:
             assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (cluster.primary.host,)
     shown = []
     for instance in (a, b):  # `pgaurora status` against either instance: the same leader and topology
-        out = subprocess.run([*PGAURORA, "status", "--admin", instance.admin_url],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [*PGAURORA, "status", "--admin", instance.admin_url], capture_output=True, text=True, timeout=30
+        )
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert any(f"{leader.name} (leader)" in line for line in lines), out.stdout
-        shown.append([re.sub(r"127\.\d+\.\d+\.\d+:\d+", "ENDPOINT", line.split("this one:")[0]) for line in lines
-                      if line.startswith(("writer", "instances"))]
-                     + [line.split()[:4] for line in lines if line.startswith(("n1", "n2", "n3"))])
+        shown.append(
+            [
+                re.sub(r"127\.\d+\.\d+\.\d+:\d+", "ENDPOINT", line.split("this one:")[0])
+                for line in lines
+                if line.startswith(("writer", "instances"))
+            ]
+            + [line.split()[:4] for line in lines if line.startswith(("n1", "n2", "n3"))]
+        )
     assert shown[0] == shown[1] and len(shown[0]) == 5, shown
     metrics = admin(f"{leader.admin_url}/metrics")
     assert "pgaurora_dcs_leader 1.0" in metrics and "pgaurora_dcs_up 1.0" in metrics
@@ -158,8 +187,10 @@ def _followers_route_the_leaders_changes_within_one_watch_round_trip(leader: Ins
 
 
 def _a_multi_host_connection_string_survives_the_loss_of_an_instance(cluster, a: Instance, b: Instance) -> None:
-    dsn = (f"host={a.writer[0]},{b.writer[0]} port={a.writer[1]},{b.writer[1]} user=postgres "
-           f"password={cluster.password} dbname=postgres target_session_attrs=read-write connect_timeout=5")
+    dsn = (
+        f"host={a.writer[0]},{b.writer[0]} port={a.writer[1]},{b.writer[1]} user=postgres "
+        f"password={cluster.password} dbname=postgres target_session_attrs=read-write connect_timeout=5"
+    )
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT host(inet_server_addr())").fetchone() == (cluster.primary.host,)
     os.kill(a.pid, signal.SIGKILL)
@@ -173,8 +204,7 @@ def _drained_at(instance: Instance, node: str, drained: bool, deadline: float) -
             return time.monotonic()
 
 
-def test_leader_instance_and_primary_killed_together_survivor_promotes_losing_nothing(
-        fresh_cluster, etcd, instances):
+def test_leader_instance_and_primary_killed_together_survivor_promotes_losing_nothing(fresh_cluster, etcd, instances):
     cluster = fresh_cluster(replicas=2)
     a, b = instances(cluster, etcd.endpoints, "i1", "i2")
     leader, survivor = _leader_and_other(a, b)
@@ -204,7 +234,8 @@ def test_leader_instance_and_primary_killed_together_survivor_promotes_losing_no
 
 
 def test_a_leader_that_dies_in_the_middle_of_a_failover_is_succeeded_and_the_failover_completed(
-        fresh_cluster, etcd, instances):
+    fresh_cluster, etcd, instances
+):
     cluster = fresh_cluster(replicas=2)
     (first,) = instances(cluster, etcd.endpoints, "i1", env={"PGAURORA_CRASH_AT": "after_promote"})
     for _ in wait_until("i1 to lead", 15):
@@ -250,8 +281,11 @@ def test_a_paused_leader_is_deposed_and_on_waking_touches_no_node(fresh_cluster,
         if status["dcs"]["role"] == "follower" and status["epoch"] == other.status()["epoch"]:
             break
     assert leader.events("leader_lost"), "the woken leader never recorded that it lost the lead"
-    acted = [e for e in leader.events() if e["kind"] in ("failover_started", "failover", "repoint", "fence",
-                                                          "sync_standbys", "promote")]
+    acted = [
+        e
+        for e in leader.events()
+        if e["kind"] in ("failover_started", "failover", "repoint", "fence", "sync_standbys", "promote")
+    ]
     assert acted == [], f"the deposed leader acted: {acted}"
     promoted = [e["epoch"] for i in (leader, other) for e in i.events("failover_started")]
     assert len(promoted) == len(set(promoted)) == 1, promoted
@@ -284,7 +318,8 @@ def test_an_instance_cut_off_from_etcd_stops_acting_and_the_other_takes_over(fre
 
 
 def test_etcd_quorum_loss_stops_all_acting_but_not_sessions_and_failover_resumes_with_quorum(
-        fresh_cluster, etcd, instances):
+    fresh_cluster, etcd, instances
+):
     cluster = fresh_cluster(replicas=2)
     a, b = instances(cluster, etcd.endpoints, "i1", "i2")
     leader, _ = _leader_and_other(a, b)
@@ -294,15 +329,17 @@ def test_etcd_quorum_loss_stops_all_acting_but_not_sessions_and_failover_resumes
     health = leader.status()["dcs"]["endpoint_health"]  # and /status says which endpoint is down
     assert health[etcd.members[2].client_url] != "up" and health[etcd.members[0].client_url] == "up", health
     host, port = leader.writer
-    with psycopg.connect(host=host, port=port, user="postgres", password=cluster.password, dbname="postgres",
-                         autocommit=True) as session:
+    with psycopg.connect(
+        host=host, port=port, user="postgres", password=cluster.password, dbname="postgres", autocommit=True
+    ) as session:
         etcd.stop_member(etcd.members[1].name)  # quorum lost
         for _ in wait_until("both instances to stop acting", TTL + 10):
             if all(i.status()["dcs"]["role"] == "cut_off" for i in (a, b)):
                 break
         assert session.execute("SELECT 1").fetchone() == (1,)  # established sessions keep flowing
-        with psycopg.connect(host=host, port=port, user="postgres", password=cluster.password, dbname="postgres",
-                             connect_timeout=10) as new:  # and new ones reach the writer while it answers
+        with psycopg.connect(
+            host=host, port=port, user="postgres", password=cluster.password, dbname="postgres", connect_timeout=10
+        ) as new:  # and new ones reach the writer while it answers
             assert new.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
         replica = cluster.replicas[0]
         cluster.primary.kill()
@@ -325,15 +362,37 @@ def test_up_instances_with_tls_serves_through_any_instance_survives_the_leaders_
     root = cluster_dir()
     base = free_loopback_base(3)
     ports = [str(p) for p in free_ports(4)]
-    up = Command("up", "--instances", "2", "--replicas", "1", "--dir", str(root / "c"), "--base-address", base,
-                 "--password", "pw", "--writer-port", ports[0], "--reader-port", ports[1], "--admin-port", ports[2],
-                 "--dns-port", ports[3], "--tls")
+    up = Command(
+        "up",
+        "--instances",
+        "2",
+        "--replicas",
+        "1",
+        "--dir",
+        str(root / "c"),
+        "--base-address",
+        base,
+        "--password",
+        "pw",
+        "--writer-port",
+        ports[0],
+        "--reader-port",
+        ports[1],
+        "--admin-port",
+        ports[2],
+        "--dns-port",
+        ports[3],
+        "--tls",
+    )
     try:
         up.wait_for_line("pgaurora is ready", 120)
-        (line,) = [l for l in up.lines if "target_session_attrs=read-write" in l]
+        (line,) = [s for s in up.lines if "target_session_attrs=read-write" in s]
         conninfo = line.split('psql "', 1)[1].split('"')[0] + " dbname=postgres password=pw connect_timeout=5"
-        admins = [l.split("admin ")[1].split("/status")[0] for l in up.lines if l.startswith("instance ")]
-        status = lambda url: admin(url + "/status", timeout=5)  # noqa: E731
+        admins = [s.split("admin ")[1].split("/status")[0] for s in up.lines if s.startswith("instance ")]
+
+        def status(url):
+            return admin(url + "/status", timeout=5)
+
         for _ in wait_until("one instance to lead", 15):
             roles = {url: status(url)["dcs"]["role"] for url in admins}
             if sorted(roles.values()) == ["follower", "leader"]:
@@ -347,9 +406,10 @@ def test_up_instances_with_tls_serves_through_any_instance_survives_the_leaders_
                 break
         with psycopg.connect(conninfo + " sslmode=require") as conn:
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
-        node_ports = {(n["address"].rsplit(":", 1)[0], int(n["address"].rsplit(":", 1)[1]))
-                      for n in status(other)["nodes"]}
-        etcd_hosts = [l for l in up.lines if l.startswith("etcd ")][0].split()[1:]
+        node_ports = {
+            (n["address"].rsplit(":", 1)[0], int(n["address"].rsplit(":", 1)[1])) for n in status(other)["nodes"]
+        }
+        etcd_hosts = next(s for s in up.lines if s.startswith("etcd ")).split()[1:]
     finally:
         stopped = up.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -380,6 +440,7 @@ def _enable_auth(endpoint: str, password: str) -> None:
         await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
         await auth.AuthEnable(rpc.AuthEnableRequest())
         await client.close()
+
     asyncio.run(run())
 
 
@@ -422,11 +483,16 @@ def test_etcd_over_tls_with_client_certificates_admits_only_a_certified_instance
         assert all(url.startswith("https://") for url in etcd.endpoints)
         cert, key = etcd.client_certificate("i1")
         ca = str(authority.cert_file)
-        settings = [("certified", {"ca_file": ca, "cert_file": str(cert), "key_file": str(key)}),
-                    ("uncertified", {"ca_file": ca})]
+        settings = [
+            ("certified", {"ca_file": ca, "cert_file": str(cert), "key_file": str(key)}),
+            ("uncertified", {"ca_file": ca}),
+        ]
         with _two_instances(cluster, tmp_path, etcd.endpoints, settings) as made:
-            _first_leads_second_refused(made, "TLS handshake with etcd failed",
-                                        "the certified instance to lead, the other to be refused at the handshake")
+            _first_leads_second_refused(
+                made,
+                "TLS handshake with etcd failed",
+                "the certified instance to lead, the other to be refused at the handshake",
+            )
             assert _status_of(made[0])["writer"]["node"] == cluster.primary.name
             assert not any(line.startswith(("E1", "I1")) for line in made[1].lines), "gRPC's own log lines leaked"
     finally:
@@ -437,8 +503,11 @@ def test_etcd_over_tls_with_client_certificates_admits_only_a_certified_instance
 def test_etcd_with_authentication_admits_only_the_right_password(fresh_cluster, etcd, tmp_path):
     cluster = fresh_cluster(replicas=1)
     _enable_auth(etcd.endpoints[0], "etcd-secret")
-    settings = [(name, {"username": "root", "password": password})
-                for name, password in (("good", "etcd-secret"), ("bad", "wrong"))]
+    settings = [
+        (name, {"username": "root", "password": password})
+        for name, password in (("good", "etcd-secret"), ("bad", "wrong"))
+    ]
     with _two_instances(cluster, tmp_path, etcd.endpoints, settings) as made:
-        _first_leads_second_refused(made, "authentication failed",
-                                    "the instance with the right password to lead, the other to be refused")
+        _first_leads_second_refused(
+            made, "authentication failed", "the instance with the right password to lead, the other to be refused"
+        )

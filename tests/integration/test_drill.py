@@ -31,9 +31,28 @@ def test_a_drill_of_every_fault_loses_nothing_and_draws_its_timeline(backend, tm
         require_docker()
     out, png = tmp_path / "out.json", tmp_path / "out.png"
     faults = EVERY_FAULT if backend == "local" else DOCKER_FAULTS
-    run = subprocess.run([*PGAURORA, "drill", "--backend", backend, "--faults", faults, "--rounds", "1",
-                          "--json", str(out), "--plot", str(png), "--base-address", free_loopback_base(3)],
-                         capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "100"})
+    run = subprocess.run(
+        [
+            *PGAURORA,
+            "drill",
+            "--backend",
+            backend,
+            "--faults",
+            faults,
+            "--rounds",
+            "1",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+            "--base-address",
+            free_loopback_base(3),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "100"},
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [r["fault"] for r in report["rounds"]] == faults.split(",")
@@ -79,8 +98,9 @@ def test_the_drill_report_matches_the_rows_on_every_node():
 
 
 def test_the_drill_refuses_what_it_cannot_do_before_starting_anything():
-    unknown = subprocess.run([*PGAURORA, "drill", "--faults", "kill-primary,melt-disk"], capture_output=True,
-                             text=True, timeout=60)
+    unknown = subprocess.run(
+        [*PGAURORA, "drill", "--faults", "kill-primary,melt-disk"], capture_output=True, text=True, timeout=60
+    )
     assert unknown.returncode == 2 and "unknown fault melt-disk" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
@@ -89,16 +109,38 @@ def test_a_drill_of_an_existing_cluster_allows_only_faults_that_need_no_host(fre
     cluster = fresh_cluster(replicas=2)
     config = service_config(cluster)
     path = write_config(config, tmp_path / "cluster.toml")
-    refused = subprocess.run([*PGAURORA, "drill", "--config", str(path), "--faults", "isolate-primary,kill-primary"],
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [*PGAURORA, "drill", "--config", str(path), "--faults", "isolate-primary,kill-primary"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1 and "cannot inject kill-primary" in refused.stderr
     proxy = Command("proxy", "-c", str(path))
     try:
         proxy.wait_for_line("pgaurora is ready", 60)
         out = tmp_path / "out.json"
-        run = subprocess.run([*PGAURORA, "drill", "--config", str(path), "--faults", "isolate-primary", "--rounds",
-                              "1", "--writers", "2", "--readers", "2", "--json", str(out)],
-                             capture_output=True, text=True, timeout=300)
+        run = subprocess.run(
+            [
+                *PGAURORA,
+                "drill",
+                "--config",
+                str(path),
+                "--faults",
+                "isolate-primary",
+                "--rounds",
+                "1",
+                "--writers",
+                "2",
+                "--readers",
+                "2",
+                "--json",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     finally:
         assert proxy.stop() == 0

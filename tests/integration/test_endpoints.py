@@ -17,17 +17,39 @@ from tests.helpers import PGAURORA, admin, wait_until
 def _psql(proxy, endpoint: str, sql: str) -> str:
     host, port = getattr(proxy, endpoint)
     env = {**os.environ, "PGPASSWORD": proxy.config.monitor.password, "PGCONNECT_TIMEOUT": "10"}
-    out = subprocess.run(["psql", "-h", host, "-p", str(port), "-U", "postgres", "-d", "postgres",
-                          "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                         capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run(
+        [
+            "psql",
+            "-h",
+            host,
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 
 def test_psql_writer_reaches_primary_and_writes_persist(proxy, cluster):
     assert _psql(proxy, "writer", "SELECT pg_is_in_recovery()") == "f"
-    _psql(proxy, "writer", "CREATE TABLE IF NOT EXISTS persist_psql (v text); "
-                           "INSERT INTO persist_psql VALUES ('via-writer')")
+    _psql(
+        proxy,
+        "writer",
+        "CREATE TABLE IF NOT EXISTS persist_psql (v text); INSERT INTO persist_psql VALUES ('via-writer')",
+    )
     assert "via-writer" in cluster.primary.sql("SELECT string_agg(v, ',') FROM persist_psql")
 
 
@@ -40,11 +62,13 @@ def test_psycopg_through_both_endpoints(proxy, cluster):
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
         conn.execute("CREATE TABLE IF NOT EXISTS persist_psycopg (v int)")
         conn.execute("INSERT INTO persist_psycopg VALUES (%s)", (42,))
-    for attempt in wait_until("the insert to reach a replica", 10):
+    for _attempt in wait_until("the insert to reach a replica", 10):
         with psycopg.connect(proxy.dsn("reader")) as conn:
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
-            if conn.execute("SELECT to_regclass('persist_psycopg') IS NOT NULL").fetchone()[0] and \
-                    conn.execute("SELECT count(*) FROM persist_psycopg WHERE v = 42").fetchone()[0]:
+            if (
+                conn.execute("SELECT to_regclass('persist_psycopg') IS NOT NULL").fetchone()[0]
+                and conn.execute("SELECT count(*) FROM persist_psycopg WHERE v = 42").fetchone()[0]
+            ):
                 break
 
 
@@ -87,14 +111,38 @@ def test_pgbench_through_writer_and_reader(proxy):
     env = {**os.environ, "PGPASSWORD": "test-pw"}
     whost, wport = proxy.writer
     rhost, rport = proxy.reader
-    init = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", whost, "-p", str(wport), "-U", "postgres",
-                           "postgres"], capture_output=True, text=True, env=env, timeout=120)
+    init = subprocess.run(
+        ["pgbench", "-i", "-s", "1", "-q", "-h", whost, "-p", str(wport), "-U", "postgres", "postgres"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert init.returncode == 0, init.stderr
     for host, port, args in ((whost, wport, []), (rhost, rport, ["-S"])):
-        for attempt in wait_until("pgbench tables on the replicas", 10):
-            run = subprocess.run(["pgbench", *args, "-c", "4", "-t", "50", "-n", "-h", host, "-p", str(port),
-                                  "-U", "postgres", "postgres"], capture_output=True, text=True, env=env,
-                                 timeout=120)
+        for _attempt in wait_until("pgbench tables on the replicas", 10):
+            run = subprocess.run(
+                [
+                    "pgbench",
+                    *args,
+                    "-c",
+                    "4",
+                    "-t",
+                    "50",
+                    "-n",
+                    "-h",
+                    host,
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "postgres",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
             if run.returncode == 0:
                 break
         assert "number of failed transactions: 0" in run.stdout, run.stdout + run.stderr
@@ -108,8 +156,7 @@ async def test_200_clients_each_run_50_transactions_through_writer(proxy):
     await setup.close()
 
     async def client(i: int) -> int:
-        conn = await asyncpg.connect(host=host, port=port, user="postgres", password="test-pw", ssl=False,
-                                     timeout=60)
+        conn = await asyncpg.connect(host=host, port=port, user="postgres", password="test-pw", ssl=False, timeout=60)
         try:
             for n in range(50):
                 async with conn.transaction():
@@ -133,7 +180,12 @@ def test_status_reports_every_node_and_endpoint_targets(proxy, cluster):
     assert all(n["health"] == "healthy" and n["lag_bytes"] is not None for n in doc["nodes"])
     assert doc["zone"] == "demo.pgaurora.internal" and doc["epoch"] >= 1
     assert doc["pid"] == os.getpid()  # the fixture's service runs in this process
-    table = subprocess.run([*PGAURORA, "status", "--admin", proxy.admin_url], capture_output=True,
-                           text=True, timeout=30, env={**os.environ, "COLUMNS": "200"})
+    table = subprocess.run(
+        [*PGAURORA, "status", "--admin", proxy.admin_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert table.returncode == 0, table.stderr
     assert "primary" in table.stdout and "replica" in table.stdout and "n3" in table.stdout

@@ -105,8 +105,9 @@ def test_old_primary_restarted_as_primary_is_fenced_then_rejoins(fresh_cluster, 
     status = admin(svc.admin_url + "/status")
     assert {n["name"]: n["role"] for n in status["nodes"]}["n1"] == "fenced"
 
-    out = subprocess.run([*PGAURORA, "rejoin", "n1", "--admin", svc.admin_url], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [*PGAURORA, "rejoin", "n1", "--admin", svc.admin_url], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["method"] in ("pg_rewind", "clone")
     assert old.sql("SELECT pg_is_in_recovery()") == "t"
@@ -144,8 +145,12 @@ def test_monitor_cut_off_from_primary_alone_causes_no_failover(fresh_cluster, se
     cluster = fresh_cluster(replicas=2)
     relay = TcpRelay((cluster.primary.host, cluster.primary.port))
     nodes = cluster.node_configs()
-    nodes[0].update(host=relay.address[0], port=relay.address[1], replication_host=cluster.primary.host,
-                    replication_port=cluster.primary.port)
+    nodes[0].update(
+        host=relay.address[0],
+        port=relay.address[1],
+        replication_host=cluster.primary.host,
+        replication_port=cluster.primary.port,
+    )
     svc = service(service_config(cluster, nodes=nodes), controller=cluster)
     try:
         relay.cut()
@@ -165,8 +170,12 @@ def test_switchover_under_write_loop_loses_no_acknowledged_write(fresh_cluster, 
     writes = svc.write_loop()
     try:
         writes.wait_acked(50, 10)
-        out = subprocess.run([*PGAURORA, "switchover", "--to", "n3", "--admin", svc.admin_url],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [*PGAURORA, "switchover", "--to", "n3", "--admin", svc.admin_url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         done = time.time()
         for _ in wait_until("writes on the new primary", 10):
@@ -281,8 +290,7 @@ def test_a_primary_stalled_for_one_second_is_not_failed_over(fresh_cluster, serv
     assert svc.topology.writer == "n1"
 
 
-def test_rejoin_print_commands_bring_back_a_fenced_node_of_a_cluster_pgaurora_does_not_control(fresh_cluster,
-                                                                                                  service):
+def test_rejoin_print_commands_bring_back_a_fenced_node_of_a_cluster_pgaurora_does_not_control(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
     svc = service(service_config(cluster))  # no controller: like `pgaurora proxy -c`
     old = cluster.primary
@@ -296,11 +304,13 @@ def test_rejoin_print_commands_bring_back_a_fenced_node_of_a_cluster_pgaurora_do
             break
     status = admin(svc.admin_url + "/status")
     assert "pgaurora rejoin NODE --print" in status["fenced_hint"]
-    direct = subprocess.run([*PGAURORA, "rejoin", "n1", "--admin", svc.admin_url], capture_output=True,
-                            text=True, timeout=60)
+    direct = subprocess.run(
+        [*PGAURORA, "rejoin", "n1", "--admin", svc.admin_url], capture_output=True, text=True, timeout=60
+    )
     assert direct.returncode == 1 and "pgaurora rejoin n1 --print" in direct.stderr
-    printed = subprocess.run([*PGAURORA, "rejoin", "n1", "--print", "--admin", svc.admin_url],
-                             capture_output=True, text=True, timeout=60)
+    printed = subprocess.run(
+        [*PGAURORA, "rejoin", "n1", "--print", "--admin", svc.admin_url], capture_output=True, text=True, timeout=60
+    )
     assert printed.returncode == 0, printed.stderr
     assert "pg_rewind" in printed.stdout and "standby.signal" in printed.stdout
     env = {"PGDATA": str(old.datadir), "PGPASSWORD": "test-pw", "PATH": f"{cluster.bindir}:/usr/bin:/bin"}
@@ -337,8 +347,9 @@ def test_a_prepared_transaction_survives_failover_and_commits_on_the_new_primary
         assert conn.execute("SELECT host(inet_server_addr())").fetchone()[0] != cluster.primary.host
 
 
-def test_a_replica_restarted_while_the_primary_hung_is_promoted_without_waiting_out_the_catch_up(fresh_cluster,
-                                                                                                service):
+def test_a_replica_restarted_while_the_primary_hung_is_promoted_without_waiting_out_the_catch_up(
+    fresh_cluster, service
+):
     """A restarted standby reports as received only the start of the segment it will stream from, below what it
     has replayed: the promotion must not wait catchup_timeout (5 s) for a receive position that never comes."""
     cluster = fresh_cluster(replicas=1)
@@ -349,8 +360,9 @@ def test_a_replica_restarted_while_the_primary_hung_is_promoted_without_waiting_
     n1.pause()  # hung: n2, restarting meanwhile, cannot stream from it again
     n2.stop()
     n2.start()
-    received, replayed = n2.sql("SELECT coalesce(pg_last_wal_receive_lsn() - '0/0', -1) || ' ' || "
-                                "(pg_last_wal_replay_lsn() - '0/0')").split()
+    received, replayed = n2.sql(
+        "SELECT coalesce(pg_last_wal_receive_lsn() - '0/0', -1) || ' ' || (pg_last_wal_replay_lsn() - '0/0')"
+    ).split()
     for _ in wait_until("n2 promoted", 20):
         if svc.topology.writer == "n2":
             break

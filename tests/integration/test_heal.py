@@ -28,8 +28,11 @@ def _full(svc) -> bool:
     doc = admin(svc.admin_url + "/status")
     nodes = {n["name"]: (n["role"], n["health"]) for n in doc["nodes"]}
     replicas_ok = all(h == "healthy" and r in ("primary", "replica") for r, h in nodes.values())
-    return replicas_ok and doc["redundancy"]["full"] and sorted(doc["voters"]) == sorted(
-        n for n in nodes if n != doc["writer"]["node"])
+    return (
+        replicas_ok
+        and doc["redundancy"]["full"]
+        and sorted(doc["voters"]) == sorted(n for n in nodes if n != doc["writer"]["node"])
+    )
 
 
 def _wait_full(svc, what: str, timeout: float) -> float:
@@ -149,8 +152,9 @@ def test_a_node_that_cannot_start_is_rebuilt_then_given_up_on_while_the_rest_ser
         writes = svc.write_loop()
         writes.wait_acked(20)
         writes.stop()
-        status = subprocess.run([*PGAURORA, "status", "--admin", svc.admin_url], capture_output=True, text=True,
-                                timeout=60)
+        status = subprocess.run(
+            [*PGAURORA, "status", "--admin", svc.admin_url], capture_output=True, text=True, timeout=60
+        )
     finally:
         thief.close()
     steps = [e["step"] for e in _events(svc, "heal_failed")]
@@ -166,9 +170,27 @@ def test_the_primary_killed_during_a_rolling_restart_fails_over_and_the_cluster_
     svc = service(_healing(cluster), controller=cluster)
     writes = svc.write_loop()
     out: dict = {}
-    restart = threading.Thread(target=lambda: out.update(run=subprocess.run(
-        [*PGAURORA, "maintenance", "restart", "--set", "work_mem=8MB", "--drain-timeout", "0", "--admin",
-         svc.admin_url], capture_output=True, text=True, timeout=300)), daemon=True)
+    restart = threading.Thread(
+        target=lambda: out.update(
+            run=subprocess.run(
+                [
+                    *PGAURORA,
+                    "maintenance",
+                    "restart",
+                    "--set",
+                    "work_mem=8MB",
+                    "--drain-timeout",
+                    "0",
+                    "--admin",
+                    svc.admin_url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        ),
+        daemon=True,
+    )
     try:
         writes.wait_acked(50)
         restart.start()
@@ -199,8 +221,9 @@ def test_docker_nodes_heal_after_a_kill(fault):
             phases = aurora.wait_for_failover()
             assert phases["writer"] != name
         status = aurora.wait_healed(60)
-        healed = [e for e in admin(aurora.admin_url + "/events?limit=200") if e["kind"] == "healed"
-                  and e["ts"] >= killed]
+        healed = [
+            e for e in admin(aurora.admin_url + "/events?limit=200") if e["kind"] == "healed" and e["ts"] >= killed
+        ]
         print(f"docker {fault}: {name} healed {time.time() - killed:.1f} s after the kill")
     assert [e["node"] for e in healed] == [name], healed
     assert status["redundancy"]["full"]
@@ -210,8 +233,11 @@ def test_a_cluster_of_its_own_heals_through_the_start_command_of_a_node(fresh_cl
     """`proxy -c`: pgaurora runs no node, but runs `[heal] commands` for one that went down."""
     cluster = fresh_cluster(replicas=2)
     n3 = cluster.node("n3")
-    start = (f"runuser -u {cluster.user.name} -- {n3.bin('pg_ctl')} -D {n3.datadir} -l {n3.datadir}/started.log -w start"
-             if not cluster.user.is_self else f"{n3.bin('pg_ctl')} -D {n3.datadir} -l {n3.datadir}/started.log -w start")
+    start = (
+        f"runuser -u {cluster.user.name} -- {n3.bin('pg_ctl')} -D {n3.datadir} -l {n3.datadir}/started.log -w start"
+        if not cluster.user.is_self
+        else f"{n3.bin('pg_ctl')} -D {n3.datadir} -l {n3.datadir}/started.log -w start"
+    )
     svc = service(service_config(cluster, heal={"enabled": True, "commands": {"n3": start}}))  # no controller
     killed = time.time()
     n3.kill()

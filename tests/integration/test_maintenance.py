@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 
-from pgaurora.compose.background import WriteLoop
+from pgaurora.testing.background import WriteLoop
 from tests.helpers import PGAURORA, ReadSessions, admin, ended_on_purpose, ids_on, service_config, wait_until
 
 
 def _maintenance(admin: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*PGAURORA, "maintenance", "restart", *args, "--admin", admin], capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [*PGAURORA, "maintenance", "restart", *args, "--admin", admin], capture_output=True, text=True, timeout=600
+    )
 
 
 def _new_binaries(cluster) -> str:
@@ -28,10 +29,12 @@ def test_a_bad_setting_is_refused_before_any_node_restarts(fresh_cluster, servic
     cluster = fresh_cluster(replicas=1)
     svc = service(service_config(cluster), controller=cluster)
     pids = [n.pid for n in cluster.nodes]
-    for args, problem in ((["--set", "shared_buffers=lots"], 'invalid value for parameter "shared_buffers"'),
-                          (["--set", "no_such_setting=1"], 'unrecognized configuration parameter "no_such_setting"'),
-                          (["--set", "primary_conninfo=x"], "managed by pgaurora"),
-                          (["--bindir", "/nonexistent"], "binaries not found")):
+    for args, problem in (
+        (["--set", "shared_buffers=lots"], 'invalid value for parameter "shared_buffers"'),
+        (["--set", "no_such_setting=1"], 'unrecognized configuration parameter "no_such_setting"'),
+        (["--set", "primary_conninfo=x"], "managed by pgaurora"),
+        (["--bindir", "/nonexistent"], "binaries not found"),
+    ):
         out = _maintenance(svc.admin_url, *args)
         assert out.returncode == 1 and problem in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert [n.pid for n in cluster.nodes] == pids
@@ -75,7 +78,7 @@ def test_rolling_restart_applies_a_setting_and_new_binaries_to_every_node_losing
     assert json.loads((cluster.root / "cluster.json").read_text())["bindir"] == bindir
     writer = cluster.node(svc.topology.writer)
     assert svc.topology.writer != "n1" and writes.acked_ids() <= ids_on(writer)  # 0 acknowledged writes lost
-    gaps = [b - a for (_, a), (_, b) in zip(writes.acked, writes.acked[1:])]
+    gaps = [b - a for (_, a), (_, b) in zip(writes.acked, writes.acked[1:], strict=False)]
     print(f"longest pause between acknowledged writes: {max(gaps):.2f} s")
     assert all(ended_on_purpose(e) for e in readers.errors), [e for e in readers.errors if not ended_on_purpose(e)]
     assert any(e["sqlstate"] == "57P01" for e in readers.errors), readers.errors[:3]

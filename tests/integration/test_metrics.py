@@ -8,16 +8,21 @@ import urllib.request
 
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
-from pgaurora.admin.auth import token_for
+
+from pgaurora.service.admin.auth import token_for
 
 
 def _scrape(proxy) -> tuple[str, dict]:
-    request = urllib.request.Request(proxy.admin_url + "/metrics",
-                                     headers={"Authorization": f"Bearer {token_for(proxy.admin_url)}"})
+    request = urllib.request.Request(
+        proxy.admin_url + "/metrics", headers={"Authorization": f"Bearer {token_for(proxy.admin_url)}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         kind, text = response.headers["Content-Type"], response.read().decode()
-    return kind, {(s.name, tuple(sorted(s.labels.items()))): s.value
-                  for family in text_string_to_metric_families(text) for s in family.samples}
+    return kind, {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_metrics_follow_sessions_refusals_and_topology(proxy):

@@ -12,14 +12,22 @@ from tests.helpers import PGAURORA, Command, service_config, wait_until, write_c
 
 
 def _status(config) -> dict | None:
-    out = subprocess.run([*PGAURORA, "status", "--json", "--admin", f"http://127.0.0.1:{config.admin.port}"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [*PGAURORA, "status", "--json", "--admin", f"http://127.0.0.1:{config.admin.port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return json.loads(out.stdout) if out.returncode == 0 else None
 
 
 def _history(config) -> list[dict]:
-    out = subprocess.run([*PGAURORA, "events", "--limit", "100", "--admin", f"http://127.0.0.1:{config.admin.port}"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [*PGAURORA, "events", "--limit", "100", "--admin", f"http://127.0.0.1:{config.admin.port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines()]
 

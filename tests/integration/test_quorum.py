@@ -56,12 +56,12 @@ def _kinds(svc) -> list[str]:
 
 def _cli(svc, *args, token: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PGAURORA_ADMIN_TOKEN": token} if token else None
-    return subprocess.run([*PGAURORA, *args, "--admin", svc.admin_url], capture_output=True, text=True, timeout=120,
-                          env=env)
+    return subprocess.run(
+        [*PGAURORA, *args, "--admin", svc.admin_url], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
-def test_primary_and_the_acknowledging_standby_dying_together_block_failover_until_it_returns(fresh_cluster,
-                                                                                              service):
+def test_primary_and_the_acknowledging_standby_dying_together_block_failover_until_it_returns(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
     svc = service(service_config(cluster, proxy={"failover_connect_timeout": 2.0}), controller=cluster)
     n1, n2, n3 = cluster.nodes
@@ -100,8 +100,7 @@ def test_primary_and_the_acknowledging_standby_dying_together_block_failover_unt
         assert not lost, f"lost {len(lost)} acknowledged commits in numbers{i}"
 
 
-def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_records_the_bound(fresh_cluster,
-                                                                                            service):
+def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_records_the_bound(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
     tokens, token = admin_tokens(cluster.root.parent, ops="operate", boss="admin")
     svc = service(service_config(cluster, admin={"tokens": tokens}), controller=cluster)
@@ -137,7 +136,11 @@ def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_recor
     unsafe = next(e for e in svc.events.recent() if e["kind"] == "failover_unsafe")
     audit = [e for e in svc.events.recent() if e["kind"] == "audit" and e["request"] == "POST /failover"]
     assert [(e["token"], e["phase"], e.get("status")) for e in audit] == [
-        ("ops", "requested", None), ("ops", "answered", 409), ("boss", "requested", None), ("boss", "answered", 200)]
+        ("ops", "requested", None),
+        ("ops", "answered", 409),
+        ("boss", "requested", None),
+        ("boss", "answered", 200),
+    ]
     assert unsafe["loss_bound_bytes"] == event["loss_bound_bytes"]
     status = json.loads(_cli(svc, "status", "--json").stdout)
     assert status["last_unsafe_failover"]["loss_bound_bytes"] == event["loss_bound_bytes"]

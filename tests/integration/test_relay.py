@@ -44,18 +44,28 @@ def test_relay_mode_is_reported_and_sessions_use_it(relay_proxy):
 
 
 def test_pgbench_over_each_relay(relay_proxy):
-    mode, svc = relay_proxy
+    _mode, svc = relay_proxy
     host, port = svc.writer
     env = {**os.environ, "PGPASSWORD": "test-pw"}
-    subprocess.run(["pgbench", "-i", "-q", "-h", host, "-p", str(port), "-U", "postgres", "postgres"],
-                   check=True, capture_output=True, env=env, timeout=120)
-    run = subprocess.run(["pgbench", "-c", "8", "-t", "100", "-n", "-h", host, "-p", str(port), "-U", "postgres",
-                          "postgres"], capture_output=True, text=True, env=env, timeout=120)
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-h", host, "-p", str(port), "-U", "postgres", "postgres"],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    run = subprocess.run(
+        ["pgbench", "-c", "8", "-t", "100", "-n", "-h", host, "-p", str(port), "-U", "postgres", "postgres"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert "number of transactions actually processed: 800/800" in run.stdout, run.stdout + run.stderr
 
 
 def test_server_loss_at_ready_for_query_reaches_client_as_08006(relay_proxy, cluster):
-    mode, svc = relay_proxy
+    _mode, svc = relay_proxy
     conn = psycopg.connect(svc.dsn("writer"), autocommit=True)
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
     cluster.primary.sql(f"SELECT pg_terminate_backend({pid})")  # Postgres itself sends 57P01, then closes
@@ -66,7 +76,7 @@ def test_server_loss_at_ready_for_query_reaches_client_as_08006(relay_proxy, clu
 
 
 def test_session_on_fenced_writer_is_closed_with_57p01(relay_proxy, cluster):
-    mode, svc = relay_proxy
+    _mode, svc = relay_proxy
     conn = psycopg.connect(svc.dsn("writer"), autocommit=True)
     assert conn.execute("SELECT 1").fetchone() == (1,)
     (session,) = [s for ss in svc.service.proxy_state.sessions_by_node.values() for s in ss]

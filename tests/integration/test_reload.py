@@ -7,7 +7,7 @@ import signal
 
 import psycopg
 
-from pgaurora.admin.client import AdminError
+from pgaurora.service.admin.client import AdminError
 from tests.helpers import Command, admin, service_config, wait_until, write_config
 
 
@@ -30,13 +30,18 @@ def test_reload_adds_a_node_and_changes_the_policy_keeping_open_sessions(fresh_c
     write_config(two_nodes, path)
     proxy = Command("proxy", "-c", str(path))
     admin = f"http://{full.admin.host}:{full.admin.port}"
-    dsn = lambda endpoint: (f"host=127.0.0.1 port={getattr(full, endpoint).port} user=postgres "  # noqa: E731
-                            f"password={cluster.password} dbname=postgres")
+
+    def dsn(endpoint):
+        port = getattr(full, endpoint).port
+        return f"host=127.0.0.1 port={port} user=postgres password={cluster.password} dbname=postgres"
+
     try:
         proxy.wait_for_line("pgaurora is ready", 60)
         assert [n["name"] for n in _status(admin)["nodes"]] == ["n1", "n2"]
-        with psycopg.connect(dsn("writer"), autocommit=True) as writer, \
-                psycopg.connect(dsn("reader"), autocommit=True) as reader:
+        with (
+            psycopg.connect(dsn("writer"), autocommit=True) as writer,
+            psycopg.connect(dsn("reader"), autocommit=True) as reader,
+        ):
             data = json.loads(full.model_dump_json(exclude_none=True))
             data["reader"]["policy"] = "least_connections"
             write_config(type(full).model_validate(data), path)
@@ -48,8 +53,9 @@ def test_reload_adds_a_node_and_changes_the_policy_keeping_open_sessions(fresh_c
             assert _status(admin)["reader"]["policy"] == "least_connections"
             assert writer.execute("SELECT 1").fetchone() == (1,) and reader.execute("SELECT 2").fetchone() == (2,)
 
-            path.write_text(path.read_text().replace("probe_interval = 0.2", "probe_interval = -1")
-                            + "\n[bogus]\nx = 1\n")
+            path.write_text(
+                path.read_text().replace("probe_interval = 0.2", "probe_interval = -1") + "\n[bogus]\nx = 1\n"
+            )
             code, refused = _post(f"{admin}/reload")
             assert code == 409 and len(refused["problems"]) == 2, refused  # every problem, nothing applied
             assert [n["name"] for n in _status(admin)["nodes"]] == ["n1", "n2", "n3"]
@@ -59,8 +65,9 @@ def test_reload_adds_a_node_and_changes_the_policy_keeping_open_sessions(fresh_c
             proxy.proc.send_signal(signal.SIGHUP)  # SIGHUP: the same reload
             proxy.wait_for_line("writer.port: changed, and needs a restart", 10)
             code, refused = _post(f"{admin}/reload")
-            assert code == 409 and refused["problems"] == ["writer.port: changed, and needs a restart; nothing "
-                                                           "was applied"]
+            assert code == 409 and refused["problems"] == [
+                "writer.port: changed, and needs a restart; nothing was applied"
+            ]
             data["writer"]["port"] -= 1
             data["nodes"] = [n for n in data["nodes"] if n["name"] != "n2"]
             write_config(type(full).model_validate(data), path)

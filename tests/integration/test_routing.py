@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import asyncpg
-
 import psycopg
 import pytest
 
@@ -38,8 +37,10 @@ def test_reader_skips_lagging_replica_until_it_catches_up(proxy, cluster):
     n2, n3 = cluster.replicas
     n2.sql("SELECT pg_wal_replay_pause()")
     try:
-        cluster.primary.sql("CREATE TABLE IF NOT EXISTS lag_filler (v text); "
-                            "INSERT INTO lag_filler SELECT repeat('x', 200) FROM generate_series(1, 20000)")
+        cluster.primary.sql(
+            "CREATE TABLE IF NOT EXISTS lag_filler (v text); "
+            "INSERT INTO lag_filler SELECT repeat('x', 200) FROM generate_series(1, 20000)"
+        )
         for _ in wait_until("the paused replica to be excluded as lagging", 10):
             state = proxy.topology.node("n2")
             if state.health.value == "lagging" and proxy.topology.readers == ("n3",):
@@ -55,9 +56,11 @@ def test_reader_skips_lagging_replica_until_it_catches_up(proxy, cluster):
 
 def _sqlstate_of(dsn: str) -> str:
     """The SQLSTATE a client gets when connecting (asyncpg exposes it for connection errors)."""
+
     async def attempt():
-        conn = await asyncpg.connect(dsn.replace(" ", "&").replace("host=", "postgresql://?host="), ssl=False,
-                                     timeout=20)
+        conn = await asyncpg.connect(
+            dsn.replace(" ", "&").replace("host=", "postgresql://?host="), ssl=False, timeout=20
+        )
         await conn.close()
 
     with pytest.raises(asyncpg.PostgresError) as info:
@@ -66,8 +69,7 @@ def _sqlstate_of(dsn: str) -> str:
 
 
 def test_too_many_clients_get_53300(cluster):
-    svc = ServiceThread(service_config(cluster, proxy={"max_client_connections": 2},
-                                       failover={"enabled": False}))
+    svc = ServiceThread(service_config(cluster, proxy={"max_client_connections": 2}, failover={"enabled": False}))
     try:
         svc.wait_ready()
         held = [psycopg.connect(svc.dsn("writer")) for _ in range(2)]
@@ -83,12 +85,20 @@ def test_too_many_clients_get_53300(cluster):
 
 def test_no_primary_known_gets_57p03_after_failover_connect_timeout():
     port, writer, reader, admin = free_ports(4)
-    from pgaurora import config as config_mod
-    cfg = config_mod.build({
-        "cluster": "empty", "nodes": [{"name": "n1", "host": "127.0.0.1", "port": port}],
-        "writer": {"port": writer}, "reader": {"port": reader, "fallback": "refuse"},
-        "admin": {"port": admin}, "dns": {"enabled": False},
-        "proxy": {"failover_connect_timeout": 0.5}, "monitor": {"probe_interval": 0.1}})
+    from pgaurora.core import config as config_mod
+
+    cfg = config_mod.build(
+        {
+            "cluster": "empty",
+            "nodes": [{"name": "n1", "host": "127.0.0.1", "port": port}],
+            "writer": {"port": writer},
+            "reader": {"port": reader, "fallback": "refuse"},
+            "admin": {"port": admin},
+            "dns": {"enabled": False},
+            "proxy": {"failover_connect_timeout": 0.5},
+            "monitor": {"probe_interval": 0.1},
+        }
+    )
     svc = ServiceThread(cfg)
     try:
         started = time.monotonic()
@@ -101,8 +111,7 @@ def test_no_primary_known_gets_57p03_after_failover_connect_timeout():
 
 def test_unreachable_backend_gets_08006(fresh_cluster, service):
     cluster = fresh_cluster(replicas=0)
-    svc = service(service_config(cluster, failover={"enabled": False},
-                                 proxy={"failover_connect_timeout": 0.5}))
+    svc = service(service_config(cluster, failover={"enabled": False}, proxy={"failover_connect_timeout": 0.5}))
     cluster.primary.kill()
     error = _sqlstate_of(svc.dsn("writer"))
     assert error == "08006", error

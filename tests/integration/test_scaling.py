@@ -7,14 +7,14 @@ import re
 import subprocess
 import time
 
-
-from pgaurora.compose.background import WriteLoop
+from pgaurora.testing.background import WriteLoop
 from tests.helpers import PGAURORA, ReadSessions, ended_on_purpose, ids_on, refused, service_config, wait_until
 
 
 def _replicas(admin: str, *args: str, timeout: float = 300) -> str:
-    out = subprocess.run([*PGAURORA, "replicas", *args, "--admin", admin], capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run(
+        [*PGAURORA, "replicas", *args, "--admin", admin], capture_output=True, text=True, timeout=timeout
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -58,7 +58,9 @@ def test_scaling_one_to_three_to_one_replicas_under_load_keeps_both_endpoints_se
             assert slots == "0"
         assert sorted(svc.topology.readers) == ["n4"]
         assert json.loads((cluster.root / "cluster.json").read_text())["nodes"] == [
-            ["n1", cluster.node("n1").host], ["n4", cluster.node("n4").host]]
+            ["n1", cluster.node("n1").host],
+            ["n4", cluster.node("n4").host],
+        ]
         acked = len(writes.acked)
         writes.wait_acked(acked + 20, 10)
     finally:
@@ -78,7 +80,8 @@ def test_scaling_one_to_three_to_one_replicas_under_load_keeps_both_endpoints_se
 def _removing_the_writer_or_an_unknown_node_is_refused_and_changes_nothing(svc, cluster) -> None:
     code, body = refused(f"{svc.admin_url}/nodes/n1", "DELETE")
     assert code == 409 and "switch over first" in body
-    out = subprocess.run([*PGAURORA, "replicas", "remove", "n9", "--admin", svc.admin_url],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*PGAURORA, "replicas", "remove", "n9", "--admin", svc.admin_url], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 1 and "no node named 'n9'" in out.stderr and "Traceback" not in out.stderr
     assert [n.name for n in cluster.nodes] == ["n1", "n2"] and svc.topology.readers == ("n2",)

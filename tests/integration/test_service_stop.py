@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import operator
 import threading
 
 from pgaurora.cli.runtime import check_endpoint
-from pgaurora.health.actions import ActionFailed
+from pgaurora.core.errors import ActionFailed
 from tests.helpers import ServiceThread, service_config
 
 
@@ -35,14 +37,16 @@ def test_the_startup_self_check_tries_again_when_its_session_is_lost(fresh_clust
 
     def terminate_sessions() -> None:  # what a writer going away does to the sessions on it
         while not stop.is_set():
-            cluster.node("n1").sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = "
-                                   "'client backend' AND pid <> pg_backend_pid() AND query LIKE '%pg_is_in_recovery%'")
+            cluster.node("n1").sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = "
+                "'client backend' AND pid <> pg_backend_pid() AND query LIKE '%pg_is_in_recovery%'"
+            )
 
     async def loop() -> list[bool]:
         return [await check_endpoint(host, port, "postgres", cluster.password) for _ in range(20)]
 
     async def checks() -> list[bool]:
-        return sum(await asyncio.gather(*(loop() for _ in range(8))), [])
+        return functools.reduce(operator.iadd, await asyncio.gather(*(loop() for _ in range(8))), [])
 
     killer = threading.Thread(target=terminate_sessions, daemon=True)
     killer.start()

@@ -20,8 +20,10 @@ class OrderApp:
     def __init__(self, writer_url: str, reader_url: str) -> None:
         self.writer_url, self.reader_url, self.conn = writer_url, reader_url, None
         with psycopg.connect(writer_url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, request uuid UNIQUE NOT NULL, "
-                         "placed timestamptz DEFAULT now())")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, request uuid UNIQUE NOT NULL, "
+                "placed timestamptz DEFAULT now())"
+            )
 
     def place_order(self) -> None:
         """Retries are idempotent: an INSERT whose acknowledgement was lost may have committed."""
@@ -29,8 +31,9 @@ class OrderApp:
         while True:
             try:
                 self.conn = self.conn or psycopg.connect(self.writer_url, autocommit=True, connect_timeout=10)
-                self.conn.execute("INSERT INTO orders (request) VALUES (%s) ON CONFLICT (request) DO NOTHING",
-                                  (request,))
+                self.conn.execute(
+                    "INSERT INTO orders (request) VALUES (%s) ON CONFLICT (request) DO NOTHING", (request,)
+                )
                 return
             except psycopg.OperationalError:
                 self.conn = None
@@ -50,12 +53,12 @@ def make_app(writer_url: str, reader_url: str) -> OrderApp:
 def test_checkout_survives_failover(backend):
     if backend == "docker":
         require_docker()
-    with AuroraCluster(replicas=2, backend=backend) as cluster:   # or backend="local"
+    with AuroraCluster(replicas=2, backend=backend) as cluster:  # or backend="local"
         app = make_app(cluster.writer_url, cluster.reader_url)
         app.place_order()
-        cluster.kill_primary()            # also: pause_primary(), isolate_primary(), switchover(), kill_replica()
-        phases = cluster.wait_for_failover()       # returns the phases: detected, promoted, dns, writer available
-        app.place_order()                 # the app's own retry logic is what is being tested
+        cluster.kill_primary()  # also: pause_primary(), isolate_primary(), switchover(), kill_replica()
+        phases = cluster.wait_for_failover()  # returns the phases: detected, promoted, dns, writer available
+        app.place_order()  # the app's own retry logic is what is being tested
         assert app.orders() == 2
         started_in = cluster.started_in
     assert phases["writer"] != "n1" and 0 < phases["detected"] < phases["promoted"] < 10

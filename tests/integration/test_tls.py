@@ -19,8 +19,18 @@ import pytest
 import trustme
 
 from pgaurora.wire import SSLRequest, StartupMessage, encode
-from tests.helpers import (Command, ServiceThread, admin, error_of, exchange, make_cluster, refused, service_config,
-                          wait_until, write_config)
+from tests.helpers import (
+    Command,
+    ServiceThread,
+    admin,
+    error_of,
+    exchange,
+    make_cluster,
+    refused,
+    service_config,
+    wait_until,
+    write_config,
+)
 
 JAR = Path("/usr/share/java/postgresql.jar")
 PROBE = Path(__file__).parent / "clients" / "JdbcProbe.java"
@@ -37,14 +47,21 @@ def tls_cluster():
 def tls_settings(cluster, **extra) -> dict:
     """[tls] as `pgaurora up --tls` writes it: the cluster certificate on both legs, nodes verified."""
     cert, key = cluster.certificate()
-    return {"cert_file": str(cert), "key_file": str(key), "backend_tls": "verify-full",
-            "backend_ca_file": str(cluster.authority().cert_file), **extra}
+    return {
+        "cert_file": str(cert),
+        "key_file": str(key),
+        "backend_tls": "verify-full",
+        "backend_ca_file": str(cluster.authority().cert_file),
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
 def tls_proxy(tls_cluster):
-    svc = ServiceThread(service_config(tls_cluster, tls=tls_settings(tls_cluster),
-                                       proxy={"startup_timeout": 3.0}), controller=tls_cluster)
+    svc = ServiceThread(
+        service_config(tls_cluster, tls=tls_settings(tls_cluster), proxy={"startup_timeout": 3.0}),
+        controller=tls_cluster,
+    )
     svc.wait_ready()
     yield svc
     svc.stop()
@@ -55,8 +72,9 @@ def _ca(cluster) -> str:
 
 
 def _psql(svc, endpoint: str, sql: str, **params) -> subprocess.CompletedProcess:
-    return subprocess.run(["psql", svc.dsn(endpoint, **params), "-AtXc", sql], capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run(
+        ["psql", svc.dsn(endpoint, **params), "-AtXc", sql], capture_output=True, text=True, timeout=30
+    )
 
 
 SSL_OF_BACKEND = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -64,10 +82,14 @@ SSL_OF_BACKEND = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 
 @pytest.mark.parametrize("sslmode", ["require", "verify-full"])
 @pytest.mark.parametrize("endpoint", ["writer", "reader"])
-def test_psql_over_tls_reaches_each_endpoint_and_the_node_leg_is_encrypted(tls_proxy, tls_cluster, endpoint,
-                                                                           sslmode):
-    out = _psql(tls_proxy, endpoint, f"SELECT pg_is_in_recovery(); {SSL_OF_BACKEND}", sslmode=sslmode,
-                sslrootcert=_ca(tls_cluster))
+def test_psql_over_tls_reaches_each_endpoint_and_the_node_leg_is_encrypted(tls_proxy, tls_cluster, endpoint, sslmode):
+    out = _psql(
+        tls_proxy,
+        endpoint,
+        f"SELECT pg_is_in_recovery(); {SSL_OF_BACKEND}",
+        sslmode=sslmode,
+        sslrootcert=_ca(tls_cluster),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["f" if endpoint == "writer" else "t", "t"]
 
@@ -81,8 +103,9 @@ def test_verify_full_refuses_a_proxy_certificate_from_another_ca(tls_proxy, tmp_
 
 @pytest.mark.parametrize("endpoint", ["writer", "reader"])
 def test_psycopg_direct_tls_handshake_with_alpn(tls_proxy, tls_cluster, endpoint):
-    with psycopg.connect(tls_proxy.dsn(endpoint, sslmode="verify-full", sslrootcert=_ca(tls_cluster),
-                                       sslnegotiation="direct")) as conn:
+    with psycopg.connect(
+        tls_proxy.dsn(endpoint, sslmode="verify-full", sslrootcert=_ca(tls_cluster), sslnegotiation="direct")
+    ) as conn:
         assert conn.pgconn.ssl_in_use
         assert conn.execute("SELECT count(*) FROM generate_series(1, 1000)").fetchone() == (1000,)
 
@@ -90,8 +113,10 @@ def test_psycopg_direct_tls_handshake_with_alpn(tls_proxy, tls_cluster, endpoint
 def test_direct_tls_without_alpn_gets_08p01(tls_proxy):
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection(tls_proxy.writer, timeout=5) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+    with (
+        socket.create_connection(tls_proxy.writer, timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
@@ -134,39 +159,53 @@ def test_asyncpg_verify_full_through_both_endpoints(tls_proxy, tls_cluster):
         context = ssl.create_default_context(cafile=_ca(tls_cluster))
         for endpoint, want in (("writer", False), ("reader", True)):
             host, port = getattr(tls_proxy, endpoint)
-            conn = await asyncpg.connect(host=host, port=port, user="postgres", password=tls_cluster.password,
-                                         database="postgres", ssl=context)
+            conn = await asyncpg.connect(
+                host=host, port=port, user="postgres", password=tls_cluster.password, database="postgres", ssl=context
+            )
             try:
                 assert await conn.fetchval("SELECT pg_is_in_recovery()") is want
                 assert await conn.fetchval(SSL_OF_BACKEND) is True
             finally:
                 await conn.close()
+
     asyncio.run(run())
 
 
-@pytest.mark.skipif(shutil.which("java") is None or not JAR.exists(),
-                    reason="java and libpostgresql-jdbc-java are installed by .ci/run")
+@pytest.mark.skipif(
+    shutil.which("java") is None or not JAR.exists(), reason="java and libpostgresql-jdbc-java are installed by .ci/run"
+)
 def test_jdbc_verify_full_through_both_endpoints(tls_proxy, tls_cluster):
     for endpoint, want in (("writer", "false"), ("reader", "true")):
         host, port = getattr(tls_proxy, endpoint)
         url = f"jdbc:postgresql://{host}:{port}/postgres?ssl=true&sslmode=verify-full&sslrootcert={_ca(tls_cluster)}"
-        out = subprocess.run(["java", "-cp", str(JAR), str(PROBE), url], capture_output=True, text=True,
-                             timeout=120, env={**os.environ, "PGPASSWORD": tls_cluster.password})
+        out = subprocess.run(
+            ["java", "-cp", str(JAR), str(PROBE), url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PGPASSWORD": tls_cluster.password},
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split()[0] == want
 
 
 def test_pgbench_over_tls_completes_every_transaction(tls_proxy, tls_cluster):
     host, port = tls_proxy.writer
-    env = {**os.environ, "PGPASSWORD": tls_cluster.password, "PGSSLMODE": "verify-full",
-           "PGSSLROOTCERT": _ca(tls_cluster)}
+    env = {
+        **os.environ,
+        "PGPASSWORD": tls_cluster.password,
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": _ca(tls_cluster),
+    }
     bench = tls_cluster.primary.bin("pgbench")
     common = ["-h", host, "-p", str(port), "-U", "postgres"]
-    init = subprocess.run([bench, "-i", "-s", "1", "-q", *common, "postgres"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    init = subprocess.run(
+        [bench, "-i", "-s", "1", "-q", *common, "postgres"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert init.returncode == 0, init.stderr
-    run = subprocess.run([bench, "-S", "-c", "4", "-t", "500", *common, "postgres"], capture_output=True,
-                         text=True, env=env, timeout=120)
+    run = subprocess.run(
+        [bench, "-S", "-c", "4", "-t", "500", *common, "postgres"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     assert "number of transactions actually processed: 2000/2000" in run.stdout
 
@@ -193,14 +232,14 @@ def own_certificate(tmp_path_factory):
     """A proxy certificate of its own (trustme), unlike the nodes' one."""
     directory = tmp_path_factory.mktemp("proxy-cert")
     ca = trustme.CA()
-    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(
-        str(directory / "proxy.pem"))
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(str(directory / "proxy.pem"))
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
     return directory
 
 
 def test_channel_binding_prefer_succeeds_and_require_is_refused_clearly_without_node_tls(
-        tls_cluster, own_certificate, service):
+    tls_cluster, own_certificate, service
+):
     pem = str(own_certificate / "proxy.pem")
     svc = service(service_config(tls_cluster, tls={"cert_file": pem, "key_file": pem}))
     with psycopg.connect(svc.dsn("writer", sslmode="require", channel_binding="prefer")) as conn:
@@ -210,7 +249,8 @@ def test_channel_binding_prefer_succeeds_and_require_is_refused_clearly_without_
 
 
 def test_channel_binding_across_different_certificates_is_refused_with_the_reason(
-        tls_cluster, own_certificate, service):
+    tls_cluster, own_certificate, service
+):
     pem = str(own_certificate / "proxy.pem")
     svc = service(service_config(tls_cluster, tls={**tls_settings(tls_cluster), "cert_file": pem, "key_file": pem}))
     with pytest.raises(psycopg.OperationalError, match="channel binding cannot pass through pgaurora"):
@@ -241,7 +281,10 @@ def test_reload_serves_the_new_certificate_to_new_sessions_and_keeps_live_ones(t
     _issue(tmp_path, "old-ca")
     pem = str(tmp_path / "proxy.pem")
     svc = service(service_config(tls_cluster, tls={"cert_file": pem, "key_file": pem}))
-    dsn = lambda ca: svc.dsn("writer", sslmode="verify-full", sslrootcert=tmp_path / ca)  # noqa: E731
+
+    def dsn(ca):
+        return svc.dsn("writer", sslmode="verify-full", sslrootcert=tmp_path / ca)
+
     with psycopg.connect(dsn("old-ca.pem"), autocommit=True) as live:
         _issue(tmp_path, "new-ca")  # the files change on disk: nothing changes until the reload
         with psycopg.connect(dsn("old-ca.pem")) as before:
@@ -260,8 +303,13 @@ def test_sighup_reloads_the_certificate_of_a_running_pgaurora(tls_cluster, tmp_p
     pem = str(tmp_path / "proxy.pem")
     config = service_config(tls_cluster, tls={"cert_file": pem, "key_file": pem}, state_dir=None)
     proxy = Command("proxy", "-c", str(write_config(config, tmp_path / "pgaurora.toml")))
-    dsn = lambda ca: f"host=127.0.0.1 port={config.writer.port} user=postgres password={tls_cluster.password} " \
-                     f"dbname=postgres sslmode=verify-full sslrootcert={tmp_path / ca}"  # noqa: E731
+
+    def dsn(ca):
+        return (
+            f"host=127.0.0.1 port={config.writer.port} user=postgres password={tls_cluster.password} "
+            f"dbname=postgres sslmode=verify-full sslrootcert={tmp_path / ca}"
+        )
+
     try:
         proxy.wait_for_line("pgaurora is ready", 60)
         with psycopg.connect(dsn("old-ca.pem")) as conn:
@@ -290,8 +338,7 @@ def test_reload_with_a_broken_key_keeps_the_old_certificate(tls_cluster, service
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_tls_session_on_a_dead_primary_gets_a_clear_error_and_new_sessions_reach_the_new_one(
-        fresh_cluster, service):
+def test_tls_session_on_a_dead_primary_gets_a_clear_error_and_new_sessions_reach_the_new_one(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2, tls=True)
     svc = service(service_config(cluster, tls=tls_settings(cluster)), controller=cluster)
     tls = {"sslmode": "verify-full", "sslrootcert": _ca(cluster)}
@@ -307,7 +354,8 @@ def test_tls_session_on_a_dead_primary_gets_a_clear_error_and_new_sessions_reach
         try:
             with psycopg.connect(svc.dsn("writer", connect_timeout=10, **tls)) as after:
                 host, in_recovery, encrypted = after.execute(
-                    f"SELECT host(inet_server_addr()), pg_is_in_recovery(), ({SSL_OF_BACKEND})").fetchone()
+                    f"SELECT host(inet_server_addr()), pg_is_in_recovery(), ({SSL_OF_BACKEND})"
+                ).fetchone()
         except psycopg.OperationalError:
             continue
         if host != old.host:
@@ -325,8 +373,9 @@ TEN_MB = "SELECT repeat('x', 1024) FROM generate_series(1, 10240)"  # 10 MiB of 
 async def _soak_session(i: int, host: str, port: int, password: str, context: ssl.SSLContext) -> str:
     """One TLS session reading 10 MB: in full, cancelled mid-way (a TLS cancel request), or dropped by
     the client mid-result. Returns what happened."""
-    conn = await asyncpg.connect(host=host, port=port, user="postgres", password=password, database="postgres",
-                                 ssl=context, timeout=20)
+    conn = await asyncpg.connect(
+        host=host, port=port, user="postgres", password=password, database="postgres", ssl=context, timeout=20
+    )
     try:
         kind = ("read", "read", "read", "cancel", "drop")[i % 5]
         if kind == "read":
@@ -334,15 +383,17 @@ async def _soak_session(i: int, host: str, port: int, password: str, context: ss
             assert len(rows) == 10240 and len(rows[-1][0]) == 1024
         elif kind == "cancel":  # asyncpg cancels the query when the timeout expires
             with pytest.raises(asyncio.TimeoutError):
-                await conn.fetch("SELECT repeat('x', 1024), pg_sleep(0.0005) FROM generate_series(1, 10240)",
-                                 timeout=0.05)
+                await conn.fetch(
+                    "SELECT repeat('x', 1024), pg_sleep(0.0005) FROM generate_series(1, 10240)", timeout=0.05
+                )
             assert await conn.fetchval("SELECT 1") == 1  # the session survives its cancel
         else:
             task = asyncio.ensure_future(conn.fetch(TEN_MB.replace("10240", "204800")))  # 200 MB: still flowing
             await asyncio.sleep(0.005 + (i % 7) * 0.005)  # fault injection: land somewhere in the result
             conn.terminate()
-            with pytest.raises((asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, ConnectionError,
-                                asyncio.CancelledError)):
+            with pytest.raises(
+                (asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, ConnectionError, asyncio.CancelledError)
+            ):
                 await task
         return kind
     finally:
@@ -386,8 +437,30 @@ def test_pgbench_reading_10_mb_results_over_tls_never_waits_forever(tls_cluster,
     host, port = svc.writer
     env = {**os.environ, "PGPASSWORD": tls_cluster.password, "PGSSLMODE": "require"}
     for _ in range(2):  # the record sizes themselves are checked in tests/component/test_tls_transport.py
-        run = subprocess.run([tls_cluster.primary.bin("pgbench"), "-n", "-f", str(script), "-c", "4", "-j", "2",
-                              "-t", "12", "-h", host, "-p", str(port), "-U", "postgres", "postgres"],
-                             capture_output=True, text=True, env=env, timeout=90)
+        run = subprocess.run(
+            [
+                tls_cluster.primary.bin("pgbench"),
+                "-n",
+                "-f",
+                str(script),
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-t",
+                "12",
+                "-h",
+                host,
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "postgres",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=90,
+        )
         assert run.returncode == 0, run.stderr
         assert "number of transactions actually processed: 48/48" in run.stdout

@@ -7,20 +7,34 @@ import stat
 
 import pytest
 
-from pgaurora import config as config_mod
-from pgaurora.admin import auth
-from pgaurora.config import AdminScope
-from pgaurora.errors import ConfigError
+from pgaurora.core import config as config_mod
+from pgaurora.core.config import AdminScope
+from pgaurora.core.errors import ConfigError
+from pgaurora.service.admin import auth
 
 
 def _config(tmp_path, **admin) -> config_mod.Config:
-    return config_mod.build({"cluster": "t", "state_dir": str(tmp_path), "admin": admin,
-                             "nodes": [{"name": "n1", "host": "127.0.0.1", "port": 5432}]})
+    return config_mod.build(
+        {
+            "cluster": "t",
+            "state_dir": str(tmp_path),
+            "admin": admin,
+            "nodes": [{"name": "n1", "host": "127.0.0.1", "port": 5432}],
+        }
+    )
 
 
-@pytest.mark.parametrize("held, needed, allowed", [
-    ("read", "read", True), ("read", "operate", False), ("operate", "operate", True), ("operate", "admin", False),
-    ("admin", "read", True), ("admin", "admin", True)])
+@pytest.mark.parametrize(
+    "held, needed, allowed",
+    [
+        ("read", "read", True),
+        ("read", "operate", False),
+        ("operate", "operate", True),
+        ("operate", "admin", False),
+        ("admin", "read", True),
+        ("admin", "admin", True),
+    ],
+)
 def test_a_scope_includes_the_ones_below_it(held, needed, allowed):
     assert AdminScope(held).allows(AdminScope(needed)) is allowed
 
@@ -68,8 +82,13 @@ def test_token_files_readable_by_others_and_repeated_names_are_refused_together(
     os.chmod(loose, 0o644)
     os.chmod(good, 0o600)
     with pytest.raises(ConfigError) as info:
-        _config(tmp_path, tokens=[{"name": "a", "scope": "read", "file": str(loose)},
-                                  {"name": "b", "scope": "root", "file": str(good)}])
+        _config(
+            tmp_path,
+            tokens=[
+                {"name": "a", "scope": "read", "file": str(loose)},
+                {"name": "b", "scope": "root", "file": str(good)},
+            ],
+        )
     text = str(info.value)
     assert "readable by group or others" in text and "scope" in text
     with pytest.raises(ConfigError, match="must be unique and not 'local'"):
@@ -79,8 +98,10 @@ def test_token_files_readable_by_others_and_repeated_names_are_refused_together(
 def test_a_verified_client_certificate_is_a_credential_by_its_common_name_only_when_mapped():
     checker = auth.Authenticator({}, {"ops-client": AdminScope.OPERATE})
     cert = {"subject": ((("organizationName", "x"),), (("commonName", "ops-client"),))}
-    assert (checker.by_certificate(cert).name, checker.by_certificate(cert).scope) == ("cert:ops-client",
-                                                                                     AdminScope.OPERATE)
+    assert (checker.by_certificate(cert).name, checker.by_certificate(cert).scope) == (
+        "cert:ops-client",
+        AdminScope.OPERATE,
+    )
     assert checker.by_certificate({"subject": ((("commonName", "other"),),)}) is None
     assert checker.by_certificate(None) is None and checker.by_certificate({}) is None
 
@@ -89,5 +110,5 @@ def test_https_on_the_admin_port_needs_a_certificate_and_client_certificates_nee
     with pytest.raises(ConfigError) as info:
         _config(tmp_path, tls=True, certificates=[{"common_name": "ops", "scope": "read"}])
     assert "certificates need client_ca_file" in str(info.value)
-    with pytest.raises(ConfigError, match="admin.tls: HTTPS on the admin port needs"):
+    with pytest.raises(ConfigError, match=r"admin\.tls: HTTPS on the admin port needs"):
         _config(tmp_path, tls=True)

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from pgaurora.backups import due
-from pgaurora.config import build
-from pgaurora.errors import ConfigError
+from pgaurora.core.config import build
+from pgaurora.core.errors import ConfigError
+from pgaurora.operations.backups import due
 
 NODES = [{"name": "n1", "host": "127.0.0.11"}]
 
@@ -17,14 +17,17 @@ def backup(kind: str, stop: float) -> dict:
     return {"type": kind, "timestamp": {"start": stop - 5, "stop": stop}}
 
 
-@pytest.mark.parametrize("backups, now, expected", [
-    ([], 1000, "full"),                                               # nothing yet: a full one
-    ([backup("full", 900)], 1000, None),                              # the full one is recent
-    ([backup("full", 900)], 1000 + 86400, "full"),                    # a day later: a new full one
-    ([backup("full", 900)], 900 + 3600, "incr"),                      # an hour later: an incremental one
-    ([backup("full", 900), backup("incr", 4500)], 4600, None),        # the incremental one is recent
-    ([backup("full", 900), backup("incr", 4500)], 4500 + 3600, "incr"),
-])
+@pytest.mark.parametrize(
+    "backups, now, expected",
+    [
+        ([], 1000, "full"),  # nothing yet: a full one
+        ([backup("full", 900)], 1000, None),  # the full one is recent
+        ([backup("full", 900)], 1000 + 86400, "full"),  # a day later: a new full one
+        ([backup("full", 900)], 900 + 3600, "incr"),  # an hour later: an incremental one
+        ([backup("full", 900), backup("incr", 4500)], 4600, None),  # the incremental one is recent
+        ([backup("full", 900), backup("incr", 4500)], 4500 + 3600, "incr"),
+    ],
+)
 def test_the_schedule_takes_a_full_backup_daily_and_an_incremental_one_hourly(backups, now, expected):
     assert due(backups, now, full_every=86400, incr_every=3600) == expected
 
@@ -47,8 +50,12 @@ def test_a_passphrase_file_readable_by_others_is_refused(tmp_path):
 def test_the_passphrase_is_given_one_way_only_and_an_unset_variable_is_named(monkeypatch):
     monkeypatch.delenv("NO_SUCH_PASS", raising=False)
     with pytest.raises(ConfigError) as info:
-        build({"nodes": NODES, "backup": {"cipher_pass": "x", "cipher_pass_env": "NO_SUCH_PASS",
-                                          "options": {"repo1-path": "/x"}}})
+        build(
+            {
+                "nodes": NODES,
+                "backup": {"cipher_pass": "x", "cipher_pass_env": "NO_SUCH_PASS", "options": {"repo1-path": "/x"}},
+            }
+        )
     message = str(info.value)
     assert "give the passphrase one way only" in message and "NO_SUCH_PASS is not set" in message
     assert "'repo1-path' is not a repo1-* option" in message
@@ -58,7 +65,8 @@ def test_the_repository_options_reach_pgbackrest_and_its_config_file_is_private(
     pytest.importorskip("pgaurora.compose.backrest")
     from pgaurora.compose.backrest import BackRest, find_pgbackrest
     from pgaurora.compose.runas import server_user
-    from pgaurora.errors import ClusterError
+    from pgaurora.core.errors import ClusterError
+
     try:
         find_pgbackrest()
     except ClusterError:
@@ -67,6 +75,11 @@ def test_the_repository_options_reach_pgbackrest_and_its_config_file_is_private(
     engine = BackRest(tmp_path, "demo", server_user(), passphrase="secret", options=options)
     engine.write_config()
     lines = engine.conf.read_text().splitlines()
-    assert {"repo1-type=s3", "repo1-s3-bucket=backups", "repo1-s3-endpoint=s3.example.net",
-            "repo1-cipher-type=aes-256-cbc", "repo1-cipher-pass=secret"} <= set(lines)
+    assert {
+        "repo1-type=s3",
+        "repo1-s3-bucket=backups",
+        "repo1-s3-endpoint=s3.example.net",
+        "repo1-cipher-type=aes-256-cbc",
+        "repo1-cipher-pass=secret",
+    } <= set(lines)
     assert engine.conf.stat().st_mode & 0o777 == 0o600

@@ -7,12 +7,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import proxy as bench  # noqa: E402
+import proxy as bench
 
 
 def _runs(tps: dict[str, list[float]]) -> list:
-    return [bench.Run(rnd, "select-c16", target, value, 1.0, 2.0, None, 100.0, 1000)
-            for target, values in tps.items() for rnd, value in enumerate(values)]
+    return [
+        bench.Run(rnd, "select-c16", target, value, 1.0, 2.0, None, 100.0, 1000)
+        for target, values in tps.items()
+        for rnd, value in enumerate(values)
+    ]
 
 
 def test_ratios_pair_targets_within_a_round_not_across_rounds():

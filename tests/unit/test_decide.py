@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pgaurora.config import SyncMode
+from pgaurora.core.config import SyncMode
 from pgaurora.health.decide import Action, ClusterState, Policy, choose_candidate, decide, desired_sync_names
 from pgaurora.health.probe import NodeStatus
 
@@ -13,17 +13,29 @@ POLICY = Policy(addresses=ADDR, failure_threshold=3)
 
 
 def primary(name="n1", lsn=1000, timeline=1, sync="ANY 1 (n2, n3)"):
-    return NodeStatus(name, True, in_recovery=False, current_lsn=lsn, replay_lsn=None, timeline=timeline,
-                      system_id=7, sync_names=sync)
+    return NodeStatus(
+        name, True, in_recovery=False, current_lsn=lsn, replay_lsn=None, timeline=timeline, system_id=7, sync_names=sync
+    )
 
 
 def replica(name, received=1000, replayed=None, upstream="n1", streaming=True, timeline=1):
     host, port = ADDR[upstream]
-    return NodeStatus(name, True, in_recovery=True, receive_lsn=received,
-                      replay_lsn=received if replayed is None else replayed, timeline=timeline, system_id=7,
-                      receiver_status="streaming" if streaming else None,
-                      upstream_host=host if streaming else None, upstream_port=port if streaming else None,
-                      conninfo_host=host, conninfo_port=port, sync_names="", receipt_age=0.1 if streaming else None)
+    return NodeStatus(
+        name,
+        True,
+        in_recovery=True,
+        receive_lsn=received,
+        replay_lsn=received if replayed is None else replayed,
+        timeline=timeline,
+        system_id=7,
+        receiver_status="streaming" if streaming else None,
+        upstream_host=host if streaming else None,
+        upstream_port=port if streaming else None,
+        conninfo_host=host,
+        conninfo_port=port,
+        sync_names="",
+        receipt_age=0.1 if streaming else None,
+    )
 
 
 def down(name):
@@ -31,8 +43,7 @@ def down(name):
 
 
 HEALTHY = {"n1": primary(), "n2": replica("n2"), "n3": replica("n3")}
-RUNNING = ClusterState(writer="n1", epoch=1, timeline=1, system_id=7, voters=frozenset({"n2", "n3"}),
-                       writer_lsn=1000)
+RUNNING = ClusterState(writer="n1", epoch=1, timeline=1, system_id=7, voters=frozenset({"n2", "n3"}), writer_lsn=1000)
 
 
 def test_elects_the_only_primary_at_start():
@@ -66,13 +77,14 @@ def test_waits_below_failure_threshold():
 
 def test_promotes_most_advanced_replica_after_threshold():
     state = replace(RUNNING, failures={"n1": 3})
-    statuses = {"n1": down("n1"), "n2": replica("n2", 900, streaming=False),
-                "n3": replica("n3", 1200, streaming=False)}
+    statuses = {"n1": down("n1"), "n2": replica("n2", 900, streaming=False), "n3": replica("n3", 1200, streaming=False)}
     d = decide(state, statuses, POLICY)
     assert (d.action, d.target) == (Action.PROMOTE, "n3")
-    assert d.reason == ("writer n1 unreachable for 3 probes; promoting n3 (WAL at 0/4B0): it has every "
-                        "acknowledged commit (every voter of ANY 1 (n2, n3) answered, and it is at least as "
-                        "advanced as each)")
+    assert d.reason == (
+        "writer n1 unreachable for 3 probes; promoting n3 (WAL at 0/4B0): it has every "
+        "acknowledged commit (every voter of ANY 1 (n2, n3) answered, and it is at least as "
+        "advanced as each)"
+    )
     assert d.loss_bound == 0
 
 
@@ -125,8 +137,11 @@ def test_never_promotes_a_fenced_node_or_another_cluster():
 
 def test_fences_a_second_primary():
     state = replace(RUNNING, writer="n2", epoch=2, timeline=2)
-    statuses = {"n1": primary("n1", timeline=1), "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
-                "n3": replica("n3", upstream="n2", timeline=2)}
+    statuses = {
+        "n1": primary("n1", timeline=1),
+        "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
+        "n3": replica("n3", upstream="n2", timeline=2),
+    }
     d = decide(state, statuses, POLICY)
     assert (d.action, d.target) == (Action.FENCE, "n1")
     assert d.reason == "n1 claims to be primary (timeline 1) but n2 is the elected writer (epoch 2); fencing n1"
@@ -134,8 +149,11 @@ def test_fences_a_second_primary():
 
 def test_rejoins_fenced_primary_when_the_monitor_controls_nodes():
     state = replace(RUNNING, writer="n2", epoch=2, timeline=2, voters=frozenset({"n3"}), fenced=frozenset({"n1"}))
-    statuses = {"n1": primary("n1"), "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
-                "n3": replica("n3", upstream="n2", timeline=2)}
+    statuses = {
+        "n1": primary("n1"),
+        "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
+        "n3": replica("n3", upstream="n2", timeline=2),
+    }
     assert decide(state, statuses, POLICY).action is Action.NONE
     d = decide(state, statuses, replace(POLICY, auto_rejoin=True))
     assert (d.action, d.target) == (Action.REJOIN, "n1")
@@ -143,16 +161,22 @@ def test_rejoins_fenced_primary_when_the_monitor_controls_nodes():
 
 def test_unfences_a_former_primary_once_it_streams_from_the_writer():
     state = replace(RUNNING, writer="n2", epoch=2, timeline=2, voters=frozenset({"n3"}), fenced=frozenset({"n1"}))
-    statuses = {"n1": replica("n1", upstream="n2"), "n2": primary("n2", timeline=2, sync="ANY 1 (n1, n3)"),
-                "n3": replica("n3", upstream="n2")}
+    statuses = {
+        "n1": replica("n1", upstream="n2"),
+        "n2": primary("n2", timeline=2, sync="ANY 1 (n1, n3)"),
+        "n3": replica("n3", upstream="n2"),
+    }
     d = decide(state, statuses, POLICY)
     assert (d.action, d.reason) == (Action.UNFENCE, "n1 now streams from writer n2; unfencing it")
 
 
 def test_repoints_a_replica_that_follows_the_old_primary():
     state = replace(RUNNING, writer="n2", epoch=2, timeline=2, voters=frozenset({"n3"}), fenced=frozenset({"n1"}))
-    statuses = {"n1": down("n1"), "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
-                "n3": replica("n3", upstream="n1", streaming=False)}
+    statuses = {
+        "n1": down("n1"),
+        "n2": primary("n2", timeline=2, sync="ANY 1 (n3)"),
+        "n3": replica("n3", upstream="n1", streaming=False),
+    }
     d = decide(state, statuses, POLICY)
     assert (d.action, d.target) == (Action.REPOINT, "n3")
     assert d.reason == "n3 replicates from 127.0.0.11:5432, not writer n2; re-pointing it"
@@ -200,9 +224,11 @@ def test_double_fault_of_writer_and_a_voter_blocks_the_failover():
     statuses = {"n1": down("n1"), "n2": down("n2"), "n3": replica("n3", 700, streaming=False)}
     d = decide(state, statuses, POLICY)
     assert (d.action, d.target) == (Action.NO_CANDIDATE, "n3")
-    assert d.reason == ("writer n1 is down; n2 is unreachable; n3 cannot prove it has every "
-                        "acknowledged commit (quorum ANY 1 of n2, n3); waiting for n2, or run "
-                        "`pgaurora failover --to n3 --accept-data-loss`")
+    assert d.reason == (
+        "writer n1 is down; n2 is unreachable; n3 cannot prove it has every "
+        "acknowledged commit (quorum ANY 1 of n2, n3); waiting for n2, or run "
+        "`pgaurora failover --to n3 --accept-data-loss`"
+    )
     back = {**statuses, "n2": replica("n2", 900, streaming=False)}
     d = decide(state, back, POLICY)
     assert (d.action, d.target, d.loss_bound) == (Action.PROMOTE, "n2", 0)
@@ -250,6 +276,7 @@ def test_async_clusters_are_left_alone():
 
 def test_primary_conninfo_is_parsed_with_quotes_and_escapes():
     from pgaurora.health.probe import parse_conninfo
+
     fields = parse_conninfo("host='127.0.3.12' port='5432' password='it\\'s a secret' application_name=n3")
     assert fields == {"host": "127.0.3.12", "port": "5432", "password": "it's a secret", "application_name": "n3"}
     assert parse_conninfo("") == {} and parse_conninfo(None) == {}

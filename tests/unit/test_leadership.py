@@ -9,20 +9,23 @@ from pgaurora.dcs.leadership import Heard, Role, judge, safety_margin
 TTL = 3.0
 
 
-@pytest.mark.parametrize("now, heard, role, why", [
-    (10.0, Heard(None, None, None), Role.CUT_OFF, "never answered"),
-    (10.0, Heard(9.5, "i1", 9.6), Role.LEADER, "i1 holds the leader key"),
-    # renewed at 8.0: the lease may lapse in etcd at 11.0; stop acting a safety margin before
-    (9.9, Heard(8.0, "i1", 9.9), Role.LEADER, "holds"),
-    (10.0, Heard(8.0, "i1", 9.9), Role.CUT_OFF, "could not renew its lease in time"),
-    (10.0, Heard(9.5, "i2", 9.6), Role.FOLLOWER, "i2 leads"),
-    (10.0, Heard(9.5, None, 9.6), Role.CANDIDATE, "no instance holds"),
-    # etcd silent for the ttl: nothing it said counts any more, leader or not
-    (13.0, Heard(9.5, "i1", 9.9), Role.CUT_OFF, "silent for 3.1 s"),
-    (13.0, Heard(9.5, "i2", 9.9), Role.CUT_OFF, "not acting"),
-    # a process paused for 20 s wakes up believing nothing: the clock says it was silent
-    (30.0, Heard(9.5, "i1", 9.6), Role.CUT_OFF, "silent for 20.4 s"),
-])
+@pytest.mark.parametrize(
+    "now, heard, role, why",
+    [
+        (10.0, Heard(None, None, None), Role.CUT_OFF, "never answered"),
+        (10.0, Heard(9.5, "i1", 9.6), Role.LEADER, "i1 holds the leader key"),
+        # renewed at 8.0: the lease may lapse in etcd at 11.0; stop acting a safety margin before
+        (9.9, Heard(8.0, "i1", 9.9), Role.LEADER, "holds"),
+        (10.0, Heard(8.0, "i1", 9.9), Role.CUT_OFF, "could not renew its lease in time"),
+        (10.0, Heard(9.5, "i2", 9.6), Role.FOLLOWER, "i2 leads"),
+        (10.0, Heard(9.5, None, 9.6), Role.CANDIDATE, "no instance holds"),
+        # etcd silent for the ttl: nothing it said counts any more, leader or not
+        (13.0, Heard(9.5, "i1", 9.9), Role.CUT_OFF, "silent for 3.1 s"),
+        (13.0, Heard(9.5, "i2", 9.9), Role.CUT_OFF, "not acting"),
+        # a process paused for 20 s wakes up believing nothing: the clock says it was silent
+        (30.0, Heard(9.5, "i1", 9.6), Role.CUT_OFF, "silent for 20.4 s"),
+    ],
+)
 def test_judge(now, heard, role, why):
     verdict = judge(now, heard, "i1", TTL)
     assert verdict.role is role and why in verdict.reason

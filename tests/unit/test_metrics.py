@@ -5,17 +5,20 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgaurora import metrics
+from pgaurora.core.topology import Health, NodeState, Role, Topology
 from pgaurora.proxy.state import ProxyState
-from pgaurora.topology import Health, NodeState, Role, Topology
+from pgaurora.service import metrics
 
 
 def _scrape(topology: Topology, state: ProxyState) -> dict[tuple, float]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics.Collector(lambda: topology, lambda: state))
     text = metrics.render(registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 class _Session:
@@ -24,10 +27,17 @@ class _Session:
 
 
 def _topology() -> Topology:
-    return Topology("demo", nodes=(
-        NodeState("n1", "127.0.0.1", 5432, Role.PRIMARY, Health.HEALTHY, lag_bytes=0),
-        NodeState("n2", "127.0.0.2", 5432, Role.REPLICA, Health.LAGGING, lag_bytes=4096, lag_seconds=1.5),
-        NodeState("n3", "127.0.0.3", 5432, Role.UNKNOWN, Health.UNREACHABLE)), writer="n1", epoch=3, version=7)
+    return Topology(
+        "demo",
+        nodes=(
+            NodeState("n1", "127.0.0.1", 5432, Role.PRIMARY, Health.HEALTHY, lag_bytes=0),
+            NodeState("n2", "127.0.0.2", 5432, Role.REPLICA, Health.LAGGING, lag_bytes=4096, lag_seconds=1.5),
+            NodeState("n3", "127.0.0.3", 5432, Role.UNKNOWN, Health.UNREACHABLE),
+        ),
+        writer="n1",
+        epoch=3,
+        version=7,
+    )
 
 
 def test_scrape_reports_each_nodes_health_role_and_lag():
@@ -67,6 +77,7 @@ def test_scrape_counts_sessions_per_endpoint_and_refusals_per_sqlstate():
 
 def test_scrape_reports_the_voters_and_whether_a_failover_now_is_safe():
     from dataclasses import replace
+
     got = _scrape(replace(_topology(), voters=("n2", "n3"), failover_safe=False), ProxyState())
     assert [got[("pgaurora_node_voter", (("node", n),))] for n in ("n1", "n2", "n3")] == [0, 1, 1]
     assert got[("pgaurora_failover_safe", ())] == 0

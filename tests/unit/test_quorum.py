@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgaurora.config import SyncMode
+from pgaurora.core.config import SyncMode
 from pgaurora.health.decide import Action, ClusterState, Policy, decide
 from pgaurora.health.probe import NodeStatus
 from pgaurora.health.quorum import Position, StepKind, holds, judge, next_step, parse_sync_names, sync_names
@@ -16,29 +16,32 @@ from pgaurora.health.quorum import Position, StepKind, holds, judge, next_step, 
 F = frozenset
 
 
-@pytest.mark.parametrize("voters, sync, wanted, kind, value, catch_up", [
-    # at rest
-    (F("ab"), F("ab"), F("ab"), None, None, False),
-    # a standby returns: it becomes a voter before it can acknowledge
-    (F("a"), F("a"), F("ab"), StepKind.VOTERS, F("ab"), False),
-    (F("ab"), F("a"), F("ab"), StepKind.SYNC, F("ab"), False),
-    # a standby dies: the sync set shrinks first, the voters after a catch-up
-    (F("ab"), F("ab"), F("a"), StepKind.SYNC, F("a"), False),
-    (F("ab"), F("a"), F("a"), StepKind.VOTERS, F("a"), True),
-    # the last standby dies: nothing is proven any more, and then commits go asynchronous (in that order:
-    # the other way round, a commit acknowledged by the primary alone would look proven for a tick)
-    (F("a"), F("a"), F(), StepKind.VOTERS, F(), False),
-    (F(), F("a"), F(), StepKind.SYNC, F(), False),
-    # from nothing proven (a new writer, or asynchronous): sync first, then voters after a catch-up
-    (F(), F(), F("ab"), StepKind.SYNC, F("ab"), False),
-    (F(), F("ab"), F("ab"), StepKind.VOTERS, F("ab"), True),
-    # one standby swapped for another: widen the voters, then the sync set, then narrow after catch-up
-    (F("ab"), F("ab"), F("bc"), StepKind.VOTERS, F("abc"), False),
-    (F("abc"), F("ab"), F("bc"), StepKind.SYNC, F("bc"), False),
-    (F("abc"), F("bc"), F("bc"), StepKind.VOTERS, F("bc"), True),
-    # someone else widened the sync set: the voters cover it before anything else happens
-    (F("a"), F("ac"), F("a"), StepKind.VOTERS, F("ac"), False),
-])
+@pytest.mark.parametrize(
+    "voters, sync, wanted, kind, value, catch_up",
+    [
+        # at rest
+        (F("ab"), F("ab"), F("ab"), None, None, False),
+        # a standby returns: it becomes a voter before it can acknowledge
+        (F("a"), F("a"), F("ab"), StepKind.VOTERS, F("ab"), False),
+        (F("ab"), F("a"), F("ab"), StepKind.SYNC, F("ab"), False),
+        # a standby dies: the sync set shrinks first, the voters after a catch-up
+        (F("ab"), F("ab"), F("a"), StepKind.SYNC, F("a"), False),
+        (F("ab"), F("a"), F("a"), StepKind.VOTERS, F("a"), True),
+        # the last standby dies: nothing is proven any more, and then commits go asynchronous (in that order:
+        # the other way round, a commit acknowledged by the primary alone would look proven for a tick)
+        (F("a"), F("a"), F(), StepKind.VOTERS, F(), False),
+        (F(), F("a"), F(), StepKind.SYNC, F(), False),
+        # from nothing proven (a new writer, or asynchronous): sync first, then voters after a catch-up
+        (F(), F(), F("ab"), StepKind.SYNC, F("ab"), False),
+        (F(), F("ab"), F("ab"), StepKind.VOTERS, F("ab"), True),
+        # one standby swapped for another: widen the voters, then the sync set, then narrow after catch-up
+        (F("ab"), F("ab"), F("bc"), StepKind.VOTERS, F("abc"), False),
+        (F("abc"), F("ab"), F("bc"), StepKind.SYNC, F("bc"), False),
+        (F("abc"), F("bc"), F("bc"), StepKind.VOTERS, F("bc"), True),
+        # someone else widened the sync set: the voters cover it before anything else happens
+        (F("a"), F("ac"), F("a"), StepKind.VOTERS, F("ac"), False),
+    ],
+)
 def test_transition_table(voters, sync, wanted, kind, value, catch_up):
     step = next_step(voters, sync, wanted)
     if kind is None:
@@ -72,7 +75,7 @@ def test_judge_needs_every_voter_and_reports_the_known_bound():
 
 # -- the model -------------------------------------------------------------------------------------
 STANDBYS = ("n2", "n3", "n4")
-ADDRESSES = {n: (f"127.0.0.{i + 11}", 5432) for i, n in enumerate(("n1",) + STANDBYS)}
+ADDRESSES = {n: (f"127.0.0.{i + 11}", 5432) for i, n in enumerate(("n1", *STANDBYS))}
 
 
 @dataclass
@@ -85,8 +88,9 @@ class Model:
     pos: dict = field(default_factory=lambda: {n: 0 for n in STANDBYS})
     up: dict = field(default_factory=lambda: {n: True for n in STANDBYS})
     sync: frozenset = frozenset(STANDBYS)
-    state: ClusterState = field(default_factory=lambda: ClusterState(writer="n1", epoch=1, timeline=1,
-                                                                      system_id=1, voters=frozenset(STANDBYS)))
+    state: ClusterState = field(
+        default_factory=lambda: ClusterState(writer="n1", epoch=1, timeline=1, system_id=1, voters=frozenset(STANDBYS))
+    )
 
     @property
     def policy(self) -> Policy:
@@ -109,11 +113,27 @@ class Model:
             self.release()
 
     def statuses(self, writer_up: bool) -> dict:
-        out = {"n1": NodeStatus("n1", True, in_recovery=False, current_lsn=self.log, timeline=1, system_id=1,
-                                sync_names=sync_names(self.sync)) if writer_up else NodeStatus.unknown("n1", "down")}
+        out = {
+            "n1": NodeStatus(
+                "n1",
+                True,
+                in_recovery=False,
+                current_lsn=self.log,
+                timeline=1,
+                system_id=1,
+                sync_names=sync_names(self.sync),
+            )
+            if writer_up
+            else NodeStatus.unknown("n1", "down")
+        }
         for n in STANDBYS:
-            out[n] = NodeStatus(n, True, in_recovery=True, receive_lsn=self.pos[n], replay_lsn=self.pos[n],
-                                timeline=1, system_id=1) if self.up[n] else NodeStatus.unknown(n, "down")
+            out[n] = (
+                NodeStatus(
+                    n, True, in_recovery=True, receive_lsn=self.pos[n], replay_lsn=self.pos[n], timeline=1, system_id=1
+                )
+                if self.up[n]
+                else NodeStatus.unknown(n, "down")
+            )
         return out
 
     def tick(self) -> None:
@@ -147,8 +167,11 @@ OPS = st.one_of(
 
 
 @settings(max_examples=1500, deadline=None)
-@given(mode=st.sampled_from([SyncMode.QUORUM, SyncMode.STRICT]), ops=st.lists(OPS, max_size=60),
-       returning=st.lists(st.sampled_from(STANDBYS), unique=True))
+@given(
+    mode=st.sampled_from([SyncMode.QUORUM, SyncMode.STRICT]),
+    ops=st.lists(OPS, max_size=60),
+    returning=st.lists(st.sampled_from(STANDBYS), unique=True),
+)
 def test_no_promotion_the_monitor_allows_loses_an_acknowledged_commit(mode, ops, returning):
     """Random commits, standby failures and recoveries, monitor ticks; then the primary dies and some
     standbys come back. Whatever decide() promotes must hold every acknowledged commit."""
@@ -170,5 +193,5 @@ def test_no_promotion_the_monitor_allows_loses_an_acknowledged_commit(mode, ops,
     target = model.promotion_after_writer_dies()
     if target is not None:
         assert model.pos[target] >= model.acked, (
-            f"promoted {target} at {model.pos[target]} but commits up to {model.acked} were acknowledged")
-
+            f"promoted {target} at {model.pos[target]} but commits up to {model.acked} were acknowledged"
+        )

@@ -1,12 +1,12 @@
-"""Which relay a config gets: 'auto' prefers the native threads, and an explicit mode that cannot work is one clear error."""
+"""Which relay a config gets: 'auto' prefers the native threads; a mode that cannot work is one clear error."""
 
 from __future__ import annotations
 
 import pytest
 
-from pgaurora import app
-from pgaurora.config import build
-from pgaurora.errors import ConfigError
+from pgaurora.core.config import build
+from pgaurora.core.errors import ConfigError
+from pgaurora.proxy import relays
 
 
 class FakeNative:
@@ -19,20 +19,20 @@ def _config(**proxy):
 
 def test_auto_takes_the_native_relay_when_it_was_built(monkeypatch):
     asked = []
-    monkeypatch.setattr(app.NativeRelay, "open", lambda threads: asked.append(threads) or FakeNative())
-    state = app.proxy_state(_config(relay_threads=3))
+    monkeypatch.setattr(relays.NativeRelay, "open", lambda threads: asked.append(threads) or FakeNative())
+    state = relays.proxy_state(_config(relay_threads=3))
     assert isinstance(state.native, FakeNative) and state.sockmap is None and asked == [3]
 
 
 def test_native_without_the_extension_names_the_setting(monkeypatch):
-    monkeypatch.setattr(app.NativeRelay, "open", lambda threads: None)
+    monkeypatch.setattr(relays.NativeRelay, "open", lambda threads: None)
     with pytest.raises(ConfigError, match=r"proxy\.relay: 'native' needs pgaurora's C extension"):
-        app.proxy_state(_config(relay="native"))
+        relays.proxy_state(_config(relay="native"))
 
 
 def test_python_relay_uses_neither_threads_nor_the_kernel(monkeypatch):
-    monkeypatch.setattr(app.NativeRelay, "open", lambda threads: pytest.fail("native relay opened"))
-    state = app.proxy_state(_config(relay="python"))
+    monkeypatch.setattr(relays.NativeRelay, "open", lambda threads: pytest.fail("native relay opened"))
+    state = relays.proxy_state(_config(relay="python"))
     assert state.native is None and state.sockmap is None
 
 

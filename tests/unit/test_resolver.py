@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from pgaurora.core.topology import Health, NodeState, Role, Topology
 from pgaurora.dns.resolver import Zone, formerr, resolve
-from pgaurora.topology import Health, NodeState, Role, Topology
 
 ZONE = Zone("demo.pgaurora.internal", ttl=1)
-NODES = (NodeState("n1", "127.0.0.11", 5432, Role.PRIMARY, Health.HEALTHY),
-         NodeState("n2", "127.0.0.12", 5432, Role.REPLICA, Health.HEALTHY),
-         NodeState("n3", "127.0.0.13", 5432, Role.REPLICA, Health.LAGGING))
+NODES = (
+    NodeState("n1", "127.0.0.11", 5432, Role.PRIMARY, Health.HEALTHY),
+    NodeState("n2", "127.0.0.12", 5432, Role.REPLICA, Health.HEALTHY),
+    NodeState("n3", "127.0.0.13", 5432, Role.REPLICA, Health.LAGGING),
+)
 TOPOLOGY = Topology("demo", NODES, writer="n1", readers=("n2",), epoch=3)
 
 
@@ -64,6 +66,7 @@ def test_formerr_keeps_id_and_ignores_responses_and_runts():
 
 def test_proxy_name_lists_every_live_pgaurora_instance():
     from dataclasses import replace
+
     reply, answers = _a("proxy.demo.pgaurora.internal", replace(TOPOLOGY, proxies=("127.0.0.1", "127.0.0.2")))
     assert answers == ["127.0.0.1", "127.0.0.2"] and reply.header.rcode == RCODE.NOERROR
     reply, answers = _a("proxy.demo.pgaurora.internal")  # none known yet: NODATA, not NXDOMAIN

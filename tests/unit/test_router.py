@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from pgaurora import config as config_mod
-from pgaurora.errors import NoReaderAvailable, NoWriterAvailable
+from pgaurora.core import config as config_mod
+from pgaurora.core.errors import NoReaderAvailable, NoWriterAvailable
+from pgaurora.core.topology import Health, NodeState, Role, Topology, TopologyHub
 from pgaurora.proxy.router import EndpointKind, Router
 from pgaurora.proxy.state import ProxyState
-from pgaurora.topology import Health, NodeState, Role, Topology, TopologyHub
 
-NODES = tuple(NodeState(f"n{i}", f"127.0.0.{10 + i}", 5432, Role.PRIMARY if i == 1 else Role.REPLICA,
-                        Health.HEALTHY) for i in (1, 2, 3))
+NODES = tuple(
+    NodeState(f"n{i}", f"127.0.0.{10 + i}", 5432, Role.PRIMARY if i == 1 else Role.REPLICA, Health.HEALTHY)
+    for i in (1, 2, 3)
+)
 
 
 def _router(readers=("n2", "n3"), writer="n1", **reader) -> Router:
@@ -50,6 +52,6 @@ def test_established_sessions_stay_valid_only_on_their_role():
     moved = Topology("demo", NODES, writer="n2", readers=("n3",))
     assert not router.still_valid(EndpointKind.WRITER, "n1", moved)
     assert router.still_valid(EndpointKind.WRITER, "n2", moved)
-    fenced = Topology("demo", (NodeState("n1", "127.0.0.11", 5432, Role.FENCED),) + NODES[1:], writer="n2")
+    fenced = Topology("demo", (NodeState("n1", "127.0.0.11", 5432, Role.FENCED), *NODES[1:]), writer="n2")
     assert not router.still_valid(EndpointKind.READER, "n1", fenced)
     assert router.still_valid(EndpointKind.READER, "n3", fenced)

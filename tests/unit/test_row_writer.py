@@ -17,11 +17,11 @@ class LostAckDatabase:
         self.rows: set[int] = set()
         self.lose, self.lock = lose, threading.Lock()
 
-    def connect(self) -> "LostAckDatabase.Connection":
+    def connect(self) -> LostAckDatabase.Connection:
         return self.Connection(self)
 
     class Connection:
-        def __init__(self, db: "LostAckDatabase") -> None:
+        def __init__(self, db: LostAckDatabase) -> None:
             self.db = db
 
         def execute(self, query: str, params: tuple[int]) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from pgaurora import config as config_mod
+from pgaurora.core import config as config_mod
 from pgaurora.health.decide import ClusterState
 from pgaurora.health.probe import NodeStatus
 from pgaurora.health.snapshot import build
 
-CFG = config_mod.build({"nodes": [{"name": f"n{i}", "host": f"127.0.0.{10 + i}"} for i in (1, 2, 3)],
-                        "monitor": {"max_replica_lag": "1MB"}})
+CFG = config_mod.build(
+    {
+        "nodes": [{"name": f"n{i}", "host": f"127.0.0.{10 + i}"} for i in (1, 2, 3)],
+        "monitor": {"max_replica_lag": "1MB"},
+    }
+)
 STATE = ClusterState(writer="n1", epoch=1)
 
 
@@ -17,13 +21,21 @@ def _primary(lsn):
 
 
 def _replica(name, replayed, lag_seconds=0.0):
-    return NodeStatus(name, True, in_recovery=True, receive_lsn=replayed, replay_lsn=replayed,
-                      lag_seconds=lag_seconds, timeline=1, upstream_host="127.0.0.11", upstream_port=5432)
+    return NodeStatus(
+        name,
+        True,
+        in_recovery=True,
+        receive_lsn=replayed,
+        replay_lsn=replayed,
+        lag_seconds=lag_seconds,
+        timeline=1,
+        upstream_host="127.0.0.11",
+        upstream_port=5432,
+    )
 
 
 def test_lagging_and_unreachable_replicas_are_not_readers():
-    statuses = {"n1": _primary(10 * 1024**2), "n2": _replica("n2", 10 * 1024**2 - 100),
-                "n3": _replica("n3", 1024)}
+    statuses = {"n1": _primary(10 * 1024**2), "n2": _replica("n2", 10 * 1024**2 - 100), "n3": _replica("n3", 1024)}
     topo = build(CFG, STATE, statuses, {}, "ok")
     assert topo.readers == ("n2",) and topo.node("n3").health.value == "lagging"
     assert topo.node("n2").lag_bytes == 100 and topo.node("n2").upstream == "127.0.0.11:5432"
@@ -34,8 +46,11 @@ def test_lagging_and_unreachable_replicas_are_not_readers():
 
 
 def test_unelected_primary_and_fenced_nodes_are_fenced():
-    statuses = {"n1": _primary(100), "n2": NodeStatus("n2", True, in_recovery=False, current_lsn=5, timeline=1),
-                "n3": _replica("n3", 100)}
+    statuses = {
+        "n1": _primary(100),
+        "n2": NodeStatus("n2", True, in_recovery=False, current_lsn=5, timeline=1),
+        "n3": _replica("n3", 100),
+    }
     topo = build(CFG, ClusterState(writer="n1", epoch=1, fenced=frozenset({"n3"})), statuses, {}, "ok")
     assert [n.role.value for n in topo.nodes] == ["primary", "fenced", "fenced"]
     assert topo.writer == "n1" and topo.readers == ()
@@ -43,7 +58,8 @@ def test_unelected_primary_and_fenced_nodes_are_fenced():
 
 
 def test_loss_bound_is_zero_when_synchronous_and_the_replica_gap_when_not():
-    from pgaurora.topology import loss_bound_bytes
+    from pgaurora.core.topology import loss_bound_bytes
+
     statuses = {"n1": _primary(5000), "n2": _replica("n2", 4000), "n3": _replica("n3", 4500)}
     sync = build(CFG, STATE, statuses, {}, "ok")
     assert loss_bound_bytes(sync) == 0

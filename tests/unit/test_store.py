@@ -7,24 +7,33 @@ import os
 
 import pytest
 
-from pgaurora.errors import StateError
-from pgaurora.eventlog import EventLog
+from pgaurora.core.errors import StateError
+from pgaurora.core.eventlog import EventLog
 from pgaurora.health.decide import ClusterState
 from pgaurora.health.intents import open_intents, reconcile
 from pgaurora.health.probe import NodeStatus
 from pgaurora.health.store import StateFile
 
 NODES = ("n1", "n2", "n3")
-STATE = ClusterState(writer="n2", epoch=4, timeline=4, system_id=9, fenced=frozenset({"n1"}),
-                     voters=frozenset({"n3"}), failures={"n1": 7}, writer_lsn=123)
+STATE = ClusterState(
+    writer="n2",
+    epoch=4,
+    timeline=4,
+    system_id=9,
+    fenced=frozenset({"n1"}),
+    voters=frozenset({"n3"}),
+    failures={"n1": 7},
+    writer_lsn=123,
+)
 
 
 def test_state_round_trips_its_durable_part_only(tmp_path):
     store = StateFile(tmp_path / "monitor.json")
     store.save(STATE)
     loaded = store.load(NODES)
-    assert loaded == ClusterState(writer="n2", epoch=4, timeline=4, system_id=9, fenced=frozenset({"n1"}),
-                                  voters=frozenset({"n3"}))
+    assert loaded == ClusterState(
+        writer="n2", epoch=4, timeline=4, system_id=9, fenced=frozenset({"n1"}), voters=frozenset({"n3"})
+    )
     assert os.listdir(tmp_path) == ["monitor.json"], "the temporary file must be renamed away"
 
 
@@ -32,13 +41,16 @@ def test_a_missing_file_is_a_first_start(tmp_path):
     assert StateFile(tmp_path / "monitor.json").load(NODES) is None
 
 
-@pytest.mark.parametrize("content, words", [
-    ("", "is empty"),
-    ('{"writer": "n2", "epo', "is unreadable"),
-    ('{"writer": "n9", "epoch": 1}', "'n9' is not a node"),
-    ('{"writer": "n2", "epoch": "x"}', "is not a whole number"),
-    ("[1, 2]", "not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("", "is empty"),
+        ('{"writer": "n2", "epo', "is unreadable"),
+        ('{"writer": "n9", "epoch": 1}', "'n9' is not a node"),
+        ('{"writer": "n2", "epoch": "x"}', "is not a whole number"),
+        ("[1, 2]", "not a JSON object"),
+    ],
+)
 def test_a_torn_or_foreign_state_file_is_one_clear_refusal(tmp_path, content, words):
     path = tmp_path / "monitor.json"
     path.write_text(content)
@@ -60,9 +72,14 @@ def test_event_log_reads_its_history_back_and_survives_a_torn_line(tmp_path):
 
 
 def test_open_intents_are_those_without_a_closing_event():
-    history = [{"kind": "failover_started", "intent": "a"}, {"kind": "failover", "intent": "a"},
-               {"kind": "failover_started", "intent": "b"}, {"kind": "repoint"},
-               {"kind": "failover_started", "intent": "c"}, {"kind": "failover_abandoned", "intent": "c"}]
+    history = [
+        {"kind": "failover_started", "intent": "a"},
+        {"kind": "failover", "intent": "a"},
+        {"kind": "failover_started", "intent": "b"},
+        {"kind": "repoint"},
+        {"kind": "failover_started", "intent": "c"},
+        {"kind": "failover_abandoned", "intent": "c"},
+    ]
     assert [i["intent"] for i in open_intents(history)] == ["b"]
 
 
@@ -78,13 +95,16 @@ INTENT = {"intent": "x", "candidate": "n3", "old_writer": "n1", "timeline": 1, "
 BEFORE = ClusterState(writer="n1", epoch=1, timeline=1)
 
 
-@pytest.mark.parametrize("state, n3, completed, follow, words", [
-    (BEFORE, _replica("n3"), False, False, "still a replica"),
-    (BEFORE, _primary("n3", 2), True, True, "had not been saved"),
-    (ClusterState(writer="n3", epoch=2, timeline=2), _primary("n3", 2), True, False, "already the writer"),
-    (ClusterState(writer="n2", epoch=3, timeline=3), _primary("n3", 2), False, False, "n2 became the writer"),
-    (BEFORE, _primary("n3", 1), False, False, "not this promotion"),
-])
+@pytest.mark.parametrize(
+    "state, n3, completed, follow, words",
+    [
+        (BEFORE, _replica("n3"), False, False, "still a replica"),
+        (BEFORE, _primary("n3", 2), True, True, "had not been saved"),
+        (ClusterState(writer="n3", epoch=2, timeline=2), _primary("n3", 2), True, False, "already the writer"),
+        (ClusterState(writer="n2", epoch=3, timeline=3), _primary("n3", 2), False, False, "n2 became the writer"),
+        (BEFORE, _primary("n3", 1), False, False, "not this promotion"),
+    ],
+)
 def test_reconcile_tells_what_became_of_an_intent(state, n3, completed, follow, words):
     found = reconcile(INTENT, state, {"n3": n3})
     assert (found.completed, found.follow) == (completed, follow) and words in found.found
@@ -95,8 +115,9 @@ def test_reconcile_waits_while_the_candidate_cannot_be_seen():
 
 
 def test_drained_nodes_are_durable_and_leave_the_readers(tmp_path):
-    from pgaurora.health.store import StateFile
     from pgaurora.health.decide import ClusterState
+    from pgaurora.health.store import StateFile
+
     store = StateFile(tmp_path / "monitor.json")
     store.save(ClusterState(writer="n1", epoch=2, drained=frozenset({"n2"})))
     assert store.load({"n1", "n2", "n3"}).drained == {"n2"}

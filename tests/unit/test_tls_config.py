@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import trustme
 
-from pgaurora.config import BackendTls, ClientTls, build
-from pgaurora.errors import ConfigError
-from pgaurora.sslcontexts import Contexts, node_ssl
+from pgaurora.core.config import BackendTls, ClientTls, build
+from pgaurora.core.errors import ConfigError
+from pgaurora.core.sslcontexts import Contexts, node_ssl
 from pgaurora.wire import Framer, sasl_initial_flag, sasl_mechanisms, without_channel_binding
 
 NODES = [{"name": "n1", "host": "127.0.0.11"}]
@@ -37,11 +37,24 @@ def test_a_certificate_turns_client_tls_on_as_allow(pem):
 
 def test_every_tls_problem_is_listed_at_once(tmp_path):
     with pytest.raises(ConfigError) as info:
-        build({"nodes": NODES, "tls": {"cert_file": str(tmp_path / "missing.pem"), "client_tls": "require",
-                                       "backend_tls": "verify-full", "ca_file": str(tmp_path / "nope")}})
+        build(
+            {
+                "nodes": NODES,
+                "tls": {
+                    "cert_file": str(tmp_path / "missing.pem"),
+                    "client_tls": "require",
+                    "backend_tls": "verify-full",
+                    "ca_file": str(tmp_path / "nope"),
+                },
+            }
+        )
     (problem,) = info.value.problems
-    for part in ("cert_file and key_file go together", "backend_tls = 'verify-full' needs backend_ca_file",
-                 "cert_file: no such file", "ca_file: no such file"):
+    for part in (
+        "cert_file and key_file go together",
+        "backend_tls = 'verify-full' needs backend_ca_file",
+        "cert_file: no such file",
+        "ca_file: no such file",
+    ):
         assert part in problem, problem
 
 
@@ -91,17 +104,24 @@ def test_the_channel_binding_flag_of_a_sasl_initial_response(flag):
 
 
 def test_etcd_over_https_takes_a_ca_and_a_client_certificate(pem):
-    cfg = build({"nodes": NODES, "dcs": {"etcd": ["https://127.0.0.51:2379"], "ca_file": pem,
-                                         "cert_file": pem, "key_file": pem}})
+    cfg = build(
+        {
+            "nodes": NODES,
+            "dcs": {"etcd": ["https://127.0.0.51:2379"], "ca_file": pem, "cert_file": pem, "key_file": pem},
+        }
+    )
     assert cfg.dcs.tls and cfg.dcs.ca_file == pem
 
 
-@pytest.mark.parametrize("dcs, problem", [
-    ({"etcd": ["http://127.0.0.51:2379", "https://127.0.0.52:2379"]}, "mix http:// and https://"),
-    ({"etcd": ["http://127.0.0.51:2379"], "ca_file": "PEM"}, "ca_file need https:// etcd endpoints"),
-    ({"etcd": ["https://127.0.0.51:2379"], "cert_file": "PEM"}, "cert_file and key_file go together"),
-    ({"etcd": ["https://127.0.0.51:2379"], "ca_file": "/nonexistent.pem"}, "ca_file: no such file"),
-])
+@pytest.mark.parametrize(
+    "dcs, problem",
+    [
+        ({"etcd": ["http://127.0.0.51:2379", "https://127.0.0.52:2379"]}, "mix http:// and https://"),
+        ({"etcd": ["http://127.0.0.51:2379"], "ca_file": "PEM"}, "ca_file need https:// etcd endpoints"),
+        ({"etcd": ["https://127.0.0.51:2379"], "cert_file": "PEM"}, "cert_file and key_file go together"),
+        ({"etcd": ["https://127.0.0.51:2379"], "ca_file": "/nonexistent.pem"}, "ca_file: no such file"),
+    ],
+)
 def test_a_bad_etcd_tls_setting_is_named(pem, dcs, problem):
     dcs = {k: pem if v == "PEM" else v for k, v in dcs.items()}
     with pytest.raises(ConfigError) as info:

@@ -7,26 +7,33 @@ import threading
 import click
 from pydantic import ValidationError
 
-from ..admin.client import AdminError
-from ..admin.client import call as _call
-from ..admin.routes import Params
+from ..service.admin.client import AdminError
+from ..service.admin.client import call as _call
+from ..service.admin.routes import Params
 
 
 def call(url: str, path: str, method: str = "GET", timeout: float = 120, params: Params | None = None) -> object:
     """One admin request with the local token (or $PGAURORA_ADMIN_TOKEN); one clear message on failure. The
     parameters are the route table's own models, so the CLI cannot send what the server would refuse."""
-    body = params.model_dump(mode="json", exclude_defaults=True, exclude=set(params.nodes) & {"node"}) \
-        if params is not None else ({} if method != "GET" else None)
+    body = (
+        params.model_dump(mode="json", exclude_defaults=True, exclude=set(params.nodes) & {"node"})
+        if params is not None
+        else ({} if method != "GET" else None)
+    )
     try:
         return _call(url, path, method, body, timeout)
     except AdminError as exc:
         detail = f": {'; '.join(exc.problems)}" if exc.problems and exc.status == 400 else ""
-        hint = ("; set PGAURORA_ADMIN_TOKEN or PGAURORA_ADMIN_TOKEN_FILE, or run this on pgaurora's host as its "
-                "user" if exc.status == 401 else "")
+        hint = (
+            "; set PGAURORA_ADMIN_TOKEN or PGAURORA_ADMIN_TOKEN_FILE, or run this on pgaurora's host as its user"
+            if exc.status == 401
+            else ""
+        )
         raise click.ClickException(f"{method} {path}: {exc.message}{detail}{hint}") from None
     except OSError as exc:
-        raise click.ClickException(f"cannot reach the admin endpoint at {url}: {getattr(exc, 'reason', exc)}; "
-                                   "is pgaurora running?") from None
+        raise click.ClickException(
+            f"cannot reach the admin endpoint at {url}: {getattr(exc, 'reason', exc)}; is pgaurora running?"
+        ) from None
 
 
 def params(model: type[Params], **values: object) -> Params:
@@ -48,6 +55,7 @@ def follow_events(url: str, path: str, body: Params, kind: str, timeout: float) 
             outcome["result"] = call(url, path, "POST", timeout, body)
         except click.ClickException as exc:
             outcome["error"] = exc
+
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     while True:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
@@ -25,10 +25,14 @@ def _lag(node: dict) -> str:
 def print_status(doc: dict, wide: bool = False) -> None:
     """One line per node: name, full address, role, health and lag fit in 80 columns; --wide adds the rest."""
     console = Console()
-    console.print(f"cluster [bold]{doc['cluster']}[/]  zone {doc['zone']}  epoch {doc['epoch']}  "
-                  f"sync {doc['sync_mode']} ({doc['sync_standbys'] or 'asynchronous'})")
-    console.print(f"writer {doc['writer']['endpoint']} -> {doc['writer']['node'] or 'none'}   "
-                  f"reader {doc['reader']['endpoint']} -> {', '.join(doc['reader']['nodes']) or 'none'}")
+    console.print(
+        f"cluster [bold]{doc['cluster']}[/]  zone {doc['zone']}  epoch {doc['epoch']}  "
+        f"sync {doc['sync_mode']} ({doc['sync_standbys'] or 'asynchronous'})"
+    )
+    console.print(
+        f"writer {doc['writer']['endpoint']} -> {doc['writer']['node'] or 'none'}   "
+        f"reader {doc['reader']['endpoint']} -> {', '.join(doc['reader']['nodes']) or 'none'}"
+    )
     for e in doc.get("endpoints") or []:
         console.print(f"custom {e['name']} {e['endpoint']} -> {', '.join(e['nodes']) or 'none'}")
     columns = ["node", "address", "role", "health", "lag"] + (["timeline", "upstream", "clients"] if wide else [])
@@ -48,8 +52,10 @@ def print_status(doc: dict, wide: bool = False) -> None:
         console.print(f"  {doc['failover_outlook']}")
     unsafe = doc.get("last_unsafe_failover")
     if unsafe:
-        console.print(f"[red]forced failover to {unsafe['candidate']} at {unsafe['time']}: up to "
-                      f"{unsafe['loss_bound_bytes']} bytes of acknowledged WAL may be lost[/]")
+        console.print(
+            f"[red]forced failover to {unsafe['candidate']} at {unsafe['time']}: up to "
+            f"{unsafe['loss_bound_bytes']} bytes of acknowledged WAL may be lost[/]"
+        )
     _print_redundancy(console, doc.get("redundancy"), doc.get("heal"))
     if doc.get("fenced_hint"):
         console.print(f"[yellow]{doc['fenced_hint']}[/]")
@@ -68,12 +74,16 @@ def _print_redundancy(console: Console, red: dict | None, heal: dict | None) -> 
     if not red:
         return
     since = red.get("degraded_since")
-    short = "" if red["full"] or since is None else \
-        f" (short for {datetime.now(timezone.utc).timestamp() - since:.0f} s)"
+    short = "" if red["full"] or since is None else f" (short for {datetime.now(UTC).timestamp() - since:.0f} s)"
     console.print(("[green]" if red["full"] else "[yellow]") + f"redundancy: {red['summary']}{short}[/]")
     for name, state in ((heal or {}).get("nodes") or {}).items():
-        what = "[red]given up: needs a person[/]" if state["given_up"] else \
-            "healing now" if state["healing"] else "waiting for its next try"
+        what = (
+            "[red]given up: needs a person[/]"
+            if state["given_up"]
+            else "healing now"
+            if state["healing"]
+            else "waiting for its next try"
+        )
         console.print(f"  {name}: {state['tries']} tries; {what}")
 
 
@@ -85,12 +95,15 @@ def _print_dcs(console: Console, dcs: dict, wide: bool) -> None:
     health = "[red]unreachable[/]" if dcs["role"] == "cut_off" else "[green]up[/]"
     down = [url for url, state in (dcs.get("endpoint_health") or {}).items() if state != "up"]
     endpoints = ", ".join(dcs["endpoints"]) if wide else dcs["endpoint_in_use"]
-    console.print(f"etcd {health} ({endpoints})" + (f"  [yellow]down: {', '.join(down)}[/]" if down else "")
-                  + (f"  {dcs['last_error']}" if wide and dcs.get("last_error") else ""))
+    console.print(
+        f"etcd {health} ({endpoints})"
+        + (f"  [yellow]down: {', '.join(down)}[/]" if down else "")
+        + (f"  {dcs['last_error']}" if wide and dcs.get("last_error") else "")
+    )
 
 
 def _when(seconds: float | None) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00") if seconds else "never"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S+00") if seconds else "never"
 
 
 def _print_backup(console: Console, backup: dict) -> None:
@@ -98,8 +111,10 @@ def _print_backup(console: Console, backup: dict) -> None:
     a, newest = backup["archive"], backup.get("newest_backup")
     failing = a["failed_count"] and a.get("last_failed_wal")
     state = f"[red]failing ({a['last_failed_wal']})[/]" if failing else "[green]ok[/]"
-    console.print(f"archive {state}: last {a['last_archived_wal'] or 'none'} at {_when(a['last_archived_time'])}, "
-                  f"{a['pending_segments']} waiting" + (f"  {a['error']}" if a.get("error") else ""))
+    console.print(
+        f"archive {state}: last {a['last_archived_wal'] or 'none'} at {_when(a['last_archived_time'])}, "
+        f"{a['pending_segments']} waiting" + (f"  {a['error']}" if a.get("error") else "")
+    )
     newest_text = f"{newest['label']} ({newest['type']}) at {_when(newest['finished'])}" if newest else "none yet"
     console.print(f"backup  {newest_text}{', encrypted' if backup['encrypted'] else ''}")
 
@@ -111,8 +126,14 @@ def print_backups(doc: dict) -> None:
     for column in ("label", "type", "finished", "took", "size", "stored"):
         table.add_column(column, no_wrap=True)
     for b in doc["backups"]:
-        table.add_row(b["label"], b["type"], _when(b["finished"]), f"{b['seconds']} s", size(b["size_bytes"]),
-                      size(b["repository_bytes"]))
+        table.add_row(
+            b["label"],
+            b["type"],
+            _when(b["finished"]),
+            f"{b['seconds']} s",
+            size(b["size_bytes"]),
+            size(b["repository_bytes"]),
+        )
     console.print(table)
     span = doc.get("restorable")
     console.print(f"restorable from {_when(span['from'])} to {_when(span['to'])}" if span else "nothing restorable yet")

@@ -14,12 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..compose.reaper import become_subreaper, start_reaper
 from ..compose.runas import server_user
+from ..core import config as config_mod
+from ..core.errors import ClusterError
 from ..drill import faults as fault_catalog
 from ..drill.engine import Drill
 from ..drill.report import Report, RoundResult, error_lines, round_table, summary_table
-from .. import config as config_mod
 from ..drill.target import ComposedTarget, ConfiguredTarget, Partition
-from ..errors import ClusterError
 
 HELP = f"""Drill failovers: compose a cluster, write and read through pgaurora, inject faults, measure.
 
@@ -50,10 +50,13 @@ def check_faults(faults: list[fault_catalog.Fault], backend: str, configured: bo
     if configured:
         refused = [f.name for f in faults if f.name not in HOST_FREE]
         if refused:
-            raise ClusterError(f"with --config the drill controls no host, so it cannot inject {', '.join(refused)}; "
-                               f"possible there: {', '.join(HOST_FREE)}")
+            raise ClusterError(
+                f"with --config the drill controls no host, so it cannot inject {', '.join(refused)}; "
+                f"possible there: {', '.join(HOST_FREE)}"
+            )
     elif backend == "docker":
         from ..compose.docker import docker_client
+
         docker_client()  # one clear message when no engine answers
     if any(f.name.startswith("isolate-") for f in faults):
         problem = Partition.problem(None if configured else server_user().uid)
@@ -62,28 +65,76 @@ def check_faults(faults: list[fault_catalog.Fault], backend: str, configured: bo
 
 
 @click.command(help=HELP)
-@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
-              help="Where the drill's cluster runs: local processes, or Docker containers.")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "docker"]),
+    default="local",
+    show_default=True,
+    help="Where the drill's cluster runs: local processes, or Docker containers.",
+)
 @click.option("--replicas", type=click.IntRange(1, 15), default=2, show_default=True)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Drill an existing cluster that a running pgaurora fronts, as this config file describes "
-                   "(only switchover and isolate-primary; the drill's table pgaurora_drill is dropped at the end).")
-@click.option("--faults", "fault_names", default=fault_catalog.DEFAULT, show_default=True,
-              help="Comma-separated faults, from the list above.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Drill an existing cluster that a running pgaurora fronts, as this config file describes "
+    "(only switchover and isolate-primary; the drill's table pgaurora_drill is dropped at the end).",
+)
+@click.option(
+    "--faults",
+    "fault_names",
+    default=fault_catalog.DEFAULT,
+    show_default=True,
+    help="Comma-separated faults, from the list above.",
+)
 @click.option("--rounds", type=click.IntRange(1, 100), default=2, show_default=True)
-@click.option("--writers", type=click.IntRange(0, 64), default=4, show_default=True,
-              help="Sessions inserting numbered rows through the writer endpoint.")
-@click.option("--readers", type=click.IntRange(0, 64), default=4, show_default=True,
-              help="Sessions querying through the reader endpoint.")
+@click.option(
+    "--writers",
+    type=click.IntRange(0, 64),
+    default=4,
+    show_default=True,
+    help="Sessions inserting numbered rows through the writer endpoint.",
+)
+@click.option(
+    "--readers",
+    type=click.IntRange(0, 64),
+    default=4,
+    show_default=True,
+    help="Sessions querying through the reader endpoint.",
+)
 @click.option("--base-address", default="127.0.3.11", show_default=True, help="Loopback address of n1.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every round "
-              "and the summary here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Draw the timeline (throughput, errors, faults and phases) as a PNG here.")
-@click.option("--max-downtime", type=float, default=30.0, show_default=True,
-              help="Seconds of write or read downtime beyond which the drill fails.")
-def drill(backend, replicas, config_path, fault_names, rounds, writers, readers, base_address, json_path,
-          plot_path, max_downtime) -> None:
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every round and the summary here.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw the timeline (throughput, errors, faults and phases) as a PNG here.",
+)
+@click.option(
+    "--max-downtime",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds of write or read downtime beyond which the drill fails.",
+)
+def drill(
+    backend,
+    replicas,
+    config_path,
+    fault_names,
+    rounds,
+    writers,
+    readers,
+    base_address,
+    json_path,
+    plot_path,
+    max_downtime,
+) -> None:
     try:
         faults = fault_catalog.parse(fault_names)
     except ValueError as exc:
@@ -103,13 +154,16 @@ def drill(backend, replicas, config_path, fault_names, rounds, writers, readers,
     for line in error_lines(report):
         console.print(f"  {line}")
     c = report.consistency
-    console.print(f"acknowledged writes: {c.acknowledged}; lost: {c.lost}; missing per node: {c.missing}; "
-                  f"duplicates: {c.duplicates}; split-brain writes: {c.split_brain}; final writer {c.final_writer}; "
-                  f"wall time {report.wall_seconds:.0f} s")
+    console.print(
+        f"acknowledged writes: {c.acknowledged}; lost: {c.lost}; missing per node: {c.missing}; "
+        f"duplicates: {c.duplicates}; split-brain writes: {c.split_brain}; final writer {c.final_writer}; "
+        f"wall time {report.wall_seconds:.0f} s"
+    )
     if json_path:
         json_path.write_text(json.dumps(report.as_json(), indent=2))
     if plot_path:
         from ..drill.plot import draw
+
         draw(report, log, plot_path)
     failed = report.failed(max_downtime)
     if failed:
@@ -121,11 +175,19 @@ def _run(target, faults, rounds, writers, readers) -> tuple[Report, object]:
     reaper = start_reaper()
     try:
         target.start()
-        click.echo("pgaurora heals this cluster itself: the drill waits for it after each fault" if target.heals
-                   else "pgaurora runs no node of this cluster: after each fault the drill ends what it can itself "
-                        "(a crashed node needs its host's supervisor, or [heal] commands)")
-        with Progress(TextColumn("[bold]drill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.description}")) as progress:
+        click.echo(
+            "pgaurora heals this cluster itself: the drill waits for it after each fault"
+            if target.heals
+            else "pgaurora runs no node of this cluster: after each fault the drill ends what it can itself "
+            "(a crashed node needs its host's supervisor, or [heal] commands)"
+        )
+        with Progress(
+            TextColumn("[bold]drill"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+        ) as progress:
             task = progress.add_task("", total=len(faults) * rounds)
 
             def on_round(result: RoundResult) -> None:

@@ -15,7 +15,7 @@ from ..compose.etcd import EtcdCluster
 from ..compose.local import LocalCluster
 from ..compose.preflight import Listen, conflicts
 from ..compose.reaper import start_reaper
-from ..errors import ClusterError
+from ..core.errors import ClusterError
 from .up import open_cluster
 
 INSTANCE_OFFSET, ETCD_OFFSET = 30, 40  # from the first node's address: 127.0.0.41.. and 127.0.0.51..
@@ -32,9 +32,28 @@ class Instance:
     def __init__(self, name: str, host: str, cluster: LocalCluster, etcd: EtcdCluster, ports) -> None:
         self.name, self.host, self.log = name, host, cluster.root / f"{name}.log"
         writer, reader, admin, dns = ports
-        args = [sys.executable, "-m", "pgaurora", "up", "--attach", "--dir", str(cluster.root),
-                "--instance", name, "--host", host, "--writer-port", str(writer), "--reader-port", str(reader),
-                "--admin-port", str(admin), "--dns-port", str(dns), *(f"--etcd={url}" for url in etcd.endpoints)]
+        args = [
+            sys.executable,
+            "-m",
+            "pgaurora",
+            "up",
+            "--attach",
+            "--dir",
+            str(cluster.root),
+            "--instance",
+            name,
+            "--host",
+            host,
+            "--writer-port",
+            str(writer),
+            "--reader-port",
+            str(reader),
+            "--admin-port",
+            str(admin),
+            "--dns-port",
+            str(dns),
+            *(f"--etcd={url}" for url in etcd.endpoints),
+        ]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -56,16 +75,23 @@ class Instance:
 
 
 def _check(cluster: LocalCluster, hosts: list[str], etcd: EtcdCluster, ports) -> None:
-    listens = [Listen(f"node {n.name}", n.host, n.port, "--base-address or --port")
-               for n in cluster.nodes if not n.running]
+    listens = [
+        Listen(f"node {n.name}", n.host, n.port, "--base-address or --port") for n in cluster.nodes if not n.running
+    ]
     for host in hosts:
-        for what, port, flag in zip(("writer endpoint", "reader endpoint", "admin endpoint"), ports[:3],
-                                    ("--writer-port", "--reader-port", "--admin-port")):
+        for what, port, flag in zip(
+            ("writer endpoint", "reader endpoint", "admin endpoint"),
+            ports[:3],
+            ("--writer-port", "--reader-port", "--admin-port"),
+            strict=False,
+        ):
             listens.append(Listen(what, host, port, flag))
         listens.append(Listen("DNS server", host, ports[3], "--dns-port", udp=True))
     for member in etcd.members:
-        listens += [Listen(f"etcd {member.name}", member.host, member.client_port, "--base-address"),
-                    Listen(f"etcd {member.name} (peers)", member.host, member.peer_port, "--base-address")]
+        listens += [
+            Listen(f"etcd {member.name}", member.host, member.client_port, "--base-address"),
+            Listen(f"etcd {member.name} (peers)", member.host, member.peer_port, "--base-address"),
+        ]
     problems = conflicts(listens, admin=None)
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -76,20 +102,28 @@ def _summary(cluster: LocalCluster, instances: list[Instance], etcd: EtcdCluster
     writer, reader, admin, dns = ports
     hosts = ",".join(i.host for i in instances)
     lines = [f"etcd             {', '.join(etcd.endpoints)}"]
-    lines += [f"instance {i.name}      writer {i.host}:{writer}  reader {i.host}:{reader}  "
-              f"admin http://{i.host}:{admin}/status  (log {i.log})" for i in instances]
-    lines += ["", f"password         {cluster.password}   (user postgres)", "",
-              f'  PGPASSWORD={cluster.password} psql "host={hosts} port={writer} user=postgres '
-              'target_session_attrs=read-write"   # any live instance',
-              f"  dig @{instances[0].host} -p {dns} +short proxy.{cluster.name}.pgaurora.internal"
-              "   # every live instance",
-              f"  pgaurora status --admin http://{instances[0].host}:{admin}",
-              "", READY]
+    lines += [
+        f"instance {i.name}      writer {i.host}:{writer}  reader {i.host}:{reader}  "
+        f"admin http://{i.host}:{admin}/status  (log {i.log})"
+        for i in instances
+    ]
+    lines += [
+        "",
+        f"password         {cluster.password}   (user postgres)",
+        "",
+        f'  PGPASSWORD={cluster.password} psql "host={hosts} port={writer} user=postgres '
+        'target_session_attrs=read-write"   # any live instance',
+        f"  dig @{instances[0].host} -p {dns} +short proxy.{cluster.name}.pgaurora.internal   # every live instance",
+        f"  pgaurora status --admin http://{instances[0].host}:{admin}",
+        "",
+        READY,
+    ]
     return "\n".join(lines)
 
 
-def run_instances(*, count: int, replicas, state_dir, password, name, port, base_address, ports, synchronous,
-                  backend, tls) -> None:
+def run_instances(
+    *, count: int, replicas, state_dir, password, name, port, base_address, ports, synchronous, backend, tls
+) -> None:
     cluster = open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
     first = cluster.nodes[0].host
     hosts = [offset(first, INSTANCE_OFFSET + k) for k in range(count)]

@@ -7,41 +7,56 @@ import contextlib
 import logging
 import resource
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 import asyncpg
 import uvloop
 
-from ..app import Service
-from ..config import ClientTls
-from ..errors import ConfigError
+from ..core.config import ClientTls
+from ..core.errors import ConfigError
+from ..service.app import Service
 
 log = logging.getLogger("pgaurora")
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
 
 
-async def check_endpoint(host: str, port: int, user: str, password: str | None, tls: bool = False,
-                         within: float = 30.0) -> bool:
+async def check_endpoint(
+    host: str, port: int, user: str, password: str | None, tls: bool = False, within: float = 30.0
+) -> bool:
     """Does a real client get through this endpoint (over TLS when `tls`)? Returns pg_is_in_recovery() there.
     A session lost on the way (a switchover or a failover just then) is tried again until `within` runs out."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
         try:
             return await _query_through(host, port, user, password, tls)
-        except (asyncpg.ConnectionDoesNotExistError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
-                asyncpg.CannotConnectNowError, asyncpg.InternalClientError, ConnectionError):
+        except (
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.AdminShutdownError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.InternalClientError,
+            ConnectionError,
+        ):
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.2)
 
 
 async def _query_through(host: str, port: int, user: str, password: str | None, tls: bool) -> bool:
-    conn = await asyncpg.connect(host=host, port=port, user=user, password=password, database="postgres",
-                                 timeout=10, ssl="require" if tls else False)
+    conn = await asyncpg.connect(
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        database="postgres",
+        timeout=10,
+        ssl="require" if tls else False,
+    )
     try:
         return await conn.fetchval("SELECT pg_is_in_recovery()")
     finally:
@@ -109,8 +124,9 @@ def raise_fd_limit(max_clients: int) -> int:
     soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     if soft < want:
-        log.warning("open files limited to %d (hard limit); proxy.max_client_connections = %d needs %d",
-                    soft, max_clients, want)
+        log.warning(
+            "open files limited to %d (hard limit); proxy.max_client_connections = %d needs %d", soft, max_clients, want
+        )
     return soft
 
 

@@ -7,38 +7,53 @@ from urllib.parse import quote
 
 import click
 
-from .. import config as config_mod
-from ..app import Service
-from ..admin.auth import local_token_file
 from ..compose.local import STATE_FILE, LocalCluster, default_state_dir
 from ..compose.preflight import Listen, conflicts
 from ..compose.reaper import start_reaper
-from ..errors import ClusterError
-from ..eventlog import EventLog
+from ..core import config as config_mod
+from ..core.errors import ClusterError
+from ..core.eventlog import EventLog
+from ..service.admin.auth import local_token_file
+from ..service.app import Service
 from .runtime import serve, setup_logging
 
 
-def open_cluster(state_dir, name, replicas, password, port, base_address, synchronous,
-                  backend="local", tls=False) -> LocalCluster:
+def open_cluster(
+    state_dir, name, replicas, password, port, base_address, synchronous, backend="local", tls=False
+) -> LocalCluster:
     root = Path(state_dir or default_state_dir(name)).absolute()
     if (root / STATE_FILE).exists():
         cluster = LocalCluster.open(root)
         if replicas is not None and replicas != len(cluster.replicas):
-            raise ClusterError(f"{cluster.root} holds cluster {cluster.name!r} with {len(cluster.replicas)} "
-                               f"replicas, not {replicas}; drop --replicas to resume it or choose another --dir")
+            raise ClusterError(
+                f"{cluster.root} holds cluster {cluster.name!r} with {len(cluster.replicas)} "
+                f"replicas, not {replicas}; drop --replicas to resume it or choose another --dir"
+            )
         if password is not None and password != cluster.password:
-            raise ClusterError(f"{cluster.root} holds a cluster with another postgres password; "
-                               "drop --password to resume it")
+            raise ClusterError(
+                f"{cluster.root} holds a cluster with another postgres password; drop --password to resume it"
+            )
         if tls and not cluster.tls:
-            raise ClusterError(f"{cluster.root} holds cluster {cluster.name!r}, made without --tls; drop --tls "
-                               "to resume it, or make a new cluster with --tls in another --dir")
+            raise ClusterError(
+                f"{cluster.root} holds cluster {cluster.name!r}, made without --tls; drop --tls "
+                "to resume it, or make a new cluster with --tls in another --dir"
+            )
         return cluster
     kind = LocalCluster
     if backend == "docker":
         from ..compose.docker import DockerCluster
+
         kind = DockerCluster
-    return kind(root, name=name, replicas=2 if replicas is None else replicas, password=password,
-                port=port, base_address=base_address, synchronous=synchronous, tls=tls)
+    return kind(
+        root,
+        name=name,
+        replicas=2 if replicas is None else replicas,
+        password=password,
+        port=port,
+        base_address=base_address,
+        synchronous=synchronous,
+        tls=tls,
+    )
 
 
 def tls_settings(cluster: LocalCluster) -> dict:
@@ -46,79 +61,110 @@ def tls_settings(cluster: LocalCluster) -> dict:
     if not cluster.tls:
         return {}
     cert, key = cluster.certificate()
-    return {"cert_file": str(cert), "key_file": str(key), "backend_tls": "verify-full",
-            "backend_ca_file": str(cluster.authority().cert_file)}
+    return {
+        "cert_file": str(cert),
+        "key_file": str(key),
+        "backend_tls": "verify-full",
+        "backend_ca_file": str(cluster.authority().cert_file),
+    }
 
 
-def build_config(cluster: LocalCluster, ports: tuple[int, int, int, int], with_tls: bool = True,
-                 host: str | None = None, dcs: dict | None = None, backup: dict | None = None) -> config_mod.Config:
+def build_config(
+    cluster: LocalCluster,
+    ports: tuple[int, int, int, int],
+    with_tls: bool = True,
+    host: str | None = None,
+    dcs: dict | None = None,
+    backup: dict | None = None,
+) -> config_mod.Config:
     """The config `up` serves the cluster with; one of several instances listens on `host` and has [dcs]."""
     writer, reader, admin, dns = ports
     listen = {"host": host} if host else {}
     extra = {**({"dcs": dcs} if dcs else {}), **({"backup": backup} if backup is not None else {})}
-    return config_mod.build({**extra,
-        "cluster": cluster.name, "state_dir": str(cluster.root), "nodes": cluster.node_configs(),
-        "writer": {"port": writer, **listen}, "reader": {"port": reader, **listen},
-        "admin": {"port": admin, **listen}, "dns": {"port": dns, **listen},
-        "monitor": {"user": "postgres", "password": cluster.password},
-        "failover": {"replication_password": cluster.replication_password,
-                     "sync_mode": "quorum" if cluster.synchronous else "off"},
-        "tls": tls_settings(cluster) if with_tls else {},
-    }, "pgaurora up settings")
+    return config_mod.build(
+        {
+            **extra,
+            "cluster": cluster.name,
+            "state_dir": str(cluster.root),
+            "nodes": cluster.node_configs(),
+            "writer": {"port": writer, **listen},
+            "reader": {"port": reader, **listen},
+            "admin": {"port": admin, **listen},
+            "dns": {"port": dns, **listen},
+            "monitor": {"user": "postgres", "password": cluster.password},
+            "failover": {
+                "replication_password": cluster.replication_password,
+                "sync_mode": "quorum" if cluster.synchronous else "off",
+            },
+            "tls": tls_settings(cluster) if with_tls else {},
+        },
+        "pgaurora up settings",
+    )
 
 
 def check_addresses(cluster: LocalCluster, cfg: config_mod.Config) -> None:
     """Every address `up` will listen on must be free before anything is made; one error lists each conflict."""
-    listens = [Listen(f"node {n.name}", n.host, n.port, "--base-address or --port")
-               for n in cluster.nodes if not n.running]
-    listens += [Listen("writer endpoint", cfg.writer.host, cfg.writer.port, "--writer-port"),
-                Listen("reader endpoint", cfg.reader.host, cfg.reader.port, "--reader-port"),
-                Listen("admin endpoint", cfg.admin.host, cfg.admin.port, "--admin-port"),
-                Listen("DNS server", cfg.dns.host, cfg.dns.port, "--dns-port", udp=True)]
+    listens = [
+        Listen(f"node {n.name}", n.host, n.port, "--base-address or --port") for n in cluster.nodes if not n.running
+    ]
+    listens += [
+        Listen("writer endpoint", cfg.writer.host, cfg.writer.port, "--writer-port"),
+        Listen("reader endpoint", cfg.reader.host, cfg.reader.port, "--reader-port"),
+        Listen("admin endpoint", cfg.admin.host, cfg.admin.port, "--admin-port"),
+        Listen("DNS server", cfg.dns.host, cfg.dns.port, "--dns-port", udp=True),
+    ]
     problems = conflicts(listens, admin=(cfg.admin.host, cfg.admin.port))
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
-        raise ClusterError(f"cannot start: {len(problems)} address{'es' * (len(problems) > 1)} already in use, "
-                           f"nothing was created or started:\n{lines}")
+        raise ClusterError(
+            f"cannot start: {len(problems)} address{'es' * (len(problems) > 1)} already in use, "
+            f"nothing was created or started:\n{lines}"
+        )
 
 
 def connection_strings(cfg: config_mod.Config, password: str) -> list[str]:
     """Ready-to-copy URLs for applications: libpq/SQLAlchemy style and a JDBC multi-host one."""
     w, r, pw = cfg.writer, cfg.reader, quote(password, safe="")
-    return [f"  DATABASE_URL=postgresql://postgres:{pw}@{w.host}:{w.port}/postgres   # writes",
-            f"  DATABASE_URL=postgresql://postgres:{pw}@{r.host}:{r.port}/postgres   # reads",
-            f"  jdbc:postgresql://{w.host}:{w.port},{r.host}:{r.port}/postgres?user=postgres&password={pw}"
-            "&targetServerType=primary   # JDBC; preferSecondary for reads"]
+    return [
+        f"  DATABASE_URL=postgresql://postgres:{pw}@{w.host}:{w.port}/postgres   # writes",
+        f"  DATABASE_URL=postgresql://postgres:{pw}@{r.host}:{r.port}/postgres   # reads",
+        f"  jdbc:postgresql://{w.host}:{w.port},{r.host}:{r.port}/postgres?user=postgres&password={pw}"
+        "&targetServerType=primary   # JDBC; preferSecondary for reads",
+    ]
 
 
 def _tls_lines(cluster: LocalCluster, cfg: config_mod.Config) -> list[str]:
     if not cluster.tls:
         return []
     ca, w = cluster.authority().cert_file, cfg.writer
-    return [f"  TLS: clients verify the endpoints with the CA {ca}",
-            f'  PGPASSWORD={cluster.password} psql "host={w.host} port={w.port} user=postgres '
-            f'sslmode=verify-full sslrootcert={ca}"']
+    return [
+        f"  TLS: clients verify the endpoints with the CA {ca}",
+        f'  PGPASSWORD={cluster.password} psql "host={w.host} port={w.port} user=postgres '
+        f'sslmode=verify-full sslrootcert={ca}"',
+    ]
 
 
 def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
     w, r, d = cfg.writer, cfg.reader, cfg.dns
-    return "\n".join([
-        f"writer endpoint  {w.host}:{w.port}   (the current primary)",
-        f"reader endpoint  {r.host}:{r.port}   (replicas, round robin)",
-        f"admin endpoint   http://{cfg.admin.host}:{cfg.admin.port}/status",
-        f"admin token      {local_token_file(cfg)}   (mode 600; pgaurora commands on this host read it)",
-        f"dns              {d.host}:{d.port}   zone {cfg.zone}",
-        f"password         {cluster.password}   (user postgres)",
-        "",
-        f"  PGPASSWORD={cluster.password} psql -h {w.host} -p {w.port} -U postgres   # read/write",
-        f"  PGPASSWORD={cluster.password} psql -h {r.host} -p {r.port} -U postgres   # read-only",
-        f"  dig @{d.host} -p {d.port} +short writer.{cfg.zone}",
-        *connection_strings(cfg, cluster.password),
-        *_tls_lines(cluster, cfg),
-        "  pgaurora status",
-        "",
-        "pgaurora is ready",
-    ])
+    return "\n".join(
+        [
+            f"writer endpoint  {w.host}:{w.port}   (the current primary)",
+            f"reader endpoint  {r.host}:{r.port}   (replicas, round robin)",
+            f"admin endpoint   http://{cfg.admin.host}:{cfg.admin.port}/status",
+            f"admin token      {local_token_file(cfg)}   (mode 600; pgaurora commands on this host read it)",
+            f"dns              {d.host}:{d.port}   zone {cfg.zone}",
+            f"password         {cluster.password}   (user postgres)",
+            "",
+            f"  PGPASSWORD={cluster.password} psql -h {w.host} -p {w.port} -U postgres   # read/write",
+            f"  PGPASSWORD={cluster.password} psql -h {r.host} -p {r.port} -U postgres   # read-only",
+            f"  dig @{d.host} -p {d.port} +short writer.{cfg.zone}",
+            *connection_strings(cfg, cluster.password),
+            *_tls_lines(cluster, cfg),
+            "  pgaurora status",
+            "",
+            "pgaurora is ready",
+        ]
+    )
 
 
 def etcd_tls(cluster: LocalCluster, instance: str, etcd) -> dict:
@@ -131,9 +177,26 @@ def etcd_tls(cluster: LocalCluster, instance: str, etcd) -> dict:
     return {"ca_file": str(authority.cert_file), "cert_file": str(cert), "key_file": str(key)}
 
 
-def run_up(*, replicas, state_dir, password, name, port, base_address, ports, synchronous, reset_state,
-           verbose, attach=False, backend="local", tls=False, instance=None, etcd=(), host=None,
-           backup: dict | None = None) -> None:
+def run_up(
+    *,
+    replicas,
+    state_dir,
+    password,
+    name,
+    port,
+    base_address,
+    ports,
+    synchronous,
+    reset_state,
+    verbose,
+    attach=False,
+    backend="local",
+    tls=False,
+    instance=None,
+    etcd=(),
+    host=None,
+    backup: dict | None = None,
+) -> None:
     """Serve a cluster; as `instance` (one of `up --instances`), on `host` with [dcs], nodes left running."""
     setup_logging(verbose)
     cluster = open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
@@ -145,8 +208,7 @@ def run_up(*, replicas, state_dir, password, name, port, base_address, ports, sy
         click.echo(cluster.up(attach))
         cfg = build_config(cluster, ports, host=host, dcs=dcs, backup=backup)  # after up: certificates exist
         log_name = f"events-{instance}.jsonl" if instance else "events.jsonl"
-        service = Service(cfg, controller=cluster, events=EventLog(cluster.root / log_name),
-                          reset_state=reset_state)
+        service = Service(cfg, controller=cluster, events=EventLog(cluster.root / log_name), reset_state=reset_state)
         serve(service, lambda: click.echo(_ready_text(cluster, cfg)))
     finally:
         if instance is None:  # one instance of several leaves the nodes to the others

@@ -8,7 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import ClusterError
+from ..core.errors import ClusterError
 from .node import LocalNode
 from .runas import OsUser
 
@@ -27,8 +27,16 @@ class BackRest:
     """One stanza (the cluster's name) in one repository. Every command runs as the server's OS user, and
     names the nodes it needs on its command line: the writer changes, the config file does not."""
 
-    def __init__(self, root: Path, stanza: str, user: OsUser, repository: Path | None = None,
-                 passphrase: str | None = None, retention_full: int = 2, options: dict | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        stanza: str,
+        user: OsUser,
+        repository: Path | None = None,
+        passphrase: str | None = None,
+        retention_full: int = 2,
+        options: dict | None = None,
+    ) -> None:
         self.dir = root / BACKREST_DIR
         self.conf = self.dir / "pgbackrest.conf"
         self.repository = repository or root / "backups"
@@ -47,9 +55,18 @@ class BackRest:
         for path in (self.dir, self.dir / "log", self.dir / "lock", self.dir / "spool", self.repository):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.user.chown(str(path))
-        lines = ["[global]", f"repo1-path={self.repository}", f"repo1-retention-full={self.retention_full}",
-                 f"log-path={self.dir / 'log'}", f"lock-path={self.dir / 'lock'}", f"spool-path={self.dir / 'spool'}",
-                 "start-fast=y", "log-level-console=warn", "log-level-file=info", "compress-type=lz4"]
+        lines = [
+            "[global]",
+            f"repo1-path={self.repository}",
+            f"repo1-retention-full={self.retention_full}",
+            f"log-path={self.dir / 'log'}",
+            f"lock-path={self.dir / 'lock'}",
+            f"spool-path={self.dir / 'spool'}",
+            "start-fast=y",
+            "log-level-console=warn",
+            "log-level-file=info",
+            "compress-type=lz4",
+        ]
         if self.passphrase is not None:
             lines += ["repo1-cipher-type=aes-256-cbc", f"repo1-cipher-pass={self.passphrase}"]
         lines += [f"{k}={v}" for k, v in self.options.items()]
@@ -62,17 +79,22 @@ class BackRest:
         return f"{self.binary} --config={self.conf} --stanza={self.stanza} --pg1-path={node.datadir} archive-push %p"
 
     def restore_command(self, node: LocalNode) -> str:
-        return (f'{self.binary} --config={self.conf} --stanza={self.stanza} --pg1-path={node.datadir} '
-                'archive-get %f "%p"')
+        return (
+            f'{self.binary} --config={self.conf} --stanza={self.stanza} --pg1-path={node.datadir} archive-get %f "%p"'
+        )
 
     def run(self, *args: str, timeout: float = 3600, check: bool = True):
-        return self.user.run([self.binary, f"--config={self.conf}", f"--stanza={self.stanza}", *args],
-                             timeout=timeout, check=check)
+        return self.user.run(
+            [self.binary, f"--config={self.conf}", f"--stanza={self.stanza}", *args], timeout=timeout, check=check
+        )
 
     @staticmethod
     def _pg(index: int, node: LocalNode) -> list[str]:
-        return [f"--pg{index}-path={node.datadir}", f"--pg{index}-socket-path={node.sockdir}",
-                f"--pg{index}-port={node.port}"]
+        return [
+            f"--pg{index}-path={node.datadir}",
+            f"--pg{index}-socket-path={node.sockdir}",
+            f"--pg{index}-port={node.port}",
+        ]
 
     def stanza_create(self, writer: LocalNode) -> None:
         """Make the stanza (once; again is a no-op when it matches the cluster)."""
@@ -96,8 +118,10 @@ class BackRest:
         status = stanza.get("status", {})
         if status.get("code") not in (None, 0, 1, 2, 6):  # ok; no stanza, or no backup, yet; a backup running
             message = "".join(c for c in status.get("message", "") if c.isprintable())
-            raise ClusterError(f"cannot read the repository {self.repository}: {message}"
-                               + (" (is the passphrase right?)" if self.encrypted else ""))
+            raise ClusterError(
+                f"cannot read the repository {self.repository}: {message}"
+                + (" (is the passphrase right?)" if self.encrypted else "")
+            )
         return stanza
 
     def repository_encrypted(self) -> bool:
@@ -119,22 +143,37 @@ class BackRest:
         repository are recognised by their checksum and skipped). Closes the gap an old primary leaves when
         it dies before archiving segments its standbys received. The segments pushed."""
         prefix = f"{timeline:08X}"
-        names = sorted(p.name for p in (node.datadir / "pg_wal").iterdir()
-                       if SEGMENT.match(p.name) and p.name.startswith(prefix))
+        names = sorted(
+            p.name for p in (node.datadir / "pg_wal").iterdir() if SEGMENT.match(p.name) and p.name.startswith(prefix)
+        )
         for name in names:
-            self.user.run([self.binary, f"--config={self.conf}", f"--stanza={self.stanza}",
-                           f"--pg1-path={node.datadir}", "archive-push", str(node.datadir / "pg_wal" / name)],
-                          timeout=300)
+            self.user.run(
+                [
+                    self.binary,
+                    f"--config={self.conf}",
+                    f"--stanza={self.stanza}",
+                    f"--pg1-path={node.datadir}",
+                    "archive-push",
+                    str(node.datadir / "pg_wal" / name),
+                ],
+                timeout=300,
+            )
         return names
 
     def restore(self, datadir: Path, target_time: str) -> None:
         """Restore the newest backup before target_time into datadir, set to recover up to it and promote."""
-        self.run("restore", f"--pg1-path={datadir}", "--type=time", f"--target={target_time}",
-                 "--target-action=promote", "--target-timeline=latest", timeout=24 * 3600)
+        self.run(
+            "restore",
+            f"--pg1-path={datadir}",
+            "--type=time",
+            f"--target={target_time}",
+            "--target-action=promote",
+            "--target-timeline=latest",
+            timeout=24 * 3600,
+        )
 
 
 def recovered_to(log: str) -> str | None:
     """The time of the last transaction a point-in-time recovery replayed, from the server's log."""
     found = re.findall(r"last completed transaction was at log time (.+)$", log, re.M)
     return found[-1].strip() if found else None
-

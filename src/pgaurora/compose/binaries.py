@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 
-from ..errors import ClusterError
+from ..core.errors import ClusterError
 
 REQUIRED = ("initdb", "pg_ctl", "postgres", "pg_basebackup", "psql", "pg_rewind", "pg_controldata")
 

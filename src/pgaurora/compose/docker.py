@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..errors import ClusterError
+from ..core.errors import ClusterError
 from .image import build
 from .local import LocalCluster
 from .node import LocalNode
@@ -27,6 +27,7 @@ _SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.
 def docker_client():
     """A client for the engine DOCKER_HOST names; ClusterError when none answers."""
     import docker
+
     try:
         client = docker.from_env(timeout=60)
         client.ping()
@@ -38,18 +39,23 @@ def docker_client():
 class DockerNode(LocalNode):
     """A node whose postmaster runs in a container; its files stay in the bind-mounted cluster directory."""
 
-    def __init__(self, name: str, host: str, port: int, root: Path, bindir: str, user, client, image: str,
-                 container: str) -> None:
+    def __init__(
+        self, name: str, host: str, port: int, root: Path, bindir: str, user, client, image: str, container: str
+    ) -> None:
         super().__init__(name, host, port, root, bindir, user)
         self.root, self.client, self.image, self.container_name = root, client, image, container
 
     def _kwargs(self) -> dict:
-        return {"network_mode": "host", "user": f"{self.user.uid}:{self.user.gid}",
-                "volumes": {str(self.root): {"bind": str(self.root), "mode": "rw"}},
-                "environment": {"HOME": "/tmp"}}
+        return {
+            "network_mode": "host",
+            "user": f"{self.user.uid}:{self.user.gid}",
+            "volumes": {str(self.root): {"bind": str(self.root), "mode": "rw"}},
+            "environment": {"HOME": "/tmp"},
+        }
 
     def _container(self):
         import docker.errors
+
         try:
             return self.client.containers.get(self.container_name)
         except docker.errors.NotFound:
@@ -66,14 +72,21 @@ class DockerNode(LocalNode):
 
     def _start(self, timeout: float) -> None:
         from testcontainers.core.container import DockerContainer
+
         if self.running:
             return
         self._remove()
-        command = ["sh", "-c", 'exec "$0" -D "$1" >> "$2" 2>&1', self.bin("postgres"), str(self.datadir),
-                   str(self.logfile)]
-        DockerContainer(self.image).with_name(self.container_name).with_command(command) \
-            .with_volume_mapping(str(self.root), str(self.root), "rw").with_env("HOME", "/tmp") \
-            .with_kwargs(network_mode="host", user=f"{self.user.uid}:{self.user.gid}").start()
+        command = [
+            "sh",
+            "-c",
+            'exec "$0" -D "$1" >> "$2" 2>&1',
+            self.bin("postgres"),
+            str(self.datadir),
+            str(self.logfile),
+        ]
+        DockerContainer(self.image).with_name(self.container_name).with_command(command).with_volume_mapping(
+            str(self.root), str(self.root), "rw"
+        ).with_env("HOME", "/tmp").with_kwargs(network_mode="host", user=f"{self.user.uid}:{self.user.gid}").start()
         deadline, began = time.monotonic() + timeout, int(time.time())
         while self._status() not in ("ready", "standby") or self._started_at() < began:
             container = self._container()
@@ -106,6 +119,7 @@ class DockerNode(LocalNode):
     def _remove(self, timeout: float = 30) -> None:
         """Remove the container and wait until it is gone (a removal already under way is waited for)."""
         import docker.errors
+
         container = self._container()
         if container is None:
             return
@@ -147,9 +161,26 @@ class DockerNode(LocalNode):
         container = self._container()
         if container is None:
             raise ClusterError(f"SQL on {self.name} failed: the node is not running")
-        code, out = container.exec_run([self.bin("psql"), "-h", str(self.sockdir), "-p", str(self.port), "-U",
-                                        "postgres", "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", query],
-                                       user=f"{self.user.uid}:{self.user.gid}", demux=True)
+        code, out = container.exec_run(
+            [
+                self.bin("psql"),
+                "-h",
+                str(self.sockdir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                query,
+            ],
+            user=f"{self.user.uid}:{self.user.gid}",
+            demux=True,
+        )
         stdout, stderr = (part.decode(errors="replace") if part else "" for part in out)
         if code != 0:
             raise ClusterError(f"SQL on {self.name} failed: {stderr.strip()}")
@@ -184,8 +215,17 @@ class DockerCluster(LocalCluster):
         super().__init__(state_dir, **kwargs)
 
     def _node(self, name: str, host: str, port: int) -> DockerNode:
-        return DockerNode(name, host, port, self.root, self.bindir, self.user, self.client, self.image,
-                          f"pgaurora-{self.instance}-{name}")
+        return DockerNode(
+            name,
+            host,
+            port,
+            self.root,
+            self.bindir,
+            self.user,
+            self.client,
+            self.image,
+            f"pgaurora-{self.instance}-{name}",
+        )
 
     def _spec(self) -> dict:
         return {"image": self.image, "instance": self.instance}

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ClusterError
+from ..core.errors import ClusterError
 from .certs import CertAuthority
 
 CLIENT_PORT, PEER_PORT = 2379, 2380
@@ -58,17 +58,31 @@ class EtcdMember:
 class EtcdCluster:
     """Members on consecutive loopback addresses from `base_address`; start() waits until each answers."""
 
-    def __init__(self, root: str | Path, size: int = 3, base_address: str = "127.0.0.51",
-                 client_port: int = CLIENT_PORT, peer_port: int = PEER_PORT,
-                 authority: CertAuthority | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        size: int = 3,
+        base_address: str = "127.0.0.51",
+        client_port: int = CLIENT_PORT,
+        peer_port: int = PEER_PORT,
+        authority: CertAuthority | None = None,
+    ) -> None:
         """With an authority: TLS between members and to clients, and clients must present a certificate
         it signed (`client_certificate()` makes one)."""
         self.root = Path(root)
         first = [int(x) for x in base_address.split(".")]
         scheme = "https" if authority else "http"
-        self.members = [EtcdMember(f"e{i + 1}", ".".join(map(str, first[:3] + [first[3] + i])),
-                                   self.root / f"e{i + 1}", client_port, peer_port, scheme=scheme)
-                        for i in range(size)]
+        self.members = [
+            EtcdMember(
+                f"e{i + 1}",
+                ".".join(map(str, [*first[:3], first[3] + i])),
+                self.root / f"e{i + 1}",
+                client_port,
+                peer_port,
+                scheme=scheme,
+            )
+            for i in range(size)
+        ]
         self.authority = authority
         self.binary = find_etcd()
 
@@ -83,12 +97,26 @@ class EtcdCluster:
             return []
         cert, key = self.root / "tls" / "etcd.crt", self.root / "tls" / "etcd.key"
         if not cert.exists():  # once: members restarted later keep reading the same files
-            cert, key = self.authority.issue("etcd", [m.host for m in self.members] + ["127.0.0.1"],
-                                             self.root / "tls", client=True)
+            cert, key = self.authority.issue(
+                "etcd", [m.host for m in self.members] + ["127.0.0.1"], self.root / "tls", client=True
+            )
         ca = str(self.authority.cert_file)
-        return ["--cert-file", str(cert), "--key-file", str(key), "--trusted-ca-file", ca, "--client-cert-auth",
-                "--peer-cert-file", str(cert), "--peer-key-file", str(key), "--peer-trusted-ca-file", ca,
-                "--peer-client-cert-auth"]
+        return [
+            "--cert-file",
+            str(cert),
+            "--key-file",
+            str(key),
+            "--trusted-ca-file",
+            ca,
+            "--client-cert-auth",
+            "--peer-cert-file",
+            str(cert),
+            "--peer-key-file",
+            str(key),
+            "--peer-trusted-ca-file",
+            ca,
+            "--peer-client-cert-auth",
+        ]
 
     @property
     def endpoints(self) -> list[str]:
@@ -96,19 +124,39 @@ class EtcdCluster:
 
     def _command(self, member: EtcdMember, state: str) -> list[str]:
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        return [self.binary, "--name", member.name, "--data-dir", str(member.data_dir),
-                "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
-                "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
-                "--initial-cluster", initial, "--initial-cluster-state", state,
-                "--initial-cluster-token", f"pgaurora-{self.root.name}",
-                "--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn",
-                *self._tls_flags()]
+        return [
+            self.binary,
+            "--name",
+            member.name,
+            "--data-dir",
+            str(member.data_dir),
+            "--listen-client-urls",
+            member.client_url,
+            "--advertise-client-urls",
+            member.client_url,
+            "--listen-peer-urls",
+            member.peer_url,
+            "--initial-advertise-peer-urls",
+            member.peer_url,
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            f"pgaurora-{self.root.name}",
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "1000",
+            "--log-level",
+            "warn",
+            *self._tls_flags(),
+        ]
 
     def start(self, timeout: float = 30) -> None:
         busy = [m.client_url for m in self.members if not m.running and _listening(m.host, m.client_port)]
         if busy:
-            raise ClusterError(f"something already listens on {', '.join(busy)}: another etcd? "
-                               "choose other addresses")
+            raise ClusterError(f"something already listens on {', '.join(busy)}: another etcd? choose other addresses")
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             for member in self.members:
@@ -124,8 +172,9 @@ class EtcdCluster:
         member = self.member(name)
         state = "existing" if (member.data_dir / "member").exists() else "new"
         log = open(self.root / f"{member.name}.log", "a")
-        member.proc = subprocess.Popen(self._command(member, state), stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+        member.proc = subprocess.Popen(
+            self._command(member, state), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         if wait:
             self._wait(member, 30)

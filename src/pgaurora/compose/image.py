@@ -15,7 +15,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from ..errors import ClusterError
+from ..core.errors import ClusterError
 from .binaries import find_bindir
 from .runas import OsUser, server_user
 
@@ -49,12 +49,15 @@ def _contents(bindir: str) -> list[str]:
 
 
 def _etc(user: OsUser) -> dict[str, bytes]:
-    return {"etc/passwd": f"root:x:0:0::/root:/bin/sh\n{user.name}:x:{user.uid}:{user.gid}::/tmp:/bin/sh\n".encode(),
-            "etc/group": f"root:x:0:\n{user.name}:x:{user.gid}:\n".encode()}
+    return {
+        "etc/passwd": f"root:x:0:0::/root:/bin/sh\n{user.name}:x:{user.uid}:{user.gid}::/tmp:/bin/sh\n".encode(),
+        "etc/group": f"root:x:0:\n{user.name}:x:{user.gid}:\n".encode(),
+    }
 
 
 def image_exists(client, name: str) -> bool:
     import docker.errors
+
     try:
         client.images.get(name)
         return True
@@ -71,8 +74,9 @@ def build(client, name: str | None = None, force: bool = False) -> str:
     data = _dereferenced_tarball(bindir, server_user())
     repository, _, tag = name.partition(":")
     try:
-        client.api.import_image_from_data(data, repository=repository, tag=tag or "latest",
-                                          changes=[f"ENV PATH={bindir}:/usr/bin:/bin"])
+        client.api.import_image_from_data(
+            data, repository=repository, tag=tag or "latest", changes=[f"ENV PATH={bindir}:/usr/bin:/bin"]
+        )
     except Exception as exc:  # docker.errors.APIError and connection errors alike
         raise ClusterError(f"importing the PostgreSQL image {name} failed: {exc}") from None
     if not image_exists(client, name):

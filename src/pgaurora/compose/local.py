@@ -12,8 +12,8 @@ import stat
 import time
 from pathlib import Path
 
-from ..errors import ClusterError
-from ..faultpoints import fail_point
+from ..core.errors import ClusterError
+from ..core.faultpoints import fail_point
 from .binaries import find_bindir
 from .certs import CertAuthority
 from .node import LocalNode, quote
@@ -83,10 +83,21 @@ class LocalCluster:
     physical replication slot, data directory, socket directory and loopback address.
     """
 
-    def __init__(self, state_dir: str | Path, *, name: str = "demo", replicas: int = 2,
-                 base_address: str = "127.0.0.11", port: int = 5432, password: str | None = None,
-                 replication_password: str | None = None, synchronous: bool = True,
-                 max_connections: int = 300, bindir: str | None = None, tls: bool = False) -> None:
+    def __init__(
+        self,
+        state_dir: str | Path,
+        *,
+        name: str = "demo",
+        replicas: int = 2,
+        base_address: str = "127.0.0.11",
+        port: int = 5432,
+        password: str | None = None,
+        replication_password: str | None = None,
+        synchronous: bool = True,
+        max_connections: int = 300,
+        bindir: str | None = None,
+        tls: bool = False,
+    ) -> None:
         if not 0 <= replicas <= MAX_REPLICAS:
             raise ClusterError(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}")
         self.root = Path(state_dir).absolute()
@@ -98,8 +109,9 @@ class LocalCluster:
         self.bindir = find_bindir(bindir)
         self.user: OsUser = server_user()
         self.base_address = base_address
-        self.nodes = [self._node(f"n{i + 1}", addr, port)
-                      for i, addr in enumerate(node_addresses(base_address, replicas + 1))]
+        self.nodes = [
+            self._node(f"n{i + 1}", addr, port) for i, addr in enumerate(node_addresses(base_address, replicas + 1))
+        ]
         self._lock_fd: int | None = None
         self._made_root = False
         self._archive = None  # node -> its archive_command, once backups are set up
@@ -116,7 +128,7 @@ class LocalCluster:
 
     # -- opening -------------------------------------------------------------
     @classmethod
-    def open(cls, state_dir: str | Path, bindir: str | None = None) -> "LocalCluster":
+    def open(cls, state_dir: str | Path, bindir: str | None = None) -> LocalCluster:
         """A cluster previously created in state_dir (of whichever backend made it)."""
         path = Path(state_dir) / STATE_FILE
         try:
@@ -128,12 +140,22 @@ class LocalCluster:
         kind, extra = cls, {}
         if spec.get("backend", "local") == "docker":
             from .docker import DockerCluster
+
             kind, extra = DockerCluster, {"image": spec["image"], "instance": spec["instance"]}
-        cluster = kind(state_dir, name=spec["name"], replicas=spec["replicas"],
-                       base_address=spec["base_address"], port=spec["port"], password=spec["password"],
-                       replication_password=spec["replication_password"],
-                       synchronous=spec["synchronous"], max_connections=spec["max_connections"],
-                       bindir=bindir or spec.get("bindir"), tls=spec.get("tls", False), **extra)
+        cluster = kind(
+            state_dir,
+            name=spec["name"],
+            replicas=spec["replicas"],
+            base_address=spec["base_address"],
+            port=spec["port"],
+            password=spec["password"],
+            replication_password=spec["replication_password"],
+            synchronous=spec["synchronous"],
+            max_connections=spec["max_connections"],
+            bindir=bindir or spec.get("bindir"),
+            tls=spec.get("tls", False),
+            **extra,
+        )
         if "nodes" in spec:  # replicas added or removed since creation
             cluster.nodes = [cluster._node(name, host, cluster.port) for name, host in spec["nodes"]]
         cluster.parked = list(spec.get("parked", []))
@@ -223,8 +245,10 @@ class LocalCluster:
         its nodes: serve them as they are). Returns what it did."""
         if self.created:
             if attach:
-                return f"attached to cluster {self.name!r} in {self.root} ({sum(n.running for n in self.nodes)} " \
-                       f"of {len(self.nodes)} nodes running)"
+                return (
+                    f"attached to cluster {self.name!r} in {self.root} ({sum(n.running for n in self.nodes)} "
+                    f"of {len(self.nodes)} nodes running)"
+                )
             self.start()
             return f"resumed cluster {self.name!r} from {self.root}"
         if attach:
@@ -237,8 +261,10 @@ class LocalCluster:
             if node.name in self.parked:
                 continue
             if not node.exists:
-                raise ClusterError(f"node {node.name} has no data directory in {node.datadir}; "
-                                   f"the state directory {self.root} is incomplete")
+                raise ClusterError(
+                    f"node {node.name} has no data directory in {node.datadir}; "
+                    f"the state directory {self.root} is incomplete"
+                )
             node.start()
 
     def stop(self) -> None:
@@ -255,8 +281,10 @@ class LocalCluster:
     # -- creation steps ----------------------------------------------------------
     def _check_empty(self) -> None:
         if self.root.exists() and any(p.name != "lock" for p in self.root.iterdir()):
-            raise ClusterError(f"{self.root} is not empty and holds no pgaurora cluster "
-                               f"(no {STATE_FILE}); refusing to touch it: choose another --dir")
+            raise ClusterError(
+                f"{self.root} is not empty and holds no pgaurora cluster "
+                f"(no {STATE_FILE}); refusing to touch it: choose another --dir"
+            )
 
     def _prepare_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -267,8 +295,10 @@ class LocalCluster:
                 self.user.chown(str(path))
         probe = self.nodes[0].run_tool(["sh", "-c", 'test -w "$1"', "sh", str(self.nodes[0].home)], check=False)
         if probe.returncode != 0:
-            raise ClusterError(f"user {self.user.name!r} cannot reach {self.root}: "
-                               "make every parent directory searchable (chmod o+x) or choose another --dir")
+            raise ClusterError(
+                f"user {self.user.name!r} cannot reach {self.root}: "
+                "make every parent directory searchable (chmod o+x) or choose another --dir"
+            )
 
     def _init_primary(self) -> None:
         node = self.primary
@@ -277,9 +307,23 @@ class LocalCluster:
         self.user.chown(str(pwfile))
         node.datadir.mkdir(mode=0o700, exist_ok=True)
         self.user.chown(str(node.datadir))
-        node.run_tool([node.bin("initdb"), "-D", str(node.datadir), "-U", "postgres", "-E", "UTF8",
-                       "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
-                       f"--pwfile={pwfile}", "--no-instructions"], timeout=300)
+        node.run_tool(
+            [
+                node.bin("initdb"),
+                "-D",
+                str(node.datadir),
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--no-instructions",
+            ],
+            timeout=300,
+        )
         pwfile.unlink()
         with open(node.datadir / "postgresql.conf", "a") as conf:
             conf.write(BASE_CONF.format(max_connections=self.max_connections))
@@ -303,14 +347,19 @@ class LocalCluster:
             self._recover(node)
         except ClusterError:
             if "recovery ended before configured recovery target was reached" not in node.log_tail(50):
-                raise ClusterError(f"the restored {node.name} did not recover to the target; its log ends "
-                                   f"with:\n{node.log_tail()}") from None
+                raise ClusterError(
+                    f"the restored {node.name} did not recover to the target; its log ends with:\n{node.log_tail()}"
+                ) from None
             # The archive ends before any commit past the target: every archived commit is wanted.
             node.stop()  # the postmaster may still be shutting down after its startup process failed
             node.set_auto_conf(recovery_target_time=None)
             self._recover(node)
-        for setting in ("restore_command", "recovery_target_time", "recovery_target_action",
-                        "recovery_target_timeline"):
+        for setting in (
+            "restore_command",
+            "recovery_target_time",
+            "recovery_target_action",
+            "recovery_target_timeline",
+        ):
             node.sql(f"ALTER SYSTEM RESET {setting}")
         node.sql("SELECT pg_reload_conf()")
         for replica in replicas:
@@ -332,9 +381,27 @@ class LocalCluster:
     def _clone_files(self, node: LocalNode, source: LocalNode) -> None:
         node.datadir.mkdir(mode=0o700, exist_ok=True)
         self.user.chown(str(node.datadir))
-        node.run_tool([node.bin("pg_basebackup"), "-h", str(source.sockdir), "-p", str(source.port),
-                       "-U", "replicator", "-D", str(node.datadir), "-X", "stream", "-R",
-                       "-S", node.name, "-c", "fast"], timeout=600)
+        node.run_tool(
+            [
+                node.bin("pg_basebackup"),
+                "-h",
+                str(source.sockdir),
+                "-p",
+                str(source.port),
+                "-U",
+                "replicator",
+                "-D",
+                str(node.datadir),
+                "-X",
+                "stream",
+                "-R",
+                "-S",
+                node.name,
+                "-c",
+                "fast",
+            ],
+            timeout=600,
+        )
 
     def _write_node_conf(self, node: LocalNode) -> None:
         archive = f"archive_command = {quote(self._archive(node) if self._archive else '/bin/true')}\n"
@@ -346,8 +413,10 @@ class LocalCluster:
         self._archive = command_for
         for node in self.nodes:
             if node.running and node.sql("SHOW archive_mode") == "off":
-                raise ClusterError(f"{node.name} runs with archive_mode = off: restart it once "
-                                   "(`pgaurora maintenance restart --set archive_mode=on`) and try again")
+                raise ClusterError(
+                    f"{node.name} runs with archive_mode = off: restart it once "
+                    "(`pgaurora maintenance restart --set archive_mode=on`) and try again"
+                )
         for node in self.nodes:
             self._write_node_conf(node)
             if node.running:
@@ -361,7 +430,7 @@ class LocalCluster:
         directory = node.home / TLS_DIR
         directory.mkdir(mode=0o700, exist_ok=True)
         paths = [directory / cert.name, directory / key.name]
-        for source, target in zip((cert, key), paths):
+        for source, target in zip((cert, key), paths, strict=False):
             shutil.copyfile(source, target)
             os.chmod(target, 0o600)
         for path in (directory, *paths):
@@ -378,23 +447,34 @@ class LocalCluster:
         (tls-server-end-point) holds through the proxy."""
         cert, key = self.root / TLS_DIR / "cluster.crt", self.root / TLS_DIR / "cluster.key"
         if not (cert.exists() and key.exists()):  # every address a node may ever get: replicas add too
-            hosts = node_addresses(self.base_address, MAX_REPLICAS + 1) + ["127.0.0.1", "localhost"]
+            hosts = [*node_addresses(self.base_address, MAX_REPLICAS + 1), "127.0.0.1", "localhost"]
             cert, key = self.authority().issue("cluster", hosts)
         return cert, key
 
     def conninfo(self, node: LocalNode, upstream: LocalNode) -> str:
         """primary_conninfo for node streaming from upstream."""
-        return (f"host={upstream.host} port={upstream.port} user=replicator "
-                f"password={self.replication_password} application_name={node.name}")
+        return (
+            f"host={upstream.host} port={upstream.port} user=replicator "
+            f"password={self.replication_password} application_name={node.name}"
+        )
 
     def _save(self) -> None:
-        spec = {"name": self.name, "replicas": len(self.replicas), "base_address": self.base_address,
-                "nodes": [[n.name, n.host] for n in self.nodes],
-                "port": self.port, "password": self.password,
-                "replication_password": self.replication_password,
-                "synchronous": self.synchronous, "max_connections": self.max_connections,
-                "backend": self.backend, "tls": self.tls, "bindir": self.bindir, "parked": self.parked,
-                **self._spec()}
+        spec = {
+            "name": self.name,
+            "replicas": len(self.replicas),
+            "base_address": self.base_address,
+            "nodes": [[n.name, n.host] for n in self.nodes],
+            "port": self.port,
+            "password": self.password,
+            "replication_password": self.replication_password,
+            "synchronous": self.synchronous,
+            "max_connections": self.max_connections,
+            "backend": self.backend,
+            "tls": self.tls,
+            "bindir": self.bindir,
+            "parked": self.parked,
+            **self._spec(),
+        }
         path = self.root / STATE_FILE
         path.write_text(json.dumps(spec, indent=2) + "\n")
         os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
@@ -414,11 +494,13 @@ class LocalCluster:
         used = {n.host for n in self.nodes}
         free = [a for a in node_addresses(self.base_address, MAX_REPLICAS + 1) if a not in used]
         if count > len(free):
-            raise ClusterError(f"the cluster has {len(self.nodes)} nodes; {count} more would pass the "
-                               f"{MAX_REPLICAS + 1} addresses it has")
+            raise ClusterError(
+                f"the cluster has {len(self.nodes)} nodes; {count} more would pass the "
+                f"{MAX_REPLICAS + 1} addresses it has"
+            )
         taken = {n.name for n in self.nodes}
         names = [f"n{i}" for i in range(1, 4 * MAX_REPLICAS) if f"n{i}" not in taken][:count]
-        nodes = [self._node(name, host, self.port) for name, host in zip(names, free)]
+        nodes = [self._node(name, host, self.port) for name, host in zip(names, free, strict=False)]
         for node in nodes:
             for path in (node.home, node.sockdir):
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -478,8 +560,9 @@ class LocalCluster:
         try:
             self._recover(node)
         except ClusterError:
-            raise ClusterError(f"{name} did not come back through its recovery; its log ends with:\n"
-                               f"{node.log_tail()}") from None
+            raise ClusterError(
+                f"{name} did not come back through its recovery; its log ends with:\n{node.log_tail()}"
+            ) from None
         for setting in ("restore_command", "recovery_target_timeline"):
             node.sql(f"ALTER SYSTEM RESET {setting}")
         node.sql("SELECT pg_reload_conf()")
@@ -493,8 +576,7 @@ class LocalCluster:
             name = f"{timeline:08X}.history"
             target = node.datadir / "pg_wal" / name
             if not target.exists():
-                node.run_tool(["sh", "-c", restore_command.replace("%f", name).replace("%p", str(target))],
-                              check=False)
+                node.run_tool(["sh", "-c", restore_command.replace("%f", name).replace("%p", str(target))], check=False)
 
     def forget_nodes(self, names: list[str]) -> None:
         """Remove stopped nodes' files and entries (the other side of a backtrack, once its time is up)."""
@@ -534,8 +616,9 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"replication slot {slot} on {upstream.name} is still in use after {timeout:.0f} s")
             time.sleep(0.1)
-        upstream.sql(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                     f"WHERE slot_name = {quote(slot)}")
+        upstream.sql(
+            f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {quote(slot)}"
+        )
 
     # -- maintenance ---------------------------------------------------------------------------
     def check_restart(self, name: str, settings: dict[str, str], bindir: str | None) -> dict[str, str]:
@@ -547,12 +630,16 @@ class LocalCluster:
             major = (node.datadir / "PG_VERSION").read_text().strip()
             version = node.run_tool([os.path.join(target, "postgres"), "--version"]).stdout.split()[-1]
             if version.split(".")[0] != major:
-                raise ClusterError(f"{target} holds PostgreSQL {version}; the nodes run major version {major}: "
-                                   "a rolling restart moves between minor versions only")
+                raise ClusterError(
+                    f"{target} holds PostgreSQL {version}; the nodes run major version {major}: "
+                    "a rolling restart moves between minor versions only"
+                )
         read = {}
         for setting, value in settings.items():
-            done = node.run_tool([os.path.join(target, "postgres"), "-D", str(node.datadir), "-c",
-                                  f"{setting}={value}", "-C", setting], check=False)
+            done = node.run_tool(
+                [os.path.join(target, "postgres"), "-D", str(node.datadir), "-c", f"{setting}={value}", "-C", setting],
+                check=False,
+            )
             if done.returncode != 0:
                 raise ClusterError(f"{setting} = {value!r}: {(done.stderr or done.stdout).strip().splitlines()[-1]}")
             read[setting] = done.stdout.strip()
@@ -572,8 +659,9 @@ class LocalCluster:
             node.replace_auto_conf(before)
             node.bindir = old_bindir
             node.start()
-            raise ClusterError(f"{name} did not start with the new settings, and was started again as it was: "
-                               f"{exc}") from None
+            raise ClusterError(
+                f"{name} did not start with the new settings, and was started again as it was: {exc}"
+            ) from None
 
     def use_bindir(self, bindir: str) -> None:
         """Record that every node now runs from bindir (for the next `pgaurora up`)."""
@@ -603,9 +691,16 @@ class LocalCluster:
         method = "pg_rewind"
         try:
             node.finish_crash_recovery()
-            node.run_tool([node.bin("pg_rewind"), "-D", str(node.datadir), "--source-server",
-                           f"host={source.sockdir} port={source.port} user=postgres dbname=postgres"],
-                          timeout=600)
+            node.run_tool(
+                [
+                    node.bin("pg_rewind"),
+                    "-D",
+                    str(node.datadir),
+                    "--source-server",
+                    f"host={source.sockdir} port={source.port} user=postgres dbname=postgres",
+                ],
+                timeout=600,
+            )
         except ClusterError:
             method = "clone"
             self._reclone(node, source)
@@ -628,8 +723,10 @@ class LocalCluster:
 
     def _slot_for(self, name: str, upstream: str) -> LocalNode:
         source = self.node(upstream)
-        source.sql(f"SELECT pg_create_physical_replication_slot({quote(name)}, true) WHERE NOT EXISTS "
-                   f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = {quote(name)})")
+        source.sql(
+            f"SELECT pg_create_physical_replication_slot({quote(name)}, true) WHERE NOT EXISTS "
+            f"(SELECT 1 FROM pg_replication_slots WHERE slot_name = {quote(name)})"
+        )
         return source
 
     def _reclone(self, node: LocalNode, source: LocalNode) -> None:

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import ClusterError
+from ..core.errors import ClusterError
 from .runas import OsUser
 
 _AUTO_CONF = "postgresql.auto.conf"
@@ -107,11 +107,16 @@ class LocalNode:
             self._proc = None
         self.last_exit = None
         with open(self.logfile, "ab") as log:
-            kwargs = {} if self.user.is_self else {"user": self.user.uid, "group": self.user.gid,
-                                                    "extra_groups": []}
-            self._proc = subprocess.Popen([self.bin("postgres"), "-D", str(self.datadir)],
-                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          start_new_session=True, cwd="/", **kwargs)
+            kwargs = {} if self.user.is_self else {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
+            self._proc = subprocess.Popen(
+                [self.bin("postgres"), "-D", str(self.datadir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                cwd="/",
+                **kwargs,
+            )
         deadline = time.monotonic() + timeout
         while self.pid != self._proc.pid or self._status() not in ("ready", "standby"):
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -151,8 +156,11 @@ class LocalNode:
         if not self.running:
             self._reap()
             return
-        self.user.run([self.bin("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w",
-                       "-t", str(int(timeout)), "stop"], timeout=timeout + 10, check=False)
+        self.user.run(
+            [self.bin("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", str(int(timeout)), "stop"],
+            timeout=timeout + 10,
+            check=False,
+        )
         if self.running:
             raise ClusterError(f"node {self.name} did not stop within {timeout:.0f} s")
         self._reap()
@@ -239,25 +247,44 @@ class LocalNode:
     def sql(self, query: str, timeout: float = 60) -> str:
         """Run SQL over the node's unix socket as the superuser; returns unaligned output."""
         result = subprocess.run(
-            [self.bin("psql"), "-h", str(self.sockdir), "-p", str(self.port), "-U", "postgres",
-             "-d", "postgres", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", query],
-            capture_output=True, text=True, timeout=timeout)
+            [
+                self.bin("psql"),
+                "-h",
+                str(self.sockdir),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                query,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if result.returncode != 0:
             raise ClusterError(f"SQL on {self.name} failed: {result.stderr.strip()}")
         return result.stdout.strip()
 
     def write_node_conf(self, cluster: str, extra: str = "") -> None:
         """Settings that differ per node (and `extra` ones); postgresql.conf includes this file."""
-        conf = (f"listen_addresses = {quote(self.host)}\nport = {self.port}\n"
-                f"unix_socket_directories = {quote(self.sockdir)}\n"
-                f"cluster_name = {quote(cluster + '-' + self.name)}\n{extra}")
+        conf = (
+            f"listen_addresses = {quote(self.host)}\nport = {self.port}\n"
+            f"unix_socket_directories = {quote(self.sockdir)}\n"
+            f"cluster_name = {quote(cluster + '-' + self.name)}\n{extra}"
+        )
         self._write(self.datadir / "node.conf", conf)
 
     def set_auto_conf(self, **settings: object) -> None:
         """Edit postgresql.auto.conf while the node is stopped (ALTER SYSTEM needs it running)."""
         path = self.datadir / _AUTO_CONF
         lines = path.read_text().splitlines() if path.exists() else []
-        keep = [l for l in lines if not any(re.match(rf"\s*{k}\s*=", l) for k in settings)]
+        keep = [line for line in lines if not any(re.match(rf"\s*{k}\s*=", line) for k in settings)]
         keep += [f"{k} = {quote(v)}" for k, v in settings.items() if v is not None]
         self._write(path, "\n".join(keep) + "\n")
 

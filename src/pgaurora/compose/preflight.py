@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from ..admin import client as admin_client
+from ..service.admin import client as admin_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,8 @@ def conflicts(listens: list[Listen], admin: tuple[str, int] | None = None) -> li
     for listen in listens:
         kinds = (socket.SOCK_DGRAM, socket.SOCK_STREAM) if listen.udp else (socket.SOCK_STREAM,)
         if any(_taken(listen.host, listen.port, kind) for kind in kinds):
-            problems.append(f"{listen.what} needs {listen.host}:{listen.port}, which is in use by "
-                            f"{_holder(listen, admin)}; choose another with {listen.flag}")
+            problems.append(
+                f"{listen.what} needs {listen.host}:{listen.port}, which is in use by "
+                f"{_holder(listen, admin)}; choose another with {listen.flag}"
+            )
     return problems

@@ -28,7 +28,7 @@ def _zombie_servers() -> list[int]:
                 text = f.read()
         except OSError:
             continue
-        comm, rest = text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
+        comm, rest = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
         if comm == "postgres" and rest[0] == "Z" and int(rest[1]) == me:
             found.append(int(entry))
     return found

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import ClusterError
+from ..core.errors import ClusterError
 from .backrest import BackRest, recovered_to
 from .local import LocalCluster
 
@@ -34,7 +34,7 @@ def parse_time(text: str) -> datetime:
 
 
 def _stamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(sep=" ", timespec="seconds")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(sep=" ", timespec="seconds")
 
 
 def check_range(engine: BackRest, moment: datetime) -> None:
@@ -46,22 +46,38 @@ def check_range(engine: BackRest, moment: datetime) -> None:
     earliest = min(b["timestamp"]["stop"] for b in backups) + 1  # pgBackRest needs a backup that stopped
     # before the target's whole second
     if not earliest <= moment.timestamp() <= newest:
-        raise ClusterError(f"{moment.isoformat(sep=' ')} is outside the restorable range: from {_stamp(earliest)} "
-                           f"to {_stamp(newest)}")
+        raise ClusterError(
+            f"{moment.isoformat(sep=' ')} is outside the restorable range: from {_stamp(earliest)} to {_stamp(newest)}"
+        )
 
 
-def restore_cluster(source_dir: Path, target: str, new_dir: Path, replicas: int = 0, base_address: str | None = None,
-                    port: int | None = None, repository: Path | None = None,
-                    passphrase: str | None = None) -> Restored:
+def restore_cluster(
+    source_dir: Path,
+    target: str,
+    new_dir: Path,
+    replicas: int = 0,
+    base_address: str | None = None,
+    port: int | None = None,
+    repository: Path | None = None,
+    passphrase: str | None = None,
+) -> Restored:
     """Make a cluster in new_dir from source_dir's backups, recovered to target; its nodes are left stopped.
     Nothing stays behind when it fails."""
     started = time.monotonic()
     moment = parse_time(target)
     source = LocalCluster.open(source_dir)
     base = base_address or str(ipaddress.ip_address(source.base_address) + BLOCK)
-    new = LocalCluster(new_dir, name=source.name, replicas=replicas, base_address=base, port=port or source.port,
-                       password=source.password, replication_password=source.replication_password,
-                       synchronous=source.synchronous, tls=source.tls)
+    new = LocalCluster(
+        new_dir,
+        name=source.name,
+        replicas=replicas,
+        base_address=base,
+        port=port or source.port,
+        password=source.password,
+        replication_password=source.replication_password,
+        synchronous=source.synchronous,
+        tls=source.tls,
+    )
     engine = BackRest(new.root, source.name, new.user, repository or source.root / "backups", passphrase)
     new.lock()
     try:
@@ -76,7 +92,9 @@ def restore_cluster(source_dir: Path, target: str, new_dir: Path, replicas: int 
 def _restore_into(engine: BackRest, node, moment: datetime) -> None:
     engine.write_config(make_repository=False)
     if engine.passphrase is None and engine.repository_encrypted():
-        raise ClusterError(f"the repository {engine.repository} is encrypted: give its passphrase "
-                           "(--cipher-pass-file, or the environment variable PGAURORA_CIPHER_PASS)")
+        raise ClusterError(
+            f"the repository {engine.repository} is encrypted: give its passphrase "
+            "(--cipher-pass-file, or the environment variable PGAURORA_CIPHER_PASS)"
+        )
     check_range(engine, moment)
     engine.restore(node.datadir, moment.isoformat(sep=" "))

@@ -7,7 +7,7 @@ import pwd
 import subprocess
 from dataclasses import dataclass
 
-from ..errors import ClusterError
+from ..core.errors import ClusterError
 
 CANDIDATE_USERS = ("postgres", "pgaurora")
 
@@ -22,19 +22,36 @@ class OsUser:
     def is_self(self) -> bool:
         return self.uid == os.geteuid()
 
-    def run(self, argv: list[str], *, env: dict | None = None, check: bool = True,
-            timeout: float = 120, cwd: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: list[str],
+        *,
+        env: dict | None = None,
+        check: bool = True,
+        timeout: float = 120,
+        cwd: str | None = None,
+    ) -> subprocess.CompletedProcess:
         kwargs = {} if self.is_self else {"user": self.uid, "group": self.gid, "extra_groups": []}
         full_env = {**os.environ, "HOME": cwd or "/", **(env or {})}
         try:
-            result = subprocess.run(argv, env=full_env, capture_output=True, text=True, errors="replace",
-                                    stdin=subprocess.DEVNULL,
-                                    timeout=timeout, cwd=cwd or "/", **kwargs)
+            result = subprocess.run(
+                argv,
+                env=full_env,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                cwd=cwd or "/",
+                **kwargs,
+            )
         except subprocess.TimeoutExpired:
             raise ClusterError(f"{os.path.basename(argv[0])} did not finish within {timeout:.0f} s") from None
         if check and result.returncode != 0:
-            raise ClusterError(f"{os.path.basename(argv[0])} failed (exit {result.returncode}): "
-                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
+            raise ClusterError(
+                f"{os.path.basename(argv[0])} failed (exit {result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()[-2000:]}"
+            )
         return result
 
     def chown(self, path: str) -> None:
@@ -53,7 +70,10 @@ def server_user() -> OsUser:
             return OsUser(name, entry.pw_uid, entry.pw_gid)
         except KeyError:
             continue
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "pgaurora"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "pgaurora"],
+        check=True,
+        capture_output=True,
+    )
     entry = pwd.getpwnam("pgaurora")
     return OsUser("pgaurora", entry.pw_uid, entry.pw_gid)

@@ -11,12 +11,12 @@ from urllib.parse import urlparse
 
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own stderr lines: its failures reach our log anyway
 
-import aetcd  # noqa: E402
-import grpc  # noqa: E402
-from aetcd import rpc  # noqa: E402
-from aetcd.watcher import Watcher  # noqa: E402
+import aetcd
+import grpc
+from aetcd import rpc
+from aetcd.watcher import Watcher
 
-from ..config import DcsConfig  # noqa: E402
+from ..core.config import DcsConfig
 
 log = logging.getLogger("pgaurora.dcs")
 
@@ -29,8 +29,10 @@ def credentials(dcs: DcsConfig) -> grpc.ChannelCredentials | None:
     """TLS credentials for https:// endpoints: the CA to trust, and this instance's client certificate."""
     if not dcs.tls:
         return None
+
     def read(path: str | None) -> bytes | None:
         return Path(path).read_bytes() if path else None
+
     return grpc.ssl_channel_credentials(read(dcs.ca_file), read(dcs.key_file), read(dcs.cert_file))
 
 
@@ -47,7 +49,8 @@ class _TlsClient(aetcd.Client):
         self.channel = grpc.aio.secure_channel(f"{self._host}:{self._port}", self._tls)
         if self._username is not None:
             reply = await rpc.AuthStub(self.channel).Authenticate(
-                rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout)
+                rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
+            )
             self.metadata = (("token", reply.token),)
         self.kvstub, self.leasestub = rpc.KVStub(self.channel), rpc.LeaseStub(self.channel)
         self.clusterstub, self.maintenancestub = rpc.ClusterStub(self.channel), rpc.MaintenanceStub(self.channel)
@@ -56,8 +59,14 @@ class _TlsClient(aetcd.Client):
 
 
 class Etcd:
-    def __init__(self, endpoints: tuple[str, ...], username: str | None = None, password: str | None = None,
-                 timeout: float = 1.0, tls: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: tuple[str, ...],
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 1.0,
+        tls: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.urls = tuple(endpoints)
         self.endpoints = [urlparse(url) for url in endpoints]
         self.username, self.password, self.timeout, self.tls = username, password, timeout, tls
@@ -73,8 +82,14 @@ class Etcd:
     async def _connected(self) -> aetcd.Client:
         if self._client is None:
             url = self.endpoints[self._index]
-            settings = dict(host=url.hostname, port=url.port, username=self.username, password=self.password,
-                            timeout=self.timeout, connect_wait_timeout=max(1, math.ceil(self.timeout)))
+            settings = dict(
+                host=url.hostname,
+                port=url.port,
+                username=self.username,
+                password=self.password,
+                timeout=self.timeout,
+                connect_wait_timeout=max(1, math.ceil(self.timeout)),
+            )
             self._client = _TlsClient(self.tls, **settings) if self.tls else aetcd.Client(**settings)
             await self._client.connect()
         return self._client
@@ -130,20 +145,28 @@ class Etcd:
 
     async def campaign(self, key: str, value: str, lease_id: int) -> bool:
         """Take key (bound to the lease) if nobody holds it."""
+
         async def txn(c):
-            ok, _ = await c.transaction(compare=[c.transactions.create(key.encode()) == 0],
-                                        success=[c.transactions.put(key.encode(), value.encode(), lease=lease_id)],
-                                        failure=[])
+            ok, _ = await c.transaction(
+                compare=[c.transactions.create(key.encode()) == 0],
+                success=[c.transactions.put(key.encode(), value.encode(), lease=lease_id)],
+                failure=[],
+            )
             return ok
+
         return await self._call(txn)
 
     async def put_if(self, key: str, value: str, puts: dict[str, bytes]) -> bool:
         """Write every key of puts in one transaction, only if key still holds value."""
+
         async def txn(c):
-            ok, _ = await c.transaction(compare=[c.transactions.value(key.encode()) == value.encode()],
-                                        success=[c.transactions.put(k.encode(), v) for k, v in puts.items()],
-                                        failure=[])
+            ok, _ = await c.transaction(
+                compare=[c.transactions.value(key.encode()) == value.encode()],
+                success=[c.transactions.put(k.encode(), v) for k, v in puts.items()],
+                failure=[],
+            )
             return ok
+
         return await self._call(txn)
 
     async def put_with_lease(self, key: str, value: str, lease_id: int) -> None:
@@ -155,6 +178,7 @@ class Etcd:
 
     async def health(self) -> dict[str, str]:
         """Each endpoint's health: 'up' when its member answers a status request in time, else why not."""
+
         async def one(url) -> str:
             single = Etcd((url,), self.username, self.password, self.timeout, self.tls)
             try:
@@ -165,8 +189,9 @@ class Etcd:
                 return f"{type(exc).__name__} {exc}".strip()[:200] + single._hint(str(exc))
             finally:
                 await single.close()
+
         results = await asyncio.gather(*(one(url) for url in self.urls))
-        return dict(zip(self.urls, results))
+        return dict(zip(self.urls, results, strict=True))
 
     async def changes(self, prefix: str):
         """Yield once per batch of changes under prefix, until the stream breaks (DcsUnavailable). It holds

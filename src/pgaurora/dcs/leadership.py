@@ -7,10 +7,10 @@ from enum import Enum
 
 
 class Role(str, Enum):
-    LEADER = "leader"        # holds the leader key under a live lease: decides and acts
-    FOLLOWER = "follower"    # another instance leads: probe, route, never act
+    LEADER = "leader"  # holds the leader key under a live lease: decides and acts
+    FOLLOWER = "follower"  # another instance leads: probe, route, never act
     CANDIDATE = "candidate"  # nobody leads: try to take the key
-    CUT_OFF = "cut_off"      # etcd has not answered for too long: never act, whatever was true before
+    CUT_OFF = "cut_off"  # etcd has not answered for too long: never act, whatever was true before
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Heard:
     """What this instance last learned from etcd, with monotonic times."""
 
     renewed_at: float | None  # when the last keepalive that etcd acknowledged was sent
-    holder: str | None        # who holds the leader key, as last read
+    holder: str | None  # who holds the leader key, as last read
     answered_at: float | None  # when etcd last answered anything
 
 

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..config import Config
-from ..eventlog import EventLog
+from ..core.config import Config
+from ..core.eventlog import EventLog
 from .etcd import DcsUnavailable, Etcd, credentials
 from .leadership import Heard, Role, Verdict, judge
 
@@ -35,9 +35,14 @@ class Member:
         self._watching = Etcd(dcs.etcd, dcs.username, dcs.password, timeout, tls)  # holds a stream open
         self._changed = asyncio.Event()
         self.on_change: Callable[[], None] | None = None  # called when a beat read a new shared state
-        self.card = json.dumps({"instance": self.me, "admin": f"http://{config.admin.host}:{config.admin.port}",
-                                "writer": f"{config.writer.host}:{config.writer.port}",
-                                "reader": f"{config.reader.host}:{config.reader.port}"})
+        self.card = json.dumps(
+            {
+                "instance": self.me,
+                "admin": f"http://{config.admin.host}:{config.admin.port}",
+                "writer": f"{config.writer.host}:{config.writer.port}",
+                "reader": f"{config.reader.host}:{config.reader.port}",
+            }
+        )
         self.lease: int | None = None
         self.heard = Heard(None, None, None)
         self.verdict = Verdict(Role.CUT_OFF, "etcd not reached yet")
@@ -53,8 +58,11 @@ class Member:
     async def start(self) -> None:
         await self.beat()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run()), loop.create_task(self._watch()),
-                       loop.create_task(self._check_endpoints())]
+        self._tasks = [
+            loop.create_task(self._run()),
+            loop.create_task(self._watch()),
+            loop.create_task(self._check_endpoints()),
+        ]
 
     async def _run(self) -> None:
         """A beat every ttl/4, and at once when the watch saw a change (a new leader, state or intent)."""
@@ -96,8 +104,11 @@ class Member:
                 await self.etcd.put_with_lease(self.members_prefix + self.me, self.card, self.lease)
                 keys[self.members_prefix + self.me] = self.card.encode()
             holder = keys.get(self.leader_key)
-            if holder is None and self.lease is not None and await self.etcd.campaign(self.leader_key, self.me,
-                                                                                      self.lease):
+            if (
+                holder is None
+                and self.lease is not None
+                and await self.etcd.campaign(self.leader_key, self.me, self.lease)
+            ):
                 holder = self.me.encode()
             self.members = _cards(keys, self.members_prefix)
             self.shared = _documents(keys.get(self.state_key)), _documents(keys.get(self.intent_key))
@@ -150,7 +161,7 @@ class Member:
         self.shared = _documents(state), _documents(intent)
         return self.shared
 
-    async def write(self, state: dict | None = None, intent: dict | None | bool = False) -> bool:
+    async def write(self, state: dict | None = None, intent: dict | bool | None = False) -> bool:
         """Write the state document and/or the intent (None clears it) in one transaction, only while this
         instance holds the leader key. False: it does not (any more), or etcd cannot be reached."""
         if not self.leading():
@@ -188,12 +199,20 @@ class Member:
     def document(self) -> dict:
         """For /status."""
         left = self.lease_left()
-        return {"instance": self.me, "role": self.verdict.role.value, "reason": self.verdict.reason,
-                "leader": self.leader, "leader_since": self.leader_since, "ttl": self.ttl,
-                "lease_left": None if left is None else round(left, 2), "endpoints": list(self.etcd.urls),
-                "endpoint_in_use": self.etcd.endpoint, "endpoint_health": self.endpoint_health,
-                "last_error": self.last_error,
-                "instances": self.members}
+        return {
+            "instance": self.me,
+            "role": self.verdict.role.value,
+            "reason": self.verdict.reason,
+            "leader": self.leader,
+            "leader_since": self.leader_since,
+            "ttl": self.ttl,
+            "lease_left": None if left is None else round(left, 2),
+            "endpoints": list(self.etcd.urls),
+            "endpoint_in_use": self.etcd.endpoint,
+            "endpoint_health": self.endpoint_health,
+            "last_error": self.last_error,
+            "instances": self.members,
+        }
 
 
 def _documents(value: bytes | None) -> dict | None:
@@ -210,5 +229,8 @@ def _documents(value: bytes | None) -> dict | None:
 
 def _cards(keys: dict[str, bytes], prefix: str) -> dict[str, dict]:
     """The instances' cards, by name."""
-    return {key.removeprefix(prefix): card for key, value in keys.items()
-            if key.startswith(prefix) and (card := _documents(value)) is not None}
+    return {
+        key.removeprefix(prefix): card
+        for key, value in keys.items()
+        if key.startswith(prefix) and (card := _documents(value)) is not None
+    }

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dnslib import A, NS, QTYPE, RCODE, RR, SOA, SRV, DNSLabel, DNSRecord
+from dnslib import NS, QTYPE, RCODE, RR, SOA, SRV, A, DNSLabel, DNSRecord
 
-from .. import custom_endpoints
-from ..config import CustomEndpointConfig
-from ..topology import NodeState, Topology
+from ..core import custom_endpoints
+from ..core.config import CustomEndpointConfig
+from ..core.topology import NodeState, Topology
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,12 @@ def _targets(kind: str, topology: Topology, zone: Zone, turn: int) -> list[NodeS
 
 
 def _soa(zone: Zone, topology: Topology) -> RR:
-    return RR(zone.label, QTYPE.SOA, ttl=zone.ttl,
-              rdata=SOA(f"ns.{zone.name}", f"hostmaster.{zone.name}",
-                        (max(topology.epoch, 1), 60, 30, 86400, zone.ttl)))
+    return RR(
+        zone.label,
+        QTYPE.SOA,
+        ttl=zone.ttl,
+        rdata=SOA(f"ns.{zone.name}", f"hostmaster.{zone.name}", (max(topology.epoch, 1), 60, 30, 86400, zone.ttl)),
+    )
 
 
 def resolve(request: DNSRecord, topology: Topology, zone: Zone, turn: int = 0) -> DNSRecord:

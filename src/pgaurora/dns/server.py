@@ -9,7 +9,7 @@ import struct
 
 from dnslib import DNSError, DNSRecord
 
-from ..topology import TopologyHub
+from ..core.topology import TopologyHub
 from .resolver import Zone, formerr, resolve
 
 log = logging.getLogger("pgaurora.dns")

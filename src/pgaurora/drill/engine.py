@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import asyncpg
 
-from ..polling import wait_for
+from ..core.polling import wait_for
 from .faults import ISOLATION_SECONDS, Fault
 from .report import Consistency, Report, RoundResult
 from .target import Target
@@ -39,12 +40,19 @@ def _downtime(times: list[float], start: float, end: float) -> float | None:
     window = ([before[-1]] if before else []) + [t for t in times if start < t <= end] + ([after] if after else [])
     if len(window) < 2:
         return None
-    return max(b - a for a, b in zip(window, window[1:]))
+    return max(b - a for a, b in itertools.pairwise(window))
 
 
 class Drill:
-    def __init__(self, target: Target, faults: list[Fault], rounds: int, writers: int = 4,
-                 readers: int = 4, on_round: Callable[[RoundResult], None] | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        faults: list[Fault],
+        rounds: int,
+        writers: int = 4,
+        readers: int = 4,
+        on_round: Callable[[RoundResult], None] | None = None,
+    ) -> None:
         self.target, self.faults, self.rounds = target, faults, rounds
         self.workload = Workload(target.writer, target.reader, target.user, target.password, writers, readers)
         self.report = Report()
@@ -80,8 +88,11 @@ class Drill:
         outcome = getattr(self, "_" + fault.name.replace("-", "_"))(victim, old, at)
         ended = time.time()
         result = RoundResult(fault.name, round_no, at, victim, outcome)
-        event = wait_for("the change of writer's event", lambda: self.target.change_event(at), 30) \
-            if fault.expect_failover else None
+        event = (
+            wait_for("the change of writer's event", lambda: self.target.change_event(at), 30)
+            if fault.expect_failover
+            else None
+        )
         self._measure(result, event, at, ended)
         wait_for("the cluster to heal: every node back and commits on every copy", self._healthy_status, 120)
         result.redundant_again = time.time() - at
@@ -95,8 +106,9 @@ class Drill:
         status = wait_for(f"a writer other than {old}", lambda: self._writer_other_than(old), timeout)
         new = status["writer"]["node"]
         host = self.target.node(new).host
-        wait_for(f"an acknowledged write on {new}", lambda: any(a.at > at and a.node == host for a in self.log.acks),
-                 timeout)
+        wait_for(
+            f"an acknowledged write on {new}", lambda: any(a.at > at and a.node == host for a in self.log.acks), timeout
+        )
         return new
 
     def _writer_other_than(self, old: str) -> dict | None:
@@ -135,11 +147,17 @@ class Drill:
     def _replica_fault(self, node: str, at: float, inject, restore) -> str:
         inject()
         try:
-            wait_for(f"{node} to leave the reader endpoint",
-                     lambda: node not in ((self.target.status() or {}).get("reader") or {}).get("nodes", [node]), 30)
+            wait_for(
+                f"{node} to leave the reader endpoint",
+                lambda: node not in ((self.target.status() or {}).get("reader") or {}).get("nodes", [node]),
+                30,
+            )
             host = self.target.node(node).host
-            wait_for("a read answered by another replica", lambda: any(r.at > at and r.node != host
-                                                                       for r in self.log.reads), 30)
+            wait_for(
+                "a read answered by another replica",
+                lambda: any(r.at > at and r.node != host for r in self.log.reads),
+                30,
+            )
         finally:
             restore()
         return f"{node} left the reader endpoint; no failover"
@@ -158,8 +176,11 @@ class Drill:
         finally:
             self.target.heal()
         host = self.target.node(node).host
-        wait_for("writes through the healed primary", lambda: any(a.at > at + ISOLATION_SECONDS and a.node == host
-                                                                   for a in self.log.acks), 60)
+        wait_for(
+            "writes through the healed primary",
+            lambda: any(a.at > at + ISOLATION_SECONDS and a.node == host for a in self.log.acks),
+            60,
+        )
         status = self.target.status() or {}
         if status.get("writer", {}).get("node") != node:
             return f"FAILOVER during a partition of the monitor alone (epochs seen {changed})"
@@ -201,8 +222,9 @@ class Drill:
         acked = self.log.acked_keys()
         check = Consistency(acknowledged=len(acked), final_writer=status["writer"]["node"])
         for node in self.target.nodes:
-            keys, total = asyncio.run(_fetch_keys(node.address, self.target.user, self.target.password,
-                                                  with_total=True))
+            keys, total = asyncio.run(
+                _fetch_keys(node.address, self.target.user, self.target.password, with_total=True)
+            )
             check.missing[node.name] = len(acked - keys)
             if node.name == check.final_writer:
                 check.duplicates = total - len(keys)
@@ -212,8 +234,11 @@ class Drill:
     def _wait_replicas_caught_up(self) -> None:
         writer = asyncio.run(_fetchval(self.target.writer, self.target, "SELECT pg_current_wal_lsn() - '0/0'"))
         for node in self.target.nodes:
-            wait_for(f"{node.name} to replay everything",
-                     lambda: asyncio.run(_fetchval(node.address, self.target, REPLAYED)) >= writer, 60)
+            wait_for(
+                f"{node.name} to replay everything",
+                lambda node=node: asyncio.run(_fetchval(node.address, self.target, REPLAYED)) >= writer,
+                60,
+            )
 
 
 def wait_for_quietly(probe: Callable[[], object], seconds: float) -> list:
@@ -238,13 +263,13 @@ def split_brain_writes(log: Log) -> int:
     return count
 
 
-REPLAYED = ("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END"
-            " - '0/0'")
+REPLAYED = "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END - '0/0'"
 
 
 async def _connect(address: tuple[str, int], user: str, password: str) -> asyncpg.Connection:
-    return await asyncpg.connect(host=address[0], port=address[1], user=user, password=password,
-                                 database="postgres", timeout=30, ssl=False)
+    return await asyncpg.connect(
+        host=address[0], port=address[1], user=user, password=password, database="postgres", timeout=30, ssl=False
+    )
 
 
 async def _fetch_keys(address, user, password, with_total: bool = False):

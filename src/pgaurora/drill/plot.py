@@ -21,6 +21,7 @@ def _rate(times: list[float], start: float, end: float) -> tuple[list[float], li
 
 def draw(report: Report, log: Log, path: str | Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")  # no display: write the file only
     import matplotlib.pyplot as plt
 
@@ -28,8 +29,10 @@ def draw(report: Report, log: Log, path: str | Path) -> None:
     start = min([a.at for a in acks] + [r.at for r in reads] or [0.0])
     end = max([a.at for a in acks] + [r.at for r in reads] + [f.at for f in failures] or [start + 1])
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(14, 7), sharex=True, height_ratios=[3, 1])
-    for times, label, color in (([a.at for a in acks], "writes/s", "tab:blue"),
-                                ([r.at for r in reads], "reads/s", "tab:green")):
+    for times, label, color in (
+        ([a.at for a in acks], "writes/s", "tab:blue"),
+        ([r.at for r in reads], "reads/s", "tab:green"),
+    ):
         x, y = _rate(times, start, end)
         top.plot(x, y, label=label, color=color, linewidth=0.8)
     for role, color in (("write", "tab:red"), ("read", "tab:orange")):
@@ -38,16 +41,30 @@ def draw(report: Report, log: Log, path: str | Path) -> None:
     for r in report.rounds:
         at = r.at - start
         top.axvline(at, color="black", linewidth=1)
-        top.annotate(f"{r.fault} #{r.round}", (at, 1), xycoords=("data", "axes fraction"), rotation=90,
-                     va="top", ha="right", fontsize=8)
+        top.annotate(
+            f"{r.fault} #{r.round}",
+            (at, 1),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=8,
+        )
         for phase, style in (("detected", ":"), ("promoted", "--"), ("dns_updated", "-."), ("writer_available", "-")):
             value = getattr(r, phase)
             if value is not None:
-                top.axvline(at + value, color="tab:purple", linestyle=style, linewidth=0.8,
-                            label=phase.replace("_", " ") if r is report.rounds[0] else None)
+                top.axvline(
+                    at + value,
+                    color="tab:purple",
+                    linestyle=style,
+                    linewidth=0.8,
+                    label=phase.replace("_", " ") if r is report.rounds[0] else None,
+                )
     top.set_ylabel("operations per second")
-    top.set_title(f"pgaurora drill: {len(report.rounds)} faults, {len(acks)} acknowledged writes, "
-                  f"{report.consistency.lost} lost, {report.consistency.split_brain} split-brain")
+    top.set_title(
+        f"pgaurora drill: {len(report.rounds)} faults, {len(acks)} acknowledged writes, "
+        f"{report.consistency.lost} lost, {report.consistency.split_brain} split-brain"
+    )
     top.legend(loc="lower right", fontsize=8)
     bottom.set_xlabel("seconds since the drill began")
     fig.tight_layout()

@@ -8,8 +8,15 @@ from dataclasses import asdict, dataclass, field
 
 from rich.table import Table
 
-PHASES = ("write_downtime", "read_downtime", "detected", "promoted", "dns_updated", "writer_available",
-          "redundant_again")
+PHASES = (
+    "write_downtime",
+    "read_downtime",
+    "detected",
+    "promoted",
+    "dns_updated",
+    "writer_available",
+    "redundant_again",
+)
 
 
 @dataclass
@@ -64,8 +71,12 @@ class Report:
                 if values:
                     stats[phase] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
             errors = sum((Counter(r.errors) for r in mine), Counter())
-            out[fault] = {"rounds": len(mine), "phases": stats, "lost": sum(r.lost for r in mine),
-                          "errors": dict(errors)}
+            out[fault] = {
+                "rounds": len(mine),
+                "phases": stats,
+                "lost": sum(r.lost for r in mine),
+                "errors": dict(errors),
+            }
         return out
 
     def worst_downtime(self) -> float:
@@ -85,9 +96,12 @@ class Report:
         return why
 
     def as_json(self) -> dict:
-        return {"rounds": [asdict(r) for r in self.rounds], "summary": self.summary(),
-                "consistency": {**asdict(self.consistency), "lost": self.consistency.lost},
-                "wall_seconds": round(self.wall_seconds, 1)}
+        return {
+            "rounds": [asdict(r) for r in self.rounds],
+            "summary": self.summary(),
+            "consistency": {**asdict(self.consistency), "lost": self.consistency.lost},
+            "wall_seconds": round(self.wall_seconds, 1),
+        }
 
 
 def _s(value: float | None) -> str:
@@ -99,8 +113,16 @@ def round_table(rounds: list[RoundResult]) -> Table:
     for column in ("fault", "#", "write down", "read down", "promoted", "writes back", "healed", "lost"):
         table.add_column(column, no_wrap=True)
     for r in rounds:
-        table.add_row(r.fault, str(r.round), _s(r.write_downtime), _s(r.read_downtime), _s(r.promoted),
-                      _s(r.writer_available), _s(r.redundant_again), str(r.lost))
+        table.add_row(
+            r.fault,
+            str(r.round),
+            _s(r.write_downtime),
+            _s(r.read_downtime),
+            _s(r.promoted),
+            _s(r.writer_available),
+            _s(r.redundant_again),
+            str(r.lost),
+        )
     return table
 
 
@@ -111,8 +133,13 @@ def summary_table(report: Report) -> Table:
     for fault, s in report.summary().items():
         first = True
         for phase, p in s["phases"].items():
-            table.add_row(fault if first else "", phase.replace("_", " "), f"{p['min']:.2f}", f"{p['median']:.2f}",
-                          f"{p['max']:.2f}")
+            table.add_row(
+                fault if first else "",
+                phase.replace("_", " "),
+                f"{p['min']:.2f}",
+                f"{p['median']:.2f}",
+                f"{p['max']:.2f}",
+            )
             first = False
         table.add_row(fault if first else "", "lost writes", "", str(s["lost"]), "", end_section=True)
     return table
@@ -120,5 +147,7 @@ def summary_table(report: Report) -> Table:
 
 def error_lines(report: Report) -> list[str]:
     """Client errors per fault, by SQLSTATE as the client library reports them."""
-    return [f"{fault}: " + (", ".join(f"{c} x{n}" for c, n in sorted(s["errors"].items())) or "none")
-            for fault, s in report.summary().items()]
+    return [
+        f"{fault}: " + (", ".join(f"{c} x{n}" for c, n in sorted(s["errors"].items())) or "none")
+        for fault, s in report.summary().items()
+    ]

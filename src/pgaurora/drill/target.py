@@ -12,11 +12,11 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..admin import client as admin_client
 from ..compose import LocalCluster
 from ..compose.ports import free_ports
-from ..config import Config
-from ..errors import ClusterError
+from ..core.config import Config
+from ..core.errors import ClusterError
+from ..service.admin import client as admin_client
 
 
 def _get(url: str, method: str = "GET", timeout: float = 5) -> object:
@@ -30,8 +30,21 @@ class Partition:
     node's address, while the PostgreSQL servers, which run as another user, still replicate."""
 
     def __init__(self, host: str, port: int, uid: int) -> None:
-        self.spec = ["OUTPUT", "-d", host, "-p", "tcp", "--dport", str(port), "-m", "owner", "--uid-owner", str(uid),
-                     "-j", "DROP"]
+        self.spec = [
+            "OUTPUT",
+            "-d",
+            host,
+            "-p",
+            "tcp",
+            "--dport",
+            str(port),
+            "-m",
+            "owner",
+            "--uid-owner",
+            str(uid),
+            "-j",
+            "DROP",
+        ]
         self.active = False
 
     @staticmethod
@@ -135,8 +148,9 @@ class ConfiguredTarget(Target):
 
     def start(self) -> None:
         if self.status() is None:
-            raise ClusterError(f"no pgaurora answers at {self.admin_url}; start `pgaurora proxy -c` with this "
-                               "config first")
+            raise ClusterError(
+                f"no pgaurora answers at {self.admin_url}; start `pgaurora proxy -c` with this config first"
+            )
 
     def stop(self) -> None:
         self.heal()
@@ -166,6 +180,7 @@ class ComposedTarget(Target):
         kind = LocalCluster
         if backend == "docker":
             from ..compose.docker import DockerCluster
+
             kind = DockerCluster
         self.cluster = kind(workdir / "cluster", replicas=replicas, port=port, base_address=base_address)
         self.nodes = self.cluster.nodes
@@ -203,8 +218,23 @@ class ComposedTarget(Target):
 
     def start_pgaurora(self, timeout: float = 60) -> None:
         w, r, a, d = self.ports
-        args = [sys.executable, "-m", "pgaurora", "up", "--attach", "--dir", str(self.cluster.root),
-                "--writer-port", str(w), "--reader-port", str(r), "--admin-port", str(a), "--dns-port", str(d)]
+        args = [
+            sys.executable,
+            "-m",
+            "pgaurora",
+            "up",
+            "--attach",
+            "--dir",
+            str(self.cluster.root),
+            "--writer-port",
+            str(w),
+            "--reader-port",
+            str(r),
+            "--admin-port",
+            str(a),
+            "--dns-port",
+            str(d),
+        ]
         log = open(self.workdir / "pgaurora.log", "ab")
         try:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -12,8 +12,10 @@ import asyncpg
 import uvloop
 
 TABLE = "pgaurora_drill"
-INSERT = (f"INSERT INTO {TABLE} (writer, seq, node, timeline) VALUES ($1, $2, inet_server_addr(), "
-          "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int) RETURNING host(node), timeline")
+INSERT = (
+    f"INSERT INTO {TABLE} (writer, seq, node, timeline) VALUES ($1, $2, inet_server_addr(), "
+    "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int) RETURNING host(node), timeline"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +59,16 @@ def _code(exc: BaseException) -> str:
 class Workload:
     """Writers and readers on one uvloop thread of their own."""
 
-    def __init__(self, writer: tuple[str, int], reader: tuple[str, int], user: str, password: str | None,
-                 writers: int = 4, readers: int = 4, read_pause: float = 0.01) -> None:
+    def __init__(
+        self,
+        writer: tuple[str, int],
+        reader: tuple[str, int],
+        user: str,
+        password: str | None,
+        writers: int = 4,
+        readers: int = 4,
+        read_pause: float = 0.01,
+    ) -> None:
         self.writer, self.reader, self.user, self.password = writer, reader, user, password
         self.writers, self.readers, self.read_pause = writers, readers, read_pause
         self.log = Log()
@@ -79,31 +89,43 @@ class Workload:
 
     def drop_table(self) -> None:
         """Remove the drill's table (from a cluster that is not the drill's own)."""
+
         async def drop() -> None:
             conn = await self._connect(self.writer)
             try:
                 await conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
             finally:
                 await conn.close()
+
         asyncio.run(drop())
 
     async def _connect(self, address: tuple[str, int]) -> asyncpg.Connection:
-        return await asyncpg.connect(host=address[0], port=address[1], user=self.user, password=self.password,
-                                     database="postgres", timeout=40, ssl=False)
+        return await asyncpg.connect(
+            host=address[0],
+            port=address[1],
+            user=self.user,
+            password=self.password,
+            database="postgres",
+            timeout=40,
+            ssl=False,
+        )
 
     async def _main(self) -> None:
         try:
             conn = await self._connect(self.writer)
-            await conn.execute(f"DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (writer int, seq bigint, "
-                               "node inet, timeline int, at timestamptz DEFAULT clock_timestamp())")
+            await conn.execute(
+                f"DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (writer int, seq bigint, "
+                "node inet, timeline int, at timestamptz DEFAULT clock_timestamp())"
+            )
             await conn.close()
         except BaseException as exc:  # reported by start()
             self._error = exc
             self._ready.set()
             return
         self._ready.set()
-        await asyncio.gather(*(self._write(i) for i in range(self.writers)),
-                             *(self._read() for _ in range(self.readers)))
+        await asyncio.gather(
+            *(self._write(i) for i in range(self.writers)), *(self._read() for _ in range(self.readers))
+        )
 
     async def _write(self, writer: int) -> None:
         conn, seq = None, 0

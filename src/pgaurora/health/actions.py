@@ -6,17 +6,13 @@ import asyncio
 
 import asyncpg
 
-from ..sslcontexts import node_ssl
-from ..config import Config, NodeConfig
-from ..errors import PgAuroraError
+from ..core.config import Config, NodeConfig
+from ..core.errors import ActionFailed
+from ..core.sslcontexts import node_ssl
 
 TIMELINE_SQL = """SELECT pg_is_in_recovery() AS in_recovery,
     CASE WHEN pg_is_in_recovery() THEN NULL
          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS timeline"""
-
-
-class ActionFailed(PgAuroraError):
-    """A node did not do what the monitor asked."""
 
 
 def literal(value: object) -> str:
@@ -29,8 +25,7 @@ def conninfo_value(value: object) -> str:
 
 def replication_conninfo(config: Config, upstream: NodeConfig, application_name: str) -> str:
     host, port = upstream.replication_address
-    parts = {"host": host, "port": port, "user": config.failover.replication_user,
-             "application_name": application_name}
+    parts = {"host": host, "port": port, "user": config.failover.replication_user, "application_name": application_name}
     if config.failover.replication_password:
         parts["password"] = config.failover.replication_password
     return " ".join(f"{k}={conninfo_value(v)}" for k, v in parts.items())
@@ -38,9 +33,16 @@ def replication_conninfo(config: Config, upstream: NodeConfig, application_name:
 
 async def connect(config: Config, node: NodeConfig, timeout: float | None = None) -> asyncpg.Connection:
     m = config.monitor
-    return await asyncpg.connect(host=node.host, port=node.port, user=m.user, password=m.password,
-                                 database=m.database, timeout=timeout or m.probe_timeout * 2,
-                                 ssl=node_ssl(config.tls), server_settings={"application_name": "pgaurora-monitor"})
+    return await asyncpg.connect(
+        host=node.host,
+        port=node.port,
+        user=m.user,
+        password=m.password,
+        database=m.database,
+        timeout=timeout or m.probe_timeout * 2,
+        ssl=node_ssl(config.tls),
+        server_settings={"application_name": "pgaurora-monitor"},
+    )
 
 
 async def _wait_replay(conn: asyncpg.Connection, timeout: float) -> None:
@@ -50,8 +52,9 @@ async def _wait_replay(conn: asyncpg.Connection, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        row = await conn.fetchrow("SELECT pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() AS done, "
-                                  "pg_is_wal_replay_paused() AS paused")
+        row = await conn.fetchrow(
+            "SELECT pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() AS done, pg_is_wal_replay_paused() AS paused"
+        )
         if row["paused"]:
             await conn.execute("SELECT pg_wal_replay_resume()")
         if row["done"] is not False:
@@ -81,8 +84,11 @@ async def promote(config: Config, node: NodeConfig, sync_names: str | None, old_
 
 
 async def ensure_slot(conn: asyncpg.Connection, name: str) -> None:
-    await conn.execute("SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS "
-                       "(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", name)
+    await conn.execute(
+        "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS "
+        "(SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+        name,
+    )
 
 
 async def repoint(config: Config, replica: NodeConfig, writer: NodeConfig) -> None:
@@ -111,8 +117,12 @@ async def caught_up(config: Config, writer: NodeConfig, members: frozenset[str],
         target = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'")
         deadline = asyncio.get_running_loop().time() + wait
         while True:
-            if await conn.fetchval("SELECT count(*) FROM pg_stat_replication WHERE application_name = ANY($1::text[]) "
-                                   "AND flush_lsn - '0/0' >= $2", sorted(members), target):
+            if await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = ANY($1::text[]) "
+                "AND flush_lsn - '0/0' >= $2",
+                sorted(members),
+                target,
+            ):
                 return True
             if asyncio.get_running_loop().time() > deadline:
                 return False

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Mapping
 
-from ..config import SyncMode
+from ..core.config import SyncMode
 from . import quorum
 from .probe import NodeStatus
 
@@ -77,9 +77,12 @@ def decide(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Poli
         return _maintain(state, statuses, policy)
     adopted = _adoptable(state, statuses)
     if adopted is not None:
-        return Decision(Action.ADOPT, f"{adopted.name} was promoted outside pgaurora (timeline "
-                        f"{adopted.timeline}) while writer {state.writer} is not primary; following it",
-                        target=adopted.name)
+        return Decision(
+            Action.ADOPT,
+            f"{adopted.name} was promoted outside pgaurora (timeline "
+            f"{adopted.timeline}) while writer {state.writer} is not primary; following it",
+            target=adopted.name,
+        )
     if writer.is_replica:
         return Decision(Action.WAIT, f"writer {state.writer} is in recovery and no other node is primary")
     return _writer_down(state, statuses, policy)
@@ -88,21 +91,32 @@ def decide(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Poli
 def _elect(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> Decision:
     primaries = [s for s in statuses.values() if s.is_primary and s.name not in state.fenced]
     if not primaries:
-        seen = "no node reachable" if not any(s.reachable for s in statuses.values()) else \
-            "no node reports being primary"
+        seen = (
+            "no node reachable" if not any(s.reachable for s in statuses.values()) else "no node reports being primary"
+        )
         return Decision(Action.WAIT, f"{seen}; no writer yet")
     best = max(primaries, key=lambda s: (s.timeline or 0, s.wal_position))
     if len(primaries) == 1:
         return Decision(Action.ELECT, f"{best.name} is the only primary; electing it writer", target=best.name)
     others = ", ".join(s.name for s in primaries if s is not best)
-    return Decision(Action.ELECT, f"{best.name} has the highest timeline ({best.timeline}) of the primaries; "
-                    f"electing it writer and fencing {others}", target=best.name)
+    return Decision(
+        Action.ELECT,
+        f"{best.name} has the highest timeline ({best.timeline}) of the primaries; "
+        f"electing it writer and fencing {others}",
+        target=best.name,
+    )
 
 
 def _adoptable(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> NodeStatus | None:
-    newer = [s for s in statuses.values() if s.is_primary and s.name != state.writer
-             and s.name not in state.fenced and (s.timeline or 0) > (state.timeline or 0)
-             and (state.system_id is None or s.system_id == state.system_id)]
+    newer = [
+        s
+        for s in statuses.values()
+        if s.is_primary
+        and s.name != state.writer
+        and s.name not in state.fenced
+        and (s.timeline or 0) > (state.timeline or 0)
+        and (state.system_id is None or s.system_id == state.system_id)
+    ]
     return max(newer, key=lambda s: (s.timeline or 0, s.wal_position), default=None)
 
 
@@ -110,53 +124,83 @@ def _writer_down(state: ClusterState, statuses: Mapping[str, NodeStatus], policy
     name, writer = state.writer, statuses[state.writer]
     fails = state.failures.get(name, 0)
     if fails < policy.failure_threshold:
-        return Decision(Action.WAIT, f"writer {name} unreachable ({fails}/{policy.failure_threshold} probes): "
-                                     f"{writer.error}")
+        return Decision(
+            Action.WAIT, f"writer {name} unreachable ({fails}/{policy.failure_threshold} probes): {writer.error}"
+        )
     if not policy.failover:
         return Decision(Action.NONE, f"writer {name} is down and automatic failover is disabled")
     witnesses = hearing_writer(state, statuses, policy)
     if witnesses:
-        return Decision(Action.NONE, f"writer {name} is unreachable from the monitor, but "
-                                     f"{', '.join(witnesses)} still receive from it; no failover")
+        return Decision(
+            Action.NONE,
+            f"writer {name} is unreachable from the monitor, but "
+            f"{', '.join(witnesses)} still receive from it; no failover",
+        )
     verdict = promotion_verdict(state, statuses, policy)
     if not verdict.safe:
-        return Decision(Action.NO_CANDIDATE, f"writer {name} is down; {verdict.proof}",
-                        target=verdict.candidate)
+        return Decision(Action.NO_CANDIDATE, f"writer {name} is down; {verdict.proof}", target=verdict.candidate)
     candidate = statuses[verdict.candidate]
-    return Decision(Action.PROMOTE, f"writer {name} unreachable for {fails} probes; promoting "
-                                    f"{candidate.name} (WAL at {lsn(candidate.wal_position)}): {verdict.proof}",
-                    target=candidate.name, loss_bound=verdict.loss_bound)
+    return Decision(
+        Action.PROMOTE,
+        f"writer {name} unreachable for {fails} probes; promoting "
+        f"{candidate.name} (WAL at {lsn(candidate.wal_position)}): {verdict.proof}",
+        target=candidate.name,
+        loss_bound=verdict.loss_bound,
+    )
 
 
 def hearing_writer(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> list[str]:
     """Replicas that stream from the writer and received something from it within the witness window."""
     host, port = policy.addresses[state.writer]
-    return [s.name for s in statuses.values()
-            if s.is_replica and s.streams_from(host, port) and s.heard_within(policy.witness_window)]
+    return [
+        s.name
+        for s in statuses.values()
+        if s.is_replica and s.streams_from(host, port) and s.heard_within(policy.witness_window)
+    ]
 
 
-def promotion_verdict(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy,
-                      target: str | None = None, forced: bool = False) -> quorum.Verdict:
+def promotion_verdict(
+    state: ClusterState,
+    statuses: Mapping[str, NodeStatus],
+    policy: Policy,
+    target: str | None = None,
+    forced: bool = False,
+) -> quorum.Verdict:
     """May the best replica (or target) be promoted without losing an acknowledged commit? See quorum.judge."""
     pool = {s.name: s for s in _eligible(state, statuses)}
     if target is not None and target not in pool:
         return quorum.Verdict(target, False, f"{target} is not a reachable replica of this cluster")
     best = pool.get(target) if target else choose_candidate(state, statuses, policy)
     replicas = {n: quorum.Position(n, s.wal_position, s.position_settled) for n, s in pool.items()}
-    return quorum.judge(replicas.get(best.name) if best else None, replicas, state.voters, state.writer_lsn,
-                        policy.max_data_loss, policy.synchronous, forced)
+    return quorum.judge(
+        replicas.get(best.name) if best else None,
+        replicas,
+        state.voters,
+        state.writer_lsn,
+        policy.max_data_loss,
+        policy.synchronous,
+        forced,
+    )
 
 
 def _eligible(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> list[NodeStatus]:
-    return [s for s in statuses.values() if s.is_replica and s.name != state.writer
-            and s.name not in state.fenced
-            and (state.system_id is None or s.system_id == state.system_id)]
+    return [
+        s
+        for s in statuses.values()
+        if s.is_replica
+        and s.name != state.writer
+        and s.name not in state.fenced
+        and (state.system_id is None or s.system_id == state.system_id)
+    ]
 
 
 def choose_candidate(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> NodeStatus | None:
     """The reachable replica with the most WAL; ties: most replayed, then highest priority."""
-    return max(_eligible(state, statuses),
-               key=lambda s: (s.wal_position, s.replay_lsn or -1, policy.priorities.get(s.name, 0)), default=None)
+    return max(
+        _eligible(state, statuses),
+        key=lambda s: (s.wal_position, s.replay_lsn or -1, policy.priorities.get(s.name, 0)),
+        default=None,
+    )
 
 
 def _maintain(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision:
@@ -173,12 +217,19 @@ def _fence_rivals(state, statuses, policy) -> Decision | None:
         if not s.is_primary or s.name == state.writer:
             continue
         if s.name not in state.fenced:
-            return Decision(Action.FENCE, f"{s.name} claims to be primary (timeline {s.timeline}) but "
-                                          f"{state.writer} is the elected writer (epoch {state.epoch}); "
-                                          f"fencing {s.name}", target=s.name)
+            return Decision(
+                Action.FENCE,
+                f"{s.name} claims to be primary (timeline {s.timeline}) but "
+                f"{state.writer} is the elected writer (epoch {state.epoch}); "
+                f"fencing {s.name}",
+                target=s.name,
+            )
         if policy.auto_rejoin:
-            return Decision(Action.REJOIN, f"fenced {s.name} is up as a primary; rejoining it as a replica "
-                                           f"of {state.writer}", target=s.name)
+            return Decision(
+                Action.REJOIN,
+                f"fenced {s.name} is up as a primary; rejoining it as a replica of {state.writer}",
+                target=s.name,
+            )
     return None
 
 
@@ -187,8 +238,7 @@ def _unfence_followers(state, statuses, policy) -> Decision | None:
     for name in sorted(state.fenced):
         s = statuses.get(name)
         if s is not None and s.is_replica and s.streams_from(host, port):
-            return Decision(Action.UNFENCE, f"{name} now streams from writer {state.writer}; unfencing it",
-                            target=name)
+            return Decision(Action.UNFENCE, f"{name} now streams from writer {state.writer}; unfencing it", target=name)
     return None
 
 
@@ -196,8 +246,12 @@ def _repoint_strays(state, statuses, policy) -> Decision | None:
     host, port = policy.addresses[state.writer]
     for s in statuses.values():
         if s.is_replica and s.name not in state.fenced and (s.conninfo_host, s.conninfo_port) != (host, port):
-            return Decision(Action.REPOINT, f"{s.name} replicates from {s.conninfo_host}:{s.conninfo_port}, "
-                                            f"not writer {state.writer}; re-pointing it", target=s.name)
+            return Decision(
+                Action.REPOINT,
+                f"{s.name} replicates from {s.conninfo_host}:{s.conninfo_port}, "
+                f"not writer {state.writer}; re-pointing it",
+                target=s.name,
+            )
     return None
 
 
@@ -206,8 +260,11 @@ def wanted_sync(state: ClusterState, statuses: Mapping[str, NodeStatus], policy:
     if not policy.synchronous:
         return None
     standbys = [n for n in policy.addresses if n != state.writer and n not in state.fenced | policy.leaving]
-    alive = [n for n in standbys if state.failures.get(n, 0) < policy.failure_threshold
-             and statuses.get(n) is not None and statuses[n].reachable]
+    alive = [
+        n
+        for n in standbys
+        if state.failures.get(n, 0) < policy.failure_threshold and statuses.get(n) is not None and statuses[n].reachable
+    ]
     return frozenset(alive or (standbys if policy.sync_mode is SyncMode.STRICT else []))
 
 

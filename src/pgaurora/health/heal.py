@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
 
-from ..config import HealConfig, SyncMode
-from ..eventlog import EventLog
-from ..topology import Health, Role, Topology, TopologyHub
+from ..core.config import HealConfig, SyncMode
+from ..core.eventlog import EventLog
+from ..core.topology import Health, Role, Topology, TopologyHub
 
 log = logging.getLogger("pgaurora.heal")
 
@@ -78,9 +78,12 @@ def plan(seen: Seen, tries: Tries, now: float, config: HealConfig) -> Plan:
     if seen.is_writer and seen.others_alive and now - (tries.down_since or now) < WRITER_GRACE:
         return Plan(Step.WAIT, f"{seen.name} is the writer: the monitor fails over first")
     if not seen.owned:
-        return Plan(Step.GIVE_UP if tries.count >= config.max_attempts else Step.START,
-                    f"{tries.count} tries in a row failed" if tries.count >= config.max_attempts else
-                    "its start command starts it on its host")
+        return Plan(
+            Step.GIVE_UP if tries.count >= config.max_attempts else Step.START,
+            f"{tries.count} tries in a row failed"
+            if tries.count >= config.max_attempts
+            else "its start command starts it on its host",
+        )
     if now < tries.next_at:
         return Plan(Step.WAIT, f"next try in {tries.next_at - now:.1f} s")
     if tries.count >= config.max_attempts:
@@ -89,8 +92,9 @@ def plan(seen: Seen, tries: Tries, now: float, config: HealConfig) -> Plan:
 
 
 def _repair(seen: Seen, tries: Tries, config: HealConfig) -> Plan:
-    needs_writer = not seen.usable or seen.role is Role.FENCED or (tries.failed >= config.rebuild_after
-                                                                   and not tries.rebuilt)
+    needs_writer = (
+        not seen.usable or seen.role is Role.FENCED or (tries.failed >= config.rebuild_after and not tries.rebuilt)
+    )
     if needs_writer and not seen.writer_alive:
         return Plan(Step.WAIT, "waiting for a running writer to rebuild or rewind it from")
     if not seen.usable:
@@ -100,8 +104,15 @@ def _repair(seen: Seen, tries: Tries, config: HealConfig) -> Plan:
     if seen.role is Role.FENCED:
         return Plan(Step.REJOIN, "a former primary")
     if seen.is_writer:
-        return Plan(Step.START, "the writer, and " + ("no other node can take over" if not seen.others_alive
-                                                      else f"no failover came within {WRITER_GRACE:.0f} s"))
+        return Plan(
+            Step.START,
+            "the writer, and "
+            + (
+                "no other node can take over"
+                if not seen.others_alive
+                else f"no failover came within {WRITER_GRACE:.0f} s"
+            ),
+        )
     return Plan(Step.START, "a replica")
 
 
@@ -111,8 +122,14 @@ def after_try(tries: Tries, step: Step, ok: bool, now: float, config: HealConfig
     count = tries.count + 1
     wait = min(config.max_backoff, config.backoff * 2 ** (count - 1))
     wait = max(wait, grace) if ok else wait
-    return replace(tries, count=count, failed=0 if ok else tries.failed + 1, next_at=now + wait,
-                   rebuilt=tries.rebuilt or step is Step.REBUILD, up_since=now if ok else None)
+    return replace(
+        tries,
+        count=count,
+        failed=0 if ok else tries.failed + 1,
+        next_at=now + wait,
+        rebuilt=tries.rebuilt or step is Step.REBUILD,
+        up_since=now if ok else None,
+    )
 
 
 def observed(tries: Tries, alive: bool, now: float, config: HealConfig) -> Tries:
@@ -138,9 +155,11 @@ class Redundancy:
         return self.streaming == self.replicas and self.copies >= self.wanted
 
     def describe(self) -> str:
-        return (f"{self.streaming} of {self.replicas} replica{'s' if self.replicas != 1 else ''} streaming; "
-                f"commits on {self.copies} cop{'ies' if self.copies != 1 else 'y'}"
-                + ("" if self.copies >= self.wanted else f" of the {self.wanted} wanted"))
+        return (
+            f"{self.streaming} of {self.replicas} replica{'s' if self.replicas != 1 else ''} streaming; "
+            f"commits on {self.copies} cop{'ies' if self.copies != 1 else 'y'}"
+            + ("" if self.copies >= self.wanted else f" of the {self.wanted} wanted")
+        )
 
 
 def redundancy(topology: Topology, sync_mode: SyncMode) -> Redundancy:
@@ -181,8 +200,15 @@ class Rejoiner(Protocol):
 class Supervisor:
     """Looks at every node each interval and heals, one try at a time per node, beside the monitor's loop."""
 
-    def __init__(self, nodes: Nodes, hub: TopologyHub, rejoiner: Rejoiner, events: EventLog, config: HealConfig,
-                 sync_mode: SyncMode) -> None:
+    def __init__(
+        self,
+        nodes: Nodes,
+        hub: TopologyHub,
+        rejoiner: Rejoiner,
+        events: EventLog,
+        config: HealConfig,
+        sync_mode: SyncMode,
+    ) -> None:
         self.nodes, self.hub, self.rejoiner, self.events = nodes, hub, rejoiner, events
         self.config, self.sync_mode = config, sync_mode
         self.tries: dict[str, Tries] = {}
@@ -204,12 +230,25 @@ class Supervisor:
         nodes = [n for n in topology.nodes if self.nodes.knows(n.name)]
         alive = {n.name: self._alive(n.name, n.health) for n in nodes}
         writer = topology.writer
-        return [Seen(n.name, alive[n.name], self.nodes.held(n.name), self.nodes.usable(n.name), n.role,
-                     n.name == writer, bool(writer) and alive.get(writer, False),
-                     any(a for other, a in alive.items() if other != n.name
-                         and topology.by_name[other].role is not Role.FENCED),
-                     self.nodes.owns_files, "" if alive[n.name] else self.nodes.why_down(n.name))
-                for n in nodes]
+        return [
+            Seen(
+                n.name,
+                alive[n.name],
+                self.nodes.held(n.name),
+                self.nodes.usable(n.name),
+                n.role,
+                n.name == writer,
+                bool(writer) and alive.get(writer, False),
+                any(
+                    a
+                    for other, a in alive.items()
+                    if other != n.name and topology.by_name[other].role is not Role.FENCED
+                ),
+                self.nodes.owns_files,
+                "" if alive[n.name] else self.nodes.why_down(n.name),
+            )
+            for n in nodes
+        ]
 
     def _alive(self, name: str, health: Health) -> bool:
         alive = self.nodes.alive(name)
@@ -218,33 +257,61 @@ class Supervisor:
     def _follow(self, seen: Seen, decision: Plan, writer: str | None) -> None:
         if decision.step is Step.GIVE_UP:
             self.tries[seen.name] = replace(self.tries[seen.name], given_up=True)
-            self.events.record("heal_given_up", f"{seen.name} {seen.why_down}: {decision.reason}; giving up on it, "
-                               f"the rest of the cluster serves on: fix {seen.name} and start it, or remove it "
-                               "(`pgaurora replicas remove`)", node=seen.name, attempts=self.tries[seen.name].count)
+            self.events.record(
+                "heal_given_up",
+                f"{seen.name} {seen.why_down}: {decision.reason}; giving up on it, "
+                f"the rest of the cluster serves on: fix {seen.name} and start it, or remove it "
+                "(`pgaurora replicas remove`)",
+                node=seen.name,
+                attempts=self.tries[seen.name].count,
+            )
         elif decision.step in (Step.START, Step.REJOIN, Step.REBUILD):
-            self._working[seen.name] = asyncio.get_running_loop().create_task(
-                self._try(seen, decision, writer))
+            self._working[seen.name] = asyncio.get_running_loop().create_task(self._try(seen, decision, writer))
 
     async def _try(self, seen: Seen, decision: Plan, writer: str | None) -> None:
         name = seen.name
         attempt, began = self.tries[name].count + 1, time.monotonic()
-        verb = {Step.START: "starting it again", Step.REJOIN: "rewinding it onto the writer's timeline",
-                Step.REBUILD: f"rebuilding it from {writer}"}[decision.step]
-        self.events.record("heal", f"{name} {seen.why_down} ({decision.reason}); {verb} (attempt {attempt})",
-                           node=name, step=decision.step.value, attempt=attempt)
+        verb = {
+            Step.START: "starting it again",
+            Step.REJOIN: "rewinding it onto the writer's timeline",
+            Step.REBUILD: f"rebuilding it from {writer}",
+        }[decision.step]
+        self.events.record(
+            "heal",
+            f"{name} {seen.why_down} ({decision.reason}); {verb} (attempt {attempt})",
+            node=name,
+            step=decision.step.value,
+            attempt=attempt,
+        )
         try:
             done = await self._act(name, decision, writer)
         except Exception as exc:  # one failed try: counted, backed off, tried again
             self.tries[name] = after_try(self.tries[name], decision.step, False, time.time(), self.config)
-            self.events.record("heal_failed", f"{name}: {decision.step.value} failed (attempt {attempt}): "
-                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:400],
-                               node=name, step=decision.step.value, attempt=attempt)
+            self.events.record(
+                "heal_failed",
+                f"{name}: {decision.step.value} failed (attempt {attempt}): "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:400],
+                node=name,
+                step=decision.step.value,
+                attempt=attempt,
+            )
         else:
-            self.tries[name] = after_try(self.tries[name], decision.step, True, time.time(), self.config,
-                                         0.0 if self.nodes.owns_files else PROBE_GRACE)
-            self.events.record("healed", f"{name} {done} in {time.monotonic() - began:.1f} s", node=name,
-                               step=decision.step.value, attempt=attempt,
-                               seconds=round(time.monotonic() - began, 2))
+            self.tries[name] = after_try(
+                self.tries[name],
+                decision.step,
+                True,
+                time.time(),
+                self.config,
+                0.0 if self.nodes.owns_files else PROBE_GRACE,
+            )
+            self.events.record(
+                "healed",
+                f"{name} {done} in {time.monotonic() - began:.1f} s",
+                node=name,
+                step=decision.step.value,
+                attempt=attempt,
+                seconds=round(time.monotonic() - began, 2),
+            )
         finally:
             self._working.pop(name, None)
 
@@ -264,9 +331,14 @@ class Supervisor:
 
     def document(self) -> dict:
         """For /status: the nodes being healed or given up on, and since when redundancy is short."""
-        return {"degraded_since": self.degraded_since,
-                "nodes": {name: {"tries": t.count, "given_up": t.given_up, "healing": name in self._working}
-                          for name, t in sorted(self.tries.items()) if t.count or t.given_up or name in self._working}}
+        return {
+            "degraded_since": self.degraded_since,
+            "nodes": {
+                name: {"tries": t.count, "given_up": t.given_up, "healing": name in self._working}
+                for name, t in sorted(self.tries.items())
+                if t.count or t.given_up or name in self._working
+            },
+        }
 
     async def stop(self) -> None:
         for task in list(self._working.values()):
@@ -298,8 +370,9 @@ class StartCommands:
         return True
 
     def start_node(self, name: str) -> None:
-        done = subprocess.run(self.commands[name], shell=True, capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            self.commands[name], shell=True, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
         if done.returncode != 0:
             said = " / ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
             raise RuntimeError(f"`{self.commands[name]}` exited {done.returncode}: {said[-300:]}")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from .decide import ClusterState
 from .probe import NodeStatus
 
 STARTED = "failover_started"
-CLOSING = frozenset({"failover", "failover_completed_after_restart", "failover_completed_late",
-                     "failover_abandoned"})
+CLOSING = frozenset({"failover", "failover_completed_after_restart", "failover_completed_late", "failover_abandoned"})
 
 
 def open_intents(history: Iterable[dict]) -> list[dict]:
@@ -42,13 +41,23 @@ def reconcile(intent: dict, state: ClusterState, statuses: Mapping[str, NodeStat
     if seen.is_replica:
         return Resolution(False, f"{name} is still a replica (timeline {tl}): the promotion did not happen")
     if (tl or 0) <= (intent.get("timeline") or 0):
-        return Resolution(False, f"{name} is a primary on timeline {tl}, not on a timeline after "
-                                 f"{intent.get('timeline')}: not this promotion")
+        return Resolution(
+            False,
+            f"{name} is a primary on timeline {tl}, not on a timeline after "
+            f"{intent.get('timeline')}: not this promotion",
+        )
     if state.writer == name:
-        return Resolution(True, f"{name} is primary on timeline {tl} and already the writer (epoch {state.epoch})",
-                          timeline=tl)
+        return Resolution(
+            True, f"{name} is primary on timeline {tl} and already the writer (epoch {state.epoch})", timeline=tl
+        )
     if state.writer == old:
-        return Resolution(True, f"{name} is primary on timeline {tl}; the new epoch had not been saved, so it "
-                                f"is saved now", follow=True, timeline=tl)
-    return Resolution(False, f"{name} is primary on timeline {tl}, but {state.writer} became the writer "
-                             "since; it is fenced like any rival")
+        return Resolution(
+            True,
+            f"{name} is primary on timeline {tl}; the new epoch had not been saved, so it is saved now",
+            follow=True,
+            timeline=tl,
+        )
+    return Resolution(
+        False,
+        f"{name} is primary on timeline {tl}, but {state.writer} became the writer since; it is fenced like any rival",
+    )

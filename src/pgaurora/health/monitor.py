@@ -10,17 +10,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..config import Config
+from ..core.config import Config
+from ..core.errors import ActionFailed, ConfigError, StateError
+from ..core.eventlog import EventLog
+from ..core.faultpoints import crash_point
+from ..core.sslcontexts import node_ssl
+from ..core.topology import TopologyHub
 from ..dcs.etcd import DcsUnavailable
 from ..dcs.leadership import Role
-from ..errors import ConfigError, StateError
-from ..eventlog import EventLog
-from ..faultpoints import crash_point
-from ..sslcontexts import node_ssl
-from ..topology import TopologyHub
 from . import actions, intents, snapshot
-from .decide import (Action, ClusterState, Decision, Policy, decide, desired_sync_names, hearing_writer,
-                     promotion_verdict)
+from .decide import (
+    Action,
+    ClusterState,
+    Decision,
+    Policy,
+    decide,
+    desired_sync_names,
+    hearing_writer,
+    promotion_verdict,
+)
 from .probe import NodeStatus, Prober, bounded
 from .store import StateFile, from_document, to_document
 
@@ -42,24 +50,36 @@ class NodeController(Protocol):
 
 def policy_for(config: Config, controller: NodeController | None) -> Policy:
     f, m = config.failover, config.monitor
-    return Policy(addresses={n.name: n.replication_address for n in config.nodes},
-                  priorities={n.name: n.priority for n in config.nodes},
-                  failure_threshold=m.failure_threshold, failover=f.enabled, sync_mode=f.sync_mode,
-                  auto_rejoin=controller is not None and f.auto_rejoin,
-                  max_data_loss=f.data_loss_limit, witness_window=m.witness_window)
+    return Policy(
+        addresses={n.name: n.replication_address for n in config.nodes},
+        priorities={n.name: n.priority for n in config.nodes},
+        failure_threshold=m.failure_threshold,
+        failover=f.enabled,
+        sync_mode=f.sync_mode,
+        auto_rejoin=controller is not None and f.auto_rejoin,
+        max_data_loss=f.data_loss_limit,
+        witness_window=m.witness_window,
+    )
 
 
 class Monitor:
-    def __init__(self, config: Config, hub: TopologyHub, events: EventLog,
-                 controller: NodeController | None = None, reset_state: bool = False,
-                 member: "Member | None" = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        hub: TopologyHub,
+        events: EventLog,
+        controller: NodeController | None = None,
+        reset_state: bool = False,
+        member: Member | None = None,
+    ) -> None:
         self.config, self.hub, self.events, self.controller = config, hub, events, controller
         self.nodes = {n.name: n for n in config.nodes}
         self.probers = {n.name: Prober(n, config.monitor, node_ssl(config.tls)) for n in config.nodes}
         self.policy = policy_for(config, controller)
         self.member = member  # with [dcs]: the memory lives in etcd, and only its leader acts
-        self._store = StateFile(Path(config.state_dir) / "monitor.json") \
-            if config.state_dir and member is None else None
+        self._store = (
+            StateFile(Path(config.state_dir) / "monitor.json") if config.state_dir and member is None else None
+        )
         self.state = self._load_state(reset_state)
         self._dirty = False  # with [dcs]: the memory changed since it was last written to etcd
         self._intent_closed = False  # with [dcs]: an intent read from etcd was reconciled; clear it there
@@ -98,15 +118,16 @@ class Monitor:
             return ClusterState(epoch=self._reset_epoch_floor())
         state = self._store.load(self.nodes)
         if state is None and self.events.has_history:
-            raise StateError(f"the monitor's state file {self._store.path} is missing, but {self.events.path} "
-                             "holds this cluster's history; start with --reset-state to rebuild it from the "
-                             "nodes, or restore the file from a backup")
+            raise StateError(
+                f"the monitor's state file {self._store.path} is missing, but {self.events.path} "
+                "holds this cluster's history; start with --reset-state to rebuild it from the "
+                "nodes, or restore the file from a backup"
+            )
         return state or ClusterState()
 
     def _reset_epoch_floor(self) -> int:
         """The highest epoch the event log remembers: a rebuilt epoch never goes back below it."""
-        return max((e.get("epoch") or 0 for e in self.events.recent() if isinstance(e.get("epoch"), int)),
-                   default=0)
+        return max((e.get("epoch") or 0 for e in self.events.recent() if isinstance(e.get("epoch"), int)), default=0)
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -190,8 +211,7 @@ class Monitor:
                 self._take(future, self._request_reconfigure, args)
                 continue
             leader = self.member.members.get(self.member.leader or "", {}).get("admin", "the leader")
-            future.set_exception(actions.ActionFailed(f"this instance ({self.member.me}) does not act ({why}); "
-                                                      f"ask {leader}"))
+            future.set_exception(ActionFailed(f"this instance ({self.member.me}) does not act ({why}); ask {leader}"))
 
     async def _persist(self) -> bool:
         """With [dcs]: write the memory to etcd if it changed, conditioned on still leading."""
@@ -244,8 +264,16 @@ class Monitor:
 
     async def publish(self, reason: str, state: ClusterState | None = None) -> None:
         safe, outlook = self.failover_outlook()
-        topology = snapshot.build(self.config, state or self.state, self.statuses, self.last_seen, reason,
-                                  failover_safe=safe, failover_outlook=outlook, proxies=self._proxies())
+        topology = snapshot.build(
+            self.config,
+            state or self.state,
+            self.statuses,
+            self.last_seen,
+            reason,
+            failover_safe=safe,
+            failover_outlook=outlook,
+            proxies=self._proxies(),
+        )
         old = self.hub.current
         if replace(topology, version=old.version, published_at=old.published_at) != old:
             await self.hub.publish(topology)
@@ -261,7 +289,7 @@ class Monitor:
         while not self._requests.empty():  # requests nobody will serve any more: answered, not left hanging
             kind, _, future = self._requests.get_nowait()
             if not future.done():
-                future.set_exception(actions.ActionFailed(f"pgaurora is stopping; the {kind} was not started"))
+                future.set_exception(ActionFailed(f"pgaurora is stopping; the {kind} was not started"))
         await asyncio.gather(*(p.close() for p in self.probers.values()))
 
     # -- write-ahead intents -------------------------------------------------------------
@@ -276,12 +304,19 @@ class Monitor:
             self._intent_closed = self.member is not None and not self._intents
             if found.follow:
                 old = intent["old_writer"]
-                self._new_epoch(intent["candidate"], found.timeline,
-                                fenced=(self.state.fenced | {old}) - {intent["candidate"]})
+                self._new_epoch(
+                    intent["candidate"], found.timeline, fenced=(self.state.fenced | {old}) - {intent["candidate"]}
+                )
             late = "late" if intent["intent"] in self._own_intents else "after_restart"
             kind = f"failover_completed_{late}" if found.completed else "failover_abandoned"
-            self.events.record(kind, found.found, intent=intent["intent"], old_writer=intent.get("old_writer"),
-                               new_writer=intent["candidate"] if found.completed else None, epoch=self.state.epoch)
+            self.events.record(
+                kind,
+                found.found,
+                intent=intent["intent"],
+                old_writer=intent.get("old_writer"),
+                new_writer=intent["candidate"] if found.completed else None,
+                epoch=self.state.epoch,
+            )
 
     # -- acting ----------------------------------------------------------------------------
     async def act(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
@@ -298,22 +333,34 @@ class Monitor:
         limit = failover.catchup_timeout + failover.promote_timeout + 4 * self.config.monitor.probe_timeout
         outcome = await bounded(handler(decision, statuses), limit)  # a frozen node never stalls the loop
         if isinstance(outcome, Exception):
-            self.events.record("action_failed", f"{decision.action.value} {decision.target}: {outcome}",
-                               decision=decision.reason)
+            self.events.record(
+                "action_failed", f"{decision.action.value} {decision.target}: {outcome}", decision=decision.reason
+            )
 
     async def _act_no_candidate(self, decision: Decision, statuses) -> None:
         """Record each distinct refusal to promote once, not every tick."""
         if decision.reason != self._blocked_reason:
             self._blocked_reason = decision.reason
-            self.events.record("failover_blocked", decision.reason, writer=self.state.writer,
-                               candidate=decision.target, voters=sorted(self.state.voters))
+            self.events.record(
+                "failover_blocked",
+                decision.reason,
+                writer=self.state.writer,
+                candidate=decision.target,
+                voters=sorted(self.state.voters),
+            )
 
     async def _act_elect(self, decision: Decision, statuses) -> None:
         chosen = statuses[decision.target]
         rivals = {s.name for s in statuses.values() if s.is_primary and s.name != chosen.name}
         epoch = max(self.state.epoch + 1, chosen.timeline or 0)  # never below what the timelines show
-        self._set_state(writer=chosen.name, epoch=epoch, timeline=chosen.timeline, system_id=chosen.system_id,
-                        fenced=self.state.fenced | rivals, voters=frozenset())
+        self._set_state(
+            writer=chosen.name,
+            epoch=epoch,
+            timeline=chosen.timeline,
+            system_id=chosen.system_id,
+            fenced=self.state.fenced | rivals,
+            voters=frozenset(),
+        )
         self.events.record("elect", decision.reason, writer=chosen.name, epoch=self.state.epoch)
 
     async def _act_adopt(self, decision: Decision, statuses) -> None:
@@ -368,22 +415,37 @@ class Monitor:
         await self._failover(decision.target, decision.reason, statuses, loss_bound=decision.loss_bound)
 
     # -- failover, switchover, rejoin ---------------------------------------------------------
-    async def _failover(self, target: str, reason: str, statuses, *, loss_bound: int | None,
-                        forced: bool = False) -> dict:
+    async def _failover(
+        self, target: str, reason: str, statuses, *, loss_bound: int | None, forced: bool = False
+    ) -> dict:
         """Promote target with a write-ahead intent, so that a crash at any step leaves a true history."""
         phases = {"detected": time.time()}
         old = self.state.writer
-        intent = self.events.record("failover_started", reason, intent=uuid.uuid4().hex[:12], old_writer=old,
-                                    candidate=target, epoch=self.state.epoch + 1, timeline=self.state.timeline,
-                                    forced=forced, loss_bound_bytes=loss_bound)
+        intent = self.events.record(
+            "failover_started",
+            reason,
+            intent=uuid.uuid4().hex[:12],
+            old_writer=old,
+            candidate=target,
+            epoch=self.state.epoch + 1,
+            timeline=self.state.timeline,
+            forced=forced,
+            loss_bound_bytes=loss_bound,
+        )
         self._intents.append(intent)
         self._own_intents.add(intent["intent"])
         if self.member is not None and not await self.member.write(state=to_document(self.state), intent=intent):
             self._intents.remove(intent)
             why = f"not promoting {target}: this instance no longer leads ({self.member.verdict.reason})"
-            self.events.record("failover_abandoned", why, intent=intent["intent"], old_writer=old,
-                               new_writer=None, epoch=self.state.epoch)
-            raise actions.ActionFailed(why)
+            self.events.record(
+                "failover_abandoned",
+                why,
+                intent=intent["intent"],
+                old_writer=old,
+                new_writer=None,
+                epoch=self.state.epoch,
+            )
+            raise ActionFailed(why)
         crash_point("after_intent")
         after = replace(self.state, writer=target, fenced=self.state.fenced | {old})
         sync = desired_sync_names(after, statuses, self.policy)
@@ -394,8 +456,10 @@ class Monitor:
         self._new_epoch(target, timeline, fenced=(self.state.fenced | {old}) - {target})
         await self._persist()
         crash_point("after_epoch")
-        self.statuses = {**self.statuses, target: replace(statuses[target], in_recovery=False,
-                                                          timeline=timeline, sync_names=sync)}
+        self.statuses = {
+            **self.statuses,
+            target: replace(statuses[target], in_recovery=False, timeline=timeline, sync_names=sync),
+        }
         await self.publish(reason)
         phases["endpoints_switched"] = phases["dns_updated"] = time.time()
         repointed = await self.repoint_all(exclude={old, target})
@@ -404,27 +468,38 @@ class Monitor:
         if self.member is not None:
             await self.member.write(intent=None)
         return self.events.record(
-            "failover", reason, intent=intent["intent"], old_writer=old, new_writer=target, epoch=self.state.epoch,
-            timeline=timeline, sync_standbys=sync, repointed=repointed, forced=forced, loss_bound_bytes=loss_bound,
+            "failover",
+            reason,
+            intent=intent["intent"],
+            old_writer=old,
+            new_writer=target,
+            epoch=self.state.epoch,
+            timeline=timeline,
+            sync_standbys=sync,
+            repointed=repointed,
+            forced=forced,
+            loss_bound_bytes=loss_bound,
             phases={k: round(v, 3) for k, v in phases.items()},
-            downtime_from_detection=round(phases["endpoints_switched"] - phases["detected"], 3))
+            downtime_from_detection=round(phases["endpoints_switched"] - phases["detected"], 3),
+        )
 
     async def repoint_all(self, exclude: set[str]) -> list[str]:
         """Point every replica but exclude (and the fenced) at the writer; returns those that took it."""
         names = [n for n in self.nodes if n not in exclude and n not in self.state.fenced]
         writer = self.nodes[self.state.writer]
         limit = 2 * self.config.monitor.probe_timeout + 1
-        results = await asyncio.gather(*(bounded(actions.repoint(self.config, self.nodes[n], writer), limit)
-                                         for n in names))
-        for name, result in zip(names, results):
+        results = await asyncio.gather(
+            *(bounded(actions.repoint(self.config, self.nodes[n], writer), limit) for n in names)
+        )
+        for name, result in zip(names, results, strict=True):
             if isinstance(result, Exception):
                 log.warning("could not re-point %s: %s", name, result)
-        return [n for n, r in zip(names, results) if not isinstance(r, Exception)]
+        return [n for n, r in zip(names, results, strict=True) if not isinstance(r, Exception)]
 
     async def rejoin_once(self, name: str, reason: str) -> str:
         """Rejoin a fenced node unless a rejoin of it is under way already (self-healing calls this)."""
         if name in self._rejoining:
-            raise actions.ActionFailed(f"a rejoin of {name} is under way already")
+            raise ActionFailed(f"a rejoin of {name} is under way already")
         self._rejoining.add(name)
         try:
             return await self.rejoin(name, reason)
@@ -433,9 +508,11 @@ class Monitor:
 
     async def rejoin(self, name: str, reason: str) -> str:
         if self.controller is None:
-            raise actions.ActionFailed(f"rejoin needs a cluster started by pgaurora (compose); for this cluster, "
-                                       f"run `pgaurora rejoin {name} --print` and the commands it prints "
-                                       f"on {name}'s host")
+            raise ActionFailed(
+                f"rejoin needs a cluster started by pgaurora (compose); for this cluster, "
+                f"run `pgaurora rejoin {name} --print` and the commands it prints "
+                f"on {name}'s host"
+            )
         how = await asyncio.to_thread(self.controller.rejoin, name, self.state.writer)
         self.events.record("rejoin", reason, node=name, upstream=self.state.writer, method=how)
         return how
@@ -480,7 +557,7 @@ class Monitor:
                 future.set_exception(exc)
             except asyncio.CancelledError:  # the service is stopping: the caller hears so, now
                 if not future.done():
-                    future.set_exception(actions.ActionFailed(f"pgaurora is stopping; the {kind} was interrupted"))
+                    future.set_exception(ActionFailed(f"pgaurora is stopping; the {kind} was interrupted"))
                 raise
 
     @staticmethod
@@ -493,11 +570,17 @@ class Monitor:
     def _request_reconfigure(self, config: Config, added: tuple[str, ...], removed: tuple[str, ...]) -> dict:
         """Take a reloaded configuration between ticks: probe added nodes, forget removed ones (never the
         writer or a voter), and decide by the new settings from the next tick on."""
-        refused = [f"nodes: {name} is the writer: switch over first, then remove it" for name in removed
-                   if name == self.state.writer]
-        refused += [f"nodes: {name} is a voter of quorum commit: stop or drain it, wait until the voters "
-                    "narrow without it (pgaurora status), then remove it" for name in removed
-                    if name in self.state.voters]
+        refused = [
+            f"nodes: {name} is the writer: switch over first, then remove it"
+            for name in removed
+            if name == self.state.writer
+        ]
+        refused += [
+            f"nodes: {name} is a voter of quorum commit: stop or drain it, wait until the voters "
+            "narrow without it (pgaurora status), then remove it"
+            for name in removed
+            if name in self.state.voters
+        ]
         if refused:
             raise ConfigError(refused, "the reloaded configuration")
         for name in removed:
@@ -519,23 +602,26 @@ class Monitor:
         """Serve another set of nodes (a backtrack or its undo): the nodes leaving are stopped already, and
         `writer`, a primary of the new set, becomes the writer in a new epoch."""
         if writer not in {n.name for n in config.nodes}:
-            raise actions.ActionFailed(f"{writer} is not one of the new nodes")
+            raise ActionFailed(f"{writer} is not one of the new nodes")
         prober = Prober(next(n for n in config.nodes if n.name == writer), config.monitor, node_ssl(config.tls))
         status = await prober.probe()
         if not status.is_primary:
             await prober.close()
-            raise actions.ActionFailed(f"{writer} does not answer as a primary: {status.error or 'in recovery'}")
+            raise ActionFailed(f"{writer} does not answer as a primary: {status.error or 'in recovery'}")
         await asyncio.gather(*(p.close() for p in self.probers.values()))
-        self.probers = {n.name: Prober(n, config.monitor, node_ssl(config.tls))
-                        for n in config.nodes if n.name != writer}
+        self.probers = {
+            n.name: Prober(n, config.monitor, node_ssl(config.tls)) for n in config.nodes if n.name != writer
+        }
         self.probers[writer] = prober
         self.config, self.nodes = config, {n.name: n for n in config.nodes}
         self.policy = policy_for(config, self.controller)
         self.statuses, self.last_seen, self._last_answer = {}, {}, {}
-        self._new_epoch(writer, status.timeline, fenced=frozenset(), drained=frozenset(), failures={},
-                        system_id=status.system_id)
-        self.events.record("writer_replaced", reason, new_writer=writer, epoch=self.state.epoch,
-                           nodes=sorted(self.nodes))
+        self._new_epoch(
+            writer, status.timeline, fenced=frozenset(), drained=frozenset(), failures={}, system_id=status.system_id
+        )
+        self.events.record(
+            "writer_replaced", reason, new_writer=writer, epoch=self.state.epoch, nodes=sorted(self.nodes)
+        )
         statuses = await self.probe_all()
         self._observe(statuses)
         await self._persist()
@@ -544,7 +630,7 @@ class Monitor:
 
     async def _request_rejoin(self, node: str) -> dict:
         if node not in self.nodes or node == self.state.writer:
-            raise actions.ActionFailed(f"{node!r} is not a node that can rejoin (writer is {self.state.writer})")
+            raise ActionFailed(f"{node!r} is not a node that can rejoin (writer is {self.state.writer})")
         how = await self.rejoin(node, f"rejoin of {node} requested")
         return {"node": node, "method": how}
 
@@ -552,10 +638,12 @@ class Monitor:
         """Take a replica out of the reader endpoint without stopping it: no new reader session goes there;
         the sessions already on it go on."""
         if node not in self.nodes:
-            raise actions.ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
+            raise ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
         if node == self.state.writer:
-            raise actions.ActionFailed(f"{node} is the writer; drain applies to replicas: switch over first "
-                                       f"(`pgaurora switchover`), then drain it")
+            raise ActionFailed(
+                f"{node} is the writer; drain applies to replicas: switch over first "
+                f"(`pgaurora switchover`), then drain it"
+            )
         if node not in self.state.drained:
             self._set_state(drained=self.state.drained | {node})
             self.events.record("drain", f"{node} drained: no new reader sessions go there", node=node)
@@ -568,16 +656,16 @@ class Monitor:
         synchronous standbys, then the voters (once the others have caught up), without it.
         leaving=False puts it back (a removal that did not go through)."""
         if node not in self.nodes:
-            raise actions.ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
+            raise ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
         if leaving and node == self.state.writer:
-            raise actions.ActionFailed(f"{node} is the writer: switch over first (`pgaurora switchover`)")
+            raise ActionFailed(f"{node} is the writer: switch over first (`pgaurora switchover`)")
         changed = self.policy.leaving ^ {node} if (node in self.policy.leaving) != leaving else self.policy.leaving
         self.policy = replace(self.policy, leaving=changed)
         return {"node": node, "leaving": sorted(self.policy.leaving)}
 
     async def _request_undrain(self, node: str) -> dict:
         if node not in self.nodes:
-            raise actions.ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
+            raise ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
         if node in self.state.drained:
             self._set_state(drained=self.state.drained - {node})
             self.events.record("undrain", f"{node} back in the reader endpoint once healthy", node=node)
@@ -587,28 +675,39 @@ class Monitor:
 
     async def _request_switchover(self, to: str | None = None) -> dict:
         from .switchover import switchover
+
         return await switchover(self, to)
 
     async def _request_failover(self, to: str | None = None, accept_data_loss: bool = False) -> dict:
         """An operator's failover: only when the writer is down; unsafe only with accept_data_loss."""
         if self.state.writer is None:
-            raise actions.ActionFailed("there is no writer to fail over from (starting, or a switchover is under way)")
+            raise ActionFailed("there is no writer to fail over from (starting, or a switchover is under way)")
         if self.statuses[self.state.writer].is_primary:
-            raise actions.ActionFailed(f"writer {self.state.writer} is healthy; use `pgaurora switchover` "
-                                       "for a planned change of writer")
+            raise ActionFailed(
+                f"writer {self.state.writer} is healthy; use `pgaurora switchover` for a planned change of writer"
+            )
         witnesses = hearing_writer(self.state, self.statuses, self.policy)
         if witnesses:
-            raise actions.ActionFailed(f"writer {self.state.writer} is alive: {', '.join(witnesses)} still "
-                                       "receive from it; promoting now would make two primaries")
+            raise ActionFailed(
+                f"writer {self.state.writer} is alive: {', '.join(witnesses)} still "
+                "receive from it; promoting now would make two primaries"
+            )
         verdict = promotion_verdict(self.state, self.statuses, self.policy, target=to)
         forced = not verdict.safe and accept_data_loss
         if forced:
             verdict = promotion_verdict(self.state, self.statuses, self.policy, target=to, forced=True)
         if not verdict.safe or verdict.candidate is None:
-            raise actions.ActionFailed(verdict.proof)
+            raise ActionFailed(verdict.proof)
         reason = f"failover to {verdict.candidate} requested: {verdict.proof}"
         if forced:
-            self.events.record("failover_unsafe", reason, candidate=verdict.candidate, old_writer=self.state.writer,
-                               loss_bound_bytes=verdict.loss_bound, voters=sorted(self.state.voters))
-        return await self._failover(verdict.candidate, reason, self.statuses, loss_bound=verdict.loss_bound,
-                                    forced=forced)
+            self.events.record(
+                "failover_unsafe",
+                reason,
+                candidate=verdict.candidate,
+                old_writer=self.state.writer,
+                loss_bound_bytes=verdict.loss_bound,
+                voters=sorted(self.state.voters),
+            )
+        return await self._failover(
+            verdict.candidate, reason, self.statuses, loss_bound=verdict.loss_bound, forced=forced
+        )

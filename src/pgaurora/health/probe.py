@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ..config import MonitorConfig, NodeConfig
+from ..core.config import MonitorConfig, NodeConfig
 
 log = logging.getLogger("pgaurora.monitor")
 
@@ -69,7 +69,7 @@ class NodeStatus:
     probed_at: float = 0.0
 
     @classmethod
-    def unknown(cls, name: str, error: str) -> "NodeStatus":
+    def unknown(cls, name: str, error: str) -> NodeStatus:
         return cls(name=name, reachable=False, error=error, probed_at=time.time())
 
     @property
@@ -99,8 +99,7 @@ class NodeStatus:
         return self.is_replica and self.receive_lsn is not None
 
     def streams_from(self, host: str, port: int) -> bool:
-        return (self.receiver_status == "streaming" and self.upstream_host == host
-                and self.upstream_port == port)
+        return self.receiver_status == "streaming" and self.upstream_host == host and self.upstream_port == port
 
     def heard_within(self, seconds: float) -> bool:
         return self.receipt_age is not None and self.receipt_age <= seconds
@@ -118,7 +117,7 @@ def parse_conninfo(conninfo: str | None) -> dict[str, str]:
         if not match:
             break
         pos, value = match.end(), []
-        if text[pos:pos + 1] == "'":
+        if text[pos : pos + 1] == "'":
             pos += 1
             while pos < len(text) and text[pos] != "'":
                 if text[pos] == "\\" and pos + 1 < len(text):
@@ -143,13 +142,24 @@ def _conninfo_target(conninfo: str | None) -> dict:
 
 def status_from_row(name: str, row) -> NodeStatus:
     return NodeStatus(
-        name=name, reachable=True, in_recovery=row["in_recovery"], system_id=_as_int(row["system_id"]),
-        timeline=_as_int(row["timeline"]), current_lsn=_as_int(row["current_lsn"]),
-        receive_lsn=_as_int(row["receive_lsn"]), replay_lsn=_as_int(row["replay_lsn"]),
-        lag_seconds=row["lag_seconds"], receiver_status=row["receiver_status"],
-        upstream_host=row["sender_host"], upstream_port=row["sender_port"],
-        sync_names=row["sync_names"], **_conninfo_target(row["primary_conninfo"]),
-        replay_paused=bool(row["replay_paused"]), receipt_age=row["receipt_age"], probed_at=time.time())
+        name=name,
+        reachable=True,
+        in_recovery=row["in_recovery"],
+        system_id=_as_int(row["system_id"]),
+        timeline=_as_int(row["timeline"]),
+        current_lsn=_as_int(row["current_lsn"]),
+        receive_lsn=_as_int(row["receive_lsn"]),
+        replay_lsn=_as_int(row["replay_lsn"]),
+        lag_seconds=row["lag_seconds"],
+        receiver_status=row["receiver_status"],
+        upstream_host=row["sender_host"],
+        upstream_port=row["sender_port"],
+        sync_names=row["sync_names"],
+        **_conninfo_target(row["primary_conninfo"]),
+        replay_paused=bool(row["replay_paused"]),
+        receipt_age=row["receipt_age"],
+        probed_at=time.time(),
+    )
 
 
 class Prober:
@@ -163,10 +173,15 @@ class Prober:
 
     async def connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(
-            host=self.node.host, port=self.node.port, user=self.monitor.user,
-            password=self.monitor.password, database=self.monitor.database,
-            timeout=self.monitor.probe_timeout, ssl=self.ssl,
-            server_settings={"application_name": "pgaurora-monitor"})
+            host=self.node.host,
+            port=self.node.port,
+            user=self.monitor.user,
+            password=self.monitor.password,
+            database=self.monitor.database,
+            timeout=self.monitor.probe_timeout,
+            ssl=self.ssl,
+            server_settings={"application_name": "pgaurora-monitor"},
+        )
 
     async def probe(self) -> NodeStatus:
         """At most probe_timeout long, whatever the node does (a frozen host included)."""
@@ -190,8 +205,12 @@ class Prober:
             await self._conn.execute(HEARTBEAT_SQL, timeout=self.monitor.probe_timeout)
         except asyncpg.PostgresError as exc:  # e.g. a monitor user without the privilege: probe on without it
             self._heartbeat = False
-            log.warning("no heartbeat on %s (%s): on an idle cluster, replicas then vouch for a primary the "
-                        "monitor cannot reach only through wal_sender_timeout keepalives", self.node.name, exc)
+            log.warning(
+                "no heartbeat on %s (%s): on an idle cluster, replicas then vouch for a primary the "
+                "monitor cannot reach only through wal_sender_timeout keepalives",
+                self.node.name,
+                exc,
+            )
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
-from ..config import Config
-from ..topology import Health, NodeState, Role, Topology
+from ..core.config import Config
+from ..core.topology import Health, NodeState, Role, Topology
 from .decide import ClusterState
 from .probe import NodeStatus
 
@@ -33,9 +33,16 @@ def _lag(status: NodeStatus, writer: NodeStatus | None) -> tuple[int | None, flo
     return lag_bytes, status.lag_seconds
 
 
-def build(config: Config, state: ClusterState, statuses: Mapping[str, NodeStatus],
-          last: Mapping[str, NodeStatus], reason: str, failover_safe: bool = False,
-          failover_outlook: str = "", proxies: tuple[str, ...] = ()) -> Topology:
+def build(
+    config: Config,
+    state: ClusterState,
+    statuses: Mapping[str, NodeStatus],
+    last: Mapping[str, NodeStatus],
+    reason: str,
+    failover_safe: bool = False,
+    failover_outlook: str = "",
+    proxies: tuple[str, ...] = (),
+) -> Topology:
     writer_status = statuses.get(state.writer) if state.writer else None
     nodes, readers = [], []
     for node in config.nodes:
@@ -43,19 +50,43 @@ def build(config: Config, state: ClusterState, statuses: Mapping[str, NodeStatus
         role = _role(node.name, state, status, last.get(node.name))
         lag_bytes, lag_seconds = _lag(status, writer_status)
         health = Health.HEALTHY if status.reachable else Health.UNREACHABLE
-        if role is Role.REPLICA and health is Health.HEALTHY and \
-                config.monitor.max_replica_lag.exceeded(lag_bytes, lag_seconds):
+        if (
+            role is Role.REPLICA
+            and health is Health.HEALTHY
+            and config.monitor.max_replica_lag.exceeded(lag_bytes, lag_seconds)
+        ):
             health = Health.LAGGING
-        nodes.append(NodeState(node.name, node.host, node.port, role, health, lag_bytes, lag_seconds,
-                               status.timeline, status.wal_position if status.reachable else None,
-                               _upstream(status), node.name in state.drained))
+        nodes.append(
+            NodeState(
+                node.name,
+                node.host,
+                node.port,
+                role,
+                health,
+                lag_bytes,
+                lag_seconds,
+                status.timeline,
+                status.wal_position if status.reachable else None,
+                _upstream(status),
+                node.name in state.drained,
+            )
+        )
         if role is Role.REPLICA and health is Health.HEALTHY and node.name not in state.drained:
             readers.append(node.name)
     sync = writer_status.sync_names if writer_status is not None and writer_status.reachable else ""
-    return Topology(cluster=config.cluster, nodes=tuple(nodes), writer=state.writer,
-                    readers=tuple(readers), epoch=state.epoch, reason=reason, sync_standbys=sync or "",
-                    voters=tuple(sorted(state.voters)), failover_safe=failover_safe,
-                    failover_outlook=failover_outlook, proxies=proxies)
+    return Topology(
+        cluster=config.cluster,
+        nodes=tuple(nodes),
+        writer=state.writer,
+        readers=tuple(readers),
+        epoch=state.epoch,
+        reason=reason,
+        sync_standbys=sync or "",
+        voters=tuple(sorted(state.voters)),
+        failover_safe=failover_safe,
+        failover_outlook=failover_outlook,
+        proxies=proxies,
+    )
 
 
 def _upstream(status: NodeStatus) -> str | None:

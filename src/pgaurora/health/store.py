@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
-from typing import Collection
 
-from ..errors import StateError
+from ..core.errors import StateError
 from .decide import ClusterState
 
 FORMAT = 1
-RECOVERY_HINT = ("start with --reset-state to rebuild it from what the nodes report (the primary, the "
-                 "timelines), or restore the file from a backup")
+RECOVERY_HINT = (
+    "start with --reset-state to rebuild it from what the nodes report (the primary, the "
+    "timelines), or restore the file from a backup"
+)
 
 
 def to_document(state: ClusterState) -> dict:
-    return {"format": FORMAT, "writer": state.writer, "epoch": state.epoch, "timeline": state.timeline,
-            "system_id": state.system_id, "fenced": sorted(state.fenced), "voters": sorted(state.voters),
-            "drained": sorted(state.drained)}
+    return {
+        "format": FORMAT,
+        "writer": state.writer,
+        "epoch": state.epoch,
+        "timeline": state.timeline,
+        "system_id": state.system_id,
+        "fenced": sorted(state.fenced),
+        "voters": sorted(state.voters),
+        "drained": sorted(state.drained),
+    }
 
 
 def from_document(data: object, nodes: Collection[str]) -> ClusterState:
@@ -33,9 +42,15 @@ def from_document(data: object, nodes: Collection[str]) -> ClusterState:
     fenced, voters, drained = data.get("fenced", []), data.get("voters", []), data.get("drained", [])
     if not all(isinstance(n, str) for n in [*fenced, *voters, *drained]):
         raise ValueError("its fenced, voting or drained nodes are not names")
-    return ClusterState(writer=writer, epoch=epoch, timeline=data.get("timeline"),
-                        system_id=data.get("system_id"), fenced=frozenset(fenced) & set(nodes),
-                        voters=frozenset(voters) & set(nodes), drained=frozenset(drained) & set(nodes))
+    return ClusterState(
+        writer=writer,
+        epoch=epoch,
+        timeline=data.get("timeline"),
+        system_id=data.get("system_id"),
+        fenced=frozenset(fenced) & set(nodes),
+        voters=frozenset(voters) & set(nodes),
+        drained=frozenset(drained) & set(nodes),
+    )
 
 
 class StateFile:
@@ -53,8 +68,10 @@ class StateFile:
         except OSError as exc:
             raise StateError(f"cannot read the monitor's state file {self.path}: {exc}; {RECOVERY_HINT}") from None
         if not text.strip():
-            raise StateError(f"the monitor's state file {self.path} is empty (a crash or a full disk during a "
-                             f"write?); {RECOVERY_HINT}")
+            raise StateError(
+                f"the monitor's state file {self.path} is empty (a crash or a full disk during a "
+                f"write?); {RECOVERY_HINT}"
+            )
         try:
             return from_document(json.loads(text), nodes)
         except ValueError as exc:  # JSONDecodeError included
@@ -75,4 +92,3 @@ class StateFile:
             os.fsync(dirfd)
         finally:
             os.close(dirfd)
-

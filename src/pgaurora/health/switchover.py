@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from ..core.errors import ActionFailed
 from . import actions
 from .decide import choose_candidate, desired_sync_names, lsn
 
@@ -14,23 +15,25 @@ if TYPE_CHECKING:
     from .monitor import Monitor
 
 
-def _pick_target(monitor: "Monitor", to: str | None) -> str:
+def _pick_target(monitor: Monitor, to: str | None) -> str:
     state, statuses = monitor.state, monitor.statuses
     if to is None:
         best = choose_candidate(state, statuses, monitor.policy)
         if best is None:
-            raise actions.ActionFailed("no reachable replica to switch over to")
+            raise ActionFailed("no reachable replica to switch over to")
         return best.name
     status = statuses.get(to)
     if status is None:
-        raise actions.ActionFailed(f"no node named {to!r}")
+        raise ActionFailed(f"no node named {to!r}")
     if not status.is_replica or to in state.fenced:
-        raise actions.ActionFailed(f"{to} is not a healthy replica (role: "
-                                   f"{'fenced' if to in state.fenced else 'primary' if status.is_primary else 'unreachable'})")
+        raise ActionFailed(
+            f"{to} is not a healthy replica (role: "
+            f"{'fenced' if to in state.fenced else 'primary' if status.is_primary else 'unreachable'})"
+        )
     return to
 
 
-async def _wait_received(monitor: "Monitor", target: str, wanted: int) -> bool:
+async def _wait_received(monitor: Monitor, target: str, wanted: int) -> bool:
     """Has target received WAL past `wanted` (the old writer's shutdown checkpoint)? Bounded wait."""
     conn = await actions.connect(monitor.config, monitor.nodes[target])
     try:
@@ -46,12 +49,12 @@ async def _wait_received(monitor: "Monitor", target: str, wanted: int) -> bool:
         conn.terminate()
 
 
-async def switchover(monitor: "Monitor", to: str | None) -> dict:
+async def switchover(monitor: Monitor, to: str | None) -> dict:
     if monitor.controller is None:
-        raise actions.ActionFailed("switchover needs a cluster started by `pgaurora up` (pgaurora controls its nodes)")
+        raise ActionFailed("switchover needs a cluster started by `pgaurora up` (pgaurora controls its nodes)")
     old = monitor.state.writer
     if old is None or not monitor.statuses.get(old) or not monitor.statuses[old].is_primary:
-        raise actions.ActionFailed("there is no healthy writer to switch over from")
+        raise ActionFailed("there is no healthy writer to switch over from")
     target = _pick_target(monitor, to)
     phases = {"requested": time.time()}
     reason = f"switchover from {old} to {target} requested"
@@ -60,7 +63,7 @@ async def switchover(monitor: "Monitor", to: str | None) -> dict:
         final = await asyncio.to_thread(monitor.controller.stop_node, old)
         phases["old_writer_stopped"] = time.time()
         if not await _wait_received(monitor, target, final):
-            raise actions.ActionFailed(f"{target} did not receive {old}'s WAL up to {lsn(final)} in time")
+            raise ActionFailed(f"{target} did not receive {old}'s WAL up to {lsn(final)} in time")
     except Exception:
         await asyncio.to_thread(monitor.controller.start_node, old)
         await monitor.resume_writer(old, f"{reason}: aborted, {old} stays writer")
@@ -70,16 +73,23 @@ async def switchover(monitor: "Monitor", to: str | None) -> dict:
     sync = desired_sync_names(after, monitor.statuses, monitor.policy)
     timeline = await actions.promote(monitor.config, monitor.nodes[target], sync, monitor.state.timeline)
     phases["promoted"] = time.time()
-    await monitor.install_writer(target, timeline,
-                                 f"switchover: {target} is the writer (epoch {monitor.state.epoch + 1})")
+    await monitor.install_writer(
+        target, timeline, f"switchover: {target} is the writer (epoch {monitor.state.epoch + 1})"
+    )
     phases["endpoints_switched"] = time.time()
     method = await asyncio.to_thread(monitor.controller.rejoin, old, target)
     repointed = await monitor.repoint_all(exclude={old, target})
     phases["old_writer_rejoined"] = time.time()
-    result = {"old_writer": old, "new_writer": target, "epoch": monitor.state.epoch, "timeline": timeline,
-              "final_lsn": lsn(final), "rejoin": method, "repointed": repointed,
-              "write_pause_seconds": round(phases["endpoints_switched"] - phases["requested"], 3),
-              "phases": {k: round(v, 3) for k, v in phases.items()}}
+    result = {
+        "old_writer": old,
+        "new_writer": target,
+        "epoch": monitor.state.epoch,
+        "timeline": timeline,
+        "final_lsn": lsn(final),
+        "rejoin": method,
+        "repointed": repointed,
+        "write_pause_seconds": round(phases["endpoints_switched"] - phases["requested"], 3),
+        "phases": {k: round(v, 3) for k, v in phases.items()},
+    }
     monitor.events.record("switchover", f"{reason}; {target} promoted, {old} rejoined as a replica", **result)
     return result
-

@@ -6,7 +6,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from ..errors import ProxyError
+from ..core.errors import ProxyError
+from ..core.sslcontexts import ALPN
 from ..wire import (
     NEED_DATA,
     CancelRequest,
@@ -19,7 +20,6 @@ from ..wire import (
     sasl_initial_flag,
 )
 from .relay import Session
-from ..sslcontexts import ALPN
 from .tls import TLS_HANDSHAKE_RECORD, TlsTransport
 
 if TYPE_CHECKING:
@@ -32,11 +32,11 @@ log = logging.getLogger("pgaurora.proxy")
 class ClientProtocol(asyncio.Protocol):
     """Reads the startup packet (deadline, size limit), routes, then hands the bytes to a Session."""
 
-    def __init__(self, endpoint: "Endpoint") -> None:
+    def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
         self.decoder = StartupDecoder()
-        self.server: "ServerProtocol | None" = None
+        self.server: ServerProtocol | None = None
         self.pending = b""  # bytes for the server that arrived before it was connected
         self.task: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -105,8 +105,11 @@ class ClientProtocol(asyncio.Protocol):
 
     def _startup(self, event: StartupMessage) -> None:
         if self.tls is None and self._tls_required():
-            self.fail("28000", "pgaurora requires TLS on this endpoint (client_tls = require)",
-                      "Connect with sslmode=require or stricter.")
+            self.fail(
+                "28000",
+                "pgaurora requires TLS on this endpoint (client_tls = require)",
+                "Connect with sslmode=require or stricter.",
+            )
             return
         self.pending = self.decoder.raw + self.decoder.take_rest()
         self._start(self._connect())
@@ -133,12 +136,17 @@ class ClientProtocol(asyncio.Protocol):
     def _start_tls(self, early: bytes) -> None:
         self.endpoint.state.tls_started()
         self.certificate = self.endpoint.tls.certificate
-        self.tls = TlsTransport(self.transport, self._tls_context(), server_side=True, app=self,
-                                on_handshake=lambda exc: self._handshake_done(exc, direct=bool(early)),
-                                early=early)
+        self.tls = TlsTransport(
+            self.transport,
+            self._tls_context(),
+            server_side=True,
+            app=self,
+            on_handshake=lambda exc: self._handshake_done(exc, direct=bool(early)),
+            early=early,
+        )
         self.transport = self.tls
 
-    def binding_passes(self, server: "ServerProtocol") -> bool:
+    def binding_passes(self, server: ServerProtocol) -> bool:
         """Can SCRAM channel binding (tls-server-end-point) cross the proxy? Only when both legs are TLS
         and the node presents the very certificate this client saw."""
         return self.tls is not None and server.encrypted and server.peer_certificate == self.certificate
@@ -148,13 +156,16 @@ class ClientProtocol(asyncio.Protocol):
         as a downgrade attack; say why, rather than relay that opaque failure. True: forward data."""
         if data[:1] != b"p" or not self.server.encrypted or self.binding_passes(self.server):
             return True
-        initial = sasl_initial_flag(memoryview(data)[5:5 + int.from_bytes(data[1:5], "big") - 4])
+        initial = sasl_initial_flag(memoryview(data)[5 : 5 + int.from_bytes(data[1:5], "big") - 4])
         if initial is None or initial[1] != b"y":
             return True
-        self.fail("28000", "SCRAM channel binding cannot pass through pgaurora: the node's certificate is "
-                           "not the one this connection was encrypted with",
-                  "Connect with channel_binding=disable, or serve the nodes and pgaurora's endpoints "
-                  "with the same certificate (as pgaurora up --tls does).")
+        self.fail(
+            "28000",
+            "SCRAM channel binding cannot pass through pgaurora: the node's certificate is "
+            "not the one this connection was encrypted with",
+            "Connect with channel_binding=disable, or serve the nodes and pgaurora's endpoints "
+            "with the same certificate (as pgaurora up --tls does).",
+        )
         return False
 
     def _handshake_done(self, exc: BaseException | None, direct: bool) -> None:
@@ -162,8 +173,7 @@ class ClientProtocol(asyncio.Protocol):
             log.info("TLS handshake with a client failed: %s", exc)
             return
         if direct and self.tls.alpn != ALPN:
-            self.fail("08P01", "received direct SSL connection request without ALPN protocol "
-                               "negotiation extension")
+            self.fail("08P01", "received direct SSL connection request without ALPN protocol negotiation extension")
 
     def _start(self, coro) -> None:
         self._cancel_timer()
@@ -191,17 +201,21 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.resume_reading()
 
     # -- events from the server side -------------------------------------------------------
-    def established(self, server: "ServerProtocol", data: bytes, offload: bool) -> None:
+    def established(self, server: ServerProtocol, data: bytes, offload: bool) -> None:
         """First ReadyForQuery: hand both transports to a Session that relays unparsed, then pass
         the server's last bytes (ending with ReadyForQuery) to the client."""
-        session = Session(server.node.name, self.endpoint.name, self.endpoint.state,
-                          self.transport, server.transport)
+        session = Session(server.node.name, self.endpoint.name, self.endpoint.state, self.transport, server.transport)
         self.session = session
-        session.start(server.cancel_key, (server.node.host, server.node.port), offload, data,
-                      encrypted=self.tls is not None or server.encrypted)
+        session.start(
+            server.cancel_key,
+            (server.node.host, server.node.port),
+            offload,
+            data,
+            encrypted=self.tls is not None or server.encrypted,
+        )
         self.endpoint.watch(session)
 
-    def server_lost(self, server: "ServerProtocol") -> None:
+    def server_lost(self, server: ServerProtocol) -> None:
         if self.session is not None or self.transport.is_closing():
             return
         if server.saw_error:  # e.g. authentication failed: the FATAL was forwarded already

@@ -7,24 +7,32 @@ import functools
 import ipaddress
 import logging
 
-from ..config import Config, CustomEndpointConfig, Listen
-from ..errors import NodeTlsFailed, NoWriterAvailable, ProxyError, TooManyConnections, UpstreamUnavailable
-from ..topology import Health, NodeState, Topology, TopologyHub
+from ..core.config import Config, CustomEndpointConfig, Listen
+from ..core.errors import NodeTlsFailed, NoWriterAvailable, ProxyError, TooManyConnections, UpstreamUnavailable
+from ..core.sslcontexts import Contexts
+from ..core.topology import Health, NodeState, Topology, TopologyHub
 from ..wire import CancelRequest, encode
 from .client import ClientProtocol
 from .relay import Session
 from .router import EndpointKind, Router
 from .state import ProxyState
-from ..sslcontexts import Contexts
 from .upstream import ServerProtocol, connect
 
 log = logging.getLogger("pgaurora.proxy")
 
 
 class Endpoint:
-    def __init__(self, kind: EndpointKind, listen: Listen, config: Config, hub: TopologyHub,
-                 router: Router, state: ProxyState, tls: Contexts | None = None,
-                 custom: CustomEndpointConfig | None = None) -> None:
+    def __init__(
+        self,
+        kind: EndpointKind,
+        listen: Listen,
+        config: Config,
+        hub: TopologyHub,
+        router: Router,
+        state: ProxyState,
+        tls: Contexts | None = None,
+        custom: CustomEndpointConfig | None = None,
+    ) -> None:
         self.kind, self.listen, self.config = kind, listen, config
         self.custom = custom  # a custom endpoint: reader-like, over its own members
         self.name = custom.name if custom is not None else kind.value
@@ -46,8 +54,9 @@ class Endpoint:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: ClientProtocol(self), self.listen.host,
-                                               self.listen.port, backlog=4096, reuse_address=True)
+        self.server = await loop.create_server(
+            lambda: ClientProtocol(self), self.listen.host, self.listen.port, backlog=4096, reuse_address=True
+        )
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -57,15 +66,21 @@ class Endpoint:
 
     def _sessions(self, on_node) -> list[Session]:
         """This endpoint's sessions on the nodes for which on_node(name) is true."""
-        return [session for node, sessions in list(self.state.sessions_by_node.items()) if on_node(node)
-                for session in list(sessions) if session.kind == self.name]
+        return [
+            session
+            for node, sessions in list(self.state.sessions_by_node.items())
+            if on_node(node)
+            for session in list(sessions)
+            if session.kind == self.name
+        ]
 
     # -- routing ----------------------------------------------------------------------------
     async def open_upstream(self, client: ClientProtocol) -> ServerProtocol:
         """Connect to the node for this endpoint; the writer waits out a failover."""
         if self.state.clients > self.config.proxy.max_client_connections:
-            raise TooManyConnections(f"sorry, too many clients already (max_client_connections = "
-                                     f"{self.config.proxy.max_client_connections})")
+            raise TooManyConnections(
+                f"sorry, too many clients already (max_client_connections = {self.config.proxy.max_client_connections})"
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.proxy.failover_connect_timeout
         while True:
@@ -75,10 +90,12 @@ class Endpoint:
             except ProxyError as exc:
                 remaining = deadline - loop.time()
                 if self.kind is EndpointKind.READER or isinstance(exc, NodeTlsFailed):
-                    raise exc
+                    raise
                 if remaining <= 0:
-                    raise _writer_unavailable(exc, self.hub.current) if self.config.failover.enabled else exc
-                await self.hub.wait_for(lambda t: t.version != topology.version, remaining)
+                    if not self.config.failover.enabled:
+                        raise
+                    raise _writer_unavailable(exc, self.hub.current) from None
+                await self.hub.wait_for(lambda t, seen=topology: t.version != seen.version, remaining)
 
     async def _dial_any(self, client: ClientProtocol, nodes: list[NodeState]) -> ServerProtocol:
         errors, tls_failures = [], []
@@ -124,15 +141,19 @@ class Endpoint:
             self._drop(session, self.hub.current)
 
     def _on_topology(self, old: Topology, new: Topology) -> None:
-        if (old.writer, old.epoch) == (new.writer, new.epoch) and \
-                [n.role for n in old.nodes] == [n.role for n in new.nodes]:
+        if (old.writer, old.epoch) == (new.writer, new.epoch) and [n.role for n in old.nodes] == [
+            n.role for n in new.nodes
+        ]:
             return
         for session in self._sessions(lambda node: not self.router.still_valid(self.kind, node, new)):
             self._drop(session, new)
 
     def _drop(self, session: Session, topology: Topology) -> None:
-        why = f"node {session.node} is no longer the writer" if self.kind is EndpointKind.WRITER else \
-            f"node {session.node} was fenced"
+        why = (
+            f"node {session.node} is no longer the writer"
+            if self.kind is EndpointKind.WRITER
+            else f"node {session.node} was fenced"
+        )
         session.terminate("57P01", f"terminating connection: {why} (epoch {topology.epoch})")
 
 
@@ -154,6 +175,5 @@ def _writer_unavailable(exc: ProxyError, topology: Topology) -> ProxyError:
     refuses to promote) is 57P03 with the monitor's reason, rather than a bare 08006."""
     writer = topology.writer_node
     if writer is not None and writer.health is Health.UNREACHABLE:
-        return NoWriterAvailable(f"writer {writer.name} is down and no replica was promoted",
-                                 detail=topology.reason)
+        return NoWriterAvailable(f"writer {writer.name} is down and no replica was promoted", detail=topology.reason)
     return exc

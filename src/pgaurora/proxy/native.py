@@ -36,6 +36,7 @@ def available() -> bool:
 def _tls_compatible() -> bool:
     """Was the extension built with OpenSSL, the very libssl that Python's ssl module uses?"""
     import _ssl
+
     return _relay is not None and _relay.tls_compatible(_ssl.__file__)
 
 
@@ -50,12 +51,12 @@ class NativeRelay:
     def __init__(self, threads: int) -> None:
         self._relay = _relay.Relay(threads)
         self.tls = _tls_compatible()  # the threads can carry TLS sessions too
-        self._sessions: dict[int, "Session"] = {}
+        self._sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def open(cls, threads: int = 0) -> "NativeRelay | None":
+    def open(cls, threads: int = 0) -> NativeRelay | None:
         if _relay is None:
             return None
         return cls(threads or default_threads())
@@ -64,7 +65,7 @@ class NativeRelay:
     def threads(self) -> int:
         return self._relay.threads
 
-    def adopt(self, session: "Session") -> int | None:
+    def adopt(self, session: Session) -> int | None:
         """Stop reading both transports in Python and let a relay thread carry the session's bytes.
         Returns the session's id, or None when the threads cannot take it (it stays in Python)."""
         if self._loop is None:
@@ -79,9 +80,13 @@ class NativeRelay:
         server.pause_reading()
         session_id = next(self._ids)
         try:
-            self._relay.add(session_id, client.get_extra_info("socket").fileno(),
-                            server.get_extra_info("socket").fileno(),
-                            error_response(*session.lost_reason), *states)
+            self._relay.add(
+                session_id,
+                client.get_extra_info("socket").fileno(),
+                server.get_extra_info("socket").fileno(),
+                error_response(*session.lost_reason),
+                *states,
+            )
         except (OSError, RuntimeError, TypeError, ValueError) as exc:  # out of descriptors, shutting down
             log.warning("native relay refused a session (%s); relaying it in Python", exc)
             client.resume_reading()

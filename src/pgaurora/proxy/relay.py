@@ -23,9 +23,9 @@ class Pipe(asyncio.Protocol):
     bytes bypass this class; it then only sees end-of-stream and errors.
     """
 
-    __slots__ = ("transport", "peer", "session")
+    __slots__ = ("peer", "session", "transport")
 
-    def __init__(self, session: "Session", transport: asyncio.Transport) -> None:
+    def __init__(self, session: Session, transport: asyncio.Transport) -> None:
         self.session, self.transport = session, transport
         self.peer: asyncio.Transport | None = None
 
@@ -50,7 +50,7 @@ class ServerPipe(Pipe):
 
     __slots__ = ("last",)
 
-    def __init__(self, session: "Session", transport: asyncio.Transport) -> None:
+    def __init__(self, session: Session, transport: asyncio.Transport) -> None:
         super().__init__(session, transport)
         self.last = _RFQ_HEAD + b"I"  # sessions start right after ReadyForQuery
 
@@ -62,11 +62,22 @@ class ServerPipe(Pipe):
 class Session:
     """One client connection relayed to one server connection on one node."""
 
-    __slots__ = ("node", "kind", "state", "client", "server", "cancel_key", "closed", "cookies", "native_id",
-                 "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "cancel_key",
+        "client",
+        "closed",
+        "cookies",
+        "kind",
+        "native_id",
+        "node",
+        "server",
+        "state",
+    )
 
-    def __init__(self, node: str, kind: str, state: "ProxyState", client: asyncio.Transport,
-                 server: asyncio.Transport) -> None:
+    def __init__(
+        self, node: str, kind: str, state: ProxyState, client: asyncio.Transport, server: asyncio.Transport
+    ) -> None:
         self.node, self.kind, self.state = node, kind, state
         self.client, self.server = Pipe(self, client), ServerPipe(self, server)
         self.client.peer, self.server.peer = server, client
@@ -84,8 +95,14 @@ class Session:
     def offloaded(self) -> bool:
         return self.cookies is not None or self.native_id is not None
 
-    def start(self, cancel_key: "CancelKey | None", address: tuple[str, int], offload: bool,
-              ready: bytes, encrypted: bool = False) -> None:
+    def start(
+        self,
+        cancel_key: CancelKey | None,
+        address: tuple[str, int],
+        offload: bool,
+        ready: bytes,
+        encrypted: bool = False,
+    ) -> None:
         """Swap both transports onto the Pipes, pass the server's `ready` bytes (ending with the first
         ReadyForQuery) to the client and, when allowed, hand the session to the native or kernel relay.
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 from enum import Enum
 
-from .. import custom_endpoints
-from ..config import Config, CustomEndpointConfig, ReaderFallback, ReaderPolicy
-from ..errors import NoReaderAvailable, NoWriterAvailable
-from ..topology import NodeState, Role, Topology, TopologyHub
+from ..core import custom_endpoints
+from ..core.config import Config, CustomEndpointConfig, ReaderFallback, ReaderPolicy
+from ..core.errors import NoReaderAvailable, NoWriterAvailable
+from ..core.topology import NodeState, Role, Topology, TopologyHub
 from .state import ProxyState
 
 
@@ -22,8 +22,9 @@ class Router:
         self.hub, self.config, self.state = hub, config, state
         self._turn = itertools.count()
 
-    def candidates(self, kind: EndpointKind, topology: Topology | None = None,
-                   custom: CustomEndpointConfig | None = None) -> list[NodeState]:
+    def candidates(
+        self, kind: EndpointKind, topology: Topology | None = None, custom: CustomEndpointConfig | None = None
+    ) -> list[NodeState]:
         """Nodes to try, best first; raises a ProxyError when there is none."""
         topology = topology or self.hub.current
         if custom is not None:
@@ -31,8 +32,7 @@ class Router:
         if kind is EndpointKind.WRITER:
             writer = topology.writer_node
             if writer is None:
-                raise NoWriterAvailable("no primary is known for the writer endpoint",
-                                        detail=topology.reason)
+                raise NoWriterAvailable("no primary is known for the writer endpoint", detail=topology.reason)
             return [writer]
         return self._readers(topology)
 
@@ -43,15 +43,18 @@ class Router:
         writer = topology.writer_node
         if self.config.reader.fallback is ReaderFallback.PRIMARY and writer is not None:
             return [writer]
-        raise NoReaderAvailable("no replica is available for the reader endpoint",
-                                detail="every replica is down, lagging or fenced")
+        raise NoReaderAvailable(
+            "no replica is available for the reader endpoint", detail="every replica is down, lagging or fenced"
+        )
 
     def _custom(self, spec: CustomEndpointConfig, topology: Topology) -> list[NodeState]:
         nodes = custom_endpoints.targets(spec, topology)
         if not nodes:
             members = ", ".join(sorted(custom_endpoints.pool(spec, topology)))
-            raise NoReaderAvailable(f"custom endpoint {spec.name}: none of its nodes is available",
-                                    detail=f"members: {members}; each is down, lagging, drained or fenced")
+            raise NoReaderAvailable(
+                f"custom endpoint {spec.name}: none of its nodes is available",
+                detail=f"members: {members}; each is down, lagging, drained or fenced",
+            )
         return self._ordered(nodes)
 
     def _ordered(self, readers: list[NodeState]) -> list[NodeState]:

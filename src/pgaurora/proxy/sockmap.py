@@ -47,17 +47,48 @@ def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> 
     return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
 
 
-def _mov_reg(dst, src): return _insn(0xBF, dst, src)              # dst = src (64-bit)
-def _mov_imm(dst, imm): return _insn(0xB7, dst, imm=imm)          # dst = imm
-def _add_imm(dst, imm): return _insn(0x07, dst, imm=imm)          # dst += imm
-def _sub_imm(dst, imm): return _insn(0x17, dst, imm=imm)          # dst -= imm
-def _ldx_w(dst, src, off): return _insn(0x61, dst, src, off)      # dst = *(u32 *)(src + off)
-def _ldx_b(dst, src, off): return _insn(0x71, dst, src, off)      # dst = *(u8 *)(src + off)
-def _stx_dw(dst, src, off): return _insn(0x7B, dst, src, off)     # *(u64 *)(dst + off) = src
-def _jlt_imm(dst, imm, off): return _insn(0xA5, dst, off=off, imm=imm)  # if dst < imm goto +off
-def _jne_imm(dst, imm, off): return _insn(0x55, dst, off=off, imm=imm)  # if dst != imm goto +off
-def _call(fn): return _insn(0x85, imm=fn)
-def _exit(): return _insn(0x95)
+def _mov_reg(dst, src):
+    return _insn(0xBF, dst, src)  # dst = src (64-bit)
+
+
+def _mov_imm(dst, imm):
+    return _insn(0xB7, dst, imm=imm)  # dst = imm
+
+
+def _add_imm(dst, imm):
+    return _insn(0x07, dst, imm=imm)  # dst += imm
+
+
+def _sub_imm(dst, imm):
+    return _insn(0x17, dst, imm=imm)  # dst -= imm
+
+
+def _ldx_w(dst, src, off):
+    return _insn(0x61, dst, src, off)  # dst = *(u32 *)(src + off)
+
+
+def _ldx_b(dst, src, off):
+    return _insn(0x71, dst, src, off)  # dst = *(u8 *)(src + off)
+
+
+def _stx_dw(dst, src, off):
+    return _insn(0x7B, dst, src, off)  # *(u64 *)(dst + off) = src
+
+
+def _jlt_imm(dst, imm, off):
+    return _insn(0xA5, dst, off=off, imm=imm)  # if dst < imm goto +off
+
+
+def _jne_imm(dst, imm, off):
+    return _insn(0x55, dst, off=off, imm=imm)  # if dst != imm goto +off
+
+
+def _call(fn):
+    return _insn(0x85, imm=fn)
+
+
+def _exit():
+    return _insn(0x95)
 
 
 def _ld_map_fd(dst: int, fd: int) -> bytes:
@@ -69,13 +100,16 @@ def verdict_program(targets_fd: int, boundary_fd: int | None) -> bytes:
     """sk_skb verdict: note whether this skb ends with ReadyForQuery (when boundary_fd is given),
     then redirect it to the peer."""
     head = [
-        _mov_reg(6, 1),                                   # r6 = skb
+        _mov_reg(6, 1),  # r6 = skb
         _call(FN_GET_SOCKET_COOKIE),
-        _stx_dw(10, 0, -8),                               # key = cookie of the receiving socket
+        _stx_dw(10, 0, -8),  # key = cookie of the receiving socket
     ]
     redirect = [
-        _mov_reg(1, 6), _ld_map_fd(2, targets_fd),        # return sk_redirect_hash(skb, targets, &key, 0)
-        _mov_reg(3, 10), _add_imm(3, -8), _mov_imm(4, 0),
+        _mov_reg(1, 6),
+        _ld_map_fd(2, targets_fd),  # return sk_redirect_hash(skb, targets, &key, 0)
+        _mov_reg(3, 10),
+        _add_imm(3, -8),
+        _mov_imm(4, 0),
         _call(FN_SK_REDIRECT_HASH),
         _exit(),
     ]
@@ -87,19 +121,29 @@ def _record_boundary(boundary_fd: int) -> list[bytes]:
     """boundary[cookie] = 1 if the skb ends with ReadyForQuery ('Z', length 5, status), else 0."""
     rfq_head = int.from_bytes(b"Z\0\0\0", "little")
     return [
-        _mov_imm(8, 0),                                   # flag = 0
-        _ldx_w(7, 6, 0),                                  # r7 = skb->len
-        _jlt_imm(7, 6, 13),                               # too short for ReadyForQuery -> store
-        _mov_reg(1, 6), _mov_reg(2, 7), _sub_imm(2, 6),   # skb_load_bytes(skb, len - 6, fp - 16, 6)
-        _mov_reg(3, 10), _add_imm(3, -16), _mov_imm(4, 6),
+        _mov_imm(8, 0),  # flag = 0
+        _ldx_w(7, 6, 0),  # r7 = skb->len
+        _jlt_imm(7, 6, 13),  # too short for ReadyForQuery -> store
+        _mov_reg(1, 6),
+        _mov_reg(2, 7),
+        _sub_imm(2, 6),  # skb_load_bytes(skb, len - 6, fp - 16, 6)
+        _mov_reg(3, 10),
+        _add_imm(3, -16),
+        _mov_imm(4, 6),
         _call(FN_SKB_LOAD_BYTES),
-        _jne_imm(0, 0, 5),                                # load failed -> store
-        _ldx_w(1, 10, -16), _jne_imm(1, rfq_head, 3),     # 'Z' 00 00 00
-        _ldx_b(1, 10, -12), _jne_imm(1, 5, 1),            # length 5
-        _mov_imm(8, 1),                                   # ends with ReadyForQuery
-        _stx_dw(10, 8, -24),                              # store: boundary[cookie] = flag
-        _ld_map_fd(1, boundary_fd), _mov_reg(2, 10), _add_imm(2, -8),
-        _mov_reg(3, 10), _add_imm(3, -24), _mov_imm(4, 0),
+        _jne_imm(0, 0, 5),  # load failed -> store
+        _ldx_w(1, 10, -16),
+        _jne_imm(1, rfq_head, 3),  # 'Z' 00 00 00
+        _ldx_b(1, 10, -12),
+        _jne_imm(1, 5, 1),  # length 5
+        _mov_imm(8, 1),  # ends with ReadyForQuery
+        _stx_dw(10, 8, -24),  # store: boundary[cookie] = flag
+        _ld_map_fd(1, boundary_fd),
+        _mov_reg(2, 10),
+        _add_imm(2, -8),
+        _mov_reg(3, 10),
+        _add_imm(3, -24),
+        _mov_imm(4, 0),
         _call(FN_MAP_UPDATE_ELEM),
     ]
 
@@ -116,7 +160,7 @@ class SockMap:
         self._key, self._val = ctypes.create_string_buffer(8), ctypes.create_string_buffer(8)
 
     @classmethod
-    def open(cls, record_boundaries: bool = True) -> "SockMap | None":
+    def open(cls, record_boundaries: bool = True) -> SockMap | None:
         """Load the relay into the kernel, or None (logged once) when this kernel or user cannot.
 
         record_boundaries is needed only when the kernel also relays server -> client (the
@@ -183,8 +227,16 @@ def _load(program: bytes) -> int:
     insns = ctypes.create_string_buffer(program, len(program))
     license_ = ctypes.create_string_buffer(b"GPL")
     log_buf = ctypes.create_string_buffer(65536)
-    attr = struct.pack("<IIQQIIQ", PROG_TYPE_SK_SKB, len(program) // 8, ctypes.addressof(insns),
-                       ctypes.addressof(license_), 1, len(log_buf), ctypes.addressof(log_buf))
+    attr = struct.pack(
+        "<IIQQIIQ",
+        PROG_TYPE_SK_SKB,
+        len(program) // 8,
+        ctypes.addressof(insns),
+        ctypes.addressof(license_),
+        1,
+        len(log_buf),
+        ctypes.addressof(log_buf),
+    )
     try:
         return _bpf(PROG_LOAD, attr)
     except OSError as exc:

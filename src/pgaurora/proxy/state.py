@@ -6,8 +6,8 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .relay import Session
     from .native import NativeRelay
+    from .relay import Session
     from .sockmap import SockMap
 
 CancelKey = tuple[int, bytes]
@@ -16,13 +16,14 @@ CancelKey = tuple[int, bytes]
 class ProxyState:
     """Shared by both endpoints, so a cancel request may arrive on either."""
 
-    def __init__(self, sockmap: "SockMap | None" = None, both_ways: bool = True,
-                 native: "NativeRelay | None" = None) -> None:
+    def __init__(
+        self, sockmap: SockMap | None = None, both_ways: bool = True, native: NativeRelay | None = None
+    ) -> None:
         self.native = native  # the C relay threads, when chosen and built
         self.sockmap = sockmap  # the kernel relay, when chosen and this process could load it
         self.both_ways = both_ways  # kernel relays server -> client too (else only client -> server)
         self.clients = 0  # client connections open, in any phase
-        self.sessions_by_node: dict[str, set["Session"]] = defaultdict(set)
+        self.sessions_by_node: dict[str, set[Session]] = defaultdict(set)
         self.cancel_keys: dict[CancelKey, tuple[str, int]] = {}
         self.sessions_total: Counter[tuple[str, str]] = Counter()  # (endpoint, node) -> sessions established
         self.refused_total: Counter[str] = Counter()  # SQLSTATE -> clients the proxy itself turned away
@@ -40,24 +41,24 @@ class ProxyState:
     def client_closed(self) -> None:
         self.clients -= 1
 
-    def session_started(self, session: "Session") -> None:
+    def session_started(self, session: Session) -> None:
         self.sessions_by_node[session.node].add(session)
         self.sessions_total[(session.kind, session.node)] += 1
 
     def refused(self, sqlstate: str) -> None:
         self.refused_total[sqlstate] += 1
 
-    def session_ended(self, session: "Session") -> None:
+    def session_ended(self, session: Session) -> None:
         self.sessions_by_node[session.node].discard(session)
         if session.cancel_key is not None:
             self.cancel_keys.pop(session.cancel_key, None)
 
-    def learned_cancel_key(self, session: "Session", key: CancelKey, address: tuple[str, int]) -> None:
+    def learned_cancel_key(self, session: Session, key: CancelKey, address: tuple[str, int]) -> None:
         session.cancel_key = key
         self.cancel_keys[key] = address
 
     def count(self, node: str) -> int:
         return len(self.sessions_by_node.get(node, ()))
 
-    def sessions(self, node: str) -> list["Session"]:
+    def sessions(self, node: str) -> list[Session]:
         return list(self.sessions_by_node.get(node, ()))

@@ -30,14 +30,21 @@ class TlsTransport(asyncio.Transport):
     that ended it. Plaintext that arrives with the handshake's last flight is delivered right after.
     """
 
-    def __init__(self, raw: asyncio.Transport, context: ssl.SSLContext, *, server_side: bool,
-                 app: asyncio.Protocol, on_handshake: Callable[[BaseException | None], None],
-                 server_hostname: str | None = None, early: bytes = b"") -> None:
+    def __init__(
+        self,
+        raw: asyncio.Transport,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        app: asyncio.Protocol,
+        on_handshake: Callable[[BaseException | None], None],
+        server_hostname: str | None = None,
+        early: bytes = b"",
+    ) -> None:
         super().__init__()
         self._raw, self._app, self._on_handshake = raw, app, on_handshake
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side,
-                                     server_hostname=server_hostname)
+        self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
         self._handshaking, self._closing, self._lost = True, False, False
         self._handed_over = False  # a relay thread drives the TLS state now; never touch it here
         self._held: list[bytes] = []  # plaintext written before the handshake completed
@@ -124,7 +131,7 @@ class TlsTransport(asyncio.Transport):
         else:
             view, write = memoryview(data), self._ssl.write
             for start in range(0, len(view), MAX_RECORD):
-                write(view[start:start + MAX_RECORD])
+                write(view[start : start + MAX_RECORD])
         self._flush()
 
     def writelines(self, list_of_data) -> None:

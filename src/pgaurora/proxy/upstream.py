@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ..config import BackendTls
-from ..errors import NodeTlsFailed
-from ..topology import NodeState
-from ..wire import (BackendKeyData, Framer, RemoteProtocolError, SSLRequest, decode_backend, encode,
-                    sasl_mechanisms, without_channel_binding)
+from ..core.config import BackendTls
+from ..core.errors import NodeTlsFailed
+from ..core.topology import NodeState
+from ..wire import (
+    BackendKeyData,
+    Framer,
+    RemoteProtocolError,
+    SSLRequest,
+    decode_backend,
+    encode,
+    sasl_mechanisms,
+    without_channel_binding,
+)
 from .tls import TlsTransport
 
 if TYPE_CHECKING:
@@ -28,7 +36,7 @@ class ServerProtocol(asyncio.Protocol):
     the proxy only when both legs present the same certificate; otherwise it is dropped from the
     mechanisms offered, and libpq's default channel_binding=prefer goes on without it."""
 
-    def __init__(self, client: "ClientProtocol", node: NodeState) -> None:
+    def __init__(self, client: ClientProtocol, node: NodeState) -> None:
         self.client, self.node = client, node
         self.transport: asyncio.Transport | None = None
         self.framer = Framer(max_message=MAX_AUTH_MESSAGE)
@@ -71,8 +79,11 @@ class ServerProtocol(asyncio.Protocol):
             self.cancel_key = (key.process_id, key.secret_key)
         elif frame.type == b"E":
             self.saw_error = True
-        elif frame.type == b"R" and (mechanisms := sasl_mechanisms(frame.payload)) is not None \
-                and not self.client.binding_passes(self):
+        elif (
+            frame.type == b"R"
+            and (mechanisms := sasl_mechanisms(frame.payload)) is not None
+            and not self.client.binding_passes(self)
+        ):
             return without_channel_binding(mechanisms)
         return frame.type + (len(frame.payload) + 4).to_bytes(4, "big") + frame.payload
 
@@ -104,8 +115,9 @@ class _Negotiation(asyncio.Protocol):
             self.answer.set_exception(exc or ConnectionResetError("the node closed the connection"))
 
 
-async def connect(client: "ClientProtocol", node: NodeState, mode: BackendTls,
-                  context: "ssl.SSLContext | None") -> ServerProtocol:
+async def connect(
+    client: ClientProtocol, node: NodeState, mode: BackendTls, context: ssl.SSLContext | None
+) -> ServerProtocol:
     """A ServerProtocol on a new connection to node, encrypted as `mode` asks (the caller sets the deadline)."""
     loop = asyncio.get_running_loop()
     server = ServerProtocol(client, node)
@@ -120,8 +132,9 @@ async def connect(client: "ClientProtocol", node: NodeState, mode: BackendTls,
         raise
 
 
-async def _secure(raw: asyncio.Transport, negotiation: _Negotiation, server: ServerProtocol,
-                  mode: BackendTls, context: "ssl.SSLContext") -> ServerProtocol:
+async def _secure(
+    raw: asyncio.Transport, negotiation: _Negotiation, server: ServerProtocol, mode: BackendTls, context: ssl.SSLContext
+) -> ServerProtocol:
     answer = await negotiation.answer
     node = server.node
     if answer == b"N" and mode is BackendTls.PREFER:
@@ -133,8 +146,14 @@ async def _secure(raw: asyncio.Transport, negotiation: _Negotiation, server: Ser
         raise NodeTlsFailed(f"node {node.name} {why} (backend_tls = {mode.value!r})")
     done: asyncio.Future = asyncio.get_running_loop().create_future()
     hostname = node.host if mode is BackendTls.VERIFY_FULL else None
-    tls = TlsTransport(raw, context, server_side=False, app=server, server_hostname=hostname,
-                       on_handshake=lambda exc: done.done() or done.set_result(exc))
+    tls = TlsTransport(
+        raw,
+        context,
+        server_side=False,
+        app=server,
+        server_hostname=hostname,
+        on_handshake=lambda exc: done.done() or done.set_result(exc),
+    )
     if (exc := await done) is not None:
         raise NodeTlsFailed(f"TLS handshake with node {node.name} failed: {exc}")
     server.connection_made(tls)

@@ -21,8 +21,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..compose.reaper import become_subreaper, start_reaper
+from ..core.polling import wait_for
 from ..drill.target import ComposedTarget
-from ..polling import wait_for
 
 __all__ = ["AuroraCluster"]
 
@@ -43,7 +43,7 @@ class AuroraCluster:
         self.started_in: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def __enter__(self) -> "AuroraCluster":
+    def __enter__(self) -> AuroraCluster:
         began = time.monotonic()
         become_subreaper()
         self._reaper = start_reaper()
@@ -144,11 +144,16 @@ class AuroraCluster:
         """Block until pgaurora has brought back the node a kill took (kill_primary(), kill_replica()) and every
         node is back, the writer and streaming replicas, with commits on every copy. Returns the status."""
         from ..drill.engine import healthy
+
         crashed, at, nodes = self._crashed, self._fault_at or 0, len(self._target.nodes)
         if crashed is not None:
-            wait_for(f"pgaurora to heal {crashed}", lambda: any(
-                e["kind"] == "healed" and e.get("node") == crashed and e["ts"] >= at for e in self._target.events()),
-                timeout)
+            wait_for(
+                f"pgaurora to heal {crashed}",
+                lambda: any(
+                    e["kind"] == "healed" and e.get("node") == crashed and e["ts"] >= at for e in self._target.events()
+                ),
+                timeout,
+            )
         return wait_for("the cluster to heal", lambda: (s := self.status()) and healthy(s, nodes) and s, timeout)
 
     def wait_for_failover(self, timeout: float = 30) -> dict[str, float]:
@@ -156,11 +161,21 @@ class AuroraCluster:
         if self._fault_at is None:
             raise RuntimeError("no fault was injected: call kill_primary(), pause_primary() or switchover() first")
         before, at = self._writer_before, self._fault_at
-        status = wait_for(f"a writer other than {before}",
-                          lambda: (s := self.status()) and s["writer"]["node"] not in (None, before) and s, timeout)
-        event = wait_for("the failover's event (recorded once the replicas are re-pointed)",
-                         lambda: self._target.change_event(at), timeout)
+        status = wait_for(
+            f"a writer other than {before}",
+            lambda: (s := self.status()) and s["writer"]["node"] not in (None, before) and s,
+            timeout,
+        )
+        event = wait_for(
+            "the failover's event (recorded once the replicas are re-pointed)",
+            lambda: self._target.change_event(at),
+            timeout,
+        )
         phases = {k: round(v - at, 3) for k, v in (event.get("phases") or {}).items()}
-        return {"writer": status["writer"]["node"], "detected": phases.get("detected"),
-                "promoted": phases.get("promoted"), "dns": phases.get("dns_updated"),
-                "writer_available": phases.get("endpoints_switched")}
+        return {
+            "writer": status["writer"]["node"],
+            "detected": phases.get("detected"),
+            "promoted": phases.get("promoted"),
+            "dns": phases.get("dns_updated"),
+            "writer_available": phases.get("endpoints_switched"),
+        }

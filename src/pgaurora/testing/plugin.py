@@ -14,8 +14,12 @@ from . import AuroraCluster
 
 
 def pytest_addoption(parser) -> None:
-    parser.addoption("--pgaurora-backend", choices=("local", "docker"), default=None,
-                     help="where aurora_cluster runs its nodes (default: $PGAURORA_BACKEND, else local)")
+    parser.addoption(
+        "--pgaurora-backend",
+        choices=("local", "docker"),
+        default=None,
+        help="where aurora_cluster runs its nodes (default: $PGAURORA_BACKEND, else local)",
+    )
 
 
 @pytest.fixture

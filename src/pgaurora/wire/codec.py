@@ -80,8 +80,7 @@ def decode_startup(packet: bytes) -> Event:
         return CancelRequest(cancel.process_id, cancel.secret_key)
     if code >> 16 != SUPPORTED_MAJOR:
         raise RemoteProtocolError(
-            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-            "server supports 3.0 to 3.0",
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0 to 3.0",
             sqlstate="0A000",
         )
     return StartupMessage(_decode_parameters(body), protocol=code)
@@ -96,7 +95,7 @@ def _decode_parameters(body: bytes) -> tuple[tuple[str, str], ...]:
         raise RemoteProtocolError(f"invalid startup packet: {exc}") from None
     if len(strings) % 2:
         raise RemoteProtocolError("invalid startup packet layout: missing value for parameter")
-    pairs = tuple(zip(strings[0::2], strings[1::2]))
+    pairs = tuple(zip(strings[0::2], strings[1::2], strict=False))
     if not any(name == "user" for name, _ in pairs):
         raise RemoteProtocolError("no PostgreSQL user name specified in startup packet", sqlstate="28000")
     return pairs
@@ -143,7 +142,7 @@ def _untagged(code: int, body: bytes) -> bytes:
 
 def _build_fields(fields: tuple[tuple[str, str], ...]) -> bytes:
     items = [{"code": ord(code), "value": value, "last": False} for code, value in fields]
-    return m.NoticeFields.build(items + [{"code": 0, "value": None, "last": True}])
+    return m.NoticeFields.build([*items, {"code": 0, "value": None, "last": True}])
 
 
 def encode(event: Event) -> bytes:
@@ -211,4 +210,4 @@ def sasl_initial_flag(payload: bytes | memoryview) -> tuple[bytes, bytes] | None
     end = payload.find(b"\0")
     if end <= 0 or len(payload) < end + 6:
         return None
-    return payload[:end], payload[end + 5:end + 6]
+    return payload[:end], payload[end + 5 : end + 6]

@@ -29,7 +29,7 @@ class Framer:
     spans two feeds, in which case only the unconsumed tail is joined.
     """
 
-    __slots__ = ("_buf", "_pos", "_max", "eof")
+    __slots__ = ("_buf", "_max", "_pos", "eof")
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self._buf = b""
@@ -44,7 +44,7 @@ class Framer:
         if self._pos >= len(self._buf):
             self._buf, self._pos = bytes(data), 0
         else:
-            self._buf, self._pos = self._buf[self._pos:] + data, 0
+            self._buf, self._pos = self._buf[self._pos :] + data, 0
 
     @property
     def pending(self) -> int:
@@ -52,7 +52,7 @@ class Framer:
 
     def take_rest(self) -> bytes:
         """The bytes not yet returned as frames (a partial message), removing them."""
-        rest = self._buf[self._pos:]
+        rest = self._buf[self._pos :]
         self._buf, self._pos = b"", 0
         return rest
 
@@ -61,7 +61,7 @@ class Framer:
         if len(buf) - pos < HEADER_SIZE:
             self._check_eof()
             return None
-        length = int.from_bytes(buf[pos + 1:pos + 5], "big", signed=True)
+        length = int.from_bytes(buf[pos + 1 : pos + 5], "big", signed=True)
         if length < 4 or length > self._max:
             raise RemoteProtocolError(f"invalid message length {length}")
         end = pos + 1 + length
@@ -69,7 +69,7 @@ class Framer:
             self._check_eof()
             return None
         self._pos = end
-        return Frame(buf[pos:pos + 1], memoryview(buf)[pos + HEADER_SIZE:end])
+        return Frame(buf[pos : pos + 1], memoryview(buf)[pos + HEADER_SIZE : end])
 
     def _check_eof(self) -> None:
         if self.eof and self.pending:

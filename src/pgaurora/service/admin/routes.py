@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Annotated, Any, Callable, ClassVar, Literal
-
 import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import AdminScope
-from ..errors import ClusterError
+from ...core.config import AdminScope
+from ...core.errors import ClusterError
 
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body the admin server reads; a longer one gets 413 before anything runs."""
@@ -39,8 +39,7 @@ class NoParams(Params):
 
 
 class EventsParams(Params):
-    limit: Annotated[int, Field(ge=1, le=100_000, description="The latest N events (default: all kept).")] | None \
-        = None
+    limit: Annotated[int, Field(ge=1, le=100_000, description="The latest N events (default: all kept).")] | None = None
     audit: Annotated[bool, Field(description="Only the audit trail: admin requests that change something.")] = False
 
 
@@ -52,8 +51,13 @@ class SwitchoverParams(Params):
 class FailoverParams(Params):
     nodes = ("to",)
     to: Annotated[NodeName | None, Field(description="Replica to promote (default: the most advanced).")] = None
-    accept_data_loss: Annotated[bool, Field(description="Promote even when pgaurora cannot prove the node has "
-                                                        "every acknowledged commit (needs the admin scope).")] = False
+    accept_data_loss: Annotated[
+        bool,
+        Field(
+            description="Promote even when pgaurora cannot prove the node has "
+            "every acknowledged commit (needs the admin scope)."
+        ),
+    ] = False
 
 
 class NodeParams(Params):
@@ -72,14 +76,16 @@ class RemoveNodeParams(Params):
 
 
 class RestartParams(Params):
-    set: Annotated[dict[str, str], Field(description="Settings that need a restart, e.g. {\"shared_buffers\": "
-                                                     "\"256MB\"}.")] = {}
-    bindir: Annotated[str | None, Field(min_length=1, max_length=4096,
-                                        description="PostgreSQL binaries of the same major version.")] = None
+    set: Annotated[
+        dict[str, str], Field(description='Settings that need a restart, e.g. {"shared_buffers": "256MB"}.')
+    ] = {}
+    bindir: Annotated[
+        str | None, Field(min_length=1, max_length=4096, description="PostgreSQL binaries of the same major version.")
+    ] = None
     drain_timeout: Annotated[Seconds, Field(description="Seconds each node's reader sessions get.")] = 30.0
 
     @model_validator(mode="after")
-    def _something(self) -> "RestartParams":
+    def _something(self) -> RestartParams:
         if not self.set and not self.bindir:
             raise ValueError("nothing to apply: give settings to set, a bindir, or both")
         return self
@@ -90,13 +96,15 @@ class BackupParams(Params):
 
 
 class BacktrackParams(Params):
-    to: Annotated[str, Field(max_length=64, description="The moment to rewind to, with its zone: "
-                                                        "'2026-11-28 10:15:00+00'.")]
+    to: Annotated[
+        str, Field(max_length=64, description="The moment to rewind to, with its zone: '2026-11-28 10:15:00+00'.")
+    ]
 
     @field_validator("to")
     @classmethod
     def _moment(cls, value: str) -> str:
-        from ..compose.restore import parse_time  # the restore's own reading of a moment
+        from ...compose.restore import parse_time  # the restore's own reading of a moment
+
         try:
             parse_time(value)
         except ClusterError as exc:
@@ -134,31 +142,57 @@ class Route:
         return self.scope_for(params) if self.scope_for is not None else self.scope
 
 
-R, O, A = AdminScope.READ, AdminScope.OPERATE, AdminScope.ADMIN
+RD, OP, AD = AdminScope.READ, AdminScope.OPERATE, AdminScope.ADMIN
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/status", "status", R, NoParams, "Every node, its role, health and lag; where the endpoints point."),
-    Route("GET", "/events", "events", R, EventsParams, "The event log: failovers, switchovers, fences, the audit."),
-    Route("GET", "/metrics", "scrape", R, NoParams, "Prometheus metrics (text exposition format)."),
-    Route("GET", "/openapi.json", "openapi", R, NoParams, "This API's OpenAPI 3 document."),
-    Route("POST", "/switchover", "switchover", O, SwitchoverParams, "Planned switchover to a replica."),
-    Route("POST", "/failover", "failover", O, FailoverParams, "Fail over from a writer that is down.",
-          scope_for=_failover_scope),
-    Route("GET", "/rejoin/{node}", "rejoin_plan", R, NodeParams,
-          "The commands that make a fenced node a replica again, to run on its host."),
-    Route("POST", "/rejoin/{node}", "rejoin", O, NodeParams, "Rejoin a fenced former primary as a replica."),
-    Route("POST", "/reload", "reload", O, NoParams, "Reload the TLS certificate and the config file (as SIGHUP)."),
-    Route("POST", "/drain/{node}", "drain", O, NodeParams, "Take a replica out of the reader endpoint."),
-    Route("POST", "/undrain/{node}", "undrain", O, NodeParams, "Put a drained replica back in the reader endpoint."),
-    Route("POST", "/nodes", "add_nodes", O, AddNodesParams, "Add replicas; answers once each serves reads."),
-    Route("DELETE", "/nodes/{node}", "remove_node", A, RemoveNodeParams,
-          "Drain a replica, end its sessions after drain_timeout, remove it and its files."),
-    Route("POST", "/maintenance/restart", "rolling_restart", O, RestartParams,
-          "Rolling restart with new settings or binaries: replicas, a switchover, then the old primary."),
-    Route("POST", "/backups", "take_backup", O, BackupParams, "A backup now, from a healthy replica if any."),
-    Route("GET", "/backups", "list_backups", R, NoParams, "The backups and the range a restore can reach."),
-    Route("POST", "/backtrack", "backtrack", A, BacktrackParams, "Rewind the cluster's data in place to a moment."),
-    Route("POST", "/backtrack/undo", "backtrack_undo", A, NoParams, "Move back to the nodes the last backtrack "
-                                                                       "replaced."),
+    Route("GET", "/status", "status", RD, NoParams, "Every node, its role, health and lag; where the endpoints point."),
+    Route("GET", "/events", "events", RD, EventsParams, "The event log: failovers, switchovers, fences, the audit."),
+    Route("GET", "/metrics", "scrape", RD, NoParams, "Prometheus metrics (text exposition format)."),
+    Route("GET", "/openapi.json", "openapi", RD, NoParams, "This API's OpenAPI 3 document."),
+    Route("POST", "/switchover", "switchover", OP, SwitchoverParams, "Planned switchover to a replica."),
+    Route(
+        "POST",
+        "/failover",
+        "failover",
+        OP,
+        FailoverParams,
+        "Fail over from a writer that is down.",
+        scope_for=_failover_scope,
+    ),
+    Route(
+        "GET",
+        "/rejoin/{node}",
+        "rejoin_plan",
+        RD,
+        NodeParams,
+        "The commands that make a fenced node a replica again, to run on its host.",
+    ),
+    Route("POST", "/rejoin/{node}", "rejoin", OP, NodeParams, "Rejoin a fenced former primary as a replica."),
+    Route("POST", "/reload", "reload", OP, NoParams, "Reload the TLS certificate and the config file (as SIGHUP)."),
+    Route("POST", "/drain/{node}", "drain", OP, NodeParams, "Take a replica out of the reader endpoint."),
+    Route("POST", "/undrain/{node}", "undrain", OP, NodeParams, "Put a drained replica back in the reader endpoint."),
+    Route("POST", "/nodes", "add_nodes", OP, AddNodesParams, "Add replicas; answers once each serves reads."),
+    Route(
+        "DELETE",
+        "/nodes/{node}",
+        "remove_node",
+        AD,
+        RemoveNodeParams,
+        "Drain a replica, end its sessions after drain_timeout, remove it and its files.",
+    ),
+    Route(
+        "POST",
+        "/maintenance/restart",
+        "rolling_restart",
+        OP,
+        RestartParams,
+        "Rolling restart with new settings or binaries: replicas, a switchover, then the old primary.",
+    ),
+    Route("POST", "/backups", "take_backup", OP, BackupParams, "A backup now, from a healthy replica if any."),
+    Route("GET", "/backups", "list_backups", RD, NoParams, "The backups and the range a restore can reach."),
+    Route("POST", "/backtrack", "backtrack", AD, BacktrackParams, "Rewind the cluster's data in place to a moment."),
+    Route(
+        "POST", "/backtrack/undo", "backtrack_undo", AD, NoParams, "Move back to the nodes the last backtrack replaced."
+    ),
 )
 
 
@@ -197,8 +231,11 @@ def _merge(body: object, query: dict[str, str], path: dict[str, str]) -> str:
     if not isinstance(body, dict):
         raise Invalid(400, "the body must be a JSON object", [f"body: got {type(body).__name__}"])
     if query:
-        raise Invalid(400, "give the parameters in the JSON body or in the query string, not both",
-                      [f"{k}: in the query string" for k in query])
+        raise Invalid(
+            400,
+            "give the parameters in the JSON body or in the query string, not both",
+            [f"{k}: in the query string" for k in query],
+        )
     clash = sorted(body.keys() & path.keys())
     if clash:
         raise Invalid(400, "a parameter of the path is given again in the body", [f"{k}: in the path" for k in clash])
@@ -206,12 +243,19 @@ def _merge(body: object, query: dict[str, str], path: dict[str, str]) -> str:
 
 
 ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object", "required": ["error", "problems"],
-    "properties": {"error": {"type": "string"}, "problems": {"type": "array", "items": {"type": "string"}}}}
-_ERRORS = {"400": "A parameter is unknown, malformed, of the wrong type or out of range; nothing ran.",
-           "401": "No valid bearer token.", "403": "The token's scope does not allow this request.",
-           "404": "No such route, or no such node.", "409": "Refused in the cluster's present state.",
-           "413": f"The body is larger than {MAX_BODY_BYTES} bytes.", "500": "An unexpected failure."}
+    "type": "object",
+    "required": ["error", "problems"],
+    "properties": {"error": {"type": "string"}, "problems": {"type": "array", "items": {"type": "string"}}},
+}
+_ERRORS = {
+    "400": "A parameter is unknown, malformed, of the wrong type or out of range; nothing ran.",
+    "401": "No valid bearer token.",
+    "403": "The token's scope does not allow this request.",
+    "404": "No such route, or no such node.",
+    "409": "Refused in the cluster's present state.",
+    "413": f"The body is larger than {MAX_BODY_BYTES} bytes.",
+    "500": "An unexpected failure.",
+}
 
 
 def _schema(params: type[Params], drop: list[str]) -> dict[str, Any]:
@@ -226,26 +270,54 @@ def _schema(params: type[Params], drop: list[str]) -> dict[str, Any]:
 
 def _operation(route: Route) -> dict[str, Any]:
     fields = route.params.model_fields
-    parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string", "pattern": _NODE_PATTERN},
-                   "description": fields[n].description or n} for n in route.path_names]
-    op: dict[str, Any] = {"summary": route.summary, "operationId": route.handler, "x-pgaurora-scope": route.scope.value,
-                          "responses": {"200": {"description": "Done; the result as JSON."},
-                                        **{code: {"description": text, "content": {"application/json": {
-                                            "schema": {"$ref": "#/components/schemas/Error"}}}}
-                                           for code, text in _ERRORS.items()}}}
+    parameters = [
+        {
+            "name": n,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": _NODE_PATTERN},
+            "description": fields[n].description or n,
+        }
+        for n in route.path_names
+    ]
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": route.handler,
+        "x-pgaurora-scope": route.scope.value,
+        "responses": {
+            "200": {"description": "Done; the result as JSON."},
+            **{
+                code: {
+                    "description": text,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                }
+                for code, text in _ERRORS.items()
+            },
+        },
+    }
     body = _schema(route.params, route.path_names)
     if route.takes_body:
         if body["properties"]:
-            op["requestBody"] = {"required": bool(body.get("required")),
-                                 "content": {"application/json": {"schema": body}}}
+            op["requestBody"] = {
+                "required": bool(body.get("required")),
+                "content": {"application/json": {"schema": body}},
+            }
             op["description"] = "Parameters as a JSON body; the query string is accepted as an alias."
     else:
-        parameters += [{"name": n, "in": "query", "required": n in body.get("required", []), "schema": s,
-                        **({"description": s["description"]} if "description" in s else {})}
-                       for n, s in body["properties"].items()]
+        parameters += [
+            {
+                "name": n,
+                "in": "query",
+                "required": n in body.get("required", []),
+                "schema": s,
+                **({"description": s["description"]} if "description" in s else {}),
+            }
+            for n, s in body["properties"].items()
+        ]
     if route.scope_for is not None:
-        op["description"] = (op.get("description", "") + " Some parameters need a stronger scope "
-                             "(accept_data_loss: admin).").strip()
+        op["description"] = (
+            op.get("description", "") + " Some parameters need a stronger scope (accept_data_loss: admin)."
+        ).strip()
     if parameters:
         op["parameters"] = parameters
     return op
@@ -256,11 +328,18 @@ def openapi(version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
-    return {"openapi": "3.1.0",
-            "info": {"title": "pgaurora admin API", "version": version,
-                     "description": "Every request carries `Authorization: Bearer TOKEN`; each route names the "
-                                    "scope it needs (x-pgaurora-scope): read < operate < admin."},
-            "security": [{"bearer": []}],
-            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                           "schemas": {"Error": ERROR_SCHEMA}},
-            "paths": paths}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pgaurora admin API",
+            "version": version,
+            "description": "Every request carries `Authorization: Bearer TOKEN`; each route names the "
+            "scope it needs (x-pgaurora-scope): read < operate < admin.",
+        },
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": ERROR_SCHEMA},
+        },
+        "paths": paths,
+    }

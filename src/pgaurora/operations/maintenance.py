@@ -7,18 +7,26 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from .errors import ClusterError
-from .health.actions import ActionFailed
-from .scaling import DRAIN_TIMEOUT, composed, end_sessions, exclusive
-from .topology import Health, Role
+from ..core.errors import ActionFailed, ClusterError
+from ..core.topology import Health, Role
+from .guard import DRAIN_TIMEOUT, composed, end_sessions, exclusive
 
 if TYPE_CHECKING:
-    from .app import Service
+    from ..service.app import Service
 
 CATCH_UP_TIMEOUT = 120.0
 SETTING = re.compile(r"^[a-z_][a-z0-9_.]{0,62}$")
-MANAGED = {"primary_conninfo", "primary_slot_name", "synchronous_standby_names", "port", "listen_addresses",
-           "unix_socket_directories", "cluster_name", "ssl_cert_file", "ssl_key_file"}
+MANAGED = {
+    "primary_conninfo",
+    "primary_slot_name",
+    "synchronous_standby_names",
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "cluster_name",
+    "ssl_cert_file",
+    "ssl_key_file",
+}
 
 
 def check_settings(settings: dict[str, str]) -> None:
@@ -42,12 +50,13 @@ class Maintenance:
     a restarted replica; then the old primary, now a replica. Every step is a `maintenance` event, and the
     restart stops, leaving every node running, at the first step that fails or when the cluster is unhealthy."""
 
-    def __init__(self, service: "Service") -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
         self._epoch: int | None = None  # the writer's epoch when the running restart began
 
-    async def restart(self, settings: dict[str, str], bindir: str | None = None,
-                      drain_timeout: float = DRAIN_TIMEOUT) -> dict:
+    async def restart(
+        self, settings: dict[str, str], bindir: str | None = None, drain_timeout: float = DRAIN_TIMEOUT
+    ) -> dict:
         cluster = composed(self.service, "maintenance restart")
         check_settings(settings)
         async with exclusive(self.service):
@@ -61,8 +70,9 @@ class Maintenance:
             except ClusterError as exc:
                 raise ActionFailed(f"nothing was restarted: {exc}") from None
             started = time.monotonic()
-            self._step(f"rolling restart of {', '.join(replicas)} then {topology.writer}", settings=settings,
-                       bindir=bindir)
+            self._step(
+                f"rolling restart of {', '.join(replicas)} then {topology.writer}", settings=settings, bindir=bindir
+            )
             for name in replicas:
                 await self._restart_replica(cluster, name, settings, bindir, drain_timeout)
             self._require_healthy("stopped before the switchover")
@@ -81,11 +91,19 @@ class Maintenance:
             if wrong:
                 raise ActionFailed(f"restarted, but these nodes do not show the new settings: {wrong}")
             took = time.monotonic() - started
-            self._step(f"done in {took:.1f} s; writer unavailable {switched['write_pause_seconds']:.2f} s "
-                       f"(the switchover to {switched['new_writer']})", done=True)
-            return {"nodes": [*replicas, topology.writer], "settings": expected, "bindir": bindir,
-                    "switchover": switched, "write_pause_seconds": switched["write_pause_seconds"],
-                    "seconds": round(took, 2)}
+            self._step(
+                f"done in {took:.1f} s; writer unavailable {switched['write_pause_seconds']:.2f} s "
+                f"(the switchover to {switched['new_writer']})",
+                done=True,
+            )
+            return {
+                "nodes": [*replicas, topology.writer],
+                "settings": expected,
+                "bindir": bindir,
+                "switchover": switched,
+                "write_pause_seconds": switched["write_pause_seconds"],
+                "seconds": round(took, 2),
+            }
 
     async def _restart_replica(self, cluster, name: str, settings, bindir, drain_timeout: float) -> None:
         self._require_healthy(f"stopped before {name}")
@@ -93,8 +111,9 @@ class Maintenance:
         kept_drained = self.service.hub.current.by_name[name].drained  # an operator's drain outlives the restart
         await monitor.request("drain", node=name)
         ended = await end_sessions(self.service, cluster, name, drain_timeout)
-        self._step(f"{name} drained ({ended} session(s) ended at the {drain_timeout:g} s drain timeout); restarting",
-                   node=name)
+        self._step(
+            f"{name} drained ({ended} session(s) ended at the {drain_timeout:g} s drain timeout); restarting", node=name
+        )
         try:
             await asyncio.to_thread(cluster.restart_node, name, settings, bindir)
         except ClusterError as exc:
@@ -104,31 +123,42 @@ class Maintenance:
                 await monitor.request("undrain", node=name)
         back = await self.service.hub.wait_for(lambda t: _caught_up(t, name, kept_drained), CATCH_UP_TIMEOUT)
         if back is None:
-            raise ActionFailed(f"rolling restart stopped: {name} restarted but did not catch up in "
-                               f"{CATCH_UP_TIMEOUT:.0f} s; see `pgaurora status`")
+            raise ActionFailed(
+                f"rolling restart stopped: {name} restarted but did not catch up in "
+                f"{CATCH_UP_TIMEOUT:.0f} s; see `pgaurora status`"
+            )
         where = "left drained, as it was" if kept_drained else "back in the reader endpoint"
         self._step(f"{name} restarted, caught up and {where}", node=name)
 
     async def _rejoined(self, name: str) -> None:
         """The old primary shows as a healthy replica (the monitor sees it at its next probe)."""
+
         def replica(t) -> bool:
             node = t.by_name.get(name)
             return node is not None and node.role is Role.REPLICA and node.health is Health.HEALTHY
+
         if await self.service.hub.wait_for(replica, CATCH_UP_TIMEOUT) is None:
-            raise ActionFailed(f"rolling restart stopped: {name} did not come back as a healthy replica after the "
-                               f"switchover in {CATCH_UP_TIMEOUT:.0f} s; see `pgaurora status`")
+            raise ActionFailed(
+                f"rolling restart stopped: {name} did not come back as a healthy replica after the "
+                f"switchover in {CATCH_UP_TIMEOUT:.0f} s; see `pgaurora status`"
+            )
 
     def _require_healthy(self, what: str) -> None:
         topology = self.service.hub.current
-        problems = [f"{n.name} is {n.role.value}, {n.health.value}" for n in topology.nodes
-                    if n.health is not Health.HEALTHY or n.role not in (Role.PRIMARY, Role.REPLICA)]
+        problems = [
+            f"{n.name} is {n.role.value}, {n.health.value}"
+            for n in topology.nodes
+            if n.health is not Health.HEALTHY or n.role not in (Role.PRIMARY, Role.REPLICA)
+        ]
         if topology.writer is None:
             problems.append("no writer is known")
         if not any(n.role is Role.REPLICA for n in topology.nodes):
             problems.append("there is no replica to switch over to")
         if self._epoch is not None and topology.epoch != self._epoch:
-            problems.append(f"the writer changed during the restart (epoch {self._epoch} -> {topology.epoch}, "
-                            f"now {topology.writer})")
+            problems.append(
+                f"the writer changed during the restart (epoch {self._epoch} -> {topology.epoch}, "
+                f"now {topology.writer})"
+            )
         if problems:
             raise ActionFailed(f"rolling restart {what}: the cluster is not healthy ({'; '.join(problems)})")
 

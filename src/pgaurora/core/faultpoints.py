@@ -21,4 +21,5 @@ def fail_point(name: str) -> None:
     """A step that may fail for real (a full disk, a port taken): with PGAURORA_FAIL_AT=name it fails here."""
     if os.environ.get(FAIL_ENV) == name:
         from .errors import ClusterError
+
         raise ClusterError(f"injected failure at {name} ({FAIL_ENV})")

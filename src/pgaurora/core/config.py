@@ -70,7 +70,7 @@ class LagLimit(_Frozen):
     """Seconds of replay behind the writer."""
 
     @classmethod
-    def parse(cls, value: object) -> "LagLimit":
+    def parse(cls, value: object) -> LagLimit:
         if isinstance(value, LagLimit):
             return value
         if isinstance(value, int) and not isinstance(value, bool):
@@ -122,7 +122,8 @@ class NodeConfig(_Frozen):
     """Where replicas reach this node, when it differs from `port`."""
 
     _host = field_validator("host", "replication_host")(
-        classmethod(lambda cls, v: v if v is None else _loopback_or_ip(v)))
+        classmethod(lambda cls, v: v if v is None else _loopback_or_ip(v))
+    )
 
     @property
     def replication_address(self) -> tuple[str, int]:
@@ -205,7 +206,7 @@ class CustomEndpointConfig(ClientEndpoint):
     """With no member available: `refuse` (57P03 naming the endpoint) or `writer`."""
 
     @model_validator(mode="after")
-    def _members(self) -> "CustomEndpointConfig":
+    def _members(self) -> CustomEndpointConfig:
         if self.nodes is not None and self.exclude:
             raise ValueError("give either nodes or exclude, not both")
         if self.nodes is not None and not self.nodes:
@@ -220,7 +221,7 @@ class AdminScope(str, Enum):
     OPERATE = "operate"  # switchover, drain, reload, scaling, backups, maintenance, rejoin
     ADMIN = "admin"  # failover with data loss, backtrack, removal of a node
 
-    def allows(self, needed: "AdminScope") -> bool:
+    def allows(self, needed: AdminScope) -> bool:
         order = list(AdminScope)
         return order.index(self) >= order.index(needed)
 
@@ -236,7 +237,7 @@ class AdminToken(_Frozen):
     """File holding the token (mode 600: readable by pgaurora's user alone); read at start."""
 
     @model_validator(mode="after")
-    def _file(self) -> "AdminToken":
+    def _file(self) -> AdminToken:
         problems = _secret_file_problems(f"token {self.name!r} file", self.file)
         if problems:
             raise ValueError("; ".join(problems))
@@ -272,7 +273,7 @@ class AdminConfig(Listen):
     """Client certificates by common name, each with a scope (needs `client_ca_file`)."""
 
     @model_validator(mode="after")
-    def _certificates(self) -> "AdminConfig":
+    def _certificates(self) -> AdminConfig:
         problems = []
         if self.client_ca_file and not self.tls:
             problems.append("client_ca_file needs tls = true")
@@ -343,7 +344,7 @@ class TlsConfig(_Frozen):
     """PEM CA bundle that signed the nodes' certificates (needed by `verify-full`)."""
 
     @model_validator(mode="after")
-    def _complete(self) -> "TlsConfig":
+    def _complete(self) -> TlsConfig:
         problems = []
         if (self.cert_file is None) != (self.key_file is None):
             problems.append("cert_file and key_file go together")
@@ -403,15 +404,16 @@ class DcsConfig(_Frozen):
         return value
 
     @model_validator(mode="after")
-    def _tls(self) -> "DcsConfig":
+    def _tls(self) -> DcsConfig:
         problems = []
         if (self.cert_file is None) != (self.key_file is None):
             problems.append("cert_file and key_file go together")
         given = [name for name in ("ca_file", "cert_file", "key_file") if getattr(self, name) is not None]
         if given and not self.tls:
             problems.append(f"{', '.join(given)} need https:// etcd endpoints")
-        problems += [f"{name}: no such file {getattr(self, name)!r}" for name in given
-                     if not Path(getattr(self, name)).is_file()]
+        problems += [
+            f"{name}: no such file {getattr(self, name)!r}" for name in given if not Path(getattr(self, name)).is_file()
+        ]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -445,7 +447,7 @@ class BackupConfig(_Frozen):
     return to them; then their files are removed."""
 
     @model_validator(mode="after")
-    def _cipher(self) -> "BackupConfig":
+    def _cipher(self) -> BackupConfig:
         given = [n for n in ("cipher_pass", "cipher_pass_env", "cipher_pass_file") if getattr(self, n) is not None]
         problems = [f"{', '.join(given)}: give the passphrase one way only"] if len(given) > 1 else []
         if self.cipher_pass_env is not None and not os.environ.get(self.cipher_pass_env):
@@ -605,7 +607,7 @@ class Config(_Frozen):
     """`[heal]`: starting again, rewinding or rebuilding nodes that crashed."""
 
     @model_validator(mode="after")
-    def _unique(self) -> "Config":
+    def _unique(self) -> Config:
         problems = [] if self.nodes else ["nodes: at least one node is required"]
         problems += _duplicates("node name", [n.name for n in self.nodes])
         problems += _duplicates("node address", [f"{n.host}:{n.port}" for n in self.nodes])
@@ -613,9 +615,11 @@ class Config(_Frozen):
         if self.dns.enabled:
             listens.append(("dns", self.dns))
         listens += [(e.name, e) for e in self.endpoints]
-        problems += _duplicates("listen address", [f"{l.host}:{l.port}" for _, l in listens])
-        problems += _duplicates("endpoint or node name", ["writer", "reader", "proxy", *(n.name for n in self.nodes),
-                                                           *(e.name for e in self.endpoints)])
+        problems += _duplicates("listen address", [f"{listen.host}:{listen.port}" for _, listen in listens])
+        problems += _duplicates(
+            "endpoint or node name",
+            ["writer", "reader", "proxy", *(n.name for n in self.nodes), *(e.name for e in self.endpoints)],
+        )
         names = {n.name for n in self.nodes}
         for endpoint in self.endpoints:
             unknown = sorted((set(endpoint.nodes or ()) | set(endpoint.exclude)) - names)
@@ -633,7 +637,7 @@ class Config(_Frozen):
 
     @property
     def dcs_prefix(self) -> str:
-        prefix = (self.dcs.prefix if self.dcs and self.dcs.prefix else f"/pgaurora/{self.cluster}/")
+        prefix = self.dcs.prefix if self.dcs and self.dcs.prefix else f"/pgaurora/{self.cluster}/"
         return prefix if prefix.endswith("/") else prefix + "/"
 
     @property

@@ -12,16 +12,32 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .. import custom_endpoints, metrics
-from ..errors import ClusterError, ConfigError
-from ..health.actions import ActionFailed
-from ..health.heal import redundancy
-from ..sslcontexts import admin_context
-from ..topology import Role, Topology, loss_bound_bytes
+from ...core import custom_endpoints
+from ...core.errors import ActionFailed, ClusterError, ConfigError
+from ...core.sslcontexts import admin_context
+from ...core.topology import Role, Topology, loss_bound_bytes
+from ...health.heal import redundancy
+from .. import metrics
 from . import auth
-from .routes import (MAX_BODY_BYTES, ROUTES, AddNodesParams, BacktrackParams, BackupParams, EventsParams,
-                     FailoverParams, Invalid, NodeParams, NoParams, Params, RemoveNodeParams, RestartParams, Route,
-                     SwitchoverParams, openapi, validate)
+from .routes import (
+    MAX_BODY_BYTES,
+    ROUTES,
+    AddNodesParams,
+    BacktrackParams,
+    BackupParams,
+    EventsParams,
+    FailoverParams,
+    Invalid,
+    NodeParams,
+    NoParams,
+    Params,
+    RemoveNodeParams,
+    RestartParams,
+    Route,
+    SwitchoverParams,
+    openapi,
+    validate,
+)
 
 if TYPE_CHECKING:
     from ..app import Service
@@ -29,26 +45,48 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgaurora.admin")
 
 
-def status_document(service: "Service") -> dict:
+def status_document(service: Service) -> dict:
     """Everything `pgaurora status` shows, read from the current Topology."""
     topology, config = service.hub.current, service.config
-    nodes = [{"name": n.name, "address": n.address, "role": n.role.value, "health": n.health.value,
-              "lag_bytes": n.lag_bytes, "lag_seconds": None if n.lag_seconds is None else round(n.lag_seconds, 3),
-              "timeline": n.timeline, "upstream": n.upstream, "drained": n.drained,
-              "connections": service.proxy_state.count(n.name)} for n in topology.nodes]
+    nodes = [
+        {
+            "name": n.name,
+            "address": n.address,
+            "role": n.role.value,
+            "health": n.health.value,
+            "lag_bytes": n.lag_bytes,
+            "lag_seconds": None if n.lag_seconds is None else round(n.lag_seconds, 3),
+            "timeline": n.timeline,
+            "upstream": n.upstream,
+            "drained": n.drained,
+            "connections": service.proxy_state.count(n.name),
+        }
+        for n in topology.nodes
+    ]
     return {
-        "cluster": topology.cluster, "zone": config.zone, "pid": os.getpid(), "epoch": topology.epoch,
-        "topology_version": topology.version, "reason": topology.reason,
+        "cluster": topology.cluster,
+        "zone": config.zone,
+        "pid": os.getpid(),
+        "epoch": topology.epoch,
+        "topology_version": topology.version,
+        "reason": topology.reason,
         "writer": {"endpoint": f"{config.writer.host}:{config.writer.port}", "node": topology.writer},
-        "reader": {"endpoint": f"{config.reader.host}:{config.reader.port}", "nodes": service.reader_nodes(),
-                   "policy": config.reader.policy.value, "fallback": config.reader.fallback.value},
+        "reader": {
+            "endpoint": f"{config.reader.host}:{config.reader.port}",
+            "nodes": service.reader_nodes(),
+            "policy": config.reader.policy.value,
+            "fallback": config.reader.fallback.value,
+        },
         "dns": f"{config.dns.host}:{config.dns.port}" if config.dns.enabled else None,
-        "sync_mode": config.failover.sync_mode.value, "sync_standbys": topology.sync_standbys,
+        "sync_mode": config.failover.sync_mode.value,
+        "sync_standbys": topology.sync_standbys,
         "loss_bound_bytes": loss_bound_bytes(topology),
         "redundancy": _redundancy(topology, service),
         "heal": service.supervisor.document() if service.supervisor is not None else None,
-        "voters": list(topology.voters), "promote_quorum": len(topology.voters),
-        "failover_safe": topology.failover_safe, "failover_outlook": topology.failover_outlook,
+        "voters": list(topology.voters),
+        "promote_quorum": len(topology.voters),
+        "failover_safe": topology.failover_safe,
+        "failover_outlook": topology.failover_outlook,
         "fenced_hint": _fenced_hint(topology, service),
         "last_unsafe_failover": _last_unsafe(service),
         "client_connections": service.proxy_state.clients,
@@ -57,20 +95,34 @@ def status_document(service: "Service") -> dict:
         "nodes": nodes,
         "dcs": service.member.document() if service.member is not None else None,
         "backup": service.backups.document() if service.backups is not None else None,
-        "endpoints": [{"name": e.name, "endpoint": f"{e.host}:{e.port}", "role": e.role.value,
-                       "nodes": [n.name for n in custom_endpoints.targets(e, topology)]} for e in config.endpoints],
+        "endpoints": [
+            {
+                "name": e.name,
+                "endpoint": f"{e.host}:{e.port}",
+                "role": e.role.value,
+                "nodes": [n.name for n in custom_endpoints.targets(e, topology)],
+            }
+            for e in config.endpoints
+        ],
     }
 
 
-def _redundancy(topology: Topology, service: "Service") -> dict:
+def _redundancy(topology: Topology, service: Service) -> dict:
     """Copies now against copies wanted, and since when the cluster has been short of them."""
     now = redundancy(topology, service.config.failover.sync_mode)
     since = service.supervisor.degraded_since if service.supervisor is not None else None
-    return {"replicas": now.replicas, "streaming": now.streaming, "commit_copies": now.copies,
-            "wanted_copies": now.wanted, "full": now.full, "summary": now.describe(), "degraded_since": since}
+    return {
+        "replicas": now.replicas,
+        "streaming": now.streaming,
+        "commit_copies": now.copies,
+        "wanted_copies": now.wanted,
+        "full": now.full,
+        "summary": now.describe(),
+        "degraded_since": since,
+    }
 
 
-def _last_unsafe(service: "Service") -> dict | None:
+def _last_unsafe(service: Service) -> dict | None:
     """The latest failover forced with --accept-data-loss, and the loss bound it recorded."""
     event = next((e for e in reversed(service.events.recent()) if e["kind"] == "failover_unsafe"), None)
     if event is None:
@@ -78,14 +130,16 @@ def _last_unsafe(service: "Service") -> dict | None:
     return {k: event.get(k) for k in ("time", "candidate", "old_writer", "loss_bound_bytes", "reason")}
 
 
-def _fenced_hint(topology: Topology, service: "Service") -> str | None:
+def _fenced_hint(topology: Topology, service: Service) -> str | None:
     fenced = [n.name for n in topology.nodes if n.role is Role.FENCED]
     if not fenced:
         return None
     if service.monitor.controller is not None:
         return f"fenced: {', '.join(fenced)}; `pgaurora rejoin NODE` makes one a replica again"
-    return (f"fenced: {', '.join(fenced)}; `pgaurora rejoin NODE --print` prints the commands that make one a "
-            "replica again, to run on its host")
+    return (
+        f"fenced: {', '.join(fenced)}; `pgaurora rejoin NODE --print` prints the commands that make one a "
+        "replica again, to run on its host"
+    )
 
 
 def _refusal(problem: Invalid) -> web.Response:
@@ -105,7 +159,7 @@ async def _body(request: web.Request) -> bytes:
 class AdminServer:
     """Serves ROUTES: each request is authenticated, validated and scope-checked; changes are audited."""
 
-    def __init__(self, service: "Service", host: str, port: int) -> None:
+    def __init__(self, service: Service, host: str, port: int) -> None:
         self.service, self.host, self.port = service, host, port
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
         self.metrics = metrics.registry_for(service)
@@ -148,6 +202,7 @@ class AdminServer:
             if not route.takes_body or credential is None:
                 return await self._run(route, params)
             return await self._audited(route, request, params, credential.name)
+
         return handle
 
     def _authenticate(self, route: Route, request: web.Request) -> auth.Credential | None:
@@ -158,25 +213,35 @@ class AdminServer:
             credential = self.auth.by_certificate(_peercert(request))
         if credential is None and not (route.path == "/metrics" and self.service.config.admin.open_metrics):
             given = "Authorization" in request.headers
-            raise Invalid(401, "the bearer token is not valid" if given else
-                          "a bearer token is required (Authorization: Bearer TOKEN); on this host `pgaurora` "
-                          "commands find the local one themselves")
+            raise Invalid(
+                401,
+                "the bearer token is not valid"
+                if given
+                else "a bearer token is required (Authorization: Bearer TOKEN); on this host `pgaurora` "
+                "commands find the local one themselves",
+            )
         return credential
 
     @staticmethod
     def _authorize(route: Route, params: Params, credential: auth.Credential | None) -> None:
         needed = route.needed_scope(params)
         if credential is not None and not credential.scope.allows(needed):
-            raise Invalid(403, f"{route.method} {route.path} needs the {needed.value} scope; token "
-                               f"{credential.name!r} has {credential.scope.value}")
+            raise Invalid(
+                403,
+                f"{route.method} {route.path} needs the {needed.value} scope; token "
+                f"{credential.name!r} has {credential.scope.value}",
+            )
 
     def _check_nodes(self, params: Params) -> None:
         known = [n.name for n in self.service.hub.current.nodes]
         unknown = {k: v for k, v in params.node_refs().items() if v not in known}
         if unknown:
             names = ", ".join(repr(v) for v in sorted(set(unknown.values())))
-            raise Invalid(404, f"no node named {names}; the nodes are {', '.join(known) or 'none yet'}",
-                          [f"{k}: no node {v!r}" for k, v in unknown.items()])
+            raise Invalid(
+                404,
+                f"no node named {names}; the nodes are {', '.join(known) or 'none yet'}",
+                [f"{k}: no node {v!r}" for k, v in unknown.items()],
+            )
 
     async def _audited(self, route: Route, request: web.Request, params: Params, token: str) -> web.StreamResponse:
         what, peer = f"{route.method} {request.path}", request.remote or "unknown"
@@ -185,8 +250,14 @@ class AdminServer:
         self.service.events.record("audit", f"{what} by {token} from {peer}: requested", phase="requested", **record)
         response = await self._run(route, params)
         outcome = "done" if response.status < 400 else _error_of(response)
-        self.service.events.record("audit", f"{what} by {token} from {peer}: {response.status} {outcome}"[:300],
-                                   phase="answered", status=response.status, outcome=outcome, **record)
+        self.service.events.record(
+            "audit",
+            f"{what} by {token} from {peer}: {response.status} {outcome}"[:300],
+            phase="answered",
+            status=response.status,
+            outcome=outcome,
+            **record,
+        )
         return response
 
     async def _run(self, route: Route, params: Params) -> web.StreamResponse:
@@ -202,6 +273,7 @@ class AdminServer:
 
     async def openapi(self, params: NoParams) -> web.Response:
         from importlib.metadata import version
+
         return _json(openapi(version("pgaurora")))
 
     async def scrape(self, params: NoParams) -> web.Response:
@@ -213,7 +285,7 @@ class AdminServer:
         events = self.service.events.recent()
         if params.audit:
             events = [e for e in events if e["kind"] == "audit"]
-        return _json(events[-params.limit:] if params.limit else events)
+        return _json(events[-params.limit :] if params.limit else events)
 
     async def switchover(self, params: SwitchoverParams) -> web.Response:
         return await self._monitor_request("switchover", to=params.to)
@@ -223,7 +295,8 @@ class AdminServer:
 
     async def rejoin_plan(self, params: NodeParams) -> web.Response:
         """The commands that make a fenced node a replica of the writer, for its host's operator."""
-        from ..health.rejoin_plan import plan
+        from ...health.rejoin_plan import plan
+
         try:
             return _json({"script": plan(self.service.config, self.service.hub.current, params.node)})
         except ValueError as exc:
@@ -249,8 +322,9 @@ class AdminServer:
         return await self._operation(self.service.scaler.remove(params.node, params.drain_timeout))
 
     async def rolling_restart(self, params: RestartParams) -> web.Response:
-        return await self._operation(self.service.maintenance.restart(dict(params.set), params.bindir,
-                                                                      params.drain_timeout))
+        return await self._operation(
+            self.service.maintenance.restart(dict(params.set), params.bindir, params.drain_timeout)
+        )
 
     async def take_backup(self, params: BackupParams) -> web.Response:
         if self.service.backups is None:
@@ -293,8 +367,13 @@ async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         allowed = exc.headers.get("Allow") if exc.status == 405 else None
-        return _json({"error": exc.reason + (f": {request.method} {request.path}" if exc.status in (404, 405) else ""),
-                      "problems": [f"allowed: {allowed}"] if allowed else []}, exc.status)
+        return _json(
+            {
+                "error": exc.reason + (f": {request.method} {request.path}" if exc.status in (404, 405) else ""),
+                "problems": [f"allowed: {allowed}"] if allowed else [],
+            },
+            exc.status,
+        )
     except Exception as exc:  # a bug: answer 500 with what failed, log the traceback
         log.exception("admin request %s %s failed", request.method, request.path)
         return _json({"error": f"internal error: {type(exc).__name__}: {exc}", "problems": []}, 500)
@@ -314,5 +393,9 @@ def _error_of(response: web.StreamResponse) -> str:
 
 
 def _json(data, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=json.dumps(data, indent=2, default=str) + "\n", status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        text=json.dumps(data, indent=2, default=str) + "\n",
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )

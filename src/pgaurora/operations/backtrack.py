@@ -7,15 +7,14 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from . import config as config_mod
-from .compose.backrest import recovered_to
-from .compose.restore import check_range, parse_time
-from .errors import ClusterError
-from .health.actions import ActionFailed
-from .scaling import composed, exclusive
+from ..compose.backrest import recovered_to
+from ..compose.restore import check_range, parse_time
+from ..core import config as config_mod
+from ..core.errors import ActionFailed, ClusterError
+from .guard import composed, exclusive
 
 if TYPE_CHECKING:
-    from .app import Service
+    from ..service.app import Service
 
 KEEP = 24 * 3600.0  # how long the nodes a backtrack replaced are kept, stopped, for --undo
 STATE_FILE = "backtrack.json"
@@ -27,7 +26,7 @@ class Backtrack:
     and moves both endpoints to the new one in a new epoch. The old set stays, stopped, for `keep` seconds:
     undo() swaps back."""
 
-    def __init__(self, service: "Service", keep: float = KEEP) -> None:
+    def __init__(self, service: Service, keep: float = KEEP) -> None:
         self.service, self.keep = service, keep
         self._task: asyncio.Task | None = None
 
@@ -48,19 +47,34 @@ class Backtrack:
                 await self._forget(cluster, "a new backtrack began")
             old = [n.name for n in cluster.nodes]
             started = time.monotonic()
-            restore = lambda node: backups.engine.restore(node.datadir, moment.isoformat(sep=" "))  # noqa: E731
+
+            def restore(node):
+                return backups.engine.restore(node.datadir, moment.isoformat(sep=" "))
+
             try:
                 made = await asyncio.to_thread(cluster.restore_set, restore, len(old) - 1)
             except ClusterError as exc:
                 raise ActionFailed(f"backtrack failed before any endpoint moved: {exc}") from None
             recovered = recovered_to(made[0].logfile.read_text(errors="replace"))
             restored = time.monotonic() - started
-            pause = await self._swap(cluster, leaving=old, coming=[n.name for n in made], writer=made[0].name,
-                                     reason=f"backtrack to {target}: the data as of {recovered}")
+            pause = await self._swap(
+                cluster,
+                leaving=old,
+                coming=[n.name for n in made],
+                writer=made[0].name,
+                reason=f"backtrack to {target}: the data as of {recovered}",
+            )
             self._remember({"previous": old, "until": time.time() + self.keep, "target": target})
-            return {"target": target, "recovered_to": recovered, "writer": made[0].name,
-                    "nodes": [n.name for n in made], "restore_seconds": round(restored, 2),
-                    "unavailable_seconds": round(pause, 3), "previous": old, "kept_until": time.time() + self.keep}
+            return {
+                "target": target,
+                "recovered_to": recovered,
+                "writer": made[0].name,
+                "nodes": [n.name for n in made],
+                "restore_seconds": round(restored, 2),
+                "unavailable_seconds": round(pause, 3),
+                "previous": old,
+                "kept_until": time.time() + self.keep,
+            }
 
     async def undo(self) -> dict:
         cluster, backups = self._parts()
@@ -73,10 +87,16 @@ class Backtrack:
             writer = await asyncio.to_thread(self._start, cluster, previous, backups.engine.restore_command)
             if writer is None:
                 raise ActionFailed(f"none of {', '.join(previous)} came back as a primary; nothing was moved")
-            pause = await self._swap(cluster, leaving=current, coming=previous, writer=writer,
-                                     reason=f"backtrack to {remembered['target']} undone")
-            self._remember({"previous": current, "until": time.time() + self.keep,
-                            "target": f"undo of {remembered['target']}"})
+            pause = await self._swap(
+                cluster,
+                leaving=current,
+                coming=previous,
+                writer=writer,
+                reason=f"backtrack to {remembered['target']} undone",
+            )
+            self._remember(
+                {"previous": current, "until": time.time() + self.keep, "target": f"undo of {remembered['target']}"}
+            )
             return {"writer": writer, "nodes": previous, "unavailable_seconds": round(pause, 3), "previous": current}
 
     async def _swap(self, cluster, leaving: list[str], coming: list[str], writer: str, reason: str) -> float:
@@ -109,8 +129,9 @@ class Backtrack:
     def _config_for(self, cluster, names: list[str]) -> config_mod.Config:
         config = self.service.config
         nodes = [{"name": n.name, "host": n.host, "port": n.port} for n in cluster.nodes if n.name in names]
-        return config_mod.build({**config.model_dump(mode="json", exclude_none=True), "nodes": nodes},
-                                "the backtracked nodes")
+        return config_mod.build(
+            {**config.model_dump(mode="json", exclude_none=True), "nodes": nodes}, "the backtracked nodes"
+        )
 
     def _parts(self):
         cluster = composed(self.service, "backtrack")
@@ -146,5 +167,8 @@ class Backtrack:
         parked = list(cluster.parked)
         await asyncio.to_thread(cluster.forget_nodes, parked)
         self._path().unlink(missing_ok=True)
-        self.service.events.record("backtrack_expired", f"{', '.join(parked)} removed ({why}): the last backtrack "
-                                   "can no longer be undone", nodes=parked)
+        self.service.events.record(
+            "backtrack_expired",
+            f"{', '.join(parked)} removed ({why}): the last backtrack can no longer be undone",
+            nodes=parked,
+        )

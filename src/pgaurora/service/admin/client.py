@@ -31,8 +31,9 @@ class AdminError(Exception):
         self.status, self.message, self.problems = status, message, problems
 
 
-def call(url: str, path: str, method: str = "GET", body: Any = None, timeout: float = 120,
-         token: str | None = None) -> Any:
+def call(
+    url: str, path: str, method: str = "GET", body: Any = None, timeout: float = 120, token: str | None = None
+) -> Any:
     """One request; the decoded JSON answer. AdminError for an error answer, OSError when nothing answers."""
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"} if data is not None else {}

@@ -38,7 +38,7 @@ def _first_certificate(path: str) -> bytes:
     """DER of the first certificate in a PEM file: the one the endpoints present."""
     text = Path(path).read_text()
     end = text.index(ssl.PEM_FOOTER) + len(ssl.PEM_FOOTER)
-    return ssl.PEM_cert_to_DER_cert(text[text.index(ssl.PEM_HEADER):end])
+    return ssl.PEM_cert_to_DER_cert(text[text.index(ssl.PEM_HEADER) : end])
 
 
 def server_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -67,8 +67,9 @@ def admin_context(tls: TlsConfig, client_ca_file: str | None) -> ssl.SSLContext:
             ctx.load_verify_locations(client_ca_file)
             ctx.verify_mode = ssl.CERT_OPTIONAL
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"admin.tls: cannot load {tls.cert_file} / {tls.key_file} / {client_ca_file}: {exc}"]
-                          ) from None
+        raise ConfigError(
+            [f"admin.tls: cannot load {tls.cert_file} / {tls.key_file} / {client_ca_file}: {exc}"]
+        ) from None
     return ctx
 
 

@@ -6,57 +6,39 @@ import asyncio
 import contextlib
 import logging
 
+from ..core import config as config_mod
+from ..core import reconfigure
+from ..core.config import Config, ReaderFallback
+from ..core.errors import ConfigError
+from ..core.eventlog import EventLog
+from ..core.sslcontexts import Contexts
+from ..core.topology import Topology, TopologyHub
+from ..dcs.member import Member
+from ..dns.resolver import Zone
+from ..dns.server import DnsServer
+from ..health.heal import StartCommands, Supervisor
+from ..health.monitor import Monitor, NodeController
+from ..operations.backtrack import Backtrack
+from ..operations.backups import Backups
+from ..operations.maintenance import Maintenance
+from ..operations.scaling import Scaler
+from ..proxy.endpoint import Endpoint
+from ..proxy.relays import proxy_state
+from ..proxy.router import EndpointKind, Router
 from .admin.server import AdminServer
-from .backtrack import Backtrack
-from .backups import Backups
-from . import config as config_mod, reconfigure
-from .config import Config, ReaderFallback, RelayMode
-from .errors import ConfigError
-from .dns.resolver import Zone
-from .dns.server import DnsServer
-from .eventlog import EventLog
-from .dcs.member import Member
-from .health.heal import StartCommands, Supervisor
-from .health.monitor import Monitor, NodeController
-from .proxy.endpoint import Endpoint
-from .proxy.router import EndpointKind, Router
-from .proxy.native import NativeRelay
-from .proxy.sockmap import SockMap
-from .proxy.state import ProxyState
-from .maintenance import Maintenance
-from .scaling import Scaler
-from .sslcontexts import Contexts
-from .topology import Topology, TopologyHub
 
 log = logging.getLogger("pgaurora")
 
 
-def _kernel_relay(mode: RelayMode) -> SockMap | None:
-    if mode not in (RelayMode.KERNEL, RelayMode.HYBRID, RelayMode.AUTO):
-        return None
-    sockmap = SockMap.open(record_boundaries=mode is RelayMode.KERNEL)
-    if sockmap is None and mode is not RelayMode.AUTO:
-        raise ConfigError([f"proxy.relay: {mode.value!r} needs eBPF sockmap support and CAP_BPF "
-                           "(run as root), which this machine lacks; use 'auto' or 'python'"])
-    return sockmap
-
-
-def proxy_state(config: Config) -> ProxyState:
-    """The relay the config asks for; 'auto' takes the first that works of native, hybrid and Python."""
-    mode = config.proxy.relay
-    if mode in (RelayMode.NATIVE, RelayMode.AUTO):
-        native = NativeRelay.open(config.proxy.relay_threads)
-        if native is not None:
-            return ProxyState(native=native)
-        if mode is RelayMode.NATIVE:
-            raise ConfigError(["proxy.relay: 'native' needs pgaurora's C extension, which was not built "
-                               "(no C compiler at install time?); reinstall with gcc, or use 'auto' or 'python'"])
-    return ProxyState(_kernel_relay(mode), both_ways=mode is RelayMode.KERNEL)
-
-
 class Service:
-    def __init__(self, config: Config, controller: NodeController | None = None,
-                 events: EventLog | None = None, reset_state: bool = False, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        controller: NodeController | None = None,
+        events: EventLog | None = None,
+        reset_state: bool = False,
+        config_path: str | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path  # `proxy -c FILE`: what a reload reads again
         self.hub = TopologyHub(Topology(cluster=config.cluster))
@@ -64,19 +46,30 @@ class Service:
         self.proxy_state = proxy_state(config)
         self.router = Router(self.hub, config, self.proxy_state)
         self.tls = Contexts(config.tls)
-        self.writer = Endpoint(EndpointKind.WRITER, config.writer, config, self.hub, self.router,
-                               self.proxy_state, self.tls)
-        self.reader = Endpoint(EndpointKind.READER, config.reader, config, self.hub, self.router,
-                               self.proxy_state, self.tls)
-        self.custom = [Endpoint(EndpointKind.READER, spec, config, self.hub, self.router, self.proxy_state, self.tls,
-                                custom=spec) for spec in config.endpoints]
+        self.writer = Endpoint(
+            EndpointKind.WRITER, config.writer, config, self.hub, self.router, self.proxy_state, self.tls
+        )
+        self.reader = Endpoint(
+            EndpointKind.READER, config.reader, config, self.hub, self.router, self.proxy_state, self.tls
+        )
+        self.custom = [
+            Endpoint(EndpointKind.READER, spec, config, self.hub, self.router, self.proxy_state, self.tls, custom=spec)
+            for spec in config.endpoints
+        ]
         self.member = Member(config, self.events) if config.dcs is not None else None
         self.monitor = Monitor(config, self.hub, self.events, controller, reset_state, self.member)
         if self.member is not None:
             self.member.on_change = self.monitor.wake  # followers route a new writer within one watch round trip
-        self.dns = DnsServer(self.hub, Zone(config.zone, config.dns.ttl,
-                                            config.reader.fallback is ReaderFallback.PRIMARY, config.endpoints),
-                             config.dns.host, config.dns.port) if config.dns.enabled else None
+        self.dns = (
+            DnsServer(
+                self.hub,
+                Zone(config.zone, config.dns.ttl, config.reader.fallback is ReaderFallback.PRIMARY, config.endpoints),
+                config.dns.host,
+                config.dns.port,
+            )
+            if config.dns.enabled
+            else None
+        )
         self.operations = asyncio.Lock()  # replicas add/remove and maintenance: one at a time
         self.scaler = Scaler(self)
         self.maintenance = Maintenance(self)
@@ -98,11 +91,19 @@ class Service:
         if config.backup is None:
             return None
         if controller is None or not hasattr(controller, "archive_with"):
-            raise ConfigError(["backup: backups work on clusters pgaurora composes (`pgaurora up --backups`); for a "
-                               "cluster of your own, run pgBackRest beside it"])
+            raise ConfigError(
+                [
+                    "backup: backups work on clusters pgaurora composes (`pgaurora up --backups`); for a "
+                    "cluster of your own, run pgBackRest beside it"
+                ]
+            )
         if getattr(controller, "backend", "local") != "local":
-            raise ConfigError(["backup: backups need the nodes as local processes (--backend local): pgBackRest "
-                               "runs beside them, on this host"])
+            raise ConfigError(
+                [
+                    "backup: backups need the nodes as local processes (--backend local): pgBackRest "
+                    "runs beside them, on this host"
+                ]
+            )
         return Backups(self, config.backup, controller)
 
     @property
@@ -126,8 +127,11 @@ class Service:
         reloaded = self.tls.reload()
         self.admin.reload_tls()
         if reloaded:
-            self.events.record("tls_reloaded", f"new sessions use {self.config.tls.cert_file} as read now",
-                               cert_file=self.config.tls.cert_file)
+            self.events.record(
+                "tls_reloaded",
+                f"new sessions use {self.config.tls.cert_file} as read now",
+                cert_file=self.config.tls.cert_file,
+            )
         return reloaded
 
     async def reload(self) -> dict:
@@ -146,13 +150,16 @@ class Service:
         ConfigError, and nothing changes, when it changes a setting that needs a restart."""
         diff = reconfigure.changes(self.config, new)
         if diff.restart:
-            raise ConfigError([f"{name}: changed, and needs a restart; nothing was applied" for name in diff.restart],
-                              self.config_path or "the new configuration")
+            raise ConfigError(
+                [f"{name}: changed, and needs a restart; nothing was applied" for name in diff.restart],
+                self.config_path or "the new configuration",
+            )
         if diff.any:
             await self.monitor.request("reconfigure", config=new, added=diff.added, removed=diff.removed)
             self._take_config(new)
-            self.events.record("config_reloaded", why, changed=list(diff.live), added=list(diff.added),
-                               removed=list(diff.removed))
+            self.events.record(
+                "config_reloaded", why, changed=list(diff.live), added=list(diff.added), removed=list(diff.removed)
+            )
         return diff
 
     async def replace_nodes(self, new: Config, writer: str, reason: str) -> dict:
@@ -167,8 +174,9 @@ class Service:
         for endpoint in (self.writer, self.reader, *self.custom):
             endpoint.config = config
         if self.dns is not None:
-            self.dns.zone = Zone(config.zone, config.dns.ttl, config.reader.fallback is ReaderFallback.PRIMARY,
-                                 config.endpoints)
+            self.dns.zone = Zone(
+                config.zone, config.dns.ttl, config.reader.fallback is ReaderFallback.PRIMARY, config.endpoints
+            )
 
     async def start(self) -> None:
         if self.member is not None:
@@ -235,6 +243,9 @@ class Service:
         want_readers = len(self.config.nodes) > 1
         want_voters = want_readers and self.monitor.policy.synchronous
         ready = await self.hub.wait_for(
-            lambda t: t.writer is not None and (bool(t.readers) or not want_readers)
-            and (bool(t.voters) or not want_voters), timeout)
+            lambda t: (
+                t.writer is not None and (bool(t.readers) or not want_readers) and (bool(t.voters) or not want_voters)
+            ),
+            timeout,
+        )
         return ready is not None

@@ -9,10 +9,10 @@ import time
 import asyncpg
 import uvloop
 
-from ..app import Service
-from ..config import Config
-from ..eventlog import EventLog
-from ..polling import wait_for
+from ..core.config import Config
+from ..core.eventlog import EventLog
+from ..core.polling import wait_for
+from ..service.app import Service
 
 
 class BackgroundService:
@@ -68,8 +68,9 @@ class WriteLoop:
 
     async def _connect(self) -> asyncpg.Connection:
         host, port = self.address
-        return await asyncpg.connect(host=host, port=port, user=self.user, password=self.password,
-                                     database="postgres", timeout=10, ssl=False)
+        return await asyncpg.connect(
+            host=host, port=port, user=self.user, password=self.password, database="postgres", timeout=10, ssl=False
+        )
 
     async def _run(self) -> None:
         conn = await self._connect()
@@ -93,8 +94,12 @@ class WriteLoop:
 
     def wait_acked(self, count: int, timeout: float = 30) -> None:
         """Block until at least count inserts were acknowledged (polling, with a deadline)."""
-        wait_for(f"{count} acknowledged writes through {self.address}", lambda: len(self.acked) >= count, timeout,
-                 interval=0.01)
+        wait_for(
+            f"{count} acknowledged writes through {self.address}",
+            lambda: len(self.acked) >= count,
+            timeout,
+            interval=0.01,
+        )
 
     def acked_after(self, moment: float) -> list[tuple[int, float]]:
         return [(i, t) for i, t in self.acked if t > moment]

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger("pgaurora.events")
@@ -46,8 +46,13 @@ class EventLog:
 
     def record(self, kind: str, reason: str, **fields: object) -> dict:
         now = time.time()
-        event = {"time": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
-                 "ts": round(now, 3), "kind": kind, "reason": reason, **fields}
+        event = {
+            "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
+            "ts": round(now, 3),
+            "kind": kind,
+            "reason": reason,
+            **fields,
+        }
         self._recent.append(event)
         log.warning("%s: %s", kind, reason)
         if self.path is not None:

@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from .compose.backrest import BackRest
-from .config import BackupConfig
-from .errors import ClusterError
-from .health.actions import ActionFailed
-from .scaling import exclusive
-from .sslcontexts import node_ssl
+from ..compose.backrest import BackRest
+from ..core.config import BackupConfig
+from ..core.errors import ActionFailed, ClusterError
+from ..core.sslcontexts import node_ssl
+from .guard import exclusive
 
 if TYPE_CHECKING:
-    from .app import Service
+    from ..service.app import Service
 
 log = logging.getLogger("pgaurora.backups")
 
@@ -55,7 +54,7 @@ class Backups:
     """Set up when the service starts; then it watches the writer's archiver, closes the WAL gap a dying
     primary leaves, and runs the schedule. Backups are taken from a healthy replica when there is one."""
 
-    def __init__(self, service: "Service", config: BackupConfig, cluster) -> None:
+    def __init__(self, service: Service, config: BackupConfig, cluster) -> None:
         self.service, self.config, self.cluster = service, config, cluster
         self.engine = engine_for(config, cluster.root, service.config.cluster, cluster.user)
         self.archive = ArchiveStatus()
@@ -132,9 +131,14 @@ class Backups:
         old, writer = self._timeline, self._node(self.service.hub.current.writer)
         pushed = await asyncio.to_thread(self.engine.push_timeline, writer, old)
         self._timeline = timeline
-        self.service.events.record("archive_gap_closed", f"{writer.name} pushed the {len(pushed)} segment(s) of "
-                                   f"timeline {old} it holds; the repository has them all", node=writer.name,
-                                   timeline=old, segments=len(pushed))
+        self.service.events.record(
+            "archive_gap_closed",
+            f"{writer.name} pushed the {len(pushed)} segment(s) of "
+            f"timeline {old} it holds; the repository has them all",
+            node=writer.name,
+            timeline=old,
+            segments=len(pushed),
+        )
 
     async def _poll_archiver(self) -> None:
         topology = self.service.hub.current
@@ -142,15 +146,28 @@ class Backups:
         if spec is None:
             return
         monitor = self.service.config.monitor
-        conn = await asyncpg.connect(host=spec.host, port=spec.port, user=monitor.user, password=monitor.password,
-                                     database=monitor.database, ssl=node_ssl(self.service.config.tls), timeout=5)
+        conn = await asyncpg.connect(
+            host=spec.host,
+            port=spec.port,
+            user=monitor.user,
+            password=monitor.password,
+            database=monitor.database,
+            ssl=node_ssl(self.service.config.tls),
+            timeout=5,
+        )
         try:
             row = await conn.fetchrow(ARCHIVER_QUERY, timeout=5)
         finally:
             await conn.close()
-        self.archive = ArchiveStatus(spec.name, row["last_archived_wal"], row["last_archived_time"],
-                                     row["failed_count"], row["last_failed_wal"], row["last_failed_time"],
-                                     row["pending"])
+        self.archive = ArchiveStatus(
+            spec.name,
+            row["last_archived_wal"],
+            row["last_archived_time"],
+            row["failed_count"],
+            row["last_failed_wal"],
+            row["last_failed_time"],
+            row["pending"],
+        )
         self._record_failures(spec.name)
 
     def _record_failures(self, node: str) -> None:
@@ -158,9 +175,14 @@ class Backups:
         newer = (self.archive.last_failed_time or 0) > (self.archive.last_archived_time or 0)
         if failed > self.failures_seen and newer:
             self.archive_failures += failed - self.failures_seen
-            self.service.events.record("archive_failed", f"{node} could not archive {self.archive.last_failed_wal} "
-                                       f"({failed} failure(s) so far, {self.archive.pending} segment(s) waiting); "
-                                       f"see {self.engine.dir / 'log'}", node=node, wal=self.archive.last_failed_wal)
+            self.service.events.record(
+                "archive_failed",
+                f"{node} could not archive {self.archive.last_failed_wal} "
+                f"({failed} failure(s) so far, {self.archive.pending} segment(s) waiting); "
+                f"see {self.engine.dir / 'log'}",
+                node=node,
+                wal=self.archive.last_failed_wal,
+            )
         self.failures_seen = failed
 
     # -- backups -----------------------------------------------------------------------------
@@ -174,7 +196,8 @@ class Backups:
             standby = next((self._node(n) for n in topology.readers), None)
             started = time.monotonic()
             self._running = asyncio.get_running_loop().run_in_executor(
-                None, self.engine.backup, kind, self._node(topology.writer), standby)
+                None, self.engine.backup, kind, self._node(topology.writer), standby
+            )
             try:
                 label = await asyncio.shield(self._running)
             except ClusterError as exc:
@@ -184,9 +207,14 @@ class Backups:
             self.last_backup = await asyncio.to_thread(self._newest_backup)
             made = next(b for b in self._cached if b["label"] == label)
             source = standby.name if standby is not None else topology.writer
-            self.service.events.record("backup", f"{kind} backup {label} from {source} in {took:.1f} s"
-                                       + (" (scheduled)" if scheduled else ""), label=label, type=kind,
-                                       node=source, seconds=round(took, 2))
+            self.service.events.record(
+                "backup",
+                f"{kind} backup {label} from {source} in {took:.1f} s" + (" (scheduled)" if scheduled else ""),
+                label=label,
+                type=kind,
+                node=source,
+                seconds=round(took, 2),
+            )
             return {**describe(made), "node": source, "seconds": round(took, 2)}
 
     def _newest_backup(self) -> dict | None:
@@ -199,9 +227,12 @@ class Backups:
         self._cached = backups
         newest_wal = await asyncio.to_thread(self.engine.newest_archive_time)
         earliest = min((b["timestamp"]["stop"] + 1 for b in backups), default=None)  # see restore.check_range
-        return {"backups": [describe(b) for b in backups], "encrypted": self.engine.encrypted,
-                "repository": str(self.engine.repository),
-                "restorable": {"from": earliest, "to": newest_wal} if earliest and newest_wal else None}
+        return {
+            "backups": [describe(b) for b in backups],
+            "encrypted": self.engine.encrypted,
+            "repository": str(self.engine.repository),
+            "restorable": {"from": earliest, "to": newest_wal} if earliest and newest_wal else None,
+        }
 
     def _node(self, name: str | None):
         if name is None:
@@ -212,11 +243,20 @@ class Backups:
         """For /status."""
         a = self.archive
         newest = describe(self.last_backup) if self.last_backup else None
-        return {"repository": str(self.engine.repository), "encrypted": self.engine.encrypted,
-                "archive": {"node": a.node, "last_archived_wal": a.last_archived_wal,
-                            "last_archived_time": a.last_archived_time, "pending_segments": a.pending,
-                            "failed_count": a.failed_count, "last_failed_wal": a.last_failed_wal, "error": a.error},
-                "newest_backup": newest}
+        return {
+            "repository": str(self.engine.repository),
+            "encrypted": self.engine.encrypted,
+            "archive": {
+                "node": a.node,
+                "last_archived_wal": a.last_archived_wal,
+                "last_archived_time": a.last_archived_time,
+                "pending_segments": a.pending,
+                "failed_count": a.failed_count,
+                "last_failed_wal": a.last_failed_wal,
+                "error": a.error,
+            },
+            "newest_backup": newest,
+        }
 
 
 def due(backups: list[dict], now: float, full_every: float | None, incr_every: float | None) -> str | None:
@@ -234,7 +274,13 @@ def due(backups: list[dict], now: float, full_every: float | None, incr_every: f
 def describe(backup: dict) -> dict:
     """One backup as pgaurora shows it."""
     stamp = backup["timestamp"]
-    return {"label": backup["label"], "type": backup["type"], "started": stamp["start"], "finished": stamp["stop"],
-            "seconds": stamp["stop"] - stamp["start"], "size_bytes": backup["info"]["size"],
-            "repository_bytes": backup["info"]["repository"]["delta"],
-            "wal": [backup["archive"]["start"], backup["archive"]["stop"]]}
+    return {
+        "label": backup["label"],
+        "type": backup["type"],
+        "started": stamp["start"],
+        "finished": stamp["stop"],
+        "seconds": stamp["stop"] - stamp["start"],
+        "size_bytes": backup["info"]["size"],
+        "repository_bytes": backup["info"]["repository"]["delta"],
+        "wal": [backup["archive"]["start"], backup["archive"]["stop"]],
+    }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..config import AdminScope, Config
+from ...core.config import AdminScope, Config
 
 LOCAL = "local"  # the name of the admin-scope token pgaurora keeps for the CLI on its own host
 
@@ -30,8 +30,9 @@ class Authenticator:
     """Checks a bearer token against every known credential, in time that does not depend on which matched;
     or takes a verified TLS client certificate by its common name."""
 
-    def __init__(self, tokens: dict[str, tuple[AdminScope, str]],
-                 certificates: dict[str, AdminScope] | None = None) -> None:
+    def __init__(
+        self, tokens: dict[str, tuple[AdminScope, str]], certificates: dict[str, AdminScope] | None = None
+    ) -> None:
         self.credentials = tuple(Credential(name, scope, _digest(token)) for name, (scope, token) in tokens.items())
         self.certificates = certificates or {}
 
@@ -58,7 +59,8 @@ class Authenticator:
 def registry_path(host: str, port: int) -> Path:
     """Where clients on this host find the local token of the admin server at host:port."""
     base = os.environ.get("PGAURORA_RUNTIME_DIR") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "pgaurora")
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "pgaurora"
+    )
     return Path(base) / "admin" / f"{host}_{port}.token"
 
 
@@ -107,8 +109,9 @@ def withdraw(path: Path, token: str) -> None:
 
 def authenticator(config: Config, local: str) -> Authenticator:
     tokens = {t.name: (t.scope, Path(t.file).read_text().strip()) for t in config.admin.tokens}
-    return Authenticator({LOCAL: (AdminScope.ADMIN, local), **tokens},
-                         {c.common_name: c.scope for c in config.admin.certificates})
+    return Authenticator(
+        {LOCAL: (AdminScope.ADMIN, local), **tokens}, {c.common_name: c.scope for c in config.admin.certificates}
+    )
 
 
 def token_for(url: str) -> str | None:

@@ -60,3 +60,7 @@ class ClusterError(PgAuroraError):
 
 class StateError(PgAuroraError):
     """The monitor's durable state is missing, empty or unreadable; starting anyway could misroute."""
+
+
+class ActionFailed(PgAuroraError):
+    """A node, or an operation, did not do what was asked."""

@@ -7,17 +7,36 @@ from dataclasses import dataclass
 from .config import Config
 
 # Settings a running pgaurora cannot take: a new listening socket, another relay, another identity.
-RESTART_ONLY = ("cluster", "state_dir", "writer", "admin", "tls", "dcs", "endpoints", "backup", "heal", "reader.host",
-                "reader.port", "dns.host", "dns.port", "dns.enabled", "dns.zone", "proxy.relay",
-                "proxy.relay_threads", "monitor.user", "monitor.password", "monitor.database")
+RESTART_ONLY = (
+    "cluster",
+    "state_dir",
+    "writer",
+    "admin",
+    "tls",
+    "dcs",
+    "endpoints",
+    "backup",
+    "heal",
+    "reader.host",
+    "reader.port",
+    "dns.host",
+    "dns.port",
+    "dns.enabled",
+    "dns.zone",
+    "proxy.relay",
+    "proxy.relay_threads",
+    "monitor.user",
+    "monitor.password",
+    "monitor.database",
+)
 
 
 @dataclass(frozen=True)
 class Changes:
-    live: tuple[str, ...]          # dotted settings that change and apply at once
-    restart: tuple[str, ...]       # dotted settings that change but need a restart
-    added: tuple[str, ...]         # nodes new in the file
-    removed: tuple[str, ...]       # nodes gone from the file
+    live: tuple[str, ...]  # dotted settings that change and apply at once
+    restart: tuple[str, ...]  # dotted settings that change but need a restart
+    added: tuple[str, ...]  # nodes new in the file
+    removed: tuple[str, ...]  # nodes gone from the file
 
     @property
     def any(self) -> bool:
@@ -55,5 +74,9 @@ def changes(old: Config, new: Config) -> Changes:
             restart.append(f"nodes.{name}.address")
         if a.priority != b.priority:
             live.append(f"nodes.{name}.priority")
-    return Changes(tuple(live), tuple(restart), tuple(sorted(new_nodes.keys() - old_nodes.keys())),
-                   tuple(sorted(old_nodes.keys() - new_nodes.keys())))
+    return Changes(
+        tuple(live),
+        tuple(restart),
+        tuple(sorted(new_nodes.keys() - old_nodes.keys())),
+        tuple(sorted(old_nodes.keys() - new_nodes.keys())),
+    )

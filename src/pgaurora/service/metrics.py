@@ -1,0 +1,211 @@
+"""Prometheus metrics for GET /metrics, read at scrape time from the current Topology and ProxyState."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ..core.topology import Health, Role, Topology
+
+if TYPE_CHECKING:
+    from ..proxy.state import ProxyState
+    from .app import Service
+
+
+def topology_metrics(topology: Topology) -> Iterator[Metric]:
+    """Per node: up, role and lag; per cluster: the writer epoch and the topology's version."""
+    up = GaugeMetricFamily("pgaurora_node_up", "1 when the monitor's last probe of the node succeeded", labels=["node"])
+    role = GaugeMetricFamily("pgaurora_node_role", "1 for the node's current role", labels=["node", "role"])
+    lag = GaugeMetricFamily("pgaurora_node_lag_bytes", "Replay lag behind the writer, in bytes", labels=["node"])
+    lag_s = GaugeMetricFamily("pgaurora_node_lag_seconds", "Replay lag behind the writer, in seconds", labels=["node"])
+    for node in topology.nodes:
+        up.add_metric([node.name], 0 if node.health is Health.UNREACHABLE else 1)
+        for r in Role:
+            role.add_metric([node.name, r.value], 1 if node.role is r else 0)
+        if node.lag_bytes is not None:
+            lag.add_metric([node.name], node.lag_bytes)
+        if node.lag_seconds is not None:
+            lag_s.add_metric([node.name], node.lag_seconds)
+    yield from (up, role, lag, lag_s)
+    yield GaugeMetricFamily(
+        "pgaurora_writer_epoch", "Writer epoch: one more on every change of writer", value=topology.epoch
+    )
+    yield GaugeMetricFamily("pgaurora_topology_version", "Topology snapshots published so far", value=topology.version)
+    voter = GaugeMetricFamily(
+        "pgaurora_node_voter",
+        "1 when the node must answer before a failover can prove it loses no acknowledged commit",
+        labels=["node"],
+    )
+    for node in topology.nodes:
+        voter.add_metric([node.name], 1 if node.name in topology.voters else 0)
+    yield voter
+    yield GaugeMetricFamily(
+        "pgaurora_failover_safe",
+        "1 when a failover now would keep every acknowledged commit",
+        value=1 if topology.failover_safe else 0,
+    )
+
+
+def redundancy_metrics(topology: Topology, sync_mode, degraded_since: float | None) -> Iterator[Metric]:
+    """Copies of each commit now and wanted (alert when fewer), streaming replicas, and how long it is short."""
+    from ..health.heal import redundancy
+
+    now = redundancy(topology, sync_mode)
+    yield GaugeMetricFamily(
+        "pgaurora_commit_copies", "Copies a commit is acknowledged from now (writer included)", value=now.copies
+    )
+    yield GaugeMetricFamily(
+        "pgaurora_commit_copies_wanted",
+        "Copies the configuration asks for; alert when pgaurora_commit_copies is lower",
+        value=now.wanted,
+    )
+    yield GaugeMetricFamily("pgaurora_replicas_streaming", "Replicas streaming from the writer", value=now.streaming)
+    yield GaugeMetricFamily("pgaurora_replicas", "Replicas the cluster should have", value=now.replicas)
+    yield GaugeMetricFamily(
+        "pgaurora_redundancy_degraded_seconds",
+        "Seconds since the cluster last had full redundancy (0 while it has it)",
+        value=0 if degraded_since is None else max(0.0, time.time() - degraded_since),
+    )
+
+
+def proxy_metrics(state: ProxyState) -> Iterator[Metric]:
+    """Connections now, sessions established and clients refused since start."""
+    yield GaugeMetricFamily("pgaurora_client_connections", "Client connections open, in any phase", value=state.clients)
+    server = GaugeMetricFamily("pgaurora_server_sessions", "Established sessions, per node", labels=["node"])
+    for node, sessions in sorted(state.sessions_by_node.items()):
+        server.add_metric([node], len(sessions))
+    yield server
+    started = CounterMetricFamily("pgaurora_sessions", "Sessions established", labels=["endpoint", "node"])
+    for (endpoint, node), count in sorted(state.sessions_total.items()):
+        started.add_metric([endpoint, node], count)
+    yield started
+    refused = CounterMetricFamily(
+        "pgaurora_refused_clients", "Clients the proxy answered with an error and closed", labels=["sqlstate"]
+    )
+    for sqlstate, count in sorted(state.refused_total.items()):
+        refused.add_metric([sqlstate], count)
+    yield refused
+    yield CounterMetricFamily(
+        "pgaurora_tls_handshakes", "Client connections that started a TLS handshake", value=state.tls_total
+    )
+    for name, counts, text in (
+        ("pgaurora_allowlist_accepted", state.allowed_total, "let in by"),
+        ("pgaurora_allowlist_refused", state.disallowed_total, "closed at once by"),
+    ):
+        family = CounterMetricFamily(name, f"Client connections {text} the endpoint's allow-list", labels=["endpoint"])
+        for endpoint, count in sorted(counts.items()):
+            family.add_metric([endpoint], count)
+        yield family
+
+
+def dcs_metrics(member) -> Iterator[Metric]:
+    """With [dcs]: does this instance lead, does etcd answer, how often the leadership moved here."""
+    from ..dcs.leadership import Role
+
+    yield GaugeMetricFamily(
+        "pgaurora_dcs_leader",
+        "1 while this instance holds the leader key and acts",
+        value=1 if member.verdict.role is Role.LEADER else 0,
+    )
+    yield GaugeMetricFamily(
+        "pgaurora_dcs_up",
+        "1 while etcd answered within the lease ttl",
+        value=0 if member.verdict.role is Role.CUT_OFF else 1,
+    )
+    yield CounterMetricFamily(
+        "pgaurora_dcs_leader_changes",
+        "Times this instance became or stopped being the leader",
+        value=member.leader_changes,
+    )
+
+
+def backup_metrics(backups) -> Iterator[Metric]:
+    """With backups: the writer's archiver, failures since start, the newest backup."""
+    archive = backups.archive
+    if archive.last_archived_time is not None:
+        yield GaugeMetricFamily(
+            "pgaurora_archive_last_archived_timestamp_seconds",
+            "When the writer last archived a WAL segment",
+            value=archive.last_archived_time,
+        )
+    yield GaugeMetricFamily(
+        "pgaurora_archive_pending_segments", "WAL segments waiting for the writer's archiver", value=archive.pending
+    )
+    yield CounterMetricFamily(
+        "pgaurora_archive_failures",
+        "WAL segments the archiver failed to archive, since start",
+        value=backups.archive_failures,
+    )
+    if backups.last_backup is not None:
+        yield GaugeMetricFamily(
+            "pgaurora_backup_last_timestamp_seconds",
+            "When the newest backup finished",
+            value=backups.last_backup["timestamp"]["stop"],
+        )
+
+
+def custom_metrics(specs, topology: Topology) -> Iterator[Metric]:
+    """Per custom endpoint: how many of its nodes take sessions now."""
+    from ..core import custom_endpoints
+
+    serving = GaugeMetricFamily(
+        "pgaurora_custom_endpoint_nodes", "Nodes a custom endpoint routes to now", labels=["endpoint"]
+    )
+    for spec in specs:
+        serving.add_metric([spec.name], len(custom_endpoints.targets(spec, topology)))
+    yield serving
+
+
+class Collector:
+    """Reads the current snapshot and the proxy's counters at every scrape; keeps no copy of either."""
+
+    def __init__(
+        self,
+        topology: Callable[[], Topology],
+        state: Callable[[], ProxyState],
+        member=None,
+        custom=(),
+        backups=None,
+        sync_mode=None,
+        degraded_since: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        self.topology, self.state, self.member, self.custom = topology, state, member, custom
+        self.backups, self.sync_mode, self.degraded_since = backups, sync_mode, degraded_since
+
+    def collect(self) -> Iterator[Metric]:
+        yield from topology_metrics(self.topology())
+        if self.sync_mode is not None:
+            yield from redundancy_metrics(self.topology(), self.sync_mode, self.degraded_since())
+        yield from proxy_metrics(self.state())
+        if self.member is not None:
+            yield from dcs_metrics(self.member)
+        if self.custom:
+            yield from custom_metrics(self.custom, self.topology())
+        if self.backups is not None:
+            yield from backup_metrics(self.backups)
+
+
+def registry_for(service: Service) -> CollectorRegistry:
+    """A registry of this service's own (not the process-wide default one, which tests would share)."""
+    registry = CollectorRegistry(auto_describe=False)
+    supervisor = service.supervisor
+    registry.register(
+        Collector(
+            lambda: service.hub.current,
+            lambda: service.proxy_state,
+            service.member,
+            service.config.endpoints,
+            service.backups,
+            service.config.failover.sync_mode,
+            lambda: supervisor.degraded_since if supervisor is not None else None,
+        )
+    )
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
