@@ -17,12 +17,9 @@ from aetcd import rpc
 from aetcd.watcher import Watcher
 
 from ..core.config import DcsConfig
+from ..core.coordination import DcsUnavailable
 
 log = logging.getLogger("pgaurora.dcs")
-
-
-class DcsUnavailable(Exception):
-    """No etcd endpoint answered in time."""
 
 
 def credentials(dcs: DcsConfig) -> grpc.ChannelCredentials | None:

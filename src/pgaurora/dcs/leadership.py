@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
-
-class Role(str, Enum):
-    LEADER = "leader"  # holds the leader key under a live lease: decides and acts
-    FOLLOWER = "follower"  # another instance leads: probe, route, never act
-    CANDIDATE = "candidate"  # nobody leads: try to take the key
-    CUT_OFF = "cut_off"  # etcd has not answered for too long: never act, whatever was true before
+from ..core.coordination import InstanceRole
 
 
 @dataclass(frozen=True)
@@ -24,7 +18,7 @@ class Heard:
 
 @dataclass(frozen=True)
 class Verdict:
-    role: Role
+    role: InstanceRole
     reason: str
 
 
@@ -37,11 +31,13 @@ def safety_margin(ttl: float) -> float:
 def judge(now: float, heard: Heard, me: str, ttl: float) -> Verdict:
     if heard.answered_at is None or now - heard.answered_at >= ttl:
         silent = "never answered" if heard.answered_at is None else f"silent for {now - heard.answered_at:.1f} s"
-        return Verdict(Role.CUT_OFF, f"etcd {silent} (ttl {ttl:g} s): not acting")
+        return Verdict(InstanceRole.CUT_OFF, f"etcd {silent} (ttl {ttl:g} s): not acting")
     if heard.holder == me:
         if heard.renewed_at is not None and now < heard.renewed_at + ttl - safety_margin(ttl):
-            return Verdict(Role.LEADER, f"{me} holds the leader key")
-        return Verdict(Role.CUT_OFF, f"{me} could not renew its lease in time: not acting until it is sure again")
+            return Verdict(InstanceRole.LEADER, f"{me} holds the leader key")
+        return Verdict(
+            InstanceRole.CUT_OFF, f"{me} could not renew its lease in time: not acting until it is sure again"
+        )
     if heard.holder is None:
-        return Verdict(Role.CANDIDATE, "no instance holds the leader key")
-    return Verdict(Role.FOLLOWER, f"{heard.holder} leads")
+        return Verdict(InstanceRole.CANDIDATE, "no instance holds the leader key")
+    return Verdict(InstanceRole.FOLLOWER, f"{heard.holder} leads")

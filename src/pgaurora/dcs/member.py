@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..core.config import Config
+from ..core.coordination import DcsUnavailable, InstanceRole
 from ..core.eventlog import EventLog
-from .etcd import DcsUnavailable, Etcd, credentials
-from .leadership import Heard, Role, Verdict, judge
+from .etcd import Etcd, credentials
+from .leadership import Heard, Verdict, judge
 
 log = logging.getLogger("pgaurora.dcs")
 
@@ -45,7 +46,7 @@ class Member:
         )
         self.lease: int | None = None
         self.heard = Heard(None, None, None)
-        self.verdict = Verdict(Role.CUT_OFF, "etcd not reached yet")
+        self.verdict = Verdict(InstanceRole.CUT_OFF, "etcd not reached yet")
         self.leader_since: float | None = None  # wall clock, for /status
         self.leader_changes = 0
         self.members: dict[str, dict] = {}
@@ -127,12 +128,12 @@ class Member:
 
     def _judge(self) -> None:
         old, self.verdict = self.verdict, judge(self.clock(), self.heard, self.me, self.ttl)
-        if (old.role is Role.LEADER) == (self.verdict.role is Role.LEADER):
+        if (old.role is InstanceRole.LEADER) == (self.verdict.role is InstanceRole.LEADER):
             if old.role != self.verdict.role:
                 log.info("dcs: %s", self.verdict.reason)
             return
         self.leader_changes += 1
-        if self.verdict.role is Role.LEADER:
+        if self.verdict.role is InstanceRole.LEADER:
             self.leader_since = time.time()
             self.events.record("leader_acquired", self.verdict.reason, instance=self.me)
         else:
@@ -143,14 +144,14 @@ class Member:
         """Is this instance the leader right now? Judged on the clock now, not at the last beat: a process
         that was paused past its lease learns here that it no longer leads."""
         self._judge()
-        return self.verdict.role is Role.LEADER
+        return self.verdict.role is InstanceRole.LEADER
 
     @property
     def leader(self) -> str | None:
         return self.heard.holder
 
     def lease_left(self) -> float | None:
-        if self.heard.renewed_at is None or self.verdict.role is not Role.LEADER:
+        if self.heard.renewed_at is None or self.verdict.role is not InstanceRole.LEADER:
             return None
         return max(0.0, self.heard.renewed_at + self.ttl - self.clock())
 
@@ -189,7 +190,7 @@ class Member:
             except asyncio.CancelledError:
                 pass
         await self._watching.close()
-        if self.lease is not None and self.verdict.role is not Role.CUT_OFF:
+        if self.lease is not None and self.verdict.role is not InstanceRole.CUT_OFF:
             try:  # hand the leadership over at once rather than after ttl
                 await self.etcd.revoke(self.lease)
             except Exception:

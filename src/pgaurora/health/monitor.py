@@ -8,16 +8,15 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..core.config import Config
+from ..core.coordination import DcsUnavailable, InstanceRole
 from ..core.errors import ActionFailed, ConfigError, StateError
 from ..core.eventlog import EventLog
 from ..core.faultpoints import crash_point
 from ..core.sslcontexts import node_ssl
 from ..core.topology import TopologyHub
-from ..dcs.etcd import DcsUnavailable
-from ..dcs.leadership import Role
 from . import actions, intents, snapshot
 from .decide import (
     Action,
@@ -32,10 +31,33 @@ from .decide import (
 from .probe import NodeStatus, Prober, bounded
 from .store import StateFile, from_document, to_document
 
-if TYPE_CHECKING:
-    from ..dcs.member import Member
-
 log = logging.getLogger("pgaurora.monitor")
+
+
+class Standing(Protocol):
+    """An instance's standing as its coordinator last judged it."""
+
+    role: InstanceRole
+    reason: str
+
+
+class Coordinator(Protocol):
+    """What the monitor uses of the DCS member (dcs.member.Member) when several instances share a cluster."""
+
+    me: str
+    state_key: str
+    verdict: Standing
+    members: dict[str, dict]
+    shared: tuple[dict | None, dict | None]
+
+    @property
+    def leader(self) -> str | None: ...
+
+    def leading(self) -> bool: ...
+
+    async def load(self) -> tuple[dict | None, dict | None]: ...
+
+    async def write(self, state: dict | None = None, intent: dict | bool | None = False) -> bool: ...
 
 
 class NodeController(Protocol):
@@ -70,7 +92,7 @@ class Monitor:
         events: EventLog,
         controller: NodeController | None = None,
         reset_state: bool = False,
-        member: Member | None = None,
+        member: Coordinator | None = None,
     ) -> None:
         self.config, self.hub, self.events, self.controller = config, hub, events, controller
         self.nodes = {n.name: n for n in config.nodes}
@@ -198,7 +220,7 @@ class Monitor:
         self._observe(statuses)
         shown = self.state
         writer = statuses.get(self.state.writer) if self.state.writer else None
-        if verdict.role is Role.CUT_OFF and (writer is None or not writer.is_primary):
+        if verdict.role is InstanceRole.CUT_OFF and (writer is None or not writer.is_primary):
             shown = replace(self.state, writer=None)
         self.decision = Decision(Action.NONE, f"{verdict.reason}; this instance does not act")
         await self.publish(self.decision.reason, shown)

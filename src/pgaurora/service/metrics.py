@@ -104,17 +104,17 @@ def proxy_metrics(state: ProxyState) -> Iterator[Metric]:
 
 def dcs_metrics(member) -> Iterator[Metric]:
     """With [dcs]: does this instance lead, does etcd answer, how often the leadership moved here."""
-    from ..dcs.leadership import Role
+    from ..core.coordination import InstanceRole
 
     yield GaugeMetricFamily(
         "pgaurora_dcs_leader",
         "1 while this instance holds the leader key and acts",
-        value=1 if member.verdict.role is Role.LEADER else 0,
+        value=1 if member.verdict.role is InstanceRole.LEADER else 0,
     )
     yield GaugeMetricFamily(
         "pgaurora_dcs_up",
         "1 while etcd answered within the lease ttl",
-        value=0 if member.verdict.role is Role.CUT_OFF else 1,
+        value=0 if member.verdict.role is InstanceRole.CUT_OFF else 1,
     )
     yield CounterMetricFamily(
         "pgaurora_dcs_leader_changes",
