@@ -22,7 +22,7 @@ def cluster():
 @pytest.fixture(scope="session")
 def proxy(cluster):
     svc = ServiceThread(
-        service_config(cluster, monitor={"max_replica_lag": "1MB"}, proxy={"startup_timeout": 2.0}), controller=cluster
+        service_config(cluster, monitor={"max_replica_lag": "1MB"}, proxy={"startup_timeout": 2.0}), cluster=cluster
     )
     svc.wait_ready()
     yield svc
@@ -50,8 +50,8 @@ def service():
     """Start a ServiceThread for a config; stopped at teardown."""
     started = []
 
-    def start(config, controller=None):
-        svc = ServiceThread(config, controller=controller)
+    def start(config, cluster=None):
+        svc = ServiceThread(config, cluster=cluster)
         started.append(svc)
         svc.wait_ready()
         return svc

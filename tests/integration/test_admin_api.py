@@ -36,7 +36,7 @@ def api():
     cluster = make_cluster(replicas=2)
     secrets = cluster_dir()
     tokens, values = admin_tokens(secrets, reader="read", ops="operate", boss="admin")
-    svc = ServiceThread(service_config(cluster, admin={"tokens": tokens}), controller=cluster)
+    svc = ServiceThread(service_config(cluster, admin={"tokens": tokens}), cluster=cluster)
     try:
         svc.wait_ready()
         svc.tokens = values

@@ -79,7 +79,7 @@ def test_point_in_time_restore_brings_back_exactly_the_rows_committed_up_to_the_
     cluster = fresh_cluster(replicas=1)
     secret = _secret(cluster.root.parent)
     schedule = {} if failover else {"full_every": 3600}  # without a failover, the schedule takes the backup
-    svc = service(service_config(cluster, backup={"cipher_pass_file": secret, **schedule}), controller=cluster)
+    svc = service(service_config(cluster, backup={"cipher_pass_file": secret, **schedule}), cluster=cluster)
     writer = cluster.node(svc.topology.writer)
     writer.sql(f"CREATE TABLE marks (id int PRIMARY KEY, note text DEFAULT '{MARKER}')")
     if failover:
@@ -215,7 +215,7 @@ def _check_the_repository_is_encrypted(svc, cluster, target: datetime, new_dir) 
 
 def test_archiving_failures_are_an_event_a_metric_and_a_status_line(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster, backup={}), controller=cluster)
+    svc = service(service_config(cluster, backup={}), cluster=cluster)
     writer = cluster.node(svc.topology.writer)
     writer.sql("ALTER SYSTEM SET archive_command = '/bin/false'")
     writer.sql("SELECT pg_reload_conf()")
@@ -245,7 +245,7 @@ def _via(address: tuple[str, int], password: str, query: str):
 
 def test_backtrack_rewinds_behind_the_same_writer_endpoint_and_undo_moves_back(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster, backup={}), controller=cluster)
+    svc = service(service_config(cluster, backup={}), cluster=cluster)
     writer = cluster.node(svc.topology.writer)
     writer.sql("CREATE TABLE precious AS SELECT generate_series(1, 100) AS id")
     assert _cli("backup", "--admin", svc.admin_url).returncode == 0

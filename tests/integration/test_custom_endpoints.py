@@ -30,7 +30,7 @@ def test_a_custom_endpoint_routes_only_to_its_replica_and_refuses_by_name_when_i
         {"name": "reports", "port": reports, "nodes": ["n3"]},
         {"name": "spill", "port": spill, "nodes": ["n3"], "fallback": "writer"},
     ]
-    svc = service(service_config(cluster, endpoints=endpoints), controller=cluster)
+    svc = service(service_config(cluster, endpoints=endpoints), cluster=cluster)
     n3 = cluster.node("n3")
     for _ in wait_until("the custom endpoint to serve n3", 10):
         try:

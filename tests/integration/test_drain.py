@@ -26,7 +26,7 @@ def _cli(svc, *args: str) -> subprocess.CompletedProcess:
 
 def test_drained_replica_gets_no_new_reader_sessions_keeps_its_open_ones_and_comes_back(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     n2, n3 = cluster.replicas
     for _ in wait_until("both replicas to serve reads", 15):
         if _reader_hosts(svc, 6) == {n2.host, n3.host}:
@@ -57,7 +57,7 @@ def test_drained_replica_gets_no_new_reader_sessions_keeps_its_open_ones_and_com
 
 def test_draining_the_writer_is_refused_with_the_way_out(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     code, body = refused(f"{svc.admin_url}/drain/n1")
     assert code == 409 and "switch over first" in body
     out = _cli(svc, "drain", "n9")

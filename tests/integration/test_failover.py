@@ -33,7 +33,7 @@ def _hosts_through(svc, endpoint: str, count: int = 12) -> set[str]:
 
 def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster, monitor={"probe_interval": 0.5}), controller=cluster)
+    svc = service(service_config(cluster, monitor={"probe_interval": 0.5}), cluster=cluster)
     old = cluster.primary
     writes = svc.write_loop()
     try:
@@ -88,7 +88,7 @@ def test_primary_sigkill_fails_over_without_losing_acknowledged_writes(fresh_clu
 
 def test_old_primary_restarted_as_primary_is_fenced_then_rejoins(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster, failover={"auto_rejoin": False}), controller=cluster)
+    svc = service(service_config(cluster, failover={"auto_rejoin": False}), cluster=cluster)
     old = cluster.primary
     old.kill()
     for _ in wait_until("failover", 15):
@@ -119,7 +119,7 @@ def test_old_primary_restarted_as_primary_is_fenced_then_rejoins(fresh_cluster, 
 
 def test_fenced_primary_rejoins_automatically_by_default(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     writes = svc.write_loop()  # in-flight commits leave WAL on n1 that n2 never got: rewind must undo it
     try:
         writes.wait_acked(20, 10)
@@ -151,7 +151,7 @@ def test_monitor_cut_off_from_primary_alone_causes_no_failover(fresh_cluster, se
         replication_host=cluster.primary.host,
         replication_port=cluster.primary.port,
     )
-    svc = service(service_config(cluster, nodes=nodes), controller=cluster)
+    svc = service(service_config(cluster, nodes=nodes), cluster=cluster)
     try:
         relay.cut()
         for _ in wait_until("the monitor to consult the witnesses", 10):
@@ -166,7 +166,7 @@ def test_monitor_cut_off_from_primary_alone_causes_no_failover(fresh_cluster, se
 
 def test_switchover_under_write_loop_loses_no_acknowledged_write(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     writes = svc.write_loop()
     try:
         writes.wait_acked(50, 10)
@@ -210,7 +210,7 @@ def _insert_in_thread(svc, value: int) -> tuple[threading.Thread, dict]:
 
 def test_quorum_mode_keeps_writing_when_last_standby_dies(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     cluster.primary.sql("CREATE TABLE sync_probe (v int)")
     cluster.replicas[0].kill()
     thread, result = _insert_in_thread(svc, 1)
@@ -222,7 +222,7 @@ def test_quorum_mode_keeps_writing_when_last_standby_dies(fresh_cluster, service
 
 def test_strict_mode_blocks_writes_until_a_standby_returns(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster, failover={"sync_mode": "strict"}), controller=cluster)
+    svc = service(service_config(cluster, failover={"sync_mode": "strict"}), cluster=cluster)
     cluster.primary.sql("CREATE TABLE sync_probe (v int)")
     replica = cluster.replicas[0]
     replica.kill()
@@ -237,7 +237,7 @@ def test_strict_mode_blocks_writes_until_a_standby_returns(fresh_cluster, servic
 
 def test_frozen_primary_fails_over_within_3_seconds(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster, monitor={"probe_interval": 0.5}), controller=cluster)
+    svc = service(service_config(cluster, monitor={"probe_interval": 0.5}), cluster=cluster)
     old = cluster.primary
     writes = svc.write_loop()
     try:
@@ -267,7 +267,7 @@ def test_frozen_primary_fails_over_within_3_seconds(fresh_cluster, service):
 
 def test_a_primary_stalled_for_one_second_is_not_failed_over(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster, monitor={"probe_interval": 0.5}), controller=cluster)
+    svc = service(service_config(cluster, monitor={"probe_interval": 0.5}), cluster=cluster)
     writes = svc.write_loop()
     try:
         writes.wait_acked(20)
@@ -326,7 +326,7 @@ def test_rejoin_print_commands_bring_back_a_fenced_node_of_a_cluster_pgaurora_do
 def test_a_prepared_transaction_survives_failover_and_commits_on_the_new_primary(fresh_cluster, service):
     """Two-phase commit through the writer endpoint (psycopg's tpc_*, as XA/JTA managers use it)."""
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     with psycopg.connect(svc.dsn("writer"), autocommit=True) as conn:
         conn.execute("CREATE TABLE ledger (id int PRIMARY KEY)")
     conn = psycopg.connect(svc.dsn("writer"))
@@ -353,7 +353,7 @@ def test_a_replica_restarted_while_the_primary_hung_is_promoted_without_waiting_
     """A restarted standby reports as received only the start of the segment it will stream from, below what it
     has replayed: the promotion must not wait catchup_timeout (5 s) for a receive position that never comes."""
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     n1, n2 = cluster.nodes
     writes = svc.write_loop()
     writes.wait_acked(30)

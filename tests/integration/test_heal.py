@@ -53,7 +53,7 @@ def _failover_seconds(svc, old: str, killed_at: float) -> float:
 
 def test_a_killed_replica_serves_reads_again_within_5_s_without_any_action(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(_healing(cluster), controller=cluster)
+    svc = service(_healing(cluster), cluster=cluster)
     writes = svc.write_loop()
     n3 = cluster.node("n3")
     try:
@@ -76,7 +76,7 @@ def test_a_killed_replica_serves_reads_again_within_5_s_without_any_action(fresh
 
 def test_a_killed_primary_fails_over_then_is_rewound_and_a_voter_again_within_10_s(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(_healing(cluster), controller=cluster)
+    svc = service(_healing(cluster), cluster=cluster)
     writes = svc.write_loop()
     try:
         writes.wait_acked(50)
@@ -98,7 +98,7 @@ def test_a_killed_primary_fails_over_then_is_rewound_and_a_voter_again_within_10
 
 def test_ten_kills_of_the_primary_lose_nothing_and_heal_fully_before_each_next(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(_healing(cluster, stable_after=2.0), controller=cluster)  # kills come every ~3 s here
+    svc = service(_healing(cluster, stable_after=2.0), cluster=cluster)  # kills come every ~3 s here
     writes = svc.write_loop()
     failovers, heals = [], []
     try:
@@ -123,7 +123,7 @@ def test_ten_kills_of_the_primary_lose_nothing_and_heal_fully_before_each_next(f
 
 def test_a_replica_whose_data_directory_is_deleted_is_rebuilt_and_serves_reads_within_30_s(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(_healing(cluster), controller=cluster)
+    svc = service(_healing(cluster), cluster=cluster)
     n3 = cluster.node("n3")
     killed = time.time()
     n3.kill()
@@ -138,7 +138,7 @@ def test_a_replica_whose_data_directory_is_deleted_is_rebuilt_and_serves_reads_w
 
 def test_a_node_that_cannot_start_is_rebuilt_then_given_up_on_while_the_rest_serves(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(_healing(cluster, max_attempts=4, rebuild_after=2), controller=cluster)
+    svc = service(_healing(cluster, max_attempts=4, rebuild_after=2), cluster=cluster)
     n3 = cluster.node("n3")
     thief = socket.socket()  # its address taken by another program: no rebuild can fix that
     thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -167,7 +167,7 @@ def test_a_node_that_cannot_start_is_rebuilt_then_given_up_on_while_the_rest_ser
 
 def test_the_primary_killed_during_a_rolling_restart_fails_over_and_the_cluster_heals(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(_healing(cluster), controller=cluster)
+    svc = service(_healing(cluster), cluster=cluster)
     writes = svc.write_loop()
     out: dict = {}
     restart = threading.Thread(

@@ -27,7 +27,7 @@ def _new_binaries(cluster) -> str:
 
 def test_a_bad_setting_is_refused_before_any_node_restarts(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     pids = [n.pid for n in cluster.nodes]
     for args, problem in (
         (["--set", "shared_buffers=lots"], 'invalid value for parameter "shared_buffers"'),
@@ -49,7 +49,7 @@ def test_a_bad_setting_is_refused_before_any_node_restarts(fresh_cluster, servic
 
 def test_rolling_restart_applies_a_setting_and_new_binaries_to_every_node_losing_no_write(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     bindir = _new_binaries(cluster)
     writes = WriteLoop(svc.writer, "postgres", cluster.password, "numbers")
     readers = ReadSessions(svc.reader, cluster.password, 4)

@@ -63,7 +63,7 @@ def _cli(svc, *args, token: str | None = None) -> subprocess.CompletedProcess:
 
 def test_primary_and_the_acknowledging_standby_dying_together_block_failover_until_it_returns(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster, proxy={"failover_connect_timeout": 2.0}), controller=cluster)
+    svc = service(service_config(cluster, proxy={"failover_connect_timeout": 2.0}), cluster=cluster)
     n1, n2, n3 = cluster.nodes
     loops = [svc.write_loop(f"numbers{i}") for i in range(3)]
     try:
@@ -103,7 +103,7 @@ def test_primary_and_the_acknowledging_standby_dying_together_block_failover_unt
 def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_records_the_bound(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
     tokens, token = admin_tokens(cluster.root.parent, ops="operate", boss="admin")
-    svc = service(service_config(cluster, admin={"tokens": tokens}), controller=cluster)
+    svc = service(service_config(cluster, admin={"tokens": tokens}), cluster=cluster)
     n1, n2, n3 = cluster.nodes
     writes = svc.write_loop()
     try:
@@ -151,7 +151,7 @@ def test_shrunk_quorum_with_a_standby_behind_refuses_then_accept_data_loss_recor
 
 def test_a_standby_that_caught_up_before_the_voters_shrank_is_promoted_with_nothing_lost(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     n1, n2, n3 = cluster.nodes
     writes = svc.write_loop()
     try:

@@ -21,7 +21,7 @@ def _replicas(admin: str, *args: str, timeout: float = 300) -> str:
 
 def test_scaling_one_to_three_to_one_replicas_under_load_keeps_both_endpoints_serving(fresh_cluster, service):
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     _removing_the_writer_or_an_unknown_node_is_refused_and_changes_nothing(svc, cluster)
     writes = WriteLoop(svc.writer, "postgres", cluster.password, "numbers")
     readers = ReadSessions(svc.reader, cluster.password, 4)

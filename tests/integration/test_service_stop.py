@@ -10,14 +10,15 @@ import threading
 
 from pgaurora.cli.runtime import check_endpoint
 from pgaurora.core.errors import ActionFailed
+from pgaurora.health.commands import Switchover
 from tests.helpers import ServiceThread, service_config
 
 
 def test_a_switchover_under_way_when_pgaurora_stops_is_answered_not_left_hanging(fresh_cluster):
     cluster = fresh_cluster(replicas=1)
-    svc = ServiceThread(service_config(cluster), controller=cluster)
+    svc = ServiceThread(service_config(cluster), cluster=cluster)
     svc.wait_ready()
-    pending = asyncio.run_coroutine_threadsafe(svc.service.monitor.request("switchover"), svc.loop)
+    pending = asyncio.run_coroutine_threadsafe(svc.service.monitor.request(Switchover()), svc.loop)
     svc.stop()
     try:
         result = pending.result(timeout=30)  # done before the stop, or interrupted by it: never a hang
@@ -31,7 +32,7 @@ def test_a_switchover_under_way_when_pgaurora_stops_is_answered_not_left_hanging
 def test_the_startup_self_check_tries_again_when_its_session_is_lost(fresh_cluster, service):
     """A switchover or a failover at startup takes the self-check's session; the check must not fail for it."""
     cluster = fresh_cluster(replicas=1)
-    svc = service(service_config(cluster), controller=cluster)
+    svc = service(service_config(cluster), cluster=cluster)
     host, port = svc.writer
     stop = threading.Event()
 

@@ -60,7 +60,7 @@ def tls_settings(cluster, **extra) -> dict:
 def tls_proxy(tls_cluster):
     svc = ServiceThread(
         service_config(tls_cluster, tls=tls_settings(tls_cluster), proxy={"startup_timeout": 3.0}),
-        controller=tls_cluster,
+        cluster=tls_cluster,
     )
     svc.wait_ready()
     yield svc
@@ -340,7 +340,7 @@ def test_reload_with_a_broken_key_keeps_the_old_certificate(tls_cluster, service
 
 def test_tls_session_on_a_dead_primary_gets_a_clear_error_and_new_sessions_reach_the_new_one(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2, tls=True)
-    svc = service(service_config(cluster, tls=tls_settings(cluster)), controller=cluster)
+    svc = service(service_config(cluster, tls=tls_settings(cluster)), cluster=cluster)
     tls = {"sslmode": "verify-full", "sslrootcert": _ca(cluster)}
     old = cluster.primary
     with psycopg.connect(svc.dsn("writer", **tls), autocommit=True) as before:

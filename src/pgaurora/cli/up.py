@@ -208,7 +208,7 @@ def run_up(
         click.echo(cluster.up(attach))
         cfg = build_config(cluster, ports, host=host, dcs=dcs, backup=backup)  # after up: certificates exist
         log_name = f"events-{instance}.jsonl" if instance else "events.jsonl"
-        service = Service(cfg, controller=cluster, events=EventLog(cluster.root / log_name), reset_state=reset_state)
+        service = Service(cfg, cluster=cluster, events=EventLog(cluster.root / log_name), reset_state=reset_state)
         serve(service, lambda: click.echo(_ready_text(cluster, cfg)))
     finally:
         if instance is None:  # one instance of several leaves the nodes to the others

@@ -9,7 +9,7 @@ import socket
 import tomllib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -656,7 +656,7 @@ def _duplicates(what: str, values: list[str]) -> list[str]:
     return dups
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "config"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
@@ -664,12 +664,12 @@ def _describe(err: dict) -> str:
     return f"{where}: {msg}"
 
 
-def build(data: dict, source: str = "configuration") -> Config:
+def build(data: dict[str, Any], source: str = "configuration") -> Config:
     """Validate a dict into a Config, raising one ConfigError with every problem."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors()], source) from None
+        raise ConfigError([_describe(dict(e)) for e in exc.errors()], source) from None
 
 
 def load(path: str | Path) -> Config:

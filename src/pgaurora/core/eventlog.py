@@ -9,6 +9,7 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("pgaurora.events")
 
@@ -22,10 +23,10 @@ class EventLog:
 
     def __init__(self, path: str | Path | None = None, keep: int = 1000) -> None:
         self.path = Path(path) if path else None
-        self._recent: collections.deque[dict] = collections.deque(maxlen=keep)
+        self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self._recent.extend(self._read_history())
 
-    def _read_history(self) -> list[dict]:
+    def _read_history(self) -> list[dict[str, Any]]:
         if self.path is None or not self.path.exists():
             return []
         text = self.path.read_text(errors="replace")
@@ -44,7 +45,7 @@ class EventLog:
     def has_history(self) -> bool:
         return bool(self._recent)
 
-    def record(self, kind: str, reason: str, **fields: object) -> dict:
+    def record(self, kind: str, reason: str, **fields: object) -> dict[str, Any]:
         now = time.time()
         event = {
             "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
@@ -62,6 +63,6 @@ class EventLog:
                 os.fsync(f.fileno())
         return event
 
-    def recent(self, limit: int | None = None) -> list[dict]:
+    def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
         items = list(self._recent)
         return items[-limit:] if limit else items

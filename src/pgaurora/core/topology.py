@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 
 class Role(str, Enum):
@@ -57,7 +58,7 @@ class Topology:
     failover_outlook: str = ""  # why, or why not
     proxies: tuple[str, ...] = ()  # hosts of the live pgaurora instances (proxy.<zone>)
     published_at: float = 0.0
-    by_name: dict = field(default_factory=dict, compare=False, repr=False)
+    by_name: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", {n.name: n for n in self.nodes})

@@ -6,7 +6,9 @@ import asyncio
 import logging
 import math
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own stderr lines: its failures reach our log anyway
@@ -33,10 +35,10 @@ def credentials(dcs: DcsConfig) -> grpc.ChannelCredentials | None:
     return grpc.ssl_channel_credentials(read(dcs.ca_file), read(dcs.key_file), read(dcs.cert_file))
 
 
-class _TlsClient(aetcd.Client):
+class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type information
     """aetcd 1.0 opens plaintext channels only: this client opens a TLS one, then sets up the same stubs."""
 
-    def __init__(self, tls: grpc.ChannelCredentials, **kwargs) -> None:
+    def __init__(self, tls: grpc.ChannelCredentials, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._tls = tls
 
@@ -91,12 +93,12 @@ class Etcd:
             await self._client.connect()
         return self._client
 
-    async def _call(self, operation):
+    async def _call(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
         """operation(client), on the current endpoint, then on each other once; DcsUnavailable if none answers."""
         async with self._lock:
             return await self._try_each(operation)
 
-    async def _try_each(self, operation):
+    async def _try_each(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
         errors = []
         for _ in range(len(self.endpoints)):
             try:
@@ -126,45 +128,45 @@ class Etcd:
 
     async def grant(self, ttl: float) -> int:
         lease = await self._call(lambda c: c.lease(math.ceil(ttl)))
-        return lease.id
+        return int(lease.id)
 
     async def keepalive(self, lease_id: int) -> int:
         """The lease's remaining TTL in seconds; 0 or less: it expired."""
         reply = await self._call(lambda c: c.refresh_lease(lease_id))
-        return reply.TTL if reply is not None else 0
+        return int(reply.TTL) if reply is not None else 0
 
     async def revoke(self, lease_id: int) -> None:
         await self._call(lambda c: c.revoke_lease(lease_id))
 
     async def get(self, key: str) -> bytes | None:
         got = await self._call(lambda c: c.get(key.encode()))
-        return got.value if got is not None else None
+        return bytes(got.value) if got is not None else None
 
     async def campaign(self, key: str, value: str, lease_id: int) -> bool:
         """Take key (bound to the lease) if nobody holds it."""
 
-        async def txn(c):
+        async def txn(c: Any) -> bool:
             ok, _ = await c.transaction(
                 compare=[c.transactions.create(key.encode()) == 0],
                 success=[c.transactions.put(key.encode(), value.encode(), lease=lease_id)],
                 failure=[],
             )
-            return ok
+            return bool(ok)
 
-        return await self._call(txn)
+        return bool(await self._call(txn))
 
     async def put_if(self, key: str, value: str, puts: dict[str, bytes]) -> bool:
         """Write every key of puts in one transaction, only if key still holds value."""
 
-        async def txn(c):
+        async def txn(c: Any) -> bool:
             ok, _ = await c.transaction(
                 compare=[c.transactions.value(key.encode()) == value.encode()],
                 success=[c.transactions.put(k.encode(), v) for k, v in puts.items()],
                 failure=[],
             )
-            return ok
+            return bool(ok)
 
-        return await self._call(txn)
+        return bool(await self._call(txn))
 
     async def put_with_lease(self, key: str, value: str, lease_id: int) -> None:
         await self._call(lambda c: c.put(key.encode(), value.encode(), lease=lease_id))
@@ -176,7 +178,7 @@ class Etcd:
     async def health(self) -> dict[str, str]:
         """Each endpoint's health: 'up' when its member answers a status request in time, else why not."""
 
-        async def one(url) -> str:
+        async def one(url: str) -> str:
             single = Etcd((url,), self.username, self.password, self.timeout, self.tls)
             try:
                 async with asyncio.timeout(self.timeout * 2):
@@ -190,7 +192,7 @@ class Etcd:
         results = await asyncio.gather(*(one(url) for url in self.urls))
         return dict(zip(self.urls, results, strict=True))
 
-    async def changes(self, prefix: str):
+    async def changes(self, prefix: str) -> AsyncIterator[None]:
         """Yield once per batch of changes under prefix, until the stream breaks (DcsUnavailable). It holds
         its client for as long as it runs: give it an Etcd of its own."""
         try:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from ..core.config import Config
 from ..core.coordination import DcsUnavailable, InstanceRole
@@ -23,7 +24,7 @@ class Member:
     monitor never lets the lease lapse; the monitor asks `leading()` before it acts, and makes every write
     of its memory a transaction conditioned on still holding the leader key."""
 
-    def __init__(self, config: Config, events: EventLog, clock=time.monotonic) -> None:
+    def __init__(self, config: Config, events: EventLog, clock: Callable[[], float] = time.monotonic) -> None:
         dcs = config.dcs
         assert dcs is not None
         self.me, self.ttl, self.events, self.clock = config.instance, dcs.ttl, events, clock
@@ -49,11 +50,11 @@ class Member:
         self.verdict = Verdict(InstanceRole.CUT_OFF, "etcd not reached yet")
         self.leader_since: float | None = None  # wall clock, for /status
         self.leader_changes = 0
-        self.members: dict[str, dict] = {}
-        self.shared: tuple[dict | None, dict | None] = (None, None)  # (state, intent) as last read
+        self.members: dict[str, dict[str, Any]] = {}
+        self.shared: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)  # (state, intent) as last read
         self.last_error: str | None = None
         self.endpoint_health: dict[str, str] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
 
     # -- the lease loop ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -99,10 +100,10 @@ class Member:
         """Renew (or get) the lease, take the leader key when nobody holds it, read who leads. Never raises."""
         sent = self.clock()
         try:
-            await self._renew()
+            lease = await self._renew()
             keys = await self.etcd.get_prefix(self.prefix)  # everything in one read
             if self.members_prefix + self.me not in keys:  # first beat, or its write failed
-                await self.etcd.put_with_lease(self.members_prefix + self.me, self.card, self.lease)
+                await self.etcd.put_with_lease(self.members_prefix + self.me, self.card, lease)
                 keys[self.members_prefix + self.me] = self.card.encode()
             holder = keys.get(self.leader_key)
             if (
@@ -122,9 +123,10 @@ class Member:
         self._judge()
         return self.verdict
 
-    async def _renew(self) -> None:
+    async def _renew(self) -> int:
         if self.lease is None or await self.etcd.keepalive(self.lease) <= 0:
             self.lease = await self.etcd.grant(self.ttl)  # the first, or the old one expired in etcd
+        return self.lease
 
     def _judge(self) -> None:
         old, self.verdict = self.verdict, judge(self.clock(), self.heard, self.me, self.ttl)
@@ -153,16 +155,16 @@ class Member:
     def lease_left(self) -> float | None:
         if self.heard.renewed_at is None or self.verdict.role is not InstanceRole.LEADER:
             return None
-        return max(0.0, self.heard.renewed_at + self.ttl - self.clock())
+        return max(0.0, self.heard.renewed_at + self.ttl - float(self.clock()))
 
     # -- the shared memory -------------------------------------------------------------------------
-    async def load(self) -> tuple[dict | None, dict | None]:
+    async def load(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """(state document, open failover intent) as etcd holds them now; DcsUnavailable when it cannot say."""
         state, intent = await self.etcd.get(self.state_key), await self.etcd.get(self.intent_key)
         self.shared = _documents(state), _documents(intent)
         return self.shared
 
-    async def write(self, state: dict | None = None, intent: dict | bool | None = False) -> bool:
+    async def write(self, state: dict[str, Any] | None = None, intent: dict[str, Any] | bool | None = False) -> bool:
         """Write the state document and/or the intent (None clears it) in one transaction, only while this
         instance holds the leader key. False: it does not (any more), or etcd cannot be reached."""
         if not self.leading():
@@ -197,7 +199,7 @@ class Member:
                 pass
         await self.etcd.close()
 
-    def document(self) -> dict:
+    def document(self) -> dict[str, Any]:
         """For /status."""
         left = self.lease_left()
         return {
@@ -216,7 +218,7 @@ class Member:
         }
 
 
-def _documents(value: bytes | None) -> dict | None:
+def _documents(value: bytes | None) -> dict[str, Any] | None:
     """A JSON document stored in etcd; None for a missing, empty or unreadable one."""
     if not value:
         return None
@@ -228,7 +230,7 @@ def _documents(value: bytes | None) -> dict | None:
     return document if isinstance(document, dict) else None
 
 
-def _cards(keys: dict[str, bytes], prefix: str) -> dict[str, dict]:
+def _cards(keys: dict[str, bytes], prefix: str) -> dict[str, dict[str, Any]]:
     """The instances' cards, by name."""
     return {
         key.removeprefix(prefix): card

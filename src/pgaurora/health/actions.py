@@ -78,7 +78,7 @@ async def promote(config: Config, node: NodeConfig, sync_names: str | None, old_
             raise ActionFailed(f"{node.name} is still in recovery after pg_promote")
         if old_timeline is not None and row["timeline"] <= old_timeline:
             raise ActionFailed(f"{node.name} left recovery on timeline {row['timeline']}, not after {old_timeline}")
-        return row["timeline"]
+        return int(row["timeline"])
     finally:
         conn.terminate()
 

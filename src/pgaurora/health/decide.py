@@ -34,6 +34,13 @@ class Decision:
     value: str | None = None
     loss_bound: int | None = None  # PROMOTE: bytes the candidate may lack (0: proven to lack nothing)
 
+    @property
+    def node(self) -> str:
+        """The node an action on one node acts on."""
+        if self.target is None:
+            raise ValueError(f"{self.action.value} names no node")
+        return self.target
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterState:
@@ -120,8 +127,16 @@ def _adoptable(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> NodeS
     return max(newer, key=lambda s: (s.timeline or 0, s.wal_position), default=None)
 
 
+def known_writer(state: ClusterState) -> str:
+    """The writer, where the caller has established that there is one."""
+    if state.writer is None:
+        raise ValueError("no writer is known")
+    return state.writer
+
+
 def _writer_down(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision:
-    name, writer = state.writer, statuses[state.writer]
+    name = known_writer(state)
+    writer = statuses[name]
     fails = state.failures.get(name, 0)
     if fails < policy.failure_threshold:
         return Decision(
@@ -139,7 +154,7 @@ def _writer_down(state: ClusterState, statuses: Mapping[str, NodeStatus], policy
     verdict = promotion_verdict(state, statuses, policy)
     if not verdict.safe:
         return Decision(Action.NO_CANDIDATE, f"writer {name} is down; {verdict.proof}", target=verdict.candidate)
-    candidate = statuses[verdict.candidate]
+    candidate = statuses[verdict.candidate or ""]  # safe verdicts name one
     return Decision(
         Action.PROMOTE,
         f"writer {name} unreachable for {fails} probes; promoting "
@@ -151,7 +166,7 @@ def _writer_down(state: ClusterState, statuses: Mapping[str, NodeStatus], policy
 
 def hearing_writer(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> list[str]:
     """Replicas that stream from the writer and received something from it within the witness window."""
-    host, port = policy.addresses[state.writer]
+    host, port = policy.addresses[known_writer(state)]
     return [
         s.name
         for s in statuses.values()
@@ -212,7 +227,7 @@ def _maintain(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: P
     return Decision(Action.NONE, f"writer {state.writer} healthy; {readers} replica(s) reachable")
 
 
-def _fence_rivals(state, statuses, policy) -> Decision | None:
+def _fence_rivals(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision | None:
     for s in statuses.values():
         if not s.is_primary or s.name == state.writer:
             continue
@@ -233,8 +248,8 @@ def _fence_rivals(state, statuses, policy) -> Decision | None:
     return None
 
 
-def _unfence_followers(state, statuses, policy) -> Decision | None:
-    host, port = policy.addresses[state.writer]
+def _unfence_followers(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision | None:
+    host, port = policy.addresses[known_writer(state)]
     for name in sorted(state.fenced):
         s = statuses.get(name)
         if s is not None and s.is_replica and s.streams_from(host, port):
@@ -242,8 +257,8 @@ def _unfence_followers(state, statuses, policy) -> Decision | None:
     return None
 
 
-def _repoint_strays(state, statuses, policy) -> Decision | None:
-    host, port = policy.addresses[state.writer]
+def _repoint_strays(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision | None:
+    host, port = policy.addresses[known_writer(state)]
     for s in statuses.values():
         if s.is_replica and s.name not in state.fenced and (s.conninfo_host, s.conninfo_port) != (host, port):
             return Decision(
@@ -274,11 +289,11 @@ def desired_sync_names(state: ClusterState, statuses: Mapping[str, NodeStatus], 
     return None if wanted is None else quorum.sync_names(wanted)
 
 
-def _sync_standbys(state, statuses, policy) -> Decision | None:
+def _sync_standbys(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision | None:
     wanted = wanted_sync(state, statuses, policy)
     if wanted is None:
         return None
-    current = statuses[state.writer].sync_names
+    current = statuses[known_writer(state)].sync_names
     sync = quorum.parse_sync_names(current)
     if sync is None:  # a form pgaurora does not write: any standby might have acknowledged
         sync = frozenset(n for n in policy.addresses if n != state.writer)

@@ -9,7 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..core.config import HealConfig, SyncMode
 from ..core.eventlog import EventLog
@@ -213,7 +213,7 @@ class Supervisor:
         self.config, self.sync_mode = config, sync_mode
         self.tries: dict[str, Tries] = {}
         self.degraded_since: float | None = None  # since when the cluster has been short of copies
-        self._working: dict[str, asyncio.Task] = {}
+        self._working: dict[str, asyncio.Task[Any]] = {}
 
     async def tick(self) -> None:
         topology, now = self.hub.current, time.time()
@@ -238,7 +238,7 @@ class Supervisor:
                 self.nodes.usable(n.name),
                 n.role,
                 n.name == writer,
-                bool(writer) and alive.get(writer, False),
+                bool(writer) and alive.get(writer or "", False),
                 any(
                     a
                     for other, a in alive.items()
@@ -329,7 +329,7 @@ class Supervisor:
         full = redundancy(topology, self.sync_mode).full
         self.degraded_since = None if full else self.degraded_since or now
 
-    def document(self) -> dict:
+    def document(self) -> dict[str, Any]:
         """For /status: the nodes being healed or given up on, and since when redundancy is short."""
         return {
             "degraded_since": self.degraded_since,

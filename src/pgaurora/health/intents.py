@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .decide import ClusterState
 from .probe import NodeStatus
@@ -12,7 +13,7 @@ STARTED = "failover_started"
 CLOSING = frozenset({"failover", "failover_completed_after_restart", "failover_completed_late", "failover_abandoned"})
 
 
-def open_intents(history: Iterable[dict]) -> list[dict]:
+def open_intents(history: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """failover_started events that no later event closes, oldest first."""
     started, closed = {}, set()
     for event in history:
@@ -31,7 +32,7 @@ class Resolution:
     timeline: int | None = None
 
 
-def reconcile(intent: dict, state: ClusterState, statuses: Mapping[str, NodeStatus]) -> Resolution | None:
+def reconcile(intent: dict[str, Any], state: ClusterState, statuses: Mapping[str, NodeStatus]) -> Resolution | None:
     """What became of an intent, judged from the nodes; None while its candidate cannot be seen."""
     name, old = intent["candidate"], intent.get("old_writer")
     seen = statuses.get(name)

@@ -6,9 +6,10 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..core.config import Config
 from ..core.coordination import DcsUnavailable, InstanceRole
@@ -18,6 +19,7 @@ from ..core.faultpoints import crash_point
 from ..core.sslcontexts import node_ssl
 from ..core.topology import TopologyHub
 from . import actions, intents, snapshot
+from .commands import Command, Reconfigure, arguments
 from .decide import (
     Action,
     ClusterState,
@@ -26,6 +28,7 @@ from .decide import (
     decide,
     desired_sync_names,
     hearing_writer,
+    known_writer,
     promotion_verdict,
 )
 from .probe import NodeStatus, Prober, bounded
@@ -47,17 +50,19 @@ class Coordinator(Protocol):
     me: str
     state_key: str
     verdict: Standing
-    members: dict[str, dict]
-    shared: tuple[dict | None, dict | None]
+    members: dict[str, dict[str, Any]]
+    shared: tuple[dict[str, Any] | None, dict[str, Any] | None]
 
     @property
     def leader(self) -> str | None: ...
 
     def leading(self) -> bool: ...
 
-    async def load(self) -> tuple[dict | None, dict | None]: ...
+    async def load(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]: ...
 
-    async def write(self, state: dict | None = None, intent: dict | bool | None = False) -> bool: ...
+    async def write(
+        self, state: dict[str, Any] | None = None, intent: dict[str, Any] | bool | None = False
+    ) -> bool: ...
 
 
 class NodeController(Protocol):
@@ -112,13 +117,13 @@ class Monitor:
         self._last_answer: dict[str, float] = {}
         self._intents = intents.open_intents(events.recent())
         self._own_intents: set[str] = set()
-        self._requests: asyncio.Queue = asyncio.Queue()
+        self._requests: asyncio.Queue[tuple[Command, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._rejoining: set[str] = set()
         self._blocked_reason: str | None = None
 
     # -- the one place the monitor's memory changes --------------------------------
-    def _set_state(self, **changes) -> None:
+    def _set_state(self, **changes: Any) -> None:
         old, self.state = self.state, replace(self.state, **changes)
         if to_document(self.state) == to_document(old):
             return
@@ -126,7 +131,7 @@ class Monitor:
             self._store.save(self.state)
         self._dirty = True
 
-    def _new_epoch(self, writer: str, timeline: int | None, **changes) -> None:
+    def _new_epoch(self, writer: str, timeline: int | None, **changes: Any) -> None:
         """Every change of writer goes through here, so every promotion starts a new epoch. The new
         writer's standbys have proven nothing yet, so the voters start empty (quorum.py)."""
         changes.setdefault("voters", frozenset())
@@ -185,25 +190,36 @@ class Monitor:
         return decision
 
     # -- several instances (with [dcs]) ------------------------------------------------------
+    @property
+    def _coordinator(self) -> Coordinator:
+        """The DCS member, on the paths that run only with several instances."""
+        if self.member is None:
+            raise StateError("this path needs [dcs], and pgaurora runs as one instance")
+        return self.member
+
     async def _lead(self) -> bool:
         """Does this instance lead? On taking the lead, etcd's memory replaces this one's first."""
-        if not self.member.leading():
+        if not self._coordinator.leading():
             self._led = False
             return False
         if not self._led:
             try:
-                self._adopt_shared(*await self.member.load(), with_intent=True)
+                self._adopt_shared(*await self._coordinator.load(), with_intent=True)
             except DcsUnavailable:
                 return False
             self._led = True
         return True
 
-    def _adopt_shared(self, document: dict | None, intent: dict | None, with_intent: bool = False) -> None:
+    def _adopt_shared(
+        self, document: dict[str, Any] | None, intent: dict[str, Any] | None, with_intent: bool = False
+    ) -> None:
         """The memory etcd holds (the failure counts stay this instance's own)."""
         try:
             shared = from_document(document, self.nodes) if document else ClusterState()
         except ValueError as exc:
-            raise StateError(f"the monitor's state in etcd ({self.member.state_key}) is unreadable: {exc}") from None
+            raise StateError(
+                f"the monitor's state in etcd ({self._coordinator.state_key}) is unreadable: {exc}"
+            ) from None
         self.state = replace(shared, failures=self.state.failures, writer_lsn=self.state.writer_lsn)
         self._dirty = False
         if with_intent:
@@ -212,10 +228,10 @@ class Monitor:
     async def _follow(self) -> Decision:
         """Another instance leads, or etcd is out of reach: probe and route, never act. Cut off from etcd,
         keep the last writer known only while it still answers as primary."""
-        verdict = self.member.verdict
+        verdict = self._coordinator.verdict
         self._refuse_requests(verdict.reason)
-        if self.member.shared[0] is not None:
-            self._adopt_shared(*self.member.shared)  # as the member's last read of etcd left it
+        if self._coordinator.shared[0] is not None:
+            self._adopt_shared(*self._coordinator.shared)  # as the member's last read of etcd left it
         statuses = await self.probe_all()
         self._observe(statuses)
         shown = self.state
@@ -228,12 +244,14 @@ class Monitor:
 
     def _refuse_requests(self, why: str) -> None:
         while not self._requests.empty():
-            kind, args, future = self._requests.get_nowait()
-            if kind == "reconfigure":  # every instance takes a reloaded file, leader or not
-                self._take(future, self._request_reconfigure, args)
+            command, future = self._requests.get_nowait()
+            if isinstance(command, Reconfigure):  # every instance takes a reloaded file, leader or not
+                self._take(future, self._request_reconfigure, arguments(command))
                 continue
-            leader = self.member.members.get(self.member.leader or "", {}).get("admin", "the leader")
-            future.set_exception(ActionFailed(f"this instance ({self.member.me}) does not act ({why}); ask {leader}"))
+            leader = self._coordinator.members.get(self._coordinator.leader or "", {}).get("admin", "the leader")
+            future.set_exception(
+                ActionFailed(f"this instance ({self._coordinator.me}) does not act ({why}); ask {leader}")
+            )
 
     async def _persist(self) -> bool:
         """With [dcs]: write the memory to etcd if it changed, conditioned on still leading."""
@@ -253,7 +271,7 @@ class Monitor:
             statuses.update(await self._probe([n for n in self.probers if n != writer and statuses[n].reachable]))
         return statuses
 
-    async def _probe(self, names) -> dict[str, NodeStatus]:
+    async def _probe(self, names: Iterable[str]) -> dict[str, NodeStatus]:
         results = await asyncio.gather(*(self.probers[n].probe() for n in names))
         return {s.name: s for s in results}
 
@@ -309,9 +327,9 @@ class Monitor:
 
     async def close(self) -> None:
         while not self._requests.empty():  # requests nobody will serve any more: answered, not left hanging
-            kind, _, future = self._requests.get_nowait()
+            command, future = self._requests.get_nowait()
             if not future.done():
-                future.set_exception(ActionFailed(f"pgaurora is stopping; the {kind} was not started"))
+                future.set_exception(ActionFailed(f"pgaurora is stopping; the {command.kind} was not started"))
         await asyncio.gather(*(p.close() for p in self.probers.values()))
 
     # -- write-ahead intents -------------------------------------------------------------
@@ -359,7 +377,7 @@ class Monitor:
                 "action_failed", f"{decision.action.value} {decision.target}: {outcome}", decision=decision.reason
             )
 
-    async def _act_no_candidate(self, decision: Decision, statuses) -> None:
+    async def _act_no_candidate(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
         """Record each distinct refusal to promote once, not every tick."""
         if decision.reason != self._blocked_reason:
             self._blocked_reason = decision.reason
@@ -371,8 +389,8 @@ class Monitor:
                 voters=sorted(self.state.voters),
             )
 
-    async def _act_elect(self, decision: Decision, statuses) -> None:
-        chosen = statuses[decision.target]
+    async def _act_elect(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
+        chosen = statuses[decision.node]
         rivals = {s.name for s in statuses.values() if s.is_primary and s.name != chosen.name}
         epoch = max(self.state.epoch + 1, chosen.timeline or 0)  # never below what the timelines show
         self._set_state(
@@ -385,64 +403,64 @@ class Monitor:
         )
         self.events.record("elect", decision.reason, writer=chosen.name, epoch=self.state.epoch)
 
-    async def _act_adopt(self, decision: Decision, statuses) -> None:
-        old = self.state.writer
+    async def _act_adopt(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
+        old = known_writer(self.state)
         fenced = self.state.fenced if statuses[old].is_replica else self.state.fenced | {old}
-        chosen = statuses[decision.target]
+        chosen = statuses[decision.node]
         self._new_epoch(chosen.name, chosen.timeline, fenced=fenced - {chosen.name})
         self.events.record("adopt", decision.reason, writer=chosen.name, old_writer=old, epoch=self.state.epoch)
 
-    async def _act_fence(self, decision: Decision, statuses) -> None:
-        self._set_state(fenced=self.state.fenced | {decision.target})
-        self.events.record("fence", decision.reason, node=decision.target, epoch=self.state.epoch)
+    async def _act_fence(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
+        self._set_state(fenced=self.state.fenced | {decision.node})
+        self.events.record("fence", decision.reason, node=decision.node, epoch=self.state.epoch)
 
-    async def _act_unfence(self, decision: Decision, statuses) -> None:
-        self._set_state(fenced=self.state.fenced - {decision.target})
-        self.events.record("unfence", decision.reason, node=decision.target)
+    async def _act_unfence(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
+        self._set_state(fenced=self.state.fenced - {decision.node})
+        self.events.record("unfence", decision.reason, node=decision.node)
 
-    async def _act_repoint(self, decision: Decision, statuses) -> None:
-        await actions.repoint(self.config, self.nodes[decision.target], self.nodes[self.state.writer])
-        self.events.record("repoint", decision.reason, node=decision.target, upstream=self.state.writer)
+    async def _act_repoint(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
+        await actions.repoint(self.config, self.nodes[decision.node], self.nodes[known_writer(self.state)])
+        self.events.record("repoint", decision.reason, node=decision.node, upstream=self.state.writer)
 
-    async def _act_set_sync(self, decision: Decision, statuses) -> None:
-        await actions.set_sync_names(self.config, self.nodes[decision.target], decision.value)
+    async def _act_set_sync(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
+        await actions.set_sync_names(self.config, self.nodes[decision.node], decision.value or "")
         self.events.record("sync_standbys", decision.reason, value=decision.value)
 
-    async def _act_set_voters(self, decision: Decision, statuses) -> None:
+    async def _act_set_voters(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
         """Record the voters; when they shrink or are first set, only once a member has caught up."""
         voters = frozenset(filter(None, (decision.value or "").split(",")))
         widening = self.state.voters and voters >= self.state.voters
         if voters and not widening:
             wait = max(self.config.monitor.probe_interval, 0.1)
-            if not await actions.caught_up(self.config, self.nodes[self.state.writer], voters, wait):
+            if not await actions.caught_up(self.config, self.nodes[known_writer(self.state)], voters, wait):
                 return  # the decision stays the same; the next tick checks again
         self._set_state(voters=voters)
         self.events.record("voters", decision.reason, voters=sorted(voters), epoch=self.state.epoch)
 
-    async def _act_rejoin(self, decision: Decision, statuses) -> None:
+    async def _act_rejoin(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
         """Rewinding or re-cloning takes a while: do it beside the loop, which keeps probing."""
-        name = decision.target
+        name = decision.node
         if name in self._rejoining:
             return
         self._rejoining.add(name)
         task = asyncio.get_running_loop().create_task(self.rejoin(name, decision.reason))
         task.add_done_callback(lambda t: self._rejoined(name, t))
 
-    def _rejoined(self, name: str, task: asyncio.Task) -> None:
+    def _rejoined(self, name: str, task: asyncio.Task[Any]) -> None:
         self._rejoining.discard(name)
         if not task.cancelled() and task.exception() is not None:
             self.events.record("action_failed", f"rejoin {name}: {task.exception()}")
 
-    async def _act_promote(self, decision: Decision, statuses) -> None:
-        await self._failover(decision.target, decision.reason, statuses, loss_bound=decision.loss_bound)
+    async def _act_promote(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
+        await self._failover(decision.node, decision.reason, statuses, loss_bound=decision.loss_bound)
 
     # -- failover, switchover, rejoin ---------------------------------------------------------
     async def _failover(
-        self, target: str, reason: str, statuses, *, loss_bound: int | None, forced: bool = False
-    ) -> dict:
+        self, target: str, reason: str, statuses: dict[str, NodeStatus], *, loss_bound: int | None, forced: bool = False
+    ) -> dict[str, Any]:
         """Promote target with a write-ahead intent, so that a crash at any step leaves a true history."""
         phases = {"detected": time.time()}
-        old = self.state.writer
+        old = known_writer(self.state)
         intent = self.events.record(
             "failover_started",
             reason,
@@ -508,7 +526,7 @@ class Monitor:
     async def repoint_all(self, exclude: set[str]) -> list[str]:
         """Point every replica but exclude (and the fenced) at the writer; returns those that took it."""
         names = [n for n in self.nodes if n not in exclude and n not in self.state.fenced]
-        writer = self.nodes[self.state.writer]
+        writer = self.nodes[known_writer(self.state)]
         limit = 2 * self.config.monitor.probe_timeout + 1
         results = await asyncio.gather(
             *(bounded(actions.repoint(self.config, self.nodes[n], writer), limit) for n in names)
@@ -535,7 +553,7 @@ class Monitor:
                 f"run `pgaurora rejoin {name} --print` and the commands it prints "
                 f"on {name}'s host"
             )
-        how = await asyncio.to_thread(self.controller.rejoin, name, self.state.writer)
+        how = await asyncio.to_thread(self.controller.rejoin, name, known_writer(self.state))
         self.events.record("rejoin", reason, node=name, upstream=self.state.writer, method=how)
         return how
 
@@ -559,37 +577,37 @@ class Monitor:
         self._wake.set()
 
     # -- requests from the admin endpoint ------------------------------------------------------
-    async def request(self, kind: str, **args) -> dict:
-        """Run a switchover, failover or rejoin inside the loop, between ticks; returns its result."""
-        future = asyncio.get_running_loop().create_future()
-        await self._requests.put((kind, args, future))
+    async def request(self, command: Command) -> dict[str, Any]:
+        """Run a command inside the loop, between ticks; returns its result."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        await self._requests.put((command, future))
         self._wake.set()
         return await future
 
     async def _serve_requests(self) -> None:
         while not self._requests.empty():
-            kind, args, future = self._requests.get_nowait()
-            if kind == "reconfigure":
-                self._take(future, self._request_reconfigure, args)
+            command, future = self._requests.get_nowait()
+            if isinstance(command, Reconfigure):
+                self._take(future, self._request_reconfigure, arguments(command))
                 continue
             try:
-                result = await getattr(self, f"_request_{kind}")(**args)
+                result = await getattr(self, f"_request_{command.kind}")(**arguments(command))
                 future.set_result(result)
             except Exception as exc:
                 future.set_exception(exc)
             except asyncio.CancelledError:  # the service is stopping: the caller hears so, now
                 if not future.done():
-                    future.set_exception(ActionFailed(f"pgaurora is stopping; the {kind} was interrupted"))
+                    future.set_exception(ActionFailed(f"pgaurora is stopping; the {command.kind} was interrupted"))
                 raise
 
     @staticmethod
-    def _take(future: asyncio.Future, handler, args: dict) -> None:
+    def _take(future: asyncio.Future[Any], handler: Callable[..., Any], args: dict[str, Any]) -> None:
         try:
             future.set_result(handler(**args))
         except Exception as exc:
             future.set_exception(exc)
 
-    def _request_reconfigure(self, config: Config, added: tuple[str, ...], removed: tuple[str, ...]) -> dict:
+    def _request_reconfigure(self, config: Config, added: tuple[str, ...], removed: tuple[str, ...]) -> dict[str, Any]:
         """Take a reloaded configuration between ticks: probe added nodes, forget removed ones (never the
         writer or a voter), and decide by the new settings from the next tick on."""
         refused = [
@@ -620,7 +638,7 @@ class Monitor:
         self._set_state(fenced=self.state.fenced & nodes.keys(), drained=self.state.drained & nodes.keys())
         return {"added": list(added), "removed": list(removed)}
 
-    async def _request_replace(self, config: Config, writer: str, reason: str) -> dict:
+    async def _request_replace(self, config: Config, writer: str, reason: str) -> dict[str, Any]:
         """Serve another set of nodes (a backtrack or its undo): the nodes leaving are stopped already, and
         `writer`, a primary of the new set, becomes the writer in a new epoch."""
         if writer not in {n.name for n in config.nodes}:
@@ -650,13 +668,13 @@ class Monitor:
         await self.publish(reason)
         return {"writer": writer, "epoch": self.state.epoch, "nodes": sorted(self.nodes)}
 
-    async def _request_rejoin(self, node: str) -> dict:
+    async def _request_rejoin(self, node: str) -> dict[str, Any]:
         if node not in self.nodes or node == self.state.writer:
             raise ActionFailed(f"{node!r} is not a node that can rejoin (writer is {self.state.writer})")
         how = await self.rejoin(node, f"rejoin of {node} requested")
         return {"node": node, "method": how}
 
-    async def _request_drain(self, node: str) -> dict:
+    async def _request_drain(self, node: str) -> dict[str, Any]:
         """Take a replica out of the reader endpoint without stopping it: no new reader session goes there;
         the sessions already on it go on."""
         if node not in self.nodes:
@@ -673,7 +691,7 @@ class Monitor:
             await self.publish(f"{node} drained")
         return {"node": node, "drained": sorted(self.state.drained)}
 
-    async def _request_retire(self, node: str, leaving: bool = True) -> dict:
+    async def _request_retire(self, node: str, leaving: bool = True) -> dict[str, Any]:
         """Ahead of a replica's removal, take it out of synchronous replication: the next ticks narrow the
         synchronous standbys, then the voters (once the others have caught up), without it.
         leaving=False puts it back (a removal that did not go through)."""
@@ -685,7 +703,7 @@ class Monitor:
         self.policy = replace(self.policy, leaving=changed)
         return {"node": node, "leaving": sorted(self.policy.leaving)}
 
-    async def _request_undrain(self, node: str) -> dict:
+    async def _request_undrain(self, node: str) -> dict[str, Any]:
         if node not in self.nodes:
             raise ActionFailed(f"no node named {node!r} (nodes: {', '.join(self.nodes)})")
         if node in self.state.drained:
@@ -695,12 +713,12 @@ class Monitor:
             await self.publish(f"{node} undrained")
         return {"node": node, "drained": sorted(self.state.drained)}
 
-    async def _request_switchover(self, to: str | None = None) -> dict:
+    async def _request_switchover(self, to: str | None = None) -> dict[str, Any]:
         from .switchover import switchover
 
         return await switchover(self, to)
 
-    async def _request_failover(self, to: str | None = None, accept_data_loss: bool = False) -> dict:
+    async def _request_failover(self, to: str | None = None, accept_data_loss: bool = False) -> dict[str, Any]:
         """An operator's failover: only when the writer is down; unsafe only with accept_data_loss."""
         if self.state.writer is None:
             raise ActionFailed("there is no writer to fail over from (starting, or a switchover is under way)")

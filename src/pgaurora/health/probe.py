@@ -6,11 +6,15 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import asyncpg
 
 from ..core.config import MonitorConfig, NodeConfig
+
+T = TypeVar("T")
 
 log = logging.getLogger("pgaurora.monitor")
 
@@ -105,7 +109,7 @@ class NodeStatus:
         return self.receipt_age is not None and self.receipt_age <= seconds
 
 
-def _as_int(value) -> int | None:
+def _as_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
@@ -133,14 +137,14 @@ def parse_conninfo(conninfo: str | None) -> dict[str, str]:
     return fields
 
 
-def _conninfo_target(conninfo: str | None) -> dict:
+def _conninfo_target(conninfo: str | None) -> dict[str, Any]:
     """host and port that primary_conninfo points to (the password and the rest are ignored)."""
     fields = parse_conninfo(conninfo)
     port = fields.get("port", "5432")
     return {"conninfo_host": fields.get("host"), "conninfo_port": int(port) if port.isdigit() else None}
 
 
-def status_from_row(name: str, row) -> NodeStatus:
+def status_from_row(name: str, row: Any) -> NodeStatus:
     return NodeStatus(
         name=name,
         reachable=True,
@@ -201,6 +205,8 @@ class Prober:
         return status
 
     async def _beat(self) -> None:
+        if self._conn is None:
+            return
         try:
             await self._conn.execute(HEARTBEAT_SQL, timeout=self.monitor.probe_timeout)
         except asyncpg.PostgresError as exc:  # e.g. a monitor user without the privilege: probe on without it
@@ -221,7 +227,7 @@ class Prober:
         self._drop()
 
 
-async def bounded(coro, timeout: float):
+async def bounded(coro: Coroutine[Any, Any, T], timeout: float) -> T | BaseException:
     """The coroutine's result, or the exception it raised, or TimeoutError: never later than timeout.
 
     Unlike asyncio.timeout(), this does not wait for the coroutine to finish its own cancellation

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import StateError
 from .decide import ClusterState
@@ -17,7 +18,7 @@ RECOVERY_HINT = (
 )
 
 
-def to_document(state: ClusterState) -> dict:
+def to_document(state: ClusterState) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "writer": state.writer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ActionFailed
 from . import actions
@@ -49,7 +49,7 @@ async def _wait_received(monitor: Monitor, target: str, wanted: int) -> bool:
         conn.terminate()
 
 
-async def switchover(monitor: Monitor, to: str | None) -> dict:
+async def switchover(monitor: Monitor, to: str | None) -> dict[str, Any]:
     if monitor.controller is None:
         raise ActionFailed("switchover needs a cluster started by `pgaurora up` (pgaurora controls its nodes)")
     old = monitor.state.writer

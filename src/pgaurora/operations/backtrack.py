@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..compose.backrest import recovered_to
 from ..compose.restore import check_range, parse_time
@@ -28,7 +28,7 @@ class Backtrack:
 
     def __init__(self, service: Service, keep: float = KEEP) -> None:
         self.service, self.keep = service, keep
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._expire())
@@ -38,7 +38,7 @@ class Backtrack:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def run(self, target: str) -> dict:
+    async def run(self, target: str) -> dict[str, Any]:
         cluster, backups = self._parts()
         moment = parse_time(target)
         async with exclusive(self.service):
@@ -76,7 +76,7 @@ class Backtrack:
                 "kept_until": time.time() + self.keep,
             }
 
-    async def undo(self) -> dict:
+    async def undo(self) -> dict[str, Any]:
         cluster, backups = self._parts()
         remembered = self._remembered()
         if remembered is None:
@@ -141,12 +141,12 @@ class Backtrack:
 
     # -- what a backtrack left behind ------------------------------------------------------------
     def _path(self):
-        return self.service.monitor.controller.root / STATE_FILE
+        return composed(self.service, "backtrack").root / STATE_FILE
 
-    def _remember(self, state: dict) -> None:
+    def _remember(self, state: dict[str, Any]) -> None:
         self._path().write_text(json.dumps(state) + "\n")
 
-    def _remembered(self) -> dict | None:
+    def _remembered(self) -> dict[str, Any] | None:
         try:
             return json.loads(self._path().read_text())
         except (FileNotFoundError, ValueError):
@@ -160,7 +160,7 @@ class Backtrack:
             if state is None or time.time() < state["until"] or self.service.operations.locked():
                 continue
             async with exclusive(self.service):
-                await self._forget(self.service.monitor.controller, "backtrack_keep ran out")
+                await self._forget(composed(self.service, "backtrack"), "backtrack_keep ran out")
 
     async def _forget(self, cluster, why: str) -> None:
         """Remove the parked nodes: the last backtrack can no longer be undone."""

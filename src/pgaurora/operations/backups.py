@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -60,11 +60,11 @@ class Backups:
         self.archive = ArchiveStatus()
         self.failures_seen = 0
         self.archive_failures = 0  # since start, for /metrics
-        self.last_backup: dict | None = None
+        self.last_backup: dict[str, Any] | None = None
         self._timeline: int | None = None
-        self._cached: list[dict] = []  # the repository's backups, as last read
-        self._running: asyncio.Future | None = None  # the pgBackRest backup under way
-        self._tasks: list[asyncio.Task] = []
+        self._cached: list[dict[str, Any]] = []  # the repository's backups, as last read
+        self._running: asyncio.Future[Any] | None = None  # the pgBackRest backup under way
+        self._tasks: list[asyncio.Task[Any]] = []
 
     # -- setup and the loops -----------------------------------------------------------------
     async def start(self) -> None:
@@ -186,7 +186,7 @@ class Backups:
         self.failures_seen = failed
 
     # -- backups -----------------------------------------------------------------------------
-    async def backup(self, kind: str = "full", scheduled: bool = False) -> dict:
+    async def backup(self, kind: str = "full", scheduled: bool = False) -> dict[str, Any]:
         if kind not in KINDS:
             raise ActionFailed(f"backup type must be one of {', '.join(KINDS)}, not {kind!r}")
         async with exclusive(self.service):
@@ -217,11 +217,11 @@ class Backups:
             )
             return {**describe(made), "node": source, "seconds": round(took, 2)}
 
-    def _newest_backup(self) -> dict | None:
+    def _newest_backup(self) -> dict[str, Any] | None:
         self._cached = self.engine.backups()
         return self._cached[-1] if self._cached else None
 
-    async def listing(self) -> dict:
+    async def listing(self) -> dict[str, Any]:
         """Every backup, and the range of times a restore can reach."""
         backups = await asyncio.to_thread(self.engine.backups)
         self._cached = backups
@@ -239,7 +239,7 @@ class Backups:
             raise ActionFailed("no writer is known")
         return self.cluster.node(name)
 
-    def document(self) -> dict:
+    def document(self) -> dict[str, Any]:
         """For /status."""
         a = self.archive
         newest = describe(self.last_backup) if self.last_backup else None
@@ -259,7 +259,7 @@ class Backups:
         }
 
 
-def due(backups: list[dict], now: float, full_every: float | None, incr_every: float | None) -> str | None:
+def due(backups: list[dict[str, Any]], now: float, full_every: float | None, incr_every: float | None) -> str | None:
     """The kind of backup the schedule wants now, if any: a full one when the newest full is older than
     full_every (or there is none), else an incremental one when the newest of any kind is older than incr_every."""
     last_full = max((b["timestamp"]["stop"] for b in backups if b["type"] == "full"), default=None)
@@ -271,7 +271,7 @@ def due(backups: list[dict], now: float, full_every: float | None, incr_every: f
     return None
 
 
-def describe(backup: dict) -> dict:
+def describe(backup: dict[str, Any]) -> dict:
     """One backup as pgaurora shows it."""
     stamp = backup["timestamp"]
     return {

@@ -4,28 +4,85 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from ..core.errors import ActionFailed
 
 if TYPE_CHECKING:
+    from ..compose.runas import OsUser
     from ..service.app import Service
 
 DRAIN_TIMEOUT = 30.0
 
 
+class ComposedNode(Protocol):
+    """What the operations use of one node of a composed cluster (compose.node.LocalNode)."""
+
+    name: str
+    host: str
+    port: int
+    datadir: Path
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self, timeout: float = 60) -> None: ...
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None: ...
+
+    def stopped_as_primary(self) -> bool: ...
+
+    def sql(self, query: str, timeout: float = 60) -> str: ...
+
+
+class ComposedCluster(Protocol):
+    """What the operations use of a cluster pgaurora composed (compose.local.LocalCluster, DockerCluster)."""
+
+    root: Path
+    user: OsUser
+    backend: str
+    parked: list[str]
+
+    @property
+    def nodes(self) -> Sequence[ComposedNode]: ...
+
+    def node(self, name: str) -> ComposedNode: ...
+
+    def add_replica(self, upstream: str) -> ComposedNode: ...
+
+    def remove_replica(self, name: str, upstream: str) -> None: ...
+
+    def check_restart(self, name: str, settings: dict[str, str], bindir: str | None) -> dict[str, str]: ...
+
+    def restart_node(self, name: str, settings: dict[str, str], bindir: str | None) -> None: ...
+
+    def use_bindir(self, bindir: str) -> None: ...
+
+    def archive_with(self, command_for: Callable[[ComposedNode], str]) -> None: ...
+
+    def restore_set(self, primary_from: Callable[[ComposedNode], None], replicas: int) -> Sequence[ComposedNode]: ...
+
+    def promote_anew(self, name: str, restore_command: Callable[[ComposedNode], str]) -> None: ...
+
+    def park(self, names: list[str]) -> None: ...
+
+    def forget_nodes(self, names: list[str]) -> None: ...
+
+
 def composed(service: Service, what: str):
     """The cluster pgaurora composed (its controller), or ActionFailed saying why `what` cannot run."""
-    controller = service.monitor.controller
-    if controller is None or not hasattr(controller, "add_replica"):
+    cluster = service.cluster
+    if cluster is None:
         raise ActionFailed(
             f"{what} works on clusters pgaurora composes (`pgaurora up`); for a cluster of your "
             "own, change the nodes in the config file and reload"
         )
     if service.member is not None:
         raise ActionFailed(f"{what} is not available with several instances ([dcs])")
-    return controller
+    return cluster
 
 
 @asynccontextmanager

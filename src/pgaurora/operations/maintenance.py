@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ActionFailed, ClusterError
 from ..core.topology import Health, Role
+from ..health.commands import Drain, Switchover, Undrain
 from .guard import DRAIN_TIMEOUT, composed, end_sessions, exclusive
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Maintenance:
 
     async def restart(
         self, settings: dict[str, str], bindir: str | None = None, drain_timeout: float = DRAIN_TIMEOUT
-    ) -> dict:
+    ) -> dict[str, Any]:
         cluster = composed(self.service, "maintenance restart")
         check_settings(settings)
         async with exclusive(self.service):
@@ -78,7 +79,7 @@ class Maintenance:
             self._require_healthy("stopped before the switchover")
             self._step(f"switching over from {topology.writer} to a restarted replica")
             try:
-                switched = await self.service.monitor.request("switchover")
+                switched = await self.service.monitor.request(Switchover())
             except ActionFailed as exc:
                 raise ActionFailed(f"rolling restart stopped at the switchover: {exc}") from None
             self._epoch = switched["epoch"]  # its own change of writer
@@ -109,7 +110,7 @@ class Maintenance:
         self._require_healthy(f"stopped before {name}")
         monitor = self.service.monitor
         kept_drained = self.service.hub.current.by_name[name].drained  # an operator's drain outlives the restart
-        await monitor.request("drain", node=name)
+        await monitor.request(Drain(name))
         ended = await end_sessions(self.service, cluster, name, drain_timeout)
         self._step(
             f"{name} drained ({ended} session(s) ended at the {drain_timeout:g} s drain timeout); restarting", node=name
@@ -120,7 +121,7 @@ class Maintenance:
             raise ActionFailed(f"rolling restart stopped: {exc}") from None
         finally:
             if not kept_drained:
-                await monitor.request("undrain", node=name)
+                await monitor.request(Undrain(name))
         back = await self.service.hub.wait_for(lambda t: _caught_up(t, name, kept_drained), CATCH_UP_TIMEOUT)
         if back is None:
             raise ActionFailed(

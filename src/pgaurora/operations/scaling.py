@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core import config as config_mod
 from ..core.errors import ActionFailed, ClusterError
 from ..core.topology import Topology
 from ..health import quorum
+from ..health.commands import Drain, Retire, Undrain
 from .guard import DRAIN_TIMEOUT, composed, end_sessions, exclusive
 
 if TYPE_CHECKING:
@@ -29,12 +30,12 @@ class Scaler:
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    async def add(self, count: int = 1) -> list[dict]:
+    async def add(self, count: int = 1) -> list[dict[str, Any]]:
         cluster = composed(self.service, "replicas add")
         async with exclusive(self.service):
             return [await self._add_one(cluster) for _ in range(count)]
 
-    async def _add_one(self, cluster) -> dict:
+    async def _add_one(self, cluster) -> dict[str, Any]:
         writer = self._topology().writer
         if writer is None:
             raise ActionFailed("no writer is known: a new replica needs one to clone")
@@ -74,7 +75,7 @@ class Scaler:
             "serving_seconds": round(took, 2),
         }
 
-    async def remove(self, name: str, drain_timeout: float = DRAIN_TIMEOUT) -> dict:
+    async def remove(self, name: str, drain_timeout: float = DRAIN_TIMEOUT) -> dict[str, Any]:
         cluster = composed(self.service, "replicas remove")
         topology = self._topology()
         if name == topology.writer:
@@ -84,10 +85,10 @@ class Scaler:
         async with exclusive(self.service):
             return await self._remove(cluster, name, drain_timeout)
 
-    async def _remove(self, cluster, name: str, drain_timeout: float) -> dict:
+    async def _remove(self, cluster, name: str, drain_timeout: float) -> dict[str, Any]:
         monitor, events = self.service.monitor, self.service.events
-        await monitor.request("drain", node=name)
-        await monitor.request("retire", node=name)
+        await monitor.request(Drain(name))
+        await monitor.request(Retire(name))
         events.record(
             "replica_removing",
             f"{name} drained and leaving synchronous replication; its sessions have {drain_timeout:g} s to finish",
@@ -98,8 +99,8 @@ class Scaler:
             ended = await end_sessions(self.service, cluster, name, drain_timeout)
             await self._leave_quorum(name)
         except BaseException:
-            await monitor.request("retire", node=name, leaving=False)
-            await monitor.request("undrain", node=name)
+            await monitor.request(Retire(name, leaving=False))
+            await monitor.request(Undrain(name))
             raise
         await self.service.apply_config(self._with_nodes(cluster, without=name), f"replica {name} removed")
         await asyncio.to_thread(cluster.remove_replica, name, self._topology().writer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 from ..core import config as config_mod
 from ..core import reconfigure
@@ -16,10 +17,12 @@ from ..core.topology import Topology, TopologyHub
 from ..dcs.member import Member
 from ..dns.resolver import Zone
 from ..dns.server import DnsServer
-from ..health.heal import StartCommands, Supervisor
+from ..health.commands import Reconfigure, Replace
+from ..health.heal import Nodes, StartCommands, Supervisor
 from ..health.monitor import Monitor, NodeController
 from ..operations.backtrack import Backtrack
 from ..operations.backups import Backups
+from ..operations.guard import ComposedCluster
 from ..operations.maintenance import Maintenance
 from ..operations.scaling import Scaler
 from ..proxy.endpoint import Endpoint
@@ -30,16 +33,22 @@ from .admin.server import AdminServer
 log = logging.getLogger("pgaurora")
 
 
+class Cluster(ComposedCluster, NodeController, Nodes, Protocol):
+    """The one contract the running service has with a cluster pgaurora composed (compose.LocalCluster or
+    DockerCluster): what the operations, the monitor (rejoin, switchover) and self-healing call."""
+
+
 class Service:
     def __init__(
         self,
         config: Config,
-        controller: NodeController | None = None,
+        cluster: Cluster | None = None,
         events: EventLog | None = None,
         reset_state: bool = False,
         config_path: str | None = None,
     ) -> None:
         self.config = config
+        self.cluster = cluster  # the cluster pgaurora composed (`pgaurora up`); None for `proxy -c`
         self.config_path = config_path  # `proxy -c FILE`: what a reload reads again
         self.hub = TopologyHub(Topology(cluster=config.cluster))
         self.events = events or EventLog()
@@ -57,7 +66,7 @@ class Service:
             for spec in config.endpoints
         ]
         self.member = Member(config, self.events) if config.dcs is not None else None
-        self.monitor = Monitor(config, self.hub, self.events, controller, reset_state, self.member)
+        self.monitor = Monitor(config, self.hub, self.events, cluster, reset_state, self.member)
         if self.member is not None:
             self.member.on_change = self.monitor.wake  # followers route a new writer within one watch round trip
         self.dns = (
@@ -73,38 +82,38 @@ class Service:
         self.operations = asyncio.Lock()  # replicas add/remove and maintenance: one at a time
         self.scaler = Scaler(self)
         self.maintenance = Maintenance(self)
-        self.backups = self._backups(config, controller)
+        self.backups = self._backups(config, cluster)
         self.backtrack = Backtrack(self, config.backup.backtrack_keep) if self.backups is not None else None
-        self.supervisor = self._supervisor(config, controller)
+        self.supervisor = self._supervisor(config, cluster)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._monitor_task: asyncio.Task | None = None
         self._heal_task: asyncio.Task | None = None
 
-    def _supervisor(self, config: Config, controller) -> Supervisor | None:
+    def _supervisor(self, config: Config, cluster: Cluster | None) -> Supervisor | None:
         """Self-healing: of the nodes pgaurora composes, or through [heal] commands; off with [heal] enabled."""
-        if not config.heal.enabled or (controller is None and not config.heal.commands):
+        if not config.heal.enabled or (cluster is None and not config.heal.commands):
             return None
-        nodes = controller if controller is not None else StartCommands(config.heal.commands)
+        nodes: Nodes = cluster if cluster is not None else StartCommands(config.heal.commands)
         return Supervisor(nodes, self.hub, self.monitor, self.events, config.heal, config.failover.sync_mode)
 
-    def _backups(self, config: Config, controller) -> Backups | None:
+    def _backups(self, config: Config, cluster: Cluster | None) -> Backups | None:
         if config.backup is None:
             return None
-        if controller is None or not hasattr(controller, "archive_with"):
+        if cluster is None:
             raise ConfigError(
                 [
                     "backup: backups work on clusters pgaurora composes (`pgaurora up --backups`); for a "
                     "cluster of your own, run pgBackRest beside it"
                 ]
             )
-        if getattr(controller, "backend", "local") != "local":
+        if cluster.backend != "local":
             raise ConfigError(
                 [
                     "backup: backups need the nodes as local processes (--backend local): pgBackRest "
                     "runs beside them, on this host"
                 ]
             )
-        return Backups(self, config.backup, controller)
+        return Backups(self, config.backup, cluster)
 
     @property
     def relay_mode(self) -> str:
@@ -155,7 +164,7 @@ class Service:
                 self.config_path or "the new configuration",
             )
         if diff.any:
-            await self.monitor.request("reconfigure", config=new, added=diff.added, removed=diff.removed)
+            await self.monitor.request(Reconfigure(new, diff.added, diff.removed))
             self._take_config(new)
             self.events.record(
                 "config_reloaded", why, changed=list(diff.live), added=list(diff.added), removed=list(diff.removed)
@@ -164,7 +173,7 @@ class Service:
 
     async def replace_nodes(self, new: Config, writer: str, reason: str) -> dict:
         """Serve another set of nodes, `writer` their primary, in a new epoch (a backtrack and its undo)."""
-        result = await self.monitor.request("replace", config=new, writer=writer, reason=reason)
+        result = await self.monitor.request(Replace(new, writer, reason))
         self._take_config(new)
         return result
 

@@ -12,23 +12,23 @@ import uvloop
 from ..core.config import Config
 from ..core.eventlog import EventLog
 from ..core.polling import wait_for
-from ..service.app import Service
+from ..service.app import Cluster, Service
 
 
 class BackgroundService:
     """A Service on its own uvloop thread, so blocking callers (clients, drills, tests) never stall it."""
 
-    def __init__(self, config: Config, controller=None) -> None:
+    def __init__(self, config: Config, cluster: Cluster | None = None) -> None:
         self.config = config
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="pgaurora", daemon=True)
         self.thread.start()
         self.events = EventLog()
-        self.service: Service = self.call(self._make(controller))
+        self.service: Service = self.call(self._make(cluster))
         self.call(self.service.start())
 
-    async def _make(self, controller) -> Service:
-        return Service(self.config, controller=controller, events=self.events)
+    async def _make(self, cluster: Cluster | None) -> Service:
+        return Service(self.config, cluster=cluster, events=self.events)
 
     def call(self, coro, timeout: float = 120):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 from construct import ConstructError
 
@@ -105,7 +107,7 @@ def _fields(payload: bytes) -> tuple[tuple[str, str], ...]:
     return tuple((chr(f.code), f.value) for f in m.NoticeFields.parse(payload) if not f.last)
 
 
-_BACKEND = {
+_BACKEND: dict[bytes, Callable[[bytes], Event]] = {
     b"R": lambda p: Authentication(*_parsed(m.Authentication, p, "code", "data")),
     b"K": lambda p: BackendKeyData(*_parsed(m.BackendKeyData, p, "process_id", "secret_key")),
     b"S": lambda p: ParameterStatus(*_parsed(m.ParameterStatus, p, "name", "value")),
@@ -115,7 +117,7 @@ _BACKEND = {
 }
 
 
-def _parsed(struct, payload: bytes, *names: str) -> tuple:
+def _parsed(struct: Any, payload: bytes, *names: str) -> tuple[Any, ...]:
     obj = struct.parse(payload)
     return tuple(obj[name] for name in names)
 
@@ -133,16 +135,16 @@ def decode_backend(type_: bytes, payload: bytes | memoryview) -> Event:
 
 
 def _tagged(type_: bytes, payload: bytes) -> bytes:
-    return m.TaggedMessage.build({"type": type_, "payload": payload})
+    return bytes(m.TaggedMessage.build({"type": type_, "payload": payload}))
 
 
 def _untagged(code: int, body: bytes) -> bytes:
-    return m.StartupPacket.build({"length": len(body) + 8, "code": code, "body": body})
+    return bytes(m.StartupPacket.build({"length": len(body) + 8, "code": code, "body": body}))
 
 
 def _build_fields(fields: tuple[tuple[str, str], ...]) -> bytes:
     items = [{"code": ord(code), "value": value, "last": False} for code, value in fields]
-    return m.NoticeFields.build([*items, {"code": 0, "value": None, "last": True}])
+    return bytes(m.NoticeFields.build([*items, {"code": 0, "value": None, "last": True}]))
 
 
 def encode(event: Event) -> bytes:

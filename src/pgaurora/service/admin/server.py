@@ -16,6 +16,7 @@ from ...core import custom_endpoints
 from ...core.errors import ActionFailed, ClusterError, ConfigError
 from ...core.sslcontexts import admin_context
 from ...core.topology import Role, Topology, loss_bound_bytes
+from ...health.commands import Command, Drain, Failover, Rejoin, Switchover, Undrain
 from ...health.heal import redundancy
 from .. import metrics
 from . import auth
@@ -134,7 +135,7 @@ def _fenced_hint(topology: Topology, service: Service) -> str | None:
     fenced = [n.name for n in topology.nodes if n.role is Role.FENCED]
     if not fenced:
         return None
-    if service.monitor.controller is not None:
+    if service.cluster is not None:
         return f"fenced: {', '.join(fenced)}; `pgaurora rejoin NODE` makes one a replica again"
     return (
         f"fenced: {', '.join(fenced)}; `pgaurora rejoin NODE --print` prints the commands that make one a "
@@ -288,10 +289,10 @@ class AdminServer:
         return _json(events[-params.limit :] if params.limit else events)
 
     async def switchover(self, params: SwitchoverParams) -> web.Response:
-        return await self._monitor_request("switchover", to=params.to)
+        return await self._monitor_request(Switchover(to=params.to))
 
     async def failover(self, params: FailoverParams) -> web.Response:
-        return await self._monitor_request("failover", to=params.to, accept_data_loss=params.accept_data_loss)
+        return await self._monitor_request(Failover(to=params.to, accept_data_loss=params.accept_data_loss))
 
     async def rejoin_plan(self, params: NodeParams) -> web.Response:
         """The commands that make a fenced node a replica of the writer, for its host's operator."""
@@ -307,13 +308,13 @@ class AdminServer:
         return _json(await self.service.reload())
 
     async def drain(self, params: NodeParams) -> web.Response:
-        return await self._monitor_request("drain", node=params.node)
+        return await self._monitor_request(Drain(params.node))
 
     async def undrain(self, params: NodeParams) -> web.Response:
-        return await self._monitor_request("undrain", node=params.node)
+        return await self._monitor_request(Undrain(params.node))
 
     async def rejoin(self, params: NodeParams) -> web.Response:
-        return await self._monitor_request("rejoin", node=params.node)
+        return await self._monitor_request(Rejoin(params.node))
 
     async def add_nodes(self, params: AddNodesParams) -> web.Response:
         return await self._operation(self.service.scaler.add(params.count))
@@ -351,9 +352,9 @@ class AdminServer:
         """A long operation runs to its end even when the client hangs up (it is shielded)."""
         return _json(await asyncio.shield(asyncio.ensure_future(work)))
 
-    async def _monitor_request(self, kind: str, **args) -> web.Response:
+    async def _monitor_request(self, command: Command) -> web.Response:
         try:
-            return _json(await self.service.monitor.request(kind, **args))
+            return _json(await self.service.monitor.request(command))
         except Exception as exc:  # the monitor's refusal, whatever its type, is the answer
             return _json({"error": str(exc), "problems": []}, status=409)
 
