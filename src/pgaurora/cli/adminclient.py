@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -12,7 +13,7 @@ from ..service.admin.client import call as _call
 from ..service.admin.routes import Params
 
 
-def call(url: str, path: str, method: str = "GET", timeout: float = 120, params: Params | None = None) -> object:
+def call(url: str, path: str, method: str = "GET", timeout: float = 120, params: Params | None = None) -> Any:
     """One admin request with the local token (or $PGAURORA_ADMIN_TOKEN); one clear message on failure. The
     parameters are the route table's own models, so the CLI cannot send what the server would refuse."""
     body = (

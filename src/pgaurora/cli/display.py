@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 
-def size(count: int) -> str:
+def size(count: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if count < 1024 or unit == "GB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"

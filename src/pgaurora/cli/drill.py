@@ -18,8 +18,10 @@ from ..core import config as config_mod
 from ..core.errors import ClusterError
 from ..drill import faults as fault_catalog
 from ..drill.engine import Drill
+from ..drill.faults import Fault
 from ..drill.report import Report, RoundResult, error_lines, round_table, summary_table
 from ..drill.target import ComposedTarget, ConfiguredTarget, Partition
+from ..drill.workload import Log
 
 HELP = f"""Drill failovers: compose a cluster, write and read through pgaurora, inject faults, measure.
 
@@ -141,7 +143,7 @@ def drill(
         raise click.BadParameter(str(exc), param_hint="--faults") from None
     check_faults(faults, backend, config_path is not None)
     if config_path is not None:
-        target = ConfiguredTarget(config_mod.load(config_path))
+        target: ConfiguredTarget | ComposedTarget = ConfiguredTarget(config_mod.load(config_path))
     else:
         workdir = Path(tempfile.mkdtemp(prefix="pgaurora-drill-"))
         os.chmod(workdir, 0o755)  # the PostgreSQL user must reach the cluster inside
@@ -170,7 +172,9 @@ def drill(
         raise click.ClickException("drill failed: " + "; ".join(failed))
 
 
-def _run(target, faults, rounds, writers, readers) -> tuple[Report, object]:
+def _run(
+    target: ConfiguredTarget | ComposedTarget, faults: list[Fault], rounds: int, writers: int, readers: int
+) -> tuple[Report, Log]:
     become_subreaper()  # the servers of a pgaurora the drill kills become ours to reap
     reaper = start_reaper()
     try:

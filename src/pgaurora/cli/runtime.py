@@ -81,9 +81,9 @@ async def _serve(service: Service, on_ready: Callable[[], None]) -> None:
             ready.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ready
-        elif ready.exception() is not None:
+        elif (failure := ready.exception()) is not None:
             stopping.cancel()
-            raise ready.exception()
+            raise failure
         await stopping
     finally:
         await service.stop()

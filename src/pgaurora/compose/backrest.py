@@ -7,10 +7,19 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Protocol
 
 from ..core.errors import ClusterError
-from .node import LocalNode
 from .runas import OsUser
+
+
+class BackedNode(Protocol):
+    """What pgBackRest needs to know of a node: where its data and socket are, and its port."""
+
+    datadir: Path
+    sockdir: Path
+    port: int
+
 
 BACKREST_DIR = "backrest"
 SEGMENT = re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}$")
@@ -75,10 +84,10 @@ class BackRest:
             f.write("\n".join(lines) + "\n")
         self.user.chown(str(self.conf))
 
-    def archive_command(self, node: LocalNode) -> str:
+    def archive_command(self, node: BackedNode) -> str:
         return f"{self.binary} --config={self.conf} --stanza={self.stanza} --pg1-path={node.datadir} archive-push %p"
 
-    def restore_command(self, node: LocalNode) -> str:
+    def restore_command(self, node: BackedNode) -> str:
         return (
             f'{self.binary} --config={self.conf} --stanza={self.stanza} --pg1-path={node.datadir} archive-get %f "%p"'
         )
@@ -89,18 +98,18 @@ class BackRest:
         )
 
     @staticmethod
-    def _pg(index: int, node: LocalNode) -> list[str]:
+    def _pg(index: int, node: BackedNode) -> list[str]:
         return [
             f"--pg{index}-path={node.datadir}",
             f"--pg{index}-socket-path={node.sockdir}",
             f"--pg{index}-port={node.port}",
         ]
 
-    def stanza_create(self, writer: LocalNode) -> None:
+    def stanza_create(self, writer: BackedNode) -> None:
         """Make the stanza (once; again is a no-op when it matches the cluster)."""
         self.run("stanza-create", *self._pg(1, writer), timeout=120)
 
-    def backup(self, kind: str, writer: LocalNode, standby: LocalNode | None) -> str:
+    def backup(self, kind: str, writer: BackedNode, standby: BackedNode | None) -> str:
         """A backup (full, diff or incr), copied from the standby when one is given; its label."""
         before = {b["label"] for b in self.backups()}
         extra = [*self._pg(2, standby), "--backup-standby"] if standby is not None else []
@@ -138,7 +147,7 @@ class BackRest:
         times = [p.stat().st_mtime for p in archive.rglob("*") if p.is_file() and SEGMENT.match(p.name[:24])]
         return max(times, default=None)
 
-    def push_timeline(self, node: LocalNode, timeline: int) -> list[str]:
+    def push_timeline(self, node: BackedNode, timeline: int) -> list[str]:
         """archive-push every complete WAL segment of `timeline` still in node's pg_wal (those already in the
         repository are recognised by their checksum and skipped). Closes the gap an old primary leaves when
         it dies before archiving segments its standbys received. The segments pushed."""

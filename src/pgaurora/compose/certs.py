@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..core.errors import ClusterError
+
 VALID_DAYS = 825  # the longest leaf lifetime clients such as macOS accept
 
 
@@ -61,6 +63,8 @@ class CertAuthority:
         if cert_path.exists() and key_path.exists():
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ClusterError(f"{key_path} is not the elliptic-curve key pgaurora made")
             return cls(directory, cert, key)
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import ClusterError
 from .runas import OsUser
@@ -107,7 +108,9 @@ class LocalNode:
             self._proc = None
         self.last_exit = None
         with open(self.logfile, "ab") as log:
-            kwargs = {} if self.user.is_self else {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
+            kwargs: dict[str, Any] = (
+                {} if self.user.is_self else {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
+            )
             self._proc = subprocess.Popen(
                 [self.bin("postgres"), "-D", str(self.datadir)],
                 stdin=subprocess.DEVNULL,

@@ -6,6 +6,7 @@ import os
 import pwd
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.errors import ClusterError
 
@@ -31,7 +32,7 @@ class OsUser:
         timeout: float = 120,
         cwd: str | None = None,
     ) -> subprocess.CompletedProcess:
-        kwargs = {} if self.is_self else {"user": self.uid, "group": self.gid, "extra_groups": []}
+        kwargs: dict[str, Any] = {} if self.is_self else {"user": self.uid, "group": self.gid, "extra_groups": []}
         full_env = {**os.environ, "HOME": cwd or "/", **(env or {})}
         try:
             result = subprocess.run(

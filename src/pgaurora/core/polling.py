@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from .errors import PgAuroraError
+
+T = TypeVar("T")
 
 
 class Timeout(PgAuroraError, TimeoutError):
     """A condition did not become true in time."""
 
 
-def wait_for(what: str, predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> object:
+def wait_for(what: str, predicate: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
     """predicate()'s first true value, polled until a deadline; Timeout naming what did not happen."""
     deadline = time.monotonic() + timeout
     while True:

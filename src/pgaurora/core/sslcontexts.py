@@ -17,7 +17,7 @@ class Contexts:
     def __init__(self, tls: TlsConfig) -> None:
         self.tls = tls
         self.server = server_context(tls) if tls.client_mode is not ClientTls.DISABLE else None
-        self.certificate = _first_certificate(_cert_file(tls)) if self.server is not None else None
+        self.certificate = _first_certificate(certificate_file(tls)) if self.server is not None else None
         self.client = client_context(tls) if tls.backend_tls is not BackendTls.DISABLE else None
 
     @property
@@ -30,11 +30,11 @@ class Contexts:
         if self.server is None:
             return False
         server = server_context(self.tls)
-        self.server, self.certificate = server, _first_certificate(_cert_file(self.tls))
+        self.server, self.certificate = server, _first_certificate(certificate_file(self.tls))
         return True
 
 
-def _cert_file(tls: TlsConfig) -> str:
+def certificate_file(tls: TlsConfig) -> str:
     """The certificate file, which the config requires wherever TLS is on."""
     if tls.cert_file is None:
         raise ConfigError(["tls: cert_file is required when TLS is on"])
@@ -54,7 +54,7 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_RENEGOTIATION
     ctx.set_alpn_protocols([ALPN])
     try:
-        ctx.load_cert_chain(_cert_file(tls), tls.key_file)
+        ctx.load_cert_chain(certificate_file(tls), tls.key_file)
         if tls.ca_file:
             ctx.load_verify_locations(tls.ca_file)
             ctx.verify_mode = ssl.CERT_OPTIONAL
@@ -69,7 +69,7 @@ def admin_context(tls: TlsConfig, client_ca_file: str | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(_cert_file(tls), tls.key_file)
+        ctx.load_cert_chain(certificate_file(tls), tls.key_file)
         if client_ca_file:
             ctx.load_verify_locations(client_ca_file)
             ctx.verify_mode = ssl.CERT_OPTIONAL

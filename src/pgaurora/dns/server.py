@@ -66,9 +66,9 @@ class DnsServer:
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer) -> None:
         self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: asyncio.DatagramTransport = None  # type: ignore[assignment]  # set by connection_made(), which asyncio calls first
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]  # UDP's transport
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:

@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 import asyncpg
 
+from ..core.errors import ClusterError
 from ..core.polling import wait_for
 from .faults import ISOLATION_SECONDS, Fault
 from .report import Consistency, Report, RoundResult
-from .target import Target
+from .target import ComposedTarget, Target
 from .workload import TABLE, Log, Workload
 
 
@@ -140,8 +141,11 @@ class Drill:
 
     def _restart_pgaurora(self, node: str, old: str, at: float) -> str:
         self.target.node(node).kill()
-        self.target.kill_pgaurora()
-        self.target.start_pgaurora()
+        target = self.target
+        if not isinstance(target, ComposedTarget):
+            raise ClusterError("restart-pgaurora needs a cluster the drill composes")
+        target.kill_pgaurora()
+        target.start_pgaurora()
         return self._after_primary_fault(node, at, self._start(node))
 
     def _replica_fault(self, node: str, at: float, inject, restore) -> str:
@@ -231,14 +235,13 @@ class Drill:
         check.split_brain = split_brain_writes(self.log)
         return check
 
+    def _replayed(self, address: tuple[str, int], lsn: int) -> Callable[[], bool]:
+        return lambda: bool(asyncio.run(_fetchval(address, self.target, REPLAYED)) >= lsn)
+
     def _wait_replicas_caught_up(self) -> None:
         writer = asyncio.run(_fetchval(self.target.writer, self.target, "SELECT pg_current_wal_lsn() - '0/0'"))
         for node in self.target.nodes:
-            wait_for(
-                f"{node.name} to replay everything",
-                lambda node=node: asyncio.run(_fetchval(node.address, self.target, REPLAYED)) >= writer,
-                60,
-            )
+            wait_for(f"{node.name} to replay everything", self._replayed(node.address, writer), 60)
 
 
 def wait_for_quietly(probe: Callable[[], object], seconds: float) -> list:

@@ -11,6 +11,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..compose import LocalCluster
 from ..compose.ports import free_ports
@@ -19,7 +20,7 @@ from ..core.errors import ClusterError
 from ..service.admin import client as admin_client
 
 
-def _get(url: str, method: str = "GET", timeout: float = 5) -> object:
+def _get(url: str, method: str = "GET", timeout: float = 5) -> Any:
     parts = urllib.parse.urlsplit(url)
     base, path = f"{parts.scheme}://{parts.netloc}", parts.path + (f"?{parts.query}" if parts.query else "")
     return admin_client.call(base, path, method, {} if method == "POST" else None, timeout)
@@ -69,7 +70,8 @@ class Partition:
 
 
 class Target:
-    """What the drill needs of a cluster: endpoints, pgaurora's admin API, the nodes, partitions."""
+    """What the drill needs of a cluster: endpoints, pgaurora's admin API, the nodes, partitions. Only a
+    composed target can restart pgaurora (the restart-pgaurora fault, which check_faults allows only there)."""
 
     writer: tuple[str, int]
     reader: tuple[str, int]
@@ -184,28 +186,10 @@ class ComposedTarget(Target):
             kind = DockerCluster
         self.cluster = kind(workdir / "cluster", replicas=replicas, port=port, base_address=base_address)
         self.nodes = self.cluster.nodes
-        self.proc: subprocess.Popen | None = None
-
-    # -- endpoints ------------------------------------------------------------------------------
-    @property
-    def writer(self) -> tuple[str, int]:
-        return "127.0.0.1", self.ports[0]
-
-    @property
-    def reader(self) -> tuple[str, int]:
-        return "127.0.0.1", self.ports[1]
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports[2]}"
-
-    @property
-    def user(self) -> str:
-        return "postgres"
-
-    @property
-    def password(self) -> str:
-        return self.cluster.password
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.writer, self.reader = ("127.0.0.1", self.ports[0]), ("127.0.0.1", self.ports[1])
+        self.admin_url = f"http://127.0.0.1:{self.ports[2]}"
+        self.user, self.password = "postgres", self.cluster.password
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:

@@ -136,7 +136,8 @@ class Workload:
                 self.log.acks.append(Ack(time.time(), writer, seq, node, timeline))
                 seq += 1  # a failed insert is retried with the same number: it may have committed
             except Exception as exc:
-                conn = await self._failed("write", exc, conn)
+                await self._failed("write", exc, conn)
+                conn = None
 
     async def _read(self) -> None:
         conn = None
@@ -147,11 +148,11 @@ class Workload:
                 self.log.reads.append(Read(time.time(), node))
                 await asyncio.sleep(self.read_pause)
             except Exception as exc:
-                conn = await self._failed("read", exc, conn)
+                await self._failed("read", exc, conn)
+                conn = None
 
     async def _failed(self, role: str, exc: Exception, conn: asyncpg.Connection | None) -> None:
         self.log.failures.append(Failure(time.time(), role, _code(exc)))
         if conn is not None:
             conn.terminate()
         await asyncio.sleep(0.05)
-        return None

@@ -40,18 +40,30 @@ log = logging.getLogger("pgaurora.monitor")
 class Standing(Protocol):
     """An instance's standing as its coordinator last judged it."""
 
-    role: InstanceRole
-    reason: str
+    @property
+    def role(self) -> InstanceRole: ...
+
+    @property
+    def reason(self) -> str: ...
 
 
 class Coordinator(Protocol):
     """What the monitor uses of the DCS member (dcs.member.Member) when several instances share a cluster."""
 
-    me: str
-    state_key: str
-    verdict: Standing
-    members: dict[str, dict[str, Any]]
-    shared: tuple[dict[str, Any] | None, dict[str, Any] | None]
+    @property
+    def me(self) -> str: ...
+
+    @property
+    def state_key(self) -> str: ...
+
+    @property
+    def verdict(self) -> Standing: ...
+
+    @property
+    def members(self) -> dict[str, dict[str, Any]]: ...
+
+    @property
+    def shared(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]: ...
 
     @property
     def leader(self) -> str | None: ...

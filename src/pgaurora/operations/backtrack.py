@@ -5,20 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 from ..compose.backrest import recovered_to
 from ..compose.restore import check_range, parse_time
 from ..core import config as config_mod
 from ..core.errors import ActionFailed, ClusterError
-from .guard import composed, exclusive
-
-if TYPE_CHECKING:
-    from ..service.app import Service
+from .backups import Backups
+from .guard import ComposedCluster, ComposedNode, Host, composed, exclusive
 
 KEEP = 24 * 3600.0  # how long the nodes a backtrack replaced are kept, stopped, for --undo
 STATE_FILE = "backtrack.json"
 EXPIRY_POLL = 60.0
+
+
+class BacktrackHost(Host, Protocol):
+    """The running service, with the backups a backtrack restores from."""
+
+    @property
+    def backups(self) -> Backups | None: ...
 
 
 class Backtrack:
@@ -26,7 +33,7 @@ class Backtrack:
     and moves both endpoints to the new one in a new epoch. The old set stays, stopped, for `keep` seconds:
     undo() swaps back."""
 
-    def __init__(self, service: Service, keep: float = KEEP) -> None:
+    def __init__(self, service: BacktrackHost, keep: float = KEEP) -> None:
         self.service, self.keep = service, keep
         self._task: asyncio.Task[Any] | None = None
 
@@ -48,7 +55,7 @@ class Backtrack:
             old = [n.name for n in cluster.nodes]
             started = time.monotonic()
 
-            def restore(node):
+            def restore(node: ComposedNode) -> None:
                 return backups.engine.restore(node.datadir, moment.isoformat(sep=" "))
 
             try:
@@ -99,7 +106,9 @@ class Backtrack:
             )
             return {"writer": writer, "nodes": previous, "unavailable_seconds": round(pause, 3), "previous": current}
 
-    async def _swap(self, cluster, leaving: list[str], coming: list[str], writer: str, reason: str) -> float:
+    async def _swap(
+        self, cluster: ComposedCluster, leaving: list[str], coming: list[str], writer: str, reason: str
+    ) -> float:
         """Stop the leaving nodes (the writer is unavailable from here), serve the coming ones. The pause."""
         started = time.monotonic()
         await asyncio.to_thread(self._stop, cluster, leaving)
@@ -109,14 +118,16 @@ class Backtrack:
         return pause
 
     @staticmethod
-    def _stop(cluster, names: list[str]) -> None:
+    def _stop(cluster: ComposedCluster, names: list[str]) -> None:
         for name in names:
             node = cluster.node(name)
             if node.running:
                 node.stop("fast")
 
     @staticmethod
-    def _start(cluster, names: list[str], restore_command) -> str | None:
+    def _start(
+        cluster: ComposedCluster, names: list[str], restore_command: Callable[[ComposedNode], str]
+    ) -> str | None:
         """Start the nodes; the one that stopped as a primary comes back on a new timeline. That primary."""
         primary = next((n for n in names if cluster.node(n).stopped_as_primary()), None)
         if primary is not None:
@@ -126,21 +137,21 @@ class Backtrack:
                 cluster.node(name).start()
         return primary
 
-    def _config_for(self, cluster, names: list[str]) -> config_mod.Config:
+    def _config_for(self, cluster: ComposedCluster, names: list[str]) -> config_mod.Config:
         config = self.service.config
         nodes = [{"name": n.name, "host": n.host, "port": n.port} for n in cluster.nodes if n.name in names]
         return config_mod.build(
             {**config.model_dump(mode="json", exclude_none=True), "nodes": nodes}, "the backtracked nodes"
         )
 
-    def _parts(self):
+    def _parts(self) -> tuple[ComposedCluster, Backups]:
         cluster = composed(self.service, "backtrack")
         if self.service.backups is None:
             raise ActionFailed("backtrack restores from the backups: start pgaurora up with --backups")
         return cluster, self.service.backups
 
     # -- what a backtrack left behind ------------------------------------------------------------
-    def _path(self):
+    def _path(self) -> Path:
         return composed(self.service, "backtrack").root / STATE_FILE
 
     def _remember(self, state: dict[str, Any]) -> None:
@@ -148,7 +159,8 @@ class Backtrack:
 
     def _remembered(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self._path().read_text())
+            state: dict[str, Any] = json.loads(self._path().read_text())
+            return state
         except (FileNotFoundError, ValueError):
             return None
 
@@ -162,7 +174,7 @@ class Backtrack:
             async with exclusive(self.service):
                 await self._forget(composed(self.service, "backtrack"), "backtrack_keep ran out")
 
-    async def _forget(self, cluster, why: str) -> None:
+    async def _forget(self, cluster: ComposedCluster, why: str) -> None:
         """Remove the parked nodes: the last backtrack can no longer be undone."""
         parked = list(cluster.parked)
         await asyncio.to_thread(cluster.forget_nodes, parked)

@@ -7,18 +7,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
 from ..compose.backrest import BackRest
+from ..compose.runas import OsUser
 from ..core.config import BackupConfig
 from ..core.errors import ActionFailed, ClusterError
 from ..core.sslcontexts import node_ssl
-from .guard import exclusive
-
-if TYPE_CHECKING:
-    from ..service.app import Service
+from .guard import ComposedCluster, ComposedNode, Host, exclusive
 
 log = logging.getLogger("pgaurora.backups")
 
@@ -45,7 +43,7 @@ class ArchiveStatus:
     error: str | None = None
 
 
-def engine_for(config: BackupConfig, root: Path, stanza: str, user) -> BackRest:
+def engine_for(config: BackupConfig, root: Path, stanza: str, user: OsUser) -> BackRest:
     repository = Path(config.repository) if config.repository else None
     return BackRest(root, stanza, user, repository, config.passphrase(), config.retention_full, config.options)
 
@@ -54,7 +52,7 @@ class Backups:
     """Set up when the service starts; then it watches the writer's archiver, closes the WAL gap a dying
     primary leaves, and runs the schedule. Backups are taken from a healthy replica when there is one."""
 
-    def __init__(self, service: Service, config: BackupConfig, cluster) -> None:
+    def __init__(self, service: Host, config: BackupConfig, cluster: ComposedCluster) -> None:
         self.service, self.config, self.cluster = service, config, cluster
         self.engine = engine_for(config, cluster.root, service.config.cluster, cluster.user)
         self.archive = ArchiveStatus()
@@ -75,7 +73,7 @@ class Backups:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch()), loop.create_task(self._schedule())]
 
-    def _setup(self, writer) -> None:
+    def _setup(self, writer: ComposedNode) -> None:
         self.engine.write_config()
         self.cluster.archive_with(self.engine.archive_command)
         self.engine.stanza_create(writer)
@@ -234,7 +232,7 @@ class Backups:
             "restorable": {"from": earliest, "to": newest_wal} if earliest and newest_wal else None,
         }
 
-    def _node(self, name: str | None):
+    def _node(self, name: str | None) -> ComposedNode:
         if name is None:
             raise ActionFailed("no writer is known")
         return self.cluster.node(name)
@@ -271,7 +269,7 @@ def due(backups: list[dict[str, Any]], now: float, full_every: float | None, inc
     return None
 
 
-def describe(backup: dict[str, Any]) -> dict:
+def describe(backup: dict[str, Any]) -> dict[str, Any]:
     """One backup as pgaurora shows it."""
     stamp = backup["timestamp"]
     return {

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ..core.config import Config
 from ..core.errors import ActionFailed
+from ..core.eventlog import EventLog
+from ..core.topology import TopologyHub
+from ..health.commands import Command
 
 if TYPE_CHECKING:
     from ..compose.runas import OsUser
-    from ..service.app import Service
 
 DRAIN_TIMEOUT = 30.0
 
@@ -25,6 +28,8 @@ class ComposedNode(Protocol):
     host: str
     port: int
     datadir: Path
+    logfile: Path
+    sockdir: Path
 
     @property
     def running(self) -> bool: ...
@@ -72,7 +77,51 @@ class ComposedCluster(Protocol):
     def forget_nodes(self, names: list[str]) -> None: ...
 
 
-def composed(service: Service, what: str):
+class Sessions(Protocol):
+    """The proxy's count of live sessions per node."""
+
+    def count(self, node: str) -> int: ...
+
+
+class Commands(Protocol):
+    """The monitor, as the operations use it: commands run between its ticks."""
+
+    async def request(self, command: Command) -> dict[str, Any]: ...
+
+
+class Host(Protocol):
+    """What the operations use of the running service (service.app.Service), read-only."""
+
+    @property
+    def cluster(self) -> ComposedCluster | None: ...
+
+    @property
+    def member(self) -> object | None: ...  # several instances ([dcs]): the operations refuse
+
+    @property
+    def operations(self) -> asyncio.Lock: ...
+
+    @property
+    def proxy_state(self) -> Sessions: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def events(self) -> EventLog: ...
+
+    @property
+    def hub(self) -> TopologyHub: ...
+
+    @property
+    def monitor(self) -> Commands: ...
+
+    async def apply_config(self, new: Config, why: str) -> object: ...
+
+    async def replace_nodes(self, new: Config, writer: str, reason: str) -> dict[str, Any]: ...
+
+
+def composed(service: Host, what: str) -> ComposedCluster:
     """The cluster pgaurora composed (its controller), or ActionFailed saying why `what` cannot run."""
     cluster = service.cluster
     if cluster is None:
@@ -86,7 +135,7 @@ def composed(service: Service, what: str):
 
 
 @asynccontextmanager
-async def exclusive(service: Service):
+async def exclusive(service: Host) -> AsyncIterator[None]:
     """One scaling or maintenance operation at a time; a second is refused rather than queued."""
     if service.operations.locked():
         raise ActionFailed(
@@ -97,7 +146,7 @@ async def exclusive(service: Service):
         yield
 
 
-async def end_sessions(service: Service, cluster, name: str, drain_timeout: float) -> int:
+async def end_sessions(service: Host, cluster: ComposedCluster, name: str, drain_timeout: float) -> int:
     """Wait up to drain_timeout for a drained node's sessions to end by themselves, then end the rest: PostgreSQL
     sends each FATAL 57P01 (terminating connection due to administrator command). How many were ended."""
     state = service.proxy_state

@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.errors import ActionFailed, ClusterError
-from ..core.topology import Health, Role
+from ..core.topology import Health, Role, Topology
 from ..health.commands import Drain, Switchover, Undrain
-from .guard import DRAIN_TIMEOUT, composed, end_sessions, exclusive
-
-if TYPE_CHECKING:
-    from ..service.app import Service
+from .guard import DRAIN_TIMEOUT, ComposedCluster, Host, composed, end_sessions, exclusive
 
 CATCH_UP_TIMEOUT = 120.0
 SETTING = re.compile(r"^[a-z_][a-z0-9_.]{0,62}$")
@@ -38,7 +35,7 @@ def check_settings(settings: dict[str, str]) -> None:
         raise ActionFailed("; ".join(problems))
 
 
-def _caught_up(topology, name: str, drained: bool) -> bool:
+def _caught_up(topology: Topology, name: str, drained: bool) -> bool:
     """Serving reads again; for a replica an operator drained, healthy (in time and lag) instead."""
     if not drained:
         return name in topology.readers
@@ -51,7 +48,7 @@ class Maintenance:
     a restarted replica; then the old primary, now a replica. Every step is a `maintenance` event, and the
     restart stops, leaving every node running, at the first step that fails or when the cluster is unhealthy."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Host) -> None:
         self.service = service
         self._epoch: int | None = None  # the writer's epoch when the running restart began
 
@@ -66,6 +63,9 @@ class Maintenance:
             topology = self.service.hub.current
             self._epoch = topology.epoch  # a change of writer under the restart ends it: its plan no longer holds
             replicas = [n.name for n in topology.nodes if n.role is Role.REPLICA]
+            writer = topology.writer
+            if writer is None:  # _require_healthy() saw one: it went away since
+                raise ActionFailed("rolling restart stopped: there is no writer now")
             try:
                 expected = await asyncio.to_thread(cluster.check_restart, replicas[0], settings, bindir)
             except ClusterError as exc:
@@ -83,8 +83,8 @@ class Maintenance:
             except ActionFailed as exc:
                 raise ActionFailed(f"rolling restart stopped at the switchover: {exc}") from None
             self._epoch = switched["epoch"]  # its own change of writer
-            await self._rejoined(topology.writer)
-            await self._restart_replica(cluster, topology.writer, settings, bindir, drain_timeout)
+            await self._rejoined(writer)
+            await self._restart_replica(cluster, writer, settings, bindir, drain_timeout)
             if bindir:
                 await asyncio.to_thread(cluster.use_bindir, bindir)
             values = await self._values(cluster, settings)
@@ -106,7 +106,9 @@ class Maintenance:
                 "seconds": round(took, 2),
             }
 
-    async def _restart_replica(self, cluster, name: str, settings, bindir, drain_timeout: float) -> None:
+    async def _restart_replica(
+        self, cluster: ComposedCluster, name: str, settings: dict[str, str], bindir: str | None, drain_timeout: float
+    ) -> None:
         self._require_healthy(f"stopped before {name}")
         monitor = self.service.monitor
         kept_drained = self.service.hub.current.by_name[name].drained  # an operator's drain outlives the restart
@@ -134,7 +136,7 @@ class Maintenance:
     async def _rejoined(self, name: str) -> None:
         """The old primary shows as a healthy replica (the monitor sees it at its next probe)."""
 
-        def replica(t) -> bool:
+        def replica(t: Topology) -> bool:
             node = t.by_name.get(name)
             return node is not None and node.role is Role.REPLICA and node.health is Health.HEALTHY
 
@@ -163,7 +165,7 @@ class Maintenance:
         if problems:
             raise ActionFailed(f"rolling restart {what}: the cluster is not healthy ({'; '.join(problems)})")
 
-    async def _values(self, cluster, settings: dict[str, str]) -> dict[str, dict[str, str]]:
+    async def _values(self, cluster: ComposedCluster, settings: dict[str, str]) -> dict[str, dict[str, str]]:
         """Each node's pg_settings.setting for every setting asked for, as the nodes run now."""
         names = ", ".join(f"'{name}'" for name in settings)
         query = f"SELECT string_agg(name || '=' || setting, ',' ORDER BY name) FROM pg_settings WHERE name IN ({names})"
@@ -173,5 +175,5 @@ class Maintenance:
             values[node.name] = dict(pair.split("=", 1) for pair in out.split(",") if pair)
         return values
 
-    def _step(self, reason: str, **fields) -> None:
+    def _step(self, reason: str, **fields: Any) -> None:
         self.service.events.record("maintenance", reason, **fields)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core import config as config_mod
 from ..core.errors import ActionFailed, ClusterError
 from ..core.topology import Topology
 from ..health import quorum
 from ..health.commands import Drain, Retire, Undrain
-from .guard import DRAIN_TIMEOUT, composed, end_sessions, exclusive
-
-if TYPE_CHECKING:
-    from ..service.app import Service
+from .guard import DRAIN_TIMEOUT, ComposedCluster, Host, composed, end_sessions, exclusive
 
 log = logging.getLogger("pgaurora.scaling")
 
@@ -27,7 +24,7 @@ class Scaler:
     """One operation at a time; every step is an event. Adding: clone, configure, wait for reads. Removing:
     drain, leave synchronous replication, wait drain_timeout for the sessions, end the rest (57P01), forget."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Host) -> None:
         self.service = service
 
     async def add(self, count: int = 1) -> list[dict[str, Any]]:
@@ -35,7 +32,7 @@ class Scaler:
         async with exclusive(self.service):
             return [await self._add_one(cluster) for _ in range(count)]
 
-    async def _add_one(self, cluster) -> dict[str, Any]:
+    async def _add_one(self, cluster: ComposedCluster) -> dict[str, Any]:
         writer = self._topology().writer
         if writer is None:
             raise ActionFailed("no writer is known: a new replica needs one to clone")
@@ -85,7 +82,7 @@ class Scaler:
         async with exclusive(self.service):
             return await self._remove(cluster, name, drain_timeout)
 
-    async def _remove(self, cluster, name: str, drain_timeout: float) -> dict[str, Any]:
+    async def _remove(self, cluster: ComposedCluster, name: str, drain_timeout: float) -> dict[str, Any]:
         monitor, events = self.service.monitor, self.service.events
         await monitor.request(Drain(name))
         await monitor.request(Retire(name))
@@ -103,7 +100,7 @@ class Scaler:
             await monitor.request(Undrain(name))
             raise
         await self.service.apply_config(self._with_nodes(cluster, without=name), f"replica {name} removed")
-        await asyncio.to_thread(cluster.remove_replica, name, self._topology().writer)
+        await asyncio.to_thread(cluster.remove_replica, name, self._topology().writer or "")
         events.record(
             "replica_removed",
             f"{name} removed: slot dropped, files deleted; {ended} session(s) were ended after the drain timeout",
@@ -126,7 +123,7 @@ class Scaler:
     def _topology(self) -> Topology:
         return self.service.hub.current
 
-    def _with_nodes(self, cluster, without: str | None = None) -> config_mod.Config:
+    def _with_nodes(self, cluster: ComposedCluster, without: str | None = None) -> config_mod.Config:
         """The running config with the cluster's nodes as they are now (priorities kept)."""
         config = self.service.config
         old = {n.name: n for n in config.nodes}

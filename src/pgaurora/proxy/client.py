@@ -34,7 +34,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made(), which asyncio calls first
         self.decoder = StartupDecoder()
         self.server: ServerProtocol | None = None
         self.pending = b""  # bytes for the server that arrived before it was connected
@@ -46,7 +46,7 @@ class ClientProtocol(asyncio.Protocol):
         self.disallowed = False  # refused by the endpoint's allow-list: closed at once
 
     # -- asyncio callbacks ---------------------------------------------------------
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream's Transport
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if not self.endpoint.admits(peer[0] if peer else ""):
@@ -59,7 +59,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.server is not None:
-            if self.tls is not None and not self._binding_refused(data):
+            if self.tls is not None and not self._binding_refused(self.server, data):
                 return
             self.server.transport.write(data)  # authentication exchange
         elif self.task is not None:
@@ -135,7 +135,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _start_tls(self, early: bytes) -> None:
         self.endpoint.state.tls_started()
-        self.certificate = self.endpoint.tls.certificate
+        self.certificate = self.endpoint.tls.certificate if self.endpoint.tls is not None else None
         self.tls = TlsTransport(
             self.transport,
             self._tls_context(),
@@ -151,10 +151,10 @@ class ClientProtocol(asyncio.Protocol):
         and the node presents the very certificate this client saw."""
         return self.tls is not None and server.encrypted and server.peer_certificate == self.certificate
 
-    def _binding_refused(self, data: bytes) -> bool:
+    def _binding_refused(self, server: ServerProtocol, data: bytes) -> bool:
         """A TLS client that would bind but was told the server cannot (flag y) is refused by a node on TLS
         as a downgrade attack; say why, rather than relay that opaque failure. True: forward data."""
-        if data[:1] != b"p" or not self.server.encrypted or self.binding_passes(self.server):
+        if data[:1] != b"p" or not server.encrypted or self.binding_passes(server):
             return True
         initial = sasl_initial_flag(memoryview(data)[5 : 5 + int.from_bytes(data[1:5], "big") - 4])
         if initial is None or initial[1] != b"y":
@@ -172,7 +172,7 @@ class ClientProtocol(asyncio.Protocol):
         if exc is not None:
             log.info("TLS handshake with a client failed: %s", exc)
             return
-        if direct and self.tls.alpn != ALPN:
+        if direct and (self.tls is None or self.tls.alpn != ALPN):
             self.fail("08P01", "received direct SSL connection request without ALPN protocol negotiation extension")
 
     def _start(self, coro) -> None:

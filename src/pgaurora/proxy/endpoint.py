@@ -6,6 +6,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+from collections.abc import Callable
 
 from ..core.config import Config, CustomEndpointConfig, Listen
 from ..core.errors import NodeTlsFailed, NoWriterAvailable, ProxyError, TooManyConnections, UpstreamUnavailable
@@ -95,7 +96,7 @@ class Endpoint:
                     if not self.config.failover.enabled:
                         raise
                     raise _writer_unavailable(exc, self.hub.current) from None
-                await self.hub.wait_for(lambda t, seen=topology: t.version != seen.version, remaining)
+                await self.hub.wait_for(_changed_since(topology), remaining)
 
     async def _dial_any(self, client: ClientProtocol, nodes: list[NodeState]) -> ServerProtocol:
         errors, tls_failures = [], []
@@ -168,6 +169,11 @@ def _in_networks(peer: str, networks: tuple[str, ...]) -> bool:
     except ValueError:
         return False
     return any(address in network for network in _parsed(networks) if network.version == address.version)
+
+
+def _changed_since(seen: Topology) -> Callable[[Topology], bool]:
+    """A predicate for TopologyHub.wait_for: any topology newer than seen."""
+    return lambda t: t.version != seen.version
 
 
 def _writer_unavailable(exc: ProxyError, topology: Topology) -> ProxyError:

@@ -19,7 +19,7 @@ from ..wire import error_response
 from .tls import TlsTransport
 
 try:
-    from . import _relay
+    from . import _relay  # type: ignore[attr-defined]  # the C extension, which has no stubs
 except ImportError:  # built without a compiler: pure-Python fallback
     _relay = None
 

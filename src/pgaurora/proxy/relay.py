@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from ..wire import error_response
 
 if TYPE_CHECKING:
+    from .native import NativeRelay
+    from .sockmap import SockMap
     from .state import CancelKey, ProxyState
 
 log = logging.getLogger("pgaurora.proxy")
@@ -27,7 +29,7 @@ class Pipe(asyncio.Protocol):
 
     def __init__(self, session: Session, transport: asyncio.Transport) -> None:
         self.session, self.transport = session, transport
-        self.peer: asyncio.Transport | None = None
+        self.peer: asyncio.Transport = None  # type: ignore[assignment]  # set by Session before the pipe reads
 
     def data_received(self, data: bytes) -> None:
         self.peer.write(data)
@@ -125,14 +127,28 @@ class Session:
         client_sock = self.client.transport.get_extra_info("socket")
         server_sock = self.server.transport.get_extra_info("socket")
         try:
-            self.cookies = self.state.sockmap.splice(client_sock, server_sock, self.state.both_ways)
+            self.cookies = self._kernel.splice(client_sock, server_sock, self.state.both_ways)
         except OSError as exc:
             log.warning("kernel relay refused a session (%s); relaying it in Python", exc)
+
+    @property
+    def _kernel(self) -> SockMap:
+        """The kernel relay: a session has its cookies only where it exists."""
+        if self.state.sockmap is None:
+            raise RuntimeError("no kernel relay")
+        return self.state.sockmap
+
+    @property
+    def _native(self) -> NativeRelay:
+        """The relay threads: a session has a native id only where they exist."""
+        if self.state.native is None:
+            raise RuntimeError("no native relay")
+        return self.state.native
 
     def at_message_boundary(self) -> bool:
         """Did the server's last bytes end with ReadyForQuery? Then an ErrorResponse can be injected safely."""
         if self.cookies is not None and self.state.both_ways:
-            kernel = self.state.sockmap.ended_with_ready_for_query(self.cookies[1])
+            kernel = self._kernel.ended_with_ready_for_query(self.cookies[1])
             if kernel is not None:
                 return kernel
         last = self.server.last
@@ -143,7 +159,7 @@ class Session:
         if self.closed:
             return
         if self.native_id is not None:
-            self.state.native.terminate(self.native_id, sqlstate, message)
+            self._native.terminate(self.native_id, sqlstate, message)
         elif self.at_message_boundary() and not self.client.transport.is_closing():
             self.client.transport.write(error_response(sqlstate, message))
         self._close()
@@ -166,7 +182,7 @@ class Session:
         self.state.session_ended(self)
         self.state.client_closed()
         if self.cookies is not None:
-            self.state.sockmap.forget(*self.cookies)
+            self._kernel.forget(*self.cookies)
         for pipe in (self.client, self.server):
             if not pipe.transport.is_closing():
                 pipe.transport.close()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 log = logging.getLogger("pgaurora.proxy")
 READ_SIZE = 16384 + 1024  # a TLS record holds at most 16 kB of plaintext; SSL_read returns one at a time
@@ -178,7 +179,7 @@ class TlsTransport(asyncio.Transport):
         return self._raw.get_write_buffer_size() + self._out.pending
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._app = protocol
+        self._app = cast(asyncio.Protocol, protocol)  # a stream transport carries stream protocols
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._app

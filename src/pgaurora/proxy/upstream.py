@@ -38,7 +38,7 @@ class ServerProtocol(asyncio.Protocol):
 
     def __init__(self, client: ClientProtocol, node: NodeState) -> None:
         self.client, self.node = client, node
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made(), which asyncio calls first
         self.framer = Framer(max_message=MAX_AUTH_MESSAGE)
         self.cancel_key: tuple[int, bytes] | None = None
         self.saw_error = False
@@ -51,7 +51,7 @@ class ServerProtocol(asyncio.Protocol):
     def peer_certificate(self) -> bytes | None:
         return self.transport.get_extra_info("ssl_object").getpeercert(True) if self.encrypted else None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream's Transport
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -103,7 +103,7 @@ class _Negotiation(asyncio.Protocol):
     def __init__(self) -> None:
         self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream's Transport
         transport.write(encode(SSLRequest()))
 
     def data_received(self, data: bytes) -> None:
@@ -152,7 +152,7 @@ async def _secure(
         server_side=False,
         app=server,
         server_hostname=hostname,
-        on_handshake=lambda exc: done.done() or done.set_result(exc),
+        on_handshake=lambda exc: None if done.done() else done.set_result(exc),
     )
     if (exc := await done) is not None:
         raise NodeTlsFailed(f"TLS handshake with node {node.name} failed: {exc}")

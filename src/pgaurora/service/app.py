@@ -83,7 +83,7 @@ class Service:
         self.scaler = Scaler(self)
         self.maintenance = Maintenance(self)
         self.backups = self._backups(config, cluster)
-        self.backtrack = Backtrack(self, config.backup.backtrack_keep) if self.backups is not None else None
+        self.backtrack = Backtrack(self, self.backups.config.backtrack_keep) if self.backups is not None else None
         self.supervisor = self._supervisor(config, cluster)
         self.admin = AdminServer(self, config.admin.host, config.admin.port)
         self._monitor_task: asyncio.Task | None = None
@@ -127,8 +127,8 @@ class Service:
         topology = self.hub.current
         if topology.readers:
             return list(topology.readers)
-        fallback = self.config.reader.fallback is ReaderFallback.PRIMARY and topology.writer
-        return [topology.writer] if fallback else []
+        fallback = self.config.reader.fallback is ReaderFallback.PRIMARY
+        return [topology.writer] if fallback and topology.writer else []
 
     def reload_tls(self) -> bool:
         """Read the endpoints' certificate and key again (SIGHUP, POST /reload): new sessions use them,
@@ -193,13 +193,14 @@ class Service:
         await self.monitor.tick()  # the endpoints open on a real topology, not an empty one
         if self.backups is not None:
             await self.backups.start()
+        if self.backtrack is not None:
             self.backtrack.start()
         for part in (self.writer, self.reader, *self.custom, self.dns, self.admin):
             if part is not None:
                 await part.start()
         self._monitor_task = asyncio.get_running_loop().create_task(self._run_monitor())
         if self.supervisor is not None:
-            self._heal_task = asyncio.get_running_loop().create_task(self._run_supervisor())
+            self._heal_task = asyncio.get_running_loop().create_task(self._run_supervisor(self.supervisor))
 
     async def _run_monitor(self) -> None:
         while True:
@@ -211,12 +212,12 @@ class Service:
                 log.exception("monitor loop failed; restarting it")
                 await asyncio.sleep(self.config.monitor.probe_interval)
 
-    async def _run_supervisor(self) -> None:
+    async def _run_supervisor(self, supervisor: Supervisor) -> None:
         """Heals beside the monitor (never inside its tick); with several instances, only the leader heals."""
         while True:
             try:
                 if self.member is None or self.member.leading():
-                    await self.supervisor.tick()
+                    await supervisor.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -228,6 +229,7 @@ class Service:
             self._heal_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heal_task
+        if self.supervisor is not None:
             await self.supervisor.stop()
         if self._monitor_task is not None:
             self._monitor_task.cancel()
@@ -237,8 +239,9 @@ class Service:
             if part is not None:
                 await part.stop()
         await self.monitor.close()
-        if self.backups is not None:
+        if self.backtrack is not None:
             await self.backtrack.stop()
+        if self.backups is not None:
             await self.backups.stop()
         if self.member is not None:
             await self.member.close()

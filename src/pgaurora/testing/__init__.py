@@ -16,8 +16,11 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from ..compose.reaper import become_subreaper, start_reaper
@@ -35,10 +38,10 @@ class AuroraCluster:
         self.base_address = base_address or f"127.{random.randint(64, 250)}.{random.randint(0, 250)}.11"
         self._target: ComposedTarget | None = None
         self._workdir: Path | None = None
-        self._reaper = None
+        self._reaper: threading.Event | None = None
         self._fault_at: float | None = None
         self._writer_before: str | None = None
-        self._restore: list = []
+        self._restore: list[Callable[[], object]] = []
         self._crashed: str | None = None  # the node the last kill took, which pgaurora heals
         self.started_in: float | None = None
 
@@ -51,7 +54,7 @@ class AuroraCluster:
         os.chmod(self._workdir, 0o755)  # the PostgreSQL user must reach the cluster inside
         try:
             self._target = ComposedTarget(self._workdir, self.replicas, self.base_address, self.backend)
-            self._target.start()
+            self._t.start()
             wait_for("a cluster where a failover would be safe", lambda: (self.status() or {}).get("failover_safe"), 60)
         except BaseException:
             self.__exit__(None, None, None)
@@ -76,35 +79,48 @@ class AuroraCluster:
 
     @property
     def writer_url(self) -> str:
-        return self._url(self._target.writer)
+        return self._url(self._t.writer)
 
     @property
     def reader_url(self) -> str:
-        return self._url(self._target.reader)
+        return self._url(self._t.reader)
 
     @property
     def password(self) -> str:
-        return self._target.password
+        return self._t.password or ""
 
     @property
     def admin_url(self) -> str:
-        return self._target.admin_url
+        return self._t.admin_url
 
-    def status(self) -> dict | None:
-        return self._target.status()
+    @property
+    def _t(self) -> ComposedTarget:
+        if self._target is None:
+            raise RuntimeError("use AuroraCluster in a with statement: the cluster is not running")
+        return self._target
+
+    def status(self) -> dict[str, Any] | None:
+        """pgaurora's /status, or None while its admin endpoint does not answer."""
+        return self._t.status()
+
+    def _status(self) -> dict[str, Any]:
+        status = self.status()
+        if status is None:
+            raise RuntimeError("pgaurora's admin endpoint did not answer")
+        return status
 
     @property
     def primary(self) -> str:
-        return self.status()["writer"]["node"]
+        return str(self._status()["writer"]["node"])
 
     # -- faults ------------------------------------------------------------------------------------------
     def _fault(self, on_primary: bool, act: str, undo: str | None) -> str:
-        status = self.status()
+        status = self._status()
         name = status["writer"]["node"] if on_primary else status["reader"]["nodes"][0]
-        node = self._target.node(name)
+        node = self._t.node(name)
         self._writer_before, self._fault_at = status["writer"]["node"], time.time()
         getattr(node, act)()
-        if undo == "start" and self._target.heals:  # pgaurora starts it again itself: wait for that
+        if undo == "start" and self._t.heals:  # pgaurora starts it again itself: wait for that
             self._crashed = name
             self._restore.append(lambda: self.wait_healed())
         elif undo:
@@ -126,13 +142,13 @@ class AuroraCluster:
         """Cut pgaurora off the primary (iptables; root only) while replication flows; restore() heals."""
         name = self.primary
         self._writer_before, self._fault_at = name, time.time()
-        self._target.isolate(name)
-        self._restore.append(self._target.heal)
+        self._t.isolate(name)
+        self._restore.append(self._t.heal)
         return name
 
-    def switchover(self) -> dict:
+    def switchover(self) -> dict[str, Any]:
         self._writer_before, self._fault_at = self.primary, time.time()
-        return self._target.switchover()
+        return self._t.switchover()
 
     def restore(self) -> None:
         """Bring back what the faults took away: failed nodes start or resume, partitions heal."""
@@ -140,35 +156,41 @@ class AuroraCluster:
             self._restore.pop()()
 
     # -- waiting -----------------------------------------------------------------------------------------
-    def wait_healed(self, timeout: float = 60) -> dict:
+    def wait_healed(self, timeout: float = 60) -> dict[str, Any]:
         """Block until pgaurora has brought back the node a kill took (kill_primary(), kill_replica()) and every
         node is back, the writer and streaming replicas, with commits on every copy. Returns the status."""
         from ..drill.engine import healthy
 
-        crashed, at, nodes = self._crashed, self._fault_at or 0, len(self._target.nodes)
+        crashed, at, nodes = self._crashed, self._fault_at or 0, len(self._t.nodes)
         if crashed is not None:
             wait_for(
                 f"pgaurora to heal {crashed}",
                 lambda: any(
-                    e["kind"] == "healed" and e.get("node") == crashed and e["ts"] >= at for e in self._target.events()
+                    e["kind"] == "healed" and e.get("node") == crashed and e["ts"] >= at for e in self._t.events()
                 ),
                 timeout,
             )
-        return wait_for("the cluster to heal", lambda: (s := self.status()) and healthy(s, nodes) and s, timeout)
 
-    def wait_for_failover(self, timeout: float = 30) -> dict[str, float]:
+        def healed() -> dict[str, Any] | None:
+            status = self.status()
+            return status if status is not None and healthy(status, nodes) else None
+
+        return wait_for("the cluster to heal", healed, timeout)
+
+    def wait_for_failover(self, timeout: float = 30) -> dict[str, Any]:
         """Block until another node is the writer; returns seconds from the fault to each phase."""
         if self._fault_at is None:
             raise RuntimeError("no fault was injected: call kill_primary(), pause_primary() or switchover() first")
         before, at = self._writer_before, self._fault_at
-        status = wait_for(
-            f"a writer other than {before}",
-            lambda: (s := self.status()) and s["writer"]["node"] not in (None, before) and s,
-            timeout,
-        )
+
+        def moved() -> dict[str, Any] | None:
+            status = self.status()
+            return status if status is not None and status["writer"]["node"] not in (None, before) else None
+
+        status = wait_for(f"a writer other than {before}", moved, timeout)
         event = wait_for(
             "the failover's event (recorded once the replicas are re-pointed)",
-            lambda: self._target.change_event(at),
+            lambda: self._t.change_event(at),
             timeout,
         )
         phases = {k: round(v - at, 3) for k, v in (event.get("phases") or {}).items()}

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...core import custom_endpoints
 from ...core.errors import ActionFailed, ClusterError, ConfigError
-from ...core.sslcontexts import admin_context
+from ...core.sslcontexts import admin_context, certificate_file
 from ...core.topology import Role, Topology, loss_bound_bytes
 from ...health.commands import Command, Drain, Failover, Rejoin, Switchover, Undrain
 from ...health.heal import redundancy
@@ -177,7 +177,7 @@ class AdminServer:
         if self.ssl is not None:
             tls = self.service.config.tls
             admin_context(tls, self.service.config.admin.client_ca_file)  # checks the files: ConfigError first
-            self.ssl.load_cert_chain(tls.cert_file, tls.key_file)
+            self.ssl.load_cert_chain(certificate_file(tls), tls.key_file)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
