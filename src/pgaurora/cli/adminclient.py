@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import ValidationError
 
 from ..service.admin.client import AdminError
 from ..service.admin.client import call as _call
-from ..service.admin.routes import Params
+
+if TYPE_CHECKING:  # the route models load pydantic: only commands that send parameters pay for it
+    from ..service.admin.routes import Params
 
 
 def call(url: str, path: str, method: str = "GET", timeout: float = 120, params: Params | None = None) -> Any:
@@ -39,6 +40,8 @@ def call(url: str, path: str, method: str = "GET", timeout: float = 120, params:
 
 def params(model: type[Params], **values: object) -> Params:
     """A route's parameters, checked here as the server checks them; one message naming each problem."""
+    from pydantic import ValidationError
+
     try:
         return model(**values)
     except ValidationError as exc:

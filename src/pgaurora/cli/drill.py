@@ -7,21 +7,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..compose.reaper import become_subreaper, start_reaper
-from ..compose.runas import server_user
-from ..core import config as config_mod
 from ..core.errors import ClusterError
 from ..drill import faults as fault_catalog
-from ..drill.engine import Drill
-from ..drill.faults import Fault
-from ..drill.report import Report, RoundResult, error_lines, round_table, summary_table
-from ..drill.target import ComposedTarget, ConfiguredTarget, Partition
-from ..drill.workload import Log
+
+if TYPE_CHECKING:  # `pgaurora --help` loads this module: the drill itself loads when it runs
+    from ..drill.faults import Fault
+    from ..drill.report import Report, RoundResult
+    from ..drill.target import ComposedTarget, ConfiguredTarget
+    from ..drill.workload import Log
 
 HELP = f"""Drill failovers: compose a cluster, write and read through pgaurora, inject faults, measure.
 
@@ -61,6 +58,9 @@ def check_faults(faults: list[fault_catalog.Fault], backend: str, configured: bo
 
         docker_client()  # one clear message when no engine answers
     if any(f.name.startswith("isolate-") for f in faults):
+        from ..compose.runas import server_user
+        from ..drill.target import Partition
+
         problem = Partition.problem(None if configured else server_user().uid)
         if problem:
             raise ClusterError(problem)
@@ -137,6 +137,12 @@ def drill(
     plot_path,
     max_downtime,
 ) -> None:
+    from rich.console import Console
+
+    from ..core import config as config_mod
+    from ..drill.report import error_lines, round_table, summary_table
+    from ..drill.target import ComposedTarget, ConfiguredTarget
+
     try:
         faults = fault_catalog.parse(fault_names)
     except ValueError as exc:
@@ -175,6 +181,12 @@ def drill(
 def _run(
     target: ConfiguredTarget | ComposedTarget, faults: list[Fault], rounds: int, writers: int, readers: int
 ) -> tuple[Report, Log]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..compose.reaper import become_subreaper, start_reaper
+    from ..drill.engine import Drill
+    from ..drill.target import ComposedTarget, ConfiguredTarget
+
     become_subreaper()  # the servers of a pgaurora the drill kills become ours to reap
     reaper = start_reaper()
     try:

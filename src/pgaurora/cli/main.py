@@ -8,9 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..core import config as config_mod
 from ..core.errors import PgAuroraError
-from ..service.admin import routes
 from .adminclient import call as _admin
 from .adminclient import follow_events, params
 
@@ -194,6 +192,8 @@ def up(
 @click.option("-v", "--verbose", is_flag=True)
 def proxy(config_path, check, reset_state, verbose) -> None:
     """Front an existing cluster described by a TOML file."""
+    from ..core import config as config_mod
+
     cfg = config_mod.load(config_path)
     if check:
         click.echo(f"{config_path}: valid ({len(cfg.nodes)} nodes, cluster {cfg.cluster!r})")
@@ -271,6 +271,8 @@ def replicas() -> None:
 @click.option("--count", type=click.IntRange(1, 15), default=1, show_default=True, help="Replicas to add.")
 def replicas_add(admin_url, count) -> None:
     """Clone new replicas from the writer (pg_basebackup and a slot); returns once each serves reads."""
+    from ..service.admin import routes
+
     for added in _admin(admin_url, "/nodes", "POST", 3600, params(routes.AddNodesParams, count=count)):
         click.echo(
             f"{added['node']} added at {added['address']}: cloned in {added['cloned_seconds']:.1f} s, "
@@ -290,6 +292,8 @@ def replicas_add(admin_url, count) -> None:
 )
 def replicas_remove(admin_url, node, drain_timeout) -> None:
     """Drain a replica, wait for its sessions, end the rest, then drop its slot and delete its files."""
+    from ..service.admin import routes
+
     result = _admin(
         admin_url,
         f"/nodes/{urllib.parse.quote(node)}",
@@ -305,6 +309,7 @@ def replicas_remove(admin_url, node, drain_timeout) -> None:
 @click.option("--type", "kind", type=click.Choice(["full", "diff", "incr"]), default="full", show_default=True)
 def backup(admin_url, kind) -> None:
     """Take a backup now, from a healthy replica when there is one (pgBackRest)."""
+    from ..service.admin import routes
     from .display import size as _size
 
     made = _admin(admin_url, "/backups", "POST", 24 * 3600, params(routes.BackupParams, type=kind))
@@ -398,6 +403,8 @@ def restore(source, target, new_dir, replicas, base_address, port, repository, c
 def backtrack_command(admin_url, target, undo, yes) -> None:
     """Rewind the cluster's data in place (Aurora's backtrack): restore TIME into fresh nodes, then move both
     endpoints to them in one step. The old nodes are kept, stopped, for backtrack_keep (default 24 h)."""
+    from ..service.admin import routes
+
     if bool(target) == undo:
         raise click.UsageError("give either --to TIME or --undo")
     what = (
@@ -449,6 +456,8 @@ def maintenance() -> None:
 def maintenance_restart(admin_url, settings, bindir, drain_timeout) -> None:
     """Rolling restart: replicas one at a time (drained, restarted, back once caught up), a switchover to a
     restarted replica, then the old primary. Progress is printed as it happens."""
+    from ..service.admin import routes
+
     pairs = {}
     for item in settings:
         name, sep, value = item.partition("=")
@@ -476,6 +485,8 @@ def _drain(admin_url: str, node: str, action: str) -> None:
 @click.option("--to", "target", default=None, help="Node to promote (default: the most advanced replica).")
 def switchover(admin_url, target) -> None:
     """Planned switchover: demote the primary cleanly and promote a replica."""
+    from ..service.admin import routes
+
     body = params(routes.SwitchoverParams, to=target)
     click.echo(json.dumps(_admin(admin_url, "/switchover", "POST", params=body), indent=2))
 
@@ -490,6 +501,8 @@ def switchover(admin_url, target) -> None:
 )
 def failover(admin_url, target, accept_data_loss) -> None:
     """Fail over from a writer that is down: what the monitor does itself, unless it cannot prove safety."""
+    from ..service.admin import routes
+
     body = params(routes.FailoverParams, to=target, accept_data_loss=accept_data_loss)
     click.echo(json.dumps(_admin(admin_url, "/failover", "POST", params=body), indent=2))
 

@@ -8,9 +8,11 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ...core.config import AdminScope, Config
+if TYPE_CHECKING:  # the CLI reads tokens through this module: it must not load the whole config model
+    from ...core.config import AdminScope, Config
 
 LOCAL = "local"  # the name of the admin-scope token pgaurora keeps for the CLI on its own host
 
@@ -108,6 +110,8 @@ def withdraw(path: Path, token: str) -> None:
 
 
 def authenticator(config: Config, local: str) -> Authenticator:
+    from ...core.config import AdminScope
+
     tokens = {t.name: (t.scope, Path(t.file).read_text().strip()) for t in config.admin.tokens}
     return Authenticator(
         {LOCAL: (AdminScope.ADMIN, local), **tokens}, {c.common_name: c.scope for c in config.admin.certificates}
