@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgaurora.core.config import LagLimit, build, load
+from pgaurora.core.config import Fallback, LagLimit, build, load
 from pgaurora.core.errors import ConfigError
 
 
@@ -107,3 +107,11 @@ def test_an_allow_list_entry_that_is_no_network_is_refused_at_load():
             }
         )
     assert "reader.allow: 'not-a-net' is not an address or a network like 203.0.113.0/24" in str(info.value)
+
+
+def test_the_reader_fallback_primary_is_the_older_spelling_of_writer():
+    nodes = [{"name": "n1", "host": "127.0.0.11"}]
+    assert build({"nodes": nodes, "reader": {"fallback": "primary"}}).reader.fallback is Fallback.WRITER
+    assert build({"nodes": nodes}).reader.fallback is Fallback.WRITER
+    with pytest.raises(ConfigError, match=r"reader\.fallback"):
+        build({"nodes": nodes, "reader": {"fallback": "replica"}})

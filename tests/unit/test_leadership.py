@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pgaurora.core.coordination import InstanceRole
-from pgaurora.dcs.leadership import Heard, judge, safety_margin
+from pgaurora.dcs.leadership import Heard, safety_margin, standing
 
 TTL = 3.0
 
@@ -28,7 +28,7 @@ TTL = 3.0
     ],
 )
 def test_judge(now, heard, role, why):
-    verdict = judge(now, heard, "i1", TTL)
+    verdict = standing(now, heard, "i1", TTL)
     assert verdict.role is role and why in verdict.reason
 
 
@@ -36,6 +36,6 @@ def test_a_leader_stops_acting_before_its_lease_can_lapse_in_etcd():
     for ttl in (1.0, 3.0, 10.0, 60.0):
         margin = safety_margin(ttl)
         assert 0 < margin <= 1.0 and margin < ttl
-        last_leading = judge(100 + ttl - margin - 0.001, Heard(100.0, "i1", 100 + ttl - 1.5 * margin), "i1", ttl)
-        first_not = judge(100 + ttl - margin, Heard(100.0, "i1", 100 + ttl - 1.5 * margin), "i1", ttl)
+        last_leading = standing(100 + ttl - margin - 0.001, Heard(100.0, "i1", 100 + ttl - 1.5 * margin), "i1", ttl)
+        first_not = standing(100 + ttl - margin, Heard(100.0, "i1", 100 + ttl - 1.5 * margin), "i1", ttl)
         assert last_leading.role is InstanceRole.LEADER and first_not.role is not InstanceRole.LEADER

@@ -1,4 +1,4 @@
-"""The pgaurora command line: up, proxy, status, events, switchover, rejoin."""
+"""The pgaurora command line (`pgaurora --help`; docs/cli.md is generated from the commands themselves)."""
 
 from .main import cli
 

@@ -13,7 +13,7 @@ import click
 
 from ..compose.etcd import EtcdCluster
 from ..compose.local import LocalCluster
-from ..compose.preflight import Listen, conflicts
+from ..compose.preflight import Wanted, conflicts
 from ..compose.reaper import start_reaper
 from ..core.errors import ClusterError
 from .up import open_cluster
@@ -76,7 +76,7 @@ class Instance:
 
 def _check(cluster: LocalCluster, hosts: list[str], etcd: EtcdCluster, ports) -> None:
     listens = [
-        Listen(f"node {n.name}", n.host, n.port, "--base-address or --port") for n in cluster.nodes if not n.running
+        Wanted(f"node {n.name}", n.host, n.port, "--base-address or --port") for n in cluster.nodes if not n.running
     ]
     for host in hosts:
         for what, port, flag in zip(
@@ -85,12 +85,12 @@ def _check(cluster: LocalCluster, hosts: list[str], etcd: EtcdCluster, ports) ->
             ("--writer-port", "--reader-port", "--admin-port"),
             strict=False,
         ):
-            listens.append(Listen(what, host, port, flag))
-        listens.append(Listen("DNS server", host, ports[3], "--dns-port", udp=True))
+            listens.append(Wanted(what, host, port, flag))
+        listens.append(Wanted("DNS server", host, ports[3], "--dns-port", udp=True))
     for member in etcd.members:
         listens += [
-            Listen(f"etcd {member.name}", member.host, member.client_port, "--base-address"),
-            Listen(f"etcd {member.name} (peers)", member.host, member.peer_port, "--base-address"),
+            Wanted(f"etcd {member.name}", member.host, member.client_port, "--base-address"),
+            Wanted(f"etcd {member.name} (peers)", member.host, member.peer_port, "--base-address"),
         ]
     problems = conflicts(listens, admin=None)
     if problems:

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import click
 
 from ..compose.local import STATE_FILE, LocalCluster, default_state_dir
-from ..compose.preflight import Listen, conflicts
+from ..compose.preflight import Wanted, conflicts
 from ..compose.reaper import start_reaper
 from ..core import config as config_mod
 from ..core.errors import ClusterError
@@ -105,13 +105,13 @@ def build_config(
 def check_addresses(cluster: LocalCluster, cfg: config_mod.Config) -> None:
     """Every address `up` will listen on must be free before anything is made; one error lists each conflict."""
     listens = [
-        Listen(f"node {n.name}", n.host, n.port, "--base-address or --port") for n in cluster.nodes if not n.running
+        Wanted(f"node {n.name}", n.host, n.port, "--base-address or --port") for n in cluster.nodes if not n.running
     ]
     listens += [
-        Listen("writer endpoint", cfg.writer.host, cfg.writer.port, "--writer-port"),
-        Listen("reader endpoint", cfg.reader.host, cfg.reader.port, "--reader-port"),
-        Listen("admin endpoint", cfg.admin.host, cfg.admin.port, "--admin-port"),
-        Listen("DNS server", cfg.dns.host, cfg.dns.port, "--dns-port", udp=True),
+        Wanted("writer endpoint", cfg.writer.host, cfg.writer.port, "--writer-port"),
+        Wanted("reader endpoint", cfg.reader.host, cfg.reader.port, "--reader-port"),
+        Wanted("admin endpoint", cfg.admin.host, cfg.admin.port, "--admin-port"),
+        Wanted("DNS server", cfg.dns.host, cfg.dns.port, "--dns-port", udp=True),
     ]
     problems = conflicts(listens, admin=(cfg.admin.host, cfg.admin.port))
     if problems:

@@ -9,7 +9,9 @@ from ..service.admin import client as admin_client
 
 
 @dataclass(frozen=True, slots=True)
-class Listen:
+class Wanted:
+    """An address pgaurora is about to listen on (the config's own is core.config.Listen)."""
+
     what: str  # "node n1", "writer endpoint", ...
     host: str
     port: int
@@ -49,7 +51,7 @@ def _speaks_postgres(host: str, port: int) -> bool:
         return False
 
 
-def _holder(listen: Listen, admin: tuple[str, int] | None) -> str:
+def _holder(listen: Wanted, admin: tuple[str, int] | None) -> str:
     if not listen.udp and _speaks_postgres(listen.host, listen.port):
         found = _pgaurora_at(*admin) if admin else None
         return f"a PostgreSQL server or proxy{f'; {found} runs here' if found else ''}"
@@ -58,7 +60,7 @@ def _holder(listen: Listen, admin: tuple[str, int] | None) -> str:
     return "another program"
 
 
-def conflicts(listens: list[Listen], admin: tuple[str, int] | None = None) -> list[str]:
+def conflicts(listens: list[Wanted], admin: tuple[str, int] | None = None) -> list[str]:
     """One line per address that cannot be bound: what needs it, what holds it, and the flag that moves it."""
     problems = []
     for listen in listens:

@@ -29,8 +29,10 @@ class ReaderPolicy(str, Enum):
     LEAST_CONNECTIONS = "least_connections"
 
 
-class ReaderFallback(str, Enum):
-    PRIMARY = "primary"
+class Fallback(str, Enum):
+    """What an endpoint does with no eligible member: send the session to the writer, or refuse it (57P03)."""
+
+    WRITER = "writer"
     REFUSE = "refuse"
 
 
@@ -175,18 +177,17 @@ class ReaderConfig(ClientEndpoint):
     """Port to listen on."""
     policy: ReaderPolicy = ReaderPolicy.ROUND_ROBIN
     """How a replica is picked for a new session: `round_robin` or `least_connections`."""
-    fallback: ReaderFallback = ReaderFallback.PRIMARY
-    """With no eligible replica: `primary` sends reads to the writer, `refuse` answers 57P03."""
+    fallback: Fallback = Fallback.WRITER
+    """With no eligible replica: `writer` sends reads to the writer (`primary`, its older spelling, is
+    accepted), `refuse` answers 57P03."""
+    _fallback = field_validator("fallback", mode="before")(
+        classmethod(lambda cls, v: Fallback.WRITER.value if v == "primary" else v)
+    )
 
 
 class CustomRole(str, Enum):
     READER = "reader"
     ANY = "any"
-
-
-class CustomFallback(str, Enum):
-    REFUSE = "refuse"
-    WRITER = "writer"
 
 
 class CustomEndpointConfig(ClientEndpoint):
@@ -202,7 +203,7 @@ class CustomEndpointConfig(ClientEndpoint):
     """The members, by name (a static list)..."""
     exclude: tuple[str, ...] = ()
     """...or every node but these."""
-    fallback: CustomFallback = CustomFallback.REFUSE
+    fallback: Fallback = Fallback.REFUSE
     """With no member available: `refuse` (57P03 naming the endpoint) or `writer`."""
 
     @model_validator(mode="after")

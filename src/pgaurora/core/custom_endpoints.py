@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import CustomEndpointConfig, CustomFallback, CustomRole
+from .config import CustomEndpointConfig, CustomRole, Fallback
 from .topology import NodeState, Topology
 
 
@@ -27,6 +27,6 @@ def serving(spec: CustomEndpointConfig, topology: Topology) -> list[NodeState]:
 def targets(spec: CustomEndpointConfig, topology: Topology) -> list[NodeState]:
     """serving(), or the writer when none serves and the endpoint falls back to it."""
     nodes = serving(spec, topology)
-    if not nodes and spec.fallback is CustomFallback.WRITER and topology.writer_node is not None:
+    if not nodes and spec.fallback is Fallback.WRITER and topology.writer_node is not None:
         return [topology.writer_node]
     return nodes

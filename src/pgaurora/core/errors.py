@@ -41,10 +41,6 @@ class TooManyConnections(ProxyError):
     sqlstate = "53300"  # too_many_connections
 
 
-class AdminShutdown(ProxyError):
-    sqlstate = "57P01"  # admin_shutdown
-
-
 class ConfigError(PgAuroraError):
     """A configuration that cannot be used; lists every problem found."""
 

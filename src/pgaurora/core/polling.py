@@ -1,4 +1,4 @@
-"""Waiting for a condition by polling it with a deadline, never by a bare sleep."""
+"""Polling with a deadline, never a bare sleep: until a condition holds, or the values seen over a while."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ def wait_for(what: str, predicate: Callable[[], T | None], timeout: float, inter
         if time.monotonic() > deadline:
             raise Timeout(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def values_over(probe: Callable[[], object], seconds: float, interval: float = 0.05) -> list[object]:
+    """Every distinct value probe() gave over a while: the while passes in full (to watch that something does
+    not happen, or happens only once)."""
+    seen: list[object] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = probe()
+        if value not in seen:
+            seen.append(value)
+        time.sleep(interval)
+    return seen

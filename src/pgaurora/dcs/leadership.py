@@ -17,7 +17,7 @@ class Heard:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Standing:
     role: InstanceRole
     reason: str
 
@@ -28,16 +28,16 @@ def safety_margin(ttl: float) -> float:
     return min(1.0, ttl / 3)
 
 
-def judge(now: float, heard: Heard, me: str, ttl: float) -> Verdict:
+def standing(now: float, heard: Heard, me: str, ttl: float) -> Standing:
     if heard.answered_at is None or now - heard.answered_at >= ttl:
         silent = "never answered" if heard.answered_at is None else f"silent for {now - heard.answered_at:.1f} s"
-        return Verdict(InstanceRole.CUT_OFF, f"etcd {silent} (ttl {ttl:g} s): not acting")
+        return Standing(InstanceRole.CUT_OFF, f"etcd {silent} (ttl {ttl:g} s): not acting")
     if heard.holder == me:
         if heard.renewed_at is not None and now < heard.renewed_at + ttl - safety_margin(ttl):
-            return Verdict(InstanceRole.LEADER, f"{me} holds the leader key")
-        return Verdict(
+            return Standing(InstanceRole.LEADER, f"{me} holds the leader key")
+        return Standing(
             InstanceRole.CUT_OFF, f"{me} could not renew its lease in time: not acting until it is sure again"
         )
     if heard.holder is None:
-        return Verdict(InstanceRole.CANDIDATE, "no instance holds the leader key")
-    return Verdict(InstanceRole.FOLLOWER, f"{heard.holder} leads")
+        return Standing(InstanceRole.CANDIDATE, "no instance holds the leader key")
+    return Standing(InstanceRole.FOLLOWER, f"{heard.holder} leads")

@@ -14,7 +14,7 @@ from ..core.config import Config
 from ..core.coordination import DcsUnavailable, InstanceRole
 from ..core.eventlog import EventLog
 from .etcd import Etcd, credentials
-from .leadership import Heard, Verdict, judge
+from .leadership import Heard, Standing, standing
 
 log = logging.getLogger("pgaurora.dcs")
 
@@ -47,7 +47,7 @@ class Member:
         )
         self.lease: int | None = None
         self.heard = Heard(None, None, None)
-        self.verdict = Verdict(InstanceRole.CUT_OFF, "etcd not reached yet")
+        self.current = Standing(InstanceRole.CUT_OFF, "etcd not reached yet")
         self.leader_since: float | None = None  # wall clock, for /status
         self.leader_changes = 0
         self.members: dict[str, dict[str, Any]] = {}
@@ -96,7 +96,7 @@ class Member:
                 log.debug("dcs watch: %s", exc)
             await asyncio.sleep(self.ttl / 4)
 
-    async def beat(self) -> Verdict:
+    async def beat(self) -> Standing:
         """Renew (or get) the lease, take the leader key when nobody holds it, read who leads. Never raises."""
         sent = self.clock()
         try:
@@ -121,7 +121,7 @@ class Member:
         except Exception as exc:  # a probe never raises: anything etcd does wrong is an unreachable etcd
             self.last_error = f"{type(exc).__name__}: {exc}"
         self._judge()
-        return self.verdict
+        return self.current
 
     async def _renew(self) -> int:
         if self.lease is None or await self.etcd.keepalive(self.lease) <= 0:
@@ -129,31 +129,31 @@ class Member:
         return self.lease
 
     def _judge(self) -> None:
-        old, self.verdict = self.verdict, judge(self.clock(), self.heard, self.me, self.ttl)
-        if (old.role is InstanceRole.LEADER) == (self.verdict.role is InstanceRole.LEADER):
-            if old.role != self.verdict.role:
-                log.info("dcs: %s", self.verdict.reason)
+        old, self.current = self.current, standing(self.clock(), self.heard, self.me, self.ttl)
+        if (old.role is InstanceRole.LEADER) == (self.current.role is InstanceRole.LEADER):
+            if old.role != self.current.role:
+                log.info("dcs: %s", self.current.reason)
             return
         self.leader_changes += 1
-        if self.verdict.role is InstanceRole.LEADER:
+        if self.current.role is InstanceRole.LEADER:
             self.leader_since = time.time()
-            self.events.record("leader_acquired", self.verdict.reason, instance=self.me)
+            self.events.record("leader_acquired", self.current.reason, instance=self.me)
         else:
             self.leader_since = None
-            self.events.record("leader_lost", self.verdict.reason, instance=self.me)
+            self.events.record("leader_lost", self.current.reason, instance=self.me)
 
     def leading(self) -> bool:
         """Is this instance the leader right now? Judged on the clock now, not at the last beat: a process
         that was paused past its lease learns here that it no longer leads."""
         self._judge()
-        return self.verdict.role is InstanceRole.LEADER
+        return self.current.role is InstanceRole.LEADER
 
     @property
     def leader(self) -> str | None:
         return self.heard.holder
 
     def lease_left(self) -> float | None:
-        if self.heard.renewed_at is None or self.verdict.role is not InstanceRole.LEADER:
+        if self.heard.renewed_at is None or self.current.role is not InstanceRole.LEADER:
             return None
         return max(0.0, self.heard.renewed_at + self.ttl - float(self.clock()))
 
@@ -192,7 +192,7 @@ class Member:
             except asyncio.CancelledError:
                 pass
         await self._watching.close()
-        if self.lease is not None and self.verdict.role is not InstanceRole.CUT_OFF:
+        if self.lease is not None and self.current.role is not InstanceRole.CUT_OFF:
             try:  # hand the leadership over at once rather than after ttl
                 await self.etcd.revoke(self.lease)
             except Exception:
@@ -204,8 +204,8 @@ class Member:
         left = self.lease_left()
         return {
             "instance": self.me,
-            "role": self.verdict.role.value,
-            "reason": self.verdict.reason,
+            "role": self.current.role.value,
+            "reason": self.current.reason,
             "leader": self.leader,
             "leader_since": self.leader_since,
             "ttl": self.ttl,

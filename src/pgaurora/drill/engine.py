@@ -11,7 +11,7 @@ from collections.abc import Callable
 import asyncpg
 
 from ..core.errors import ClusterError
-from ..core.polling import wait_for
+from ..core.polling import values_over, wait_for
 from .faults import ISOLATION_SECONDS, Fault
 from .report import Consistency, Report, RoundResult
 from .target import ComposedTarget, Target
@@ -176,7 +176,7 @@ class Drill:
     def _isolate_primary(self, node: str, old: str, at: float) -> str:
         self.target.isolate(node)
         try:
-            changed = wait_for_quietly(lambda: (self.target.status() or {}).get("epoch"), ISOLATION_SECONDS)
+            changed = values_over(lambda: (self.target.status() or {}).get("epoch"), ISOLATION_SECONDS)
         finally:
             self.target.heal()
         host = self.target.node(node).host
@@ -242,17 +242,6 @@ class Drill:
         writer = asyncio.run(_fetchval(self.target.writer, self.target, "SELECT pg_current_wal_lsn() - '0/0'"))
         for node in self.target.nodes:
             wait_for(f"{node.name} to replay everything", self._replayed(node.address, writer), 60)
-
-
-def wait_for_quietly(probe: Callable[[], object], seconds: float) -> list:
-    """Every distinct value probe() gave over a while (polled; the while passes in full)."""
-    seen, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = probe()
-        if value not in seen:
-            seen.append(value)
-        time.sleep(0.05)
-    return seen
 
 
 def split_brain_writes(log: Log) -> int:

@@ -57,7 +57,7 @@ class Coordinator(Protocol):
     def state_key(self) -> str: ...
 
     @property
-    def verdict(self) -> Standing: ...
+    def current(self) -> Standing: ...
 
     @property
     def members(self) -> dict[str, dict[str, Any]]: ...
@@ -240,17 +240,17 @@ class Monitor:
     async def _follow(self) -> Decision:
         """Another instance leads, or etcd is out of reach: probe and route, never act. Cut off from etcd,
         keep the last writer known only while it still answers as primary."""
-        verdict = self._coordinator.verdict
-        self._refuse_requests(verdict.reason)
+        standing = self._coordinator.current
+        self._refuse_requests(standing.reason)
         if self._coordinator.shared[0] is not None:
             self._adopt_shared(*self._coordinator.shared)  # as the member's last read of etcd left it
         statuses = await self.probe_all()
         self._observe(statuses)
         shown = self.state
         writer = statuses.get(self.state.writer) if self.state.writer else None
-        if verdict.role is InstanceRole.CUT_OFF and (writer is None or not writer.is_primary):
+        if standing.role is InstanceRole.CUT_OFF and (writer is None or not writer.is_primary):
             shown = replace(self.state, writer=None)
-        self.decision = Decision(Action.NONE, f"{verdict.reason}; this instance does not act")
+        self.decision = Decision(Action.NONE, f"{standing.reason}; this instance does not act")
         await self.publish(self.decision.reason, shown)
         return self.decision
 
@@ -488,7 +488,7 @@ class Monitor:
         self._own_intents.add(intent["intent"])
         if self.member is not None and not await self.member.write(state=to_document(self.state), intent=intent):
             self._intents.remove(intent)
-            why = f"not promoting {target}: this instance no longer leads ({self.member.verdict.reason})"
+            why = f"not promoting {target}: this instance no longer leads ({self.member.current.reason})"
             self.events.record(
                 "failover_abandoned",
                 why,

@@ -16,7 +16,6 @@ from ..core.errors import ActionFailed, ClusterError
 from .backups import Backups
 from .guard import ComposedCluster, ComposedNode, Host, composed, exclusive
 
-KEEP = 24 * 3600.0  # how long the nodes a backtrack replaced are kept, stopped, for --undo
 STATE_FILE = "backtrack.json"
 EXPIRY_POLL = 60.0
 
@@ -33,7 +32,7 @@ class Backtrack:
     and moves both endpoints to the new one in a new epoch. The old set stays, stopped, for `keep` seconds:
     undo() swaps back."""
 
-    def __init__(self, service: BacktrackHost, keep: float = KEEP) -> None:
+    def __init__(self, service: BacktrackHost, keep: float) -> None:
         self.service, self.keep = service, keep
         self._task: asyncio.Task[Any] | None = None
 

@@ -6,7 +6,7 @@ import itertools
 from enum import Enum
 
 from ..core import custom_endpoints
-from ..core.config import Config, CustomEndpointConfig, ReaderFallback, ReaderPolicy
+from ..core.config import Config, CustomEndpointConfig, Fallback, ReaderPolicy
 from ..core.errors import NoReaderAvailable, NoWriterAvailable
 from ..core.topology import NodeState, Role, Topology, TopologyHub
 from .state import ProxyState
@@ -41,7 +41,7 @@ class Router:
         if readers:
             return self._ordered(readers)
         writer = topology.writer_node
-        if self.config.reader.fallback is ReaderFallback.PRIMARY and writer is not None:
+        if self.config.reader.fallback is Fallback.WRITER and writer is not None:
             return [writer]
         raise NoReaderAvailable(
             "no replica is available for the reader endpoint", detail="every replica is down, lagging or fenced"

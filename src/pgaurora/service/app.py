@@ -9,7 +9,7 @@ from typing import Protocol
 
 from ..core import config as config_mod
 from ..core import reconfigure
-from ..core.config import Config, ReaderFallback
+from ..core.config import Config, Fallback
 from ..core.errors import ConfigError
 from ..core.eventlog import EventLog
 from ..core.sslcontexts import Contexts
@@ -72,7 +72,7 @@ class Service:
         self.dns = (
             DnsServer(
                 self.hub,
-                Zone(config.zone, config.dns.ttl, config.reader.fallback is ReaderFallback.PRIMARY, config.endpoints),
+                Zone(config.zone, config.dns.ttl, config.reader.fallback is Fallback.WRITER, config.endpoints),
                 config.dns.host,
                 config.dns.port,
             )
@@ -127,7 +127,7 @@ class Service:
         topology = self.hub.current
         if topology.readers:
             return list(topology.readers)
-        fallback = self.config.reader.fallback is ReaderFallback.PRIMARY
+        fallback = self.config.reader.fallback is Fallback.WRITER
         return [topology.writer] if fallback and topology.writer else []
 
     def reload_tls(self) -> bool:
@@ -184,7 +184,7 @@ class Service:
             endpoint.config = config
         if self.dns is not None:
             self.dns.zone = Zone(
-                config.zone, config.dns.ttl, config.reader.fallback is ReaderFallback.PRIMARY, config.endpoints
+                config.zone, config.dns.ttl, config.reader.fallback is Fallback.WRITER, config.endpoints
             )
 
     async def start(self) -> None:

@@ -109,12 +109,12 @@ def dcs_metrics(member) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "pgaurora_dcs_leader",
         "1 while this instance holds the leader key and acts",
-        value=1 if member.verdict.role is InstanceRole.LEADER else 0,
+        value=1 if member.current.role is InstanceRole.LEADER else 0,
     )
     yield GaugeMetricFamily(
         "pgaurora_dcs_up",
         "1 while etcd answered within the lease ttl",
-        value=0 if member.verdict.role is InstanceRole.CUT_OFF else 1,
+        value=0 if member.current.role is InstanceRole.CUT_OFF else 1,
     )
     yield CounterMetricFamily(
         "pgaurora_dcs_leader_changes",
