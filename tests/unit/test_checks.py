@@ -66,3 +66,10 @@ def test_a_type_ignore_needs_an_error_code(copy):
     _plant(copy, "core/polling.py", '\n\nPLANTED: int = "x"  # type: ignore\n')
     result = _run(copy, *check)
     assert result.returncode != 0 and "ignore-without-code" in result.stdout, result.stdout
+
+
+def test_import_linter_rejects_an_import_circle_hidden_behind_type_checking(copy):
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
+    _plant(copy, "proxy/state.py", "\nif TYPE_CHECKING:\n    from .relay import Session as _Planted  # noqa: F401\n")
+    result = _run(copy, lint)
+    assert result.returncode != 0 and "no import circles between sibling modules or packages BROKEN" in result.stdout

@@ -13,9 +13,9 @@ import click
 
 from ..compose.etcd import EtcdCluster
 from ..compose.local import LocalCluster
-from ..compose.preflight import Wanted, conflicts
 from ..compose.reaper import start_reaper
 from ..core.errors import ClusterError
+from .preflight import Wanted, conflicts
 from .up import open_cluster
 
 INSTANCE_OFFSET, ETCD_OFFSET = 30, 40  # from the first node's address: 127.0.0.41.. and 127.0.0.51..

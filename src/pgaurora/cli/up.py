@@ -7,14 +7,16 @@ from urllib.parse import quote
 
 import click
 
+from ..compose.backends import cluster_class
+from ..compose.backends import open_cluster as open_existing
 from ..compose.local import STATE_FILE, LocalCluster, default_state_dir
-from ..compose.preflight import Wanted, conflicts
 from ..compose.reaper import start_reaper
 from ..core import config as config_mod
 from ..core.errors import ClusterError
 from ..core.eventlog import EventLog
 from ..service.admin.auth import local_token_file
 from ..service.app import Service
+from .preflight import Wanted, conflicts
 from .runtime import serve, setup_logging
 
 
@@ -23,7 +25,7 @@ def open_cluster(
 ) -> LocalCluster:
     root = Path(state_dir or default_state_dir(name)).absolute()
     if (root / STATE_FILE).exists():
-        cluster = LocalCluster.open(root)
+        cluster = open_existing(root)
         if replicas is not None and replicas != len(cluster.replicas):
             raise ClusterError(
                 f"{cluster.root} holds cluster {cluster.name!r} with {len(cluster.replicas)} "
@@ -39,12 +41,7 @@ def open_cluster(
                 "to resume it, or make a new cluster with --tls in another --dir"
             )
         return cluster
-    kind = LocalCluster
-    if backend == "docker":
-        from ..compose.docker import DockerCluster
-
-        kind = DockerCluster
-    return kind(
+    return cluster_class(backend)(
         root,
         name=name,
         replicas=2 if replicas is None else replicas,

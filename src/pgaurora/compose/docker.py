@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import ClusterError
 from .image import build
@@ -207,6 +208,10 @@ class DockerCluster(LocalCluster):
     """The same cluster as LocalCluster, every node in a container of `image`."""
 
     backend = "docker"
+
+    @classmethod
+    def _reopening(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"image": spec["image"], "instance": spec["instance"]}
 
     def __init__(self, state_dir, *, image: str | None = None, instance: str | None = None, **kwargs) -> None:
         self.client = docker_client()

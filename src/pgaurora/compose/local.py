@@ -11,6 +11,7 @@ import shutil
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import ClusterError
 from ..core.faultpoints import fail_point
@@ -57,6 +58,18 @@ host    replication  {repl_user}  127.0.0.0/8   scram-sha-256
 host    all          all          127.0.0.0/8   scram-sha-256
 host    all          all          ::1/128       scram-sha-256
 """
+
+
+def read_spec(state_dir: str | Path) -> dict[str, Any]:
+    """The cluster.json a cluster's creation wrote in state_dir; ClusterError when there is none."""
+    path = Path(state_dir) / STATE_FILE
+    try:
+        spec: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClusterError(f"{state_dir} holds no pgaurora cluster (no {STATE_FILE})") from None
+    except (json.JSONDecodeError, OSError) as exc:
+        raise ClusterError(f"cannot read {path}: {exc}") from None
+    return spec
 
 
 def default_state_dir(name: str) -> Path:
@@ -128,21 +141,15 @@ class LocalCluster:
 
     # -- opening -------------------------------------------------------------
     @classmethod
-    def open(cls, state_dir: str | Path, bindir: str | None = None) -> LocalCluster:
-        """A cluster previously created in state_dir (of whichever backend made it)."""
-        path = Path(state_dir) / STATE_FILE
-        try:
-            spec = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ClusterError(f"{state_dir} holds no pgaurora cluster (no {STATE_FILE})") from None
-        except (json.JSONDecodeError, OSError) as exc:
-            raise ClusterError(f"cannot read {path}: {exc}") from None
-        kind, extra = cls, {}
-        if spec.get("backend", "local") == "docker":
-            from .docker import DockerCluster
+    def _reopening(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        """What this backend reads back from cluster.json beyond the common fields (a subclass adds its own)."""
+        return {}
 
-            kind, extra = DockerCluster, {"image": spec["image"], "instance": spec["instance"]}
-        cluster = kind(
+    @classmethod
+    def open(cls, state_dir: str | Path, bindir: str | None = None) -> LocalCluster:
+        """A cluster previously created in state_dir by this backend (compose.backends.open_cluster() picks it)."""
+        spec = read_spec(state_dir)
+        cluster = cls(
             state_dir,
             name=spec["name"],
             replicas=spec["replicas"],
@@ -154,7 +161,7 @@ class LocalCluster:
             max_connections=spec["max_connections"],
             bindir=bindir or spec.get("bindir"),
             tls=spec.get("tls", False),
-            **extra,
+            **cls._reopening(spec),
         )
         if "nodes" in spec:  # replicas added or removed since creation
             cluster.nodes = [cluster._node(name, host, cluster.port) for name, host in spec["nodes"]]

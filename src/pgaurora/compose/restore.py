@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..core.errors import ClusterError
+from .backends import open_cluster
 from .backrest import BackRest, recovered_to
 from .local import LocalCluster
 
@@ -65,7 +66,7 @@ def restore_cluster(
     Nothing stays behind when it fails."""
     started = time.monotonic()
     moment = parse_time(target)
-    source = LocalCluster.open(source_dir)
+    source = open_cluster(source_dir)
     base = base_address or str(ipaddress.ip_address(source.base_address) + BLOCK)
     new = LocalCluster(
         new_dir,

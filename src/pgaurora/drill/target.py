@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..compose import LocalCluster
+from ..compose.backends import cluster_class
 from ..compose.ports import free_ports
 from ..core.config import Config
 from ..core.errors import ClusterError
@@ -179,12 +179,9 @@ class ComposedTarget(Target):
         super().__init__()
         self.workdir = workdir
         port, *self.ports = free_ports(5)
-        kind = LocalCluster
-        if backend == "docker":
-            from ..compose.docker import DockerCluster
-
-            kind = DockerCluster
-        self.cluster = kind(workdir / "cluster", replicas=replicas, port=port, base_address=base_address)
+        self.cluster = cluster_class(backend)(
+            workdir / "cluster", replicas=replicas, port=port, base_address=base_address
+        )
         self.nodes = self.cluster.nodes
         self.proc: subprocess.Popen[bytes] | None = None
         self.writer, self.reader = ("127.0.0.1", self.ports[0]), ("127.0.0.1", self.ports[1])

@@ -20,6 +20,7 @@ from ..core.sslcontexts import node_ssl
 from ..core.topology import TopologyHub
 from . import actions, intents, snapshot
 from .commands import Command, Reconfigure, arguments
+from .control import NodeController
 from .decide import (
     Action,
     ClusterState,
@@ -75,16 +76,6 @@ class Coordinator(Protocol):
     async def write(
         self, state: dict[str, Any] | None = None, intent: dict[str, Any] | bool | None = False
     ) -> bool: ...
-
-
-class NodeController(Protocol):
-    """Node-level control the monitor may have (compose clusters): used to rejoin and switch over."""
-
-    def rejoin(self, name: str, upstream: str) -> str: ...
-
-    def stop_node(self, name: str) -> int: ...
-
-    def start_node(self, name: str) -> None: ...
 
 
 def policy_for(config: Config, controller: NodeController | None) -> Policy:

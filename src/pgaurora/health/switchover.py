@@ -5,17 +5,54 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.errors import ActionFailed
 from . import actions
 from .decide import choose_candidate, desired_sync_names, lsn
 
 if TYPE_CHECKING:
-    from .monitor import Monitor
+    from ..core.config import Config, NodeConfig
+    from ..core.eventlog import EventLog
+    from .control import NodeController
+    from .decide import ClusterState, Policy
+    from .probe import NodeStatus
 
 
-def _pick_target(monitor: Monitor, to: str | None) -> str:
+class Switching(Protocol):
+    """What a switchover uses of the monitor (health.monitor.Monitor): its view, and its writer's handover."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def nodes(self) -> dict[str, NodeConfig]: ...
+
+    @property
+    def state(self) -> ClusterState: ...
+
+    @property
+    def statuses(self) -> dict[str, NodeStatus]: ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def controller(self) -> NodeController | None: ...
+
+    @property
+    def events(self) -> EventLog: ...
+
+    async def hold_writes(self, reason: str) -> None: ...
+
+    async def resume_writer(self, name: str, reason: str) -> None: ...
+
+    async def install_writer(self, name: str, timeline: int, reason: str) -> None: ...
+
+    async def repoint_all(self, exclude: set[str]) -> list[str]: ...
+
+
+def _pick_target(monitor: Switching, to: str | None) -> str:
     state, statuses = monitor.state, monitor.statuses
     if to is None:
         best = choose_candidate(state, statuses, monitor.policy)
@@ -33,7 +70,7 @@ def _pick_target(monitor: Monitor, to: str | None) -> str:
     return to
 
 
-async def _wait_received(monitor: Monitor, target: str, wanted: int) -> bool:
+async def _wait_received(monitor: Switching, target: str, wanted: int) -> bool:
     """Has target received WAL past `wanted` (the old writer's shutdown checkpoint)? Bounded wait."""
     conn = await actions.connect(monitor.config, monitor.nodes[target])
     try:
@@ -49,7 +86,7 @@ async def _wait_received(monitor: Monitor, target: str, wanted: int) -> bool:
         conn.terminate()
 
 
-async def switchover(monitor: Monitor, to: str | None) -> dict[str, Any]:
+async def switchover(monitor: Switching, to: str | None) -> dict[str, Any]:
     if monitor.controller is None:
         raise ActionFailed("switchover needs a cluster started by `pgaurora up` (pgaurora controls its nodes)")
     old = monitor.state.writer

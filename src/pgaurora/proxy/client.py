@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..core.errors import ProxyError
 from ..core.sslcontexts import ALPN
@@ -23,8 +23,29 @@ from .relay import Session
 from .tls import TLS_HANDSHAKE_RECORD, TlsTransport
 
 if TYPE_CHECKING:
-    from .endpoint import Endpoint
+    from ..core.config import Config
+    from ..core.sslcontexts import Contexts
+    from ..wire import CancelRequest
+    from .state import ProxyState
     from .upstream import ServerProtocol
+
+
+class Gate(Protocol):
+    """What a client connection uses of the endpoint it arrived on (endpoint.Endpoint)."""
+
+    name: str
+    config: Config
+    state: ProxyState
+    tls: Contexts | None
+
+    def admits(self, peer: str) -> bool: ...
+
+    async def open_upstream(self, client: ClientProtocol) -> ServerProtocol: ...
+
+    async def forward_cancel(self, event: CancelRequest) -> None: ...
+
+    def watch(self, session: Session) -> None: ...
+
 
 log = logging.getLogger("pgaurora.proxy")
 
@@ -32,7 +53,7 @@ log = logging.getLogger("pgaurora.proxy")
 class ClientProtocol(asyncio.Protocol):
     """Reads the startup packet (deadline, size limit), routes, then hands the bytes to a Session."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Gate) -> None:
         self.endpoint = endpoint
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made(), which asyncio calls first
         self.decoder = StartupDecoder()

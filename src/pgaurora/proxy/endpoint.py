@@ -16,7 +16,7 @@ from ..wire import CancelRequest, encode
 from .client import ClientProtocol
 from .relay import Session
 from .router import EndpointKind, Router
-from .state import ProxyState
+from .state import ProxyState, Tracked
 from .upstream import ServerProtocol, connect
 
 log = logging.getLogger("pgaurora.proxy")
@@ -65,7 +65,7 @@ class Endpoint:
         for session in self._sessions(lambda node: True):
             session.terminate("57P01", "terminating connection: pgaurora is shutting down")
 
-    def _sessions(self, on_node) -> list[Session]:
+    def _sessions(self, on_node: Callable[[str], bool]) -> list[Tracked]:
         """This endpoint's sessions on the nodes for which on_node(name) is true."""
         return [
             session
@@ -149,7 +149,7 @@ class Endpoint:
         for session in self._sessions(lambda node: not self.router.still_valid(self.kind, node, new)):
             self._drop(session, new)
 
-    def _drop(self, session: Session, topology: Topology) -> None:
+    def _drop(self, session: Tracked, topology: Topology) -> None:
         why = (
             f"node {session.node} is no longer the writer"
             if self.kind is EndpointKind.WRITER

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import struct
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..wire import error_response
 from .tls import TlsTransport
@@ -23,8 +23,26 @@ try:
 except ImportError:  # built without a compiler: pure-Python fallback
     _relay = None
 
-if TYPE_CHECKING:
-    from .relay import Session
+
+class _Leg(Protocol):
+    @property
+    def transport(self) -> asyncio.Transport: ...
+
+
+class Adoptable(Protocol):
+    """What the relay threads need of a session (relay.Session): its two transports, and whom to tell."""
+
+    @property
+    def client(self) -> _Leg: ...
+
+    @property
+    def server(self) -> _Leg: ...
+
+    @property
+    def lost_reason(self) -> tuple[str, str]: ...
+
+    def relay_ended(self) -> None: ...
+
 
 log = logging.getLogger("pgaurora.proxy")
 
@@ -51,7 +69,7 @@ class NativeRelay:
     def __init__(self, threads: int) -> None:
         self._relay = _relay.Relay(threads)
         self.tls = _tls_compatible()  # the threads can carry TLS sessions too
-        self._sessions: dict[int, Session] = {}
+        self._sessions: dict[int, Adoptable] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -65,7 +83,7 @@ class NativeRelay:
     def threads(self) -> int:
         return self._relay.threads
 
-    def adopt(self, session: Session) -> int | None:
+    def adopt(self, session: Adoptable) -> int | None:
         """Stop reading both transports in Python and let a relay thread carry the session's bytes.
         Returns the session's id, or None when the threads cannot take it (it stays in Python)."""
         if self._loop is None:

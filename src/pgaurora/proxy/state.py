@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .native import NativeRelay
-    from .relay import Session
     from .sockmap import SockMap
 
 CancelKey = tuple[int, bytes]
+
+
+class Tracked(Protocol):
+    """What the table keeps of an established session (relay.Session), and how it ends one."""
+
+    node: str
+    kind: str
+    cancel_key: CancelKey | None
+
+    def terminate(self, sqlstate: str, message: str) -> None: ...
 
 
 class ProxyState:
@@ -23,7 +32,7 @@ class ProxyState:
         self.sockmap = sockmap  # the kernel relay, when chosen and this process could load it
         self.both_ways = both_ways  # kernel relays server -> client too (else only client -> server)
         self.clients = 0  # client connections open, in any phase
-        self.sessions_by_node: dict[str, set[Session]] = defaultdict(set)
+        self.sessions_by_node: dict[str, set[Tracked]] = defaultdict(set)
         self.cancel_keys: dict[CancelKey, tuple[str, int]] = {}
         self.sessions_total: Counter[tuple[str, str]] = Counter()  # (endpoint, node) -> sessions established
         self.refused_total: Counter[str] = Counter()  # SQLSTATE -> clients the proxy itself turned away
@@ -41,24 +50,24 @@ class ProxyState:
     def client_closed(self) -> None:
         self.clients -= 1
 
-    def session_started(self, session: Session) -> None:
+    def session_started(self, session: Tracked) -> None:
         self.sessions_by_node[session.node].add(session)
         self.sessions_total[(session.kind, session.node)] += 1
 
     def refused(self, sqlstate: str) -> None:
         self.refused_total[sqlstate] += 1
 
-    def session_ended(self, session: Session) -> None:
+    def session_ended(self, session: Tracked) -> None:
         self.sessions_by_node[session.node].discard(session)
         if session.cancel_key is not None:
             self.cancel_keys.pop(session.cancel_key, None)
 
-    def learned_cancel_key(self, session: Session, key: CancelKey, address: tuple[str, int]) -> None:
+    def learned_cancel_key(self, session: Tracked, key: CancelKey, address: tuple[str, int]) -> None:
         session.cancel_key = key
         self.cancel_keys[key] = address
 
     def count(self, node: str) -> int:
         return len(self.sessions_by_node.get(node, ()))
 
-    def sessions(self, node: str) -> list[Session]:
+    def sessions(self, node: str) -> list[Tracked]:
         return list(self.sessions_by_node.get(node, ()))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..core.config import BackendTls
 from ..core.errors import NodeTlsFailed
@@ -23,7 +23,20 @@ from .tls import TlsTransport
 if TYPE_CHECKING:
     import ssl
 
-    from .client import ClientProtocol
+
+class Downstream(Protocol):
+    """What a node's connection uses of the client it serves (client.Downstream)."""
+
+    transport: asyncio.Transport
+
+    def established(self, server: ServerProtocol, data: bytes, offload: bool) -> None: ...
+
+    def fail(self, sqlstate: str, message: str, detail: str | None = None) -> None: ...
+
+    def binding_passes(self, server: ServerProtocol) -> bool: ...
+
+    def server_lost(self, server: ServerProtocol) -> None: ...
+
 
 MAX_AUTH_MESSAGE = 1 << 20  # no message during startup is anywhere near this
 _HEADER = 5
@@ -36,7 +49,7 @@ class ServerProtocol(asyncio.Protocol):
     the proxy only when both legs present the same certificate; otherwise it is dropped from the
     mechanisms offered, and libpq's default channel_binding=prefer goes on without it."""
 
-    def __init__(self, client: ClientProtocol, node: NodeState) -> None:
+    def __init__(self, client: Downstream, node: NodeState) -> None:
         self.client, self.node = client, node
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made(), which asyncio calls first
         self.framer = Framer(max_message=MAX_AUTH_MESSAGE)
@@ -116,7 +129,7 @@ class _Negotiation(asyncio.Protocol):
 
 
 async def connect(
-    client: ClientProtocol, node: NodeState, mode: BackendTls, context: ssl.SSLContext | None
+    client: Downstream, node: NodeState, mode: BackendTls, context: ssl.SSLContext | None
 ) -> ServerProtocol:
     """A ServerProtocol on a new connection to node, encrypted as `mode` asks (the caller sets the deadline)."""
     loop = asyncio.get_running_loop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..core import config as config_mod
 from ..core import reconfigure
@@ -18,8 +18,9 @@ from ..dcs.member import Member
 from ..dns.resolver import Zone
 from ..dns.server import DnsServer
 from ..health.commands import Reconfigure, Replace
+from ..health.control import NodeController
 from ..health.heal import Nodes, StartCommands, Supervisor
-from ..health.monitor import Monitor, NodeController
+from ..health.monitor import Monitor
 from ..operations.backtrack import Backtrack
 from ..operations.backups import Backups
 from ..operations.guard import ComposedCluster
@@ -143,7 +144,7 @@ class Service:
             )
         return reloaded
 
-    async def reload(self) -> dict:
+    async def reload(self) -> dict[str, Any]:
         """SIGHUP, POST /reload: the certificate, and the config file validated whole. Nothing changes when
         the file has a problem, or changes a setting that needs a restart (ConfigError says which)."""
         result: dict = {"tls_reloaded": self.reload_tls()}

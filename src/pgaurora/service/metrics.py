@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -12,8 +12,34 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..core.topology import Health, Role, Topology
 
 if TYPE_CHECKING:
+    from ..core.config import Config
+    from ..core.topology import TopologyHub
+    from ..dcs.member import Member
+    from ..health.heal import Supervisor
+    from ..operations.backups import Backups
     from ..proxy.state import ProxyState
-    from .app import Service
+
+
+class MetricsHost(Protocol):
+    """What the metrics read of the running service (service.app.Service), at scrape time."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def hub(self) -> TopologyHub: ...
+
+    @property
+    def proxy_state(self) -> ProxyState: ...
+
+    @property
+    def member(self) -> Member | None: ...
+
+    @property
+    def supervisor(self) -> Supervisor | None: ...
+
+    @property
+    def backups(self) -> Backups | None: ...
 
 
 def topology_metrics(topology: Topology) -> Iterator[Metric]:
@@ -189,7 +215,7 @@ class Collector:
             yield from backup_metrics(self.backups)
 
 
-def registry_for(service: Service) -> CollectorRegistry:
+def registry_for(service: MetricsHost) -> CollectorRegistry:
     """A registry of this service's own (not the process-wide default one, which tests would share)."""
     registry = CollectorRegistry(auto_describe=False)
     supervisor = service.supervisor

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -41,12 +41,53 @@ from .routes import (
 )
 
 if TYPE_CHECKING:
-    from ..app import Service
+    from ...core.eventlog import EventLog
+    from ...health.commands import Command as _Command
+    from ...operations.backtrack import Backtrack
+    from ...operations.guard import ComposedCluster
+    from ...operations.maintenance import Maintenance
+    from ...operations.scaling import Scaler
+
+
+class Commands(Protocol):
+    """The monitor, as the admin API uses it."""
+
+    async def request(self, command: _Command) -> dict[str, Any]: ...
+
+
+class AdminHost(metrics.MetricsHost, Protocol):
+    """What the admin API uses of the running service (service.app.Service)."""
+
+    @property
+    def events(self) -> EventLog: ...
+
+    @property
+    def monitor(self) -> Commands: ...
+
+    @property
+    def cluster(self) -> ComposedCluster | None: ...
+
+    @property
+    def scaler(self) -> Scaler: ...
+
+    @property
+    def maintenance(self) -> Maintenance: ...
+
+    @property
+    def backtrack(self) -> Backtrack | None: ...
+
+    @property
+    def relay_mode(self) -> str: ...
+
+    def reader_nodes(self) -> list[str]: ...
+
+    async def reload(self) -> dict[str, Any]: ...
+
 
 log = logging.getLogger("pgaurora.admin")
 
 
-def status_document(service: Service) -> dict:
+def status_document(service: AdminHost) -> dict:
     """Everything `pgaurora status` shows, read from the current Topology."""
     topology, config = service.hub.current, service.config
     nodes = [
@@ -108,7 +149,7 @@ def status_document(service: Service) -> dict:
     }
 
 
-def _redundancy(topology: Topology, service: Service) -> dict:
+def _redundancy(topology: Topology, service: AdminHost) -> dict:
     """Copies now against copies wanted, and since when the cluster has been short of them."""
     now = redundancy(topology, service.config.failover.sync_mode)
     since = service.supervisor.degraded_since if service.supervisor is not None else None
@@ -123,7 +164,7 @@ def _redundancy(topology: Topology, service: Service) -> dict:
     }
 
 
-def _last_unsafe(service: Service) -> dict | None:
+def _last_unsafe(service: AdminHost) -> dict | None:
     """The latest failover forced with --accept-data-loss, and the loss bound it recorded."""
     event = next((e for e in reversed(service.events.recent()) if e["kind"] == "failover_unsafe"), None)
     if event is None:
@@ -131,7 +172,7 @@ def _last_unsafe(service: Service) -> dict | None:
     return {k: event.get(k) for k in ("time", "candidate", "old_writer", "loss_bound_bytes", "reason")}
 
 
-def _fenced_hint(topology: Topology, service: Service) -> str | None:
+def _fenced_hint(topology: Topology, service: AdminHost) -> str | None:
     fenced = [n.name for n in topology.nodes if n.role is Role.FENCED]
     if not fenced:
         return None
@@ -160,7 +201,7 @@ async def _body(request: web.Request) -> bytes:
 class AdminServer:
     """Serves ROUTES: each request is authenticated, validated and scope-checked; changes are audited."""
 
-    def __init__(self, service: Service, host: str, port: int) -> None:
+    def __init__(self, service: AdminHost, host: str, port: int) -> None:
         self.service, self.host, self.port = service, host, port
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
         self.metrics = metrics.registry_for(service)
