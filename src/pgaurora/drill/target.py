@@ -1,4 +1,4 @@
-"""The cluster a drill runs against: one it composes, served by a pgaurora process of its own."""
+"""The cluster a drill runs against: one it composes (served by a pgaurora of its own), or one a config names."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Service: wires the monitor, both endpoints, DNS and the admin endpoint together, and stops them."""
+"""Service: wires the monitor, healing, endpoints, DNS, the operations and the admin API together, and stops them."""
 
 from __future__ import annotations
 
