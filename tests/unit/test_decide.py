@@ -196,7 +196,7 @@ def test_sync_standbys_shrink_to_the_live_replicas_before_the_voters_do():
     assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2)")
     statuses["n1"] = primary(sync="ANY 1 (n2)")
     d = decide(state, statuses, POLICY)
-    assert (d.action, d.value) == (Action.SET_VOTERS, "n2")
+    assert (d.action, d.value) == (Action.SET_VOTERS, "1:n2")
     assert d.reason == "n3 leaves the voters once n2 has every commit the writer acknowledged so far"
 
 
@@ -205,7 +205,7 @@ def test_a_replica_being_removed_leaves_the_sync_standbys_then_the_voters_while_
     d = decide(RUNNING, HEALTHY, leaving)
     assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2)")
     d = decide(RUNNING, {**HEALTHY, "n1": primary(sync="ANY 1 (n2)")}, leaving)
-    assert (d.action, d.value) == (Action.SET_VOTERS, "n2")
+    assert (d.action, d.value) == (Action.SET_VOTERS, "1:n2")
     assert desired_sync_names(RUNNING, HEALTHY, POLICY) == "ANY 1 (n2, n3)"  # without it, n3 stays
 
 
@@ -213,7 +213,7 @@ def test_a_returning_standby_joins_the_voters_before_the_sync_standbys():
     state = replace(RUNNING, voters=frozenset({"n2"}))
     statuses = {**HEALTHY, "n1": primary(sync="ANY 1 (n2)")}
     d = decide(state, statuses, POLICY)
-    assert (d.action, d.value) == (Action.SET_VOTERS, "n2,n3")
+    assert (d.action, d.value) == (Action.SET_VOTERS, "1:n2,n3")
     d = decide(replace(state, voters=frozenset({"n2", "n3"})), statuses, POLICY)
     assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2, n3)")
 
@@ -255,7 +255,7 @@ def test_quorum_mode_clears_the_voters_then_degrades_to_async_when_no_standby_is
     state = replace(RUNNING, failures={"n2": 3, "n3": 3})
     statuses = {"n1": primary(), "n2": down("n2"), "n3": down("n3")}
     d = decide(state, statuses, POLICY)
-    assert (d.action, d.value) == (Action.SET_VOTERS, "")
+    assert (d.action, d.value) == (Action.SET_VOTERS, "1:")
     d = decide(replace(state, voters=frozenset()), statuses, POLICY)
     assert (d.action, d.value) == (Action.SET_SYNC, "")
     assert d.reason.startswith("no synchronous standby is left; sync_mode=quorum degrades to asynchronous")

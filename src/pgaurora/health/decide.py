@@ -52,7 +52,8 @@ class ClusterState:
     system_id: int | None = None
     failures: Mapping[str, int] = field(default_factory=dict)
     fenced: frozenset[str] = frozenset()
-    voters: frozenset[str] = frozenset()  # durable: standbys that must all answer before a promotion
+    voters: frozenset[str] = frozenset()  # durable: the standbys whose answers prove a promotion safe
+    proven: int = 1  # durable: the acknowledgements the voters' proof relies on (all but proven-1 must answer)
     drained: frozenset[str] = frozenset()  # durable: replicas an operator took out of the reader endpoint
     writer_lsn: int | None = None  # the writer's position at its last successful probe (not durable)
 
@@ -66,6 +67,7 @@ class Policy:
     failure_threshold: int = 3
     failover: bool = True
     sync_mode: SyncMode = SyncMode.QUORUM
+    sync_acks: int = 1  # k: commits wait for k synchronous standbys (ANY k)
     auto_rejoin: bool = False  # only when the monitor controls the nodes (compose)
     max_data_loss: int = 0  # bytes a failover may lose when nothing proves it loses none
     witness_window: float = 1.5  # a replica vouches for the writer if it heard from it this recently
@@ -195,6 +197,7 @@ def promotion_verdict(
         policy.max_data_loss,
         policy.synchronous,
         forced,
+        state.proven,
     )
 
 
@@ -283,10 +286,15 @@ def wanted_sync(state: ClusterState, statuses: Mapping[str, NodeStatus], policy:
     return frozenset(alive or (standbys if policy.sync_mode is SyncMode.STRICT else []))
 
 
+def wanted_acks(wanted: frozenset[str], policy: Policy) -> int:
+    """The acknowledgements commits should wait for: sync_acks, or every wanted standby when there are fewer."""
+    return min(policy.sync_acks, len(wanted))
+
+
 def desired_sync_names(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> str | None:
     """synchronous_standby_names the writer should have, or None when the monitor leaves it alone."""
     wanted = wanted_sync(state, statuses, policy)
-    return None if wanted is None else quorum.sync_names(wanted)
+    return None if wanted is None else quorum.sync_names(wanted, wanted_acks(wanted, policy))
 
 
 def _sync_standbys(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision | None:
@@ -294,17 +302,29 @@ def _sync_standbys(state: ClusterState, statuses: Mapping[str, NodeStatus], poli
     if wanted is None:
         return None
     current = statuses[known_writer(state)].sync_names
-    sync = quorum.parse_sync_names(current)
-    if sync is None:  # a form pgaurora does not write: any standby might have acknowledged
-        sync = frozenset(n for n in policy.addresses if n != state.writer)
-    step = quorum.next_step(state.voters, sync, wanted)
+    parsed = quorum.parse_sync(current)
+    if parsed is None:  # a form pgaurora does not write: any standby might have acknowledged, any one alone
+        parsed = frozenset(n for n in policy.addresses if n != state.writer), 1
+    sync, acks = parsed
+    step = quorum.next_step(state.voters, state.proven, sync, acks, wanted, wanted_acks(wanted, policy))
     if step is None:
         return None
     if step.kind is quorum.StepKind.VOTERS:
-        return Decision(Action.SET_VOTERS, step.reason, target=state.writer, value=",".join(sorted(step.value)))
-    value = quorum.sync_names(step.value)
+        return Decision(Action.SET_VOTERS, step.reason, target=state.writer, value=voters_value(step.value, step.acks))
+    value = quorum.sync_names(step.value, step.acks)
     why = step.reason if value else "no synchronous standby is left; sync_mode=quorum degrades to asynchronous commit"
     return Decision(Action.SET_SYNC, f"{why} (was {current!r})", target=state.writer, value=value)
+
+
+def voters_value(voters: frozenset[str], proven: int) -> str:
+    """A SET_VOTERS decision's value: 'p:a,b' (the acknowledgements the proof relies on, then the voters)."""
+    return f"{proven}:{','.join(sorted(voters))}"
+
+
+def parse_voters_value(value: str | None) -> tuple[frozenset[str], int]:
+    """The voters and proven of a SET_VOTERS decision's value."""
+    proven, _, members = (value or "1:").partition(":")
+    return frozenset(filter(None, members.split(","))), int(proven)
 
 
 def lsn(value: int | None) -> str:
