@@ -304,3 +304,21 @@ def test_with_k_acknowledgements_the_writer_and_any_k_minus_1_voters_can_be_lost
     if len(set(lagging) | set(lost)) < len(STANDBYS):  # someone holds the acknowledged commits
         assert target is not None, f"k={k}: losing the writer and {lost} blocked the failover"
         assert model.pos[target] >= model.acked
+
+
+def test_survivable_counts_the_writer_and_the_voters_beyond_what_a_proof_needs():
+    from pgaurora.health.snapshot import survivable
+    from pgaurora.service.admin.server import can_lose
+
+    model = Model(SyncMode.QUORUM, 2)
+    state = replace(model.state, proven=2)
+    statuses = model.statuses(True)
+    assert survivable(state, statuses) == 2 and can_lose(2) == "the writer and 1 replica"
+    model.up["n2"] = False
+    assert survivable(state, model.statuses(True)) == 1 and can_lose(1) == "the writer"
+    model.up["n3"] = False
+    assert survivable(state, model.statuses(True)) == 0
+    assert can_lose(0).startswith("nothing")
+    assert survivable(replace(state, voters=frozenset()), statuses) == 0  # nothing proven
+    assert survivable(replace(state, proven=1), statuses) == 1  # ANY 1: every voter must answer
+    assert can_lose(3) == "the writer and 2 replicas"
