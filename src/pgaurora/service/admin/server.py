@@ -155,7 +155,7 @@ def status_document(service: AdminHost) -> dict:
 def can_lose(survivable: int) -> str:
     """What the cluster can lose at once now, with no commit lost and no person deciding."""
     if survivable <= 0:
-        return "nothing: losing the writer now needs a person, or may lose commits"
+        return "nothing without a person deciding"
     if survivable == 1:
         return "the writer"
     extra = survivable - 1
