@@ -56,6 +56,10 @@ class ClusterState:
     proven: int = 1  # durable: the acknowledgements the voters' proof relies on (all but proven-1 must answer)
     drained: frozenset[str] = frozenset()  # durable: replicas an operator took out of the reader endpoint
     writer_lsn: int | None = None  # the writer's position at its last successful probe (not durable)
+    timelines: Mapping[str, int] = field(default_factory=dict)  # the newest timeline each replica was seen on
+    # (not durable): a replica whose WAL receiver stopped reports its last restartpoint's, which may be older
+    stuck: Mapping[str, int] = field(default_factory=dict)  # probes a replica spent on an older timeline than
+    # the writer's without streaming (not durable): one that outlived its writer may hold WAL the new one lacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class Policy:
     max_data_loss: int = 0  # bytes a failover may lose when nothing proves it loses none
     witness_window: float = 1.5  # a replica vouches for the writer if it heard from it this recently
     leaving: frozenset[str] = frozenset()  # replicas being removed: out of synchronous replication first
+    stuck_after: int = 20  # probes on an older timeline without streaming before a replica is rewound
 
     @property
     def synchronous(self) -> bool:
@@ -202,6 +207,9 @@ def promotion_verdict(
 
 
 def _eligible(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> list[NodeStatus]:
+    """Replicas a promotion may choose, and whose answers count as a voter's. Not one on an older timeline
+    than the writer's: it has not followed the writer's history (it may have outlived an older writer with
+    WAL nobody else has), so its position says nothing of what the writer acknowledged."""
     return [
         s
         for s in statuses.values()
@@ -209,7 +217,15 @@ def _eligible(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> list[N
         and s.name != state.writer
         and s.name not in state.fenced
         and (state.system_id is None or s.system_id == state.system_id)
+        and not behind_timeline(state, s)
     ]
+
+
+def behind_timeline(state: ClusterState, status: NodeStatus) -> bool:
+    """Is this replica on an older timeline than the writer's (as far as the monitor knows both)? Its own
+    report, or the newest it was seen on: once it has streamed a timeline it holds that history."""
+    known = max(status.timeline or 0, state.timelines.get(status.name, 0))
+    return state.timeline is not None and known > 0 and known < state.timeline
 
 
 def choose_candidate(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> NodeStatus | None:
@@ -222,7 +238,7 @@ def choose_candidate(state: ClusterState, statuses: Mapping[str, NodeStatus], po
 
 
 def _maintain(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision:
-    for check in (_fence_rivals, _unfence_followers, _repoint_strays, _sync_standbys):
+    for check in (_fence_rivals, _unfence_followers, _repoint_strays, _rewind_stuck, _sync_standbys):
         decision = check(state, statuses, policy)
         if decision is not None:
             return decision
@@ -247,6 +263,25 @@ def _fence_rivals(state: ClusterState, statuses: Mapping[str, NodeStatus], polic
                 Action.REJOIN,
                 f"fenced {s.name} is up as a primary; rejoining it as a replica of {state.writer}",
                 target=s.name,
+            )
+    return None
+
+
+def _rewind_stuck(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision | None:
+    """A replica that stays on an older timeline than the writer's without streaming cannot follow: it holds
+    WAL past the point where the writer's timeline began (it outlived an older writer, or was killed with it).
+    pg_rewind brings it onto the writer's history (or re-clones it)."""
+    if not policy.auto_rejoin:
+        return None
+    for name in sorted(state.stuck):
+        if state.stuck[name] >= policy.stuck_after and name not in state.fenced:
+            s = statuses.get(name)
+            return Decision(
+                Action.REJOIN,
+                f"{name} has stayed on timeline {s.timeline if s else '?'}, older than writer {state.writer}'s "
+                f"{state.timeline}, without streaming for {state.stuck[name]} probes: it may hold WAL the writer "
+                "lacks; rewinding it onto the writer's timeline",
+                target=name,
             )
     return None
 

@@ -26,6 +26,7 @@ from .decide import (
     ClusterState,
     Decision,
     Policy,
+    behind_timeline,
     decide,
     desired_sync_names,
     hearing_writer,
@@ -296,7 +297,17 @@ class Monitor:
         self.last_seen.update({n: s for n, s in statuses.items() if s.reachable})
         writer = statuses.get(self.state.writer) if self.state.writer else None
         writer_lsn = writer.current_lsn if writer is not None and writer.is_primary else self.state.writer_lsn
-        self._set_state(failures=failures, writer_lsn=writer_lsn)
+        timelines = dict(self.state.timelines)
+        for name, s in statuses.items():
+            if s.is_replica and s.timeline is not None:
+                timelines[name] = max(timelines.get(name, 0), s.timeline)
+        self._set_state(failures=failures, writer_lsn=writer_lsn, timelines=timelines)
+        stuck = {
+            name: self.state.stuck.get(name, 0) + 1
+            for name, s in statuses.items()
+            if s.is_replica and s.receiver_status != "streaming" and behind_timeline(self.state, s)
+        }
+        self._set_state(stuck=stuck)
 
     def failover_outlook(self) -> tuple[bool, str]:
         """Would a failover right now keep every acknowledged commit? (for /status and /metrics)"""
