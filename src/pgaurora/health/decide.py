@@ -318,7 +318,9 @@ def wanted_sync(state: ClusterState, statuses: Mapping[str, NodeStatus], policy:
         for n in standbys
         if state.failures.get(n, 0) < policy.failure_threshold and statuses.get(n) is not None and statuses[n].reachable
     ]
-    return frozenset(alive or (standbys if policy.sync_mode is SyncMode.STRICT else []))
+    if policy.sync_mode is SyncMode.STRICT and len(alive) < min(policy.sync_acks, len(standbys)):
+        return frozenset(standbys)  # strict: commits wait until k standbys are back, rather than need fewer
+    return frozenset(alive)
 
 
 def wanted_acks(wanted: frozenset[str], policy: Policy) -> int:
