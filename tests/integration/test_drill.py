@@ -149,3 +149,44 @@ def test_a_drill_of_an_existing_cluster_allows_only_faults_that_need_no_host(fre
     assert only["outcome"].startswith("no failover") and only["lost"] == 0
     assert report["consistency"]["lost"] == 0 and report["consistency"]["acknowledged"] > 0
     assert cluster.primary.sql("SELECT to_regclass('pgaurora_drill') IS NULL") == "t", "the drill left its table"
+
+
+def test_a_drill_of_the_writer_and_a_replica_killed_together_with_two_acks_loses_nothing(tmp_path):
+    """Issue 28: the fault kill-primary-and-replica, on a cluster whose commits wait for 2 of 3 standbys."""
+    out = tmp_path / "out.json"
+    run = subprocess.run(
+        [
+            *PGAURORA,
+            "drill",
+            "--replicas",
+            "3",
+            "--sync-acks",
+            "2",
+            "--faults",
+            "kill-primary-and-replica",
+            "--rounds",
+            "2",
+            "--json",
+            str(out),
+            "--base-address",
+            free_loopback_base(4),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for r in report["rounds"]:
+        assert r["outcome"].startswith("failover n") and "killed with it" in r["outcome"], r
+        assert r["lost"] == 0 and r["write_downtime"] is not None and r["write_downtime"] <= 5.0, r
+    c = report["consistency"]
+    assert (c["lost"], c["split_brain"]) == (0, 0) and c["acknowledged"] > 50
+    one_ack = subprocess.run(
+        [*PGAURORA, "drill", "--replicas", "3", "--faults", "kill-primary-and-replica"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert one_ack.returncode == 1 and "give --sync-acks 2" in one_ack.stderr, one_ack.stderr

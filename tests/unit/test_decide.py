@@ -196,7 +196,7 @@ def test_sync_standbys_shrink_to_the_live_replicas_before_the_voters_do():
     assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2)")
     statuses["n1"] = primary(sync="ANY 1 (n2)")
     d = decide(state, statuses, POLICY)
-    assert (d.action, d.value) == (Action.SET_VOTERS, "n2")
+    assert (d.action, d.value) == (Action.SET_VOTERS, "1:n2")
     assert d.reason == "n3 leaves the voters once n2 has every commit the writer acknowledged so far"
 
 
@@ -205,7 +205,7 @@ def test_a_replica_being_removed_leaves_the_sync_standbys_then_the_voters_while_
     d = decide(RUNNING, HEALTHY, leaving)
     assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2)")
     d = decide(RUNNING, {**HEALTHY, "n1": primary(sync="ANY 1 (n2)")}, leaving)
-    assert (d.action, d.value) == (Action.SET_VOTERS, "n2")
+    assert (d.action, d.value) == (Action.SET_VOTERS, "1:n2")
     assert desired_sync_names(RUNNING, HEALTHY, POLICY) == "ANY 1 (n2, n3)"  # without it, n3 stays
 
 
@@ -213,7 +213,7 @@ def test_a_returning_standby_joins_the_voters_before_the_sync_standbys():
     state = replace(RUNNING, voters=frozenset({"n2"}))
     statuses = {**HEALTHY, "n1": primary(sync="ANY 1 (n2)")}
     d = decide(state, statuses, POLICY)
-    assert (d.action, d.value) == (Action.SET_VOTERS, "n2,n3")
+    assert (d.action, d.value) == (Action.SET_VOTERS, "1:n2,n3")
     d = decide(replace(state, voters=frozenset({"n2", "n3"})), statuses, POLICY)
     assert (d.action, d.value) == (Action.SET_SYNC, "ANY 1 (n2, n3)")
 
@@ -255,7 +255,7 @@ def test_quorum_mode_clears_the_voters_then_degrades_to_async_when_no_standby_is
     state = replace(RUNNING, failures={"n2": 3, "n3": 3})
     statuses = {"n1": primary(), "n2": down("n2"), "n3": down("n3")}
     d = decide(state, statuses, POLICY)
-    assert (d.action, d.value) == (Action.SET_VOTERS, "")
+    assert (d.action, d.value) == (Action.SET_VOTERS, "1:")
     d = decide(replace(state, voters=frozenset()), statuses, POLICY)
     assert (d.action, d.value) == (Action.SET_SYNC, "")
     assert d.reason.startswith("no synchronous standby is left; sync_mode=quorum degrades to asynchronous")
@@ -280,3 +280,28 @@ def test_primary_conninfo_is_parsed_with_quotes_and_escapes():
     fields = parse_conninfo("host='127.0.3.12' port='5432' password='it\\'s a secret' application_name=n3")
     assert fields == {"host": "127.0.3.12", "port": "5432", "password": "it's a secret", "application_name": "n3"}
     assert parse_conninfo("") == {} and parse_conninfo(None) == {}
+
+
+def test_a_replica_on_an_older_timeline_is_neither_a_candidate_nor_a_voters_answer():
+    """Issue 28: with ANY 2, a replica killed with an older writer came back with WAL beyond the point where
+    the current writer's timeline began. Its larger LSN is on another history: promoting it lost commits."""
+    state = replace(RUNNING, timeline=2, failures={"n1": 3}, proven=1)
+    diverged = replica("n2", 5000, streaming=False, timeline=1)
+    statuses = {"n1": down("n1"), "n2": diverged, "n3": replica("n3", 900, streaming=False, timeline=2)}
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.target) == (Action.NO_CANDIDATE, "n3")  # n2 counts as missing: not proven
+    assert "n2 is unreachable" in d.reason
+    two = replace(state, proven=2)
+    d = decide(two, statuses, POLICY)
+    assert (d.action, d.target, d.loss_bound) == (Action.PROMOTE, "n3", 0)  # ANY 2: one of two voters suffices
+
+
+def test_a_replica_stuck_on_an_older_timeline_is_rewound_after_stuck_after_probes():
+    state = replace(RUNNING, timeline=2)
+    statuses = {**HEALTHY, "n1": primary(timeline=2), "n2": replica("n2", 5000, streaming=False, timeline=1)}
+    waiting = decide(replace(state, stuck={"n2": 19}), statuses, replace(POLICY, auto_rejoin=True))
+    assert waiting.action is not Action.REJOIN
+    d = decide(replace(state, stuck={"n2": 20}), statuses, replace(POLICY, auto_rejoin=True))
+    assert (d.action, d.target) == (Action.REJOIN, "n2")
+    assert "stayed on timeline 1, older than writer n1's 2" in d.reason
+    assert decide(replace(state, stuck={"n2": 20}), statuses, POLICY).action is not Action.REJOIN  # not composed

@@ -9,9 +9,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgaurora.core.config import SyncMode
-from pgaurora.health.decide import Action, ClusterState, Policy, decide
+from pgaurora.health.decide import Action, ClusterState, Policy, decide, parse_voters_value
 from pgaurora.health.probe import NodeStatus
-from pgaurora.health.quorum import Position, StepKind, holds, judge, next_step, parse_sync_names, sync_names
+from pgaurora.health.quorum import (
+    Position,
+    StepKind,
+    holds,
+    judge,
+    next_step,
+    parse_sync,
+    parse_sync_names,
+    sync_names,
+)
 
 F = frozenset
 
@@ -42,22 +51,59 @@ F = frozenset
         (F("a"), F("ac"), F("a"), StepKind.VOTERS, F("ac"), False),
     ],
 )
-def test_transition_table(voters, sync, wanted, kind, value, catch_up):
-    step = next_step(voters, sync, wanted)
+def test_transition_table_with_one_acknowledgement(voters, sync, wanted, kind, value, catch_up):
+    acks = lambda members: min(1, len(members))  # noqa: E731
+    step = next_step(voters, 1, sync, acks(sync), wanted, acks(wanted))
     if kind is None:
         assert step is None
         return
     assert (step.kind, step.value, step.catch_up) == (kind, value, catch_up)
     assert step.reason
     if step.kind is StepKind.SYNC:
-        assert holds(voters, step.value), "a sync change must never outrun the voters"
+        assert holds(voters, 1, step.value, step.acks), "a sync change must never outrun the voters"
+
+
+@pytest.mark.parametrize(
+    "voters, proven, sync, acks, wanted, wanted_acks, step",
+    [
+        # at rest with k = 2
+        (F("abc"), 2, F("abc"), 2, F("abc"), 2, None),
+        # k raised from 1 to 2: commits first, then the proof, after two voters caught up
+        (F("abc"), 1, F("abc"), 1, F("abc"), 2, (StepKind.SYNC, F("abc"), 2, False)),
+        (F("abc"), 1, F("abc"), 2, F("abc"), 2, (StepKind.VOTERS, F("abc"), 2, True)),
+        # k lowered from 2 to 1: the proof first (stricter at once), then commits
+        (F("abc"), 2, F("abc"), 2, F("abc"), 1, (StepKind.VOTERS, F("abc"), 1, False)),
+        (F("abc"), 1, F("abc"), 2, F("abc"), 1, (StepKind.SYNC, F("abc"), 1, False)),
+        # k = 2 and a standby dies, two left: still 2 acknowledgements, the voters narrow after two caught up
+        (F("abc"), 2, F("abc"), 2, F("ab"), 2, (StepKind.SYNC, F("ab"), 2, False)),
+        (F("abc"), 2, F("ab"), 2, F("ab"), 2, (StepKind.VOTERS, F("ab"), 2, True)),
+        # k = 2 and only one standby is left: the proof relies on one acknowledgement first, then commits wait
+        # for that one, then the voters narrow
+        (F("ab"), 2, F("ab"), 2, F("a"), 1, (StepKind.VOTERS, F("ab"), 1, False)),
+        (F("ab"), 1, F("ab"), 2, F("a"), 1, (StepKind.SYNC, F("a"), 1, False)),
+        (F("ab"), 1, F("a"), 1, F("a"), 1, (StepKind.VOTERS, F("a"), 1, True)),
+        # a proof relying on more acknowledgements than commits wait for is repaired first
+        (F("ab"), 2, F("ab"), 1, F("ab"), 1, (StepKind.VOTERS, F("ab"), 1, False)),
+    ],
+)
+def test_transition_table_with_k_acknowledgements(voters, proven, sync, acks, wanted, wanted_acks, step):
+    got = next_step(voters, proven, sync, acks, wanted, wanted_acks)
+    if step is None:
+        assert got is None
+        return
+    assert (got.kind, got.value, got.acks, got.catch_up) == step, got.reason
+    if got.kind is StepKind.SYNC:
+        assert holds(voters, proven, got.value, got.acks), "a sync change must never outrun the voters"
 
 
 def test_sync_names_round_trip_and_foreign_forms():
     assert sync_names({"n3", "n2"}) == "ANY 1 (n2, n3)" and sync_names(()) == ""
+    assert sync_names({"n3", "n2", "n4"}, 2) == "ANY 2 (n2, n3, n4)" and sync_names({"n2"}, 3) == "ANY 1 (n2)"
     assert parse_sync_names("ANY 1 (n2, n3)") == F({"n2", "n3"})
+    assert parse_sync("ANY 2 (n2, n3)") == (F({"n2", "n3"}), 2) and parse_sync("") == (F(), 0)
     assert parse_sync_names("") == F()
     assert parse_sync_names("FIRST 2 (n2, n3)") is None and parse_sync_names("*") is None
+    assert parse_sync("ANY 3 (n2, n3)") is None  # waits for more standbys than it names: not pgaurora's
 
 
 def test_judge_needs_every_voter_and_reports_the_known_bound():
@@ -73,35 +119,52 @@ def test_judge_needs_every_voter_and_reports_the_known_bound():
     assert not judge(unsettled["n2"], unsettled, F({"n2", "n3"}), 1000, 0, True).safe
 
 
+def test_judge_with_two_acknowledgements_needs_all_voters_but_one():
+    voters = F({"n2", "n3", "n4"})
+    replicas = {"n2": Position("n2", 900), "n3": Position("n3", 800)}  # n4 lost with the writer
+    ok = judge(replicas["n2"], replicas, voters, 1000, 0, True, proven=2)
+    assert (ok.safe, ok.loss_bound) == (True, 0) and "2 of the voters (at least 2 must)" in ok.proof
+    behind = judge(replicas["n3"], replicas, voters, 1000, 0, True, proven=2)
+    assert not behind.safe  # n2 answered with more: n3 may lack what n2 and n4 acknowledged
+    alone = {"n2": replicas["n2"]}
+    blocked = judge(alone["n2"], alone, voters, 1000, 0, True, proven=2)
+    assert not blocked.safe and "quorum ANY 2 of n2, n3, n4" in blocked.proof
+    assert "waiting for 1 of n3, n4" in blocked.proof
+
+
 # -- the model -------------------------------------------------------------------------------------
-STANDBYS = ("n2", "n3", "n4")
+STANDBYS = ("n2", "n3", "n4", "n5")
 ADDRESSES = {n: (f"127.0.0.{i + 11}", 5432) for i, n in enumerate(("n1", *STANDBYS))}
 
 
 @dataclass
 class Model:
-    """Commits are numbered 1..log; a standby holds a prefix of them (WAL is linear)."""
+    """Commits are numbered 1..log; a standby holds a prefix of them (WAL is linear). Commits wait for k
+    synchronous standbys (ANY k), or for every one of them when fewer are named."""
 
     mode: SyncMode
+    k: int = 1
     log: int = 0
     acked: int = 0  # every commit up to here was acknowledged to a client
     pos: dict = field(default_factory=lambda: {n: 0 for n in STANDBYS})
     up: dict = field(default_factory=lambda: {n: True for n in STANDBYS})
     sync: frozenset = frozenset(STANDBYS)
+    acks: int = 1
     state: ClusterState = field(
         default_factory=lambda: ClusterState(writer="n1", epoch=1, timeline=1, system_id=1, voters=frozenset(STANDBYS))
     )
 
     @property
     def policy(self) -> Policy:
-        return Policy(addresses=ADDRESSES, failure_threshold=1, sync_mode=self.mode)
+        return Policy(addresses=ADDRESSES, failure_threshold=1, sync_mode=self.mode, sync_acks=self.k)
 
     def release(self) -> None:
-        """A waiting commit returns once a synchronous standby has it, or at once without any."""
+        """A waiting commit returns once `acks` synchronous standbys have it, or at once without any."""
         if not self.sync:
             self.acked = self.log
         else:
-            self.acked = max(self.acked, max(self.pos[n] for n in self.sync))
+            held = sorted((self.pos[n] for n in self.sync), reverse=True)
+            self.acked = max(self.acked, held[self.acks - 1])
 
     def commit(self) -> None:
         self.log += 1
@@ -121,7 +184,7 @@ class Model:
                 current_lsn=self.log,
                 timeline=1,
                 system_id=1,
-                sync_names=sync_names(self.sync),
+                sync_names=sync_names(self.sync, self.acks),
             )
             if writer_up
             else NodeStatus.unknown("n1", "down")
@@ -129,7 +192,15 @@ class Model:
         for n in STANDBYS:
             out[n] = (
                 NodeStatus(
-                    n, True, in_recovery=True, receive_lsn=self.pos[n], replay_lsn=self.pos[n], timeline=1, system_id=1
+                    n,
+                    True,
+                    in_recovery=True,
+                    receive_lsn=self.pos[n],
+                    replay_lsn=self.pos[n],
+                    timeline=1,
+                    system_id=1,
+                    conninfo_host=ADDRESSES["n1"][0],  # streaming from the writer: the model is about quorum
+                    conninfo_port=ADDRESSES["n1"][1],
                 )
                 if self.up[n]
                 else NodeStatus.unknown(n, "down")
@@ -142,14 +213,14 @@ class Model:
         self.state = replace(self.state, failures=failures, writer_lsn=self.log)
         d = decide(self.state, self.statuses(True), self.policy)
         if d.action is Action.SET_SYNC:
-            self.sync = parse_sync_names(d.value)
+            self.sync, self.acks = parse_sync(d.value)
             self.release()
         elif d.action is Action.SET_VOTERS:
-            voters = frozenset(filter(None, d.value.split(",")))
-            widening = self.state.voters and voters >= self.state.voters
-            caught = any(self.up[n] and self.pos[n] >= self.log for n in voters)  # actions.caught_up
-            if not voters or widening or caught:
-                self.state = replace(self.state, voters=voters)
+            voters, proven = parse_voters_value(d.value)
+            stricter = self.state.voters and voters >= self.state.voters and proven <= self.state.proven
+            caught = sum(1 for n in voters if self.up[n] and self.pos[n] >= self.log) >= proven  # actions.caught_up
+            if not voters or stricter or caught:
+                self.state = replace(self.state, voters=voters, proven=proven)
 
     def promotion_after_writer_dies(self) -> str | None:
         failures = {"n1": 1, **{n: 0 if self.up[n] else 1 for n in STANDBYS}}
@@ -163,19 +234,11 @@ OPS = st.one_of(
     st.tuples(st.just("fail"), st.sampled_from(STANDBYS), st.just(0)),
     st.tuples(st.just("recover"), st.sampled_from(STANDBYS), st.just(0)),
     st.tuples(st.just("tick"), st.just(""), st.just(0)),
+    st.tuples(st.just("retune"), st.just(""), st.integers(1, 3)),
 )
 
 
-@settings(max_examples=1500, deadline=None)
-@given(
-    mode=st.sampled_from([SyncMode.QUORUM, SyncMode.STRICT]),
-    ops=st.lists(OPS, max_size=60),
-    returning=st.lists(st.sampled_from(STANDBYS), unique=True),
-)
-def test_no_promotion_the_monitor_allows_loses_an_acknowledged_commit(mode, ops, returning):
-    """Random commits, standby failures and recoveries, monitor ticks; then the primary dies and some
-    standbys come back. Whatever decide() promotes must hold every acknowledged commit."""
-    model = Model(mode)
+def _run(model: Model, ops: list) -> None:
     for op, name, count in ops:
         if op == "commit":
             model.commit()
@@ -185,9 +248,25 @@ def test_no_promotion_the_monitor_allows_loses_an_acknowledged_commit(mode, ops,
             model.up[name] = False
         elif op == "recover":
             model.up[name] = True
+        elif op == "retune":  # a reload changes sync_acks
+            model.k = count
         else:
             model.tick()
-        assert holds(model.state.voters, model.sync), "invariant broken"
+        assert holds(model.state.voters, model.state.proven, model.sync, model.acks), "invariant broken"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    mode=st.sampled_from([SyncMode.QUORUM, SyncMode.STRICT]),
+    k=st.integers(1, 3),
+    ops=st.lists(OPS, max_size=80),
+    returning=st.lists(st.sampled_from(STANDBYS), unique=True),
+)
+def test_no_promotion_the_monitor_allows_loses_an_acknowledged_commit(mode, k, ops, returning):
+    """Random commits, standby failures and recoveries, changes of k, monitor ticks; then the primary dies and
+    some standbys come back. Whatever decide() promotes must hold every acknowledged commit."""
+    model = Model(mode, k)
+    _run(model, ops)
     for name in returning:
         model.up[name] = True
     target = model.promotion_after_writer_dies()
@@ -195,3 +274,51 @@ def test_no_promotion_the_monitor_allows_loses_an_acknowledged_commit(mode, ops,
         assert model.pos[target] >= model.acked, (
             f"promoted {target} at {model.pos[target]} but commits up to {model.acked} were acknowledged"
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    k=st.integers(1, 3),
+    commits=st.integers(1, 20),
+    lagging=st.lists(st.sampled_from(STANDBYS), unique=True, max_size=2),
+    data=st.data(),
+)
+def test_with_k_acknowledgements_the_writer_and_any_k_minus_1_voters_can_be_lost(k, commits, lagging, data):
+    """At rest with ANY k, then commits that some standbys have not all received yet: the writer and any k-1
+    voters die together, and a promotion is still proven safe (and loses nothing)."""
+    model = Model(SyncMode.QUORUM, k)
+    for _ in range(4 * len(STANDBYS)):  # settle: every standby a voter, the proof relying on k
+        for n in STANDBYS:
+            model.replicate(n, model.log)
+        model.tick()
+    assert (model.state.voters, model.state.proven, model.acks) == (frozenset(STANDBYS), k, k)
+    for _ in range(commits):
+        model.commit()
+        for n in STANDBYS:
+            if n not in lagging:
+                model.replicate(n, 1)
+    lost = data.draw(st.lists(st.sampled_from(STANDBYS), unique=True, min_size=k - 1, max_size=k - 1))
+    for n in lost:
+        model.up[n] = False
+    target = model.promotion_after_writer_dies()
+    if len(set(lagging) | set(lost)) < len(STANDBYS):  # someone holds the acknowledged commits
+        assert target is not None, f"k={k}: losing the writer and {lost} blocked the failover"
+        assert model.pos[target] >= model.acked
+
+
+def test_survivable_counts_the_writer_and_the_voters_beyond_what_a_proof_needs():
+    from pgaurora.health.snapshot import survivable
+    from pgaurora.service.admin.server import can_lose
+
+    model = Model(SyncMode.QUORUM, 2)
+    state = replace(model.state, proven=2)
+    statuses = model.statuses(True)
+    assert survivable(state, statuses) == 2 and can_lose(2) == "the writer and 1 replica"
+    model.up["n2"] = False
+    assert survivable(state, model.statuses(True)) == 1 and can_lose(1) == "the writer"
+    model.up["n3"] = False
+    assert survivable(state, model.statuses(True)) == 0
+    assert can_lose(0).startswith("nothing")
+    assert survivable(replace(state, voters=frozenset()), statuses) == 0  # nothing proven
+    assert survivable(replace(state, proven=1), statuses) == 1  # ANY 1: every voter must answer
+    assert can_lose(3) == "the writer and 2 replicas"

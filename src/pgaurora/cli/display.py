@@ -45,9 +45,13 @@ def print_status(doc: dict, wide: bool = False) -> None:
             row += [str(n["timeline"] or "-"), n["upstream"] or "-", str(n["connections"])]
         table.add_row(*row)
     console.print(table)
-    voters = ", ".join(doc.get("voters") or []) or "none"
+    voters = doc.get("voters") or []
+    quorum = doc.get("promote_quorum", len(voters))
+    must = "all" if quorum == len(voters) else f"{quorum} of {len(voters)}"
     safe = "[green]safe[/]" if doc.get("failover_safe") else "[yellow]not provably safe[/]"
-    console.print(f"voters {voters} (all must answer to promote)   failover now: {safe}")
+    console.print(f"voters {', '.join(voters) or 'none'} ({must} must answer to promote)   failover now: {safe}")
+    if doc.get("can_lose"):
+        console.print(f"can lose now, with no commit lost: {doc['can_lose']}")
     if not doc.get("failover_safe") and doc.get("failover_outlook"):
         console.print(f"  {doc['failover_outlook']}")
     unsafe = doc.get("last_unsafe_failover")

@@ -44,8 +44,16 @@ write was lost, a split-brain write was found, or a downtime exceeded --max-down
 HOST_FREE = ("switchover", "isolate-primary")  # the faults possible on a cluster the drill does not control
 
 
-def check_faults(faults: list[fault_catalog.Fault], backend: str, configured: bool) -> None:
+def check_faults(
+    faults: list[fault_catalog.Fault], backend: str, configured: bool, sync_acks: int = 1, replicas: int = 2
+) -> None:
     """Refuse, before anything starts, a fault that cannot work here."""
+    if any(f.name == "kill-primary-and-replica" for f in faults) and not configured:
+        if sync_acks < 2 or replicas < 3:
+            raise ClusterError(
+                "kill-primary-and-replica fails over on its own only when commits wait for 2 standbys or more "
+                "(with ANY 1 the failover rightly waits for a person): give --sync-acks 2 and --replicas 3 or more"
+            )
     if configured:
         refused = [f.name for f in faults if f.name not in HOST_FREE]
         if refused:
@@ -75,6 +83,13 @@ def check_faults(faults: list[fault_catalog.Fault], backend: str, configured: bo
     help="Where the drill's cluster runs: local processes, or Docker containers.",
 )
 @click.option("--replicas", type=click.IntRange(1, 15), default=2, show_default=True)
+@click.option(
+    "--sync-acks",
+    type=click.IntRange(1, 15),
+    default=1,
+    show_default=True,
+    help="Commits wait for this many standbys (ANY k), in the cluster the drill composes.",
+)
 @click.option(
     "--config",
     "config_path",
@@ -127,6 +142,7 @@ def check_faults(faults: list[fault_catalog.Fault], backend: str, configured: bo
 def drill(
     backend,
     replicas,
+    sync_acks,
     config_path,
     fault_names,
     rounds,
@@ -147,13 +163,13 @@ def drill(
         faults = fault_catalog.parse(fault_names)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--faults") from None
-    check_faults(faults, backend, config_path is not None)
+    check_faults(faults, backend, config_path is not None, sync_acks, replicas)
     if config_path is not None:
         target: ConfiguredTarget | ComposedTarget = ConfiguredTarget(config_mod.load(config_path))
     else:
         workdir = Path(tempfile.mkdtemp(prefix="pgaurora-drill-"))
         os.chmod(workdir, 0o755)  # the PostgreSQL user must reach the cluster inside
-        target = ComposedTarget(workdir, replicas, base_address, backend)
+        target = ComposedTarget(workdir, replicas, base_address, backend, sync_acks)
     report, log = _run(target, faults, rounds, writers, readers)
     console = Console()
     console.print(round_table(report.rounds))

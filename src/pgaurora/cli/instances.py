@@ -122,9 +122,23 @@ def _summary(cluster: LocalCluster, instances: list[Instance], etcd: EtcdCluster
 
 
 def run_instances(
-    *, count: int, replicas, state_dir, password, name, port, base_address, ports, synchronous, backend, tls
+    *,
+    count: int,
+    replicas,
+    state_dir,
+    password,
+    name,
+    port,
+    base_address,
+    ports,
+    synchronous,
+    backend,
+    tls,
+    sync_acks=None,
 ) -> None:
-    cluster = open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
+    cluster = open_cluster(
+        state_dir, name, replicas, password, port, base_address, synchronous, backend, tls, sync_acks
+    )
     first = cluster.nodes[0].host
     hosts = [offset(first, INSTANCE_OFFSET + k) for k in range(count)]
     etcd = EtcdCluster(cluster.root / "etcd", 3, offset(first, ETCD_OFFSET))

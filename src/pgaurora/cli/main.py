@@ -60,6 +60,13 @@ reset_state_option = click.option(
 @click.option("--dns-port", default=8053, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous replication instead of quorum commit.")
 @click.option(
+    "--sync-acks",
+    type=click.IntRange(1, 15),
+    default=None,
+    help="Commits wait for this many standbys (ANY k): the writer and k-1 replicas can then be lost together "
+    "with no commit lost (default 1; kept in the cluster's state for later starts).",
+)
+@click.option(
     "--backend",
     type=click.Choice(["local", "docker"]),
     default="local",
@@ -114,6 +121,7 @@ def up(
     admin_port,
     dns_port,
     asynchronous,
+    sync_acks,
     backend,
     instances,
     instance,
@@ -149,6 +157,7 @@ def up(
             base_address=base_address,
             ports=(writer_port, reader_port, admin_port, dns_port),
             synchronous=not asynchronous,
+            sync_acks=sync_acks,
             backend=backend,
             tls=tls,
         )
@@ -166,6 +175,7 @@ def up(
         base_address=base_address,
         ports=(writer_port, reader_port, admin_port, dns_port),
         synchronous=not asynchronous,
+        sync_acks=sync_acks,
         reset_state=reset_state,
         verbose=verbose,
         attach=attach,

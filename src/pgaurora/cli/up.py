@@ -21,11 +21,15 @@ from .runtime import serve, setup_logging
 
 
 def open_cluster(
-    state_dir, name, replicas, password, port, base_address, synchronous, backend="local", tls=False
+    state_dir, name, replicas, password, port, base_address, synchronous, backend="local", tls=False, sync_acks=None
 ) -> LocalCluster:
     root = Path(state_dir or default_state_dir(name)).absolute()
     if (root / STATE_FILE).exists():
         cluster = open_existing(root)
+        _check_acks(sync_acks, len(cluster.replicas), cluster.synchronous)
+        if sync_acks is not None and sync_acks != cluster.sync_acks:
+            cluster.sync_acks = sync_acks  # recorded at the next save: a later `up` keeps it
+            cluster.save()
         if replicas is not None and replicas != len(cluster.replicas):
             raise ClusterError(
                 f"{cluster.root} holds cluster {cluster.name!r} with {len(cluster.replicas)} "
@@ -41,6 +45,7 @@ def open_cluster(
                 "to resume it, or make a new cluster with --tls in another --dir"
             )
         return cluster
+    _check_acks(sync_acks, 2 if replicas is None else replicas, synchronous)
     return cluster_class(backend)(
         root,
         name=name,
@@ -49,8 +54,20 @@ def open_cluster(
         port=port,
         base_address=base_address,
         synchronous=synchronous,
+        sync_acks=sync_acks or 1,
         tls=tls,
     )
+
+
+def _check_acks(sync_acks: int | None, replicas: int, synchronous: bool) -> None:
+    if sync_acks is None or sync_acks == 1:
+        return
+    if not synchronous:
+        raise ClusterError(f"--sync-acks {sync_acks} needs synchronous commit; drop --async")
+    if sync_acks > replicas:
+        raise ClusterError(
+            f"--sync-acks {sync_acks} needs at least {sync_acks} replicas, and the cluster has {replicas}"
+        )
 
 
 def tls_settings(cluster: LocalCluster) -> dict:
@@ -92,6 +109,7 @@ def build_config(
             "failover": {
                 "replication_password": cluster.replication_password,
                 "sync_mode": "quorum" if cluster.synchronous else "off",
+                "sync_acks": cluster.sync_acks if cluster.synchronous else 1,
             },
             "tls": tls_settings(cluster) if with_tls else {},
         },
@@ -186,6 +204,7 @@ def run_up(
     synchronous,
     reset_state,
     verbose,
+    sync_acks=None,
     attach=False,
     backend="local",
     tls=False,
@@ -196,7 +215,9 @@ def run_up(
 ) -> None:
     """Serve a cluster; as `instance` (one of `up --instances`), on `host` with [dcs], nodes left running."""
     setup_logging(verbose)
-    cluster = open_cluster(state_dir, name, replicas, password, port, base_address, synchronous, backend, tls)
+    cluster = open_cluster(
+        state_dir, name, replicas, password, port, base_address, synchronous, backend, tls, sync_acks
+    )
     dcs = {"etcd": list(etcd), "instance": instance, **etcd_tls(cluster, instance, etcd)} if instance else None
     check_addresses(cluster, build_config(cluster, ports, with_tls=False, host=host, dcs=dcs))
     cluster.lock(shared=instance is not None)

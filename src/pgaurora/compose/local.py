@@ -107,6 +107,7 @@ class LocalCluster:
         password: str | None = None,
         replication_password: str | None = None,
         synchronous: bool = True,
+        sync_acks: int = 1,
         max_connections: int = 300,
         bindir: str | None = None,
         tls: bool = False,
@@ -115,6 +116,7 @@ class LocalCluster:
             raise ClusterError(f"replicas must be between 0 and {MAX_REPLICAS}, not {replicas}")
         self.root = Path(state_dir).absolute()
         self.name, self.port, self.synchronous = name, port, synchronous
+        self.sync_acks = sync_acks  # k of [failover] sync_acks: pgaurora up serves the cluster with it
         self.password = password or secrets.token_urlsafe(12)
         self.replication_password = replication_password or secrets.token_urlsafe(12)
         self.max_connections = max_connections
@@ -158,6 +160,7 @@ class LocalCluster:
             password=spec["password"],
             replication_password=spec["replication_password"],
             synchronous=spec["synchronous"],
+            sync_acks=spec.get("sync_acks", 1),
             max_connections=spec["max_connections"],
             bindir=bindir or spec.get("bindir"),
             tls=spec.get("tls", False),
@@ -233,7 +236,7 @@ class LocalCluster:
             self.primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = {quote(f'ANY 1 ({names})')}")
             self.primary.sql("SELECT pg_reload_conf()")
         fail_point("create:save")
-        self._save()
+        self.save()
 
     def _discard(self) -> None:
         """Undo a failed create: kill the nodes it started (by PID), remove their files, and the directory
@@ -465,7 +468,7 @@ class LocalCluster:
             f"password={self.replication_password} application_name={node.name}"
         )
 
-    def _save(self) -> None:
+    def save(self) -> None:
         spec = {
             "name": self.name,
             "replicas": len(self.replicas),
@@ -475,6 +478,7 @@ class LocalCluster:
             "password": self.password,
             "replication_password": self.replication_password,
             "synchronous": self.synchronous,
+            "sync_acks": self.sync_acks,
             "max_connections": self.max_connections,
             "backend": self.backend,
             "tls": self.tls,
@@ -493,7 +497,7 @@ class LocalCluster:
     def park(self, names: list[str]) -> None:
         """Keep these (stopped) nodes aside from now on, and only these: start() and node_configs() skip them."""
         self.parked = list(names)
-        self._save()
+        self.save()
 
     # -- scaling -------------------------------------------------------------------------------
     def _new_nodes(self, count: int) -> list[LocalNode]:
@@ -528,7 +532,7 @@ class LocalCluster:
             self._forget(node, source)
             raise
         self.nodes.append(node)
-        self._save()
+        self.save()
         return node
 
     def restore_set(self, primary_from, replicas: int) -> list[LocalNode]:
@@ -552,7 +556,7 @@ class LocalCluster:
                 shutil.rmtree(node.home, ignore_errors=True)
             raise
         self.nodes += made
-        self._save()
+        self.save()
         return made
 
     def promote_anew(self, name: str, restore_command) -> None:
@@ -594,7 +598,7 @@ class LocalCluster:
             shutil.rmtree(node.home, ignore_errors=True)
             self.nodes.remove(node)
         self.parked = [n for n in self.parked if n not in names]
-        self._save()
+        self.save()
 
     def remove_replica(self, name: str, upstream: str) -> None:
         """Stop the replica, drop its slot on upstream (the writer), remove its files and its entry."""
@@ -603,7 +607,7 @@ class LocalCluster:
             node.stop()
         self._forget(node, self.node(upstream))
         self.nodes.remove(node)
-        self._save()
+        self.save()
 
     def _forget(self, node: LocalNode, upstream: LocalNode) -> None:
         """Kill the node, drop its slot wherever one is (the writer's; a former writer's too, since an idle
@@ -673,7 +677,7 @@ class LocalCluster:
     def use_bindir(self, bindir: str) -> None:
         """Record that every node now runs from bindir (for the next `pgaurora up`)."""
         self.bindir = find_bindir(bindir)
-        self._save()
+        self.save()
 
     # -- control used by the monitor (NodeController) --------------------------------------
     def stop_node(self, name: str) -> int:

@@ -516,8 +516,12 @@ class FailoverConfig(_Frozen):
     enabled: bool = True
     """Promote a replica when the writer is down."""
     sync_mode: SyncMode = SyncMode.QUORUM
-    """`quorum`: commits wait for one live standby, and go asynchronous when none is left; `strict`:
-    they wait even then; `off`: asynchronous replication."""
+    """`quorum`: commits wait for `sync_acks` live standbys (or every live one, when fewer are left), and go
+    asynchronous when none is left; `strict`: they wait even then; `off`: asynchronous replication."""
+    sync_acks: Annotated[int, Field(ge=1, le=15)] = 1
+    """k: commits wait for k synchronous standbys (`ANY k`). A failover then proves it loses nothing while
+    all but k-1 voters answer, so the writer and k-1 replicas can be lost together: each extra
+    acknowledgement is one more failure survived, paid in commit latency."""
     replication_user: str = "replicator"
     """Role replicas stream as, written into primary_conninfo when the monitor re-points them."""
     replication_password: str | None = None
@@ -542,6 +546,12 @@ class FailoverConfig(_Frozen):
         if limit.bytes is None:
             raise ValueError(f"expected a size like '1MB' or a number of bytes, got {value!r}")
         return limit.bytes
+
+    @model_validator(mode="after")
+    def _acks(self) -> FailoverConfig:
+        if self.sync_acks > 1 and self.sync_mode is SyncMode.OFF:
+            raise ValueError(f"sync_acks = {self.sync_acks} needs synchronous commit: sync_mode is off")
+        return self
 
     @property
     def data_loss_limit(self) -> int:

@@ -53,7 +53,9 @@ class Topology:
     version: int = 0
     reason: str = "starting"
     sync_standbys: str = ""
-    voters: tuple[str, ...] = ()  # every one must answer before a failover can prove it loses nothing
+    voters: tuple[str, ...] = ()  # all but proven-1 must answer before a failover can prove it loses nothing
+    proven: int = 1  # the acknowledgements the voters' proof relies on (sync_acks, when all is well)
+    survivable: int = 0  # nodes (the writer first) that can fail at once now, with no commit lost and no person
     failover_safe: bool = False  # would a failover now keep every acknowledged commit?
     failover_outlook: str = ""  # why, or why not
     proxies: tuple[str, ...] = ()  # hosts of the live pgaurora instances (proxy.<zone>)

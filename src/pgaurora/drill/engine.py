@@ -131,6 +131,19 @@ class Drill:
         self.target.node(node).kill()
         return self._after_primary_fault(node, at, self._start(node))
 
+    def _kill_primary_and_replica(self, node: str, old: str, at: float) -> str:
+        status = self.target.status() or {}
+        replica = next(n for n in (status.get("reader") or {}).get("nodes", []) if n != node)
+        self.target.node(node).kill()
+        self.target.node(replica).kill()
+        start_primary, start_replica = self._start(node), self._start(replica)
+
+        def restore() -> None:
+            start_primary()
+            start_replica()
+
+        return self._after_primary_fault(node, at, restore) + f" ({replica} killed with it)"
+
     def _stop_primary(self, node: str, old: str, at: float) -> str:
         self.target.node(node).stop()
         return self._after_primary_fault(node, at, self._start(node))

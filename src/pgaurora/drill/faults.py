@@ -30,6 +30,12 @@ FAULTS = {
             "while the replicas still stream from it: a partition that must not cause a failover",
             False,
         ),
+        Fault(
+            "kill-primary-and-replica",
+            "primary",
+            "SIGKILL of the primary and a replica at the same moment (needs --sync-acks 2 or more)",
+            True,
+        ),
         Fault("switchover", "primary", "a planned switchover to the most advanced replica", True),
         Fault(
             "restart-pgaurora",
@@ -57,4 +63,4 @@ def parse(text: str) -> list[Fault]:
 
 
 def describe() -> str:
-    return "\n".join(f"{f.name:<17} {f.what}" for f in FAULTS.values())
+    return "\n".join(f"{f.name:<24} {f.what}" for f in FAULTS.values())

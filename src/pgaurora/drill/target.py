@@ -175,12 +175,19 @@ class ComposedTarget(Target):
 
     heals = True
 
-    def __init__(self, workdir: Path, replicas: int, base_address: str = "127.0.3.11", backend: str = "local") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        replicas: int,
+        base_address: str = "127.0.3.11",
+        backend: str = "local",
+        sync_acks: int = 1,
+    ) -> None:
         super().__init__()
         self.workdir = workdir
         port, *self.ports = free_ports(5)
         self.cluster = cluster_class(backend)(
-            workdir / "cluster", replicas=replicas, port=port, base_address=base_address
+            workdir / "cluster", replicas=replicas, port=port, base_address=base_address, sync_acks=sync_acks
         )
         self.nodes = self.cluster.nodes
         self.proc: subprocess.Popen[bytes] | None = None

@@ -108,8 +108,8 @@ async def repoint(config: Config, replica: NodeConfig, writer: NodeConfig) -> No
         conn.terminate()
 
 
-async def caught_up(config: Config, writer: NodeConfig, members: frozenset[str], wait: float) -> bool:
-    """Has one of members flushed everything the writer has written now? Polls pg_stat_replication for
+async def caught_up(config: Config, writer: NodeConfig, members: frozenset[str], wait: float, needed: int = 1) -> bool:
+    """Have `needed` of members flushed everything the writer has written now? Polls pg_stat_replication for
     up to `wait` seconds. Called once the writer runs with the new synchronous standbys, so every commit
     acknowledged before that is behind the position read here."""
     conn = await connect(config, writer)
@@ -117,12 +117,13 @@ async def caught_up(config: Config, writer: NodeConfig, members: frozenset[str],
         target = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'")
         deadline = asyncio.get_running_loop().time() + wait
         while True:
-            if await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_replication WHERE application_name = ANY($1::text[]) "
-                "AND flush_lsn - '0/0' >= $2",
+            flushed = await conn.fetchval(
+                "SELECT count(DISTINCT application_name) FROM pg_stat_replication "
+                "WHERE application_name = ANY($1::text[]) AND flush_lsn - '0/0' >= $2",
                 sorted(members),
                 target,
-            ):
+            )
+            if flushed >= needed:
                 return True
             if asyncio.get_running_loop().time() > deadline:
                 return False

@@ -52,9 +52,14 @@ class ClusterState:
     system_id: int | None = None
     failures: Mapping[str, int] = field(default_factory=dict)
     fenced: frozenset[str] = frozenset()
-    voters: frozenset[str] = frozenset()  # durable: standbys that must all answer before a promotion
+    voters: frozenset[str] = frozenset()  # durable: the standbys whose answers prove a promotion safe
+    proven: int = 1  # durable: the acknowledgements the voters' proof relies on (all but proven-1 must answer)
     drained: frozenset[str] = frozenset()  # durable: replicas an operator took out of the reader endpoint
     writer_lsn: int | None = None  # the writer's position at its last successful probe (not durable)
+    timelines: Mapping[str, int] = field(default_factory=dict)  # the newest timeline each replica was seen on
+    # (not durable): a replica whose WAL receiver stopped reports its last restartpoint's, which may be older
+    stuck: Mapping[str, int] = field(default_factory=dict)  # probes a replica spent on an older timeline than
+    # the writer's without streaming (not durable): one that outlived its writer may hold WAL the new one lacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +71,12 @@ class Policy:
     failure_threshold: int = 3
     failover: bool = True
     sync_mode: SyncMode = SyncMode.QUORUM
+    sync_acks: int = 1  # k: commits wait for k synchronous standbys (ANY k)
     auto_rejoin: bool = False  # only when the monitor controls the nodes (compose)
     max_data_loss: int = 0  # bytes a failover may lose when nothing proves it loses none
     witness_window: float = 1.5  # a replica vouches for the writer if it heard from it this recently
     leaving: frozenset[str] = frozenset()  # replicas being removed: out of synchronous replication first
+    stuck_after: int = 20  # probes on an older timeline without streaming before a replica is rewound
 
     @property
     def synchronous(self) -> bool:
@@ -195,10 +202,14 @@ def promotion_verdict(
         policy.max_data_loss,
         policy.synchronous,
         forced,
+        state.proven,
     )
 
 
 def _eligible(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> list[NodeStatus]:
+    """Replicas a promotion may choose, and whose answers count as a voter's. Not one on an older timeline
+    than the writer's: it has not followed the writer's history (it may have outlived an older writer with
+    WAL nobody else has), so its position says nothing of what the writer acknowledged."""
     return [
         s
         for s in statuses.values()
@@ -206,7 +217,15 @@ def _eligible(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> list[N
         and s.name != state.writer
         and s.name not in state.fenced
         and (state.system_id is None or s.system_id == state.system_id)
+        and not behind_timeline(state, s)
     ]
+
+
+def behind_timeline(state: ClusterState, status: NodeStatus) -> bool:
+    """Is this replica on an older timeline than the writer's (as far as the monitor knows both)? Its own
+    report, or the newest it was seen on: once it has streamed a timeline it holds that history."""
+    known = max(status.timeline or 0, state.timelines.get(status.name, 0))
+    return state.timeline is not None and known > 0 and known < state.timeline
 
 
 def choose_candidate(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> NodeStatus | None:
@@ -219,7 +238,7 @@ def choose_candidate(state: ClusterState, statuses: Mapping[str, NodeStatus], po
 
 
 def _maintain(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision:
-    for check in (_fence_rivals, _unfence_followers, _repoint_strays, _sync_standbys):
+    for check in (_fence_rivals, _unfence_followers, _repoint_strays, _rewind_stuck, _sync_standbys):
         decision = check(state, statuses, policy)
         if decision is not None:
             return decision
@@ -244,6 +263,25 @@ def _fence_rivals(state: ClusterState, statuses: Mapping[str, NodeStatus], polic
                 Action.REJOIN,
                 f"fenced {s.name} is up as a primary; rejoining it as a replica of {state.writer}",
                 target=s.name,
+            )
+    return None
+
+
+def _rewind_stuck(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision | None:
+    """A replica that stays on an older timeline than the writer's without streaming cannot follow: it holds
+    WAL past the point where the writer's timeline began (it outlived an older writer, or was killed with it).
+    pg_rewind brings it onto the writer's history (or re-clones it)."""
+    if not policy.auto_rejoin:
+        return None
+    for name in sorted(state.stuck):
+        if state.stuck[name] >= policy.stuck_after and name not in state.fenced:
+            s = statuses.get(name)
+            return Decision(
+                Action.REJOIN,
+                f"{name} has stayed on timeline {s.timeline if s else '?'}, older than writer {state.writer}'s "
+                f"{state.timeline}, without streaming for {state.stuck[name]} probes: it may hold WAL the writer "
+                "lacks; rewinding it onto the writer's timeline",
+                target=name,
             )
     return None
 
@@ -280,13 +318,20 @@ def wanted_sync(state: ClusterState, statuses: Mapping[str, NodeStatus], policy:
         for n in standbys
         if state.failures.get(n, 0) < policy.failure_threshold and statuses.get(n) is not None and statuses[n].reachable
     ]
-    return frozenset(alive or (standbys if policy.sync_mode is SyncMode.STRICT else []))
+    if policy.sync_mode is SyncMode.STRICT and len(alive) < min(policy.sync_acks, len(standbys)):
+        return frozenset(standbys)  # strict: commits wait until k standbys are back, rather than need fewer
+    return frozenset(alive)
+
+
+def wanted_acks(wanted: frozenset[str], policy: Policy) -> int:
+    """The acknowledgements commits should wait for: sync_acks, or every wanted standby when there are fewer."""
+    return min(policy.sync_acks, len(wanted))
 
 
 def desired_sync_names(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> str | None:
     """synchronous_standby_names the writer should have, or None when the monitor leaves it alone."""
     wanted = wanted_sync(state, statuses, policy)
-    return None if wanted is None else quorum.sync_names(wanted)
+    return None if wanted is None else quorum.sync_names(wanted, wanted_acks(wanted, policy))
 
 
 def _sync_standbys(state: ClusterState, statuses: Mapping[str, NodeStatus], policy: Policy) -> Decision | None:
@@ -294,17 +339,29 @@ def _sync_standbys(state: ClusterState, statuses: Mapping[str, NodeStatus], poli
     if wanted is None:
         return None
     current = statuses[known_writer(state)].sync_names
-    sync = quorum.parse_sync_names(current)
-    if sync is None:  # a form pgaurora does not write: any standby might have acknowledged
-        sync = frozenset(n for n in policy.addresses if n != state.writer)
-    step = quorum.next_step(state.voters, sync, wanted)
+    parsed = quorum.parse_sync(current)
+    if parsed is None:  # a form pgaurora does not write: any standby might have acknowledged, any one alone
+        parsed = frozenset(n for n in policy.addresses if n != state.writer), 1
+    sync, acks = parsed
+    step = quorum.next_step(state.voters, state.proven, sync, acks, wanted, wanted_acks(wanted, policy))
     if step is None:
         return None
     if step.kind is quorum.StepKind.VOTERS:
-        return Decision(Action.SET_VOTERS, step.reason, target=state.writer, value=",".join(sorted(step.value)))
-    value = quorum.sync_names(step.value)
+        return Decision(Action.SET_VOTERS, step.reason, target=state.writer, value=voters_value(step.value, step.acks))
+    value = quorum.sync_names(step.value, step.acks)
     why = step.reason if value else "no synchronous standby is left; sync_mode=quorum degrades to asynchronous commit"
     return Decision(Action.SET_SYNC, f"{why} (was {current!r})", target=state.writer, value=value)
+
+
+def voters_value(voters: frozenset[str], proven: int) -> str:
+    """A SET_VOTERS decision's value: 'p:a,b' (the acknowledgements the proof relies on, then the voters)."""
+    return f"{proven}:{','.join(sorted(voters))}"
+
+
+def parse_voters_value(value: str | None) -> tuple[frozenset[str], int]:
+    """The voters and proven of a SET_VOTERS decision's value."""
+    proven, _, members = (value or "1:").partition(":")
+    return frozenset(filter(None, members.split(","))), int(proven)
 
 
 def lsn(value: int | None) -> str:

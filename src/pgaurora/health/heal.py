@@ -162,13 +162,13 @@ class Redundancy:
         )
 
 
-def redundancy(topology: Topology, sync_mode: SyncMode) -> Redundancy:
+def redundancy(topology: Topology, sync_mode: SyncMode, sync_acks: int = 1) -> Redundancy:
     """How many copies the cluster has now, against what it should have."""
     others = [n for n in topology.nodes if n.name != topology.writer]
     streaming = [n for n in others if n.role is Role.REPLICA and n.health is not Health.UNREACHABLE]
     match = re.match(r"\s*(?:ANY|FIRST)?\s*(\d+)\s*\(", topology.sync_standbys or "")
     acks = int(match.group(1)) if match else (1 if topology.sync_standbys else 0)
-    wanted = 1 + (min(1, len(others)) if sync_mode is not SyncMode.OFF else 0)
+    wanted = 1 + (min(sync_acks, len(others)) if sync_mode is not SyncMode.OFF else 0)
     return Redundancy(len(others), len(streaming), 1 + acks if topology.writer else 0, wanted)
 
 
@@ -208,9 +208,10 @@ class Supervisor:
         events: EventLog,
         config: HealConfig,
         sync_mode: SyncMode,
+        sync_acks: int = 1,
     ) -> None:
         self.nodes, self.hub, self.rejoiner, self.events = nodes, hub, rejoiner, events
-        self.config, self.sync_mode = config, sync_mode
+        self.config, self.sync_mode, self.sync_acks = config, sync_mode, sync_acks
         self.tries: dict[str, Tries] = {}
         self.degraded_since: float | None = None  # since when the cluster has been short of copies
         self._working: dict[str, asyncio.Task[Any]] = {}
@@ -326,7 +327,7 @@ class Supervisor:
         return "started again"
 
     def _track_redundancy(self, topology: Topology, now: float) -> None:
-        full = redundancy(topology, self.sync_mode).full
+        full = redundancy(topology, self.sync_mode, self.sync_acks).full
         self.degraded_since = None if full else self.degraded_since or now
 
     def document(self) -> dict[str, Any]:

@@ -26,10 +26,12 @@ from .decide import (
     ClusterState,
     Decision,
     Policy,
+    behind_timeline,
     decide,
     desired_sync_names,
     hearing_writer,
     known_writer,
+    parse_voters_value,
     promotion_verdict,
 )
 from .probe import NodeStatus, Prober, bounded
@@ -86,6 +88,7 @@ def policy_for(config: Config, controller: NodeController | None) -> Policy:
         failure_threshold=m.failure_threshold,
         failover=f.enabled,
         sync_mode=f.sync_mode,
+        sync_acks=f.sync_acks,
         auto_rejoin=controller is not None and f.auto_rejoin,
         max_data_loss=f.data_loss_limit,
         witness_window=m.witness_window,
@@ -294,7 +297,17 @@ class Monitor:
         self.last_seen.update({n: s for n, s in statuses.items() if s.reachable})
         writer = statuses.get(self.state.writer) if self.state.writer else None
         writer_lsn = writer.current_lsn if writer is not None and writer.is_primary else self.state.writer_lsn
-        self._set_state(failures=failures, writer_lsn=writer_lsn)
+        timelines = dict(self.state.timelines)
+        for name, s in statuses.items():
+            if s.is_replica and s.timeline is not None:
+                timelines[name] = max(timelines.get(name, 0), s.timeline)
+        self._set_state(failures=failures, writer_lsn=writer_lsn, timelines=timelines)
+        stuck = {
+            name: self.state.stuck.get(name, 0) + 1
+            for name, s in statuses.items()
+            if s.is_replica and s.receiver_status != "streaming" and behind_timeline(self.state, s)
+        }
+        self._set_state(stuck=stuck)
 
     def failover_outlook(self) -> tuple[bool, str]:
         """Would a failover right now keep every acknowledged commit? (for /status and /metrics)"""
@@ -430,15 +443,17 @@ class Monitor:
         self.events.record("sync_standbys", decision.reason, value=decision.value)
 
     async def _act_set_voters(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
-        """Record the voters; when they shrink or are first set, only once a member has caught up."""
-        voters = frozenset(filter(None, (decision.value or "").split(",")))
-        widening = self.state.voters and voters >= self.state.voters
-        if voters and not widening:
+        """Record the voters; when they shrink, are first set or rely on more acknowledgements, only once that
+        many of them have caught up."""
+        voters, proven = parse_voters_value(decision.value)
+        stricter = bool(self.state.voters) and voters >= self.state.voters and proven <= self.state.proven
+        if voters and not stricter:
             wait = max(self.config.monitor.probe_interval, 0.1)
-            if not await actions.caught_up(self.config, self.nodes[known_writer(self.state)], voters, wait):
+            writer = self.nodes[known_writer(self.state)]
+            if not await actions.caught_up(self.config, writer, voters, wait, needed=proven):
                 return  # the decision stays the same; the next tick checks again
-        self._set_state(voters=voters)
-        self.events.record("voters", decision.reason, voters=sorted(voters), epoch=self.state.epoch)
+        self._set_state(voters=voters, proven=proven)
+        self.events.record("voters", decision.reason, voters=sorted(voters), proven=proven, epoch=self.state.epoch)
 
     async def _act_rejoin(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
         """Rewinding or re-cloning takes a while: do it beside the loop, which keeps probing."""

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from ..core.config import Config
 from ..core.topology import Health, NodeState, Role, Topology
+from . import quorum
 from .decide import ClusterState
 from .probe import NodeStatus
 
@@ -83,10 +84,24 @@ def build(
         reason=reason,
         sync_standbys=sync or "",
         voters=tuple(sorted(state.voters)),
+        proven=state.proven,
+        survivable=survivable(state, statuses),
         failover_safe=failover_safe,
         failover_outlook=failover_outlook,
         proxies=proxies,
     )
+
+
+def survivable(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> int:
+    """How many nodes can fail at once now, the writer among them, and a promotion still prove it loses no
+    commit: the writer, plus the voters that answer beyond the |V| - p + 1 a proof needs. 0 when nothing is
+    proven (asynchronous commit, or right after a change of writer) or the writer is already down."""
+    writer = statuses.get(state.writer) if state.writer else None
+    if not state.voters or writer is None or not writer.reachable:
+        return 0
+    answering = sum(1 for v in state.voters if (s := statuses.get(v)) is not None and s.reachable)
+    extra = answering - quorum.needed(state.voters, state.proven)
+    return 1 + extra if extra >= 0 else 0
 
 
 def _upstream(status: NodeStatus) -> str | None:

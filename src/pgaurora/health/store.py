@@ -27,6 +27,7 @@ def to_document(state: ClusterState) -> dict[str, Any]:
         "system_id": state.system_id,
         "fenced": sorted(state.fenced),
         "voters": sorted(state.voters),
+        "proven": state.proven,
         "drained": sorted(state.drained),
     }
 
@@ -43,6 +44,9 @@ def from_document(data: object, nodes: Collection[str]) -> ClusterState:
     fenced, voters, drained = data.get("fenced", []), data.get("voters", []), data.get("drained", [])
     if not all(isinstance(n, str) for n in [*fenced, *voters, *drained]):
         raise ValueError("its fenced, voting or drained nodes are not names")
+    proven = data.get("proven", 1)  # files written before the commit quorum of k had none: ANY 1
+    if not isinstance(proven, int) or proven < 1:
+        raise ValueError(f"its proven acknowledgements {proven!r} is not a whole number of at least 1")
     return ClusterState(
         writer=writer,
         epoch=epoch,
@@ -50,6 +54,7 @@ def from_document(data: object, nodes: Collection[str]) -> ClusterState:
         system_id=data.get("system_id"),
         fenced=frozenset(fenced) & set(nodes),
         voters=frozenset(voters) & set(nodes),
+        proven=proven,
         drained=frozenset(drained) & set(nodes),
     )
 

@@ -95,7 +95,15 @@ class Service:
         if not config.heal.enabled or (cluster is None and not config.heal.commands):
             return None
         nodes: Nodes = cluster if cluster is not None else StartCommands(config.heal.commands)
-        return Supervisor(nodes, self.hub, self.monitor, self.events, config.heal, config.failover.sync_mode)
+        return Supervisor(
+            nodes,
+            self.hub,
+            self.monitor,
+            self.events,
+            config.heal,
+            config.failover.sync_mode,
+            config.failover.sync_acks,
+        )
 
     def _backups(self, config: Config, cluster: Cluster | None) -> Backups | None:
         if config.backup is None:

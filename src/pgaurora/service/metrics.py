@@ -63,12 +63,19 @@ def topology_metrics(topology: Topology) -> Iterator[Metric]:
     yield GaugeMetricFamily("pgaurora_topology_version", "Topology snapshots published so far", value=topology.version)
     voter = GaugeMetricFamily(
         "pgaurora_node_voter",
-        "1 when the node must answer before a failover can prove it loses no acknowledged commit",
+        "1 when the node is a voter: all but sync_acks-1 voters must answer before a failover can prove it "
+        "loses no acknowledged commit",
         labels=["node"],
     )
     for node in topology.nodes:
         voter.add_metric([node.name], 1 if node.name in topology.voters else 0)
     yield voter
+    yield GaugeMetricFamily(
+        "pgaurora_survivable_failures",
+        "Nodes that can fail at once now, the writer first, with no commit lost and no person deciding; "
+        "alert when it is 0",
+        value=topology.survivable,
+    )
     yield GaugeMetricFamily(
         "pgaurora_failover_safe",
         "1 when a failover now would keep every acknowledged commit",
@@ -76,11 +83,13 @@ def topology_metrics(topology: Topology) -> Iterator[Metric]:
     )
 
 
-def redundancy_metrics(topology: Topology, sync_mode, degraded_since: float | None) -> Iterator[Metric]:
+def redundancy_metrics(
+    topology: Topology, sync_mode, degraded_since: float | None, sync_acks: int = 1
+) -> Iterator[Metric]:
     """Copies of each commit now and wanted (alert when fewer), streaming replicas, and how long it is short."""
     from ..health.heal import redundancy
 
-    now = redundancy(topology, sync_mode)
+    now = redundancy(topology, sync_mode, sync_acks)
     yield GaugeMetricFamily(
         "pgaurora_commit_copies", "Copies a commit is acknowledged from now (writer included)", value=now.copies
     )
@@ -198,14 +207,16 @@ class Collector:
         backups=None,
         sync_mode=None,
         degraded_since: Callable[[], float | None] = lambda: None,
+        sync_acks: int = 1,
     ) -> None:
         self.topology, self.state, self.member, self.custom = topology, state, member, custom
         self.backups, self.sync_mode, self.degraded_since = backups, sync_mode, degraded_since
+        self.sync_acks = sync_acks
 
     def collect(self) -> Iterator[Metric]:
         yield from topology_metrics(self.topology())
         if self.sync_mode is not None:
-            yield from redundancy_metrics(self.topology(), self.sync_mode, self.degraded_since())
+            yield from redundancy_metrics(self.topology(), self.sync_mode, self.degraded_since(), self.sync_acks)
         yield from proxy_metrics(self.state())
         if self.member is not None:
             yield from dcs_metrics(self.member)
@@ -228,6 +239,7 @@ def registry_for(service: MetricsHost) -> CollectorRegistry:
             service.backups,
             service.config.failover.sync_mode,
             lambda: supervisor.degraded_since if supervisor is not None else None,
+            service.config.failover.sync_acks,
         )
     )
     return registry

@@ -126,7 +126,10 @@ def status_document(service: AdminHost) -> dict:
         "redundancy": _redundancy(topology, service),
         "heal": service.supervisor.document() if service.supervisor is not None else None,
         "voters": list(topology.voters),
-        "promote_quorum": len(topology.voters),
+        "sync_acks": topology.proven,
+        "promote_quorum": max(0, len(topology.voters) - topology.proven + 1),
+        "survivable_failures": topology.survivable,
+        "can_lose": can_lose(topology.survivable),
         "failover_safe": topology.failover_safe,
         "failover_outlook": topology.failover_outlook,
         "fenced_hint": _fenced_hint(topology, service),
@@ -149,9 +152,19 @@ def status_document(service: AdminHost) -> dict:
     }
 
 
+def can_lose(survivable: int) -> str:
+    """What the cluster can lose at once now, with no commit lost and no person deciding."""
+    if survivable <= 0:
+        return "nothing without a person deciding"
+    if survivable == 1:
+        return "the writer"
+    extra = survivable - 1
+    return f"the writer and {extra} replica{'s' * (extra != 1)}"
+
+
 def _redundancy(topology: Topology, service: AdminHost) -> dict:
     """Copies now against copies wanted, and since when the cluster has been short of them."""
-    now = redundancy(topology, service.config.failover.sync_mode)
+    now = redundancy(topology, service.config.failover.sync_mode, service.config.failover.sync_acks)
     since = service.supervisor.degraded_since if service.supervisor is not None else None
     return {
         "replicas": now.replicas,
