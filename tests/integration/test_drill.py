@@ -25,34 +25,24 @@ EVERY_FAULT = "kill-primary,stop-primary,pause-primary,kill-replica,isolate-prim
 DOCKER_FAULTS = "kill-primary,stop-primary,pause-primary,switchover"
 
 
+def _drill(*args: str) -> subprocess.CompletedProcess[str]:
+    """`pgaurora drill ARGS` on addresses of its own, its report at 100 columns."""
+    return subprocess.run(
+        [*PGAURORA, "drill", *args, "--base-address", free_loopback_base(4)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+
+
 @pytest.mark.parametrize("backend", ["local", "docker"])
 def test_a_drill_of_every_fault_loses_nothing_and_draws_its_timeline(backend, tmp_path):
     if backend == "docker":
         require_docker()
     out, png = tmp_path / "out.json", tmp_path / "out.png"
     faults = EVERY_FAULT if backend == "local" else DOCKER_FAULTS
-    run = subprocess.run(
-        [
-            *PGAURORA,
-            "drill",
-            "--backend",
-            backend,
-            "--faults",
-            faults,
-            "--rounds",
-            "1",
-            "--json",
-            str(out),
-            "--plot",
-            str(png),
-            "--base-address",
-            free_loopback_base(3),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "100"},
-    )
+    run = _drill("--backend", backend, "--faults", faults, "--rounds", "1", "--json", str(out), "--plot", str(png))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [r["fault"] for r in report["rounds"]] == faults.split(",")
@@ -154,27 +144,17 @@ def test_a_drill_of_an_existing_cluster_allows_only_faults_that_need_no_host(fre
 def test_a_drill_of_the_writer_and_a_replica_killed_together_with_two_acks_loses_nothing(tmp_path):
     """Issue 28: the fault kill-primary-and-replica, on a cluster whose commits wait for 2 of 3 standbys."""
     out = tmp_path / "out.json"
-    run = subprocess.run(
-        [
-            *PGAURORA,
-            "drill",
-            "--replicas",
-            "3",
-            "--sync-acks",
-            "2",
-            "--faults",
-            "kill-primary-and-replica",
-            "--rounds",
-            "2",
-            "--json",
-            str(out),
-            "--base-address",
-            free_loopback_base(4),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "100"},
+    run = _drill(
+        "--replicas",
+        "3",
+        "--sync-acks",
+        "2",
+        "--faults",
+        "kill-primary-and-replica",
+        "--rounds",
+        "2",
+        "--json",
+        str(out),
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
