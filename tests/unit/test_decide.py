@@ -305,3 +305,18 @@ def test_a_replica_stuck_on_an_older_timeline_is_rewound_after_stuck_after_probe
     assert (d.action, d.target) == (Action.REJOIN, "n2")
     assert "stayed on timeline 1, older than writer n1's 2" in d.reason
     assert decide(replace(state, stuck={"n2": 20}), statuses, POLICY).action is not Action.REJOIN  # not composed
+
+
+def test_a_replica_seen_on_the_writers_timeline_stays_eligible_when_its_receiver_stops():
+    """The writer died: a replica's WAL receiver stopped, and it reports its last restartpoint's timeline,
+    older than the one it streamed. The durable memory of that timeline keeps it a candidate (pgaurora
+    restarted between the two in the drill's restart-pgaurora fault)."""
+    state = replace(RUNNING, timeline=3, failures={"n1": 3}, timelines={"n2": 3, "n3": 3})
+    statuses = {
+        "n1": down("n1"),
+        "n2": replica("n2", 900, streaming=False, timeline=2),
+        "n3": replica("n3", 800, streaming=False, timeline=2),
+    }
+    d = decide(state, statuses, POLICY)
+    assert (d.action, d.target) == (Action.PROMOTE, "n2")
+    assert decide(replace(state, timelines={}), statuses, POLICY).action is Action.NO_CANDIDATE

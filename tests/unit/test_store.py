@@ -24,6 +24,9 @@ STATE = ClusterState(
     voters=frozenset({"n3"}),
     failures={"n1": 7},
     writer_lsn=123,
+    proven=2,
+    timelines={"n3": 4, "gone": 2},
+    stuck={"n3": 5},
 )
 
 
@@ -31,8 +34,15 @@ def test_state_round_trips_its_durable_part_only(tmp_path):
     store = StateFile(tmp_path / "monitor.json")
     store.save(STATE)
     loaded = store.load(NODES)
-    assert loaded == ClusterState(
-        writer="n2", epoch=4, timeline=4, system_id=9, fenced=frozenset({"n1"}), voters=frozenset({"n3"})
+    assert loaded == ClusterState(  # the failure and stuck counts and the writer's position are not durable
+        writer="n2",
+        epoch=4,
+        timeline=4,
+        system_id=9,
+        fenced=frozenset({"n1"}),
+        voters=frozenset({"n3"}),
+        proven=2,
+        timelines={"n3": 4},  # of the configured nodes only
     )
     assert os.listdir(tmp_path) == ["monitor.json"], "the temporary file must be renamed away"
 

@@ -56,8 +56,8 @@ class ClusterState:
     proven: int = 1  # durable: the acknowledgements the voters' proof relies on (all but proven-1 must answer)
     drained: frozenset[str] = frozenset()  # durable: replicas an operator took out of the reader endpoint
     writer_lsn: int | None = None  # the writer's position at its last successful probe (not durable)
-    timelines: Mapping[str, int] = field(default_factory=dict)  # the newest timeline each replica was seen on
-    # (not durable): a replica whose WAL receiver stopped reports its last restartpoint's, which may be older
+    timelines: Mapping[str, int] = field(default_factory=dict)  # durable: the newest timeline each replica was
+    # seen on; a replica whose WAL receiver stopped (its writer died) reports its last restartpoint's, maybe older
     stuck: Mapping[str, int] = field(default_factory=dict)  # probes a replica spent on an older timeline than
     # the writer's without streaming (not durable): one that outlived its writer may hold WAL the new one lacks
 

@@ -28,6 +28,7 @@ def to_document(state: ClusterState) -> dict[str, Any]:
         "fenced": sorted(state.fenced),
         "voters": sorted(state.voters),
         "proven": state.proven,
+        "timelines": dict(sorted(state.timelines.items())),
         "drained": sorted(state.drained),
     }
 
@@ -45,6 +46,11 @@ def from_document(data: object, nodes: Collection[str]) -> ClusterState:
     if not all(isinstance(n, str) for n in [*fenced, *voters, *drained]):
         raise ValueError("its fenced, voting or drained nodes are not names")
     proven = data.get("proven", 1)  # files written before the commit quorum of k had none: ANY 1
+    timelines = data.get("timelines", {})
+    if not isinstance(timelines, dict) or not all(
+        isinstance(n, str) and isinstance(t, int) and t > 0 for n, t in timelines.items()
+    ):
+        raise ValueError("its timelines are not node names with whole numbers")
     if not isinstance(proven, int) or proven < 1:
         raise ValueError(f"its proven acknowledgements {proven!r} is not a whole number of at least 1")
     return ClusterState(
@@ -55,6 +61,7 @@ def from_document(data: object, nodes: Collection[str]) -> ClusterState:
         fenced=frozenset(fenced) & set(nodes),
         voters=frozenset(voters) & set(nodes),
         proven=proven,
+        timelines={n: t for n, t in timelines.items() if n in nodes},
         drained=frozenset(drained) & set(nodes),
     )
 
