@@ -84,6 +84,8 @@ def test_transition_table_with_one_acknowledgement(voters, sync, wanted, kind, v
         (F("ab"), 1, F("a"), 1, F("a"), 1, (StepKind.VOTERS, F("a"), 1, True)),
         # a proof relying on more acknowledgements than commits wait for is repaired first
         (F("ab"), 2, F("ab"), 1, F("ab"), 1, (StepKind.VOTERS, F("ab"), 1, False)),
+        # voters left beside an empty sync set (set outside pgaurora), no standby wanted: cleared, p stays >= 1
+        (F("ab"), 2, F(), 0, F(), 0, (StepKind.VOTERS, F(), 1, False)),
     ],
 )
 def test_transition_table_with_k_acknowledgements(voters, proven, sync, acks, wanted, wanted_acks, step):

@@ -361,7 +361,7 @@ def voters_value(voters: frozenset[str], proven: int) -> str:
 def parse_voters_value(value: str | None) -> tuple[frozenset[str], int]:
     """The voters and proven of a SET_VOTERS decision's value."""
     proven, _, members = (value or "1:").partition(":")
-    return frozenset(filter(None, members.split(","))), int(proven)
+    return frozenset(filter(None, members.split(","))), max(1, int(proven))
 
 
 def lsn(value: int | None) -> str:
