@@ -324,3 +324,5 @@ def test_survivable_counts_the_writer_and_the_voters_beyond_what_a_proof_needs()
     assert survivable(replace(state, voters=frozenset()), statuses) == 0  # nothing proven
     assert survivable(replace(state, proven=1), statuses) == 1  # ANY 1: every voter must answer
     assert can_lose(3) == "the writer and 2 replicas"
+    older = replace(state, timeline=2)  # the voters are on timeline 1, the writer on 2: their answers prove nothing
+    assert survivable(older, statuses) == 0

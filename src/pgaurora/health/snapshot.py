@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from ..core.config import Config
 from ..core.topology import Health, NodeState, Role, Topology
 from . import quorum
-from .decide import ClusterState
+from .decide import ClusterState, behind_timeline
 from .probe import NodeStatus
 
 
@@ -99,7 +99,9 @@ def survivable(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> int:
     writer = statuses.get(state.writer) if state.writer else None
     if not state.voters or writer is None or not writer.reachable:
         return 0
-    answering = sum(1 for v in state.voters if (s := statuses.get(v)) is not None and s.reachable)
+    answering = sum(
+        1 for v in state.voters if (s := statuses.get(v)) is not None and s.reachable and not behind_timeline(state, s)
+    )
     extra = answering - quorum.needed(state.voters, state.proven)
     return 1 + extra if extra >= 0 else 0
 
