@@ -45,19 +45,31 @@ async def connect(config: Config, node: NodeConfig, timeout: float | None = None
     )
 
 
+IDLE_REPLAY = 0.1  # seconds without replay progress after which the received WAL left is not replayable
+
+
 async def _wait_replay(conn: asyncpg.Connection, timeout: float) -> None:
-    """Let the replica replay what it received (bounded); resume replay if someone paused it. Replay past
-    the received position counts as done: a restarted standby reports as received only the start of the
-    segment it will stream from, and with its primary gone that never moves (the wait took 5 s)."""
+    """Let the replica replay what it received (bounded); resume replay if someone paused it. Done when replay
+    reaches the received position, or stops moving for IDLE_REPLAY while behind it:
+    - a restarted standby reports as received only the start of the segment it will stream from, below what it
+      replayed, and with its primary gone that never moves (the wait took 5 s);
+    - a primary killed mid-record leaves a received tail that is not a whole record: replay never reaches it
+      (a drill's failover waited 3.9 s). pg_promote replays whatever whole records remain."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    last, since = None, loop.time()
     while loop.time() < deadline:
         row = await conn.fetchrow(
-            "SELECT pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() AS done, pg_is_wal_replay_paused() AS paused"
+            "SELECT pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() AS done, pg_is_wal_replay_paused() AS paused,"
+            " pg_last_wal_replay_lsn() - '0/0' AS replayed"
         )
         if row["paused"]:
             await conn.execute("SELECT pg_wal_replay_resume()")
         if row["done"] is not False:
+            return
+        if row["replayed"] != last:
+            last, since = row["replayed"], loop.time()
+        elif not row["paused"] and loop.time() - since >= IDLE_REPLAY:
             return
         await asyncio.sleep(0.01)
 
