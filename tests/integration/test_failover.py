@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -374,3 +376,45 @@ def test_a_replica_restarted_while_the_primary_hung_is_promoted_without_waiting_
     assert int(received) < int(replayed)  # the state this test is about
     assert took < 1.0, event["phases"]
     assert writes.acked_ids() <= ids_on(n2)
+
+
+def test_the_monitor_keeps_probing_and_routing_readers_through_a_switchover(fresh_cluster, service):
+    """A switchover waits for the old writer to stop, the target to catch up and the old writer to rejoin;
+    none of it may stop the monitor's ticks (issue 29). The target's WAL receiver is paused for 1.5 s, so
+    the switchover waits that long, and a replica that dies meanwhile must leave the readers at once."""
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster), cluster=cluster)
+    receiver = int(cluster.node("n3").sql("SELECT pid FROM pg_stat_wal_receiver"))
+    result: dict = {}
+    thread = threading.Thread(
+        target=lambda: result.update(admin(f"{svc.admin_url}/switchover", "POST", {"to": "n3"}, timeout=120)),
+        daemon=True,
+    )
+    ages, held_at, left_readers, paused = [], None, None, True
+    os.kill(receiver, signal.SIGSTOP)
+    try:
+        thread.start()
+        for _ in wait_until("the switchover to end", 60, interval=0.02):
+            status = admin(f"{svc.admin_url}/status")
+            ages.append(status["monitor"]["last_probe_seconds_ago"])
+            if held_at is None and status["writer"]["node"] is None:  # writes are held: the switchover waits
+                cluster.node("n2").kill()
+                held_at = time.monotonic()
+            if held_at is not None and left_readers is None and "n2" not in status["reader"]["nodes"]:
+                left_readers = time.monotonic() - held_at
+            if paused and held_at is not None and time.monotonic() - held_at > 1.5:
+                os.kill(receiver, signal.SIGCONT)
+                paused = False
+            if not thread.is_alive():
+                break
+    finally:
+        if paused:
+            os.kill(receiver, signal.SIGCONT)
+    thread.join()
+    assert result.get("new_writer") == "n3", result
+    assert held_at is not None, "never saw writes held"
+    held = result["phases"]["target_caught_up"] - result["phases"]["requested"]
+    assert held > 1.5, f"writes were held {held:.2f} s: the pause did not hold the switchover"
+    assert left_readers is not None and left_readers < held, "n2 left the readers only after the switchover"
+    interval = svc.config.monitor.probe_interval
+    assert max(ages) <= interval + 0.3, f"the monitor did not probe for {max(ages):.2f} s during the switchover"

@@ -10,9 +10,9 @@ from pgaurora.proxy.state import ProxyState
 from pgaurora.service import metrics
 
 
-def _scrape(topology: Topology, state: ProxyState) -> dict[tuple, float]:
+def _scrape(topology: Topology, state: ProxyState, **options) -> dict[tuple, float]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics.Collector(lambda: topology, lambda: state))
+    registry.register(metrics.Collector(lambda: topology, lambda: state, **options))
     text = metrics.render(registry).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -83,3 +83,9 @@ def test_scrape_reports_the_voters_and_whether_a_failover_now_is_safe():
     assert got[("pgaurora_failover_safe", ())] == 0
     got = _scrape(replace(_topology(), voters=("n2",), failover_safe=True), ProxyState())
     assert got[("pgaurora_failover_safe", ())] == 1
+
+
+def test_the_monitors_probe_age_is_scraped_once_it_has_probed():
+    assert ("pgaurora_monitor_probe_age_seconds", ()) not in _scrape(_topology(), ProxyState())
+    scraped = _scrape(_topology(), ProxyState(), probe_age=lambda: 2.5)
+    assert scraped[("pgaurora_monitor_probe_age_seconds", ())] == 2.5

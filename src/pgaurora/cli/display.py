@@ -70,7 +70,16 @@ def print_status(doc: dict, wide: bool = False) -> None:
         _print_dcs(console, doc["dcs"], wide)
     if doc.get("backup"):
         _print_backup(console, doc["backup"])
+    _print_stale_monitor(console, doc.get("monitor"))
     console.print(f"last decision: {doc['reason']}")
+
+
+def _print_stale_monitor(console: Console, monitor: dict | None) -> None:
+    """Only when the monitor has not probed for over three intervals: its view, and the routing, are stale."""
+    monitor = monitor or {}
+    age = monitor.get("last_probe_seconds_ago")
+    if age is not None and age > 3 * monitor["probe_interval"]:
+        console.print(f"[red]the monitor last probed {age:.1f} s ago: its view of the nodes is stale[/]")
 
 
 def _print_redundancy(console: Console, red: dict | None, heal: dict | None) -> None:

@@ -19,7 +19,7 @@ from ..core.faultpoints import crash_point
 from ..core.sslcontexts import node_ssl
 from ..core.topology import TopologyHub
 from . import actions, intents, snapshot
-from .commands import Command, Reconfigure, arguments
+from .commands import Command, Reconfigure, Switchover, arguments
 from .control import NodeController
 from .decide import (
     Action,
@@ -127,6 +127,9 @@ class Monitor:
         self._wake = asyncio.Event()
         self._rejoining: set[str] = set()
         self._blocked_reason: str | None = None
+        self._held: str | None = None  # why writes are held (a switchover): the tick probes and routes, never acts
+        self._switchover: asyncio.Task[Any] | None = None
+        self._probed_at: float | None = None
 
     # -- the one place the monitor's memory changes --------------------------------
     def _set_state(self, **changes: Any) -> None:
@@ -180,9 +183,13 @@ class Monitor:
                 pass
 
     async def tick(self) -> Decision:
+        if self._held is not None:
+            return await self._watch(self._held)
         if self.member is not None and not await self._lead():
             return await self._follow()
         await self._serve_requests()
+        if self._held is not None:  # a switchover began: this tick only watches
+            return await self._watch(self._held)
         statuses = await self.probe_all()
         self._observe(statuses)
         self._reconcile_intents()
@@ -248,6 +255,18 @@ class Monitor:
         await self.publish(self.decision.reason, shown)
         return self.decision
 
+    async def _watch(self, held: str) -> Decision:
+        """While a switchover holds writes: probe and route the readers, decide nothing (the switchover acts)."""
+        statuses = await self.probe_all()
+        self._observe(statuses)
+        self.decision = Decision(Action.NONE, f"{held}; the monitor probes and routes, and acts again after it")
+        await self.publish(self.decision.reason)
+        return self.decision
+
+    def probe_age(self) -> float | None:
+        """Seconds since the last round of probes began (None before the first): a stuck monitor shows here."""
+        return None if self._probed_at is None else time.monotonic() - self._probed_at
+
     def _refuse_requests(self, why: str) -> None:
         while not self._requests.empty():
             command, future = self._requests.get_nowait()
@@ -269,6 +288,7 @@ class Monitor:
         return False
 
     async def probe_all(self) -> dict[str, NodeStatus]:
+        self._probed_at = time.monotonic()
         statuses = await self._probe(self.probers)
         writer = self.state.writer
         if writer is not None and not statuses[writer].reachable:
@@ -342,6 +362,9 @@ class Monitor:
         return tuple(sorted(hosts | {self.config.writer.host}))
 
     async def close(self) -> None:
+        if self._switchover is not None and not self._switchover.done():
+            self._switchover.cancel()  # its caller hears that pgaurora is stopping
+            await asyncio.gather(self._switchover, return_exceptions=True)
         while not self._requests.empty():  # requests nobody will serve any more: answered, not left hanging
             command, future = self._requests.get_nowait()
             if not future.done():
@@ -577,15 +600,19 @@ class Monitor:
 
     # -- the writer during a switchover (switchover.py drives these) ---------------------------
     async def hold_writes(self, reason: str) -> None:
-        """No writer until resume_writer() or install_writer(): new writer sessions wait."""
+        """No writer until resume_writer() or install_writer(): new writer sessions wait, and the ticks
+        between only probe and route."""
+        self._held = reason
         self._set_state(writer=None)
         await self.publish(reason)
 
     async def resume_writer(self, name: str, reason: str) -> None:
+        self._held = None
         self._set_state(writer=name)
         await self.publish(reason)
 
     async def install_writer(self, name: str, timeline: int, reason: str) -> None:
+        self._held = None
         self._new_epoch(name, timeline)
         await self._persist()
         await self.publish(reason)
@@ -607,6 +634,11 @@ class Monitor:
             command, future = self._requests.get_nowait()
             if isinstance(command, Reconfigure):
                 self._take(future, self._request_reconfigure, arguments(command))
+                continue
+            if isinstance(command, Switchover):
+                self._begin_switchover(command, future)
+                if self._held is not None:
+                    return  # later commands wait for the switchover's next ticks
                 continue
             try:
                 result = await getattr(self, f"_request_{command.kind}")(**arguments(command))
@@ -731,10 +763,34 @@ class Monitor:
             await self.publish(f"{node} undrained")
         return {"node": node, "drained": sorted(self.state.drained)}
 
-    async def _request_switchover(self, to: str | None = None) -> dict[str, Any]:
-        from .switchover import switchover
+    def _begin_switchover(self, command: Switchover, future: asyncio.Future[dict[str, Any]]) -> None:
+        """Check the switchover now, then run it beside the loop: the ticks go on probing and routing while it
+        waits for the old writer to stop, the target to catch up and the old writer to rejoin."""
+        from .switchover import prepare, switchover
 
-        return await switchover(self, to)
+        try:
+            if self._switchover is not None and not self._switchover.done():
+                raise ActionFailed("a switchover is under way already")
+            old, target = prepare(self, command.to)
+        except ActionFailed as exc:
+            future.set_exception(exc)
+            return
+        task = asyncio.get_running_loop().create_task(switchover(self, old, target))
+        self._switchover = task
+        task.add_done_callback(lambda t: self._switched(t, future))
+        self._held = f"switchover from {old} to {target} under way"  # from this tick on, until it installs
+
+    def _switched(self, task: asyncio.Task[dict[str, Any]], future: asyncio.Future[dict[str, Any]]) -> None:
+        self._held = None  # a switchover that failed has resumed its writer already, or must not hold writes
+        self._wake.set()
+        if future.done():
+            return
+        if task.cancelled():
+            future.set_exception(ActionFailed("pgaurora is stopping; the switchover was interrupted"))
+        elif task.exception() is not None:
+            future.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            future.set_result(task.result())
 
     async def _request_failover(self, to: str | None = None, accept_data_loss: bool = False) -> dict[str, Any]:
         """An operator's failover: only when the writer is down; unsafe only with accept_data_loss."""

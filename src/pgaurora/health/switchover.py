@@ -51,6 +51,8 @@ class Switching(Protocol):
 
     async def repoint_all(self, exclude: set[str]) -> list[str]: ...
 
+    async def rejoin_once(self, name: str, reason: str) -> str: ...
+
 
 def _pick_target(monitor: Switching, to: str | None) -> str:
     state, statuses = monitor.state, monitor.statuses
@@ -86,13 +88,20 @@ async def _wait_received(monitor: Switching, target: str, wanted: int) -> bool:
         conn.terminate()
 
 
-async def switchover(monitor: Switching, to: str | None) -> dict[str, Any]:
+def prepare(monitor: Switching, to: str | None) -> tuple[str, str]:
+    """The old writer and the target, or ActionFailed saying why a switchover cannot start now."""
     if monitor.controller is None:
         raise ActionFailed("switchover needs a cluster started by `pgaurora up` (pgaurora controls its nodes)")
     old = monitor.state.writer
     if old is None or not monitor.statuses.get(old) or not monitor.statuses[old].is_primary:
         raise ActionFailed("there is no healthy writer to switch over from")
-    target = _pick_target(monitor, to)
+    return old, _pick_target(monitor, to)
+
+
+async def switchover(monitor: Switching, old: str, target: str) -> dict[str, Any]:
+    """Hold writes, stop old, let target receive its WAL, promote target; then rejoin old as its replica."""
+    if monitor.controller is None:
+        raise ActionFailed("switchover needs a cluster started by `pgaurora up` (pgaurora controls its nodes)")
     phases = {"requested": time.time()}
     reason = f"switchover from {old} to {target} requested"
     await monitor.hold_writes(f"{reason}: writes paused")
@@ -114,7 +123,7 @@ async def switchover(monitor: Switching, to: str | None) -> dict[str, Any]:
         target, timeline, f"switchover: {target} is the writer (epoch {monitor.state.epoch + 1})"
     )
     phases["endpoints_switched"] = time.time()
-    method = await asyncio.to_thread(monitor.controller.rejoin, old, target)
+    method = await monitor.rejoin_once(old, f"switchover: {old} rejoins as a replica of {target}")
     repointed = await monitor.repoint_all(exclude={old, target})
     phases["old_writer_rejoined"] = time.time()
     result = {

@@ -20,8 +20,17 @@ if TYPE_CHECKING:
     from ..proxy.state import ProxyState
 
 
+class Probing(Protocol):
+    """The monitor, as the metrics read it."""
+
+    def probe_age(self) -> float | None: ...
+
+
 class MetricsHost(Protocol):
     """What the metrics read of the running service (service.app.Service), at scrape time."""
+
+    @property
+    def monitor(self) -> Probing: ...
 
     @property
     def config(self) -> Config: ...
@@ -208,13 +217,22 @@ class Collector:
         sync_mode=None,
         degraded_since: Callable[[], float | None] = lambda: None,
         sync_acks: int = 1,
+        probe_age: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.topology, self.state, self.member, self.custom = topology, state, member, custom
         self.backups, self.sync_mode, self.degraded_since = backups, sync_mode, degraded_since
-        self.sync_acks = sync_acks
+        self.sync_acks, self.probe_age = sync_acks, probe_age
 
     def collect(self) -> Iterator[Metric]:
         yield from topology_metrics(self.topology())
+        age = self.probe_age()
+        if age is not None:
+            yield GaugeMetricFamily(
+                "pgaurora_monitor_probe_age_seconds",
+                "Seconds since the monitor last began probing the nodes; alert when it stays above a few "
+                "probe intervals (the monitor is stuck)",
+                value=age,
+            )
         if self.sync_mode is not None:
             yield from redundancy_metrics(self.topology(), self.sync_mode, self.degraded_since(), self.sync_acks)
         yield from proxy_metrics(self.state())
@@ -240,6 +258,7 @@ def registry_for(service: MetricsHost) -> CollectorRegistry:
             service.config.failover.sync_mode,
             lambda: supervisor.degraded_since if supervisor is not None else None,
             service.config.failover.sync_acks,
+            service.monitor.probe_age,
         )
     )
     return registry

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ...operations.scaling import Scaler
 
 
-class Commands(Protocol):
+class Commands(metrics.Probing, Protocol):
     """The monitor, as the admin API uses it."""
 
     async def request(self, command: _Command) -> dict[str, Any]: ...
@@ -125,6 +125,7 @@ def status_document(service: AdminHost) -> dict:
         "loss_bound_bytes": loss_bound_bytes(topology),
         "redundancy": _redundancy(topology, service),
         "heal": service.supervisor.document() if service.supervisor is not None else None,
+        "monitor": _monitor(service),
         "voters": list(topology.voters),
         "sync_acks": topology.proven,
         "promote_quorum": max(0, len(topology.voters) - topology.proven + 1),
@@ -149,6 +150,15 @@ def status_document(service: AdminHost) -> dict:
             }
             for e in config.endpoints
         ],
+    }
+
+
+def _monitor(service: AdminHost) -> dict[str, Any]:
+    """How recently the monitor probed: a tick that blocks (or a stuck monitor) shows as a growing age."""
+    age = service.monitor.probe_age()
+    return {
+        "probe_interval": service.config.monitor.probe_interval,
+        "last_probe_seconds_ago": None if age is None else round(age, 3),
     }
 
 
