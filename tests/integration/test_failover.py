@@ -418,3 +418,32 @@ def test_the_monitor_keeps_probing_and_routing_readers_through_a_switchover(fres
     assert left_readers is not None and left_readers < held, "n2 left the readers only after the switchover"
     interval = svc.config.monitor.probe_interval
     assert max(ages) <= interval + 0.3, f"the monitor did not probe for {max(ages):.2f} s during the switchover"
+
+
+def test_a_frozen_replica_does_not_hold_up_the_ticks_after_a_failover(fresh_cluster, service):
+    """The failover re-points the other replicas beside the loop: one that hangs (SIGSTOP, so TCP still
+    accepts) costs the ticks nothing beyond its own probe timeout (issue 29)."""
+    cluster = fresh_cluster(replicas=2)
+    svc = service(service_config(cluster, failover={"sync_mode": "off"}), cluster=cluster)
+    n3 = cluster.node("n3")
+    n3.pause()
+    try:
+        for _ in wait_until("n3 to be seen as unreachable", 15):
+            if svc.topology.node("n3").health.value == "unreachable":
+                break
+        cluster.primary.kill()
+        ages, after = [], None
+        for _ in wait_until("four seconds of ticks after the failover", 30):
+            status = admin(f"{svc.admin_url}/status")
+            ages.append(status["monitor"]["last_probe_seconds_ago"])
+            if after is None and status["writer"]["node"] == "n2":
+                after = time.monotonic()
+            if after is not None and time.monotonic() - after > 4:
+                break
+    finally:
+        n3.resume()
+    config = svc.config.monitor
+    bound = config.probe_interval + config.probe_timeout + 0.5  # a round of probes waits out n3's timeout
+    assert max(ages) <= bound, f"the monitor did not probe for {max(ages):.2f} s around the failover"
+    (failover,) = _events(svc, "failover")
+    assert failover["repointing"] == ["n3"]

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -130,6 +130,8 @@ class Monitor:
         self._held: str | None = None  # why writes are held (a switchover): the tick probes and routes, never acts
         self._switchover: asyncio.Task[Any] | None = None
         self._probed_at: float | None = None
+        self._besides: set[asyncio.Task[None]] = set()  # work the ticks do not wait for
+        self._repointing: set[str] = set()  # replicas a failover re-points beside the loop
 
     # -- the one place the monitor's memory changes --------------------------------
     def _set_state(self, **changes: Any) -> None:
@@ -362,6 +364,9 @@ class Monitor:
         return tuple(sorted(hosts | {self.config.writer.host}))
 
     async def close(self) -> None:
+        for task in list(self._besides):
+            task.cancel()
+        await asyncio.gather(*self._besides, return_exceptions=True)
         if self._switchover is not None and not self._switchover.done():
             self._switchover.cancel()  # its caller hears that pgaurora is stopping
             await asyncio.gather(self._switchover, return_exceptions=True)
@@ -458,6 +463,8 @@ class Monitor:
         self.events.record("unfence", decision.reason, node=decision.node)
 
     async def _act_repoint(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
+        if decision.node in self._repointing:
+            return  # the failover's own re-pointing is still at it
         await actions.repoint(self.config, self.nodes[decision.node], self.nodes[known_writer(self.state)])
         self.events.record("repoint", decision.reason, node=decision.node, upstream=self.state.writer)
 
@@ -543,11 +550,12 @@ class Monitor:
         }
         await self.publish(reason)
         phases["endpoints_switched"] = phases["dns_updated"] = time.time()
-        repointed = await self.repoint_all(exclude={old, target})
-        crash_point("after_repoint")
         self._intents.remove(intent)
         if self.member is not None:
             await self.member.write(intent=None)
+        repointing = [n for n in self.nodes if n not in {old, target} and n not in self.state.fenced]
+        self._repointing = set(repointing)
+        self._beside(self._repoint_after_failover(old, target), f"re-point the replicas at {target}")
         return self.events.record(
             "failover",
             reason,
@@ -557,12 +565,36 @@ class Monitor:
             epoch=self.state.epoch,
             timeline=timeline,
             sync_standbys=sync,
-            repointed=repointed,
+            repointing=repointing,
             forced=forced,
             loss_bound_bytes=loss_bound,
             phases={k: round(v, 3) for k, v in phases.items()},
             downtime_from_detection=round(phases["endpoints_switched"] - phases["detected"], 3),
         )
+
+    async def _repoint_after_failover(self, old: str, target: str) -> None:
+        """Beside the loop: a replica that hangs must not hold up the ticks (and decide re-points one it missed)."""
+        try:
+            repointed = await self.repoint_all(exclude={old, target})
+        finally:
+            self._repointing = set()
+        crash_point("after_repoint")
+        if repointed:
+            self.events.record(
+                "repoint", f"after the failover: {', '.join(repointed)} follow {target}", nodes=repointed
+            )
+
+    def _beside(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run work beside the loop; a failure is an event, a task is kept until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._besides.add(task)
+
+        def ended(t: asyncio.Task[None]) -> None:
+            self._besides.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.events.record("action_failed", f"{what}: {t.exception()}")
+
+        task.add_done_callback(ended)
 
     async def repoint_all(self, exclude: set[str]) -> list[str]:
         """Point every replica but exclude (and the fenced) at the writer; returns those that took it."""
