@@ -37,3 +37,22 @@ def test_a_monitor_that_has_not_probed_for_three_intervals_is_called_stale(capsy
 def test_a_status_from_an_older_pgaurora_without_the_monitor_section_prints(capsys):
     print_status(_doc())
     assert "last decision: all well" in capsys.readouterr().out
+
+
+def test_pools_and_pins_are_listed_only_when_an_endpoint_pools(capsys):
+    print_status(_doc())
+    assert "pool " not in capsys.readouterr().out
+    pool = {
+        "endpoint": "writer",
+        "node": "n1",
+        "database": "app",
+        "user": "alice",
+        "clients_waiting": 3,
+        "server_active": 2,
+        "server_idle": 0,
+        "longest_wait_seconds": 0.25,
+    }
+    print_status(_doc(pools=[pool], pins={"advisory_lock": 2}))
+    out = capsys.readouterr().out
+    assert "pool writer n1 alice@app: 2 active, 0 idle, 3 waiting (longest wait 0.25 s)" in out
+    assert "pinned clients: advisory_lock 2" in out

@@ -70,8 +70,20 @@ def print_status(doc: dict, wide: bool = False) -> None:
         _print_dcs(console, doc["dcs"], wide)
     if doc.get("backup"):
         _print_backup(console, doc["backup"])
+    _print_pools(console, doc.get("pools") or [], doc.get("pins") or {})
     _print_stale_monitor(console, doc.get("monitor"))
     console.print(f"last decision: {doc['reason']}")
+
+
+def _print_pools(console: Console, pools: list[dict], pins: dict) -> None:
+    """A line per pool (pooled endpoints only), and why clients were pinned to a connection."""
+    for p in pools:
+        console.print(
+            f"pool {p['endpoint']} {p['node']} {p['user']}@{p['database']}: {p['server_active']} active, "
+            f"{p['server_idle']} idle, {p['clients_waiting']} waiting (longest wait {p['longest_wait_seconds']:.2f} s)"
+        )
+    if pins:
+        console.print("pinned clients: " + ", ".join(f"{reason} {count}" for reason, count in sorted(pins.items())))
 
 
 def _print_stale_monitor(console: Console, monitor: dict | None) -> None:

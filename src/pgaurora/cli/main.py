@@ -101,6 +101,14 @@ reset_state_option = click.option(
     default=None,
     help="With --backups: encrypt the repository (aes-256-cbc) with the passphrase in this file (mode 600).",
 )
+@click.option(
+    "--pool",
+    type=click.Choice(["passthrough", "session", "transaction"]),
+    default="passthrough",
+    show_default=True,
+    help="How the writer and reader endpoints lend server connections: passthrough (one backend per "
+    "client), or pooled per session or per transaction, with authentication at the proxy.",
+)
 @reset_state_option
 @click.option(
     "--attach",
@@ -130,6 +138,7 @@ def up(
     tls,
     backups,
     cipher_pass_file,
+    pool,
     reset_state,
     attach,
     verbose,
@@ -143,6 +152,8 @@ def up(
     if instances > 1:
         if backups:
             raise click.UsageError("--backups is not available with --instances")
+        if pool != "passthrough":
+            raise click.UsageError("--pool is not yet available with --instances")
         if attach or instance:
             raise click.UsageError("--instances starts its own instances: it goes with neither --attach nor --instance")
         from .instances import run_instances
@@ -185,6 +196,7 @@ def up(
         etcd=etcd,
         host=host,
         backup=backup,
+        pool=pool,
     )
 
 

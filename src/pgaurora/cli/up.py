@@ -90,6 +90,7 @@ def build_config(
     host: str | None = None,
     dcs: dict | None = None,
     backup: dict | None = None,
+    pool: str = "passthrough",
 ) -> config_mod.Config:
     """The config `up` serves the cluster with; one of several instances listens on `host` and has [dcs]."""
     writer, reader, admin, dns = ports
@@ -101,8 +102,9 @@ def build_config(
             "cluster": cluster.name,
             "state_dir": str(cluster.root),
             "nodes": cluster.node_configs(),
-            "writer": {"port": writer, **listen},
-            "reader": {"port": reader, **listen},
+            "writer": {"port": writer, "pool_mode": pool, **listen},
+            "reader": {"port": reader, "pool_mode": pool, **listen},
+            "pool": {"auth_user": "pgaurora_auth", "auth_password": cluster.auth_password},
             "admin": {"port": admin, **listen},
             "dns": {"port": dns, **listen},
             "monitor": {"user": "postgres", "password": cluster.password},
@@ -159,12 +161,16 @@ def _tls_lines(cluster: LocalCluster, cfg: config_mod.Config) -> list[str]:
     ]
 
 
+def _pooling(mode: str) -> str:
+    return "passthrough: one backend per client" if mode == "passthrough" else f"pooled per {mode}"
+
+
 def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
     w, r, d = cfg.writer, cfg.reader, cfg.dns
     return "\n".join(
         [
-            f"writer endpoint  {w.host}:{w.port}   (the current primary)",
-            f"reader endpoint  {r.host}:{r.port}   (replicas, round robin)",
+            f"writer endpoint  {w.host}:{w.port}   (the current primary; {_pooling(w.pool_mode.value)})",
+            f"reader endpoint  {r.host}:{r.port}   (replicas, round robin; {_pooling(r.pool_mode.value)})",
             f"admin endpoint   http://{cfg.admin.host}:{cfg.admin.port}/status",
             f"admin token      {local_token_file(cfg)}   (mode 600; pgaurora commands on this host read it)",
             f"dns              {d.host}:{d.port}   zone {cfg.zone}",
@@ -212,6 +218,7 @@ def run_up(
     etcd=(),
     host=None,
     backup: dict | None = None,
+    pool: str = "passthrough",
 ) -> None:
     """Serve a cluster; as `instance` (one of `up --instances`), on `host` with [dcs], nodes left running."""
     setup_logging(verbose)
@@ -224,7 +231,9 @@ def run_up(
     reaper = start_reaper()
     try:
         click.echo(cluster.up(attach))
-        cfg = build_config(cluster, ports, host=host, dcs=dcs, backup=backup)  # after up: certificates exist
+        if pool != "passthrough":
+            cluster.ensure_auth_lookup()  # a cluster made by an older pgaurora lacks the role and the function
+        cfg = build_config(cluster, ports, host=host, dcs=dcs, backup=backup, pool=pool)  # after up: certificates exist
         log_name = f"events-{instance}.jsonl" if instance else "events.jsonl"
         service = Service(cfg, cluster=cluster, events=EventLog(cluster.root / log_name), reset_state=reset_state)
         serve(service, lambda: click.echo(_ready_text(cluster, cfg)))

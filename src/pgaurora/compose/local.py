@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -58,6 +59,20 @@ host    replication  {repl_user}  127.0.0.0/8   scram-sha-256
 host    all          all          127.0.0.0/8   scram-sha-256
 host    all          all          ::1/128       scram-sha-256
 """
+
+
+AUTH_LOOKUP = """
+CREATE ROLE pgaurora_auth LOGIN PASSWORD {password};
+CREATE SCHEMA pgaurora;
+CREATE FUNCTION pgaurora.user_lookup(role_name text, OUT usename name, OUT passwd text) RETURNS record
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'SELECT rolname, rolpassword FROM pg_authid WHERE rolname = role_name AND rolcanlogin';
+REVOKE ALL ON FUNCTION pgaurora.user_lookup(text) FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgaurora TO pgaurora_auth;
+GRANT EXECUTE ON FUNCTION pgaurora.user_lookup(text) TO pgaurora_auth;
+"""
+"""pgaurora's auth_query as PgBouncer's: a SECURITY DEFINER function over pg_authid, callable by pgaurora_auth
+alone, which can read nothing else; pooled endpoints authenticate clients with the secrets it returns."""
 
 
 def read_spec(state_dir: str | Path) -> dict[str, Any]:
@@ -341,8 +356,22 @@ class LocalCluster:
         self._write_node_conf(node)
         node.start()
         node.sql(f"CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD {quote(self.replication_password)}")
+        node.sql(AUTH_LOOKUP.format(password=quote(self.auth_password)))
         for replica in self.replicas:
             node.sql(f"SELECT pg_create_physical_replication_slot({quote(replica.name)})")
+
+    def ensure_auth_lookup(self) -> None:
+        """Create pgaurora_auth and its lookup function on the running primary, unless they exist."""
+        primary = next((n for n in self.nodes if n.running and n.sql("SELECT pg_is_in_recovery()") == "f"), None)
+        if primary is None:
+            raise ClusterError("no running primary to create the pooling's auth_query role on")
+        if primary.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'pgaurora_auth'") == "0":
+            primary.sql(AUTH_LOOKUP.format(password=quote(self.auth_password)))
+
+    @property
+    def auth_password(self) -> str:
+        """The password of pgaurora_auth, the role pooled endpoints read secrets as (derived, never stored)."""
+        return hashlib.sha256(f"pgaurora_auth:{self.password}".encode()).hexdigest()[:32]
 
     def _restored_primary(self, node: LocalNode, primary_from, replicas: list[LocalNode]) -> None:
         """A primary from a backup: restored, recovered to its target and promoted, with slots for replicas."""

@@ -44,6 +44,14 @@ class RelayMode(str, Enum):
     AUTO = "auto"  # native where the extension was built, else hybrid where BPF is available, else Python
 
 
+class PoolMode(str, Enum):
+    """How an endpoint lends server connections (docs/pooling.md)."""
+
+    PASSTHROUGH = "passthrough"  # one backend per client, authentication relayed, channel binding end to end
+    SESSION = "session"  # a pooled backend lent for the whole client session; authentication at the proxy
+    TRANSACTION = "transaction"  # lent for one transaction at a time; settings carried, some statements pin
+
+
 class SyncMode(str, Enum):
     QUORUM = "quorum"
     STRICT = "strict"
@@ -161,6 +169,8 @@ class ClientEndpoint(Listen):
     from anywhere else is closed before a byte is read, and counted. Empty: every address."""
 
     _allow = field_validator("allow")(classmethod(lambda cls, v: _networks(v)))
+    pool_mode: PoolMode = PoolMode.PASSTHROUGH
+    """`passthrough` (each client its own backend), `session` or `transaction` (pooled: `[pool]`)."""
 
 
 class WriterConfig(ClientEndpoint):
@@ -324,6 +334,49 @@ class ProxyConfig(_Frozen):
     """`auto`, `native` (C threads), `hybrid` or `kernel` (eBPF), or `python`."""
     relay_threads: Annotated[int, Field(ge=0, le=256)] = 0
     """Native relay threads; 0 means one per core."""
+
+
+class PoolConfig(_Frozen):
+    """Pooling, for endpoints whose pool_mode is `session` or `transaction`: sizes, deadlines, and
+    authentication at the proxy (SCRAM-SHA-256 against secrets from auth_query or auth_file)."""
+
+    pool_size: Annotated[int, Field(ge=1, le=10000)] = 20
+    """Server connections per (node, database, user)."""
+    min_pool_size: Annotated[int, Field(ge=0, le=10000)] = 0
+    """Server connections kept open per pool even when idle, once a client of that user has logged in."""
+    reserve_pool_size: Annotated[int, Field(ge=0, le=10000)] = 0
+    """Extra server connections a pool may open for a client that has waited reserve_pool_timeout."""
+    reserve_pool_timeout: Annotated[float, Field(ge=0)] = 3.0
+    """Seconds a client waits before the reserve may serve it."""
+    server_idle_timeout: Annotated[float, Field(gt=0)] = 600.0
+    """Seconds an idle server connection is kept (above min_pool_size)."""
+    server_lifetime: Annotated[float, Field(gt=0)] = 3600.0
+    """Seconds after which a server connection is closed once it is idle, and replaced when needed."""
+    query_wait_timeout: Annotated[float, Field(gt=0)] = 120.0
+    """Seconds a client waits for a server connection before it gets 53300 and is closed."""
+    max_prepared_statements: Annotated[int, Field(ge=0, le=100000)] = 200
+    """Transaction mode: protocol-level prepared statements remembered per client and kept per server
+    connection (least recently used ones are closed beyond it); 0 passes statement names through unchanged."""
+    auth_file: str | None = None
+    """A file of `"role" "SCRAM-SHA-256$..."` lines (PgBouncer's format), read at start and on reload."""
+    auth_user: str | None = None
+    """The role auth_query runs as (pgaurora up creates `pgaurora_auth`, which can run nothing else)."""
+    auth_password: str | None = None
+    """auth_user's password."""
+    auth_query: str = "SELECT usename, passwd FROM pgaurora.user_lookup($1)"
+    """Query that returns a role's name and SCRAM secret (a SECURITY DEFINER function over pg_authid)."""
+    auth_dbname: str = "postgres"
+    """Database auth_query runs in."""
+    auth_cache_seconds: Annotated[float, Field(ge=0)] = 60.0
+    """Seconds a secret read by auth_query is kept; a failed login reads it again at once."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PoolConfig:
+        if self.min_pool_size > self.pool_size:
+            raise ValueError(f"min_pool_size ({self.min_pool_size}) is above pool_size ({self.pool_size})")
+        if self.auth_file is not None and not os.path.exists(self.auth_file):
+            raise ValueError(f"auth_file: no such file {self.auth_file!r}")
+        return self
 
 
 class TlsConfig(_Frozen):
@@ -616,6 +669,8 @@ class Config(_Frozen):
     """`[backup]`: WAL archiving and backups with pgBackRest (clusters pgaurora composes)."""
     heal: HealConfig = HealConfig()
     """`[heal]`: starting again, rewinding or rebuilding nodes that crashed."""
+    pool: PoolConfig = PoolConfig()
+    """`[pool]`: pooling and authentication at the proxy, for endpoints in session or transaction mode."""
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
@@ -638,6 +693,12 @@ class Config(_Frozen):
                 problems.append(f"endpoints.{endpoint.name}: unknown nodes {', '.join(unknown)}")
         if self.admin.tls and not self.tls.cert_file:
             problems.append("admin.tls: HTTPS on the admin port needs [tls] cert_file and key_file")
+        pooled = [name for name, e in listens if getattr(e, "pool_mode", PoolMode.PASSTHROUGH) != PoolMode.PASSTHROUGH]
+        if pooled and not (self.pool.auth_file or self.pool.auth_user):
+            problems.append(
+                f"pool: {', '.join(pooled)} pool connections, so pgaurora authenticates clients itself: "
+                "set auth_user (with auth_password) for auth_query, or auth_file"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from ..core.config import PoolMode
 from ..core.errors import ProxyError
 from ..core.sslcontexts import ALPN
 from ..wire import (
@@ -19,6 +20,7 @@ from ..wire import (
     error_response,
     sasl_initial_flag,
 )
+from .pooled import PooledClient, PoolGate
 from .relay import Session
 from .tls import TLS_HANDSHAKE_RECORD, TlsTransport
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from .upstream import ServerProtocol
 
 
-class Gate(Protocol):
+class Gate(PoolGate, Protocol):
     """What a client connection uses of the endpoint it arrived on (endpoint.Endpoint)."""
 
     name: str
@@ -65,6 +67,7 @@ class ClientProtocol(asyncio.Protocol):
         self.tls: TlsTransport | None = None
         self.certificate: bytes | None = None  # DER of the certificate this client's handshake used
         self.disallowed = False  # refused by the endpoint's allow-list: closed at once
+        self.pooled: PooledClient | None = None  # on a pooled endpoint, after the startup packet
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream's Transport
@@ -79,7 +82,9 @@ class ClientProtocol(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(timeout, self._startup_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.server is not None:
+        if self.pooled is not None:
+            self.pooled.from_client(data)
+        elif self.server is not None:
             if self.tls is not None and not self._binding_refused(self.server, data):
                 return
             self.server.transport.write(data)  # authentication exchange
@@ -94,6 +99,10 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None or self.disallowed:
             return  # the Session owns the transport now; or it was never let in
+        if self.pooled is not None:
+            self.endpoint.state.client_closed()
+            self.pooled.client_lost()
+            return
         self.endpoint.state.client_closed()
         self._cancel_timer()
         if self.task is not None:
@@ -131,6 +140,17 @@ class ClientProtocol(asyncio.Protocol):
                 "pgaurora requires TLS on this endpoint (client_tls = require)",
                 "Connect with sslmode=require or stricter.",
             )
+            return
+        if self.endpoint.pool_mode is not PoolMode.PASSTHROUGH:
+            limit = self.endpoint.config.proxy.max_client_connections
+            if self.endpoint.state.clients > limit:
+                self.fail("53300", f"sorry, too many clients already (max_client_connections = {limit})")
+                return
+            self._cancel_timer()
+            rest = self.decoder.take_rest()
+            self.pooled = PooledClient(self.endpoint, self.transport, event)
+            if rest:
+                self.pooled.from_client(rest)
             return
         self.pending = self.decoder.raw + self.decoder.take_rest()
         self._start(self._connect())

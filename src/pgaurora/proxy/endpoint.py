@@ -8,12 +8,14 @@ import ipaddress
 import logging
 from collections.abc import Callable
 
-from ..core.config import Config, CustomEndpointConfig, Listen
+from ..core.config import Config, CustomEndpointConfig, Listen, PoolMode
 from ..core.errors import NodeTlsFailed, NoWriterAvailable, ProxyError, TooManyConnections, UpstreamUnavailable
 from ..core.sslcontexts import Contexts
 from ..core.topology import Health, NodeState, Topology, TopologyHub
 from ..wire import CancelRequest, encode
 from .client import ClientProtocol
+from .credentials import Credentials
+from .pool import Pool, Pools
 from .relay import Session
 from .router import EndpointKind, Router
 from .state import ProxyState, Tracked
@@ -33,6 +35,7 @@ class Endpoint:
         state: ProxyState,
         tls: Contexts | None = None,
         custom: CustomEndpointConfig | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.kind, self.listen, self.config = kind, listen, config
         self.custom = custom  # a custom endpoint: reader-like, over its own members
@@ -40,7 +43,21 @@ class Endpoint:
         self.tls = tls  # None: no TLS on either leg
         self.hub, self.router, self.state = hub, router, state
         self.server: asyncio.Server | None = None
+        spec = custom if custom is not None else getattr(config, kind.value)
+        self.pool_mode: PoolMode = spec.pool_mode
+        pooled = self.pool_mode is not PoolMode.PASSTHROUGH
+        self.pools = Pools(config.pool, config.proxy.connect_timeout) if pooled else None
+        if self.pools is not None:
+            state.pool_sets[self.name] = self.pools
+        if self.pools is not None and credentials is None:
+            raise ValueError(f"the {self.name} endpoint pools connections, and needs credentials")
+        self._credentials = credentials
         hub.subscribe(self._on_topology)
+
+    @property
+    def credentials(self) -> Credentials:
+        assert self._credentials is not None, "only a pooled endpoint authenticates clients itself"
+        return self._credentials
 
     @property
     def address(self) -> str:
@@ -58,12 +75,18 @@ class Endpoint:
         self.server = await loop.create_server(
             lambda: ClientProtocol(self), self.listen.host, self.listen.port, backlog=4096, reuse_address=True
         )
+        if self.pools is not None:
+            self.pools.start()
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
         for session in self._sessions(lambda node: True):
             session.terminate("57P01", "terminating connection: pgaurora is shutting down")
+        for client in [c for c in self.state.pooled_clients.values() if c.gate is self]:
+            client.fail("57P01", "terminating connection: pgaurora is shutting down")
+        if self.pools is not None:
+            await self.pools.stop()
 
     def _sessions(self, on_node: Callable[[str], bool]) -> list[Tracked]:
         """This endpoint's sessions on the nodes for which on_node(name) is true."""
@@ -98,6 +121,21 @@ class Endpoint:
                     raise _writer_unavailable(exc, self.hub.current) from None
                 await self.hub.wait_for(_changed_since(topology), remaining)
 
+    async def pool_for(self, database: str, user: str) -> Pool:
+        """The pool of the node this endpoint routes to now; the writer waits out a failover."""
+        assert self.pools is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.proxy.failover_connect_timeout
+        while True:
+            topology = self.hub.current
+            try:
+                return self.pools.get(self.router.candidates(self.kind, topology, self.custom)[0], database, user)
+            except ProxyError as exc:
+                remaining = deadline - loop.time()
+                if self.kind is EndpointKind.READER or remaining <= 0:
+                    raise _writer_unavailable(exc, topology) from None
+            await self.hub.wait_for(_changed_since(topology), remaining)
+
     async def _dial_any(self, client: ClientProtocol, nodes: list[NodeState]) -> ServerProtocol:
         errors, tls_failures = [], []
         for node in nodes:
@@ -120,6 +158,10 @@ class Endpoint:
     async def forward_cancel(self, event: CancelRequest) -> None:
         """Send a CancelRequest to the node whose backend issued that key (learned on either endpoint)."""
         address = self.state.cancel_keys.get((event.process_id, event.secret_key))
+        pooled = self.state.pooled_clients.get((event.process_id, event.secret_key))
+        if pooled is not None and (where := pooled.cancel_target()) is not None:
+            address, key = where
+            event = CancelRequest(*key)
         if address is None:
             return  # as PostgreSQL does, ignore unknown keys silently
         writer = None
@@ -148,6 +190,8 @@ class Endpoint:
             return
         for session in self._sessions(lambda node: not self.router.still_valid(self.kind, node, new)):
             self._drop(session, new)
+        if self.pools is not None:
+            self.pools.close_nodes(lambda node: self.router.still_valid(self.kind, node, new))
 
     def _drop(self, session: Tracked, topology: Topology) -> None:
         why = (

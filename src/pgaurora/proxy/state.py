@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .native import NativeRelay
@@ -39,6 +39,9 @@ class ProxyState:
         self.tls_total = 0  # client connections that started a TLS handshake
         self.allowed_total: Counter[str] = Counter()  # endpoint -> connections its allow-list let in
         self.disallowed_total: Counter[str] = Counter()  # endpoint -> connections closed by its allow-list
+        self.pooled_clients: dict[CancelKey, Any] = {}  # the key each pooled client was given -> the client
+        self.pins: Counter[str] = Counter()  # reason -> transaction-pooled clients pinned to their connection
+        self.pool_sets: dict[str, Any] = {}  # endpoint -> its pool.Pools, for /status and /metrics
 
     def client_opened(self) -> int:
         self.clients += 1
@@ -65,6 +68,23 @@ class ProxyState:
     def learned_cancel_key(self, session: Tracked, key: CancelKey, address: tuple[str, int]) -> None:
         session.cancel_key = key
         self.cancel_keys[key] = address
+
+    def pools(self) -> list[dict[str, Any]]:
+        """Per pool: its endpoint, node, database and user; clients waiting; server connections active and idle."""
+        return [
+            {
+                "endpoint": endpoint,
+                "node": key.node,
+                "database": key.database,
+                "user": key.user,
+                "clients_waiting": len(pool.waiters),
+                "server_active": pool.active,
+                "server_idle": len(pool.idle_links),
+                "longest_wait_seconds": round(pool.longest_wait, 3),
+            }
+            for endpoint, pools in sorted(self.pool_sets.items())
+            for key, pool in sorted(pools.pools.items(), key=lambda item: (item[0].node, item[0].database))
+        ]
 
     def count(self, node: str) -> int:
         return len(self.sessions_by_node.get(node, ()))

@@ -9,11 +9,11 @@ from typing import Any, Protocol
 
 from ..core import config as config_mod
 from ..core import reconfigure
-from ..core.config import Config, Fallback
+from ..core.config import Config, Fallback, PoolMode
 from ..core.errors import ConfigError
 from ..core.eventlog import EventLog
 from ..core.sslcontexts import Contexts
-from ..core.topology import Topology, TopologyHub
+from ..core.topology import Health, NodeState, Role, Topology, TopologyHub
 from ..dcs.member import Member
 from ..dns.resolver import Zone
 from ..dns.server import DnsServer
@@ -26,6 +26,7 @@ from ..operations.backups import Backups
 from ..operations.guard import ComposedCluster
 from ..operations.maintenance import Maintenance
 from ..operations.scaling import Scaler
+from ..proxy.credentials import Credentials
 from ..proxy.endpoint import Endpoint
 from ..proxy.relays import proxy_state
 from ..proxy.router import EndpointKind, Router
@@ -56,14 +57,12 @@ class Service:
         self.proxy_state = proxy_state(config)
         self.router = Router(self.hub, config, self.proxy_state)
         self.tls = Contexts(config.tls)
-        self.writer = Endpoint(
-            EndpointKind.WRITER, config.writer, config, self.hub, self.router, self.proxy_state, self.tls
-        )
-        self.reader = Endpoint(
-            EndpointKind.READER, config.reader, config, self.hub, self.router, self.proxy_state, self.tls
-        )
+        self.credentials = credentials_for(config, self.hub)
+        common = (config, self.hub, self.router, self.proxy_state, self.tls)
+        self.writer = Endpoint(EndpointKind.WRITER, config.writer, *common, credentials=self.credentials)
+        self.reader = Endpoint(EndpointKind.READER, config.reader, *common, credentials=self.credentials)
         self.custom = [
-            Endpoint(EndpointKind.READER, spec, config, self.hub, self.router, self.proxy_state, self.tls, custom=spec)
+            Endpoint(EndpointKind.READER, spec, *common, custom=spec, credentials=self.credentials)
             for spec in config.endpoints
         ]
         self.member = Member(config, self.events) if config.dcs is not None else None
@@ -270,3 +269,17 @@ class Service:
             timeout,
         )
         return ready is not None
+
+
+def credentials_for(config: Config, hub: TopologyHub) -> Credentials | None:
+    """Where pooled endpoints read roles' secrets: auth_file, or auth_query on the writer (else any node up)."""
+    specs = [config.writer, config.reader, *config.endpoints]
+    if all(spec.pool_mode is PoolMode.PASSTHROUGH for spec in specs):
+        return None
+
+    def nodes() -> list[NodeState]:
+        topology = hub.current
+        up = [n for n in topology.nodes if n.health is not Health.UNREACHABLE and n.role is not Role.FENCED]
+        return sorted(up, key=lambda n: n.name != topology.writer)
+
+    return Credentials(config.pool, config.tls, nodes)

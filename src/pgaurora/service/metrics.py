@@ -136,6 +136,7 @@ def proxy_metrics(state: ProxyState) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "pgaurora_tls_handshakes", "Client connections that started a TLS handshake", value=state.tls_total
     )
+    yield from pool_metrics(state)
     for name, counts, text in (
         ("pgaurora_allowlist_accepted", state.allowed_total, "let in by"),
         ("pgaurora_allowlist_refused", state.disallowed_total, "closed at once by"),
@@ -144,6 +145,38 @@ def proxy_metrics(state: ProxyState) -> Iterator[Metric]:
         for endpoint, count in sorted(counts.items()):
             family.add_metric([endpoint], count)
         yield family
+
+
+def pool_metrics(state: ProxyState) -> Iterator[Metric]:
+    """Per pool: clients waiting, server connections active and idle, the longest wait; pins by reason."""
+    labels = ["endpoint", "node", "database", "user"]
+    families = {
+        "clients_waiting": GaugeMetricFamily(
+            "pgaurora_pool_clients_waiting", "Clients waiting for a server connection", labels=labels
+        ),
+        "server_active": GaugeMetricFamily(
+            "pgaurora_pool_server_active", "Server connections lent to a client now", labels=labels
+        ),
+        "server_idle": GaugeMetricFamily(
+            "pgaurora_pool_server_idle", "Server connections idle in the pool", labels=labels
+        ),
+        "longest_wait_seconds": GaugeMetricFamily(
+            "pgaurora_pool_longest_wait_seconds", "Longest wait for a server connection since start", labels=labels
+        ),
+    }
+    for pool in state.pools():
+        values = [pool["endpoint"], pool["node"], pool["database"], pool["user"]]
+        for field, family in families.items():
+            family.add_metric(values, pool[field])
+    yield from families.values()
+    pins = CounterMetricFamily(
+        "pgaurora_pool_pins",
+        "Transaction-pooled clients pinned to one server connection until they leave, by reason",
+        labels=["reason"],
+    )
+    for reason, count in sorted(state.pins.items()):
+        pins.add_metric([reason], count)
+    yield pins
 
 
 def dcs_metrics(member) -> Iterator[Metric]:

@@ -112,11 +112,16 @@ def status_document(service: AdminHost) -> dict:
         "epoch": topology.epoch,
         "topology_version": topology.version,
         "reason": topology.reason,
-        "writer": {"endpoint": f"{config.writer.host}:{config.writer.port}", "node": topology.writer},
+        "writer": {
+            "endpoint": f"{config.writer.host}:{config.writer.port}",
+            "node": topology.writer,
+            "pool_mode": config.writer.pool_mode.value,
+        },
         "reader": {
             "endpoint": f"{config.reader.host}:{config.reader.port}",
             "nodes": service.reader_nodes(),
             "policy": config.reader.policy.value,
+            "pool_mode": config.reader.pool_mode.value,
             "fallback": config.reader.fallback.value,
         },
         "dns": f"{config.dns.host}:{config.dns.port}" if config.dns.enabled else None,
@@ -136,6 +141,8 @@ def status_document(service: AdminHost) -> dict:
         "fenced_hint": _fenced_hint(topology, service),
         "last_unsafe_failover": _last_unsafe(service),
         "client_connections": service.proxy_state.clients,
+        "pools": service.proxy_state.pools(),
+        "pins": dict(service.proxy_state.pins),
         "relay": service.relay_mode,
         "relay_threads": service.proxy_state.native.threads if service.proxy_state.native else None,
         "nodes": nodes,
@@ -146,6 +153,7 @@ def status_document(service: AdminHost) -> dict:
                 "name": e.name,
                 "endpoint": f"{e.host}:{e.port}",
                 "role": e.role.value,
+                "pool_mode": e.pool_mode.value,
                 "nodes": [n.name for n in custom_endpoints.targets(e, topology)],
             }
             for e in config.endpoints

@@ -1,0 +1,359 @@
+"""Pool: server connections per (node, database, user), logged in with a client's key, lent to one client at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from ..core.errors import ProxyError, UpstreamUnavailable
+from ..wire import BackendKeyData, Framer, RemoteProtocolError, StartupMessage, decode_backend, encode
+from ..wire.frontend import sasl_initial_response, sasl_response, simple_query
+from .scram import MECHANISM, ClientExchange, ScramFailed, Secret
+
+if TYPE_CHECKING:
+    from ..core.config import PoolConfig
+    from ..core.topology import NodeState
+
+log = logging.getLogger("pgaurora.pool")
+
+RESET_QUERY = "DISCARD ALL"  # as PgBouncer's server_reset_query: a lent-out session leaves nothing behind
+
+
+class ServerLoginFailed(ProxyError):
+    """The node refused the login pgaurora made with the client's key (its password changed?)."""
+
+    sqlstate = "28P01"
+
+
+class Borrower(Protocol):
+    """What a server connection calls on the client it is lent to (pooled.PooledClient)."""
+
+    def from_server(self, data: bytes) -> None: ...
+
+    def server_lost(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    node: str
+    database: str
+    user: str
+
+
+class ServerLink(asyncio.Protocol):
+    """One server connection of a pool: logs in (SCRAM with a ClientKey), then carries one borrower at a time."""
+
+    def __init__(self, pool: Pool, client_key: bytes, secret: Secret) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[ServerLink] = asyncio.get_running_loop().create_future()
+        self.owner: Borrower | None = None
+        self.params: dict[str, str] = {}
+        self.cancel_key: tuple[int, bytes] | None = None
+        self.prepared: OrderedDict[bytes, None] = OrderedDict()  # statement names this backend holds
+        self.settings: tuple[tuple[str, str], ...] = ()  # the session settings last applied
+        self.created = self.idle_since = time.monotonic()
+        self.broken = False
+        self._framer = Framer(max_message=1 << 20)
+        self._scram = ClientExchange(client_key, secret)
+        self._resetting = False
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = self.pool.key
+        startup = StartupMessage((("user", key.user), ("database", key.database), ("application_name", "pgaurora")))
+        self.transport.write(encode(startup))  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        if self.owner is not None:
+            self.owner.from_server(data)
+        elif not self.ready.done() or self._resetting:
+            self._framer.feed(data)
+            try:
+                self._read_frames()
+            except (RemoteProtocolError, ScramFailed, ProxyError) as exc:
+                self._fail(exc)
+        else:
+            self.close()  # an idle backend spoke (terminated by an administrator): it is not trusted again
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.broken = True
+        if not self.ready.done():
+            self.ready.set_exception(UpstreamUnavailable(f"node {self.pool.node.name} closed the connection at login"))
+        self.pool.forget(self)
+        if self.owner is not None:
+            owner, self.owner = self.owner, None
+            owner.server_lost()
+
+    # -- login, and the reset between sessions -------------------------------------------------
+    def _read_frames(self) -> None:
+        while (frame := self._framer.next_frame()) is not None:
+            payload = bytes(frame.payload)
+            if frame.type == b"R":
+                self._authenticate(int.from_bytes(payload[:4], "big"), payload[4:])
+            elif frame.type == b"S" and not self._resetting:
+                name, value, _ = payload.split(b"\0", 2)
+                self.params[name.decode()] = value.decode()
+            elif frame.type == b"K":
+                key = decode_backend(frame.type, payload)
+                assert isinstance(key, BackendKeyData)
+                self.cancel_key = (key.process_id, key.secret_key)
+            elif frame.type == b"E" and not self._resetting:
+                raise ServerLoginFailed(_message(payload) or f"node {self.pool.node.name} refused the login")
+            elif frame.type == b"Z":
+                self._ready()
+                return
+
+    def _authenticate(self, code: int, data: bytes) -> None:
+        assert self.transport is not None
+        if code == 0:
+            return
+        if code == 10 and MECHANISM.encode() in data.split(b"\0"):
+            self.transport.write(sasl_initial_response(MECHANISM, self._scram.first()))
+        elif code == 11:
+            self.transport.write(sasl_response(self._scram.final(data.decode())))
+        elif code == 12:
+            self._scram.verify(data.decode())
+        else:
+            raise ServerLoginFailed(
+                f"node {self.pool.node.name} asks for authentication type {code}; pooling logs in with "
+                "SCRAM-SHA-256 only (password_encryption = scram-sha-256, and a scram-sha-256 line in pg_hba.conf)"
+            )
+
+    def _ready(self) -> None:
+        if self._resetting:
+            self._resetting = False
+            self.prepared.clear()
+            self.settings = ()
+            self.pool.idle(self)
+        elif not self.ready.done():
+            self.ready.set_result(self)
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+        self.close()
+
+    def reset(self) -> None:
+        """After a session that may have left state behind: DISCARD ALL, then back to the idle list."""
+        assert self.transport is not None
+        self._resetting = True
+        self._framer = Framer(max_message=1 << 30)
+        self.transport.write(simple_query(RESET_QUERY))
+
+    def close(self) -> None:
+        self.broken = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _message(payload: bytes) -> str:
+    for part in payload.split(b"\0"):
+        if part[:1] == b"M":
+            return part[1:].decode("utf-8", "replace")
+    return ""
+
+
+@dataclass
+class _Waiter:
+    future: asyncio.Future[ServerLink]
+    client_key: bytes
+    secret: Secret
+    since: float = field(default_factory=time.monotonic)
+
+
+class Pool:
+    """The server connections of one (node, database, user): idle ones, lent ones, and clients waiting."""
+
+    def __init__(self, key: PoolKey, node: NodeState, config: PoolConfig, connect_timeout: float) -> None:
+        self.key, self.node, self.config, self.connect_timeout = key, node, config, connect_timeout
+        self.idle_links: deque[ServerLink] = deque()
+        self.links: set[ServerLink] = set()  # every open or opening one
+        self.waiters: deque[_Waiter] = deque()
+        self.closed = False
+        self.longest_wait = 0.0  # seconds, since start: the metrics show it
+        self.waited_total = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.links) - len(self.idle_links)
+
+    async def acquire(self, client_key: bytes, secret: Secret) -> ServerLink:
+        """An idle connection, a new one while under pool_size, or the next one released (query_wait_timeout)."""
+        while self.idle_links:
+            link = self.idle_links.popleft()
+            if not link.broken:
+                return link
+        if len(self.links) < self.config.pool_size:
+            return await self._open(client_key, secret)
+        return await self._wait(client_key, secret)
+
+    async def _open(self, client_key: bytes, secret: Secret) -> ServerLink:
+        link = ServerLink(self, client_key, secret)
+        self.links.add(link)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.create_connection(lambda: link, self.node.host, self.node.port)
+                return await link.ready
+        except BaseException:
+            link.close()
+            self.links.discard(link)
+            raise
+
+    async def _wait(self, client_key: bytes, secret: Secret) -> ServerLink:
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), client_key, secret)
+        self.waiters.append(waiter)
+        self.waited_total += 1
+        try:
+            if self.config.reserve_pool_size and await _within(waiter.future, self.config.reserve_pool_timeout) is None:
+                if len(self.links) < self.config.pool_size + self.config.reserve_pool_size:
+                    self.waiters.remove(waiter)
+                    return await self._open(client_key, secret)
+            link = await _within(waiter.future, self.config.query_wait_timeout)
+        except asyncio.CancelledError:  # the client left while it waited: a connection handed to it goes on
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                self.idle(waiter.future.result())
+            raise
+        finally:
+            self.longest_wait = max(self.longest_wait, time.monotonic() - waiter.since)
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+        if link is None:
+            waiter.future.cancel()
+            raise PoolTimeout(
+                f"no server connection to {self.node.name} came free within query_wait_timeout "
+                f"({self.config.query_wait_timeout:g} s); the pool holds {self.config.pool_size}"
+            )
+        return link
+
+    def release(self, link: ServerLink, reusable: bool, dirty: bool = False) -> None:
+        """A borrower is done with link: to the next waiter or the idle list; reset first when dirty."""
+        link.owner = None
+        too_old = time.monotonic() - link.created > self.config.server_lifetime
+        if not reusable or link.broken or self.closed or too_old:
+            link.close()
+            self._replace_for_waiter()
+        elif dirty:
+            link.reset()
+        else:
+            self.idle(link)
+
+    def idle(self, link: ServerLink) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(link)
+                return
+        link.idle_since = time.monotonic()
+        self.idle_links.append(link)
+
+    def forget(self, link: ServerLink) -> None:
+        self.links.discard(link)
+        if link in self.idle_links:
+            self.idle_links.remove(link)
+        self._replace_for_waiter()
+
+    def _replace_for_waiter(self) -> None:
+        """A connection closed while clients wait: open another for the first of them."""
+        if self.closed or not self.waiters or len(self.links) >= self.config.pool_size:
+            return
+        waiter = self.waiters.popleft()
+        task = asyncio.get_running_loop().create_task(self._open(waiter.client_key, waiter.secret))
+        task.add_done_callback(lambda t: _hand_over(t, waiter))
+
+    def reap(self, now: float) -> None:
+        """Close idle connections past server_idle_timeout (above min_pool_size) or server_lifetime."""
+        for link in list(self.idle_links):
+            idle_too_long = now - link.idle_since > self.config.server_idle_timeout
+            if (idle_too_long and len(self.links) > self.config.min_pool_size) or (
+                now - link.created > self.config.server_lifetime
+            ):
+                self.idle_links.remove(link)
+                link.close()
+
+    def close(self) -> None:
+        """The node left this endpoint: idle connections close now, lent ones when they come back."""
+        self.closed = True
+        for link in list(self.idle_links):
+            link.close()
+        self.idle_links.clear()
+        for waiter in self.waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(UpstreamUnavailable(f"node {self.node.name} left the endpoint"))
+        self.waiters.clear()
+
+
+async def _within(future: asyncio.Future[ServerLink], seconds: float) -> ServerLink | None:
+    """The future's result, or None when seconds pass first (the future stays pending)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await asyncio.shield(future)
+    except TimeoutError:
+        return future.result() if future.done() else None
+
+
+def _hand_over(task: asyncio.Task[ServerLink], waiter: _Waiter) -> None:
+    if waiter.future.done():
+        if not task.cancelled() and task.exception() is None:
+            task.result().pool.idle(task.result())
+        return
+    if task.cancelled():
+        waiter.future.cancel()
+    elif task.exception() is not None:
+        waiter.future.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        waiter.future.set_result(task.result())
+
+
+class PoolTimeout(ProxyError):
+    """A client waited query_wait_timeout for a server connection."""
+
+    sqlstate = "53300"
+
+
+class Pools:
+    """Every pool of one proxy, by (node, database, user); the reaper closes idle and old connections."""
+
+    def __init__(self, config: PoolConfig, connect_timeout: float) -> None:
+        self.config, self.connect_timeout = config, connect_timeout
+        self.pools: dict[PoolKey, Pool] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def get(self, node: NodeState, database: str, user: str) -> Pool:
+        key = PoolKey(node.name, database, user)
+        pool = self.pools.get(key)
+        if pool is None or pool.closed or (pool.node.host, pool.node.port) != (node.host, node.port):
+            pool = self.pools[key] = Pool(key, node, self.config, self.connect_timeout)
+        return pool
+
+    def close_nodes(self, keep: Callable[[str], bool]) -> None:
+        """Close the pools of nodes for which keep(name) is false."""
+        for key, pool in list(self.pools.items()):
+            if not keep(key.node):
+                pool.close()
+                del self.pools[key]
+
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for pool in list(self.pools.values()):
+                pool.reap(now)
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for pool in self.pools.values():
+            pool.close()
+            for link in list(pool.links):
+                link.close()
