@@ -30,6 +30,7 @@ class BenchCluster:
     password: str | None
     runas: OsUser  # PgBouncer refuses to run as root
     pgaurora_toml: str | None = None  # local: nodes and credentials for the benchmark's own pgaurora
+    auth_password: str | None = None  # local: pgaurora_auth's password, for pooled endpoints' auth_query
     config: Config | None = None  # given: the user's pgaurora config
     config_path: Path | None = None
 
@@ -75,6 +76,7 @@ def local_cluster(work: Path, port: int, max_connections: int) -> Iterator[Bench
             cluster.password,
             cluster.user,
             pgaurora_toml=toml,
+            auth_password=cluster.auth_password,
         )
     finally:
         cluster.destroy()

@@ -118,16 +118,24 @@ def tls_certificate(work: Path) -> tuple[Path, Path]:
 
 
 def start_pgaurora(
-    bc: BenchCluster, work: Path, relay: str = "auto", name: str = "pgaurora", tls: tuple[Path, Path] | None = None
+    bc: BenchCluster,
+    work: Path,
+    relay: str = "auto",
+    name: str = "pgaurora",
+    tls: tuple[Path, Path] | None = None,
+    pool_mode: str = "passthrough",
+    pool_size: int = 20,
 ) -> tuple[Target, Target]:
     """The benchmark's own pgaurora on free ports, for the local cluster; with tls, clients must use TLS."""
     writer, reader, admin, dns = free_ports(4)
     conf = work / f"{name}.toml"
     tls_toml = f'[tls]\ncert_file = "{tls[0]}"\nkey_file = "{tls[1]}"\nclient_tls = "require"\n' if tls else ""
+    mode = f'pool_mode = "{pool_mode}"\n'
     conf.write_text(
-        f'cluster = "bench"\n{bc.pgaurora_toml}[writer]\nport = {writer}\n[reader]\nport = {reader}\n'
+        f'cluster = "bench"\n{bc.pgaurora_toml}[writer]\nport = {writer}\n{mode}[reader]\nport = {reader}\n{mode}'
         f"[admin]\nport = {admin}\n[dns]\nport = {dns}\n"
-        f'[proxy]\nmax_client_connections = 10000\nrelay = "{relay}"\n{tls_toml}'
+        f'[proxy]\nmax_client_connections = 20000\nrelay = "{relay}"\n{tls_toml}'
+        f'[pool]\npool_size = {pool_size}\nauth_user = "pgaurora_auth"\nauth_password = "{bc.auth_password}"\n'
     )
     proc = _spawn_pgaurora(conf, work / f"{name}.log", ("127.0.0.1", writer), ("127.0.0.1", reader))
     sslmode = "require" if tls else None
@@ -162,18 +170,27 @@ def _spawn_pgaurora(conf: Path, log_path: Path, writer: tuple[str, int], reader:
     return proc
 
 
-def start_pgbouncer(bc: BenchCluster, work: Path, tls: tuple[Path, Path] | None = None) -> Target:
+def start_pgbouncer(
+    bc: BenchCluster,
+    work: Path,
+    tls: tuple[Path, Path] | None = None,
+    pool_mode: str = "session",
+    pool_size: int = 3000,
+    secret: str | None = None,
+    name: str = "pgbouncer",
+) -> Target:
+    """PgBouncer on a free port; secret: the role's SCRAM secret in its auth_file (else the plain password)."""
     port = free_port()
     host, server_port = bc.primary
-    quoted = ['"' + v.replace('"', '""') + '"' for v in (bc.user, bc.password or "")]  # userlist doubles quotes
-    (work / "userlist.txt").write_text(" ".join(quoted) + "\n")  # a plain password: PgBouncer does SCRAM itself
+    quoted = ['"' + v.replace('"', '""') + '"' for v in (bc.user, secret or bc.password or "")]  # doubled quotes
+    (work / "userlist.txt").write_text(" ".join(quoted) + "\n")
     auth = "scram-sha-256" if bc.password else "trust"
-    ini = work / "pgbouncer.ini"
+    ini = work / f"{name}.ini"
     ini.write_text(
         f"[databases]\n* = host={host} port={server_port}\n[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        f"auth_type = {auth}\nauth_file = {work / 'userlist.txt'}\npool_mode = session\n"
-        "max_client_conn = 10000\ndefault_pool_size = 3000\nmax_db_connections = 0\n"
+        f"auth_type = {auth}\nauth_file = {work / 'userlist.txt'}\npool_mode = {pool_mode}\n"
+        f"max_client_conn = 20000\ndefault_pool_size = {pool_size}\nmax_db_connections = 0\n"
         "logfile =\nlog_connections = 0\nlog_disconnections = 0\n"
         + (
             f"client_tls_sslmode = require\nclient_tls_cert_file = {tls[0]}\nclient_tls_key_file = {tls[1]}\n"
@@ -188,10 +205,10 @@ def start_pgbouncer(bc: BenchCluster, work: Path, tls: tuple[Path, Path] | None 
     proc = subprocess.Popen(
         [shutil.which("pgbouncer", path=_SBIN_PATH), str(ini)],
         stdout=subprocess.DEVNULL,
-        stderr=open(work / "pgbouncer.log", "w"),
+        stderr=open(work / f"{name}.log", "w"),
         **kwargs,
     )
-    return Target("pgbouncer", "127.0.0.1", port, started(proc, "127.0.0.1", port), sslmode="require" if tls else None)
+    return Target(name, "127.0.0.1", port, started(proc, "127.0.0.1", port), sslmode="require" if tls else None)
 
 
 def start_haproxy(bc: BenchCluster, work: Path) -> Target:

@@ -121,6 +121,14 @@ class Endpoint:
                     raise _writer_unavailable(exc, self.hub.current) from None
                 await self.hub.wait_for(_changed_since(topology), remaining)
 
+    def current_pool(self, database: str, user: str) -> Pool | None:
+        """The pool of the node this endpoint routes to now, or None when there is none (pool_for waits)."""
+        assert self.pools is not None
+        try:
+            return self.pools.get(self.router.candidates(self.kind, self.hub.current, self.custom)[0], database, user)
+        except ProxyError:
+            return None
+
     async def pool_for(self, database: str, user: str) -> Pool:
         """The pool of the node this endpoint routes to now; the writer waits out a failover."""
         assert self.pools is not None

@@ -160,22 +160,28 @@ def _message(payload: bytes) -> str:
     return ""
 
 
-@dataclass
-class _Waiter:
-    future: asyncio.Future[ServerLink]
+@dataclass(eq=False)
+class Waiter:
+    """A borrower waiting for a connection: deliver(link) when one comes, fail(error) when none does in time."""
+
+    deliver: Callable[[ServerLink], None]
+    fail: Callable[[Exception], None]
     client_key: bytes
     secret: Secret
     since: float = field(default_factory=time.monotonic)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    done: bool = False
 
 
 class Pool:
-    """The server connections of one (node, database, user): idle ones, lent ones, and clients waiting."""
+    """The server connections of one (node, database, user): idle ones, lent ones, and clients waiting.
+    Lending is callbacks, not tasks: an idle connection is handed over in the same call."""
 
     def __init__(self, key: PoolKey, node: NodeState, config: PoolConfig, connect_timeout: float) -> None:
         self.key, self.node, self.config, self.connect_timeout = key, node, config, connect_timeout
         self.idle_links: deque[ServerLink] = deque()
         self.links: set[ServerLink] = set()  # every open or opening one
-        self.waiters: deque[_Waiter] = deque()
+        self.waiters: deque[Waiter] = deque()
         self.closed = False
         self.longest_wait = 0.0  # seconds, since start: the metrics show it
         self.waited_total = 0
@@ -184,19 +190,99 @@ class Pool:
     def active(self) -> int:
         return len(self.links) - len(self.idle_links)
 
-    async def acquire(self, client_key: bytes, secret: Secret) -> ServerLink:
-        """An idle connection, a new one while under pool_size, or the next one released (query_wait_timeout)."""
+    def lend(
+        self,
+        deliver: Callable[[ServerLink], None],
+        fail: Callable[[Exception], None],
+        client_key: bytes,
+        secret: Secret,
+    ) -> Waiter | None:
+        """deliver(link) with an idle connection now (returns None), or later with a new one or the next one
+        released (returns the Waiter, for cancel()); fail(PoolTimeout) after query_wait_timeout."""
         while self.idle_links:
             link = self.idle_links.popleft()
             if not link.broken:
-                return link
+                deliver(link)
+                return None
+        waiter = Waiter(deliver, fail, client_key, secret)
         if len(self.links) < self.config.pool_size:
-            return await self._open(client_key, secret)
-        return await self._wait(client_key, secret)
+            self._open_for(waiter)
+            return waiter
+        self.waiters.append(waiter)
+        self.waited_total += 1
+        loop = asyncio.get_running_loop()
+        waiter.timers.append(loop.call_later(self.config.query_wait_timeout, self._expire, waiter))
+        if self.config.reserve_pool_size:
+            waiter.timers.append(loop.call_later(self.config.reserve_pool_timeout, self._reserve, waiter))
+        return waiter
 
-    async def _open(self, client_key: bytes, secret: Secret) -> ServerLink:
-        link = ServerLink(self, client_key, secret)
-        self.links.add(link)
+    async def acquire(self, client_key: bytes, secret: Secret) -> ServerLink:
+        """lend(), awaited."""
+        future: asyncio.Future[ServerLink] = asyncio.get_running_loop().create_future()
+        waiter = self.lend(future.set_result, future.set_exception, client_key, secret)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if waiter is not None:
+                self.cancel(waiter)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.idle(future.result())
+            raise
+
+    def cancel(self, waiter: Waiter) -> None:
+        """The borrower left while it waited; a connection opening for it goes to the pool."""
+        self._finish(waiter)
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+
+    def _finish(self, waiter: Waiter) -> None:
+        waiter.done = True
+        for timer in waiter.timers:
+            timer.cancel()
+        self.longest_wait = max(self.longest_wait, time.monotonic() - waiter.since)
+
+    def _hand(self, waiter: Waiter, link: ServerLink) -> None:
+        self._finish(waiter)
+        waiter.deliver(link)
+
+    def _expire(self, waiter: Waiter) -> None:
+        if waiter.done:
+            return
+        self.cancel(waiter)
+        waiter.fail(
+            PoolTimeout(
+                f"no server connection to {self.node.name} came free within query_wait_timeout "
+                f"({self.config.query_wait_timeout:g} s); the pool holds {self.config.pool_size}"
+            )
+        )
+
+    def _reserve(self, waiter: Waiter) -> None:
+        if not waiter.done and len(self.links) < self.config.pool_size + self.config.reserve_pool_size:
+            self.waiters.remove(waiter)
+            self._open_for(waiter)
+
+    def _open_for(self, waiter: Waiter) -> None:
+        link = ServerLink(self, waiter.client_key, waiter.secret)
+        self.links.add(link)  # counted at once: lends in the same loop iteration see it
+        task = asyncio.get_running_loop().create_task(self._open(link))
+        task.add_done_callback(lambda t: self._opened(t, waiter))
+
+    def _opened(self, task: asyncio.Task[ServerLink], waiter: Waiter) -> None:
+        if task.cancelled():
+            error: BaseException | None = UpstreamUnavailable(f"connecting to node {self.node.name} was interrupted")
+        else:
+            error = task.exception()
+        if error is None:
+            link = task.result()
+            if waiter.done:
+                self.idle(link)
+            else:
+                self._hand(waiter, link)
+        elif not waiter.done:
+            self._finish(waiter)
+            waiter.fail(error if isinstance(error, Exception) else UpstreamUnavailable(str(error)))
+
+    async def _open(self, link: ServerLink) -> ServerLink:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -206,32 +292,6 @@ class Pool:
             link.close()
             self.links.discard(link)
             raise
-
-    async def _wait(self, client_key: bytes, secret: Secret) -> ServerLink:
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), client_key, secret)
-        self.waiters.append(waiter)
-        self.waited_total += 1
-        try:
-            if self.config.reserve_pool_size and await _within(waiter.future, self.config.reserve_pool_timeout) is None:
-                if len(self.links) < self.config.pool_size + self.config.reserve_pool_size:
-                    self.waiters.remove(waiter)
-                    return await self._open(client_key, secret)
-            link = await _within(waiter.future, self.config.query_wait_timeout)
-        except asyncio.CancelledError:  # the client left while it waited: a connection handed to it goes on
-            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                self.idle(waiter.future.result())
-            raise
-        finally:
-            self.longest_wait = max(self.longest_wait, time.monotonic() - waiter.since)
-            if waiter in self.waiters:
-                self.waiters.remove(waiter)
-        if link is None:
-            waiter.future.cancel()
-            raise PoolTimeout(
-                f"no server connection to {self.node.name} came free within query_wait_timeout "
-                f"({self.config.query_wait_timeout:g} s); the pool holds {self.config.pool_size}"
-            )
-        return link
 
     def release(self, link: ServerLink, reusable: bool, dirty: bool = False) -> None:
         """A borrower is done with link: to the next waiter or the idle list; reset first when dirty."""
@@ -248,8 +308,8 @@ class Pool:
     def idle(self, link: ServerLink) -> None:
         while self.waiters:
             waiter = self.waiters.popleft()
-            if not waiter.future.done():
-                waiter.future.set_result(link)
+            if not waiter.done:
+                self._hand(waiter, link)
                 return
         link.idle_since = time.monotonic()
         self.idle_links.append(link)
@@ -264,9 +324,7 @@ class Pool:
         """A connection closed while clients wait: open another for the first of them."""
         if self.closed or not self.waiters or len(self.links) >= self.config.pool_size:
             return
-        waiter = self.waiters.popleft()
-        task = asyncio.get_running_loop().create_task(self._open(waiter.client_key, waiter.secret))
-        task.add_done_callback(lambda t: _hand_over(t, waiter))
+        self._open_for(self.waiters.popleft())
 
     def reap(self, now: float) -> None:
         """Close idle connections past server_idle_timeout (above min_pool_size) or server_lifetime."""
@@ -284,32 +342,11 @@ class Pool:
         for link in list(self.idle_links):
             link.close()
         self.idle_links.clear()
-        for waiter in self.waiters:
-            if not waiter.future.done():
-                waiter.future.set_exception(UpstreamUnavailable(f"node {self.node.name} left the endpoint"))
-        self.waiters.clear()
-
-
-async def _within(future: asyncio.Future[ServerLink], seconds: float) -> ServerLink | None:
-    """The future's result, or None when seconds pass first (the future stays pending)."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await asyncio.shield(future)
-    except TimeoutError:
-        return future.result() if future.done() else None
-
-
-def _hand_over(task: asyncio.Task[ServerLink], waiter: _Waiter) -> None:
-    if waiter.future.done():
-        if not task.cancelled() and task.exception() is None:
-            task.result().pool.idle(task.result())
-        return
-    if task.cancelled():
-        waiter.future.cancel()
-    elif task.exception() is not None:
-        waiter.future.set_exception(task.exception())  # type: ignore[arg-type]
-    else:
-        waiter.future.set_result(task.result())
+        waiters, self.waiters = list(self.waiters), deque()
+        for waiter in waiters:
+            if not waiter.done:
+                self._finish(waiter)
+                waiter.fail(UpstreamUnavailable(f"node {self.node.name} left the endpoint"))
 
 
 class PoolTimeout(ProxyError):

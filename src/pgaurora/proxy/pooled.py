@@ -6,12 +6,12 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
 from ..core.config import PoolMode
 from ..core.errors import ProxyError
-from ..wire import Authentication, BackendKeyData, Framer, ParameterStatus, RemoteProtocolError, encode, error_response
+from ..wire import Authentication, BackendKeyData, ParameterStatus, RemoteProtocolError, encode, error_response
 from ..wire.frontend import (
     bind_message,
     bind_statement,
@@ -23,7 +23,8 @@ from ..wire.frontend import (
     target_message,
 )
 from .credentials import LookupFailed
-from .pool import Pool, ServerLink
+from .pool import Pool, ServerLink, Waiter
+from .replies import PASS, SWALLOW, SYNC, ServerStream
 from .scram import MECHANISM, ScramFailed, Secret, ServerExchange
 from .statements import NOTHING, Effect, effect
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgaurora.proxy")
 
 NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
-_SWALLOW, _PASS, _SYNC = 0, 1, 2  # what becomes of the next ParseComplete/CloseComplete, or a Sync's place
 
 
 class PoolGate(Protocol):
@@ -52,6 +52,8 @@ class PoolGate(Protocol):
     def credentials(self) -> Credentials: ...
 
     async def pool_for(self, database: str, user: str) -> Pool: ...
+
+    def current_pool(self, database: str, user: str) -> Pool | None: ...
 
 
 def startup_settings(startup: StartupMessage) -> dict[str, str]:
@@ -70,31 +72,38 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _set_config(name: str, value: str) -> str:
+    return f"SELECT set_config({_literal(name)}, {_literal(value)}, false)"
+
+
+MAX_MESSAGE = 1 << 30
+_EXTENDED = frozenset({b"P", b"B", b"D", b"C", b"F"})
+
+
 class PooledClient:
-    """Reads the client's messages (whole frames), lends it a server connection per session or per
-    transaction, and keeps what must follow it: its settings and its protocol-level prepared statements."""
+    """Splits the client's stream into messages by their headers, lends it a server connection per session or
+    per transaction, and keeps what must follow it: its settings and its protocol-level prepared statements."""
 
     def __init__(self, gate: PoolGate, transport: asyncio.Transport, startup: StartupMessage) -> None:
         self.gate, self.transport = gate, transport
         self.mode = gate.pool_mode
+        self.renaming = self.mode is PoolMode.TRANSACTION and gate.config.pool.max_prepared_statements > 0
         self.user = startup.get("user") or ""
         self.database = startup.get("database") or self.user
-        self.framer = Framer()
-        self.inbox: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()  # frames during authentication
+        self.buffer = b""  # a message from the client not yet whole
+        self.inbox: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()  # messages during authentication
         self.ready = False
         self.closed = False
         self.secret: Secret | None = None
         self.client_key = b""
         self.pool: Pool | None = None
         self.link: ServerLink | None = None
+        self.waiting: Waiter | None = None
         self.acquiring: asyncio.Task[None] | None = None
-        self.queue: list[tuple[bytes, bytes]] = []  # frames waiting for a server connection
-        self.expected = 0  # ReadyForQuery messages owed by the server
+        self.queue: list[tuple[bytes, bytes]] = []  # (type, whole message) waiting for a server connection
         self.unsynced = False  # extended-protocol messages sent since the last Sync
-        self.status = b"I"
         self.pins: set[str] = set()
-        self.hidden = 0  # ReadyForQuery of pgaurora's own queries still to come (their replies are not relayed)
-        self.replies: deque[int] = deque()  # per ParseComplete/CloseComplete/Sync owed: _SWALLOW, _PASS or _SYNC
+        self.stream = ServerStream(self._ready_for_query)
         self.statements: OrderedDict[bytes, tuple[bytes, bytes, bytes]] = (
             OrderedDict()
         )  # name: server name, query, rest
@@ -104,34 +113,40 @@ class PooledClient:
             for name, value in self.startup.items()
         }
         self.pending_settings: list[tuple[str, str | None]] | None = None
-        self.server_framer = Framer()
         self.cancel_key = (secrets.randbits(31), secrets.token_bytes(4))
-        self.task = asyncio.get_running_loop().create_task(self._login(startup))
+        self.task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._login())
 
     # -- from the client ------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
-        self.framer.feed(data)
-        try:
-            while (frame := self.framer.next_frame()) is not None:
-                item = (frame.type, bytes(frame.payload))
-                if not self.ready:
-                    self.inbox.put_nowait(item)
-                elif item[0] == b"X":
-                    self.close()
-                    return
-                else:
-                    self.queue.append(item)
-        except RemoteProtocolError as exc:
-            self.fail(exc.sqlstate, exc.message)
-            return
-        if self.ready and self.queue:
+        if self.buffer:
+            data, self.buffer = self.buffer + data, b""
+        i, n, messages = 0, len(data), self.queue if self.ready else []
+        while i + 5 <= n:
+            length = int.from_bytes(data[i + 1 : i + 5], "big")
+            if length < 4 or length > MAX_MESSAGE:
+                self.fail("08P01", f"invalid message length {length}")
+                return
+            end = i + 1 + length
+            if end > n:
+                break
+            kind = data[i : i + 1]
+            if kind == b"X":
+                self.close()
+                return
+            messages.append((kind, data[i:end] if i or end != n else data))
+            i = end
+        self.buffer = data[i:]
+        if not self.ready:
+            for kind, raw in messages:
+                self.inbox.put_nowait((kind, raw[5:]))
+        elif self.queue:
             self._flush()
 
     def client_lost(self) -> None:
         self.close()
 
     # -- authentication at the proxy -----------------------------------------------------------------
-    async def _login(self, startup: StartupMessage) -> None:
+    async def _login(self) -> None:
         try:
             self.transport.write(encode(Authentication(10, MECHANISM.encode() + b"\0\0")))
             async with asyncio.timeout(self.gate.config.proxy.startup_timeout):
@@ -150,6 +165,8 @@ class PooledClient:
             self.fail("08P01", "timeout during authentication")
         except (OSError, RemoteProtocolError) as exc:
             self.fail("08006", f"could not log in to the node: {exc}")
+        finally:
+            self.task = None
 
     async def _scram(self) -> None:
         kind, payload = await self.inbox.get()
@@ -172,100 +189,125 @@ class PooledClient:
 
     async def _first_lend(self) -> None:
         """Borrow a connection once: it proves the key to the node and gives the parameters to report."""
-        await self._acquire()
+        self.pool = await self.gate.pool_for(self.database, self.user)
+        assert self.secret is not None
+        self._lent(await self.pool.acquire(self.client_key, self.secret))
         assert self.link is not None
-        mine = {name.lower(): value for name, value in self.startup.items()}
-        params = {name: mine.get(name.lower(), value) for name, value in self.link.params.items()}
-        out = [encode(ParameterStatus(k, v)) for k, v in params.items()]
-        out.append(encode(BackendKeyData(*self.cancel_key)))
-        out.append(b"Z\x00\x00\x00\x05I")
-        self.transport.write(b"".join(out))
+        self.transport.write(self._greeting(self.link))
         self.gate.state.pooled_clients[self.cancel_key] = self
         self.ready = True
         while not self.inbox.empty():
-            self.queue.append(self.inbox.get_nowait())
+            kind, payload = self.inbox.get_nowait()
+            self.queue.append((kind, kind + (len(payload) + 4).to_bytes(4, "big") + payload))
         if self.queue:
             self._flush()
         else:
             self._maybe_release()
 
+    def _greeting(self, link: ServerLink) -> bytes:
+        """ParameterStatus (the node's, with this client's own startup settings), BackendKeyData, ReadyForQuery."""
+        mine = {name.lower(): value for name, value in self.startup.items()}
+        params = [encode(ParameterStatus(k, mine.get(k.lower(), v))) for k, v in link.params.items()]
+        return b"".join([*params, encode(BackendKeyData(*self.cancel_key)), b"Z\x00\x00\x00\x05I"])
+
     # -- lending ----------------------------------------------------------------------------------
-    async def _acquire(self) -> None:
-        self.pool = await self.gate.pool_for(self.database, self.user)
-        assert self.secret is not None
-        link = await self.pool.acquire(self.client_key, self.secret)
-        if self.closed:
-            self.pool.release(link, reusable=True)
-            return
-        link.owner = self
-        self.link = link
-        self.server_framer = Framer()
-        signature = tuple(sorted(self.settings.items()))
-        if link.settings != signature:
-            sql = "; ".join(["RESET ALL", *self.settings.values()])
-            link.transport.write(simple_query(sql))  # type: ignore[union-attr]
-            self.hidden += 1
-            link.settings = signature
-
-    def _flush(self) -> None:
-        if self.link is None:
+    def _borrow(self) -> None:
+        """A connection for the messages queued: in this call when one is idle, else by callback."""
+        pool = self.gate.current_pool(self.database, self.user)
+        if pool is None:  # no node to route to now: wait for one (a failover), as a task
             if self.acquiring is None:
-                self.acquiring = asyncio.get_running_loop().create_task(self._lend())
+                self.acquiring = asyncio.get_running_loop().create_task(self._borrow_later())
             return
-        out: list[bytes] = []
-        for kind, payload in self.queue:
-            out.append(self._translate(kind, payload))
-        self.queue.clear()
-        self.link.transport.write(b"".join(out))  # type: ignore[union-attr]
+        self.pool = pool
+        assert self.secret is not None
+        self.waiting = pool.lend(self._lent_and_flush, self._not_lent, self.client_key, self.secret)
 
-    async def _lend(self) -> None:
+    async def _borrow_later(self) -> None:
         try:
-            await self._acquire()
+            self.pool = await self.gate.pool_for(self.database, self.user)
         except ProxyError as exc:
             self.fail(exc.sqlstate, exc.message, exc.detail)
             return
-        except (OSError, TimeoutError) as exc:
-            self.fail("08006", f"could not connect to the node: {exc}")
-            return
         finally:
             self.acquiring = None
+        if not self.closed:
+            self._borrow()
+
+    def _not_lent(self, error: Exception) -> None:
+        self.waiting = None
+        if isinstance(error, ProxyError):
+            self.fail(error.sqlstate, error.message, error.detail)
+        else:
+            self.fail("08006", f"could not connect to the node: {error}")
+
+    def _lent_and_flush(self, link: ServerLink) -> None:
+        self.waiting = None
+        self._lent(link)
         if self.link is not None and self.queue:
             self._flush()
 
-    def _translate(self, kind: bytes, payload: bytes) -> bytes:
+    def _lent(self, link: ServerLink) -> None:
+        if self.closed:
+            link.pool.release(link, reusable=True)
+            return
+        link.owner = self
+        self.link, self.pool = link, link.pool
+        signature = tuple(sorted(self.settings.items()))
+        if link.settings != signature:  # another client's settings, or none: this client's, before its messages
+            sql = "; ".join(["RESET ALL", *self.settings.values()])
+            link.transport.write(simple_query(sql))  # type: ignore[union-attr]
+            self.stream.hidden += 1
+            link.settings = signature
+
+    def _flush(self) -> None:
+        link = self.link
+        if link is None:
+            if self.waiting is None and self.acquiring is None:
+                self._borrow()
+            return
+        queue, self.queue = self.queue, []
+        if len(queue) == 1:
+            link.transport.write(self._translate(*queue[0]))  # type: ignore[union-attr]
+        else:
+            link.transport.write(b"".join([self._translate(kind, raw) for kind, raw in queue]))  # type: ignore[union-attr]
+
+    def _translate(self, kind: bytes, raw: bytes) -> bytes:
         """The bytes to send the server for one client message; counts the replies it will owe."""
-        raw = kind + (len(payload) + 4).to_bytes(4, "big") + payload
+        stream = self.stream
         if kind == b"Q":
-            self.expected += 1
-            self.replies.append(_SYNC)
-            self._note(effect(payload[:-1]))
+            stream.expected += 1
+            stream.replies.append(SYNC)
+            self._note(effect(raw[5:-1]))
             return raw
         if kind == b"S":
-            self.expected += 1
+            stream.expected += 1
             self.unsynced = False
-            self.replies.append(_SYNC)
+            stream.replies.append(SYNC)
             return raw
-        if kind in (b"P", b"B", b"D", b"C", b"E", b"H", b"F"):
-            self.unsynced = True
+        if kind not in _EXTENDED:
+            return raw  # CopyData, CopyDone, CopyFail, Execute, Flush
+        self.unsynced = True
         if kind == b"F":
-            self.expected += 1
-            self.replies.append(_SYNC)
-        if self.mode is not PoolMode.TRANSACTION or not self.gate.config.pool.max_prepared_statements:
-            if kind == b"P":
-                self._note(effect(parse_parts(payload)[1]))
-                self.replies.append(_PASS)
-            elif kind == b"C":
-                self.replies.append(_PASS)
+            stream.expected += 1
+            stream.replies.append(SYNC)
             return raw
-        return self._renamed(kind, payload, raw)
+        if not self.renaming:
+            if kind == b"P":
+                self._note(effect(parse_parts(raw[5:])[1]))
+                stream.replies.append(PASS)
+            elif kind == b"C":
+                stream.replies.append(PASS)
+            return raw
+        return self._renamed(kind, raw)
 
-    def _renamed(self, kind: bytes, payload: bytes, raw: bytes) -> bytes:
+    def _renamed(self, kind: bytes, raw: bytes) -> bytes:
         """Transaction mode: named statements live under names of pgaurora's own, prepared again on whichever
         server connection the client has now."""
+        payload = raw[5:]
         if kind == b"P":
             name, query, rest = parse_parts(payload)
             self._note(effect(query))
-            self.replies.append(_PASS)
+            self.stream.replies.append(PASS)
             if not name:
                 return raw
             server_name = b"pga_" + hashlib.sha1(query + b"\0" + rest).hexdigest()[:24].encode()
@@ -278,49 +320,41 @@ class PooledClient:
                 return raw
             self.statements.move_to_end(name)
             return self._ensure(*known) + bind_message(portal, known[0], rest)
-        if kind in (b"D", b"C"):
-            what, name = target(payload)
-            if kind == b"C":
-                self.replies.append(_PASS)
-            known = self.statements.get(name) if what == b"S" and name else None
-            if known is None:
-                return raw
-            if kind == b"C":
-                del self.statements[name]
-                return raw  # the server's copy stays, shared by name with other clients of the same statement
-            return self._ensure(*known) + target_message(kind, what, known[0])
-        return raw
+        what, name = target(payload)  # Describe or Close
+        if kind == b"C":
+            self.stream.replies.append(PASS)
+        known = self.statements.get(name) if what == b"S" and name else None
+        if known is None:
+            return raw
+        if kind == b"C":
+            del self.statements[name]
+            return raw  # the server's copy stays, shared by name with other clients of the same statement
+        return self._ensure(*known) + target_message(kind, what, known[0])
 
     def _ensure(self, server_name: bytes, query: bytes, rest: bytes, parsing: bool = False) -> bytes:
         """Parse server_name on this connection unless it holds it; parsing: the client's own Parse (its reply
-        is relayed, counted already), else an injected one (its reply is swallowed)."""
-        link = self.link
+        is relayed, counted already), else an injected one (its reply is cut)."""
+        link, replies = self.link, self.stream.replies
         assert link is not None
         if server_name in link.prepared:
             link.prepared.move_to_end(server_name)
-            if parsing:  # the client parsed it again: reply with a real ParseComplete for a harmless Parse
-                self.replies[-1] = _SWALLOW
-                self.replies.append(_PASS)
+            if parsing:  # parsed again by the client: close and parse, so that it gets a real ParseComplete
+                replies[-1] = SWALLOW
+                replies.append(PASS)
                 return target_message(b"C", b"S", server_name) + parse_message(server_name, query, rest)
             return b""
         out = b""
         if len(link.prepared) >= self.gate.config.pool.max_prepared_statements:
             oldest, _ = link.prepared.popitem(last=False)
             out += target_message(b"C", b"S", oldest)
-            self._insert_before_last(_SWALLOW, parsing)
+            if parsing:  # the client's Parse reply is counted already: the Close's comes first
+                replies.insert(len(replies) - 1, SWALLOW)
+            else:
+                replies.append(SWALLOW)
         link.prepared[server_name] = None
-        if parsing:
-            return out + parse_message(server_name, query, rest)
-        self.replies.append(_SWALLOW)
+        if not parsing:
+            replies.append(SWALLOW)
         return out + parse_message(server_name, query, rest)
-
-    def _insert_before_last(self, reply: int, parsing: bool) -> None:
-        if parsing:  # the client's Parse reply was appended already: the Close comes first
-            last = self.replies.pop()
-            self.replies.append(reply)
-            self.replies.append(last)
-        else:
-            self.replies.append(reply)
 
     def _remember(self, name: bytes, statement: tuple[bytes, bytes, bytes]) -> None:
         self.statements[name] = statement
@@ -336,78 +370,50 @@ class PooledClient:
                 self.pins.add(reason)
                 self.gate.state.pins[reason] += 1
         if found.settings or found.reset_all:
-            pending = self.pending_settings or []
-            if found.reset_all:
-                pending = [("", None)]
+            pending = [("", None)] if found.reset_all else (self.pending_settings or [])
             self.pending_settings = pending + list(found.settings)
 
     # -- from the server ------------------------------------------------------------------------------
     def from_server(self, data: bytes) -> None:
-        self.server_framer.feed(data)
-        out: list[bytes] = []
         try:
-            while (frame := self.server_framer.next_frame()) is not None:
-                message = self._relayed(frame.type, frame.payload)
-                if message:
-                    out.append(message)
+            out = self.stream.relay(data)
         except RemoteProtocolError as exc:
             self.fail("08P01", f"invalid data from the node: {exc.message}")
             return
         if out:
-            self.transport.write(b"".join(out))
+            self.transport.write(out)
         self._maybe_release()
 
-    def _relayed(self, kind: bytes, payload: memoryview) -> bytes:
-        raw = kind + (len(payload) + 4).to_bytes(4, "big") + payload
-        if self.hidden:
-            if kind == b"Z":
-                self.hidden -= 1
-            elif kind == b"E":
-                log.warning("restoring a client's settings failed on a pooled connection: %s", bytes(payload))
-            return b""
-        if kind in (b"1", b"3"):
-            if self.replies and self.replies.popleft() == _SWALLOW:
-                return b""
-            return raw
-        if kind == b"Z":
-            while self.replies and self.replies.popleft() != _SYNC:
-                pass
-            self.expected = max(0, self.expected - 1)
-            self.status = bytes(payload[:1])
-            self._settle_settings()
-        elif kind == b"C" and self.pending_settings is not None and bytes(payload[:8]) == b"ROLLBACK":
-            self.pending_settings = None
-        return raw
-
-    def _settle_settings(self) -> None:
-        """At the end of a transaction: the SETs in it took effect (unless it rolled back)."""
-        if self.pending_settings is None or self.status != b"I":
+    def _ready_for_query(self, status: bytes, rolled_back: bool) -> None:
+        """At each ReadyForQuery: the SETs of a transaction that ended took effect, unless it rolled back."""
+        if self.pending_settings is None or status != b"I":
             return
-        for name, sql in self.pending_settings:
-            if name == "" and sql is None:
-                self.settings.clear()
-            elif sql is None:
-                self.settings.pop(name, None)
-            else:
-                self.settings[name] = sql
+        if not rolled_back:
+            for name, sql in self.pending_settings:
+                if name == "" and sql is None:
+                    self.settings.clear()
+                elif sql is None:
+                    self.settings.pop(name, None)
+                else:
+                    self.settings[name] = sql
         self.pending_settings = None
         if self.link is not None:
             self.link.settings = tuple(sorted(self.settings.items()))
 
     def _maybe_release(self) -> None:
+        stream = self.stream
         if (
             self.mode is PoolMode.TRANSACTION
             and self.link is not None
             and not self.pins
-            and self.expected == 0
+            and stream.expected == 0
             and not self.unsynced
-            and not self.hidden
-            and self.status == b"I"
+            and not stream.hidden
+            and stream.status == b"I"
             and not self.queue
         ):
             link, self.link = self.link, None
-            assert self.pool is not None
-            self.pool.release(link, reusable=True)
+            link.pool.release(link, reusable=True)
 
     def server_lost(self) -> None:
         self.link = None
@@ -433,13 +439,16 @@ class PooledClient:
             return
         self.closed = True
         self.gate.state.pooled_clients.pop(self.cancel_key, None)
-        if self.task is not None and not self.task.done():
+        if self.task is not None:
             self.task.cancel()
         if self.acquiring is not None:
             self.acquiring.cancel()
+        if self.waiting is not None and self.pool is not None:
+            self.pool.cancel(self.waiting)
         link, self.link = self.link, None
-        if link is not None and self.pool is not None:
-            clean = self.expected == 0 and not self.unsynced and self.status == b"I" and not self.hidden
+        if link is not None:
+            stream = self.stream
+            clean = stream.expected == 0 and not self.unsynced and stream.status == b"I" and not stream.hidden
             dirty = self.mode is PoolMode.SESSION or bool(self.pins)
-            self.pool.release(link, reusable=clean and not link.broken, dirty=dirty)
+            link.pool.release(link, reusable=clean and not link.broken, dirty=dirty)
         self.transport.close()
