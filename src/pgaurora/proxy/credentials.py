@@ -61,6 +61,19 @@ class Credentials:
     def mock(self, role: str) -> Secret:
         return Secret.mock(role, self._seed)
 
+    def cached(self, role: str) -> bool:
+        """Is the role's secret (or its absence) known now, without a lookup?"""
+        if self._file is not None:
+            return True
+        found = self._cache.get(role)
+        return found is not None and time.monotonic() - found[0] < self.config.auth_cache_seconds
+
+    def secret_now(self, role: str) -> Secret | None:
+        """The secret, when cached() says it is known."""
+        if self._file is not None:
+            return self._file.get(role)
+        return self._cache[role][1]
+
     async def secret(self, role: str) -> Secret | None:
         """The role's secret, or None when no such role has one."""
         if self._file is not None:

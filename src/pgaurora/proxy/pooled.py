@@ -77,6 +77,8 @@ def _set_config(name: str, value: str) -> str:
 
 
 MAX_MESSAGE = 1 << 30
+_SASL_OFFER = encode(Authentication(10, MECHANISM.encode() + b"\0\0"))
+_AUTH_OK = encode(Authentication(0))
 _EXTENDED = frozenset({b"P", b"B", b"D", b"C", b"F"})
 
 
@@ -91,10 +93,12 @@ class PooledClient:
         self.user = startup.get("user") or ""
         self.database = startup.get("database") or self.user
         self.buffer = b""  # a message from the client not yet whole
-        self.inbox: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()  # messages during authentication
+        self.exchange: ServerExchange | None = None  # SCRAM with the client, between its two messages
+        self.early: list[tuple[bytes, bytes]] = []  # messages that came before the greeting was sent
         self.ready = False
         self.closed = False
         self.secret: Secret | None = None
+        self.known: Secret | None = None  # the role's secret, once read (None: no such role, a mock one is used)
         self.client_key = b""
         self.pool: Pool | None = None
         self.link: ServerLink | None = None
@@ -114,7 +118,10 @@ class PooledClient:
         }
         self.pending_settings: list[tuple[str, str | None]] | None = None
         self.cancel_key = (secrets.randbits(31), secrets.token_bytes(4))
-        self.task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._login())
+        self.task: asyncio.Task[None] | None = None  # a secret lookup, or a wait for a node, while logging in
+        loop = asyncio.get_running_loop()
+        self.deadline: asyncio.TimerHandle | None = loop.call_later(gate.config.proxy.startup_timeout, self._too_slow)
+        transport.write(_SASL_OFFER)
 
     # -- from the client ------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
@@ -138,71 +145,110 @@ class PooledClient:
         self.buffer = data[i:]
         if not self.ready:
             for kind, raw in messages:
-                self.inbox.put_nowait((kind, raw[5:]))
+                self._authenticating(kind, raw[5:])
         elif self.queue:
             self._flush()
 
     def client_lost(self) -> None:
         self.close()
 
-    # -- authentication at the proxy -----------------------------------------------------------------
-    async def _login(self) -> None:
+    # -- authentication at the proxy: callbacks, no task unless a secret must be read ---------------------
+    def _authenticating(self, kind: bytes, payload: bytes) -> None:
+        if self.closed:
+            return
+        if self.secret is not None or self.task is not None:  # logged in, or waiting: after the greeting
+            self.early.append((kind, kind + (len(payload) + 4).to_bytes(4, "big") + payload))
+            return
         try:
-            self.transport.write(encode(Authentication(10, MECHANISM.encode() + b"\0\0")))
-            async with asyncio.timeout(self.gate.config.proxy.startup_timeout):
-                await self._scram()
-                await self._first_lend()
+            if kind != b"p":
+                raise ScramFailed("expected a SASL response")
+            if self.exchange is None:
+                self._initial(payload)
+            else:
+                self._final(self.exchange, payload)
         except ScramFailed:
-            self.gate.credentials.forget(self.user)
-            self.fail("28P01", f'password authentication failed for user "{self.user}"')
-        except LookupFailed as exc:
-            self.fail("08006", str(exc))
-        except ProxyError as exc:
-            if exc.sqlstate == "28P01":
-                self.gate.credentials.forget(self.user)
-            self.fail(exc.sqlstate, exc.message, exc.detail)
-        except TimeoutError:
-            self.fail("08P01", "timeout during authentication")
-        except (OSError, RemoteProtocolError) as exc:
-            self.fail("08006", f"could not log in to the node: {exc}")
-        finally:
-            self.task = None
+            self._refuse()
+        except RemoteProtocolError as exc:
+            self.fail(exc.sqlstate, exc.message)
 
-    async def _scram(self) -> None:
-        kind, payload = await self.inbox.get()
-        if kind != b"p":
-            raise ScramFailed("expected a SASLInitialResponse")
+    def _initial(self, payload: bytes) -> None:
         mechanism, first = read_sasl_initial(payload)
         if mechanism != MECHANISM:
             raise ScramFailed(f"mechanism {mechanism} is not offered")
-        found = await self.gate.credentials.secret(self.user)
-        exchange = ServerExchange(found or self.gate.credentials.mock(self.user))  # the same work either way
-        self.transport.write(encode(Authentication(11, exchange.first(first).encode())))
-        kind, payload = await self.inbox.get()
-        if kind != b"p":
-            raise ScramFailed("expected a SASLResponse")
-        final = exchange.final(payload.decode("utf-8", "replace"))
-        if found is None or exchange.client_key is None:
-            raise ScramFailed("no such role")
-        self.secret, self.client_key = found, exchange.client_key
-        self.transport.write(encode(Authentication(12, final.encode())) + encode(Authentication(0)))
+        credentials = self.gate.credentials
+        if credentials.cached(self.user):
+            self._challenge(credentials.secret_now(self.user), first)
+        else:
+            self.task = asyncio.get_running_loop().create_task(self._look_up(first))
 
-    async def _first_lend(self) -> None:
-        """Borrow a connection once: it proves the key to the node and gives the parameters to report."""
-        self.pool = await self.gate.pool_for(self.database, self.user)
+    async def _look_up(self, first: str) -> None:
+        try:
+            found = await self.gate.credentials.secret(self.user)
+        except LookupFailed as exc:
+            self.fail("08006", str(exc))
+            return
+        finally:
+            self.task = None
+        try:
+            self._challenge(found, first)
+        except ScramFailed:
+            self._refuse()
+
+    def _challenge(self, found: Secret | None, first: str) -> None:
+        self.exchange = ServerExchange(found or self.gate.credentials.mock(self.user))  # the same work either way
+        self.known = found
+        self.transport.write(encode(Authentication(11, self.exchange.first(first).encode())))
+
+    def _final(self, exchange: ServerExchange, payload: bytes) -> None:
+        final = exchange.final(payload.decode("utf-8", "replace"))
+        if self.known is None or exchange.client_key is None:
+            raise ScramFailed("no such role")
+        self.secret, self.client_key, self.exchange = self.known, exchange.client_key, None
+        self.transport.write(encode(Authentication(12, final.encode())) + _AUTH_OK)
+        pool = self.gate.current_pool(self.database, self.user)
+        if pool is None:
+            self.task = asyncio.get_running_loop().create_task(self._greet_later())
+        else:
+            self.waiting = pool.lend(self._greet, self._not_lent, self.client_key, self.secret)
+
+    async def _greet_later(self) -> None:
+        """No node to route to now (a failover): wait for one, as a new session on the writer does."""
+        try:
+            pool = await self.gate.pool_for(self.database, self.user)
+        except ProxyError as exc:
+            self.fail(exc.sqlstate, exc.message, exc.detail)
+            return
+        finally:
+            self.task = None
         assert self.secret is not None
-        self._lent(await self.pool.acquire(self.client_key, self.secret))
-        assert self.link is not None
-        self.transport.write(self._greeting(self.link))
+        self.waiting = pool.lend(self._greet, self._not_lent, self.client_key, self.secret)
+
+    def _greet(self, link: ServerLink) -> None:
+        """The first lend proved the key to the node: report its parameters; the session begins."""
+        self.waiting = None
+        self._lent(link)
+        if self.link is None:
+            return
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        self.transport.write(self._greeting(link))
         self.gate.state.pooled_clients[self.cancel_key] = self
         self.ready = True
-        while not self.inbox.empty():
-            kind, payload = self.inbox.get_nowait()
-            self.queue.append((kind, kind + (len(payload) + 4).to_bytes(4, "big") + payload))
+        self.queue, self.early = self.early, []
         if self.queue:
             self._flush()
         else:
             self._maybe_release()
+
+    def _refuse(self) -> None:
+        self.gate.credentials.forget(self.user)
+        self.fail("28P01", f'password authentication failed for user "{self.user}"')
+
+    def _too_slow(self) -> None:
+        self.deadline = None
+        if not self.ready:
+            self.fail("08P01", "timeout during authentication")
 
     def _greeting(self, link: ServerLink) -> bytes:
         """ParameterStatus (the node's, with this client's own startup settings), BackendKeyData, ReadyForQuery."""
@@ -235,6 +281,8 @@ class PooledClient:
 
     def _not_lent(self, error: Exception) -> None:
         self.waiting = None
+        if isinstance(error, ProxyError) and error.sqlstate == "28P01":
+            self.gate.credentials.forget(self.user)  # the node refused the key: the password changed
         if isinstance(error, ProxyError):
             self.fail(error.sqlstate, error.message, error.detail)
         else:
@@ -441,6 +489,8 @@ class PooledClient:
         self.gate.state.pooled_clients.pop(self.cancel_key, None)
         if self.task is not None:
             self.task.cancel()
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.acquiring is not None:
             self.acquiring.cancel()
         if self.waiting is not None and self.pool is not None:
