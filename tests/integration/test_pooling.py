@@ -4,15 +4,22 @@ statements that follow a client across server connections, and what pins (issue 
 from __future__ import annotations
 
 import asyncio
+import os
+import pathlib
+import shutil
 import subprocess
+import threading
+import time
 
 import asyncpg
 import psycopg
 import pytest
 
-from tests.helpers import ServiceThread, service_config, wait_until
+from tests.helpers import ServiceThread, admin, service_config, wait_until
 
 POOL = 2
+JAR = pathlib.Path("/usr/share/java/postgresql.jar")
+CLIENTS = pathlib.Path(__file__).parent / "clients"
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +125,213 @@ def _pooled_backends(cluster, node: str = "n1") -> int:
             "AND application_name <> 'pgaurora-monitor'"
         )
     )
+
+
+def test_jdbc_server_prepared_statements_work_in_transaction_mode(pooled):
+    if shutil.which("java") is None or not JAR.exists():
+        pytest.skip("java and libpostgresql-jdbc-java are installed by .ci/run")
+    host, port = pooled.writer
+    out = subprocess.run(
+        ["java", "-cp", str(JAR), str(CLIENTS / "JdbcPrepared.java"),
+         f"jdbc:postgresql://{host}:{port}/postgres?prepareThreshold=1"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PGPASSWORD": "test-pw"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == sum(i * 2 for i in range(100))
+
+
+def test_pgbench_prepared_runs_in_transaction_mode_through_both_endpoints(pooled, cluster):
+    env = {**os.environ, "PGPASSWORD": "test-pw", "PGUSER": "postgres"}
+    cluster.primary.sql("DROP DATABASE IF EXISTS pooled_bench")
+    cluster.primary.sql("CREATE DATABASE pooled_bench")
+    host, port = cluster.primary.host, cluster.port
+    subprocess.run(["pgbench", "-i", "-q", "-h", host, "-p", str(port), "pooled_bench"], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+    try:
+        for endpoint in ("writer", "reader"):
+            host, port = getattr(pooled, endpoint)
+            for _ in wait_until(f"pgbench's tables on the {endpoint}", 20):
+                probe = subprocess.run(
+                    [
+                        "psql",
+                        "-h",
+                        host,
+                        "-p",
+                        str(port),
+                        "-d",
+                        "pooled_bench",
+                        "-Atc",
+                        "SELECT 1 FROM pgbench_branches",
+                    ],
+                    env=env,
+                    capture_output=True,
+                )
+                if probe.returncode == 0:
+                    break
+            out = subprocess.run(
+                ["pgbench", "-n", "-S", "-M", "prepared", "-c", "8", "-j", "2", "-t", "200", "-h", host, "-p",
+                 str(port), "pooled_bench"],
+                capture_output=True, text=True, timeout=120, env=env,
+            )  # fmt: skip
+            assert out.returncode == 0, out.stderr
+            assert "number of failed transactions: 0" in out.stdout, out.stdout
+            assert "number of transactions actually processed: 1600/1600" in out.stdout, out.stdout
+    finally:
+        cluster.primary.sql("DROP DATABASE pooled_bench WITH (FORCE)")
+
+
+def test_asyncpg_through_the_reader_in_transaction_mode(pooled, cluster):
+    host, port = pooled.reader
+
+    async def run() -> list:
+        conn = await asyncpg.connect(host=host, port=port, user="postgres", password="test-pw", database="postgres")
+        try:
+            return [await conn.fetchval("SELECT pg_is_in_recovery() AND $1::int = $1::int", i) for i in range(20)]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == [True] * 20
+
+
+def test_the_auth_query_role_can_read_secrets_through_the_function_and_nothing_else(cluster):
+    node = cluster.primary
+    node.sql("CREATE TABLE IF NOT EXISTS private_data AS SELECT 1 AS secret")
+    dsn = f"host={node.host} port={cluster.port} user=pgaurora_auth password={cluster.auth_password} dbname=postgres"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        name, secret = conn.execute("SELECT usename, passwd FROM pgaurora.user_lookup('postgres')").fetchone()
+        assert name == "postgres" and secret.startswith("SCRAM-SHA-256$")
+        for sql in ("SELECT rolpassword FROM pg_authid", "SELECT passwd FROM pg_shadow", "SELECT * FROM private_data"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+
+
+def test_a_changed_password_is_read_again_at_the_next_failed_login_and_connected_clients_go_on(pooled, cluster):
+    cluster.primary.sql("DROP ROLE IF EXISTS pool_alice")
+    cluster.primary.sql("CREATE ROLE pool_alice LOGIN PASSWORD 'first'")
+    try:
+        old = psycopg.connect(pooled.dsn("writer", user="pool_alice", password="first"), autocommit=True)
+        assert old.execute("SELECT current_user").fetchone()[0] == "pool_alice"
+        cluster.primary.sql("ALTER ROLE pool_alice PASSWORD 'second'")
+        assert old.execute("SELECT 1").fetchone()[0] == 1, "a connected client was cut off"
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(pooled.dsn("writer", user="pool_alice", password="second"), connect_timeout=10)
+        with psycopg.connect(pooled.dsn("writer", user="pool_alice", password="second"), autocommit=True) as new:
+            assert new.execute("SELECT current_user").fetchone()[0] == "pool_alice"
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(pooled.dsn("writer", user="pool_alice", password="first"), connect_timeout=10)
+        old.close()
+    finally:
+        cluster.primary.sql("DROP ROLE IF EXISTS pool_alice")
+
+
+@pytest.fixture(scope="module")
+def one(cluster):
+    """A pool of one server connection in transaction mode; the reader pools per session."""
+    config = service_config(
+        cluster,
+        writer={"pool_mode": "transaction"},
+        reader={"pool_mode": "session"},
+        pool={
+            "pool_size": 1,
+            "query_wait_timeout": 3,
+            "auth_user": "pgaurora_auth",
+            "auth_password": cluster.auth_password,
+        },
+    )
+    svc = ServiceThread(config, cluster=cluster)
+    svc.wait_ready()
+    yield svc
+    svc.stop()
+
+
+def _isolated_client(one, number: int, rounds: int, failures: list) -> None:
+    """Settings, prepared statements under the names every psycopg connection uses (_pg3_0, ...), and
+    errors of its own: none may ever show in another client's session."""
+    try:
+        with psycopg.connect(one.dsn("writer"), prepare_threshold=0, autocommit=True) as conn:
+            conn.execute(f"SET application_name = 'client-{number}'")
+            conn.execute(f"SET statement_timeout = '{2001 + number}ms'")
+            for i in range(rounds):
+                got = conn.execute(f"SELECT %s::int + {number * 1000}", (i,)).fetchone()[0]
+                name, timeout = conn.execute(
+                    "SELECT current_setting('application_name'), current_setting('statement_timeout')"
+                ).fetchone()
+                if (got, name, timeout) != (i + number * 1000, f"client-{number}", f"{2001 + number}ms"):
+                    failures.append(f"client {number} round {i}: {(got, name, timeout)}")
+                if i % 5 == number % 5:
+                    with pytest.raises(psycopg.errors.DivisionByZero):
+                        conn.execute("SELECT 1 / 0")
+    except Exception as exc:  # a failure in a thread is reported, not lost
+        failures.append(f"client {number}: {exc!r}")
+
+
+def test_many_clients_on_a_pool_of_one_never_see_each_others_settings_statements_or_errors(one, cluster):
+    failures: list = []
+    threads = [threading.Thread(target=_isolated_client, args=(one, n, 30, failures)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == []
+    assert _pooled_backends(cluster) <= 1 + POOL  # this pool's one, and the other module pool's
+
+
+def test_a_temporary_table_pins_its_client_and_is_gone_for_the_next(one):
+    before = one.service.proxy_state.pins["temp_table"]
+    with psycopg.connect(one.dsn("writer"), autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE mine (v int)")
+        conn.execute("INSERT INTO mine VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM mine").fetchone()[0] == 1
+    assert one.service.proxy_state.pins["temp_table"] == before + 1
+    with psycopg.connect(one.dsn("writer"), autocommit=True) as other:
+        assert other.execute("SELECT to_regclass('pg_temp.mine')").fetchone()[0] is None
+
+
+def test_a_client_that_waits_past_query_wait_timeout_gets_53300_and_the_wait_shows(one):
+    with psycopg.connect(one.dsn("writer")) as holder:
+        holder.execute("SELECT 1")  # a transaction stays open: the only connection is lent
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as caught, psycopg.connect(one.dsn("writer")) as waiter:
+            waiter.execute("SELECT 1")
+        assert caught.value.sqlstate == "53300", caught.value
+        assert 2.5 < time.monotonic() - started < 10
+        holder.rollback()
+    status = admin(f"{one.admin_url}/status")
+    assert max(p["longest_wait_seconds"] for p in status["pools"] if p["endpoint"] == "writer") >= 2.5
+
+
+def test_session_mode_lends_one_connection_per_session_and_resets_it_between_sessions(one):
+    where = "SELECT host(inet_server_addr()), pg_backend_pid()"
+    with psycopg.connect(one.dsn("reader"), autocommit=True) as first:
+        first.execute("SET work_mem = '7MB'")
+        first.execute("PREPARE session_only AS SELECT 1")  # a replica: no temporary tables
+        seen = first.execute(where).fetchone()
+        assert {first.execute(where).fetchone() for _ in range(5)} == {seen}
+    for _ in wait_until("a later session on the same replica", 10):  # the reader round-robins the replicas
+        with psycopg.connect(one.dsn("reader"), autocommit=True) as second:
+            if second.execute(where).fetchone()[0] != seen[0]:
+                continue
+            assert second.execute(where).fetchone() == seen, "the replica's one connection was not reused"
+            assert second.execute("SHOW work_mem").fetchone()[0] != "7MB"
+            assert second.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
+            break
+
+
+def test_a_cancel_request_reaches_the_pooled_connection_running_the_query(pooled):
+    """asyncpg cancels a query that outlives its timeout with a CancelRequest on a new connection (psycopg's
+    cancel() holds the GIL in libpq, and this test's pgaurora runs in the same process)."""
+    host, port = pooled.writer
+
+    async def run() -> tuple[float, int]:
+        conn = await asyncpg.connect(host=host, port=port, user="postgres", password="test-pw", database="postgres")
+        try:
+            started = time.monotonic()
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.execute("SELECT pg_sleep(10)", timeout=0.5)
+            after = await conn.fetchval("SELECT 1")  # waits for pg_sleep unless it was cancelled
+            return time.monotonic() - started, after
+        finally:
+            await conn.close()
+
+    took, after = asyncio.run(run())
+    assert took < 5 and after == 1

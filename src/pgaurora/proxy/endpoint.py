@@ -121,6 +121,14 @@ class Endpoint:
                     raise _writer_unavailable(exc, self.hub.current) from None
                 await self.hub.wait_for(_changed_since(topology), remaining)
 
+    def known_params(self, database: str, user: str) -> dict[str, str] | None:
+        """The parameters a node reported to a pool of this database and user, if any pool logged in yet."""
+        assert self.pools is not None
+        for key, pool in self.pools.pools.items():
+            if key.database == database and key.user == user and pool.params and not pool.closed:
+                return pool.params
+        return None
+
     def current_pool(self, database: str, user: str) -> Pool | None:
         """The pool of the node this endpoint routes to now, or None when there is none (pool_for waits)."""
         assert self.pools is not None

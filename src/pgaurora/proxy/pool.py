@@ -133,6 +133,7 @@ class ServerLink(asyncio.Protocol):
             self.settings = ()
             self.pool.idle(self)
         elif not self.ready.done():
+            self.pool.params = self.params
             self.ready.set_result(self)
 
     def _fail(self, exc: Exception) -> None:
@@ -185,6 +186,7 @@ class Pool:
         self.closed = False
         self.longest_wait = 0.0  # seconds, since start: the metrics show it
         self.waited_total = 0
+        self.params: dict[str, str] = {}  # the node's ParameterStatus at the latest login: clients are greeted with it
 
     @property
     def active(self) -> int:

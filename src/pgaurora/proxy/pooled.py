@@ -55,6 +55,8 @@ class PoolGate(Protocol):
 
     def current_pool(self, database: str, user: str) -> Pool | None: ...
 
+    def known_params(self, database: str, user: str) -> dict[str, str] | None: ...
+
 
 def startup_settings(startup: StartupMessage) -> dict[str, str]:
     """The settings a client asked for at startup, its `options` (-c name=value) included."""
@@ -205,10 +207,14 @@ class PooledClient:
             raise ScramFailed("no such role")
         self.secret, self.client_key, self.exchange = self.known, exchange.client_key, None
         self.transport.write(encode(Authentication(12, final.encode())) + _AUTH_OK)
+        known = self.gate.known_params(self.database, self.user)
+        if known:  # the nodes' parameters are known: the session begins without a server connection
+            self._welcome(known)
+            return
         pool = self.gate.current_pool(self.database, self.user)
         if pool is None:
             self.task = asyncio.get_running_loop().create_task(self._greet_later())
-        else:
+        else:  # the first client of this pool: a connection proves the key and tells the parameters
             self.waiting = pool.lend(self._greet, self._not_lent, self.client_key, self.secret)
 
     async def _greet_later(self) -> None:
@@ -227,12 +233,14 @@ class PooledClient:
         """The first lend proved the key to the node: report its parameters; the session begins."""
         self.waiting = None
         self._lent(link)
-        if self.link is None:
-            return
+        if self.link is not None:
+            self._welcome(link.params)
+
+    def _welcome(self, params: dict[str, str]) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
-        self.transport.write(self._greeting(link))
+        self.transport.write(self._greeting(params))
         self.gate.state.pooled_clients[self.cancel_key] = self
         self.ready = True
         self.queue, self.early = self.early, []
@@ -250,10 +258,10 @@ class PooledClient:
         if not self.ready:
             self.fail("08P01", "timeout during authentication")
 
-    def _greeting(self, link: ServerLink) -> bytes:
+    def _greeting(self, node_params: dict[str, str]) -> bytes:
         """ParameterStatus (the node's, with this client's own startup settings), BackendKeyData, ReadyForQuery."""
         mine = {name.lower(): value for name, value in self.startup.items()}
-        params = [encode(ParameterStatus(k, mine.get(k.lower(), v))) for k, v in link.params.items()]
+        params = [encode(ParameterStatus(k, mine.get(k.lower(), v))) for k, v in node_params.items()]
         return b"".join([*params, encode(BackendKeyData(*self.cancel_key)), b"Z\x00\x00\x00\x05I"])
 
     # -- lending ----------------------------------------------------------------------------------
