@@ -335,3 +335,45 @@ def test_a_cancel_request_reaches_the_pooled_connection_running_the_query(pooled
 
     took, after = asyncio.run(run())
     assert took < 5 and after == 1
+
+
+def test_an_idle_pooled_client_keeps_its_connection_through_a_failover(fresh_cluster, service):
+    """Its server connection was to the old writer; its next transaction goes to the new one (issue 23's
+    foundation: no new connection, no error, for a client between transactions)."""
+    cluster = fresh_cluster(replicas=2)
+    svc = service(
+        service_config(
+            cluster,
+            writer={"pool_mode": "transaction"},
+            pool={"auth_user": "pgaurora_auth", "auth_password": cluster.auth_password},
+        ),
+        cluster=cluster,
+    )
+    with psycopg.connect(svc.dsn("writer"), autocommit=True) as conn:
+        before = conn.execute("SELECT host(inet_server_addr())").fetchone()[0]
+        assert before == cluster.primary.host
+        cluster.primary.kill()
+        for _ in wait_until("a new writer", 20):
+            if svc.topology.writer not in (None, "n1"):
+                break
+        after = conn.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()").fetchone()
+    assert after == (cluster.node(svc.topology.writer).host, False)
+
+
+def test_five_hundred_idle_clients_hold_no_more_server_connections_than_the_pool(pooled, cluster):
+    host, port = pooled.writer
+
+    async def run() -> int:
+        conns = await asyncio.gather(
+            *(
+                asyncpg.connect(host=host, port=port, user="postgres", password="test-pw", database="postgres")
+                for _ in range(500)
+            )
+        )
+        try:
+            assert await conns[-1].fetchval("SELECT 1") == 1
+            return _pooled_backends(cluster)
+        finally:
+            await asyncio.gather(*(c.close() for c in conns))
+
+    assert asyncio.run(run()) <= POOL + 1  # this pool's, and the pool of one's (module fixtures)
