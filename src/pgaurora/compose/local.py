@@ -300,6 +300,7 @@ class LocalCluster:
         for node in self.nodes:
             if node.running:
                 node.kill()
+            node.release_shared_memory()
         self.unlock()
         shutil.rmtree(self.root, ignore_errors=True)
 

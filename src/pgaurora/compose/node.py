@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -179,6 +180,19 @@ class LocalNode:
         self._reap()
         self._wait_gone(family, timeout=10)
 
+    def release_shared_memory(self) -> bool:
+        """After a crash, drop the SysV segment the dead postmaster left (postmaster.pid names it): a node that
+        is killed and never started again leaks one, and the kernel allows 4096 (initdb then fails with
+        "could not create shared memory segment"). Only the very segment, and only once nothing uses it."""
+        if self.running:
+            return False
+        try:
+            fields = (self.datadir / "postmaster.pid").read_text().split("\n")[6].split()
+            key, shmid = int(fields[0]), int(fields[1])
+        except (FileNotFoundError, IndexError, ValueError):
+            return False
+        return _remove_segment(key, shmid)
+
     def pause(self) -> None:
         """SIGSTOP the postmaster and every child of it, like a frozen host."""
         self._signal_family(signal.SIGSTOP)
@@ -307,3 +321,16 @@ class LocalNode:
         path.write_text(text)
         os.chmod(path, 0o600)
         self.user.chown(str(path))
+
+
+def _remove_segment(key: int, shmid: int) -> bool:
+    """IPC_RMID the SysV segment shmid if it still has this key and no process attached."""
+    try:
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for row in rows:
+        cols = row.split()
+        if int(cols[1]) == shmid and int(cols[0]) == key and int(cols[6]) == 0:
+            return ctypes.CDLL(None, use_errno=True).shmctl(shmid, 0, None) == 0  # 0: IPC_RMID
+    return False
