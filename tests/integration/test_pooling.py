@@ -377,3 +377,39 @@ def test_five_hundred_idle_clients_hold_no_more_server_connections_than_the_pool
             await asyncio.gather(*(c.close() for c in conns))
 
     assert asyncio.run(run()) <= POOL + 1  # this pool's, and the pool of one's (module fixtures)
+
+
+def test_a_switchover_under_pgbench_through_the_pooled_writer_fails_no_transaction(fresh_cluster, service):
+    """New transactions wait while the switchover holds writes; those in flight finish on the old writer
+    (drain_timeout); the held clients go on, on the new writer (issue 23's planned change of writer)."""
+    cluster = fresh_cluster(replicas=2)
+    svc = service(
+        service_config(
+            cluster,
+            writer={"pool_mode": "transaction"},
+            pool={"pool_size": 8, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password},
+        ),
+        cluster=cluster,
+    )
+    env = {**os.environ, "PGPASSWORD": "test-pw", "PGUSER": "postgres"}
+    host, port = svc.writer
+    subprocess.run(["pgbench", "-i", "-q", "-h", host, "-p", str(port), "postgres"], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+    bench = subprocess.Popen(
+        ["pgbench", "-n", "-c", "32", "-j", "2", "-T", "12", "-h", host, "-p", str(port), "postgres"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        for _ in wait_until("pgbench to commit 300 transactions on the first writer", 20):
+            if int(cluster.node("n1").sql("SELECT count(*) FROM pgbench_history")) >= 300:
+                break
+        result = admin(f"{svc.admin_url}/switchover", "POST", {"to": "n2"}, timeout=120)
+        out, err = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert result["new_writer"] == "n2" and result["unfinished_transactions"] == 0, result
+    assert bench.returncode == 0, err
+    assert "number of failed transactions: 0" in out, out
+    assert "aborted" not in err, err
+    assert int(cluster.node("n2").sql("SELECT count(*) FROM pgbench_history")) > 0

@@ -584,6 +584,9 @@ class FailoverConfig(_Frozen):
     catchup_timeout: Annotated[float, Field(gt=0)] = 5.0
     """Seconds a promoted replica may take to replay what it received, and a switchover target to
     receive the old writer's last WAL."""
+    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    """Seconds a switchover lets the transactions in flight on transaction-pooled endpoints finish on the
+    old writer (new ones wait) before it stops it; what still runs then ends with the old writer."""
     auto_rejoin: bool = True
     """Rewind a fenced former primary into a replica by itself (clusters pgaurora starts)."""
     max_data_loss: int | None = None

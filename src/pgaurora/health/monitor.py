@@ -132,6 +132,7 @@ class Monitor:
         self._probed_at: float | None = None
         self._besides: set[asyncio.Task[None]] = set()  # work the ticks do not wait for
         self._repointing: set[str] = set()  # replicas a failover re-points beside the loop
+        self.in_flight: Callable[[str], int] = lambda node: 0  # pooled transactions running on a node (the proxy's)
 
     # -- the one place the monitor's memory changes --------------------------------
     def _set_state(self, **changes: Any) -> None:

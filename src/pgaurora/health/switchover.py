@@ -53,6 +53,8 @@ class Switching(Protocol):
 
     async def rejoin_once(self, name: str, reason: str) -> str: ...
 
+    def in_flight(self, node: str) -> int: ...
+
 
 def _pick_target(monitor: Switching, to: str | None) -> str:
     state, statuses = monitor.state, monitor.statuses
@@ -98,6 +100,16 @@ def prepare(monitor: Switching, to: str | None) -> tuple[str, str]:
     return old, _pick_target(monitor, to)
 
 
+async def _drain(monitor: Switching, old: str) -> int:
+    """New transactions wait (no writer is published); those in flight on pooled endpoints get up to
+    drain_timeout to finish on old. Returns how many were still running."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + monitor.config.failover.drain_timeout
+    while (running := monitor.in_flight(old)) and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    return running
+
+
 async def switchover(monitor: Switching, old: str, target: str) -> dict[str, Any]:
     """Hold writes, stop old, let target receive its WAL, promote target; then rejoin old as its replica."""
     if monitor.controller is None:
@@ -106,6 +118,8 @@ async def switchover(monitor: Switching, old: str, target: str) -> dict[str, Any
     reason = f"switchover from {old} to {target} requested"
     await monitor.hold_writes(f"{reason}: writes paused")
     try:
+        unfinished = await _drain(monitor, old)
+        phases["drained"] = time.time()
         final = await asyncio.to_thread(monitor.controller.stop_node, old)
         phases["old_writer_stopped"] = time.time()
         if not await _wait_received(monitor, target, final):
@@ -133,6 +147,7 @@ async def switchover(monitor: Switching, old: str, target: str) -> dict[str, Any
         "timeline": timeline,
         "final_lsn": lsn(final),
         "rejoin": method,
+        "unfinished_transactions": unfinished,
         "repointed": repointed,
         "write_pause_seconds": round(phases["endpoints_switched"] - phases["requested"], 3),
         "phases": {k: round(v, 3) for k, v in phases.items()},

@@ -348,7 +348,13 @@ class Pool:
         for waiter in waiters:
             if not waiter.done:
                 self._finish(waiter)
-                waiter.fail(UpstreamUnavailable(f"node {self.node.name} left the endpoint"))
+                waiter.fail(PoolClosed(f"node {self.node.name} left the endpoint"))
+
+
+class PoolClosed(ProxyError):
+    """The node left the endpoint while a client waited for one of its connections: route it again."""
+
+    sqlstate = "08006"
 
 
 class PoolTimeout(ProxyError):
@@ -363,6 +369,7 @@ class Pools:
     def __init__(self, config: PoolConfig, connect_timeout: float) -> None:
         self.config, self.connect_timeout = config, connect_timeout
         self.pools: dict[PoolKey, Pool] = {}
+        self.closing: list[Pool] = []  # closed, with connections still lent: their transactions finish
         self._reaper: asyncio.Task[None] | None = None
 
     def get(self, node: NodeState, database: str, user: str) -> Pool:
@@ -378,6 +385,13 @@ class Pools:
             if not keep(key.node):
                 pool.close()
                 del self.pools[key]
+                self.closing.append(pool)
+        self.closing = [pool for pool in self.closing if pool.active]
+
+    def lent_on(self, node: str) -> int:
+        """Connections to node lent to a client now (transactions in flight), closing pools included."""
+        self.closing = [pool for pool in self.closing if pool.active]
+        return sum(pool.active for pool in [*self.pools.values(), *self.closing] if pool.node.name == node)
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap())

@@ -23,7 +23,7 @@ from ..wire.frontend import (
     target_message,
 )
 from .credentials import LookupFailed
-from .pool import Pool, ServerLink, Waiter
+from .pool import Pool, PoolClosed, ServerLink, Waiter
 from .replies import PASS, SWALLOW, SYNC, ServerStream
 from .scram import MECHANISM, ScramFailed, Secret, ServerExchange
 from .statements import NOTHING, Effect, effect
@@ -289,6 +289,13 @@ class PooledClient:
 
     def _not_lent(self, error: Exception) -> None:
         self.waiting = None
+        if isinstance(error, PoolClosed) and not self.closed:  # its node left: wait for where to go now
+            loop = asyncio.get_running_loop()
+            if self.ready:
+                self.acquiring = loop.create_task(self._borrow_later())
+            else:
+                self.task = loop.create_task(self._greet_later())
+            return
         if isinstance(error, ProxyError) and error.sqlstate == "28P01":
             self.gate.credentials.forget(self.user)  # the node refused the key: the password changed
         if isinstance(error, ProxyError):

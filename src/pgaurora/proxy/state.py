@@ -86,6 +86,10 @@ class ProxyState:
             for key, pool in sorted(pools.pools.items(), key=lambda item: (item[0].node, item[0].database))
         ]
 
+    def lent_on(self, node: str) -> int:
+        """Pooled server connections to node lent to clients now: transactions in flight there."""
+        return sum(pools.lent_on(node) for pools in self.pool_sets.values())
+
     def count(self, node: str) -> int:
         return len(self.sessions_by_node.get(node, ()))
 

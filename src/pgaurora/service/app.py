@@ -67,6 +67,7 @@ class Service:
         ]
         self.member = Member(config, self.events) if config.dcs is not None else None
         self.monitor = Monitor(config, self.hub, self.events, cluster, reset_state, self.member)
+        self.monitor.in_flight = self.proxy_state.lent_on  # a switchover lets pooled transactions finish
         if self.member is not None:
             self.member.on_change = self.monitor.wake  # followers route a new writer within one watch round trip
         self.dns = (
