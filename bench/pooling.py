@@ -172,7 +172,10 @@ def _server_connections(bc: BenchCluster) -> int:
 
 def _idle(args, bc: BenchCluster, work: Path, target: Target) -> dict:
     """--idle clients logged in and idle: server connections held, proxy memory per client, and the TPS of
-    16 active clients beside them against the same run alone."""
+    16 active clients beside them against the same run alone (the other proxies are stopped by then)."""
+    deadline = time.monotonic() + 10
+    while _server_connections(bc) > args.pool_size and time.monotonic() < deadline:  # the others' backends exit
+        time.sleep(0.1)
     alone = P._pgbench(target, "prepared-c16", args.duration, work, bc).tps
     rss_before = rss_bytes(target.pids[0])
 
@@ -213,7 +216,7 @@ def _idle(args, bc: BenchCluster, work: Path, target: Target) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the pgbench workloads (0: only --idle)")
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--pool-size", type=int, default=20)
     parser.add_argument("--idle", type=int, default=10000, help="idle clients for the last phase (0: skip it)")
@@ -236,6 +239,8 @@ def main() -> int:
                 targets[name] = start_pgaurora(bc, work, name=name, pool_mode=mode, pool_size=args.pool_size)[0]
             runs, failures = _rounds(args, bc, work, targets)
             rows = _report(runs, failures)
+            for name in ("pgbouncer-tx", "pgaurora-session"):  # their server connections would be counted
+                targets[name].stop()
             idle = _idle(args, bc, work, targets["pgaurora-tx"]) if args.idle else None
     finally:
         for target in targets.values():

@@ -52,6 +52,7 @@ class Endpoint:
         if self.pools is not None and credentials is None:
             raise ValueError(f"the {self.name} endpoint pools connections, and needs credentials")
         self._credentials = credentials
+        self._writer_pools: dict[tuple[str, str], tuple[int, Pool]] = {}  # (database, user): (version, pool)
         hub.subscribe(self._on_topology)
 
     @property
@@ -130,12 +131,20 @@ class Endpoint:
         return None
 
     def current_pool(self, database: str, user: str) -> Pool | None:
-        """The pool of the node this endpoint routes to now, or None when there is none (pool_for waits)."""
+        """The pool of the node this endpoint routes to now, or None when there is none (pool_for waits). The
+        writer's is kept per topology version: it is asked at every transaction."""
         assert self.pools is not None
+        topology = self.hub.current
+        kept = self._writer_pools.get((database, user))
+        if kept is not None and kept[0] == topology.version and not kept[1].closed:
+            return kept[1]
         try:
-            return self.pools.get(self.router.candidates(self.kind, self.hub.current, self.custom)[0], database, user)
+            pool = self.pools.get(self.router.candidates(self.kind, topology, self.custom)[0], database, user)
         except ProxyError:
             return None
+        if self.kind is EndpointKind.WRITER:
+            self._writer_pools[(database, user)] = (topology.version, pool)
+        return pool
 
     async def pool_for(self, database: str, user: str) -> Pool:
         """The pool of the node this endpoint routes to now; the writer waits out a failover."""

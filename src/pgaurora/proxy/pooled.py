@@ -110,14 +110,11 @@ class PooledClient:
         self.unsynced = False  # extended-protocol messages sent since the last Sync
         self.pins: set[str] = set()
         self.stream = ServerStream(self._ready_for_query)
-        self.statements: OrderedDict[bytes, tuple[bytes, bytes, bytes]] = (
-            OrderedDict()
-        )  # name: server name, query, rest
+        # a statement's name -> the name pgaurora prepares it under, its query, its parameter types
+        self.statements: OrderedDict[bytes, tuple[bytes, bytes, bytes]] = OrderedDict()
         self.startup = startup_settings(startup)
-        self.settings: dict[str, str] = {
-            name: f"SELECT set_config({_literal(name)}, {_literal(value)}, false)"
-            for name, value in self.startup.items()
-        }
+        self.settings: dict[str, str] = {name: _set_config(name, value) for name, value in self.startup.items()}
+        self.signature = tuple(sorted(self.settings.items()))  # compared at every lend: kept, not rebuilt
         self.pending_settings: list[tuple[str, str | None]] | None = None
         self.cancel_key = (secrets.randbits(31), secrets.token_bytes(4))
         self.task: asyncio.Task[None] | None = None  # a secret lookup, or a wait for a node, while logging in
@@ -315,12 +312,11 @@ class PooledClient:
             return
         link.owner = self
         self.link, self.pool = link, link.pool
-        signature = tuple(sorted(self.settings.items()))
-        if link.settings != signature:  # another client's settings, or none: this client's, before its messages
+        if link.settings != self.signature:  # another client's settings, or none: this client's, first
             sql = "; ".join(["RESET ALL", *self.settings.values()])
             link.transport.write(simple_query(sql))  # type: ignore[union-attr]
             self.stream.hidden += 1
-            link.settings = signature
+            link.settings = self.signature
 
     def _flush(self) -> None:
         link = self.link
@@ -460,8 +456,9 @@ class PooledClient:
                 else:
                     self.settings[name] = sql
         self.pending_settings = None
+        self.signature = tuple(sorted(self.settings.items()))
         if self.link is not None:
-            self.link.settings = tuple(sorted(self.settings.items()))
+            self.link.settings = self.signature
 
     def _maybe_release(self) -> None:
         stream = self.stream
