@@ -413,3 +413,29 @@ def test_a_switchover_under_pgbench_through_the_pooled_writer_fails_no_transacti
     assert "number of failed transactions: 0" in out, out
     assert "aborted" not in err, err
     assert int(cluster.node("n2").sql("SELECT count(*) FROM pgbench_history")) > 0
+
+
+def test_a_role_set_by_one_client_is_never_the_next_clients_on_a_pool_of_one(one, cluster):
+    """RESET ALL leaves SET ROLE alone: a server connection must not carry one client's role to another."""
+    cluster.primary.sql("DROP ROLE IF EXISTS pool_reader")
+    cluster.primary.sql("CREATE ROLE pool_reader NOLOGIN")
+    try:
+        with psycopg.connect(one.dsn("writer"), autocommit=True) as first:
+            first.execute("SET ROLE pool_reader")
+            assert first.execute("SELECT current_user").fetchone()[0] == "pool_reader"
+            with psycopg.connect(one.dsn("writer"), autocommit=True) as second:
+                assert second.execute("SELECT current_user").fetchone()[0] == "postgres"
+                assert first.execute("SELECT current_user").fetchone()[0] == "pool_reader"  # carried back
+                assert second.execute("SELECT current_user").fetchone()[0] == "postgres"
+    finally:
+        cluster.primary.sql("DROP ROLE IF EXISTS pool_reader")
+
+
+def test_a_setting_changed_by_set_config_pins_its_client(one):
+    before = one.service.proxy_state.pins["set_config"]
+    with psycopg.connect(one.dsn("writer"), autocommit=True) as conn:
+        conn.execute("SELECT set_config('application_name', 'by-function', false)")
+        assert one.service.proxy_state.pins["set_config"] == before + 1
+        assert conn.execute("SHOW application_name").fetchone()[0] == "by-function"
+    with psycopg.connect(one.dsn("writer"), autocommit=True) as other:
+        assert other.execute("SHOW application_name").fetchone()[0] != "by-function"

@@ -93,6 +93,8 @@ def test_channel_binding_is_refused_at_the_proxy():
         (b"PREPARE p AS SELECT 1", (Pin.SQL_PREPARE,), (), False),
         (b"DECLARE c CURSOR WITH HOLD FOR SELECT 1", (Pin.WITH_HOLD_CURSOR,), (), False),
         (b"DECLARE c CURSOR FOR SELECT 1", (), (), False),
+        (b"SELECT set_config('role', 'x', false)", (Pin.SET_CONFIG,), (), False),
+        (b"SET ROLE reader", (), (("role", "SET ROLE reader"),), False),
         (b"SET search_path = (", (), (), False),  # a syntax error: the server says so, nothing is carried
     ],
 )

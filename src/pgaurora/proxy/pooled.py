@@ -79,6 +79,7 @@ def _set_config(name: str, value: str) -> str:
 
 
 MAX_MESSAGE = 1 << 30
+RESTORE = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL"  # RESET ALL leaves the role as it is
 _SASL_OFFER = encode(Authentication(10, MECHANISM.encode() + b"\0\0"))
 _AUTH_OK = encode(Authentication(0))
 _EXTENDED = frozenset({b"P", b"B", b"D", b"C", b"F"})
@@ -137,6 +138,8 @@ class PooledClient:
                 break
             kind = data[i : i + 1]
             if kind == b"X":
+                if self.ready and self.queue and self.link is not None:
+                    self._flush()  # what came before the Terminate in the same packet still goes to the server
                 self.close()
                 return
             messages.append((kind, data[i:end] if i or end != n else data))
@@ -313,7 +316,7 @@ class PooledClient:
         link.owner = self
         self.link, self.pool = link, link.pool
         if link.settings != self.signature:  # another client's settings, or none: this client's, first
-            sql = "; ".join(["RESET ALL", *self.settings.values()])
+            sql = "; ".join([RESTORE, *self.settings.values()])
             link.transport.write(simple_query(sql))  # type: ignore[union-attr]
             self.stream.hidden += 1
             link.settings = self.signature

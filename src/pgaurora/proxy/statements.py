@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 _MAYBE_SET = re.compile(rb"(^|;)\s*(set|reset)\s", re.IGNORECASE)
-_MAYBE_PIN = re.compile(rb"advisory_lock|temp|listen|hold|prepare", re.IGNORECASE)
+_MAYBE_PIN = re.compile(rb"advisory_lock|temp|listen|hold|prepare|set_config", re.IGNORECASE)
 
 ADVISORY_LOCKS = frozenset(
     {"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"}
@@ -25,6 +25,7 @@ class Pin:
     LISTEN = "listen"
     WITH_HOLD_CURSOR = "with_hold_cursor"
     SQL_PREPARE = "sql_prepare"
+    SET_CONFIG = "set_config"  # a setting changed by a function call: its value cannot be known to carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +95,11 @@ def _pins(stmt: Any) -> list[str]:
 
     class Finder(Visitor):
         def visit_FuncCall(self, ancestors: object, node: object) -> None:
-            if node.funcname[-1].sval in ADVISORY_LOCKS:  # type: ignore[attr-defined]
+            name = node.funcname[-1].sval  # type: ignore[attr-defined]
+            if name in ADVISORY_LOCKS:
                 found.append(Pin.ADVISORY_LOCK)
+            elif name == "set_config":
+                found.append(Pin.SET_CONFIG)
 
         def visit_CreateStmt(self, ancestors: object, node: object) -> None:
             if node.relation.relpersistence == "t":  # type: ignore[attr-defined]
