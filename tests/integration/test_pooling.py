@@ -439,3 +439,25 @@ def test_a_setting_changed_by_set_config_pins_its_client(one):
         assert conn.execute("SHOW application_name").fetchone()[0] == "by-function"
     with psycopg.connect(one.dsn("writer"), autocommit=True) as other:
         assert other.execute("SHOW application_name").fetchone()[0] != "by-function"
+
+
+def test_clients_with_different_search_paths_never_share_a_prepared_statement(one, cluster):
+    """One role, two tenants by search_path, the same statement text prepared by both on a pool of one: they
+    share one server-side statement, and each sees its own tenant's table (PostgreSQL parses a prepared
+    statement again when search_path changed since it was planned; pgaurora relies on that)."""
+    cluster.primary.sql(
+        "DROP SCHEMA IF EXISTS tenant_a, tenant_b CASCADE; CREATE SCHEMA tenant_a; CREATE SCHEMA tenant_b; "
+        "CREATE TABLE tenant_a.t AS SELECT 'a' AS v; CREATE TABLE tenant_b.t AS SELECT 'b' AS v"
+    )
+    try:
+        conns = {}
+        for tenant in ("a", "b"):
+            conns[tenant] = psycopg.connect(one.dsn("writer"), prepare_threshold=0, autocommit=True)
+            conns[tenant].execute(f"SET search_path = tenant_{tenant}")
+        for _ in range(5):
+            for tenant, conn in conns.items():
+                assert conn.execute("SELECT v FROM t WHERE %s::int = 1", (1,)).fetchone()[0] == tenant
+        for conn in conns.values():
+            conn.close()
+    finally:
+        cluster.primary.sql("DROP SCHEMA IF EXISTS tenant_a, tenant_b CASCADE")

@@ -372,6 +372,8 @@ class PooledClient:
             self.stream.replies.append(PASS)
             if not name:
                 return raw
+            # shared by the clients of one role that prepare the same text and types: PostgreSQL parses a
+            # prepared statement again when search_path differs from the one it was planned with
             server_name = b"pga_" + hashlib.sha1(query + b"\0" + rest).hexdigest()[:24].encode()
             self._remember(name, (server_name, query, rest))
             return self._ensure(server_name, query, rest, parsing=True)
