@@ -461,3 +461,11 @@ def test_clients_with_different_search_paths_never_share_a_prepared_statement(on
             conn.close()
     finally:
         cluster.primary.sql("DROP SCHEMA IF EXISTS tenant_a, tenant_b CASCADE")
+
+
+def test_a_database_that_does_not_exist_gets_the_nodes_own_error_not_a_password_failure(pooled):
+    with pytest.raises(psycopg.OperationalError) as caught:
+        psycopg.connect(pooled.dsn("writer", dbname="no_such_db"), connect_timeout=10)
+    assert 'database "no_such_db" does not exist' in str(caught.value)
+    with psycopg.connect(pooled.dsn("writer"), autocommit=True) as conn:  # the role's secret was kept
+        assert conn.execute("SELECT 1").fetchone()[0] == 1

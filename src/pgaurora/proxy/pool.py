@@ -105,7 +105,9 @@ class ServerLink(asyncio.Protocol):
                 assert isinstance(key, BackendKeyData)
                 self.cancel_key = (key.process_id, key.secret_key)
             elif frame.type == b"E" and not self._resetting:
-                raise ServerLoginFailed(_message(payload) or f"node {self.pool.node.name} refused the login")
+                refused = ServerLoginFailed(_field(payload, b"M") or f"node {self.pool.node.name} refused the login")
+                refused.sqlstate = _field(payload, b"C") or refused.sqlstate  # 3D000 for a missing database...
+                raise refused
             elif frame.type == b"Z":
                 self._ready()
                 return
@@ -154,9 +156,10 @@ class ServerLink(asyncio.Protocol):
             self.transport.close()
 
 
-def _message(payload: bytes) -> str:
+def _field(payload: bytes, code: bytes) -> str:
+    """One field of an ErrorResponse payload (M: the message, C: the SQLSTATE), or ''."""
     for part in payload.split(b"\0"):
-        if part[:1] == b"M":
+        if part[:1] == code:
             return part[1:].decode("utf-8", "replace")
     return ""
 
