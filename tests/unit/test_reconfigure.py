@@ -31,6 +31,13 @@ def _with(**sections):
         (_with(writer={"port": 7000}), (), ("writer.port",), (), ()),
         (_with(reader={"port": 7001, "policy": "least_connections"}), ("reader.policy",), ("reader.port",), (), ()),
         (_with(proxy={"relay": "python"}, monitor={"password": "x"}), (), ("monitor.password", "proxy.relay"), (), ()),
+        (
+            _with(pool={"pool_size": 5, "auth_file": __file__}, reader={"pool_mode": "session"}),
+            (),
+            ("pool.auth_file", "pool.pool_size", "reader.pool_mode"),
+            (),
+            (),
+        ),
         (build({"nodes": [*BASE["nodes"], {"name": "n3", "host": "127.0.0.13"}]}), (), (), ("n3",), ()),
         (build({"nodes": BASE["nodes"][:1]}), (), (), (), ("n2",)),
         (

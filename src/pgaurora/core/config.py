@@ -358,7 +358,7 @@ class PoolConfig(_Frozen):
     """Transaction mode: protocol-level prepared statements remembered per client and kept per server
     connection (least recently used ones are closed beyond it); 0 passes statement names through unchanged."""
     auth_file: str | None = None
-    """A file of `"role" "SCRAM-SHA-256$..."` lines (PgBouncer's format), read at start and on reload."""
+    """A file of `"role" "SCRAM-SHA-256$..."` lines (PgBouncer's format), read at start."""
     auth_user: str | None = None
     """The role auth_query runs as (pgaurora up creates `pgaurora_auth`, which can run nothing else)."""
     auth_password: str | None = None

@@ -19,6 +19,8 @@ RESTART_ONLY = (
     "heal",
     "reader.host",
     "reader.port",
+    "reader.pool_mode",
+    "pool",
     "dns.host",
     "dns.port",
     "dns.enabled",
