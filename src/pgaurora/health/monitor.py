@@ -132,6 +132,7 @@ class Monitor:
         self._probed_at: float | None = None
         self._besides: set[asyncio.Task[None]] = set()  # work the ticks do not wait for
         self._repointing: set[str] = set()  # replicas a failover re-points beside the loop
+        self._acting: set[str] = set()  # actions under way beside the loop ("sync", "repoint n2")
         self.in_flight: Callable[[str], int] = lambda node: 0  # pooled transactions running on a node (the proxy's)
 
     # -- the one place the monitor's memory changes --------------------------------
@@ -464,14 +465,42 @@ class Monitor:
         self.events.record("unfence", decision.reason, node=decision.node)
 
     async def _act_repoint(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
-        if decision.node in self._repointing:
-            return  # the failover's own re-pointing is still at it
-        await actions.repoint(self.config, self.nodes[decision.node], self.nodes[known_writer(self.state)])
-        self.events.record("repoint", decision.reason, node=decision.node, upstream=self.state.writer)
+        """Beside the loop (a replica that hangs must not hold up the ticks); decide asks again until the
+        probes show it done, and a request already under way is not repeated."""
+        if decision.node in self._repointing or f"repoint {decision.node}" in self._acting:
+            return  # the failover's own re-pointing, or an earlier tick's, is still at it
+        node, writer = self.nodes[decision.node], self.nodes[known_writer(self.state)]
+
+        async def repoint() -> None:
+            await actions.repoint(self.config, node, writer)
+            self.events.record("repoint", decision.reason, node=node.name, upstream=writer.name)
+
+        self._act_beside(f"repoint {decision.node}", repoint())
 
     async def _act_set_sync(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
-        await actions.set_sync_names(self.config, self.nodes[decision.node], decision.value or "")
-        self.events.record("sync_standbys", decision.reason, value=decision.value)
+        """Beside the loop, as a re-point: a writer that hangs right then must not delay its own failover."""
+        if "sync" in self._acting:
+            return
+        node, value = self.nodes[decision.node], decision.value or ""
+
+        async def set_sync() -> None:
+            await actions.set_sync_names(self.config, node, value)
+            self.events.record("sync_standbys", decision.reason, value=decision.value)
+
+        self._act_beside("sync", set_sync())
+
+    def _act_beside(self, what: str, work: Coroutine[Any, Any, None]) -> None:
+        self._acting.add(what)
+
+        async def bounded_work() -> None:
+            try:
+                outcome = await bounded(work, 2 * self.config.monitor.probe_timeout + 1)
+                if isinstance(outcome, Exception):
+                    raise outcome
+            finally:
+                self._acting.discard(what)
+
+        self._beside(bounded_work(), what)
 
     async def _act_set_voters(self, decision: Decision, statuses: dict[str, NodeStatus]) -> None:
         """Record the voters; when they shrink, are first set or rely on more acknowledgements, only once that
