@@ -469,3 +469,63 @@ def test_a_database_that_does_not_exist_gets_the_nodes_own_error_not_a_password_
     assert 'database "no_such_db" does not exist' in str(caught.value)
     with psycopg.connect(pooled.dsn("writer"), autocommit=True) as conn:  # the role's secret was kept
         assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_a_primary_kill_costs_pooled_clients_only_what_was_in_flight(fresh_cluster, service):
+    """200 idle asyncpg connections all run a query after the failover, without reconnecting; a client inside
+    a transaction gets one 40001 (certainly not committed), its ROLLBACK is answered, and it goes on; a
+    client whose autocommitted statement was running gets 08007 (its fate unknown), and goes on (issue 23)."""
+    cluster = fresh_cluster(replicas=2)
+    svc = service(
+        service_config(
+            cluster,
+            writer={"pool_mode": "transaction"},
+            pool={"pool_size": 10, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password},
+        ),
+        cluster=cluster,
+    )
+    cluster.primary.sql("CREATE TABLE lost (v int)")
+    host, port = svc.writer
+    in_block = psycopg.connect(svc.dsn("writer"))
+    in_block.execute("INSERT INTO lost VALUES (1)")  # psycopg opened a transaction: it holds a connection
+    running: dict = {}
+
+    def autocommitted() -> None:
+        with psycopg.connect(svc.dsn("writer"), autocommit=True) as conn:
+            try:
+                conn.execute("SELECT pg_sleep(30)")
+            except psycopg.Error as exc:
+                running["error"] = exc
+            try:
+                running["after"] = conn.execute("SELECT 1").fetchone()[0]
+            except psycopg.Error as exc:
+                running["after"] = exc
+
+    async def run() -> list:
+        conns = await asyncio.gather(
+            *(asyncpg.connect(host=host, port=port, user="postgres", password="test-pw") for _ in range(200))
+        )
+        try:
+            thread = threading.Thread(target=autocommitted)
+            thread.start()
+            for _ in wait_until("the autocommitted statement to run", 10):
+                sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+                if cluster.primary.sql(sleeping) == "1":
+                    break
+            cluster.primary.kill()
+            for _ in wait_until("a new writer", 20):
+                if svc.topology.writer not in (None, "n1"):
+                    break
+            results = await asyncio.gather(*(c.fetchval("SELECT pg_is_in_recovery()") for c in conns))
+            await asyncio.to_thread(thread.join, 30)
+            return results
+        finally:
+            await asyncio.gather(*(c.close() for c in conns))
+
+    assert asyncio.run(run()) == [False] * 200
+    assert running["error"].sqlstate == "08007" and running["after"] == 1, running
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        in_block.execute("INSERT INTO lost VALUES (2)")
+    in_block.rollback()
+    assert in_block.execute("SELECT count(*) FROM lost").fetchone()[0] == 0
+    in_block.close()

@@ -72,3 +72,12 @@ def test_a_large_row_split_over_many_chunks_is_relayed_without_being_held():
     first = stream.relay(big[:70_000])
     assert first == big[:70_000]  # relayed as it came, not buffered until whole
     assert stream.relay(big[70_000:] + _msg(b"Z", b"I")) == big[70_000:] + _msg(b"Z", b"I")
+
+
+def test_a_fatal_error_is_cut_and_kept_for_the_client_to_hear_what_was_lost():
+    stream, _ = _stream(replies=[SYNC])
+    why = b"Mterminating connection due to unexpected postmaster exit\x00"
+    fatal = _msg(b"E", b"SFATAL\x00VFATAL\x00C57P01\x00" + why + b"\x00")
+    plain = _msg(b"E", b"SERROR\x00VERROR\x00C22012\x00Mdivision by zero\x00\x00")
+    assert stream.relay(plain + fatal) == plain
+    assert stream.fatal == "terminating connection due to unexpected postmaster exit"

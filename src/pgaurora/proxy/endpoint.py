@@ -161,6 +161,25 @@ class Endpoint:
                     raise _writer_unavailable(exc, topology) from None
             await self.hub.wait_for(_changed_since(topology), remaining)
 
+    async def pool_instead_of(self, failed: str, database: str, user: str) -> Pool:
+        """After a connection to `failed` was refused: the pool of the node routed to once it is another one
+        (the writer waits out a failover, up to failover_connect_timeout); the reader tries its other nodes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.proxy.failover_connect_timeout
+        while True:
+            topology = self.hub.current
+            try:
+                nodes = [n for n in self.router.candidates(self.kind, topology, self.custom) if n.name != failed]
+            except ProxyError:
+                nodes = []
+            if nodes:
+                assert self.pools is not None
+                return self.pools.get(nodes[0], database, user)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise _writer_unavailable(UpstreamUnavailable(f"node {failed} is down"), topology)
+            await self.hub.wait_for(_changed_since(topology), remaining)
+
     async def _dial_any(self, client: ClientProtocol, nodes: list[NodeState]) -> ServerProtocol:
         errors, tls_failures = [], []
         for node in nodes:
@@ -216,7 +235,10 @@ class Endpoint:
         for session in self._sessions(lambda node: not self.router.still_valid(self.kind, node, new)):
             self._drop(session, new)
         if self.pools is not None:
-            self.pools.close_nodes(lambda node: self.router.still_valid(self.kind, node, new))
+            # a new writer (a failover) or a fenced replica: transactions on the node that left are lost, and end
+            # now; while a switchover holds writes (no writer), they may finish (drain_timeout)
+            abort = self.kind is not EndpointKind.WRITER or new.writer is not None
+            self.pools.close_nodes(lambda node: self.router.still_valid(self.kind, node, new), abort)
 
     def _drop(self, session: Tracked, topology: Topology) -> None:
         why = (

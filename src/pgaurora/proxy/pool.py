@@ -341,9 +341,13 @@ class Pool:
                 self.idle_links.remove(link)
                 link.close()
 
-    def close(self) -> None:
-        """The node left this endpoint: idle connections close now, lent ones when they come back."""
+    def close(self, abort: bool = False) -> None:
+        """The node left this endpoint: idle connections close now, lent ones when they come back (abort: now,
+        and their clients hear what was lost, rather than wait on a node that failed)."""
         self.closed = True
+        if abort:
+            for link in [link for link in self.links if link.owner is not None]:
+                link.close()
         for link in list(self.idle_links):
             link.close()
         self.idle_links.clear()
@@ -382,11 +386,11 @@ class Pools:
             pool = self.pools[key] = Pool(key, node, self.config, self.connect_timeout)
         return pool
 
-    def close_nodes(self, keep: Callable[[str], bool]) -> None:
-        """Close the pools of nodes for which keep(name) is false."""
+    def close_nodes(self, keep: Callable[[str], bool], abort: bool = False) -> None:
+        """Close the pools of nodes for which keep(name) is false (abort: their lent connections too)."""
         for key, pool in list(self.pools.items()):
             if not keep(key.node):
-                pool.close()
+                pool.close(abort)
                 del self.pools[key]
                 self.closing.append(pool)
         self.closing = [pool for pool in self.closing if pool.active]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import secrets
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
 from ..core.config import PoolMode
-from ..core.errors import ProxyError
+from ..core.errors import ProxyError, UpstreamUnavailable
 from ..wire import Authentication, BackendKeyData, ParameterStatus, RemoteProtocolError, encode, error_response
 from ..wire.frontend import (
     bind_message,
@@ -57,6 +58,8 @@ class PoolGate(Protocol):
 
     def known_params(self, database: str, user: str) -> dict[str, str] | None: ...
 
+    async def pool_instead_of(self, failed: str, database: str, user: str) -> Pool: ...
+
 
 def startup_settings(startup: StartupMessage) -> dict[str, str]:
     """The settings a client asked for at startup, its `options` (-c name=value) included."""
@@ -68,6 +71,25 @@ def startup_settings(startup: StartupMessage) -> dict[str, str]:
             name, _, value = pair.partition("=")
             found[name.replace("-", "_")] = value
     return found
+
+
+# a COMMIT anywhere among the statements sent: a lost server then leaves the outcome unknown (08007, not 40001)
+_COMMIT = re.compile(rb"(?:^|;)\s*(?:commit|end)\b", re.IGNORECASE)
+_ENDS = re.compile(rb"\s*(rollback|abort|commit|end)\b", re.IGNORECASE)  # what ends a failed transaction
+
+
+def _ready(status: bytes) -> bytes:
+    return b"Z\x00\x00\x00\x05" + status
+
+
+def _command(tag: bytes) -> bytes:
+    return b"C" + (len(tag) + 5).to_bytes(4, "big") + tag + b"\0"
+
+
+def _aborted() -> bytes:
+    return error_response(
+        "25P02", "current transaction is aborted, commands ignored until end of transaction block", severity="ERROR"
+    )
 
 
 def _literal(value: str) -> str:
@@ -117,6 +139,11 @@ class PooledClient:
         self.settings: dict[str, str] = {name: _set_config(name, value) for name, value in self.startup.items()}
         self.signature = tuple(sorted(self.settings.items()))  # compared at every lend: kept, not rebuilt
         self.pending_settings: list[tuple[str, str | None]] | None = None
+        self.committing = False  # a COMMIT is among what was sent since the last ReadyForQuery
+        self.failed = False  # its server died inside a transaction block: pgaurora answers until ROLLBACK
+        self.dropping = False  # its server died inside an extended batch: skip to the batch's Sync
+        self.batch: list[tuple[bytes, bytes]] = []  # an extended batch in a failed transaction, to its Sync
+        self.lost = b""  # the error a client idle in a lost transaction gets at its next command
         self.cancel_key = (secrets.randbits(31), secrets.token_bytes(4))
         self.task: asyncio.Task[None] | None = None  # a secret lookup, or a wait for a node, while logging in
         loop = asyncio.get_running_loop()
@@ -276,9 +303,13 @@ class PooledClient:
         assert self.secret is not None
         self.waiting = pool.lend(self._lent_and_flush, self._not_lent, self.client_key, self.secret)
 
-    async def _borrow_later(self) -> None:
+    async def _borrow_later(self, failed: str | None = None) -> None:
+        """A pool to borrow from once there is a node to route to (failed: once it is not that node)."""
         try:
-            self.pool = await self.gate.pool_for(self.database, self.user)
+            if failed is None:
+                self.pool = await self.gate.pool_for(self.database, self.user)
+            else:
+                self.pool = await self.gate.pool_instead_of(failed, self.database, self.user)
         except ProxyError as exc:
             self.fail(exc.sqlstate, exc.message, exc.detail)
             return
@@ -295,6 +326,12 @@ class PooledClient:
                 self.acquiring = loop.create_task(self._borrow_later())
             else:
                 self.task = loop.create_task(self._greet_later())
+            return
+        unreachable = isinstance(error, (OSError, TimeoutError)) or type(error) is UpstreamUnavailable
+        if unreachable and self.ready and not self.closed and self.pool is not None:
+            # the node is down and no failover is published yet: wait for one, as a new writer session does
+            failed = self.pool.node.name
+            self.acquiring = asyncio.get_running_loop().create_task(self._borrow_later(failed))
             return
         if isinstance(error, ProxyError) and error.sqlstate == "28P01":
             self.gate.credentials.forget(self.user)  # the node refused the key: the password changed
@@ -322,6 +359,10 @@ class PooledClient:
             link.settings = self.signature
 
     def _flush(self) -> None:
+        if self.failed or self.dropping:
+            self._answer_locally()
+            if not self.queue:
+                return
         link = self.link
         if link is None:
             if self.waiting is None and self.acquiring is None:
@@ -340,6 +381,7 @@ class PooledClient:
             stream.expected += 1
             stream.replies.append(SYNC)
             self._note(effect(raw[5:-1]))
+            self.committing |= _COMMIT.search(raw[5:]) is not None
             return raw
         if kind == b"S":
             stream.expected += 1
@@ -353,6 +395,8 @@ class PooledClient:
             stream.expected += 1
             stream.replies.append(SYNC)
             return raw
+        if kind == b"P" and _COMMIT.search(raw[raw.find(b"\0", 5) + 1 :]):  # the query follows the name's NUL
+            self.committing = True
         if not self.renaming:
             if kind == b"P":
                 self._note(effect(parse_parts(raw[5:])[1]))
@@ -450,6 +494,7 @@ class PooledClient:
 
     def _ready_for_query(self, status: bytes, rolled_back: bool) -> None:
         """At each ReadyForQuery: the SETs of a transaction that ended took effect, unless it rolled back."""
+        self.committing = False
         if self.pending_settings is None or status != b"I":
             return
         if not rolled_back:
@@ -481,8 +526,73 @@ class PooledClient:
             link.pool.release(link, reusable=True)
 
     def server_lost(self) -> None:
-        self.link = None
-        self.fail("08006", "the server connection was lost")
+        """The server connection died under this client (its node failed): only what was in flight is lost.
+        One ErrorResponse: 40001 for an explicit transaction that was certainly not committed (the session is
+        then in a failed transaction until its ROLLBACK, which pgaurora answers), 08007 when a COMMIT or an
+        autocommitted statement was running and its fate is unknown. The connection goes on."""
+        link, self.link = self.link, None
+        if self.closed:
+            return
+        stream = self.stream
+        node = link.pool.node.name if link is not None else "the node"
+        waiting = bool(stream.expected or self.unsynced)
+        if not waiting and (self.pins or stream.status == b"I"):  # idle, holding session state it cannot keep
+            self.fail("57P01", f"terminating connection: its server connection to {node} was lost", stream.fatal)
+            return
+        block = stream.status != b"I" and not self.committing
+        if block:
+            lost = f"the transaction was lost with its server ({node} failed); it was not committed: run it again"
+            error = error_response("40001", lost, severity="ERROR")
+        else:
+            unknown = f"the server ({node}) failed while a statement or a COMMIT ran: whether it committed is unknown"
+            error = error_response("08007", unknown, severity="ERROR")
+        status = b"E" if block else b"I"
+        if waiting:
+            self.transport.write(error + _ready(status) * stream.expected)
+        else:  # idle in its transaction: the next command hears it, as from PostgreSQL
+            self.lost = error
+        self.failed, self.dropping, self.unsynced = block, self.unsynced, False
+        self.stream = ServerStream(self._ready_for_query)
+        self.stream.status = status
+        self.pending_settings, self.committing, self.batch = None, False, []
+        if self.queue:
+            self._flush()
+
+    def _answer_locally(self) -> None:
+        """Messages after a lost server connection, answered by pgaurora itself as PostgreSQL would: the rest of
+        an extended batch is skipped to its Sync; in a failed transaction, every command gets 25P02 until the
+        ROLLBACK (or COMMIT) that ends it."""
+        out: list[bytes] = []
+        while self.queue and (self.failed or self.dropping):
+            kind, raw = self.queue.pop(0)
+            if kind == b"S":
+                out.append(self._end_batch())
+            elif self.dropping:
+                continue
+            elif kind == b"Q":
+                if _ENDS.match(raw, 5):
+                    self.failed, self.lost = False, b""
+                    out.append(_command(b"ROLLBACK") + _ready(b"I"))
+                else:
+                    out.append((self.lost or _aborted()) + _ready(b"E"))
+                    self.lost = b""
+            else:
+                self.batch.append((kind, raw))
+        if out:
+            self.transport.write(b"".join(out))
+
+    def _end_batch(self) -> bytes:
+        batch, self.batch, self.dropping = self.batch, [], False
+        if not self.failed:
+            return _ready(self.stream.status)
+        ends = any(kind == b"P" and _ENDS.match(parse_parts(raw[5:])[1]) for kind, raw in batch)
+        if not ends:
+            error, self.lost = self.lost or _aborted(), b""
+            return error + _ready(b"E")
+        self.failed, self.lost = False, b""
+        replies = {b"P": b"1\x00\x00\x00\x04", b"B": b"2\x00\x00\x00\x04", b"D": b"n\x00\x00\x00\x04",
+                   b"E": _command(b"ROLLBACK"), b"C": b"3\x00\x00\x00\x04"}  # fmt: skip
+        return b"".join(replies.get(kind, b"") for kind, _ in batch) + _ready(b"I")
 
     # -- endings ------------------------------------------------------------------------------------------
     def cancel_target(self) -> tuple[tuple[str, int], tuple[int, bytes]] | None:

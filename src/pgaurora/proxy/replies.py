@@ -9,8 +9,8 @@ from collections.abc import Callable
 from ..wire import RemoteProtocolError
 
 SWALLOW, PASS, SYNC = 0, 1, 2  # what becomes of the next ParseComplete/CloseComplete, or a Sync's place
-_Z, _PARSED, _CLOSED, _COMMAND = 0x5A, 0x31, 0x33, 0x43
-_INSPECTED = frozenset({_Z, _PARSED, _CLOSED, _COMMAND})  # small messages read whole; others are skipped
+_Z, _PARSED, _CLOSED, _COMMAND, _ERROR = 0x5A, 0x31, 0x33, 0x43, 0x45
+_INSPECTED = frozenset({_Z, _PARSED, _CLOSED, _COMMAND, _ERROR})  # small messages read whole; others are skipped
 _MAX_INSPECTED = 1 << 16
 
 
@@ -23,6 +23,7 @@ class ServerStream:
         self.hidden = 0  # ReadyForQuery of pgaurora's own queries still to come: everything until it is cut
         self.expected = 0  # ReadyForQuery messages owed for the client's Query, Sync and FunctionCall
         self.status = b"I"
+        self.fatal: str | None = None  # a FATAL the server sent as it ended the connection: cut, and kept here
         self._rolled_back = False
         self._head = b""  # an inspected message, or a header, not yet whole
         self._skip = 0  # bytes of the current (uninspected) message still to come
@@ -81,5 +82,11 @@ class ServerStream:
         if kind == _COMMAND:
             if data[body:end].startswith(b"ROLLBACK"):
                 self._rolled_back = True
+            return True
+        if kind == _ERROR:
+            fields = {part[:1]: part[1:] for part in data[body:end].split(b"\0") if part}
+            if fields.get(b"V", fields.get(b"S")) in (b"FATAL", b"PANIC"):  # the server connection is ending:
+                self.fatal = fields.get(b"M", b"").decode("utf-8", "replace")  # the client hears what was lost
+                return False
             return True
         return not (self.replies and self.replies.popleft() == SWALLOW)
