@@ -237,3 +237,32 @@ def test_up_with_the_docker_backend_serves_containers_and_removes_them_on_sigter
         assert up.stop() == 0, "\n".join(up.lines)
     left = [c.name for c in docker_client().containers.list(all=True) if c.name.startswith(f"pgaurora-{instance}-")]
     assert not left, f"containers left behind: {left}"
+
+
+def test_up_pool_transaction_pools_both_endpoints_and_says_so(state_dir):
+    ports = tuple(free_ports(4))
+    up = Command(*_up_args(state_dir, ports), "--password", "s3cret", "--pool", "transaction")
+    try:
+        up.wait_for_line("pgaurora is ready", 90)
+        text = "\n".join(up.lines)
+        assert "(the current primary; pooled per transaction)" in text, text
+        assert _psql(ports[0], "s3cret", "SELECT pg_is_in_recovery()") == "f"
+        assert _psql(ports[1], "s3cret", "SELECT pg_is_in_recovery()") == "t"
+        status = subprocess.run(
+            [*PGAURORA, "status", "--json", "--admin", f"http://127.0.0.1:{ports[2]}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        doc = json.loads(status.stdout)
+        assert (doc["writer"]["pool_mode"], doc["reader"]["pool_mode"]) == ("transaction", "transaction")
+        assert {p["endpoint"] for p in doc["pools"]} == {"writer", "reader"}
+    finally:
+        assert up.stop() == 0, "\n".join(up.lines)
+
+
+def test_up_refuses_pool_with_tls_before_making_anything(state_dir):
+    args = [*PGAURORA, "up", "--dir", str(state_dir), "--tls", "--pool", "session"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--pool does not go with --tls yet" in out.stderr
+    assert not state_dir.exists()

@@ -117,6 +117,13 @@ def test_an_advisory_lock_pins_the_client_and_the_pin_is_counted(pooled):
         other.execute("SELECT pg_advisory_unlock(42)")
 
 
+def _pooled_cluster(fresh_cluster, service, pool_size: int = 20):
+    """A cluster of its own (for tests that kill or switch its writer) behind a transaction-pooled writer."""
+    cluster = fresh_cluster(replicas=2)
+    pool = {"pool_size": pool_size, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    return cluster, service(service_config(cluster, writer={"pool_mode": "transaction"}, pool=pool), cluster=cluster)
+
+
 def _pooled_backends(cluster, node: str = "n1") -> int:
     """Backends of postgres over TCP, but the monitor's: the pools' server connections (tests use no other)."""
     return int(
@@ -340,15 +347,7 @@ def test_a_cancel_request_reaches_the_pooled_connection_running_the_query(pooled
 def test_an_idle_pooled_client_keeps_its_connection_through_a_failover(fresh_cluster, service):
     """Its server connection was to the old writer; its next transaction goes to the new one (issue 23's
     foundation: no new connection, no error, for a client between transactions)."""
-    cluster = fresh_cluster(replicas=2)
-    svc = service(
-        service_config(
-            cluster,
-            writer={"pool_mode": "transaction"},
-            pool={"auth_user": "pgaurora_auth", "auth_password": cluster.auth_password},
-        ),
-        cluster=cluster,
-    )
+    cluster, svc = _pooled_cluster(fresh_cluster, service)
     with psycopg.connect(svc.dsn("writer"), autocommit=True) as conn:
         before = conn.execute("SELECT host(inet_server_addr())").fetchone()[0]
         assert before == cluster.primary.host
@@ -382,15 +381,7 @@ def test_five_hundred_idle_clients_hold_no_more_server_connections_than_the_pool
 def test_a_switchover_under_pgbench_through_the_pooled_writer_fails_no_transaction(fresh_cluster, service):
     """New transactions wait while the switchover holds writes; those in flight finish on the old writer
     (drain_timeout); the held clients go on, on the new writer (issue 23's planned change of writer)."""
-    cluster = fresh_cluster(replicas=2)
-    svc = service(
-        service_config(
-            cluster,
-            writer={"pool_mode": "transaction"},
-            pool={"pool_size": 8, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password},
-        ),
-        cluster=cluster,
-    )
+    cluster, svc = _pooled_cluster(fresh_cluster, service, pool_size=8)
     env = {**os.environ, "PGPASSWORD": "test-pw", "PGUSER": "postgres"}
     host, port = svc.writer
     subprocess.run(["pgbench", "-i", "-q", "-h", host, "-p", str(port), "postgres"], check=True, env=env,
@@ -475,15 +466,7 @@ def test_a_primary_kill_costs_pooled_clients_only_what_was_in_flight(fresh_clust
     """200 idle asyncpg connections all run a query after the failover, without reconnecting; a client inside
     a transaction gets one 40001 (certainly not committed), its ROLLBACK is answered, and it goes on; a
     client whose autocommitted statement was running gets 08007 (its fate unknown), and goes on (issue 23)."""
-    cluster = fresh_cluster(replicas=2)
-    svc = service(
-        service_config(
-            cluster,
-            writer={"pool_mode": "transaction"},
-            pool={"pool_size": 10, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password},
-        ),
-        cluster=cluster,
-    )
+    cluster, svc = _pooled_cluster(fresh_cluster, service, pool_size=10)
     cluster.primary.sql("CREATE TABLE lost (v int)")
     host, port = svc.writer
     in_block = psycopg.connect(svc.dsn("writer"))

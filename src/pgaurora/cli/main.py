@@ -146,6 +146,8 @@ def up(
     """Start a local cluster (1 primary, 2 replicas), the proxy, the monitor and DNS."""
     if cipher_pass_file and not backups:
         raise click.UsageError("--cipher-pass-file goes with --backups")
+    if tls and pool != "passthrough":
+        raise click.UsageError("--pool does not go with --tls yet: pooled endpoints reach the nodes without TLS")
     backup = (
         ({"cipher_pass_file": str(Path(cipher_pass_file).absolute())} if cipher_pass_file else {}) if backups else None
     )

@@ -46,11 +46,15 @@ def query_text(payload: bytes) -> str:
     return _cstring(payload)[0].decode("utf-8", "replace")
 
 
+def _two_strings(payload: bytes) -> tuple[bytes, bytes, bytes]:
+    first, at = _cstring(payload)
+    second, at = _cstring(payload, at)
+    return first, second, payload[at:]
+
+
 def parse_parts(payload: bytes) -> tuple[bytes, bytes, bytes]:
     """(statement name, query, the rest: parameter types) of a Parse payload."""
-    name, at = _cstring(payload)
-    query, at = _cstring(payload, at)
-    return name, query, payload[at:]
+    return _two_strings(payload)
 
 
 def parse_message(name: bytes, query: bytes, rest: bytes) -> bytes:
@@ -59,9 +63,7 @@ def parse_message(name: bytes, query: bytes, rest: bytes) -> bytes:
 
 def bind_statement(payload: bytes) -> tuple[bytes, bytes, bytes]:
     """(portal, statement name, the rest) of a Bind payload."""
-    portal, at = _cstring(payload)
-    statement, at = _cstring(payload, at)
-    return portal, statement, payload[at:]
+    return _two_strings(payload)
 
 
 def bind_message(portal: bytes, statement: bytes, rest: bytes) -> bytes:
