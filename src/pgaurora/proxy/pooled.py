@@ -315,8 +315,9 @@ class PooledClient:
             return
         finally:
             self.acquiring = None
-        if not self.closed:
-            self._borrow()
+        if not self.closed:  # from the pool found, not the one routing picks next (it may be the failed node)
+            assert self.secret is not None
+            self.waiting = self.pool.lend(self._lent_and_flush, self._not_lent, self.client_key, self.secret)
 
     def _not_lent(self, error: Exception) -> None:
         self.waiting = None
