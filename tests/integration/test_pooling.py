@@ -512,3 +512,27 @@ def test_a_primary_kill_costs_pooled_clients_only_what_was_in_flight(fresh_clust
     in_block.rollback()
     assert in_block.execute("SELECT count(*) FROM lost").fetchone()[0] == 0
     in_block.close()
+
+
+def test_a_client_that_waited_reserve_pool_timeout_is_served_from_the_reserve(cluster):
+    pool = {
+        "pool_size": 1,
+        "reserve_pool_size": 1,
+        "reserve_pool_timeout": 0.5,
+        "query_wait_timeout": 10,
+        "auth_user": "pgaurora_auth",
+        "auth_password": cluster.auth_password,
+    }
+    svc = ServiceThread(service_config(cluster, writer={"pool_mode": "transaction"}, pool=pool), cluster=cluster)
+    svc.wait_ready()
+    try:
+        with psycopg.connect(svc.dsn("writer")) as holder, psycopg.connect(svc.dsn("writer")) as waiter:
+            held = holder.execute("SELECT pg_backend_pid()").fetchone()[0]  # in a transaction: lent
+            started = time.monotonic()
+            served = waiter.execute("SELECT pg_backend_pid()").fetchone()[0]
+            waited = time.monotonic() - started
+            holder.rollback()
+            waiter.rollback()
+        assert served != held and 0.4 < waited < 5, (held, served, waited)
+    finally:
+        svc.stop()

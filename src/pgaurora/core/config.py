@@ -343,7 +343,8 @@ class PoolConfig(_Frozen):
     pool_size: Annotated[int, Field(ge=1, le=10000)] = 20
     """Server connections per (node, database, user)."""
     min_pool_size: Annotated[int, Field(ge=0, le=10000)] = 0
-    """Server connections kept open per pool even when idle, once a client of that user has logged in."""
+    """Idle server connections per pool that server_idle_timeout does not close (none are opened ahead to
+    reach it: a pool's connections log in with a client's key, so they open as clients come)."""
     reserve_pool_size: Annotated[int, Field(ge=0, le=10000)] = 0
     """Extra server connections a pool may open for a client that has waited reserve_pool_timeout."""
     reserve_pool_timeout: Annotated[float, Field(ge=0)] = 3.0

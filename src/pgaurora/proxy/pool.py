@@ -262,7 +262,9 @@ class Pool:
         )
 
     def _reserve(self, waiter: Waiter) -> None:
-        if not waiter.done and len(self.links) < self.config.pool_size + self.config.reserve_pool_size:
+        if waiter not in self.waiters:  # served meanwhile, or a connection is being opened for it already
+            return
+        if len(self.links) < self.config.pool_size + self.config.reserve_pool_size:
             self.waiters.remove(waiter)
             self._open_for(waiter)
 
