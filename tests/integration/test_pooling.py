@@ -22,18 +22,19 @@ JAR = pathlib.Path("/usr/share/java/postgresql.jar")
 CLIENTS = pathlib.Path(__file__).parent / "clients"
 
 
-@pytest.fixture(scope="module")
-def pooled(cluster):
-    config = service_config(
-        cluster,
-        writer={"pool_mode": "transaction"},
-        reader={"pool_mode": "transaction"},
-        pool={"pool_size": POOL, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password},
-    )
-    svc = ServiceThread(config, cluster=cluster)
+def _serving(cluster, reader_mode: str, **pool):
+    """A pgaurora whose writer pools per transaction and reader as reader_mode asks, for the module."""
+    pool |= {"auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    modes = {"writer": {"pool_mode": "transaction"}, "reader": {"pool_mode": reader_mode}}
+    svc = ServiceThread(service_config(cluster, pool=pool, **modes), cluster=cluster)
     svc.wait_ready()
     yield svc
     svc.stop()
+
+
+@pytest.fixture(scope="module")
+def pooled(cluster):
+    yield from _serving(cluster, "transaction", pool_size=POOL)
 
 
 def test_psql_logs_in_at_the_proxy_and_queries_through_both_endpoints(pooled):
@@ -234,21 +235,7 @@ def test_a_changed_password_is_read_again_at_the_next_failed_login_and_connected
 @pytest.fixture(scope="module")
 def one(cluster):
     """A pool of one server connection in transaction mode; the reader pools per session."""
-    config = service_config(
-        cluster,
-        writer={"pool_mode": "transaction"},
-        reader={"pool_mode": "session"},
-        pool={
-            "pool_size": 1,
-            "query_wait_timeout": 3,
-            "auth_user": "pgaurora_auth",
-            "auth_password": cluster.auth_password,
-        },
-    )
-    svc = ServiceThread(config, cluster=cluster)
-    svc.wait_ready()
-    yield svc
-    svc.stop()
+    yield from _serving(cluster, "session", pool_size=1, query_wait_timeout=3)
 
 
 def _isolated_client(one, number: int, rounds: int, failures: list) -> None:

@@ -146,38 +146,23 @@ class Endpoint:
             self._writer_pools[(database, user)] = (topology.version, pool)
         return pool
 
-    async def pool_for(self, database: str, user: str) -> Pool:
-        """The pool of the node this endpoint routes to now; the writer waits out a failover."""
+    async def pool_for(self, database: str, user: str, avoid: str | None = None) -> Pool:
+        """The pool of the node this endpoint routes to now, other than `avoid` (a node that just refused a
+        connection); the writer waits out a failover, up to failover_connect_timeout."""
         assert self.pools is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.proxy.failover_connect_timeout
         while True:
             topology = self.hub.current
             try:
-                return self.pools.get(self.router.candidates(self.kind, topology, self.custom)[0], database, user)
+                nodes = [n for n in self.router.candidates(self.kind, topology, self.custom) if n.name != avoid]
+                if nodes:
+                    return self.pools.get(nodes[0], database, user)
+                raise UpstreamUnavailable(f"node {avoid} is down")
             except ProxyError as exc:
                 remaining = deadline - loop.time()
                 if self.kind is EndpointKind.READER or remaining <= 0:
                     raise _writer_unavailable(exc, topology) from None
-            await self.hub.wait_for(_changed_since(topology), remaining)
-
-    async def pool_instead_of(self, failed: str, database: str, user: str) -> Pool:
-        """After a connection to `failed` was refused: the pool of the node routed to once it is another one
-        (the writer waits out a failover, up to failover_connect_timeout); the reader tries its other nodes."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.proxy.failover_connect_timeout
-        while True:
-            topology = self.hub.current
-            try:
-                nodes = [n for n in self.router.candidates(self.kind, topology, self.custom) if n.name != failed]
-            except ProxyError:
-                nodes = []
-            if nodes:
-                assert self.pools is not None
-                return self.pools.get(nodes[0], database, user)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise _writer_unavailable(UpstreamUnavailable(f"node {failed} is down"), topology)
             await self.hub.wait_for(_changed_since(topology), remaining)
 
     async def _dial_any(self, client: ClientProtocol, nodes: list[NodeState]) -> ServerProtocol:

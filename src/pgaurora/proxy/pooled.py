@@ -52,13 +52,11 @@ class PoolGate(Protocol):
     @property
     def credentials(self) -> Credentials: ...
 
-    async def pool_for(self, database: str, user: str) -> Pool: ...
+    async def pool_for(self, database: str, user: str, avoid: str | None = None) -> Pool: ...
 
     def current_pool(self, database: str, user: str) -> Pool | None: ...
 
     def known_params(self, database: str, user: str) -> dict[str, str] | None: ...
-
-    async def pool_instead_of(self, failed: str, database: str, user: str) -> Pool: ...
 
 
 def startup_settings(startup: StartupMessage) -> dict[str, str]:
@@ -289,7 +287,7 @@ class PooledClient:
         """ParameterStatus (the node's, with this client's own startup settings), BackendKeyData, ReadyForQuery."""
         mine = {name.lower(): value for name, value in self.startup.items()}
         params = [encode(ParameterStatus(k, mine.get(k.lower(), v))) for k, v in node_params.items()]
-        return b"".join([*params, encode(BackendKeyData(*self.cancel_key)), b"Z\x00\x00\x00\x05I"])
+        return b"".join([*params, encode(BackendKeyData(*self.cancel_key)), _ready(b"I")])
 
     # -- lending ----------------------------------------------------------------------------------
     def _borrow(self) -> None:
@@ -306,10 +304,7 @@ class PooledClient:
     async def _borrow_later(self, failed: str | None = None) -> None:
         """A pool to borrow from once there is a node to route to (failed: once it is not that node)."""
         try:
-            if failed is None:
-                self.pool = await self.gate.pool_for(self.database, self.user)
-            else:
-                self.pool = await self.gate.pool_instead_of(failed, self.database, self.user)
+            self.pool = await self.gate.pool_for(self.database, self.user, avoid=failed)
         except ProxyError as exc:
             self.fail(exc.sqlstate, exc.message, exc.detail)
             return
@@ -381,8 +376,9 @@ class PooledClient:
         if kind == b"Q":
             stream.expected += 1
             stream.replies.append(SYNC)
-            self._note(effect(raw[5:-1]))
-            self.committing |= _COMMIT.search(raw[5:]) is not None
+            query = memoryview(raw)[5:-1]  # looked at twice, copied by neither
+            self._note(effect(query))
+            self.committing |= _COMMIT.search(query) is not None
             return raw
         if kind == b"S":
             stream.expected += 1

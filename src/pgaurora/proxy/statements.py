@@ -40,11 +40,11 @@ class Effect:
 NOTHING = Effect()
 
 
-def effect(sql: bytes) -> Effect:
+def effect(sql: bytes | memoryview) -> Effect:
     """What sql (one or several statements) does to the session; NOTHING for the common case, cheaply."""
     if not _MAYBE_SET.search(sql) and not _MAYBE_PIN.search(sql):
         return NOTHING
-    return _parsed(sql)
+    return _parsed(bytes(sql))
 
 
 @lru_cache(maxsize=1024)  # applications send the same few statements again and again
