@@ -324,6 +324,14 @@ class ProxyConfig(_Frozen):
 
     max_client_connections: Annotated[int, Field(ge=1)] = 5000
     """Client connections at once, beyond which clients get 53300."""
+    max_client_connections_per_address: Annotated[int, Field(ge=0)] = 0
+    """Client connections at once from one address (0: no limit); beyond it a client gets 53300 at its
+    startup packet, before any server connection is opened for it."""
+    max_client_connections_per_role: Annotated[int, Field(ge=0)] = 0
+    """Client connections at once that name one role at startup (0: no limit); beyond it, 53300."""
+    client_idle_timeout: Annotated[float, Field(ge=0)] = 0.0
+    """Pooled endpoints: seconds a client may stay idle between transactions before it is closed with
+    57P05 (0: never). Passthrough sessions hold a backend: PostgreSQL's idle_session_timeout serves them."""
     startup_timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds a client has to send its startup packet before it is closed."""
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0

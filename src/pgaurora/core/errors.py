@@ -37,10 +37,6 @@ class NoReaderAvailable(ProxyError):
     sqlstate = "57P03"
 
 
-class TooManyConnections(ProxyError):
-    sqlstate = "53300"  # too_many_connections
-
-
 class ConfigError(PgAuroraError):
     """A configuration that cannot be used; lists every problem found."""
 

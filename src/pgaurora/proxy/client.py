@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..core.config import Config
     from ..core.sslcontexts import Contexts
     from ..wire import CancelRequest
-    from .state import ProxyState
+    from .state import ProxyState, Seat
     from .upstream import ServerProtocol
 
 
@@ -68,6 +68,7 @@ class ClientProtocol(asyncio.Protocol):
         self.certificate: bytes | None = None  # DER of the certificate this client's handshake used
         self.disallowed = False  # refused by the endpoint's allow-list: closed at once
         self.pooled: PooledClient | None = None  # on a pooled endpoint, after the startup packet
+        self.seat: Seat | None = None  # what the connection limits count of it
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream's Transport
@@ -77,7 +78,7 @@ class ClientProtocol(asyncio.Protocol):
             self.disallowed = True
             transport.abort()  # closed before a byte is read or written, as a security group drops it
             return
-        self.endpoint.state.client_opened()
+        self.seat = self.endpoint.state.client_opened(peer[0] if peer else "")
         timeout = self.endpoint.config.proxy.startup_timeout
         self.timer = asyncio.get_running_loop().call_later(timeout, self._startup_timeout)
 
@@ -99,11 +100,10 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None or self.disallowed:
             return  # the Session owns the transport now; or it was never let in
+        self.endpoint.state.client_closed(self.seat)
         if self.pooled is not None:
-            self.endpoint.state.client_closed()
             self.pooled.client_lost()
             return
-        self.endpoint.state.client_closed()
         self._cancel_timer()
         if self.task is not None:
             self.task.cancel()
@@ -141,11 +141,9 @@ class ClientProtocol(asyncio.Protocol):
                 "Connect with sslmode=require or stricter.",
             )
             return
+        if self._over_limit(event):
+            return
         if self.endpoint.pool_mode is not PoolMode.PASSTHROUGH:
-            limit = self.endpoint.config.proxy.max_client_connections
-            if self.endpoint.state.clients > limit:
-                self.fail("53300", f"sorry, too many clients already (max_client_connections = {limit})")
-                return
             self._cancel_timer()
             rest = self.decoder.take_rest()
             self.pooled = PooledClient(self.endpoint, self.transport, event)
@@ -154,6 +152,23 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.pending = self.decoder.raw + self.decoder.take_rest()
         self._start(self._connect())
+
+    def _over_limit(self, event: StartupMessage) -> bool:
+        """Refuse (53300) a client beyond a connection limit, at its startup packet (after TLS, so that libpq
+        shows the message) and before any server connection."""
+        assert self.seat is not None
+        state, limits = self.endpoint.state, self.endpoint.config.proxy
+        if limits.max_client_connections_per_role:
+            state.seated(self.seat, event.get("user") or "")
+        refusal = state.over_limit(
+            self.seat,
+            limits.max_client_connections,
+            limits.max_client_connections_per_address,
+            limits.max_client_connections_per_role,
+        )
+        if refusal is not None:
+            self.fail("53300", refusal)
+        return refusal is not None
 
     # -- TLS ------------------------------------------------------------------------------------
     def _tls_context(self):
@@ -246,6 +261,7 @@ class ClientProtocol(asyncio.Protocol):
         """First ReadyForQuery: hand both transports to a Session that relays unparsed, then pass
         the server's last bytes (ending with ReadyForQuery) to the client."""
         session = Session(server.node.name, self.endpoint.name, self.endpoint.state, self.transport, server.transport)
+        session.seat = self.seat
         self.session = session
         session.start(
             server.cancel_key,

@@ -6,10 +6,11 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 
 from ..core.config import Config, CustomEndpointConfig, Listen, PoolMode
-from ..core.errors import NodeTlsFailed, NoWriterAvailable, ProxyError, TooManyConnections, UpstreamUnavailable
+from ..core.errors import NodeTlsFailed, NoWriterAvailable, ProxyError, UpstreamUnavailable
 from ..core.sslcontexts import Contexts
 from ..core.topology import Health, NodeState, Topology, TopologyHub
 from ..wire import CancelRequest, encode
@@ -52,6 +53,7 @@ class Endpoint:
         if self.pools is not None and credentials is None:
             raise ValueError(f"the {self.name} endpoint pools connections, and needs credentials")
         self._credentials = credentials
+        self._sweeper: asyncio.Task[None] | None = None  # closes idle pooled clients (client_idle_timeout)
         self._writer_pools: dict[tuple[str, str], tuple[int, Pool]] = {}  # (database, user): (version, pool)
         hub.subscribe(self._on_topology)
 
@@ -78,8 +80,23 @@ class Endpoint:
         )
         if self.pools is not None:
             self.pools.start()
+            if self.config.proxy.client_idle_timeout:
+                self._sweeper = loop.create_task(self._close_idle_clients(self.config.proxy.client_idle_timeout))
+
+    async def _close_idle_clients(self, timeout: float) -> None:
+        """client_idle_timeout: a pooled client idle between transactions that long is closed, as PostgreSQL's
+        idle_session_timeout closes a session."""
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            for client in [c for c in self.state.pooled_clients.values() if c.gate is self]:
+                since = client.idle_since()
+                if since is not None and now - since >= timeout:
+                    client.fail("57P05", "terminating connection due to idle-session timeout (client_idle_timeout)")
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
         for session in self._sessions(lambda node: True):
@@ -102,10 +119,6 @@ class Endpoint:
     # -- routing ----------------------------------------------------------------------------
     async def open_upstream(self, client: ClientProtocol) -> ServerProtocol:
         """Connect to the node for this endpoint; the writer waits out a failover."""
-        if self.state.clients > self.config.proxy.max_client_connections:
-            raise TooManyConnections(
-                f"sorry, too many clients already (max_client_connections = {self.config.proxy.max_client_connections})"
-            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.proxy.failover_connect_timeout
         while True:

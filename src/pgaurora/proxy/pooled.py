@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
@@ -143,6 +144,7 @@ class PooledClient:
         self.batch: list[tuple[bytes, bytes]] = []  # an extended batch in a failed transaction, to its Sync
         self.lost = b""  # the error a client idle in a lost transaction gets at its next command
         self.cancel_key = (secrets.randbits(31), secrets.token_bytes(4))
+        self.active_at = time.monotonic()  # when the client last sent something, for client_idle_timeout
         self.task: asyncio.Task[None] | None = None  # a secret lookup, or a wait for a node, while logging in
         loop = asyncio.get_running_loop()
         self.deadline: asyncio.TimerHandle | None = loop.call_later(gate.config.proxy.startup_timeout, self._too_slow)
@@ -150,6 +152,7 @@ class PooledClient:
 
     # -- from the client ------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
+        self.active_at = time.monotonic()
         if self.buffer:
             data, self.buffer = self.buffer + data, b""
         i, n, messages = 0, len(data), self.queue if self.ready else []
@@ -590,6 +593,12 @@ class PooledClient:
         replies = {b"P": b"1\x00\x00\x00\x04", b"B": b"2\x00\x00\x00\x04", b"D": b"n\x00\x00\x00\x04",
                    b"E": _command(b"ROLLBACK"), b"C": b"3\x00\x00\x00\x04"}  # fmt: skip
         return b"".join(replies.get(kind, b"") for kind, _ in batch) + _ready(b"I")
+
+    def idle_since(self) -> float | None:
+        """When this client went idle between transactions (nothing queued, sent or open), or None."""
+        stream = self.stream
+        busy = self.queue or self.unsynced or self.failed or stream.expected or stream.status != b"I"
+        return None if not self.ready or self.closed or busy else self.active_at
 
     # -- endings ------------------------------------------------------------------------------------------
     def cancel_target(self) -> tuple[tuple[str, int], tuple[int, bytes]] | None:

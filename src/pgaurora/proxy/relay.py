@@ -11,7 +11,7 @@ from ..wire import error_response
 if TYPE_CHECKING:
     from .native import NativeRelay
     from .sockmap import SockMap
-    from .state import CancelKey, ProxyState
+    from .state import CancelKey, ProxyState, Seat
 
 log = logging.getLogger("pgaurora.proxy")
 _RFQ_HEAD = b"Z\x00\x00\x00\x05"
@@ -73,6 +73,7 @@ class Session:
         "kind",
         "native_id",
         "node",
+        "seat",
         "server",
         "state",
     )
@@ -87,6 +88,7 @@ class Session:
         self.closed = False
         self.cookies: tuple[int, int] | None = None  # (client, server) socket cookies in the kernel relay
         self.native_id: int | None = None  # the session's id in the native relay
+        self.seat: Seat | None = None  # what the connection limits count of its client
 
     @property
     def lost_reason(self) -> tuple[str, str]:
@@ -180,7 +182,7 @@ class Session:
     def _close(self) -> None:
         self.closed = True
         self.state.session_ended(self)
-        self.state.client_closed()
+        self.state.client_closed(self.seat)
         if self.cookies is not None:
             self._kernel.forget(*self.cookies)
         for pipe in (self.client, self.server):

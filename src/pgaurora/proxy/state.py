@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -20,6 +21,14 @@ class Tracked(Protocol):
     cancel_key: CancelKey | None
 
     def terminate(self, sqlstate: str, message: str) -> None: ...
+
+
+@dataclass(eq=False)
+class Seat:
+    """One client connection as the limits count it: its address from accept, its role from its startup."""
+
+    address: str
+    role: str | None = None
 
 
 class ProxyState:
@@ -42,16 +51,48 @@ class ProxyState:
         self.pooled_clients: dict[CancelKey, Any] = {}  # the key each pooled client was given -> the client
         self.pins: Counter[str] = Counter()  # reason -> transaction-pooled clients pinned to their connection
         self.pool_sets: dict[str, Any] = {}  # endpoint -> its pool.Pools, for /status and /metrics
+        self.by_address: Counter[str] = Counter()  # client address -> its connections open
+        self.by_role: Counter[str] = Counter()  # role -> client connections that named it at startup
+        self.limited_total: Counter[str] = Counter()  # limit (total, address, role) -> clients it refused
 
-    def client_opened(self) -> int:
+    def client_opened(self, address: str = "") -> Seat:
         self.clients += 1
-        return self.clients
+        self.by_address[address] += 1
+        return Seat(address)
+
+    def seated(self, seat: Seat, role: str) -> None:
+        """The client named its role (its startup packet): it counts against that role's limit too."""
+        if seat.role is None:
+            seat.role = role
+            self.by_role[role] += 1
+
+    def over_limit(self, seat: Seat, total: int, per_address: int, per_role: int = 0) -> str | None:
+        """Which limit this client goes over, counted, with the message it gets (53300); None when it fits.
+        A limit of 0 is no limit; the role counts once the client named it."""
+        checks = (
+            ("total", self.clients, total, ""),
+            ("address", self.by_address[seat.address], per_address, f" from {seat.address}"),
+            ("role", self.by_role[seat.role] if seat.role is not None else 0, per_role, f' for role "{seat.role}"'),
+        )
+        for kind, count, limit, whom in checks:
+            if limit and count > limit:
+                self.limited_total[kind] += 1
+                name = "max_client_connections" + ("" if kind == "total" else f"_per_{kind}")
+                return f"sorry, too many clients already{whom} ({name} = {limit})"
+        return None
 
     def tls_started(self) -> None:
         self.tls_total += 1
 
-    def client_closed(self) -> None:
+    def client_closed(self, seat: Seat | None = None) -> None:
         self.clients -= 1
+        if seat is None:
+            return
+        for counter, key in ((self.by_address, seat.address), (self.by_role, seat.role)):
+            if key is not None:
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
 
     def session_started(self, session: Tracked) -> None:
         self.sessions_by_node[session.node].add(session)

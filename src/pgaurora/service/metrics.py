@@ -137,6 +137,14 @@ def proxy_metrics(state: ProxyState) -> Iterator[Metric]:
         "pgaurora_tls_handshakes", "Client connections that started a TLS handshake", value=state.tls_total
     )
     yield from pool_metrics(state)
+    limited = CounterMetricFamily(
+        "pgaurora_limit_refused_clients",
+        "Clients refused with 53300 by a connection limit (total, per address, per role)",
+        labels=["limit"],
+    )
+    for kind, count in sorted(state.limited_total.items()):
+        limited.add_metric([kind], count)
+    yield limited
     for name, counts, text in (
         ("pgaurora_allowlist_accepted", state.allowed_total, "let in by"),
         ("pgaurora_allowlist_refused", state.disallowed_total, "closed at once by"),

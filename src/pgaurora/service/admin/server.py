@@ -141,6 +141,7 @@ def status_document(service: AdminHost) -> dict:
         "fenced_hint": _fenced_hint(topology, service),
         "last_unsafe_failover": _last_unsafe(service),
         "client_connections": service.proxy_state.clients,
+        "limit_refusals": dict(service.proxy_state.limited_total),
         "pools": service.proxy_state.pools(),
         "pins": dict(service.proxy_state.pins),
         "relay": service.relay_mode,
