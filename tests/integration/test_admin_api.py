@@ -55,6 +55,7 @@ def _valid_call(route: Route) -> tuple[str, dict | None]:
         "/failover": {"to": "n3", "accept_data_loss": True},
         "/backtrack": {"to": "2026-01-01 00:00:00+00"},
         "/maintenance/restart": {"set": {"work_mem": "8MB"}},
+        "/tokens": {"user": "app", "ttl": 60},
     }
     return path, (bodies.get(route.path, {}) if route.takes_body else None)
 

@@ -504,6 +504,31 @@ def _drain(admin_url: str, node: str, action: str) -> None:
     click.echo(f"{node} {action}ed (drained now: {', '.join(result['drained']) or 'none'})")
 
 
+def _seconds(text: str | None) -> float | None:
+    """15m, 900s, 900, 1h: seconds (None stays None); click.BadParameter for anything else."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        return float(number) * unit
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 900, 15m or 1h", param_hint="--ttl") from None
+
+
+@cli.command()
+@admin_option
+@click.option("--user", "role", required=True, help="The role the token logs in as.")
+@click.option("--ttl", default=None, help="How long it lives: 900, 15m, 1h (default: [tokens] default_ttl).")
+@click.option("--endpoint", "endpoints", multiple=True, help="An endpoint it is good for (default: every one).")
+def token(admin_url, role, ttl, endpoints) -> None:
+    """Print a short-lived token that a client sends as its password to a pooled endpoint, over TLS."""
+    from ..service.admin import routes
+
+    body = params(routes.TokenParams, user=role, ttl=_seconds(ttl), endpoints=tuple(endpoints))
+    click.echo(_admin(admin_url, "/tokens", "POST", params=body)["token"])
+
+
 @cli.command()
 @admin_option
 @click.option("--to", "target", default=None, help="Node to promote (default: the most advanced replica).")

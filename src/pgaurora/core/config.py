@@ -544,6 +544,88 @@ def _secret_file_problems(name: str, path: str) -> list[str]:
     return []
 
 
+class RuleMethod(str, Enum):
+    """How a client that a rule matches logs in."""
+
+    SCRAM = "scram"  # SCRAM-SHA-256 against the role's secret
+    TOKEN = "token"  # a token from `pgaurora token`, sent as the password, over TLS only
+    REJECT = "reject"  # refused with 28000
+
+
+class RuleTls(str, Enum):
+    ANY = "any"
+    REQUIRED = "required"  # hostssl
+    NONE = "none"  # hostnossl
+
+
+class RuleConfig(_Frozen):
+    """One `[[rules]]` entry, in the spirit of a pg_hba.conf line, for pooled endpoints: the first rule that
+    matches a client decides how it logs in; a client no rule matches is refused with 28000."""
+
+    endpoints: tuple[str, ...] = ("all",)
+    """Endpoint names (writer, reader, custom ones), or all."""
+    databases: tuple[str, ...] = ("all",)
+    """Database names, or all."""
+    users: tuple[str, ...] = ("all",)
+    """Role names, or all."""
+    addresses: tuple[str, ...] = ("0.0.0.0/0", "::/0")
+    """Client addresses, as CIDRs."""
+    tls: RuleTls = RuleTls.ANY
+    """`required` (hostssl), `none` (hostnossl) or `any`."""
+    method: RuleMethod
+    """`scram`, `token` or `reject`."""
+
+    @field_validator("addresses")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _networks(value)
+
+
+class TokenKey(_Frozen):
+    """A key that signs and verifies tokens (HMAC-SHA-256), kept in a file of mode 600."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    """Named in each token it signs (its `kid`), so that the right key verifies it."""
+    file: str
+    """At least 32 bytes of secret (`openssl rand -base64 48 > file`)."""
+
+    @model_validator(mode="after")
+    def _file(self) -> TokenKey:
+        problems = _secret_file_problems(f"tokens key {self.id!r}", self.file)
+        if not problems and len(Path(self.file).read_bytes().strip()) < 32:
+            problems.append(f"tokens key {self.id!r}: {self.file} holds fewer than 32 bytes")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class TokensConfig(_Frozen):
+    """Short-lived tokens instead of passwords, for `[[rules]]` whose method is `token`."""
+
+    keys: tuple[TokenKey, ...] = ()
+    """The first signs; every one verifies. A key a reload removes still verifies until max_ttl has passed."""
+    default_ttl: Annotated[float, Field(gt=0)] = 900.0
+    """Seconds a token lives when its request names no ttl."""
+    max_ttl: Annotated[float, Field(gt=0, le=86400)] = 3600.0
+    """The longest life a token may be given, in seconds."""
+    login_file: str | None = None
+    """`"role" "password"` lines (mode 600) for roles that log in by token alone: pgaurora derives from the
+    password the key it logs into the nodes with. A role that logged in with SCRAM since pgaurora started
+    needs none."""
+
+    @model_validator(mode="after")
+    def _sane(self) -> TokensConfig:
+        ids = [k.id for k in self.keys]
+        problems = [f"tokens key id {i!r} appears more than once" for i in sorted({i for i in ids if ids.count(i) > 1})]
+        if self.default_ttl > self.max_ttl:
+            problems.append(f"default_ttl ({self.default_ttl:g}) is above max_ttl ({self.max_ttl:g})")
+        if self.login_file is not None:
+            problems += _secret_file_problems("tokens login_file", self.login_file)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class MonitorConfig(_Frozen):
     """How the monitor probes the nodes and decides that one is down."""
 
@@ -683,6 +765,22 @@ class Config(_Frozen):
     """`[heal]`: starting again, rewinding or rebuilding nodes that crashed."""
     pool: PoolConfig = PoolConfig()
     """`[pool]`: pooling and authentication at the proxy, for endpoints in session or transaction mode."""
+    rules: tuple[RuleConfig, ...] = ()
+    """`[[rules]]`: who may log in to a pooled endpoint, and how; without any, every client uses SCRAM."""
+    tokens: TokensConfig = TokensConfig()
+    """`[tokens]`: signing keys for short-lived tokens."""
+
+    def _rule_problems(self, endpoints: set[str]) -> list[str]:
+        problems = []
+        for number, rule in enumerate(self.rules, 1):
+            unknown = sorted(set(rule.endpoints) - endpoints - {"all"})
+            if unknown:
+                problems.append(f"rules[{number}]: unknown endpoints {', '.join(unknown)}")
+            if rule.method is RuleMethod.TOKEN and not self.tokens.keys:
+                problems.append(f"rules[{number}]: method 'token' needs [tokens] keys")
+            if rule.method is RuleMethod.TOKEN and rule.tls is RuleTls.NONE:
+                problems.append(f"rules[{number}]: a token is only accepted over TLS, and this rule matches none")
+        return problems
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
@@ -716,6 +814,7 @@ class Config(_Frozen):
                 f"pool: {', '.join(pooled)} pool connections, so pgaurora authenticates clients itself: "
                 "set auth_user (with auth_password) for auth_query, or auth_file"
             )
+        problems += self._rule_problems({name for name, _ in listens} - {"admin", "dns"})
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -146,7 +146,8 @@ class ClientProtocol(asyncio.Protocol):
         if self.endpoint.pool_mode is not PoolMode.PASSTHROUGH:
             self._cancel_timer()
             rest = self.decoder.take_rest()
-            self.pooled = PooledClient(self.endpoint, self.transport, event)
+            peer = self.seat.address if self.seat is not None else ""
+            self.pooled = PooledClient(self.endpoint, self.transport, event, peer, self.tls is not None)
             if rest:
                 self.pooled.from_client(rest)
             return

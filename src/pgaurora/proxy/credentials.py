@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import shlex
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import asyncpg
 
-from ..core.config import PoolConfig, TlsConfig
+from ..core.config import PoolConfig, TlsConfig, TokensConfig
 from ..core.errors import ConfigError
 from ..core.sslcontexts import node_ssl
 from ..core.topology import NodeState
-from .scram import Secret
+from .scram import Secret, client_key_of
+from .tokens import Tokens
 
 log = logging.getLogger("pgaurora.proxy")
 
@@ -25,20 +27,36 @@ class LookupFailed(Exception):
     """auth_query could not be run (no node answered, or the query failed): the client gets 08006, not 28P01."""
 
 
-def read_auth_file(path: str) -> dict[str, Secret]:
-    """PgBouncer's auth_file: `"role" "SCRAM-SHA-256$..."` per line; anything but a SCRAM secret is refused."""
-    secrets_by_role, problems = {}, []
+def _quoted_pairs(path: str, what: str) -> tuple[dict[str, str], list[str]]:
+    found, problems = {}, []
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith(";"):
             continue
         try:
             role, text = shlex.split(line)[:2]
         except ValueError:
-            problems.append(f"{path}:{number}: expected two quoted fields")
+            problems.append(f"{path}:{number}: expected two quoted fields, a role and its {what}")
             continue
+        found[role] = text
+    return found, problems
+
+
+def read_login_file(path: str) -> dict[str, str]:
+    """[tokens] login_file: `"role" "password"` per line, for roles that log in by token alone."""
+    logins, problems = _quoted_pairs(path, "password")
+    if problems:
+        raise ConfigError(problems, path)
+    return logins
+
+
+def read_auth_file(path: str) -> dict[str, Secret]:
+    """PgBouncer's auth_file: `"role" "SCRAM-SHA-256$..."` per line; anything but a SCRAM secret is refused."""
+    pairs, problems = _quoted_pairs(path, "SCRAM secret")
+    secrets_by_role = {}
+    for role, text in pairs.items():
         secret = Secret.parse(text)
         if secret is None:
-            problems.append(f"{path}:{number}: {role}: not a SCRAM-SHA-256 secret (plain and md5 are refused)")
+            problems.append(f"{path}: {role}: not a SCRAM-SHA-256 secret (plain and md5 are refused)")
             continue
         secrets_by_role[role] = secret
     if problems:
@@ -50,8 +68,18 @@ class Credentials:
     """secret(role): its Secret, a mock one when it does not exist (so the login fails the same way), from
     auth_file or from auth_query; forget(role) after a failed login, so that a changed password is read again."""
 
-    def __init__(self, config: PoolConfig, tls: TlsConfig, nodes: Callable[[], list[NodeState]]) -> None:
+    def __init__(
+        self,
+        config: PoolConfig,
+        tls: TlsConfig,
+        nodes: Callable[[], list[NodeState]],
+        tokens: TokensConfig | None = None,
+        cluster: str = "demo",
+    ) -> None:
         self.config, self.tls, self.nodes = config, tls, nodes
+        self.tokens = Tokens(tokens, cluster) if tokens is not None and tokens.keys else None
+        self._logins = read_login_file(tokens.login_file) if tokens is not None and tokens.login_file else {}
+        self._keys: dict[str, bytes] = {}  # role -> the ClientKey of its last SCRAM login here, for token logins
         self._file = read_auth_file(config.auth_file) if config.auth_file else None
         self._cache: dict[str, tuple[float, Secret | None]] = {}
         self._pending: dict[str, asyncio.Future[Secret | None]] = {}
@@ -100,6 +128,27 @@ class Credentials:
 
     def forget(self, role: str) -> None:
         self._cache.pop(role, None)
+
+    def remember(self, role: str, client_key: bytes) -> None:
+        """A role logged in with SCRAM: its ClientKey can log a token client of that role into the nodes."""
+        self._keys[role] = client_key
+
+    def login_key(self, role: str, secret: Secret) -> bytes | None:
+        """A ClientKey that logs role into the nodes under its current secret: remembered from a SCRAM login,
+        or derived from [tokens] login_file; None when pgaurora holds neither (or they are out of date)."""
+        remembered = self._keys.get(role)
+        if remembered is not None and hashlib.sha256(remembered).digest() == secret.stored_key:
+            return remembered
+        password = self._logins.get(role)
+        return client_key_of(password, secret) if password is not None else None
+
+    def reload_tokens(self, tokens: TokensConfig, cluster: str) -> None:
+        """[tokens] again (a reload): keys rotate, the login file is read again."""
+        if self.tokens is None:
+            self.tokens = Tokens(tokens, cluster) if tokens.keys else None
+        else:
+            self.tokens.reload(tokens)
+        self._logins = read_login_file(tokens.login_file) if tokens.login_file else {}
 
     async def _lookup(self, role: str) -> Secret | None:
         errors = []

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
-from ..core.config import PoolMode
+from ..core.config import PoolMode, RuleMethod
 from ..core.errors import ProxyError, UpstreamUnavailable
 from ..wire import Authentication, BackendKeyData, ParameterStatus, RemoteProtocolError, encode, error_response
 from ..wire.frontend import (
@@ -24,11 +24,13 @@ from ..wire.frontend import (
     target,
     target_message,
 )
+from . import rules
 from .credentials import LookupFailed
 from .pool import Pool, PoolClosed, ServerLink, Waiter
 from .replies import PASS, SWALLOW, SYNC, ServerStream
 from .scram import MECHANISM, ScramFailed, Secret, ServerExchange
 from .statements import NOTHING, Effect, effect
+from .tokens import TokenRefused
 
 if TYPE_CHECKING:
     from ..core.config import Config
@@ -102,6 +104,7 @@ def _set_config(name: str, value: str) -> str:
 MAX_MESSAGE = 1 << 30
 RESTORE = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL"  # RESET ALL leaves the role as it is
 _SASL_OFFER = encode(Authentication(10, MECHANISM.encode() + b"\0\0"))
+_PASSWORD_REQUEST = encode(Authentication(3))  # a token is sent as a cleartext password, over TLS only
 _AUTH_OK = encode(Authentication(0))
 _EXTENDED = frozenset({b"P", b"B", b"D", b"C", b"F"})
 
@@ -110,7 +113,9 @@ class PooledClient:
     """Splits the client's stream into messages by their headers, lends it a server connection per session or
     per transaction, and keeps what must follow it: its settings and its protocol-level prepared statements."""
 
-    def __init__(self, gate: PoolGate, transport: asyncio.Transport, startup: StartupMessage) -> None:
+    def __init__(
+        self, gate: PoolGate, transport: asyncio.Transport, startup: StartupMessage, peer: str = "", tls: bool = False
+    ) -> None:
         self.gate, self.transport = gate, transport
         self.mode = gate.pool_mode
         self.renaming = self.mode is PoolMode.TRANSACTION and gate.config.pool.max_prepared_statements > 0
@@ -148,7 +153,9 @@ class PooledClient:
         self.task: asyncio.Task[None] | None = None  # a secret lookup, or a wait for a node, while logging in
         loop = asyncio.get_running_loop()
         self.deadline: asyncio.TimerHandle | None = loop.call_later(gate.config.proxy.startup_timeout, self._too_slow)
-        transport.write(_SASL_OFFER)
+        self.rule = "0"  # the [[rules]] entry that decided how it logs in (0: the default), for the metrics
+        self.by_token = False
+        self._begin_login(peer, tls)
 
     # -- from the client ------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
@@ -183,6 +190,26 @@ class PooledClient:
         self.close()
 
     # -- authentication at the proxy: callbacks, no task unless a secret must be read ---------------------
+    def _begin_login(self, peer: str, tls: bool) -> None:
+        """The first rule that matches this client decides: SCRAM, a token over TLS, or a refusal (28000)."""
+        found = rules.match(self.gate.config.rules, self.gate.name, self.database, self.user, peer, tls)
+        self.rule = str(found.number) if found is not None else "none"
+        if found is None or found.method is RuleMethod.REJECT:
+            detail = rules.no_rule_message(self.gate.name, self.database, self.user, peer, tls)
+            self._refused("28000", detail if found is None else f"pgaurora rule {found.number} rejects this client")
+        elif found.method is RuleMethod.TOKEN and not tls:
+            message = f'token authentication failed for user "{self.user}": a token is only accepted over TLS'
+            self._refused("28P01", message, "Connect with sslmode=require or stricter.")
+        elif found.method is RuleMethod.TOKEN:
+            self.by_token = True
+            self.transport.write(_PASSWORD_REQUEST)
+        else:
+            self.transport.write(_SASL_OFFER)
+
+    def _refused(self, sqlstate: str, message: str, detail: str | None = None) -> None:
+        self.gate.state.rule_counted(self.gate.name, self.rule, "refused")
+        self.fail(sqlstate, message, detail)
+
     def _authenticating(self, kind: bytes, payload: bytes) -> None:
         if self.closed:
             return
@@ -192,7 +219,9 @@ class PooledClient:
         try:
             if kind != b"p":
                 raise ScramFailed("expected a SASL response")
-            if self.exchange is None:
+            if self.by_token:
+                self._token(payload)
+            elif self.exchange is None:
                 self._initial(payload)
             else:
                 self._final(self.exchange, payload)
@@ -234,7 +263,45 @@ class PooledClient:
         if self.known is None or exchange.client_key is None:
             raise ScramFailed("no such role")
         self.secret, self.client_key, self.exchange = self.known, exchange.client_key, None
+        self.gate.credentials.remember(self.user, self.client_key)
         self.transport.write(encode(Authentication(12, final.encode())) + _AUTH_OK)
+        self._authenticated()
+
+    def _token(self, payload: bytes) -> None:
+        """A token sent as the password (over TLS): its signature, expiry, role and endpoint, then the role's
+        secret and the key pgaurora holds to log it into the nodes."""
+        tokens = self.gate.credentials.tokens
+        token = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
+        try:
+            if tokens is None:
+                raise TokenRefused("no [tokens] keys are configured")
+            tokens.verify(token, self.user, self.gate.name)
+        except TokenRefused as exc:
+            self._refused("28P01", f'token authentication failed for user "{self.user}": {exc}')
+            return
+        self.task = asyncio.get_running_loop().create_task(self._token_login())
+
+    async def _token_login(self) -> None:
+        credentials = self.gate.credentials
+        try:
+            secret = await credentials.secret(self.user)
+        except LookupFailed as exc:
+            self.fail("08006", str(exc))
+            return
+        finally:
+            self.task = None
+        key = credentials.login_key(self.user, secret) if secret is not None else None
+        if secret is None or key is None:
+            why = "pgaurora holds no login for this role (add it to [tokens] login_file)"
+            self._refused("28P01", f'token authentication failed for user "{self.user}": {why}')
+            return
+        self.secret, self.client_key = secret, key
+        self.transport.write(_AUTH_OK)
+        self._authenticated()
+
+    def _authenticated(self) -> None:
+        """Logged in at the proxy: greet at once when the nodes' parameters are known, else through a lend."""
+        self.gate.state.rule_counted(self.gate.name, self.rule, "accepted")
         known = self.gate.known_params(self.database, self.user)
         if known:  # the nodes' parameters are known: the session begins without a server connection
             self._welcome(known)
@@ -243,6 +310,7 @@ class PooledClient:
         if pool is None:
             self.task = asyncio.get_running_loop().create_task(self._greet_later())
         else:  # the first client of this pool: a connection proves the key and tells the parameters
+            assert self.secret is not None
             self.waiting = pool.lend(self._greet, self._not_lent, self.client_key, self.secret)
 
     async def _greet_later(self) -> None:
@@ -279,7 +347,7 @@ class PooledClient:
 
     def _refuse(self) -> None:
         self.gate.credentials.forget(self.user)
-        self.fail("28P01", f'password authentication failed for user "{self.user}"')
+        self._refused("28P01", f'password authentication failed for user "{self.user}"')
 
     def _too_slow(self) -> None:
         self.deadline = None

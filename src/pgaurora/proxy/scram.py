@@ -45,6 +45,14 @@ class Secret:
         return cls(MOCK_ITERATIONS, salt, secrets.token_bytes(32), secrets.token_bytes(32))
 
 
+def client_key_of(password: str, secret: Secret) -> bytes | None:
+    """The ClientKey a password gives under this secret's salt and iterations, or None when it is not the
+    role's password. (PostgreSQL prepares the password with SASLprep; a password of ASCII needs none.)"""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), secret.salt, secret.iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    return client_key if hmac.compare_digest(hashlib.sha256(client_key).digest(), secret.stored_key) else None
+
+
 def _b64d(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
 

@@ -54,11 +54,15 @@ class ProxyState:
         self.by_address: Counter[str] = Counter()  # client address -> its connections open
         self.by_role: Counter[str] = Counter()  # role -> client connections that named it at startup
         self.limited_total: Counter[str] = Counter()  # limit (total, address, role) -> clients it refused
+        self.rules_total: Counter[tuple[str, str, str]] = Counter()  # (endpoint, rule, accepted|refused) -> logins
 
     def client_opened(self, address: str = "") -> Seat:
         self.clients += 1
         self.by_address[address] += 1
         return Seat(address)
+
+    def rule_counted(self, endpoint: str, rule: str, outcome: str) -> None:
+        self.rules_total[(endpoint, rule, outcome)] += 1
 
     def seated(self, seat: Seat, role: str) -> None:
         """The client named its role (its startup packet): it counts against that role's limit too."""

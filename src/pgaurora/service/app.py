@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from ..core import config as config_mod
 from ..core import reconfigure
 from ..core.config import Config, Fallback, PoolMode
-from ..core.errors import ConfigError
+from ..core.errors import ClusterError, ConfigError
 from ..core.eventlog import EventLog
 from ..core.sslcontexts import Contexts
 from ..core.topology import Health, NodeState, Role, Topology, TopologyHub
@@ -30,6 +30,7 @@ from ..proxy.credentials import Credentials
 from ..proxy.endpoint import Endpoint
 from ..proxy.relays import proxy_state
 from ..proxy.router import EndpointKind, Router
+from ..proxy.tokens import TokenRefused
 from .admin.server import AdminServer
 
 log = logging.getLogger("pgaurora")
@@ -152,6 +153,23 @@ class Service:
             )
         return reloaded
 
+    def issue_token(self, role: str, ttl: float | None, endpoints: tuple[str, ...]) -> dict[str, Any]:
+        """POST /tokens: a token signed with the current [tokens] key (ClusterError when there is none)."""
+        tokens = self.credentials.tokens if self.credentials is not None else None
+        if tokens is None:
+            raise ClusterError("tokens need a pooled endpoint and [tokens] keys in the config")
+        names = {"writer", "reader", *(e.name for e in self.config.endpoints)}
+        unknown = sorted(set(endpoints) - names)
+        if unknown:
+            raise ClusterError(f"no such endpoint: {', '.join(unknown)}")
+        try:
+            issued = tokens.issue(role, ttl, endpoints)
+        except TokenRefused as exc:
+            raise ClusterError(str(exc)) from None
+        self.events.record("token_issued", f"a token for role {role} until {issued.expires_at}", role=role,
+                           expires_at=issued.expires_at, key=issued.key_id)  # fmt: skip
+        return {"token": issued.token, "user": role, "expires_at": issued.expires_at, "key": issued.key_id}
+
     async def reload(self) -> dict[str, Any]:
         """SIGHUP, POST /reload: the certificate, and the config file validated whole. Nothing changes when
         the file has a problem, or changes a setting that needs a restart (ConfigError says which)."""
@@ -191,6 +209,8 @@ class Service:
         self.config = self.router.config = config
         for endpoint in (self.writer, self.reader, *self.custom):
             endpoint.config = config
+        if self.credentials is not None:
+            self.credentials.reload_tokens(config.tokens, config.cluster)
         if self.dns is not None:
             self.dns.zone = Zone(
                 config.zone, config.dns.ttl, config.reader.fallback is Fallback.WRITER, config.endpoints
@@ -283,4 +303,4 @@ def credentials_for(config: Config, hub: TopologyHub) -> Credentials | None:
         up = [n for n in topology.nodes if n.health is not Health.UNREACHABLE and n.role is not Role.FENCED]
         return sorted(up, key=lambda n: n.name != topology.writer)
 
-    return Credentials(config.pool, config.tls, nodes)
+    return Credentials(config.pool, config.tls, nodes, config.tokens, config.cluster)

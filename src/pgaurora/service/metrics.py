@@ -145,6 +145,14 @@ def proxy_metrics(state: ProxyState) -> Iterator[Metric]:
     for kind, count in sorted(state.limited_total.items()):
         limited.add_metric([kind], count)
     yield limited
+    logins = CounterMetricFamily(
+        "pgaurora_rule_logins",
+        "Logins at a pooled endpoint per [[rules]] entry that decided (0: the default, none: no rule matched)",
+        labels=["endpoint", "rule", "outcome"],
+    )
+    for (endpoint, rule, outcome), count in sorted(state.rules_total.items()):
+        logins.add_metric([endpoint, rule, outcome], count)
+    yield logins
     for name, counts, text in (
         ("pgaurora_allowlist_accepted", state.allowed_total, "let in by"),
         ("pgaurora_allowlist_refused", state.disallowed_total, "closed at once by"),

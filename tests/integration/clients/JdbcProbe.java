@@ -8,7 +8,7 @@ public class JdbcProbe {
     public static void main(String[] args) throws Exception {
         String url = args[0];
         String write = args.length > 1 ? args[1] : null;
-        try (Connection conn = DriverManager.getConnection(url, "postgres", System.getenv("PGPASSWORD"));
+        try (Connection conn = DriverManager.getConnection(url, System.getenv().getOrDefault("PGUSER", "postgres"), System.getenv("PGPASSWORD"));
              Statement st = conn.createStatement()) {
             if (write != null) {
                 st.executeUpdate(write);

@@ -112,6 +112,17 @@ class BacktrackParams(Params):
         return value
 
 
+class TokenParams(Params):
+    user: Annotated[str, Field(min_length=1, max_length=63, description="The role the token logs in as.")]
+    ttl: Annotated[
+        float | None, Field(gt=0, le=86400, description="Seconds it lives (default: [tokens] default_ttl).")
+    ] = None
+    endpoints: Annotated[
+        tuple[Annotated[str, Field(pattern=_NODE_PATTERN)], ...],
+        Field(max_length=16, description="The endpoints it is good for (default: every one)."),
+    ] = ()
+
+
 def _failover_scope(params: Params) -> AdminScope:
     return AdminScope.ADMIN if getattr(params, "accept_data_loss", False) else AdminScope.OPERATE
 
@@ -187,6 +198,7 @@ ROUTES: tuple[Route, ...] = (
         RestartParams,
         "Rolling restart with new settings or binaries: replicas, a switchover, then the old primary.",
     ),
+    Route("POST", "/tokens", "issue_token", OP, TokenParams, "A short-lived token a client sends as its password."),
     Route("POST", "/backups", "take_backup", OP, BackupParams, "A backup now, from a healthy replica if any."),
     Route("GET", "/backups", "list_backups", RD, NoParams, "The backups and the range a restore can reach."),
     Route("POST", "/backtrack", "backtrack", AD, BacktrackParams, "Rewind the cluster's data in place to a moment."),

@@ -36,6 +36,7 @@ from .routes import (
     RestartParams,
     Route,
     SwitchoverParams,
+    TokenParams,
     openapi,
     validate,
 )
@@ -82,6 +83,8 @@ class AdminHost(metrics.MetricsHost, Protocol):
     def reader_nodes(self) -> list[str]: ...
 
     async def reload(self) -> dict[str, Any]: ...
+
+    def issue_token(self, role: str, ttl: float | None, endpoints: tuple[str, ...]) -> dict[str, Any]: ...
 
 
 log = logging.getLogger("pgaurora.admin")
@@ -379,6 +382,10 @@ class AdminServer:
     async def reload(self, params: NoParams) -> web.Response:
         """Reload the endpoints' TLS certificate and key, and the config file, as SIGHUP does."""
         return _json(await self.service.reload())
+
+    async def issue_token(self, params: TokenParams) -> web.Response:
+        """A signed token for a role; it is in this answer alone (never in the audit trail or a log)."""
+        return _json(self.service.issue_token(params.user, params.ttl, params.endpoints))
 
     async def drain(self, params: NodeParams) -> web.Response:
         return await self._monitor_request(Drain(params.node))
