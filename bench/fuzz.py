@@ -3,7 +3,8 @@
     python bench/fuzz.py TARGET [--runs N] [--grow]
 
 Targets: startup (the client's packets before authentication), framer (the backend message framer and
-decoder), config (a config file), admin (the admin API's parameter validation). Each starts from its seed
+decoder), config (a config file), admin (the admin API's parameter validation), scram (the proxy's SCRAM
+server, a client's two messages), token (a token sent as a password). Each starts from its seed
 corpus in tests/fuzz/corpus/TARGET (copied to a scratch directory; --grow adds what the run found to the
 seeds instead). A crash, or an input that takes over a second, is saved in tests/fuzz/crashes/TARGET and
 the run exits non-zero: turn each one into a regression test (tests/unit/test_fuzz_corpus.py replays
@@ -23,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FUZZ = HERE.parent / "tests" / "fuzz"
-TARGETS = ("startup", "framer", "config", "admin")
+TARGETS = ("startup", "framer", "config", "admin", "scram", "token")
 
 
 def check_startup(data: bytes) -> None:
@@ -86,7 +87,74 @@ def check_admin(data: bytes) -> None:
         pass
 
 
-CHECKS = {"startup": check_startup, "framer": check_framer, "config": check_config, "admin": check_admin}
+_SECRET = None
+
+
+def _scram_secret():
+    """A real secret for the password "pw" (made once: PBKDF2 is slow on purpose)."""
+    global _SECRET
+    if _SECRET is None:
+        import base64
+        import hashlib
+        import hmac
+
+        from pgaurora.proxy.scram import Secret
+
+        salted = hashlib.pbkdf2_hmac("sha256", b"pw", b"fuzz-salt", 16)
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        server_key = hmac.digest(salted, b"Server Key", "sha256")
+        stored = base64.b64encode(hashlib.sha256(client_key).digest()).decode()
+        salt = base64.b64encode(b"fuzz-salt").decode()
+        _SECRET = Secret.parse(f"SCRAM-SHA-256$16:{salt}${stored}:{base64.b64encode(server_key).decode()}")
+    return _SECRET
+
+
+def check_scram(data: bytes) -> None:
+    """The proxy's SCRAM server: a client's SASLInitialResponse payload, then its final message (split at the
+    first newline). Only ScramFailed or a ProtocolError may come out."""
+    from pgaurora.proxy.scram import ScramFailed, ServerExchange
+    from pgaurora.wire.errors import ProtocolError
+    from pgaurora.wire.frontend import read_sasl_initial
+
+    initial, _, final = data.partition(b"\n")
+    try:
+        mechanism, first = read_sasl_initial(initial)
+        exchange = ServerExchange(_scram_secret())
+        exchange.first(first)
+        exchange.final(final.decode("utf-8", "replace"))
+    except (ScramFailed, ProtocolError):
+        pass
+
+
+_TOKENS = None
+
+
+def check_token(data: bytes) -> None:
+    """A token as a client sends it for its password: claims or TokenRefused, nothing else."""
+    global _TOKENS
+    from pgaurora.proxy.tokens import TokenRefused, Tokens
+
+    if _TOKENS is None:
+        from pgaurora.core.config import TokenKey, TokensConfig
+
+        key = Path(tempfile.mkdtemp(prefix="pgaurora-fuzz-key-")) / "k1"
+        key.write_text("fuzz-key-" * 8)
+        key.chmod(0o600)
+        _TOKENS = Tokens(TokensConfig(keys=(TokenKey(id="k1", file=str(key)),)), "demo")
+    try:
+        _TOKENS.verify(data.split(b"\0", 1)[0].decode("utf-8", "replace"), "app", "writer")
+    except TokenRefused:
+        pass
+
+
+CHECKS = {
+    "startup": check_startup,
+    "framer": check_framer,
+    "config": check_config,
+    "admin": check_admin,
+    "scram": check_scram,
+    "token": check_token,
+}
 
 
 def _fuzz(target: str, runs: int, corpus: Path, crashes: Path) -> None:
@@ -95,9 +163,12 @@ def _fuzz(target: str, runs: int, corpus: Path, crashes: Path) -> None:
 
     with atheris.instrument_imports(include=["pgaurora"]):
         import pgaurora.core.config
+        import pgaurora.proxy.scram
+        import pgaurora.proxy.tokens
         import pgaurora.service.admin.routes
         import pgaurora.wire.codec
-        import pgaurora.wire.framer  # noqa: F401  (imported here to be instrumented)
+        import pgaurora.wire.framer
+        import pgaurora.wire.frontend  # noqa: F401  (imported here to be instrumented)
     check = CHECKS[target]
     atheris.Setup(
         [
