@@ -182,10 +182,12 @@ class ClientProtocol(asyncio.Protocol):
     def _ssl_request(self) -> None:
         if self.tls is not None:
             raise RemoteProtocolError("SSLRequest received on a connection that is already encrypted")
-        if self.decoder.take_rest():  # CVE-2021-23214: nothing may be buffered across the handshake
+        buffered = self.decoder.take_rest()
+        if self._tls_context() is None:
+            self.transport.write(b"N")  # as PostgreSQL answers, before it looks at what else was sent
+        if buffered:  # CVE-2021-23214: nothing may be sent after an SSLRequest before its answer is read
             raise RemoteProtocolError("received unencrypted data after SSL request")
         if self._tls_context() is None:
-            self.transport.write(b"N")
             return
         self.transport.write(b"S")
         self._start_tls(b"")
