@@ -68,6 +68,7 @@ def local_cluster(work: Path, port: int, max_connections: int) -> Iterator[Bench
         toml = (
             f'{nodes}[monitor]\npassword = "{cluster.password}"\n[failover]\nsync_mode = "off"\n'
             f'replication_password = "{cluster.replication_password}"\n'
+            f'replication_passfile = "{cluster.passfile}"\n'
         )
         yield BenchCluster(
             (cluster.primary.host, cluster.port),

@@ -118,7 +118,7 @@ def check_scram(data: bytes) -> None:
 
     initial, _, final = data.partition(b"\n")
     try:
-        mechanism, first = read_sasl_initial(initial)
+        _, first = read_sasl_initial(initial)
         exchange = ServerExchange(_scram_secret())
         exchange.first(first)
         exchange.final(final.decode("utf-8", "replace"))

@@ -91,6 +91,7 @@ def service_config(cluster: LocalCluster, **overrides) -> config_mod.Config:
         "monitor": {"user": "postgres", "password": cluster.password, "probe_interval": 0.2},
         "failover": {
             "replication_password": cluster.replication_password,
+            "replication_passfile": str(cluster.passfile),
             "sync_mode": "quorum" if cluster.synchronous else "off",
         },
         # Faults in most tests must last: they test failover, not healing (tests/integration/test_heal.py does)

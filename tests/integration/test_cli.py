@@ -146,7 +146,8 @@ def test_a_second_up_that_clashes_names_every_conflict_and_leaves_nothing_behind
     try:
         first.wait_for_line("pgaurora is ready", 90)
         text = "\n".join(first.lines)
-        assert f"DATABASE_URL=postgresql://postgres:s3cret@127.0.0.1:{ports[1]}/postgres   # reads" in text
+        assert f"DATABASE_URL=postgresql://postgres:PASSWORD@127.0.0.1:{ports[1]}/postgres   # reads" in text
+        assert "s3cret" not in text  # a password given is never printed
         assert f"jdbc:postgresql://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}/postgres?" in text
         other = state_dir.parent / "other"
         clash = [*args[:2], str(other), *args[3:]]  # the same addresses and ports, another --dir

@@ -46,7 +46,13 @@ reset_state_option = click.option(
     default=None,
     help="State directory (default /var/lib/pgaurora/NAME as root).",
 )
-@click.option("--password", default=None, help="Password of the postgres user (generated if omitted).")
+@click.option(
+    "--password",
+    default=None,
+    envvar="PGAURORA_PASSWORD",
+    help="Password of the postgres user (generated and printed if omitted). Prefer $PGAURORA_PASSWORD: an option "
+    "shows in the process list. A password given is never printed.",
+)
 @click.option("--name", default="demo", show_default=True, help="Cluster name; the DNS zone is NAME.pgaurora.internal.")
 @click.option(
     "--port", default=5432, show_default=True, type=click.IntRange(1, 65535), help="Port every node listens on."

@@ -110,6 +110,7 @@ def build_config(
             "monitor": {"user": "postgres", "password": cluster.password},
             "failover": {
                 "replication_password": cluster.replication_password,
+                "replication_passfile": str(cluster.passfile),
                 "sync_mode": "quorum" if cluster.synchronous else "off",
                 "sync_acks": cluster.sync_acks if cluster.synchronous else 1,
             },
@@ -150,13 +151,13 @@ def connection_strings(cfg: config_mod.Config, password: str) -> list[str]:
     ]
 
 
-def _tls_lines(cluster: LocalCluster, cfg: config_mod.Config) -> list[str]:
+def _tls_lines(cluster: LocalCluster, cfg: config_mod.Config, password: str) -> list[str]:
     if not cluster.tls:
         return []
     ca, w = cluster.authority().cert_file, cfg.writer
     return [
         f"  TLS: clients verify the endpoints with the CA {ca}",
-        f'  PGPASSWORD={cluster.password} psql "host={w.host} port={w.port} user=postgres '
+        f'  PGPASSWORD={password} psql "host={w.host} port={w.port} user=postgres '
         f'sslmode=verify-full sslrootcert={ca}"',
     ]
 
@@ -165,8 +166,15 @@ def _pooling(mode: str) -> str:
     return "passthrough: one backend per client" if mode == "passthrough" else f"pooled per {mode}"
 
 
-def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
+GIVEN = "PASSWORD"  # what the banner shows for a password the user gave: it is never printed
+
+
+def _ready_text(cluster: LocalCluster, cfg: config_mod.Config, given: bool) -> str:
+    """What to connect to. A password pgaurora generated is shown (it is in cluster.json, mode 600, too); one
+    the user gave (--password, PGAURORA_PASSWORD) is not: the lines name it PASSWORD."""
     w, r, d = cfg.writer, cfg.reader, cfg.dns
+    pw = GIVEN if given else cluster.password
+    shown = "(the one given: not printed)" if given else f"{cluster.password}   (generated; kept in cluster.json)"
     return "\n".join(
         [
             f"writer endpoint  {w.host}:{w.port}   (the current primary; {_pooling(w.pool_mode.value)})",
@@ -174,13 +182,13 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config) -> str:
             f"admin endpoint   http://{cfg.admin.host}:{cfg.admin.port}/status",
             f"admin token      {local_token_file(cfg)}   (mode 600; pgaurora commands on this host read it)",
             f"dns              {d.host}:{d.port}   zone {cfg.zone}",
-            f"password         {cluster.password}   (user postgres)",
+            f"password         {shown}   (user postgres)",
             "",
-            f"  PGPASSWORD={cluster.password} psql -h {w.host} -p {w.port} -U postgres   # read/write",
-            f"  PGPASSWORD={cluster.password} psql -h {r.host} -p {r.port} -U postgres   # read-only",
+            f"  PGPASSWORD={pw} psql -h {w.host} -p {w.port} -U postgres   # read/write",
+            f"  PGPASSWORD={pw} psql -h {r.host} -p {r.port} -U postgres   # read-only",
             f"  dig @{d.host} -p {d.port} +short writer.{cfg.zone}",
-            *connection_strings(cfg, cluster.password),
-            *_tls_lines(cluster, cfg),
+            *connection_strings(cfg, pw),
+            *_tls_lines(cluster, cfg, pw),
             "  pgaurora status",
             "",
             "pgaurora is ready",
@@ -236,7 +244,7 @@ def run_up(
         cfg = build_config(cluster, ports, host=host, dcs=dcs, backup=backup, pool=pool)  # after up: certificates exist
         log_name = f"events-{instance}.jsonl" if instance else "events.jsonl"
         service = Service(cfg, cluster=cluster, events=EventLog(cluster.root / log_name), reset_state=reset_state)
-        serve(service, lambda: click.echo(_ready_text(cluster, cfg)))
+        serve(service, lambda: click.echo(_ready_text(cluster, cfg, given=password is not None)))
     finally:
         if instance is None:  # one instance of several leaves the nodes to the others
             click.echo("stopping the cluster")

@@ -282,6 +282,8 @@ class LocalCluster:
         return f"created cluster {self.name!r} in {self.root}"
 
     def start(self) -> None:
+        if not self.passfile.exists():  # a cluster made before the pgpass file was
+            self.write_passfile()
         for node in self.nodes:
             if node.name in self.parked:
                 continue
@@ -325,6 +327,21 @@ class LocalCluster:
                 f"user {self.user.name!r} cannot reach {self.root}: "
                 "make every parent directory searchable (chmod o+x) or choose another --dir"
             )
+        self.write_passfile()
+
+    @property
+    def passfile(self) -> Path:
+        """The replication password as a pgpass file (mode 600, the nodes' user's): primary_conninfo names it
+        rather than carry the password, which PostgreSQL would write to its log whenever the setting changes."""
+        return self.root / "replication.pgpass"
+
+    def write_passfile(self) -> None:
+        escaped = self.replication_password.replace("\\", "\\\\").replace(":", "\\:")
+        fd = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"*:*:*:replicator:{escaped}\n")
+        os.chmod(self.passfile, 0o600)
+        self.user.chown(str(self.passfile))
 
     def _init_primary(self) -> None:
         node = self.primary
@@ -495,7 +512,7 @@ class LocalCluster:
         """primary_conninfo for node streaming from upstream."""
         return (
             f"host={upstream.host} port={upstream.port} user=replicator "
-            f"password={self.replication_password} application_name={node.name}"
+            f"passfile={self.passfile} application_name={node.name}"
         )
 
     def save(self) -> None:

@@ -670,6 +670,9 @@ class FailoverConfig(_Frozen):
     """Role replicas stream as, written into primary_conninfo when the monitor re-points them."""
     replication_password: str | None = None
     """Its password."""
+    replication_passfile: str | None = None
+    """A pgpass file holding that password, at this path on every node's host: primary_conninfo then names it
+    instead of carrying the password, which PostgreSQL writes to its log whenever the setting changes."""
     promote_timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds pg_promote may take."""
     catchup_timeout: Annotated[float, Field(gt=0)] = 5.0

@@ -26,7 +26,9 @@ def conninfo_value(value: object) -> str:
 def replication_conninfo(config: Config, upstream: NodeConfig, application_name: str) -> str:
     host, port = upstream.replication_address
     parts = {"host": host, "port": port, "user": config.failover.replication_user, "application_name": application_name}
-    if config.failover.replication_password:
+    if config.failover.replication_passfile:
+        parts["passfile"] = config.failover.replication_passfile
+    elif config.failover.replication_password:
         parts["password"] = config.failover.replication_password
     return " ".join(f"{k}={conninfo_value(v)}" for k, v in parts.items())
 
