@@ -175,6 +175,14 @@ def test_rules_reject_a_database_and_refuse_what_no_rule_matches_with_28000(toke
     assert answer[:1] == b"E" and b"C28000" in answer, answer
     assert b'no pgaurora rule for host "127.0.0.2", user "postgres", database "postgres", no encryption' in answer
     assert 'rule="none"' in admin(svc.admin_url + "/metrics")
+    _, config, _ = tokened
+    opened = config.model_copy(update={"rules": (*config.rules[:1], *config.rules[2:])})  # rule 2 removed
+    try:
+        svc.call(svc.service.apply_config(opened, "no more rejecting the forbidden database"))
+        message = _refusal(svc.dsn("writer", dbname="forbidden", sslmode="disable"))
+        assert 'database "forbidden" does not exist' in message, message  # let in: the node itself answers
+    finally:
+        svc.call(svc.service.apply_config(config, "the rules again"))
 
 
 def test_tokens_cannot_be_issued_without_the_operate_scope_or_keys(tokened, tmp_path):

@@ -134,3 +134,31 @@ def test_a_pooled_endpoint_needs_a_source_of_secrets_and_cannot_yet_reach_nodes_
     assert "reader pool connections, which do not connect to the nodes over TLS yet" in str(tls.value)
     pooled = build({"nodes": nodes, "writer": {"pool_mode": "transaction"}, "pool": {"auth_user": "a"}})
     assert pooled.pool.pool_size == 20
+
+
+def test_token_keys_and_rules_are_checked_at_load_with_every_problem_named(tmp_path):
+    loose, short = tmp_path / "loose.key", tmp_path / "short.key"
+    loose.write_text("x" * 40)
+    loose.chmod(0o644)
+    short.write_text("x" * 10)
+    short.chmod(0o600)
+    with pytest.raises(ConfigError) as caught:
+        build(
+            {
+                "nodes": [{"name": "n1", "host": "127.0.0.11"}],
+                "tokens": {"keys": [{"id": "a", "file": str(loose)}, {"id": "b", "file": str(short)}]},
+                "rules": [{"endpoints": ["nowhere"], "method": "scram"}, {"method": "token", "tls": "none"}],
+            }
+        )
+    text = str(caught.value)
+    assert "readable by group or others" in text and "holds fewer than 32 bytes" in text, text
+    with pytest.raises(ConfigError) as rules:
+        build(
+            {
+                "nodes": [{"name": "n1", "host": "127.0.0.11"}],
+                "rules": [{"endpoints": ["nowhere"], "method": "scram"}, {"method": "token", "tls": "none"}],
+            }
+        )
+    text = str(rules.value)
+    assert "rules[1]: unknown endpoints nowhere" in text and "method 'token' needs [tokens] keys" in text, text
+    assert "a token is only accepted over TLS, and this rule matches none" in text

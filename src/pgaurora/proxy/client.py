@@ -48,6 +48,9 @@ class Gate(PoolGate, Protocol):
 
     def watch(self, session: Session) -> None: ...
 
+    @property
+    def starting(self) -> set[ClientProtocol]: ...
+
 
 log = logging.getLogger("pgaurora.proxy")
 
@@ -69,6 +72,7 @@ class ClientProtocol(asyncio.Protocol):
         self.disallowed = False  # refused by the endpoint's allow-list: closed at once
         self.pooled: PooledClient | None = None  # on a pooled endpoint, after the startup packet
         self.seat: Seat | None = None  # what the connection limits count of it
+        self.forwarded = b""  # what went to the node before it answered: sent again if the startup moves
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream's Transport
@@ -88,6 +92,8 @@ class ClientProtocol(asyncio.Protocol):
         elif self.server is not None:
             if self.tls is not None and not self._binding_refused(self.server, data):
                 return
+            if not self.server.answered:
+                self.forwarded += data
             self.server.transport.write(data)  # authentication exchange
         elif self.task is not None:
             self.pending += data
@@ -98,6 +104,7 @@ class ClientProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.endpoint.starting.discard(self)
         if self.session is not None or self.disallowed:
             return  # the Session owns the transport now; or it was never let in
         self.endpoint.state.client_closed(self.seat)
@@ -256,13 +263,28 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.server = server
         server.transport.write(self.pending)
-        self.pending = b""
+        self.forwarded, self.pending = self.pending, b""
+        self.endpoint.starting.add(self)
         self.transport.resume_reading()
+
+    def reroute(self) -> bool:
+        """The node this startup waits on stopped being one to start on (a frozen writer replaced, a fenced
+        replica): when it has sent nothing yet, drop that connection and route the same bytes again. True if
+        moved. Safe because nothing of the node reached the client: the proxy still holds the startup packet."""
+        server = self.server
+        if server is None or server.answered or self.session is not None or self.transport.is_closing():
+            return False
+        self.endpoint.starting.discard(self)
+        self.server, self.pending = None, self.forwarded
+        server.transport.abort()
+        self._start(self._connect())
+        return True
 
     # -- events from the server side -------------------------------------------------------
     def established(self, server: ServerProtocol, data: bytes, offload: bool) -> None:
         """First ReadyForQuery: hand both transports to a Session that relays unparsed, then pass
         the server's last bytes (ending with ReadyForQuery) to the client."""
+        self.endpoint.starting.discard(self)
         session = Session(server.node.name, self.endpoint.name, self.endpoint.state, self.transport, server.transport)
         session.seat = self.seat
         self.session = session
@@ -276,8 +298,8 @@ class ClientProtocol(asyncio.Protocol):
         self.endpoint.watch(session)
 
     def server_lost(self, server: ServerProtocol) -> None:
-        if self.session is not None or self.transport.is_closing():
-            return
+        if server is not self.server or self.session is not None or self.transport.is_closing():
+            return  # a connection reroute() left, or the session's own
         if server.saw_error:  # e.g. authentication failed: the FATAL was forwarded already
             self.transport.close()
         else:

@@ -53,6 +53,7 @@ class Endpoint:
         if self.pools is not None and credentials is None:
             raise ValueError(f"the {self.name} endpoint pools connections, and needs credentials")
         self._credentials = credentials
+        self.starting: set[ClientProtocol] = set()  # clients whose startup waits on a node that has not answered
         self._sweeper: asyncio.Task[None] | None = None  # closes idle pooled clients (client_idle_timeout)
         self._writer_pools: dict[tuple[str, str], tuple[int, Pool]] = {}  # (database, user): (version, pool)
         hub.subscribe(self._on_topology)
@@ -226,17 +227,32 @@ class Endpoint:
             self._drop(session, self.hub.current)
 
     def _on_topology(self, old: Topology, new: Topology) -> None:
-        if (old.writer, old.epoch) == (new.writer, new.epoch) and [n.role for n in old.nodes] == [
-            n.role for n in new.nodes
+        if (old.writer, old.epoch) == (new.writer, new.epoch) and [(n.role, n.health) for n in old.nodes] == [
+            (n.role, n.health) for n in new.nodes
         ]:
             return
         for session in self._sessions(lambda node: not self.router.still_valid(self.kind, node, new)):
             self._drop(session, new)
+        self._reroute_startups(new)
         if self.pools is not None:
             # a new writer (a failover) or a fenced replica: transactions on the node that left are lost, and end
             # now; while a switchover holds writes (no writer), they may finish (drain_timeout)
             abort = self.kind is not EndpointKind.WRITER or new.writer is not None
             self.pools.close_nodes(lambda node: self.router.still_valid(self.kind, node, new), abort)
+
+    def _reroute_startups(self, topology: Topology) -> None:
+        for client in list(self.starting):
+            node = client.server.node if client.server is not None else None
+            if node is not None and not self._may_start_on(node, topology) and client.reroute():
+                log.info("a startup waiting on %s moved: that node is no longer one to start on", node.name)
+
+    def _may_start_on(self, node: NodeState, topology: Topology) -> bool:
+        """May a startup still waiting on node go on waiting? Not once it stopped being the writer, or (a
+        replica) was fenced or found unreachable."""
+        if not self.router.still_valid(self.kind, node.name, topology):
+            return False
+        state = topology.node(node.name)
+        return self.kind is EndpointKind.WRITER or (state is not None and state.health is not Health.UNREACHABLE)
 
     def _drop(self, session: Tracked, topology: Topology) -> None:
         why = (

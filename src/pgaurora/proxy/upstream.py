@@ -55,6 +55,7 @@ class ServerProtocol(asyncio.Protocol):
         self.framer = Framer(max_message=MAX_AUTH_MESSAGE)
         self.cancel_key: tuple[int, bytes] | None = None
         self.saw_error = False
+        self.answered = False  # the node has sent something: the startup can no longer move to another node
 
     @property
     def encrypted(self) -> bool:
@@ -68,6 +69,7 @@ class ServerProtocol(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         self.framer.feed(data)
         out = []
         try:
