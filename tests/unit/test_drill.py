@@ -9,9 +9,16 @@ def test_drill_counts_a_write_acknowledged_on_an_older_timeline_as_split_brain()
     from pgaurora.drill.engine import split_brain_writes
     from pgaurora.drill.workload import Ack, Log
 
-    log = Log(acks=[Ack(1.0, 0, 0, "a", 1), Ack(2.0, 0, 1, "b", 2), Ack(2.5, 1, 0, "a", 1), Ack(3.0, 0, 2, "b", 2)])
+    log = Log(
+        acks=[
+            Ack(1.0, 0.01, 0, 0, "a", 1),
+            Ack(2.0, 0.01, 0, 1, "b", 2),
+            Ack(2.5, 0.01, 1, 0, "a", 1),
+            Ack(3.0, 0.01, 0, 2, "b", 2),
+        ]
+    )
     assert split_brain_writes(log) == 1
-    assert split_brain_writes(Log(acks=[Ack(1.0, 0, 0, "a", 1), Ack(2.0, 0, 1, "b", 2)])) == 0
+    assert split_brain_writes(Log(acks=[Ack(1.0, 0.01, 0, 0, "a", 1), Ack(2.0, 0.01, 0, 1, "b", 2)])) == 0
 
 
 def test_drill_downtime_is_the_longest_gap_across_the_fault():

@@ -133,6 +133,14 @@ def check_faults(
     help="Draw the timeline (throughput, errors, faults and phases) as a PNG here.",
 )
 @click.option(
+    "--pool",
+    type=click.Choice(["passthrough", "session", "transaction"]),
+    default="passthrough",
+    show_default=True,
+    help="The endpoints' pool_mode in the cluster the drill composes: transaction shows what a change of "
+    "writer costs pooled clients (idle ones keep their connections).",
+)
+@click.option(
     "--max-downtime",
     type=float,
     default=30.0,
@@ -151,6 +159,7 @@ def drill(
     base_address,
     json_path,
     plot_path,
+    pool,
     max_downtime,
 ) -> None:
     from rich.console import Console
@@ -164,12 +173,14 @@ def drill(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--faults") from None
     check_faults(faults, backend, config_path is not None, sync_acks, replicas)
+    if config_path is not None and pool != "passthrough":
+        raise click.BadParameter("the config file says how its endpoints pool; drop --pool", param_hint="--pool")
     if config_path is not None:
         target: ConfiguredTarget | ComposedTarget = ConfiguredTarget(config_mod.load(config_path))
     else:
         workdir = Path(tempfile.mkdtemp(prefix="pgaurora-drill-"))
         os.chmod(workdir, 0o755)  # the PostgreSQL user must reach the cluster inside
-        target = ComposedTarget(workdir, replicas, base_address, backend, sync_acks)
+        target = ComposedTarget(workdir, replicas, base_address, backend, sync_acks, pool)
     report, log = _run(target, faults, rounds, writers, readers)
     console = Console()
     console.print(round_table(report.rounds))
@@ -241,4 +252,8 @@ def _run(
 def _line(r: RoundResult) -> str:
     down = "-" if r.write_downtime is None else f"{r.write_downtime:.2f} s"
     healed = "" if r.redundant_again is None else f"; fully redundant again after {r.redundant_again:.1f} s"
-    return f"{r.fault} #{r.round}: {r.outcome}; writes down {down}{healed}; lost {r.lost}"
+    errors = ", ".join(f"{code} x{n}" for code, n in sorted(r.errors.items())) or "none"
+    return (
+        f"{r.fault} #{r.round}: {r.outcome}; writes down {down}{healed}; lost {r.lost}; "
+        f"connections dropped {r.dropped}; client errors {errors}"
+    )

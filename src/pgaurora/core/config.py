@@ -672,7 +672,8 @@ class FailoverConfig(_Frozen):
     """Its password."""
     replication_passfile: str | None = None
     """A pgpass file holding that password, at this path on every node's host: primary_conninfo then names it
-    instead of carrying the password, which PostgreSQL writes to its log whenever the setting changes."""
+    instead of carrying the password, which PostgreSQL writes to its log whenever the setting changes. (Start
+    the nodes without PGPASSWORD in their environment: libpq prefers it to the file.)"""
     promote_timeout: Annotated[float, Field(gt=0)] = 10.0
     """Seconds pg_promote may take."""
     catchup_timeout: Annotated[float, Field(gt=0)] = 5.0

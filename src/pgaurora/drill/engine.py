@@ -224,7 +224,12 @@ class Drill:
         if new_host is not None:
             result.writer_available = _first_after([a.at for a in acks if a.node == new_host], at)
             result.writer_available = None if result.writer_available is None else result.writer_available - at
-        result.errors = dict(Counter(f.code for f in list(self.log.failures) if at <= f.at <= ended))
+        failures = [f for f in list(self.log.failures) if at <= f.at <= ended]
+        result.errors = dict(Counter(f.code for f in failures))
+        result.dropped = sum(f.dropped for f in failures)
+        done = [(a.at, a.took) for a in acks] + [(r.at, r.took) for r in reads]
+        waits = [took for finished, took in done if finished - took >= at and finished <= ended]
+        result.longest_wait = max(waits, default=None)
         result.reads_by_node = dict(Counter(r.node for r in reads if at <= r.at <= ended))
         result.lost = len(self.log.acked_keys() - self._rows(self.target.writer))
 

@@ -37,6 +37,8 @@ class RoundResult:
     redundant_again: float | None = None  # every node back, streaming or writing, and commits on every copy
     lost: int = 0  # acknowledged writes missing on the writer at the end of the round
     errors: dict[str, int] = field(default_factory=dict)  # client errors by SQLSTATE
+    dropped: int = 0  # client connections that ended with an error (a pooled client's may go on)
+    longest_wait: float | None = None  # the longest write or read that began after the fault and succeeded
     reads_by_node: dict[str, int] = field(default_factory=dict)  # read spread: which nodes answered reads
 
 
@@ -71,11 +73,14 @@ class Report:
                 if values:
                     stats[phase] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
             errors = sum((Counter(r.errors) for r in mine), Counter())
+            waits = [r.longest_wait for r in mine if r.longest_wait is not None]
             out[fault] = {
                 "rounds": len(mine),
                 "phases": stats,
                 "lost": sum(r.lost for r in mine),
                 "errors": dict(errors),
+                "dropped": sum(r.dropped for r in mine),
+                "longest_wait": max(waits, default=None),
             }
         return out
 
@@ -110,7 +115,9 @@ def _s(value: float | None) -> str:
 
 def round_table(rounds: list[RoundResult]) -> Table:
     table = Table(title="rounds: seconds after the fault", title_justify="left")
-    for column in ("fault", "#", "write down", "read down", "promoted", "writes back", "healed", "lost"):
+    columns = ("fault", "#", "write down", "read down", "promoted", "writes back", "healed", "lost", "dropped",
+               "errors", "longest ok wait")  # fmt: skip
+    for column in columns:
         table.add_column(column, no_wrap=True)
     for r in rounds:
         table.add_row(
@@ -122,6 +129,9 @@ def round_table(rounds: list[RoundResult]) -> Table:
             _s(r.writer_available),
             _s(r.redundant_again),
             str(r.lost),
+            str(r.dropped),
+            ", ".join(f"{code} x{n}" for code, n in sorted(r.errors.items())) or "0",
+            _s(r.longest_wait),
         )
     return table
 

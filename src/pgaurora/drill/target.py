@@ -182,9 +182,10 @@ class ComposedTarget(Target):
         base_address: str = "127.0.3.11",
         backend: str = "local",
         sync_acks: int = 1,
+        pool: str = "passthrough",
     ) -> None:
         super().__init__()
-        self.workdir = workdir
+        self.workdir, self.pool = workdir, pool
         port, *self.ports = free_ports(5)
         self.cluster = cluster_class(backend)(
             workdir / "cluster", replicas=replicas, port=port, base_address=base_address, sync_acks=sync_acks
@@ -222,6 +223,8 @@ class ComposedTarget(Target):
             str(a),
             "--dns-port",
             str(d),
+            "--pool",
+            self.pool,
         ]
         log = open(self.workdir / "pgaurora.log", "ab")
         try:

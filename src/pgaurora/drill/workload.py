@@ -21,6 +21,7 @@ INSERT = (
 @dataclass(frozen=True, slots=True)
 class Ack:
     at: float  # wall-clock time the client got the acknowledgement
+    took: float  # seconds from sending the insert to its acknowledgement (reconnecting included)
     writer: int
     seq: int
     node: str  # the server address that committed it
@@ -30,6 +31,7 @@ class Ack:
 @dataclass(frozen=True, slots=True)
 class Read:
     at: float
+    took: float
     node: str
 
 
@@ -38,6 +40,7 @@ class Failure:
     at: float
     role: str  # "write" or "read"
     code: str  # SQLSTATE, or the exception's class when the server sent none
+    dropped: bool = True  # the client's connection ended with it (else it went on, as a pooled one does)
 
 
 @dataclass
@@ -130,29 +133,34 @@ class Workload:
     async def _write(self, writer: int) -> None:
         conn, seq = None, 0
         while not self._stop.is_set():
+            began = time.time()
             try:
                 conn = conn or await self._connect(self.writer)
                 node, timeline = await conn.fetchrow(INSERT, writer, seq, timeout=30)
-                self.log.acks.append(Ack(time.time(), writer, seq, node, timeline))
+                now = time.time()
+                self.log.acks.append(Ack(now, now - began, writer, seq, node, timeline))
                 seq += 1  # a failed insert is retried with the same number: it may have committed
             except Exception as exc:
-                await self._failed("write", exc, conn)
-                conn = None
+                conn = await self._failed("write", exc, conn)
 
     async def _read(self) -> None:
         conn = None
         while not self._stop.is_set():
+            began = time.time()
             try:
                 conn = conn or await self._connect(self.reader)
                 node = await conn.fetchval("SELECT host(inet_server_addr())", timeout=10)
-                self.log.reads.append(Read(time.time(), node))
+                now = time.time()
+                self.log.reads.append(Read(now, now - began, node))
                 await asyncio.sleep(self.read_pause)
             except Exception as exc:
-                await self._failed("read", exc, conn)
-                conn = None
+                conn = await self._failed("read", exc, conn)
 
-    async def _failed(self, role: str, exc: Exception, conn: asyncpg.Connection | None) -> None:
-        self.log.failures.append(Failure(time.time(), role, _code(exc)))
-        if conn is not None:
+    async def _failed(self, role: str, exc: Exception, conn: asyncpg.Connection | None) -> asyncpg.Connection | None:
+        """Log the failure; the connection when it goes on (an error a pooled endpoint answers), else None."""
+        survived = conn is not None and not conn.is_closed() and isinstance(exc, asyncpg.PostgresError)
+        self.log.failures.append(Failure(time.time(), role, _code(exc), dropped=not survived))
+        if conn is not None and not survived:
             conn.terminate()
         await asyncio.sleep(0.05)
+        return conn if survived else None

@@ -57,7 +57,8 @@ def plan(config: Config, topology: Topology, name: str) -> str:
             "EOF",
             'touch "$PGDATA/standby.signal"',
             f"# 5. Start it (or start it as this host usually does); pgaurora unfences {name} once it streams.",
-            'pg_ctl -D "$PGDATA" -l "${PGLOG:-$PGDATA/../pgaurora-rejoin.log}" -w start',
+            "#    Without PGPASSWORD: libpq would prefer it to the pgpass file primary_conninfo may name.",
+            'env -u PGPASSWORD pg_ctl -D "$PGDATA" -l "${PGLOG:-$PGDATA/../pgaurora-rejoin.log}" -w start',
             "",
         ]
     )

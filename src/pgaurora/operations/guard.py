@@ -78,9 +78,11 @@ class ComposedCluster(Protocol):
 
 
 class Sessions(Protocol):
-    """The proxy's count of live sessions per node."""
+    """The proxy's count of live sessions per node, and of pooled connections lent there (transactions)."""
 
     def count(self, node: str) -> int: ...
+
+    def lent_on(self, node: str) -> int: ...
 
 
 class Commands(Protocol):
@@ -147,13 +149,14 @@ async def exclusive(service: Host) -> AsyncIterator[None]:
 
 
 async def end_sessions(service: Host, cluster: ComposedCluster, name: str, drain_timeout: float) -> int:
-    """Wait up to drain_timeout for a drained node's sessions to end by themselves, then end the rest: PostgreSQL
-    sends each FATAL 57P01 (terminating connection due to administrator command). How many were ended."""
+    """Wait up to drain_timeout for a drained node's sessions, and the pooled transactions running there, to end
+    by themselves (its pools lend it nothing new), then end the rest: PostgreSQL sends each FATAL 57P01
+    (terminating connection due to administrator command). How many were ended."""
     state = service.proxy_state
     deadline = time.monotonic() + drain_timeout
-    while state.count(name) and time.monotonic() < deadline:
+    while (state.count(name) or state.lent_on(name)) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    left = state.count(name)
+    left = state.count(name) + state.lent_on(name)
     if left:
         await asyncio.to_thread(
             cluster.node(name).sql,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ..core.config import Config, CustomEndpointConfig, Listen, PoolMode
 from ..core.errors import NodeTlsFailed, NoWriterAvailable, ProxyError, UpstreamUnavailable
 from ..core.sslcontexts import Contexts
-from ..core.topology import Health, NodeState, Topology, TopologyHub
+from ..core.topology import Health, NodeState, Role, Topology, TopologyHub
 from ..wire import CancelRequest, encode
 from .client import ClientProtocol
 from .credentials import Credentials
@@ -227,9 +227,7 @@ class Endpoint:
             self._drop(session, self.hub.current)
 
     def _on_topology(self, old: Topology, new: Topology) -> None:
-        if (old.writer, old.epoch) == (new.writer, new.epoch) and [(n.role, n.health) for n in old.nodes] == [
-            (n.role, n.health) for n in new.nodes
-        ]:
+        if (old.writer, old.epoch) == (new.writer, new.epoch) and _standing(old) == _standing(new):
             return
         for session in self._sessions(lambda node: not self.router.still_valid(self.kind, node, new)):
             self._drop(session, new)
@@ -239,6 +237,8 @@ class Endpoint:
             # now; while a switchover holds writes (no writer), they may finish (drain_timeout)
             abort = self.kind is not EndpointKind.WRITER or new.writer is not None
             self.pools.close_nodes(lambda node: self.router.still_valid(self.kind, node, new), abort)
+            if self.kind is not EndpointKind.WRITER:  # drained or removed: lend it nothing new, let lent ones finish
+                self.pools.close_nodes(lambda node: (state := new.node(node)) is not None and not state.drained)
 
     def _reroute_startups(self, topology: Topology) -> None:
         for client in list(self.starting):
@@ -274,6 +274,10 @@ def _in_networks(peer: str, networks: tuple[str, ...]) -> bool:
     except ValueError:
         return False
     return any(address in network for network in _parsed(networks) if network.version == address.version)
+
+
+def _standing(topology: Topology) -> list[tuple[str, Role, Health, bool]]:
+    return [(n.name, n.role, n.health, n.drained) for n in topology.nodes]
 
 
 def _changed_since(seen: Topology) -> Callable[[Topology], bool]:

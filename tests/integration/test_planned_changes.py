@@ -1,0 +1,92 @@
+"""Planned changes under load through transaction-pooled endpoints cost clients no error (issue 23): a rolling
+restart with a new setting (its switchover included), and a replica removed from under the reader endpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.helpers import admin, service_config, wait_until
+
+pytestmark = pytest.mark.integration
+
+ENV = {**os.environ, "PGPASSWORD": "test-pw", "PGUSER": "postgres"}
+
+
+def _serving(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=2)
+    pool = {"pool_size": 8, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    modes = {"writer": {"pool_mode": "transaction"}, "reader": {"pool_mode": "transaction"}}
+    svc = service(service_config(cluster, pool=pool, **modes), cluster=cluster)
+    primary = cluster.primary
+    subprocess.run(["pgbench", "-i", "-q", "-h", primary.host, "-p", str(primary.port), "postgres"], check=True,
+                   env=ENV, capture_output=True)  # fmt: skip
+    return cluster, svc
+
+
+def _pgbench(address: tuple[str, int], seconds: int, *extra: str) -> subprocess.Popen:
+    host, port = address
+    return subprocess.Popen(
+        ["pgbench", "-n", "-c", "32", "-j", "2", "-T", str(seconds), "-r", *extra, "-h", host, "-p", str(port),
+         "postgres"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+
+
+def _no_failure(bench: subprocess.Popen) -> str:
+    out, err = bench.communicate(timeout=180)
+    assert bench.returncode == 0, err
+    assert "number of failed transactions: 0" in out, out
+    assert "aborted" not in err, err
+    latency = next(line for line in out.splitlines() if line.startswith("latency average"))
+    print(f"pgbench: {latency}; {next(line for line in out.splitlines() if line.startswith('tps'))}")
+    return out
+
+
+def _committed(cluster) -> int:
+    return int(cluster.node(cluster_writer(cluster)).sql("SELECT count(*) FROM pgbench_history"))
+
+
+def cluster_writer(cluster) -> str:
+    return next(n.name for n in cluster.nodes if n.running and n.sql("SELECT pg_is_in_recovery()") == "f")
+
+
+def test_a_rolling_restart_under_pgbench_through_the_pooled_writer_fails_no_transaction(fresh_cluster, service):
+    cluster, svc = _serving(fresh_cluster, service)
+    bench = _pgbench(svc.writer, 45)
+    try:
+        for _ in wait_until("pgbench to commit 300 transactions", 20):
+            if _committed(cluster) >= 300:
+                break
+        result = admin(f"{svc.admin_url}/maintenance/restart", "POST",
+                       {"set": {"max_locks_per_transaction": "128"}}, timeout=120)  # fmt: skip
+        assert bench.poll() is None, "the restart outlasted pgbench: it did not all run under load"
+        _no_failure(bench)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert result["switchover"]["new_writer"] != "n1", result  # the writer moved (a switchover) and came through
+    for node in cluster.nodes:
+        assert node.sql("SHOW max_locks_per_transaction") == "128"
+
+
+def test_a_replica_removed_under_pgbench_select_through_the_pooled_reader_fails_no_transaction(fresh_cluster, service):
+    cluster, svc = _serving(fresh_cluster, service)
+    bench = _pgbench(svc.reader, 15, "-S")
+    try:
+        for _ in wait_until("reads on both replicas", 20):
+            busy = [n.name for n in cluster.replicas if int(n.sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE client_addr IS NOT NULL AND usename = 'postgres' "
+                "AND application_name <> 'pgaurora-monitor'")) > 0]  # fmt: skip
+            if len(busy) == 2:
+                break
+        result = admin(f"{svc.admin_url}/nodes/n3", "DELETE", {"drain_timeout": 10}, timeout=120)
+        assert bench.poll() is None, "the removal outlasted pgbench: it did not all run under load"
+        _no_failure(bench)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert result["sessions_ended"] == 0, result
+    assert "n3" not in [n["name"] for n in admin(svc.admin_url + "/status")["nodes"]]
