@@ -523,3 +523,36 @@ def test_a_client_that_waited_reserve_pool_timeout_is_served_from_the_reserve(cl
         assert served != held and 0.4 < waited < 5, (held, served, waited)
     finally:
         svc.stop()
+
+
+def test_a_fast_shutdown_of_the_primary_costs_a_pooled_client_at_most_one_error_and_not_its_connection(
+    fresh_cluster, service
+):
+    """A fast shutdown sends FATAL 57P01 and then refuses logins (57P03, shutting down) until the failover:
+    a client whose next transaction meets that refusal waits for the new writer, as if the node were down."""
+    cluster, svc = _pooled_cluster(fresh_cluster, service, pool_size=4)
+    cluster.primary.sql("CREATE TABLE stopped (v int)")
+    host, port = svc.writer
+
+    async def run() -> tuple[list[str], int, bool]:
+        conn = await asyncpg.connect(host=host, port=port, user="postgres", password="test-pw")
+        errors, done = [], 0
+        try:
+            stopper = None
+            while done < 300:
+                try:
+                    await conn.execute("INSERT INTO stopped VALUES ($1)", done)
+                    done += 1
+                except asyncpg.PostgresError as exc:
+                    errors.append(exc.sqlstate)
+                if done == 50 and stopper is None:
+                    stopper = asyncio.create_task(asyncio.to_thread(cluster.primary.stop))
+            await stopper
+            return errors, done, conn.is_closed()
+        finally:
+            await conn.close()
+
+    errors, done, closed = asyncio.run(run())
+    assert done == 300 and not closed, (errors, done)
+    assert errors in ([], ["08007"]), errors
+    assert svc.topology.writer != "n1"

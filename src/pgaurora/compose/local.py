@@ -379,10 +379,12 @@ class LocalCluster:
             node.sql(f"SELECT pg_create_physical_replication_slot({quote(replica.name)})")
 
     def ensure_auth_lookup(self) -> None:
-        """Create pgaurora_auth and its lookup function on the running primary, unless they exist."""
+        """Create pgaurora_auth and its lookup function on the running primary, unless they exist (a cluster
+        made before pooling lacks them; one made since has them, so without a running primary this does
+        nothing)."""
         primary = next((n for n in self.nodes if n.running and n.sql("SELECT pg_is_in_recovery()") == "f"), None)
-        if primary is None:
-            raise ClusterError("no running primary to create the pooling's auth_query role on")
+        if primary is None:  # a primary down at start (pgaurora fails over): the cluster's own role is there
+            return
         if primary.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'pgaurora_auth'") == "0":
             primary.sql(AUTH_LOOKUP.format(password=quote(self.auth_password)))
 

@@ -234,7 +234,8 @@ class ComposedTarget(Target):
         deadline = time.monotonic() + timeout
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise ClusterError(f"pgaurora did not become ready; see {self.workdir / 'pgaurora.log'}")
+                tail = (self.workdir / "pgaurora.log").read_text(errors="replace").splitlines()[-15:]
+                raise ClusterError("pgaurora did not become ready; the end of its log:\n" + "\n".join(tail))
             time.sleep(0.05)
 
     def _ready(self) -> bool:

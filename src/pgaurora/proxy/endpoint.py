@@ -162,14 +162,17 @@ class Endpoint:
 
     async def pool_for(self, database: str, user: str, avoid: str | None = None) -> Pool:
         """The pool of the node this endpoint routes to now, other than `avoid` (a node that just refused a
-        connection); the writer waits out a failover, up to failover_connect_timeout."""
+        connection) until the topology changes (a failover, or the node found up again); the writer waits out
+        a failover, up to failover_connect_timeout."""
         assert self.pools is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.proxy.failover_connect_timeout
+        refused_under = self.hub.current.version  # avoid the node until the monitor has published news
         while True:
             topology = self.hub.current
+            skip = avoid if topology.version == refused_under else None
             try:
-                nodes = [n for n in self.router.candidates(self.kind, topology, self.custom) if n.name != avoid]
+                nodes = [n for n in self.router.candidates(self.kind, topology, self.custom) if n.name != skip]
                 if nodes:
                     return self.pools.get(nodes[0], database, user)
                 raise UpstreamUnavailable(f"node {avoid} is down")

@@ -102,6 +102,7 @@ def _set_config(name: str, value: str) -> str:
 
 
 MAX_MESSAGE = 1 << 30
+_NOT_NOW = frozenset({"57P01", "57P02", "57P03"})  # a node's refusals that pass: shutting down, starting up
 RESTORE = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL"  # RESET ALL leaves the role as it is
 _SASL_OFFER = encode(Authentication(10, MECHANISM.encode() + b"\0\0"))
 _PASSWORD_REQUEST = encode(Authentication(3))  # a token is sent as a cleartext password, over TLS only
@@ -395,6 +396,8 @@ class PooledClient:
                 self.task = loop.create_task(self._greet_later())
             return
         unreachable = isinstance(error, (OSError, TimeoutError)) or type(error) is UpstreamUnavailable
+        # a node starting up or shutting down (57P03, 57P01/02) refuses logins for now: as good as unreachable
+        unreachable = unreachable or (isinstance(error, ProxyError) and error.sqlstate in _NOT_NOW)
         if unreachable and self.ready and not self.closed and self.pool is not None:
             # the node is down and no failover is published yet: wait for one, as a new writer session does
             failed = self.pool.node.name
