@@ -170,3 +170,18 @@ def test_a_drill_of_the_writer_and_a_replica_killed_together_with_two_acks_loses
         timeout=60,
     )
     assert one_ack.returncode == 1 and "give --sync-acks 2" in one_ack.stderr, one_ack.stderr
+
+
+def test_a_drill_through_transaction_pooled_endpoints_drops_no_connection(tmp_path):
+    """drill --pool transaction: a switchover costs clients nothing, a crash only the statements in flight
+    (08007), and no client loses its connection in either (issue 23)."""
+    out = tmp_path / "out.json"
+    run = _drill("--pool", "transaction", "--faults", "switchover,kill-primary,stop-primary", "--rounds", "1",
+                 "--json", str(out))  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rounds = {r["fault"]: r for r in json.loads(out.read_text())["rounds"]}
+    assert {fault: r["dropped"] for fault, r in rounds.items()} == dict.fromkeys(rounds, 0), rounds
+    assert rounds["switchover"]["errors"] == {}, rounds["switchover"]
+    for fault in ("kill-primary", "stop-primary"):
+        assert set(rounds[fault]["errors"]) <= {"08007"}, rounds[fault]
+    assert "connections dropped 0" in run.stdout
