@@ -167,35 +167,43 @@ def _under_polling(url: str, run):
     return result, json.loads(status.communicate(timeout=60)[0])
 
 
+def _flood(port: int, count: int, seconds: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(FLOOD), "attempts", "127.0.0.1", str(port), "127.0.0.2", str(count), str(seconds)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def test_a_flood_from_one_address_is_held_to_its_limit_while_other_clients_and_the_admin_api_carry_on(
     fresh_cluster, tmp_path
 ):
     """5,000 connection attempts from 127.0.0.2, in 4 rounds of 1,250 over 4 s, with a limit of 100 per
     address, against a pgaurora in its own process: every attempt beyond the limit gets 53300, no backend
-    opens beyond it, /status answers within 100 ms at the 99th percentile, and clients from 127.0.0.1 keep
-    most of their pgbench -S throughput (the median of the flooded rounds against the median of quiet rounds
-    between them)."""
+    opens beyond it, and /status answers within 100 ms at the 99th percentile. Clients from 127.0.0.1 keep
+    their pgbench -S throughput but for what the flood costs the machine itself: each round also floods a
+    second pgaurora that those clients do not use, the control."""
     cluster = fresh_cluster(replicas=1)
     subprocess.run(
         ["pgbench", "-i", "-s", "1", "-q", "-h", cluster.primary.host, "-p", str(cluster.primary.port), "-U",
          "postgres", "postgres"],
         check=True, capture_output=True, env={**os.environ, "PGPASSWORD": cluster.password},
     )  # fmt: skip
-    config = service_config(cluster, state_dir=None, proxy={"max_client_connections_per_address": 100})
+    limits = {"max_client_connections_per_address": 100}
+    config = service_config(cluster, state_dir=None, proxy=limits)
+    other = service_config(cluster, state_dir=None, proxy=limits)
     proxy = Command("proxy", "-c", str(write_config(config, tmp_path / "pgaurora.toml")))
+    control = Command("proxy", "-c", str(write_config(other, tmp_path / "control.toml")))
     url = f"http://{config.admin.host}:{config.admin.port}"
-    quiet, flooded, outcome, latencies, peak = [], [], {}, [], 0
+    quiet, flooded, beside, outcome, latencies, peak = [], [], [], {}, [], 0
+    bench = lambda: _pgbench(config.writer.port, cluster.password, 4)  # noqa: E731
     try:
         proxy.wait_for_line("pgaurora is ready", 60)
+        control.wait_for_line("pgaurora is ready", 60)
         before = _client_backends(cluster.primary)
         for _ in range(4):  # the same /status poller runs in every round, so that only the flood differs
-            quiet.append(_under_polling(url, lambda: _pgbench(config.writer.port, cluster.password, 4))[0])
-            flood = subprocess.Popen(
-                [sys.executable, str(FLOOD), "attempts", "127.0.0.1", str(config.writer.port), "127.0.0.2", "1250",
-                 "4"],
-                stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            tps, latency = _under_polling(url, lambda: _pgbench(config.writer.port, cluster.password, 4))
+            quiet.append(_under_polling(url, bench)[0])
+            flood = _flood(config.writer.port, 1250, 4)
+            tps, latency = _under_polling(url, bench)
             for _ in wait_until("the flood to end", 120):
                 peak = max(peak, _client_backends(cluster.primary))
                 if flood.poll() is not None:
@@ -204,16 +212,21 @@ def test_a_flood_from_one_address_is_held_to_its_limit_while_other_clients_and_t
                 outcome[key] = outcome.get(key, 0) + count
             flooded.append(tps)
             latencies.append(latency["p99"])
+            aside = _flood(other.writer.port, 1250, 4)
+            beside.append(_under_polling(url, bench)[0])
+            aside.communicate(timeout=120)
     finally:
+        assert control.stop() == 0, "\n".join(control.lines[-20:])
         assert proxy.stop() == 0, "\n".join(proxy.lines[-20:])
-    ratio, p99 = statistics.median(flooded) / statistics.median(quiet), max(latencies) * 1000
-    print(f"flood: {outcome}; pgbench -S {flooded} tps under it, {quiet} without ({ratio:.2f}x)")
-    print(f"/status p99 {p99:.1f} ms (the worst round)")
+    base = statistics.median(quiet)
+    ratio, machine, p99 = statistics.median(flooded) / base, statistics.median(beside) / base, max(latencies) * 1000
+    print(f"flood: {outcome}; pgbench -S keeps {ratio:.2f}x of its rate under it, {machine:.2f}x under a flood of")
+    print(f"another pgaurora (quiet {quiet}, flooded {flooded}, beside {beside}); /status p99 {p99:.1f} ms")
     admitted = outcome.get("admitted", 0)
     assert admitted <= 4 * 100 and outcome.get("53300", 0) == 5000 - admitted, outcome  # 100 at a time
     assert peak <= before + 100 + 4, (peak, before)  # the flood's admitted 100, and pgbench's 4
-    # The issue asks for 80%. Here the flooder shares the 2 cores with pgaurora, PostgreSQL and pgbench, and
-    # the ratio measured is 0.77 to 0.84 (0.84 with 5 admitted instead of 100): a floor of 0.6 catches a
-    # proxy that the flood starves, without failing on the machine's noise (about 10% between quiet rounds).
-    assert ratio >= 0.6, (flooded, quiet)
+    # The issue asks for 80%. On 2 cores the flooder, the kernel and the admitted backends share the CPU
+    # with pgaurora, PostgreSQL and pgbench: measured 0.77 under the flood, 0.85 under a flood of another
+    # pgaurora. What pgaurora's own handling may cost is bounded here; the rest is the machine's.
+    assert ratio >= 0.6 and ratio >= machine - 0.15, (flooded, beside, quiet)
     assert p99 < 100, latencies
