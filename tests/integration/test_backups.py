@@ -322,3 +322,46 @@ def test_backups_for_a_cluster_pgaurora_does_not_compose_are_refused_with_one_cl
     out = _cli("proxy", "-c", str(config), timeout=60)
     assert out.returncode == 1 and "backups work on clusters pgaurora composes" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_backtrack_and_its_undo_under_pgbench_through_the_pooled_writer_fail_no_transaction(
+    fresh_cluster, service, tmp_path
+):
+    """Each swap holds writes, lets the pooled transactions in flight finish on the nodes leaving, stops them,
+    and serves the new ones: the pooled clients wait and go on, none fails (issue 23)."""
+    cluster = fresh_cluster(replicas=1)
+    pool = {"pool_size": 8, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    config = service_config(cluster, backup={}, writer={"pool_mode": "transaction"}, pool=pool)
+    svc = service(config, cluster=cluster)
+    env = {**os.environ, "PGPASSWORD": cluster.password, "PGUSER": "postgres"}
+    primary = cluster.primary
+    subprocess.run(["pgbench", "-i", "-q", "-h", primary.host, "-p", str(primary.port), "postgres"], check=True,
+                   env=env, capture_output=True)  # fmt: skip
+    assert _cli("backup", "--admin", svc.admin_url).returncode == 0
+    backed_up = time.time()
+    for _ in wait_until("the backup's last second to be over", 5):
+        if time.time() > backed_up + 1.1:
+            break
+    moment = primary.sql("SELECT clock_timestamp()")
+    primary.sql("CREATE TABLE after_the_moment ()")
+    _archived_up_to_now(svc, cluster)
+    host, port = svc.writer
+    bench = subprocess.Popen(
+        ["pgbench", "-n", "-c", "8", "-j", "2", "-T", "60", "-l", f"--log-prefix={tmp_path}/tx", "-h", host,
+         "-p", str(port), "postgres"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        back = admin(f"{svc.admin_url}/backtrack", "POST", {"to": moment}, timeout=300)
+        undone = admin(f"{svc.admin_url}/backtrack/undo", "POST", {}, timeout=300)
+        assert bench.poll() is None, "the backtrack and its undo outlasted pgbench"
+        out, err = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 0 and "aborted" not in err, err
+    assert "number of failed transactions: 0" in out, out
+    worst = max(int(line.split()[2]) for path in tmp_path.glob("tx.*") for line in path.read_text().splitlines())
+    print(f"backtrack pause {back['unavailable_seconds']} s, undo {undone['unavailable_seconds']} s; "
+          f"worst transaction {worst / 1e6:.2f} s")  # fmt: skip
+    assert svc.topology.writer == "n1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -70,12 +71,14 @@ class Reconfigure:
 
 @dataclass(frozen=True)
 class Replace:
-    """Serve a new set of nodes with `writer` as its writer, in a new epoch (a backtrack's swap)."""
+    """Serve a new set of nodes with `writer` as its writer, in a new epoch (a backtrack's swap). With
+    stop_leaving, writes are held and pooled transactions drained first, and then it stops the nodes leaving."""
 
     kind: ClassVar[str] = "replace"
     config: Config
     writer: str
     reason: str
+    stop_leaving: Callable[[], Awaitable[None]] | None = None
 
 
 Command = Switchover | Failover | Rejoin | Drain | Undrain | Retire | Reconfigure | Replace

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -750,11 +750,15 @@ class Monitor:
         self._set_state(fenced=self.state.fenced & nodes.keys(), drained=self.state.drained & nodes.keys())
         return {"added": list(added), "removed": list(removed)}
 
-    async def _request_replace(self, config: Config, writer: str, reason: str) -> dict[str, Any]:
-        """Serve another set of nodes (a backtrack or its undo): the nodes leaving are stopped already, and
-        `writer`, a primary of the new set, becomes the writer in a new epoch."""
+    async def _request_replace(
+        self, config: Config, writer: str, reason: str, stop_leaving: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, Any]:
+        """Serve another set of nodes (a backtrack or its undo): `writer`, a primary of the new set, becomes the
+        writer in a new epoch. With stop_leaving: writes are held first (new transactions wait), transactions
+        in flight on pooled endpoints get drain_timeout to finish, and then the nodes leaving are stopped."""
         if writer not in {n.name for n in config.nodes}:
             raise ActionFailed(f"{writer} is not one of the new nodes")
+        unfinished = await self._leave(stop_leaving, reason) if stop_leaving is not None else 0
         prober = Prober(next(n for n in config.nodes if n.name == writer), config.monitor, node_ssl(config.tls))
         status = await prober.probe()
         if not status.is_primary:
@@ -768,6 +772,7 @@ class Monitor:
         self.config, self.nodes = config, {n.name: n for n in config.nodes}
         self.policy = policy_for(config, self.controller)
         self.statuses, self.last_seen, self._last_answer = {}, {}, {}
+        self._held = None
         self._new_epoch(
             writer, status.timeline, fenced=frozenset(), drained=frozenset(), failures={}, system_id=status.system_id
         )
@@ -778,7 +783,24 @@ class Monitor:
         self._observe(statuses)
         await self._persist()
         await self.publish(reason)
-        return {"writer": writer, "epoch": self.state.epoch, "nodes": sorted(self.nodes)}
+        nodes = sorted(self.nodes)
+        return {"writer": writer, "epoch": self.state.epoch, "nodes": nodes, "unfinished_transactions": unfinished}
+
+    async def _leave(self, stop_leaving: Callable[[], Awaitable[None]], reason: str) -> int:
+        """Hold writes, let pooled transactions on the writer finish (drain_timeout), stop the nodes leaving.
+        How many transactions were still running. If the stop fails, the writer is given back."""
+        from .switchover import drain
+
+        old = self.state.writer
+        await self.hold_writes(f"{reason}: writes paused")
+        unfinished = await drain(self, old) if old is not None else 0
+        try:
+            await stop_leaving()
+        except Exception:
+            if old is not None:
+                await self.resume_writer(old, f"{reason}: failed to stop the nodes leaving; {old} writes again")
+            raise
+        return unfinished
 
     async def _request_rejoin(self, node: str) -> dict[str, Any]:
         if node not in self.nodes or node == self.state.writer:

@@ -100,7 +100,7 @@ def prepare(monitor: Switching, to: str | None) -> tuple[str, str]:
     return old, _pick_target(monitor, to)
 
 
-async def _drain(monitor: Switching, old: str) -> int:
+async def drain(monitor: Switching, old: str) -> int:
     """New transactions wait (no writer is published); those in flight on pooled endpoints get up to
     drain_timeout to finish on old. Returns how many were still running."""
     loop = asyncio.get_running_loop()
@@ -118,7 +118,7 @@ async def switchover(monitor: Switching, old: str, target: str) -> dict[str, Any
     reason = f"switchover from {old} to {target} requested"
     await monitor.hold_writes(f"{reason}: writes paused")
     try:
-        unfinished = await _drain(monitor, old)
+        unfinished = await drain(monitor, old)
         phases["drained"] = time.time()
         final = await asyncio.to_thread(monitor.controller.stop_node, old)
         phases["old_writer_stopped"] = time.time()

@@ -108,10 +108,14 @@ class Backtrack:
     async def _swap(
         self, cluster: ComposedCluster, leaving: list[str], coming: list[str], writer: str, reason: str
     ) -> float:
-        """Stop the leaving nodes (the writer is unavailable from here), serve the coming ones. The pause."""
+        """Hold writes and let pooled transactions finish, stop the leaving nodes, serve the coming ones. The
+        pause: from the hold to the new writer."""
         started = time.monotonic()
-        await asyncio.to_thread(self._stop, cluster, leaving)
-        await self.service.replace_nodes(self._config_for(cluster, coming), writer, reason)
+
+        async def stop_leaving() -> None:
+            await asyncio.to_thread(self._stop, cluster, leaving)
+
+        await self.service.replace_nodes(self._config_for(cluster, coming), writer, reason, stop_leaving)
         pause = time.monotonic() - started
         await asyncio.to_thread(cluster.park, leaving)  # a later `pgaurora up` starts and serves only `coming`
         return pause

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -120,7 +120,9 @@ class Host(Protocol):
 
     async def apply_config(self, new: Config, why: str) -> object: ...
 
-    async def replace_nodes(self, new: Config, writer: str, reason: str) -> dict[str, Any]: ...
+    async def replace_nodes(
+        self, new: Config, writer: str, reason: str, stop_leaving: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, Any]: ...
 
 
 def composed(service: Host, what: str) -> ComposedCluster:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..core import config as config_mod
@@ -198,9 +199,12 @@ class Service:
             )
         return diff
 
-    async def replace_nodes(self, new: Config, writer: str, reason: str) -> dict:
-        """Serve another set of nodes, `writer` their primary, in a new epoch (a backtrack and its undo)."""
-        result = await self.monitor.request(Replace(new, writer, reason))
+    async def replace_nodes(
+        self, new: Config, writer: str, reason: str, stop_leaving: Callable[[], Awaitable[None]] | None = None
+    ) -> dict:
+        """Serve another set of nodes, `writer` their primary, in a new epoch (a backtrack and its undo); with
+        stop_leaving, after holding writes and draining pooled transactions (Replace)."""
+        result = await self.monitor.request(Replace(new, writer, reason, stop_leaving))
         self._take_config(new)
         return result
 
