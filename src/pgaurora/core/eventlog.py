@@ -25,6 +25,7 @@ class EventLog:
         self.path = Path(path) if path else None
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self._recent.extend(self._read_history())
+        self.counts: collections.Counter[str] = collections.Counter()  # events recorded by this process, by kind
 
     def _read_history(self) -> list[dict[str, Any]]:
         if self.path is None or not self.path.exists():
@@ -55,6 +56,7 @@ class EventLog:
             **fields,
         }
         self._recent.append(event)
+        self.counts[kind] += 1
         log.warning("%s: %s", kind, reason)
         if self.path is not None:
             with self.path.open("a") as f:

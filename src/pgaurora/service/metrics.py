@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -12,7 +12,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..core.topology import Health, Role, Topology
 
 if TYPE_CHECKING:
-    from ..core.config import Config
+    from ..core.config import Config, LagLimit
+    from ..core.eventlog import EventLog
     from ..core.topology import TopologyHub
     from ..dcs.member import Member
     from ..health.heal import Supervisor
@@ -50,6 +51,9 @@ class MetricsHost(Protocol):
     @property
     def backups(self) -> Backups | None: ...
 
+    @property
+    def events(self) -> EventLog: ...
+
 
 def topology_metrics(topology: Topology) -> Iterator[Metric]:
     """Per node: up, role and lag; per cluster: the writer epoch and the topology's version."""
@@ -57,7 +61,11 @@ def topology_metrics(topology: Topology) -> Iterator[Metric]:
     role = GaugeMetricFamily("pgaurora_node_role", "1 for the node's current role", labels=["node", "role"])
     lag = GaugeMetricFamily("pgaurora_node_lag_bytes", "Replay lag behind the writer, in bytes", labels=["node"])
     lag_s = GaugeMetricFamily("pgaurora_node_lag_seconds", "Replay lag behind the writer, in seconds", labels=["node"])
+    writer = GaugeMetricFamily(
+        "pgaurora_writer", "1 for the node the writer endpoint routes to; all 0 while there is none", labels=["node"]
+    )
     for node in topology.nodes:
+        writer.add_metric([node.name], 1 if node.name == topology.writer else 0)
         up.add_metric([node.name], 0 if node.health is Health.UNREACHABLE else 1)
         for r in Role:
             role.add_metric([node.name, r.value], 1 if node.role is r else 0)
@@ -65,7 +73,7 @@ def topology_metrics(topology: Topology) -> Iterator[Metric]:
             lag.add_metric([node.name], node.lag_bytes)
         if node.lag_seconds is not None:
             lag_s.add_metric([node.name], node.lag_seconds)
-    yield from (up, role, lag, lag_s)
+    yield from (writer, up, role, lag, lag_s)
     yield GaugeMetricFamily(
         "pgaurora_writer_epoch", "Writer epoch: one more on every change of writer", value=topology.epoch
     )
@@ -267,10 +275,13 @@ class Collector:
         degraded_since: Callable[[], float | None] = lambda: None,
         sync_acks: int = 1,
         probe_age: Callable[[], float | None] = lambda: None,
+        event_counts: Callable[[], Mapping[str, int]] = dict,
+        lag_limit: LagLimit | None = None,
     ) -> None:
         self.topology, self.state, self.member, self.custom = topology, state, member, custom
         self.backups, self.sync_mode, self.degraded_since = backups, sync_mode, degraded_since
         self.sync_acks, self.probe_age = sync_acks, probe_age
+        self.event_counts, self.lag_limit = event_counts, lag_limit
 
     def collect(self) -> Iterator[Metric]:
         yield from topology_metrics(self.topology())
@@ -291,6 +302,26 @@ class Collector:
             yield from custom_metrics(self.custom, self.topology())
         if self.backups is not None:
             yield from backup_metrics(self.backups)
+        yield from event_metrics(self.event_counts(), self.lag_limit)
+
+
+ALERTED_EVENTS = ("failover", "failover_blocked", "switchover", "fence", "heal_given_up")
+"""Event kinds always exported, from 0: Prometheus' increase() misses a counter's first appearance."""
+
+
+def event_metrics(counts: Mapping[str, int], lag_limit: LagLimit | None) -> Iterator[Metric]:
+    """Events by kind since start (failover, switchover, failover_blocked, fence...), and the lag limit."""
+    events = CounterMetricFamily(
+        "pgaurora_events", "Events recorded since pgaurora started, by kind (pgaurora events)", labels=["kind"]
+    )
+    for kind, count in sorted({**dict.fromkeys(ALERTED_EVENTS, 0), **counts}.items()):
+        events.add_metric([kind], count)
+    yield events
+    for unit, value in (("bytes", getattr(lag_limit, "bytes", None)), ("seconds", getattr(lag_limit, "seconds", None))):
+        if value is not None:
+            yield GaugeMetricFamily(
+                f"pgaurora_max_replica_lag_{unit}", f"[monitor] max_replica_lag, in {unit}", value=value
+            )
 
 
 def registry_for(service: MetricsHost) -> CollectorRegistry:
@@ -308,6 +339,8 @@ def registry_for(service: MetricsHost) -> CollectorRegistry:
             lambda: supervisor.degraded_since if supervisor is not None else None,
             service.config.failover.sync_acks,
             service.monitor.probe_age,
+            lambda: service.events.counts,
+            service.config.monitor.max_replica_lag,
         )
     )
     return registry
