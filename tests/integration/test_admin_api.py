@@ -151,7 +151,8 @@ def _send(api, method: str, path: str, body: str | bytes, token: str = "boss") -
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            status, raw = response.status, response.read()
+            streaming = response.headers.get_content_type() == "text/event-stream"  # the console's: endless
+            status, raw = response.status, response.read1() if streaming else response.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
     try:

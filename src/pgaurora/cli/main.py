@@ -510,6 +510,17 @@ def _drain(admin_url: str, node: str, action: str) -> None:
     click.echo(f"{node} {action}ed (drained now: {', '.join(result['drained']) or 'none'})")
 
 
+@cli.command()
+@admin_option
+@click.option("--url", "url_only", is_flag=True, help="Print the login URL only (the default prints a line around it).")
+def console(admin_url, url_only) -> None:
+    """A URL that logs a browser into the live console for 12 hours (a session with the operate scope)."""
+    from ..service.admin import routes
+
+    answer = _admin(admin_url, "/console/sessions", "POST", params=params(routes.SessionParams))
+    click.echo(answer["url"] if url_only else f"open {answer['url']}  (a console session for 12 hours)")
+
+
 def _seconds(text: str | None) -> float | None:
     """15m, 900s, 900, 1h: seconds (None stays None); click.BadParameter for anything else."""
     if text is None:

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,40 @@ class Credential:
     name: str
     scope: AdminScope
     digest: bytes  # sha256 of the token: tokens are compared as digests, in constant time
+    cookie: bool = False  # a console session's cookie: a change also needs the console's own header (CSRF)
+
+
+class Sessions:
+    """Console sessions: short-lived tokens with the operate scope, minted for `pgaurora console --url` and
+    traded by the browser for a cookie. Kept in memory: a restart of pgaurora ends them."""
+
+    def __init__(self, clock=time.time) -> None:
+        self.clock = clock
+        self._live: dict[bytes, float] = {}  # sha256 of the token -> when it expires
+
+    def mint(self, ttl: float) -> tuple[str, float]:
+        token, expires = secrets.token_urlsafe(32), self.clock() + ttl
+        self._live = {d: until for d, until in self._live.items() if until > self.clock()}
+        self._live[_digest(token)] = expires
+        return token, expires
+
+    def identify(self, token: str | None, cookie: bool = True) -> Credential | None:
+        if not token:
+            return None
+        presented, found = _digest(token), None
+        for digest, until in list(self._live.items()):  # no early exit, as Authenticator.identify
+            if hmac.compare_digest(presented, digest) and until > self.clock():
+                found = Credential("console", _operate(), digest, cookie=cookie)
+        return found
+
+    def expires(self, token: str) -> float | None:
+        return self._live.get(_digest(token))
+
+
+def _operate() -> AdminScope:
+    from ...core.config import AdminScope
+
+    return AdminScope.OPERATE
 
 
 def _digest(token: str) -> bytes:

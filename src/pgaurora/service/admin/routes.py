@@ -123,6 +123,16 @@ class TokenParams(Params):
     ] = ()
 
 
+class ConsoleParams(Params):
+    token: Annotated[
+        str | None, Field(max_length=200, description="A session token (pgaurora console --url), traded for a cookie.")
+    ] = None
+
+
+class SessionParams(Params):
+    ttl: Annotated[float, Field(gt=0, le=7 * 86400, description="Seconds the console session lasts.")] = 43200.0
+
+
 def _failover_scope(params: Params) -> AdminScope:
     return AdminScope.ADMIN if getattr(params, "accept_data_loss", False) else AdminScope.OPERATE
 
@@ -138,6 +148,7 @@ class Route:
     params: type[Params]
     summary: str
     scope_for: Callable[[Params], AdminScope] | None = None  # a stronger scope for some parameters
+    with_request: bool = False  # the handler also takes the request (the console: cookies, a stream)
 
     MUTATING: ClassVar[frozenset[str]] = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -155,6 +166,17 @@ class Route:
 
 RD, OP, AD = AdminScope.READ, AdminScope.OPERATE, AdminScope.ADMIN
 ROUTES: tuple[Route, ...] = (
+    Route("GET", "/", "console_page", RD, ConsoleParams, "The live console (HTML).", with_request=True),
+    Route(
+        "GET",
+        "/console/stream",
+        "console_stream",
+        RD,
+        NoParams,
+        "Server-sent events: the status, and each new event, as they change.",
+        with_request=True,
+    ),
+    Route("POST", "/console/sessions", "console_session", OP, SessionParams, "A console login URL (operate scope)."),
     Route("GET", "/status", "status", RD, NoParams, "Every node, its role, health and lag; where the endpoints point."),
     Route("GET", "/events", "events", RD, EventsParams, "The event log: failovers, switchovers, fences, the audit."),
     Route("GET", "/metrics", "scrape", RD, NoParams, "Prometheus metrics (text exposition format)."),

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,13 +20,14 @@ from ...core.topology import Role, Topology, loss_bound_bytes
 from ...health.commands import Command, Drain, Failover, Rejoin, Switchover, Undrain
 from ...health.heal import redundancy
 from .. import metrics
-from . import auth
+from . import auth, console
 from .routes import (
     MAX_BODY_BYTES,
     ROUTES,
     AddNodesParams,
     BacktrackParams,
     BackupParams,
+    ConsoleParams,
     EventsParams,
     FailoverParams,
     Invalid,
@@ -35,6 +37,7 @@ from .routes import (
     RemoveNodeParams,
     RestartParams,
     Route,
+    SessionParams,
     SwitchoverParams,
     TokenParams,
     openapi,
@@ -128,6 +131,7 @@ def status_document(service: AdminHost) -> dict:
             "fallback": config.reader.fallback.value,
         },
         "dns": f"{config.dns.host}:{config.dns.port}" if config.dns.enabled else None,
+        "max_replica_lag_bytes": config.monitor.max_replica_lag.bytes,
         "sync_mode": config.failover.sync_mode.value,
         "sync_standbys": topology.sync_standbys,
         "loss_bound_bytes": loss_bound_bytes(topology),
@@ -242,6 +246,7 @@ class AdminServer:
         self.metrics = metrics.registry_for(service)
         self.local_token = auth.local_token(service.config)
         self.auth = auth.authenticator(service.config, self.local_token)
+        self.sessions = auth.Sessions()
         self.app.add_routes([web.route(r.method, r.path, self._handler(r)) for r in ROUTES])
         self._runner: web.AppRunner | None = None
         self._published: Path | None = None
@@ -277,17 +282,26 @@ class AdminServer:
             except Invalid as problem:
                 return _refusal(problem)
             if not route.takes_body or credential is None:
-                return await self._run(route, params)
+                return await self._run(route, params, request)
             return await self._audited(route, request, params, credential.name)
 
         return handle
 
     def _authenticate(self, route: Route, request: web.Request) -> auth.Credential | None:
-        """The request's credential: its bearer token, else its verified client certificate; None only for
-        /metrics with open_metrics."""
+        """The request's credential: its bearer token, else its verified client certificate, else a console
+        session (its cookie, or on the console page the token that logs it in); None only for /metrics with
+        open_metrics. A change made with the cookie also needs the console's header: another site's form
+        cannot send it (CSRF)."""
         credential = self.auth.identify(request.headers.get("Authorization"))
         if credential is None and "Authorization" not in request.headers and self.ssl is not None:
             credential = self.auth.by_certificate(_peercert(request))
+        if credential is None and "Authorization" not in request.headers:
+            credential = self.sessions.identify(request.cookies.get(console.COOKIE))
+            if credential is None and route.path == "/":
+                credential = self.sessions.identify(request.query.get("token"), cookie=False)
+        if credential is not None and credential.cookie and route.takes_body:
+            if request.headers.get(console.HEADER) != "1":
+                raise Invalid(403, f"a change from the console must carry the {console.HEADER} header")
         if credential is None and not (route.path == "/metrics" and self.service.config.admin.open_metrics):
             given = "Authorization" in request.headers
             raise Invalid(
@@ -337,8 +351,10 @@ class AdminServer:
         )
         return response
 
-    async def _run(self, route: Route, params: Params) -> web.StreamResponse:
+    async def _run(self, route: Route, params: Params, request: web.Request | None = None) -> web.StreamResponse:
         try:
+            if route.with_request:
+                return await getattr(self, route.handler)(params, request)
             return await getattr(self, route.handler)(params)
         except (ActionFailed, ClusterError) as exc:
             return _json({"error": str(exc), "problems": []}, status=409)
@@ -347,6 +363,32 @@ class AdminServer:
 
     async def status(self, params: NoParams) -> web.Response:
         return _json(status_document(self.service))
+
+    async def console_page(self, params: ConsoleParams, request: web.Request) -> web.StreamResponse:
+        """The console; with ?token=, log the browser in (a cookie) and drop the token from the address."""
+        if params.token is not None:
+            expires = self.sessions.expires(params.token) or 0.0
+            moved = web.HTTPSeeOther("/")
+            moved.set_cookie(
+                console.COOKIE,
+                params.token,
+                max_age=max(0, int(expires - time.time())),
+                httponly=True,
+                samesite="Strict",
+                secure=self.ssl is not None,
+                path="/",
+            )
+            raise moved
+        return web.Response(body=console.page(), content_type="text/html", charset="utf-8")
+
+    async def console_stream(self, params: NoParams, request: web.Request) -> web.StreamResponse:
+        return await console.stream(request, self.service, lambda: status_document(self.service))
+
+    async def console_session(self, params: SessionParams) -> web.Response:
+        token, expires = self.sessions.mint(params.ttl)
+        scheme = "https" if self.ssl is not None else "http"
+        url = f"{scheme}://{self.host}:{self.port}/?token={token}"
+        return _json({"url": url, "expires_at": round(expires, 3)})
 
     async def openapi(self, params: NoParams) -> web.Response:
         from importlib.metadata import version
