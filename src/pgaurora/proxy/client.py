@@ -53,6 +53,7 @@ class Gate(PoolGate, Protocol):
 
 
 log = logging.getLogger("pgaurora.proxy")
+MAX_REROUTED = 64 * 1024  # bytes of a startup kept to send again elsewhere (a startup packet is far smaller)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -92,8 +93,8 @@ class ClientProtocol(asyncio.Protocol):
         elif self.server is not None:
             if self.tls is not None and not self._binding_refused(self.server, data):
                 return
-            if not self.server.answered:
-                self.forwarded += data
+            if not self.server.answered and len(self.forwarded) < MAX_REROUTED:
+                self.forwarded += data  # beyond MAX_REROUTED it is not kept: such a startup cannot move
             self.server.transport.write(data)  # authentication exchange
         elif self.task is not None:
             self.pending += data
@@ -273,6 +274,8 @@ class ClientProtocol(asyncio.Protocol):
         moved. Safe because nothing of the node reached the client: the proxy still holds the startup packet."""
         server = self.server
         if server is None or server.answered or self.session is not None or self.transport.is_closing():
+            return False
+        if len(self.forwarded) >= MAX_REROUTED:
             return False
         self.endpoint.starting.discard(self)
         self.server, self.pending = None, self.forwarded
