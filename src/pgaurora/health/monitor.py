@@ -758,12 +758,16 @@ class Monitor:
         in flight on pooled endpoints get drain_timeout to finish, and then the nodes leaving are stopped."""
         if writer not in {n.name for n in config.nodes}:
             raise ActionFailed(f"{writer} is not one of the new nodes")
-        unfinished = await self._leave(stop_leaving, reason) if stop_leaving is not None else 0
         prober = Prober(next(n for n in config.nodes if n.name == writer), config.monitor, node_ssl(config.tls))
-        status = await prober.probe()
+        status = await prober.probe()  # before anything changes: a refusal here leaves the old nodes serving
         if not status.is_primary:
             await prober.close()
             raise ActionFailed(f"{writer} does not answer as a primary: {status.error or 'in recovery'}")
+        try:
+            unfinished = await self._leave(stop_leaving, reason) if stop_leaving is not None else 0
+        except BaseException:
+            await prober.close()
+            raise
         await asyncio.gather(*(p.close() for p in self.probers.values()))
         self.probers = {
             n.name: Prober(n, config.monitor, node_ssl(config.tls)) for n in config.nodes if n.name != writer
