@@ -210,6 +210,26 @@ def test_a_create_that_fails_at_any_step_removes_what_it_made(step, monkeypatch)
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_failed_create_in_a_directory_the_user_made_leaves_it_as_it_was(monkeypatch):
+    """An empty directory the user made (create refuses one that holds anything else) stays, and nothing the
+    create wrote is left in it: no node's files, no state, no certificates, no pgpass file."""
+    root = cluster_dir()
+    try:
+        (root / "mine").mkdir(mode=0o755)
+        cluster = LocalCluster(root / "mine", replicas=1, port=free_port(), base_address=free_loopback_base(2))
+        cluster.lock()
+        monkeypatch.setenv("PGAURORA_FAIL_AT", "create:clone:n2")
+        with pytest.raises(ClusterError, match="injected failure at create:clone:n2"):
+            cluster.create()
+        cluster.unlock()
+        assert (root / "mine").is_dir()
+        left = sorted(p.name for p in (root / "mine").iterdir())
+        assert left == ["lock"], left  # the directory's flock file alone, which the next create takes again
+        assert not _processes_under(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _processes_under(root) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

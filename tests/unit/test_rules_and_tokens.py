@@ -17,7 +17,7 @@ from pgaurora.proxy.tokens import TokenRefused, Tokens
 RULES = (
     RuleConfig(users=("app",), tls="required", method="token"),
     RuleConfig(databases=("secret",), method="reject"),
-    RuleConfig(endpoints=("reader",), addresses=("10.0.0.0/8",), method="scram"),
+    RuleConfig(endpoints=("reader",), addresses=("203.0.113.0/24",), method="scram"),
     RuleConfig(addresses=("127.0.0.1/32",), tls="none", method="scram"),
 )
 
@@ -28,8 +28,8 @@ RULES = (
         ("writer", "db", "app", "127.0.0.1", True, (1, "token")),
         ("writer", "db", "app", "127.0.0.1", False, (4, "scram")),  # hostssl does not match plaintext
         ("writer", "secret", "bob", "127.0.0.1", False, (2, "reject")),
-        ("reader", "db", "bob", "10.1.2.3", True, (3, "scram")),
-        ("writer", "db", "bob", "10.1.2.3", True, None),  # rule 3 is for the reader alone
+        ("reader", "db", "bob", "203.0.113.7", True, (3, "scram")),
+        ("writer", "db", "bob", "203.0.113.7", True, None),  # rule 3 is for the reader alone
         ("writer", "db", "bob", "127.0.0.1", True, None),  # rule 4 is for plaintext alone
         ("writer", "db", "bob", "127.0.0.2", False, None),
         ("writer", "db", "bob", "", False, None),  # not an IP peer: only a rule for every address

@@ -261,6 +261,7 @@ class LocalCluster:
                 node.kill()
             shutil.rmtree(node.home, ignore_errors=True)
         (self.root / STATE_FILE).unlink(missing_ok=True)
+        self.passfile.unlink(missing_ok=True)
         shutil.rmtree(self.root / TLS_DIR, ignore_errors=True)
         if self._made_root:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -167,8 +167,7 @@ class ClientProtocol(asyncio.Protocol):
         shows the message) and before any server connection."""
         assert self.seat is not None
         state, limits = self.endpoint.state, self.endpoint.config.proxy
-        if limits.max_client_connections_per_role:
-            state.seated(self.seat, event.get("user") or "")
+        state.seated(self.seat, event.get("user") or "")  # always: a reload may turn the role's limit on
         refusal = state.over_limit(
             self.seat,
             limits.max_client_connections,

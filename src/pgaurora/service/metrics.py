@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -53,6 +53,14 @@ class MetricsHost(Protocol):
 
     @property
     def events(self) -> EventLog: ...
+
+
+def _counted(name: str, documentation: str, labels: list[str], counts: Mapping[Any, int]) -> Metric:
+    """A counter family with one sample per key of counts (a label value, or a tuple of them)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, count in sorted(counts.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+    return family
 
 
 def topology_metrics(topology: Topology) -> Iterator[Metric]:
@@ -131,44 +139,30 @@ def proxy_metrics(state: ProxyState) -> Iterator[Metric]:
     for node, sessions in sorted(state.sessions_by_node.items()):
         server.add_metric([node], len(sessions))
     yield server
-    started = CounterMetricFamily("pgaurora_sessions", "Sessions established", labels=["endpoint", "node"])
-    for (endpoint, node), count in sorted(state.sessions_total.items()):
-        started.add_metric([endpoint, node], count)
-    yield started
-    refused = CounterMetricFamily(
-        "pgaurora_refused_clients", "Clients the proxy answered with an error and closed", labels=["sqlstate"]
-    )
-    for sqlstate, count in sorted(state.refused_total.items()):
-        refused.add_metric([sqlstate], count)
-    yield refused
+    yield _counted("pgaurora_sessions", "Sessions established", ["endpoint", "node"], state.sessions_total)
+    refused = "Clients the proxy answered with an error and closed"
+    yield _counted("pgaurora_refused_clients", refused, ["sqlstate"], state.refused_total)
     yield CounterMetricFamily(
         "pgaurora_tls_handshakes", "Client connections that started a TLS handshake", value=state.tls_total
     )
     yield from pool_metrics(state)
-    limited = CounterMetricFamily(
+    yield _counted(
         "pgaurora_limit_refused_clients",
         "Clients refused with 53300 by a connection limit (total, per address, per role)",
-        labels=["limit"],
+        ["limit"],
+        state.limited_total,
     )
-    for kind, count in sorted(state.limited_total.items()):
-        limited.add_metric([kind], count)
-    yield limited
-    logins = CounterMetricFamily(
+    yield _counted(
         "pgaurora_rule_logins",
         "Logins at a pooled endpoint per [[rules]] entry that decided (0: the default, none: no rule matched)",
-        labels=["endpoint", "rule", "outcome"],
+        ["endpoint", "rule", "outcome"],
+        state.rules_total,
     )
-    for (endpoint, rule, outcome), count in sorted(state.rules_total.items()):
-        logins.add_metric([endpoint, rule, outcome], count)
-    yield logins
     for name, counts, text in (
         ("pgaurora_allowlist_accepted", state.allowed_total, "let in by"),
         ("pgaurora_allowlist_refused", state.disallowed_total, "closed at once by"),
     ):
-        family = CounterMetricFamily(name, f"Client connections {text} the endpoint's allow-list", labels=["endpoint"])
-        for endpoint, count in sorted(counts.items()):
-            family.add_metric([endpoint], count)
-        yield family
+        yield _counted(name, f"Client connections {text} the endpoint's allow-list", ["endpoint"], counts)
 
 
 def pool_metrics(state: ProxyState) -> Iterator[Metric]:
@@ -193,14 +187,12 @@ def pool_metrics(state: ProxyState) -> Iterator[Metric]:
         for field, family in families.items():
             family.add_metric(values, pool[field])
     yield from families.values()
-    pins = CounterMetricFamily(
+    yield _counted(
         "pgaurora_pool_pins",
         "Transaction-pooled clients pinned to one server connection until they leave, by reason",
-        labels=["reason"],
+        ["reason"],
+        state.pins,
     )
-    for reason, count in sorted(state.pins.items()):
-        pins.add_metric([reason], count)
-    yield pins
 
 
 def dcs_metrics(member) -> Iterator[Metric]:
@@ -302,21 +294,26 @@ class Collector:
             yield from custom_metrics(self.custom, self.topology())
         if self.backups is not None:
             yield from backup_metrics(self.backups)
-        yield from event_metrics(self.event_counts(), self.lag_limit)
+        yield from event_metrics(self.event_counts())
+        yield from lag_limit_metrics(self.lag_limit)
 
 
 ALERTED_EVENTS = ("failover", "failover_blocked", "switchover", "fence", "heal_given_up")
 """Event kinds always exported, from 0: Prometheus' increase() misses a counter's first appearance."""
 
 
-def event_metrics(counts: Mapping[str, int], lag_limit: LagLimit | None) -> Iterator[Metric]:
-    """Events by kind since start (failover, switchover, failover_blocked, fence...), and the lag limit."""
-    events = CounterMetricFamily(
-        "pgaurora_events", "Events recorded since pgaurora started, by kind (pgaurora events)", labels=["kind"]
+def event_metrics(counts: Mapping[str, int]) -> Iterator[Metric]:
+    """Events by kind since start (failover, switchover, failover_blocked, fence...)."""
+    yield _counted(
+        "pgaurora_events",
+        "Events recorded since pgaurora started, by kind (pgaurora events)",
+        ["kind"],
+        {**dict.fromkeys(ALERTED_EVENTS, 0), **counts},
     )
-    for kind, count in sorted({**dict.fromkeys(ALERTED_EVENTS, 0), **counts}.items()):
-        events.add_metric([kind], count)
-    yield events
+
+
+def lag_limit_metrics(lag_limit: LagLimit | None) -> Iterator[Metric]:
+    """[monitor] max_replica_lag, in bytes and in seconds, as far as it is set."""
     for unit, value in (("bytes", getattr(lag_limit, "bytes", None)), ("seconds", getattr(lag_limit, "seconds", None))):
         if value is not None:
             yield GaugeMetricFamily(
