@@ -1,4 +1,4 @@
-"""What the monitor does to nodes: promote, re-point a replica, set synchronous standbys."""
+"""What the monitor does to nodes: detach and promote, re-point a replica, set synchronous standbys."""
 
 from __future__ import annotations
 
@@ -93,6 +93,28 @@ async def promote(config: Config, node: NodeConfig, sync_names: str | None, old_
         if old_timeline is not None and row["timeline"] <= old_timeline:
             raise ActionFailed(f"{node.name} left recovery on timeline {row['timeline']}, not after {old_timeline}")
         return int(row["timeline"])
+    finally:
+        conn.terminate()
+
+
+DETACHED_SQL = """SELECT NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL) AS detached,
+    greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0' AS position"""
+
+
+async def detach(config: Config, replica: NodeConfig, timeout: float) -> int | None:
+    """Stop a replica streaming (an empty primary_conninfo) and wait until its WAL receiver has exited: from
+    then on it receives nothing, not even from an old writer that wakes up. Returns how far its WAL goes."""
+    conn = await connect(config, replica)
+    try:
+        await conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        await conn.execute("SELECT pg_reload_conf()")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (row := await conn.fetchrow(DETACHED_SQL))["detached"]:
+            if loop.time() > deadline:
+                raise ActionFailed(f"the WAL receiver of {replica.name} still runs {timeout:g} s after detaching it")
+            await asyncio.sleep(0.01)
+        return None if row["position"] is None else int(row["position"])
     finally:
         conn.terminate()
 

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from ..core.config import Config
 from ..core.coordination import DcsUnavailable, InstanceRole
@@ -130,7 +130,7 @@ class Monitor:
         self._held: str | None = None  # why writes are held (a switchover): the tick probes and routes, never acts
         self._switchover: asyncio.Task[Any] | None = None
         self._probed_at: float | None = None
-        self._besides: set[asyncio.Task[None]] = set()  # work the ticks do not wait for
+        self._besides: set[asyncio.Task[Any]] = set()  # work the ticks do not wait for
         self._repointing: set[str] = set()  # replicas a failover re-points beside the loop
         self._acting: set[str] = set()  # actions under way beside the loop ("sync", "repoint n2")
         self.in_flight: Callable[[str], int] = lambda node: 0  # pooled transactions running on a node (the proxy's)
@@ -522,10 +522,12 @@ class Monitor:
             return
         self._rejoining.add(name)
         task = asyncio.get_running_loop().create_task(self.rejoin(name, decision.reason))
+        self._besides.add(task)  # kept, and cancelled when the monitor stops
         task.add_done_callback(lambda t: self._rejoined(name, t))
 
     def _rejoined(self, name: str, task: asyncio.Task[Any]) -> None:
         self._rejoining.discard(name)
+        self._besides.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.events.record("action_failed", f"rejoin {name}: {task.exception()}")
 
@@ -553,21 +555,23 @@ class Monitor:
         self._intents.append(intent)
         self._own_intents.add(intent["intent"])
         if self.member is not None and not await self.member.write(state=to_document(self.state), intent=intent):
-            self._intents.remove(intent)
-            why = f"not promoting {target}: this instance no longer leads ({self.member.current.reason})"
-            self.events.record(
-                "failover_abandoned",
-                why,
-                intent=intent["intent"],
-                old_writer=old,
-                new_writer=None,
-                epoch=self.state.epoch,
+            self._abandon(
+                intent, f"not promoting {target}: this instance no longer leads ({self.member.current.reason})"
             )
-            raise ActionFailed(why)
         crash_point("after_intent")
+        phases["candidate_chosen"] = time.time()
+        moved = await self._detach_followers(old, target, statuses)
+        phases["followers_detached"] = time.time()
+        if moved and not forced:
+            if self.member is not None:
+                await self.member.write(intent=None)
+            self._abandon(
+                intent,
+                f"not promoting {target}: {', '.join(moved)} received WAL past it after the decision (the old "
+                f"writer {old} answered late); deciding again on the WAL they hold now that they are detached",
+            )
         after = replace(self.state, writer=target, fenced=self.state.fenced | {old})
         sync = desired_sync_names(after, statuses, self.policy)
-        phases["candidate_chosen"] = time.time()
         timeline = await actions.promote(self.config, self.nodes[target], sync, self.state.timeline)
         phases["promoted"] = time.time()
         crash_point("after_promote")
@@ -601,6 +605,35 @@ class Monitor:
             phases={k: round(v, 3) for k, v in phases.items()},
             downtime_from_detection=round(phases["endpoints_switched"] - phases["detected"], 3),
         )
+
+    def _abandon(self, intent: dict[str, Any], why: str) -> NoReturn:
+        self._intents.remove(intent)
+        self.events.record(
+            "failover_abandoned",
+            why,
+            intent=intent["intent"],
+            old_writer=intent["old_writer"],
+            new_writer=None,
+            epoch=self.state.epoch,
+        )
+        raise ActionFailed(why)
+
+    async def _detach_followers(self, old: str, target: str, statuses: dict[str, NodeStatus]) -> list[str]:
+        """Before a promotion, stop every other reachable replica streaming, so that an old writer that wakes up
+        (a paused host) cannot hand one WAL the candidate lacks. Returns those whose WAL went, by then, past both
+        what the decision saw of them and the candidate: the decision's premise no longer holds."""
+        names = sorted(n for n, s in statuses.items() if s.is_replica and n not in {old, target, *self.state.fenced})
+        timeout = self.config.monitor.probe_timeout
+        results = await asyncio.gather(
+            *(bounded(actions.detach(self.config, self.nodes[n], timeout), 2 * timeout) for n in names)
+        )
+        moved = []
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("could not detach %s before promoting %s: %s", name, target, result)
+            elif result is not None and result > max(statuses[name].wal_position, statuses[target].wal_position):
+                moved.append(name)
+        return moved
 
     async def _repoint_after_failover(self, old: str, target: str) -> None:
         """Beside the loop: a replica that hangs must not hold up the ticks (and decide re-points one it missed)."""
