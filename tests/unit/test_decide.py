@@ -238,7 +238,20 @@ def test_a_voter_still_replaying_its_own_wal_does_not_count_yet():
     state = replace(RUNNING, failures={"n1": 3})
     replaying = replace(replica("n2", 900, streaming=False), receive_lsn=None)
     statuses = {"n1": down("n1"), "n2": replaying, "n3": replica("n3", 800, streaming=False)}
-    assert decide(state, statuses, POLICY).action is Action.NO_CANDIDATE
+    d = decide(state, statuses, POLICY)
+    assert d.action is Action.NO_CANDIDATE
+    assert "n2 is still replaying the WAL it holds" in d.reason
+
+
+def test_a_refusal_names_each_voter_missing_for_its_own_reason():
+    state = replace(RUNNING, timeline=2, failures={"n1": 3}, voters=frozenset({"n2", "n3"}), proven=1)
+    candidate = {"n1": down("n1"), "n3": replica("n3", 800, streaming=False, timeline=2)}
+    d = decide(state, {**candidate, "n2": primary("n2", timeline=1)}, POLICY)
+    assert d.action is Action.NO_CANDIDATE and d.reason.startswith("writer n1 is down; n2 is not a replica; n3")
+    d = decide(
+        replace(state, fenced=frozenset({"n2"})), {**candidate, "n2": replica("n2", 900, streaming=False)}, POLICY
+    )
+    assert d.reason.startswith("writer n1 is down; n2 is fenced; n3")
 
 
 def test_without_voters_a_failover_is_bounded_by_max_data_loss():
@@ -290,7 +303,9 @@ def test_a_replica_on_an_older_timeline_is_neither_a_candidate_nor_a_voters_answ
     statuses = {"n1": down("n1"), "n2": diverged, "n3": replica("n3", 900, streaming=False, timeline=2)}
     d = decide(state, statuses, POLICY)
     assert (d.action, d.target) == (Action.NO_CANDIDATE, "n3")  # n2 counts as missing: not proven
-    assert "n2 is unreachable" in d.reason
+    assert d.reason.startswith(
+        "writer n1 is down; n2 is on timeline 1, older than the writer's 2 (a rewind is due); n3 cannot prove"
+    )
     two = replace(state, proven=2)
     d = decide(two, statuses, POLICY)
     assert (d.action, d.target, d.loss_bound) == (Action.PROMOTE, "n3", 0)  # ANY 2: one of two voters suffices

@@ -203,7 +203,28 @@ def promotion_verdict(
         policy.synchronous,
         forced,
         state.proven,
+        _excuses(state, statuses, pool),
     )
+
+
+def _excuses(state: ClusterState, statuses: Mapping[str, NodeStatus], pool: Mapping[str, NodeStatus]) -> dict[str, str]:
+    """Why a voter that answered cannot vouch (those that did not answer are simply unreachable)."""
+    excuses = {}
+    for name in state.voters:
+        s = statuses.get(name)
+        if s is None or not s.reachable:
+            continue
+        if name in pool and not s.position_settled:
+            excuses[name] = "is still replaying the WAL it holds (it has not asked to stream yet)"
+        elif name in state.fenced:
+            excuses[name] = "is fenced"
+        elif not s.is_replica:
+            excuses[name] = "is not a replica"
+        elif state.system_id is not None and s.system_id != state.system_id:
+            excuses[name] = "belongs to another cluster (system identifier)"
+        elif behind_timeline(state, s):
+            excuses[name] = f"is on timeline {s.timeline}, older than the writer's {state.timeline} (a rewind is due)"
+    return excuses
 
 
 def _eligible(state: ClusterState, statuses: Mapping[str, NodeStatus]) -> list[NodeStatus]:

@@ -22,7 +22,7 @@ that is every voter; with p = 2, all but one. That holds while S is a subset of 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -199,6 +199,7 @@ def judge(
     synchronous: bool,
     forced: bool = False,
     proven: int = 1,
+    excuses: Mapping[str, str] | None = None,
 ) -> Verdict:
     """May candidate be promoted now? The voters' proof first, then the failover.max_data_loss bound.
 
@@ -232,7 +233,9 @@ def judge(
         )
     short = enough - len(answered) if len(answered) < enough else 0
     return Verdict(
-        candidate.name, False, _blocked(candidate.name, voters, proven, missing, short, bound, max_data_loss)
+        candidate.name,
+        False,
+        _blocked(candidate.name, voters, proven, missing, short, bound, max_data_loss, excuses or {}),
     )
 
 
@@ -244,13 +247,17 @@ def _blocked(
     short: int,
     bound: int | None,
     max_data_loss: int,
+    excuses: Mapping[str, str],
 ) -> str:
     way_out = f"or run `pgaurora failover --to {candidate} --accept-data-loss`"
     if short:
-        verb = "is" if len(missing) == 1 else "are"
+        unreachable = [v for v in missing if v not in excuses]
+        verb = "is" if len(unreachable) == 1 else "are"
+        why = [f"{names(unreachable)} {verb} unreachable"] if unreachable else []
+        why += [f"{v} {excuses[v]}" for v in missing if v in excuses]
         wait = names(missing) if short == len(missing) else f"{short} of {names(missing)}"
         return (
-            f"{names(missing)} {verb} unreachable; {candidate} cannot prove it has every acknowledged "
+            f"{'; '.join(why)}; {candidate} cannot prove it has every acknowledged "
             f"commit (quorum ANY {proven} of {names(voters)}); waiting for {wait}, {way_out}"
         )
     if voters:
