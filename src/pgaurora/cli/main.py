@@ -592,23 +592,41 @@ def rejoin(admin_url, print_only, node) -> None:
 
 @cli.group()
 def image() -> None:
-    """The PostgreSQL image for Docker clusters (built from this machine's binaries; no registry needed)."""
+    """Images for Docker: PostgreSQL (from this machine's binaries) and pgaurora (no registry needed)."""
 
 
 @image.command("build")
 @click.option("--force", is_flag=True, help="Build again even if the image exists.")
-def image_build(force) -> None:
+@click.option(
+    "--python",
+    "with_python",
+    is_flag=True,
+    help="Also build the pgaurora image ($PGAURORA_IMAGE, by default pgaurora/pgaurora:local) from the "
+    "Dockerfile, on a base made from this machine's Python, with wheels this machine's pip fetches.",
+)
+@click.option(
+    "--source",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="The pgaurora checkout that holds the Dockerfile (default: the current directory).",
+)
+def image_build(force, with_python, source) -> None:
     """Build (or reuse) the image named by $PGAURORA_PG_IMAGE, by default pgaurora/postgres:local."""
     import time
 
+    from ..compose import image as pg_image
+    from ..compose import pyimage
     from ..compose.docker import docker_client
-    from ..compose.image import build, image_exists, image_name
 
+    checkout = pyimage.source_dir(source) if with_python else None
     client = docker_client()
-    name, existed, began = image_name(), image_exists(client, image_name()), time.monotonic()
-    build(client, name, force=force)
-    verb = "reused" if existed and not force else f"built in {time.monotonic() - began:.1f} s"
-    click.echo(f"{name}: {verb}")
+    builds = [(pg_image.image_name(), lambda: pg_image.build(client, pg_image.image_name(), force=force))]
+    if checkout is not None:
+        builds.append((pyimage.image_name(), lambda: pyimage.build(client, checkout, force=force)))
+    for name, make in builds:
+        existed, began = pg_image.image_exists(client, name), time.monotonic()
+        make()
+        click.echo(f"{name}: {'reused' if existed and not force else f'built in {time.monotonic() - began:.1f} s'}")
 
 
 def _add_drill() -> None:
