@@ -198,6 +198,15 @@ class ReaderConfig(ClientEndpoint):
 class CustomRole(str, Enum):
     READER = "reader"
     ANY = "any"
+    SPLIT = "split"  # read-only transactions to replicas, the rest to the writer
+
+
+class Consistency(str, Enum):
+    """What a read on a splitting endpoint must see (`pgaurora.consistency`, per session)."""
+
+    EVENTUAL = "eventual"  # any replica within max_replica_lag
+    SESSION = "session"  # the session's own commits
+    GLOBAL = "global"  # every commit acknowledged anywhere before the read began
 
 
 class CustomEndpointConfig(ClientEndpoint):
@@ -215,6 +224,20 @@ class CustomEndpointConfig(ClientEndpoint):
     """...or every node but these."""
     fallback: Fallback = Fallback.REFUSE
     """With no member available: `refuse` (57P03 naming the endpoint) or `writer`."""
+    consistency: Consistency = Consistency.SESSION
+    """Role `split`: what a read sees unless the session says otherwise (`pgaurora.consistency`): `eventual`
+    (any replica within max_replica_lag), `session` (the session's own commits), `global` (every commit
+    acknowledged before the read began)."""
+    consistency_wait: Annotated[float, Field(ge=0, le=60)] = 0.1
+    """Role `split`: seconds a read may wait for a replica to replay what it must see; then the writer serves it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_pools(cls, data: Any) -> Any:
+        """A splitting endpoint routes each transaction: it pools per transaction unless told otherwise."""
+        if isinstance(data, dict) and data.get("role") == CustomRole.SPLIT.value and "pool_mode" not in data:
+            return {**data, "pool_mode": PoolMode.TRANSACTION.value}
+        return data
 
     @model_validator(mode="after")
     def _members(self) -> CustomEndpointConfig:
@@ -222,6 +245,8 @@ class CustomEndpointConfig(ClientEndpoint):
             raise ValueError("give either nodes or exclude, not both")
         if self.nodes is not None and not self.nodes:
             raise ValueError("nodes is empty")
+        if self.role is CustomRole.SPLIT and self.pool_mode is not PoolMode.TRANSACTION:
+            raise ValueError('role "split" routes each transaction on its own: it needs pool_mode = "transaction"')
         return self
 
 

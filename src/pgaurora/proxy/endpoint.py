@@ -9,9 +9,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..core.config import Config, CustomEndpointConfig, Listen, PoolMode
+import asyncpg
+
+from ..core.config import Config, CustomEndpointConfig, CustomRole, Listen, PoolMode
 from ..core.errors import NodeTlsFailed, NoWriterAvailable, ProxyError, UpstreamUnavailable
-from ..core.sslcontexts import Contexts
+from ..core.sslcontexts import Contexts, node_ssl
 from ..core.topology import Health, NodeState, Role, Topology, TopologyHub
 from ..wire import CancelRequest, encode
 from .client import ClientProtocol
@@ -19,6 +21,7 @@ from .credentials import Credentials
 from .pool import Pool, Pools
 from .relay import Session
 from .router import EndpointKind, Router
+from .split import Splitter
 from .state import ProxyState, Tracked
 from .upstream import ServerProtocol, connect
 
@@ -56,6 +59,10 @@ class Endpoint:
         self.starting: set[ClientProtocol] = set()  # clients whose startup waits on a node that has not answered
         self._sweeper: asyncio.Task[None] | None = None  # closes idle pooled clients (client_idle_timeout)
         self._writer_pools: dict[tuple[str, str], tuple[int, Pool]] = {}  # (database, user): (version, pool)
+        splits = custom is not None and custom.role is CustomRole.SPLIT and self.pools is not None
+        # a splitting endpoint: reads through its splitter, everything else (logins too) as the writer's
+        self.splitter = Splitter(custom, hub, self.pools, self._connect_node) if splits else None  # type: ignore[arg-type]
+        self._route = (EndpointKind.WRITER, None) if self.splitter is not None else (kind, custom)
         hub.subscribe(self._on_topology)
 
     @property
@@ -95,9 +102,25 @@ class Endpoint:
                 if since is not None and now - since >= timeout:
                     client.fail("57P05", "terminating connection due to idle-session timeout (client_idle_timeout)")
 
+    async def _connect_node(self, node: NodeState) -> asyncpg.Connection:
+        """A connection of pgaurora's own (the monitor's role), to ask a node its WAL positions."""
+        m = self.config.monitor
+        return await asyncpg.connect(
+            host=node.host,
+            port=node.port,
+            user=m.user,
+            password=m.password,
+            database=m.database,
+            timeout=self.config.proxy.connect_timeout,
+            ssl=node_ssl(self.config.tls),
+            server_settings={"application_name": f"pgaurora-{self.name}"},
+        )
+
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.splitter is not None:
+            self.splitter.close()
         if self.server is not None:
             self.server.close()
         for session in self._sessions(lambda node: True):
@@ -152,11 +175,12 @@ class Endpoint:
         kept = self._writer_pools.get((database, user))
         if kept is not None and kept[0] == topology.version and not kept[1].closed:
             return kept[1]
+        kind, custom = self._route
         try:
-            pool = self.pools.get(self.router.candidates(self.kind, topology, self.custom)[0], database, user)
+            pool = self.pools.get(self.router.candidates(kind, topology, custom)[0], database, user)
         except ProxyError:
             return None
-        if self.kind is EndpointKind.WRITER:
+        if kind is EndpointKind.WRITER:
             self._writer_pools[(database, user)] = (topology.version, pool)
         return pool
 
@@ -168,17 +192,18 @@ class Endpoint:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.proxy.failover_connect_timeout
         refused_under = self.hub.current.version  # avoid the node until the monitor has published news
+        kind, custom = self._route
         while True:
             topology = self.hub.current
             skip = avoid if topology.version == refused_under else None
             try:
-                nodes = [n for n in self.router.candidates(self.kind, topology, self.custom) if n.name != skip]
+                nodes = [n for n in self.router.candidates(kind, topology, custom) if n.name != skip]
                 if nodes:
                     return self.pools.get(nodes[0], database, user)
                 raise UpstreamUnavailable(f"node {avoid} is down")
             except ProxyError as exc:
                 remaining = deadline - loop.time()
-                if self.kind is EndpointKind.READER or remaining <= 0:
+                if kind is EndpointKind.READER or remaining <= 0:
                     raise _writer_unavailable(exc, topology) from None
             await self.hub.wait_for(_changed_since(topology), remaining)
 

@@ -29,7 +29,8 @@ from .credentials import LookupFailed
 from .pool import Pool, PoolClosed, ServerLink, Waiter
 from .replies import PASS, SWALLOW, SYNC, ServerStream
 from .scram import MECHANISM, ScramFailed, Secret, ServerExchange
-from .statements import NOTHING, Effect, effect
+from .split import Verdict
+from .statements import NOTHING, Effect, effect, setting_value
 from .tokens import TokenRefused
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from ..core.topology import NodeState
     from ..wire import StartupMessage
     from .credentials import Credentials
+    from .split import Routed, Splitter
     from .state import ProxyState
 
 log = logging.getLogger("pgaurora.proxy")
@@ -60,6 +62,9 @@ class PoolGate(Protocol):
     def current_pool(self, database: str, user: str) -> Pool | None: ...
 
     def known_params(self, database: str, user: str) -> dict[str, str] | None: ...
+
+    @property
+    def splitter(self) -> Splitter | None: ...
 
 
 def startup_settings(startup: StartupMessage) -> dict[str, str]:
@@ -155,6 +160,8 @@ class PooledClient:
         loop = asyncio.get_running_loop()
         self.deadline: asyncio.TimerHandle | None = loop.call_later(gate.config.proxy.startup_timeout, self._too_slow)
         self.rule = "0"  # the [[rules]] entry that decided how it logs in (0: the default), for the metrics
+        self.verdict: Verdict | None = None  # a splitting endpoint: what its current transaction was routed as
+        self.wrote_at: float | None = None  # ... and when its last transaction on the writer ended
         self.by_token = False
         self._begin_login(peer, tls)
 
@@ -362,9 +369,25 @@ class PooledClient:
         return b"".join([*params, encode(BackendKeyData(*self.cancel_key)), _ready(b"I")])
 
     # -- lending ----------------------------------------------------------------------------------
+    def knob(self, name: str) -> str | None:
+        """The value this session carries for a setting (from its startup packet or its own SET), if any."""
+        sql = self.settings.get(name)
+        return None if sql is None else setting_value(sql)
+
     def _borrow(self) -> None:
         """A connection for the messages queued: in this call when one is idle, else by callback."""
-        pool = self.gate.current_pool(self.database, self.user)
+        splitter = self.gate.splitter
+        if splitter is not None:
+            routed = splitter.route_now(self)
+            self.verdict = routed.verdict
+            if routed.why == "wait":  # a read that must wait for a replica to replay what it must see
+                if self.acquiring is None:
+                    self.acquiring = asyncio.get_running_loop().create_task(self._read_later(routed))
+                return
+            self.gate.state.split_counted(self.gate.name, routed.why)
+            pool = routed.pool
+        else:
+            pool = self.gate.current_pool(self.database, self.user)
         if pool is None:  # no node to route to now: wait for one (a failover), as a task
             if self.acquiring is None:
                 self.acquiring = asyncio.get_running_loop().create_task(self._borrow_later())
@@ -385,6 +408,21 @@ class PooledClient:
         if not self.closed:  # from the pool found, not the one routing picks next (it may be the failed node)
             assert self.secret is not None
             self.waiting = self.pool.lend(self._lent_and_flush, self._not_lent, self.client_key, self.secret)
+
+    async def _read_later(self, routed: Routed) -> None:
+        splitter = self.gate.splitter
+        assert splitter is not None and self.secret is not None
+        try:
+            pool, why, waited = await splitter.route_later(self, routed.verdict)
+        except LookupError:  # no writer or no replica any more: route it again
+            self.acquiring = None
+            self._borrow()
+            return
+        self.acquiring = None
+        self.gate.state.split_counted(self.gate.name, why, waited)
+        if not self.closed:
+            self.pool = pool
+            self.waiting = pool.lend(self._lent_and_flush, self._not_lent, self.client_key, self.secret)
 
     def _not_lent(self, error: Exception) -> None:
         self.waiting = None
@@ -438,6 +476,8 @@ class PooledClient:
             if self.waiting is None and self.acquiring is None:
                 self._borrow()
             return
+        if self.verdict is Verdict.READ and (self.stream.expected or self.unsynced):
+            return  # a read routed on its own still runs on its replica: what follows is routed after it
         queue, self.queue = self.queue, []
         if len(queue) == 1:
             link.transport.write(self._translate(*queue[0]))  # type: ignore[union-attr]
@@ -591,10 +631,14 @@ class PooledClient:
             and not self.unsynced
             and not stream.hidden
             and stream.status == b"I"
-            and not self.queue
+            and (not self.queue or self.verdict is Verdict.READ)
         ):
             link, self.link = self.link, None
             link.pool.release(link, reusable=True)
+            if self.verdict is Verdict.WRITE:
+                self.wrote_at = time.monotonic()  # committed and acknowledged: its next reads must see it
+            if self.queue:  # held while a read ran: routed now
+                self._flush()
 
     def server_lost(self) -> None:
         """The server connection died under this client (its node failed): only what was in flight is lost.

@@ -55,6 +55,15 @@ class ProxyState:
         self.by_role: Counter[str] = Counter()  # role -> client connections that named it at startup
         self.limited_total: Counter[str] = Counter()  # limit (total, address, role) -> clients it refused
         self.rules_total: Counter[tuple[str, str, str]] = Counter()  # (endpoint, rule, accepted|refused) -> logins
+        # splitting endpoints: (endpoint, replica|writer, why) -> transactions; endpoint -> seconds reads waited
+        self.split_total: Counter[tuple[str, str, str]] = Counter()
+        self.split_wait_seconds: defaultdict[str, float] = defaultdict(float)
+
+    def split_counted(self, endpoint: str, why: str, waited: float = 0.0) -> None:
+        """One transaction routed by a splitting endpoint: `replica`, or a reason the writer took it."""
+        self.split_total[(endpoint, "replica" if why == "replica" else "writer", why)] += 1
+        if waited:
+            self.split_wait_seconds[endpoint] += waited
 
     def client_opened(self, address: str = "") -> Seat:
         self.clients += 1

@@ -119,3 +119,17 @@ def _pins(stmt: Any) -> list[str]:
         found.append(Pin.SQL_PREPARE)
     Finder()(stmt)
     return found
+
+
+_SET_CONFIG = re.compile(r"set_config\('(?:[^']|'')*',\s*'((?:[^']|'')*)'", re.IGNORECASE)
+_SET_VALUE = re.compile(r"(?:=|\bto\b)\s*(?:'((?:[^']|'')*)'|([\w.+-]+))\s*;?\s*$", re.IGNORECASE)
+
+
+def setting_value(sql: str) -> str | None:
+    """The value a carried setting's statement gives: `SELECT set_config('name', 'value', false)` (from the
+    startup packet) or `SET name = value` / `SET name TO 'value'` (the client's own)."""
+    found = _SET_CONFIG.search(sql) or _SET_VALUE.search(sql)
+    if found is None:
+        return None
+    quoted, bare = found.group(1), found.group(2) if found.re is _SET_VALUE else None
+    return quoted.replace("''", "'") if quoted is not None else bare

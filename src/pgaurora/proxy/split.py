@@ -1,0 +1,354 @@
+"""Splitting endpoint: which transactions are reads, and which replica has replayed what a session must see."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from enum import Enum
+from functools import lru_cache
+from typing import Any, NamedTuple, Protocol
+
+import asyncpg
+
+from ..core import custom_endpoints
+from ..core.config import Consistency, CustomEndpointConfig
+from ..core.topology import NodeState, Topology, TopologyHub
+from ..wire.frontend import bind_statement, parse_parts
+from .pool import Pool, Pools
+
+log = logging.getLogger("pgaurora.proxy")
+
+
+class Verdict(Enum):
+    WRITE = "write"  # or anything the parser cannot vouch for
+    READ = "read"  # one plain read, autocommitted
+    READ_ONLY = "read_only"  # BEGIN READ ONLY: the whole transaction reads
+
+
+# Functions a plain read may call: built-ins that neither write nor depend on the server they run on (beyond
+# its data). Anything else (nextval, a user function, set_config, advisory locks...) makes the statement a
+# write as far as routing goes.
+SAFE_FUNCTIONS = frozenset(
+    {
+        *("count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "array_agg", "string_agg"),
+        *("json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg", "stddev", "variance"),
+        *("abs", "ceil", "ceiling", "floor", "round", "trunc", "mod", "power", "sqrt", "greatest", "least"),
+        *("lower", "upper", "length", "char_length", "substr", "substring", "trim", "btrim", "ltrim", "rtrim"),
+        *("concat", "concat_ws", "replace", "split_part", "left", "right", "position", "strpos", "format"),
+        *("to_char", "to_date", "to_timestamp", "to_number", "date_trunc", "date_part", "extract", "age"),
+        *("now", "timezone", "make_date", "make_interval", "coalesce", "nullif", "md5", "encode", "decode"),
+        *("jsonb_build_object", "json_build_object", "jsonb_extract_path", "jsonb_array_length", "row_number"),
+        *("rank", "dense_rank", "lag", "lead", "first_value", "last_value", "generate_series", "unnest"),
+        *("to_json", "to_jsonb", "row_to_json", "array_length", "cardinality", "pg_typeof"),
+        # what a server says of itself, the same question on a replica
+        *("pg_is_in_recovery", "inet_server_addr", "inet_server_port", "version", "current_setting"),
+        *("pg_backend_pid", "current_database", "current_schema", "pg_last_wal_replay_lsn"),
+    }
+)
+
+
+@lru_cache(maxsize=4096)  # applications send the same few statements again and again
+def verdict(sql: bytes) -> Verdict:
+    """What one Query or Parse's text is, by PostgreSQL's own parser (pglast): never a guess from keywords."""
+    from pglast import parse_sql
+    from pglast.ast import SelectStmt, TransactionStmt
+    from pglast.enums import TransactionStmtKind
+    from pglast.parser import ParseError
+
+    try:
+        statements = parse_sql(sql.decode("utf-8", "replace"))
+    except ParseError:
+        return Verdict.WRITE  # the writer says what is wrong with it
+    if len(statements) != 1:
+        return Verdict.WRITE
+    stmt = statements[0].stmt
+    if isinstance(stmt, TransactionStmt):
+        starts = stmt.kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START)
+        return Verdict.READ_ONLY if starts and _read_only_option(stmt.options) else Verdict.WRITE
+    if isinstance(stmt, SelectStmt) and _plain(stmt):
+        return Verdict.READ
+    return Verdict.WRITE
+
+
+def _read_only_option(options: Any) -> bool:
+    for option in options or ():
+        if option.defname == "transaction_read_only":
+            return bool(getattr(option.arg.val, "ival", 0))
+    return False
+
+
+def _plain(stmt: Any) -> bool:
+    """A SELECT that locks nothing, creates nothing, modifies nothing in a CTE, and calls only safe functions."""
+    from pglast.visitors import Visitor
+
+    plain = True
+
+    class Finder(Visitor):
+        def visit(self, ancestors: object, node: Any) -> None:
+            nonlocal plain
+            name = type(node).__name__
+            if name in ("IntoClause", "LockingClause", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
+                plain = False
+            elif name == "FuncCall" and node.funcname[-1].sval.lower() not in SAFE_FUNCTIONS:
+                plain = False
+
+    Finder()(stmt)
+    return plain
+
+
+def batch_verdict(
+    queue: list[tuple[bytes, bytes]], statements: Mapping[bytes, tuple[bytes, bytes, bytes]], read_only: bool
+) -> Verdict:
+    """What the messages that begin a transaction are: one Query, or an extended batch up to its Sync whose
+    statements are all reads. read_only: the session's default_transaction_read_only is on."""
+    if read_only:
+        return Verdict.READ_ONLY
+    if len(queue) == 1 and queue[0][0] == b"Q":
+        return verdict(queue[0][1][5:-1])
+    if not queue or queue[-1][0] != b"S":
+        return Verdict.WRITE  # a batch still coming: what follows may write
+    found = Verdict.WRITE
+    for kind, raw in queue:
+        if kind == b"P":
+            query = parse_parts(raw[5:])[1]
+        elif kind == b"B":
+            name = bind_statement(raw[5:])[1]
+            known = statements.get(name) if name else None
+            if name and known is None:
+                return Verdict.WRITE
+            query = known[1] if known is not None else b""
+            if not query:
+                continue  # the unnamed statement: its Parse came in this batch
+        elif kind in (b"D", b"E", b"S", b"H", b"C"):
+            continue
+        else:
+            return Verdict.WRITE
+        if verdict(query) is not Verdict.READ:
+            return Verdict.WRITE
+        found = Verdict.READ
+    return found
+
+
+Connect = Callable[[NodeState], Awaitable[asyncpg.Connection]]
+REPLAY_GAP = 0.001  # seconds between two questions to one replica while reads wait on it
+
+
+class _Asked:
+    """One query at a time to one node, shared by everyone who asks while it runs."""
+
+    def __init__(self, connect: Connect, sql: str, gap: float = 0.0) -> None:
+        self.connect, self.sql, self.gap = connect, sql, gap  # gap: the least time between two queries
+        self.node: NodeState | None = None
+        self.conn: asyncpg.Connection | None = None
+        self.running: tuple[float, asyncio.Task[int]] | None = None
+        self.last: tuple[float, int] | None = None  # (when the query began, its answer)
+
+    def ask(self, node: NodeState) -> tuple[float, asyncio.Task[int]]:
+        if self.running is None or self.node is None or self.node.name != node.name:
+            began = time.monotonic()
+            task = asyncio.get_running_loop().create_task(self._query(node, began))
+            self.running = (began, task)
+        return self.running
+
+    async def _query(self, node: NodeState, began: float) -> int:
+        me = asyncio.current_task()
+        try:
+            if self.gap and self.last is not None and (early := self.last[0] + self.gap - began) > 0:
+                await asyncio.sleep(early)
+                began = time.monotonic()
+            if self.conn is None or self.conn.is_closed() or self.node is None or self.node.address != node.address:
+                self.close()
+                self.node = node
+                self.conn = await self.connect(node)
+            value = int(await self.conn.fetchval(self.sql, timeout=2.0))
+            self.last = (began, value)
+            return value
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if self.running is not None and self.running[1] is me:
+                self.running = None
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.terminate()
+
+
+class LsnClock:
+    """The writer's flushed WAL position, one query for every read that asks at the same moment. A read that
+    began at t is given a position read after t: past every commit acknowledged before t."""
+
+    def __init__(self, connect: Connect) -> None:
+        self._asked = _Asked(connect, "SELECT pg_current_wal_flush_lsn() - '0/0'")
+
+    def cached(self, writer: str | None, began: float) -> int | None:
+        """A position read on writer after began, if one was already: no query."""
+        last, node = self._asked.last, self._asked.node
+        if last is None or node is None or node.name != writer or last[0] < began:
+            return None
+        return last[1]
+
+    async def after(self, writer: NodeState, began: float) -> int:
+        while True:
+            last = self._asked.last
+            if last is not None and last[0] >= began and self._asked.node is not None:
+                if self._asked.node.name == writer.name:
+                    return last[1]
+            started, task = self._asked.ask(writer)
+            value = await asyncio.shield(task)
+            if started >= began:
+                return value
+
+    def close(self) -> None:
+        self._asked.close()
+
+
+class ReplayWatch:
+    """How far each replica has replayed: asked of it only while reads wait on it, and then without pause."""
+
+    def __init__(self, connect: Connect) -> None:
+        self.connect = connect
+        self._asked: dict[str, _Asked] = {}
+
+    def known(self, node: NodeState) -> int:
+        asked = self._asked.get(node.name)
+        return asked.last[1] if asked is not None and asked.last is not None else -1
+
+    async def first_past(self, nodes: list[NodeState], lsn: int, timeout: float) -> NodeState | None:
+        """The first of nodes to replay past lsn within timeout, or None."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            past = [n for n in nodes if self.known(n) >= lsn]
+            if past:
+                return past[0]
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            tasks = [self._ask(n)[1] for n in nodes]
+            await asyncio.wait(tasks, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: a replica that does not answer is simply not chosen
+
+    def _ask(self, node: NodeState) -> tuple[float, asyncio.Task[int]]:
+        asked = self._asked.get(node.name)
+        if asked is None:
+            sql = "SELECT pg_last_wal_replay_lsn() - '0/0'"
+            asked = self._asked[node.name] = _Asked(self.connect, sql, gap=REPLAY_GAP)
+        return asked.ask(node)
+
+    def close(self) -> None:
+        for asked in self._asked.values():
+            asked.close()
+
+
+class SplitClient(Protocol):
+    """What the splitter reads of a pooled client at the start of each of its transactions."""
+
+    database: str
+    user: str
+    queue: list[tuple[bytes, bytes]]
+    wrote_at: float | None  # when its last transaction on the writer ended (monotonic)
+
+    @property
+    def statements(self) -> Mapping[bytes, tuple[bytes, bytes, bytes]]: ...
+
+    def knob(self, name: str) -> str | None: ...
+
+
+class Routed(NamedTuple):
+    """Where one transaction goes, and why (counted in /metrics)."""
+
+    pool: Pool | None  # None: ask again in a task (it must wait)
+    verdict: Verdict
+    why: str
+
+
+class Splitter:
+    """Routes each transaction of a splitting endpoint: writes to the writer; reads to a replica that has replayed
+    what the session must see (its consistency), else after up to consistency_wait, else to the writer."""
+
+    def __init__(self, spec: CustomEndpointConfig, hub: TopologyHub, pools: Pools, connect: Connect) -> None:
+        self.spec, self.hub, self.pools = spec, hub, pools
+        self.clock, self.replay = LsnClock(connect), ReplayWatch(connect)
+        self._turn = itertools.count()
+
+    def consistency(self, client: SplitClient) -> Consistency:
+        try:
+            return Consistency((client.knob("pgaurora.consistency") or self.spec.consistency.value).lower())
+        except ValueError:
+            return self.spec.consistency
+
+    def route_now(self, client: SplitClient) -> Routed:
+        """Where the transaction that client's queue begins goes, when that is known without waiting."""
+        read_only = (client.knob("default_transaction_read_only") or "off").lower() in ("on", "true", "1", "yes")
+        found = batch_verdict(client.queue, client.statements, read_only)
+        topology = self.hub.current
+        if found is Verdict.WRITE:
+            return Routed(self._writer_pool(topology, client), found, "write")
+        replicas = self._replicas(topology)
+        if not replicas:
+            return Routed(self._writer_pool(topology, client), found, "no_replica")
+        began = self._must_see(client)
+        if began is None:
+            return Routed(self._pool(replicas[0], client), found, "replica")
+        last = self.clock.cached(topology.writer, began)
+        past = [n for n in replicas if last is not None and self.replay.known(n) >= last]
+        if past:
+            return Routed(self._pool(past[0], client), found, "replica")
+        return Routed(None, found, "wait")
+
+    async def route_later(self, client: SplitClient, found: Verdict) -> tuple[Pool, str, float]:
+        """A read that must wait: for the writer's position, then for a replica past it (up to
+        consistency_wait); the writer's pool when none gets there. Returns the pool, why, and the wait."""
+        loop = asyncio.get_running_loop()
+        began_wait = loop.time()
+        topology = self.hub.current
+        writer, replicas = topology.writer_node, self._replicas(topology)
+        began = self._must_see(client)
+        if writer is None or not replicas or began is None:
+            raise LookupError("nothing to wait for")
+        try:
+            lsn = await self.clock.after(writer, began)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("the writer's WAL position is unknown (%s): a read goes to the writer", exc)
+            return self.pools.get(writer, client.database, client.user), "position_unknown", 0.0
+        node = await self.replay.first_past(replicas, lsn, self.spec.consistency_wait)
+        waited = loop.time() - began_wait
+        if node is None:
+            return self.pools.get(writer, client.database, client.user), "replica_behind", waited
+        return self.pools.get(node, client.database, client.user), "replica", waited
+
+    def _must_see(self, client: SplitClient) -> float | None:
+        """The moment whose commits the read must see: None (eventual), its last write (session), now (global)."""
+        mode = self.consistency(client)
+        if mode is Consistency.GLOBAL:
+            return time.monotonic()
+        if mode is Consistency.SESSION:
+            return client.wrote_at
+        return None
+
+    def _replicas(self, topology: Topology) -> list[NodeState]:
+        """The members that serve reads now, rotated for round robin."""
+        nodes = custom_endpoints.serving(self.spec, topology)
+        if len(nodes) < 2:
+            return nodes
+        start = next(self._turn) % len(nodes)
+        return nodes[start:] + nodes[:start]
+
+    def _writer_pool(self, topology: Topology, client: SplitClient) -> Pool | None:
+        writer = topology.writer_node
+        return None if writer is None else self.pools.get(writer, client.database, client.user)
+
+    def _pool(self, node: NodeState, client: SplitClient) -> Pool:
+        return self.pools.get(node, client.database, client.user)
+
+    def close(self) -> None:
+        self.clock.close()
+        self.replay.close()

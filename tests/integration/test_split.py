@@ -1,0 +1,182 @@
+"""A splitting endpoint (issue 25): read-only transactions to replicas, the rest to the writer, and reads that
+see what their consistency mode promises, checked by a Jepsen-style checker of write-then-read pairs."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.helpers import ServiceThread, free_ports, make_cluster, service_config
+
+pytestmark = pytest.mark.integration
+
+SESSIONS = 16
+
+
+@pytest.fixture(scope="module")
+def split():
+    """Its own cluster (the checker writes a lot), behind a splitting endpoint `app` (session consistency)."""
+    cluster = make_cluster(replicas=2)
+    (port,) = free_ports(1)
+    pool = {"pool_size": 20, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    endpoints = [{"name": "app", "port": port, "role": "split", "consistency_wait": 0.2}]
+    svc = ServiceThread(service_config(cluster, pool=pool, endpoints=endpoints), cluster=cluster)
+    svc.wait_ready()
+    svc.app = (svc.config.writer.host, port)
+    cluster.primary.sql("CREATE TABLE pairs (id bigint PRIMARY KEY, session int, at timestamptz DEFAULT now())")
+    yield svc
+    svc.stop()
+    cluster.destroy()
+
+
+def _dsn(svc, **extra) -> str:
+    host, port = svc.app
+    more = "".join(f" {k}={v}" for k, v in extra.items())
+    return f"host={host} port={port} user=postgres password={svc.config.monitor.password} dbname=postgres{more}"
+
+
+def _routed(svc) -> dict[tuple[str, str], int]:
+    return {(where, why): n for (name, where, why), n in svc.service.proxy_state.split_total.items() if name == "app"}
+
+
+def test_reads_go_to_replicas_and_everything_else_to_the_writer(split):
+    with psycopg.connect(_dsn(split), autocommit=True) as conn:
+        seen = {conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] for _ in range(6)}
+        assert seen == {True}
+        assert conn.execute("SELECT pg_is_in_recovery() FROM pg_class LIMIT 1 FOR UPDATE").fetchone()[0] is False
+        conn.execute("CREATE SEQUENCE IF NOT EXISTS split_numbers")
+        assert conn.execute("SELECT nextval('split_numbers')").fetchone()[0] >= 1  # a function it cannot vouch for
+        with conn.transaction():
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False  # BEGIN: the writer
+        conn.execute("BEGIN READ ONLY")
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        conn.execute("COMMIT")
+        conn.execute("SET default_transaction_read_only = on")
+        with conn.transaction():
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        conn.execute("RESET default_transaction_read_only")
+
+
+def test_psql_and_asyncpg_prepared_statements_work_on_both_sides(split):
+    out = subprocess.run(
+        ["psql", _dsn(split), "-Atc", "SELECT pg_is_in_recovery()"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "t", out.stderr
+
+    async def run() -> list:
+        host, port = split.app
+        conn = await asyncpg.connect(host=host, port=port, user="postgres", password=split.config.monitor.password)
+        try:
+            answers = []
+            for i in range(20):  # the statement cache: prepared once, bound on whichever node each read gets
+                await conn.execute("INSERT INTO pairs (id, session) VALUES ($1, -1)", 10_000_000 + i)
+                answers.append(await conn.fetchval("SELECT count(*) FROM pairs WHERE id = $1", 10_000_000 + i))
+            return answers
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == [1] * 20
+
+
+class Checker:
+    """SESSIONS sessions, each writing a row and reading it back at once: a read that misses its own row is
+    stale. The writes themselves are the write load."""
+
+    def __init__(self, svc, consistency: str, pairs: int, first_id: int) -> None:
+        self.svc, self.consistency, self.per_session = svc, consistency, pairs // SESSIONS
+        self.first_id, self.stale, self.done = first_id, 0, 0
+
+    async def session(self, number: int) -> None:
+        host, port = self.svc.app
+        conn = await asyncpg.connect(
+            host=host,
+            port=port,
+            user="postgres",
+            password=self.svc.config.monitor.password,
+            server_settings={"pgaurora.consistency": self.consistency},
+        )
+        try:
+            for i in range(self.per_session):
+                row = self.first_id + number * self.per_session + i
+                await conn.execute("INSERT INTO pairs (id, session) VALUES ($1, $2)", row, number)
+                if await conn.fetchval("SELECT count(*) FROM pairs WHERE id = $1", row) != 1:
+                    self.stale += 1
+                self.done += 1
+        finally:
+            await conn.close()
+
+    def run(self) -> None:
+        async def all_sessions() -> None:
+            await asyncio.gather(*(self.session(n) for n in range(SESSIONS)))
+
+        asyncio.run(all_sessions())
+
+
+def test_session_mode_reads_see_their_own_writes_and_mostly_from_replicas(split):
+    before = _routed(split)
+    checker = Checker(split, "session", 4000, first_id=1_000_000)
+    checker.run()
+    after = _routed(split)
+    reads = {k: after.get(k, 0) - before.get(k, 0) for k in after if k[1] != "write"}
+    on_replicas = reads.get(("replica", "replica"), 0) / max(1, sum(reads.values()))
+    print(f"session mode: {checker.done} pairs, {checker.stale} stale, {on_replicas:.0%} of reads on replicas {reads}")
+    assert checker.done == 4000 - 4000 % SESSIONS
+    assert checker.stale == 0
+    assert on_replicas >= 0.7, reads
+
+
+def test_eventual_mode_lets_the_checker_see_stale_reads(split):
+    """The checker can fail: without waiting for replay, some reads miss the row just written."""
+    load = subprocess.Popen(
+        ["pgbench", "-n", "-c", "4", "-T", "30", "-f", "/dev/stdin", split.dsn("writer")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    load.stdin.write("INSERT INTO pairs (id, session) SELECT 5000000000 + (random() * 1e12)::bigint, -2;\n")
+    load.stdin.close()
+    try:
+        checker = Checker(split, "eventual", 4000, first_id=2_000_000)
+        checker.run()
+    finally:
+        load.kill()
+        load.wait()
+    print(f"eventual mode: {checker.done} pairs, {checker.stale} stale")
+    assert checker.stale > 0
+
+
+def test_global_mode_a_read_sees_a_commit_acknowledged_to_another_session(split):
+    """Session A commits; the moment it is acknowledged, A tells B (in-process), and B reads it."""
+    told: asyncio.Queue | None = None
+    stale = 0
+
+    async def run() -> None:
+        nonlocal told, stale
+        told = asyncio.Queue()
+        host, port = split.app
+        params = {"host": host, "port": port, "user": "postgres", "password": split.config.monitor.password}
+        a = await asyncpg.connect(**params, server_settings={"pgaurora.consistency": "eventual"})
+        b = await asyncpg.connect(**params, server_settings={"pgaurora.consistency": "global"})
+        try:
+            for i in range(1000):
+                await a.execute("INSERT INTO pairs (id, session) VALUES ($1, -3)", 3_000_000 + i)
+                if await b.fetchval("SELECT count(*) FROM pairs WHERE id = $1", 3_000_000 + i) != 1:
+                    stale += 1
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(run())
+    assert stale == 0
+
+
+def test_the_mode_can_be_set_with_options_and_with_set(split):
+    with psycopg.connect(_dsn(split, options="'-c pgaurora.consistency=global'"), autocommit=True) as conn:
+        assert conn.execute("SHOW pgaurora.consistency").fetchone()[0] == "global"
+        conn.execute("SET pgaurora.consistency = 'eventual'")
+        assert conn.execute("SHOW pgaurora.consistency").fetchone()[0] == "eventual"
