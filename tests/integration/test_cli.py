@@ -36,7 +36,7 @@ def state_dir():
 
 
 def _up_args(state_dir, ports) -> list[str]:
-    writer, reader, admin, dns = ports
+    writer, reader, admin, dns, split = (*ports, 0) if len(ports) == 4 else ports
     return [
         "up",
         "--dir",
@@ -53,18 +53,24 @@ def _up_args(state_dir, ports) -> list[str]:
         str(admin),
         "--dns-port",
         str(dns),
+        "--split-port",
+        str(split),
     ]
 
 
-def test_up_serves_both_endpoints_then_stops_everything_on_sigterm(state_dir):
-    ports = tuple(free_ports(4))
+def test_up_serves_its_endpoints_then_stops_everything_on_sigterm(state_dir):
+    ports = tuple(free_ports(5))
     up = Command(*_up_args(state_dir, ports), "--password", "s3cret")
     try:
         up.wait_for_line("pgaurora is ready", 90)
         text = "\n".join(up.lines)
         assert f"psql -h 127.0.0.1 -p {ports[0]} -U postgres" in text and f"dig @127.0.0.1 -p {ports[3]}" in text
+        assert f"split endpoint   127.0.0.1:{ports[4]}" in text
         assert _psql(ports[0], "s3cret", "SELECT pg_is_in_recovery()") == "f"
         assert _psql(ports[1], "s3cret", "SELECT pg_is_in_recovery()") == "t"
+        assert _psql(ports[4], "s3cret", "SELECT pg_is_in_recovery()") == "t"  # a read, on a replica
+        wrote = _psql(ports[4], "s3cret", "CREATE TABLE split_seen (x int); SELECT pg_is_in_recovery()")
+        assert wrote.splitlines()[-1] == "f"  # one transaction that writes: the writer
         status = subprocess.run(
             [*PGAURORA, "status", "--admin", f"http://127.0.0.1:{ports[2]}"], capture_output=True, text=True, timeout=30
         )

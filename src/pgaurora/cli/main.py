@@ -64,6 +64,14 @@ reset_state_option = click.option(
 @click.option("--reader-port", default=6433, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--admin-port", default=6434, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--dns-port", default=8053, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--split-port",
+    default=6435,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The splitting endpoint: read-only transactions to replicas that have the session's own writes, the "
+    "rest to the writer (pooled per transaction; not with --tls or --instances). 0: none.",
+)
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous replication instead of quorum commit.")
 @click.option(
     "--sync-acks",
@@ -134,6 +142,7 @@ def up(
     reader_port,
     admin_port,
     dns_port,
+    split_port,
     asynchronous,
     sync_acks,
     backend,
@@ -193,6 +202,7 @@ def up(
         port=port,
         base_address=base_address,
         ports=(writer_port, reader_port, admin_port, dns_port),
+        split_port=None if instance else (split_port or None),  # not yet one per instance of several
         synchronous=not asynchronous,
         sync_acks=sync_acks,
         reset_state=reset_state,
@@ -415,7 +425,8 @@ def restore(source, target, new_dir, replicas, base_address, port, repository, c
 
     nodes = ", ".join(f"{n.name} {n.host}:{n.port}" for n in done.cluster.nodes)
     ports = " ".join(
-        f"--{what}-port {port}" for what, port in zip(("writer", "reader", "admin", "dns"), free_ports(4), strict=False)
+        f"--{what}-port {port}"
+        for what, port in zip(("writer", "reader", "admin", "dns", "split"), free_ports(5), strict=False)
     )
     click.echo(
         f"restored {done.cluster.name!r} into {done.cluster.root} in {done.seconds:.1f} s\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import click
@@ -91,11 +92,15 @@ def build_config(
     dcs: dict | None = None,
     backup: dict | None = None,
     pool: str = "passthrough",
+    split_port: int | None = None,
 ) -> config_mod.Config:
-    """The config `up` serves the cluster with; one of several instances listens on `host` and has [dcs]."""
+    """The config `up` serves the cluster with; one of several instances listens on `host` and has [dcs]. A
+    splitting endpoint (pooled: it reaches the nodes without TLS) on split_port, unless the cluster has TLS."""
     writer, reader, admin, dns = ports
     listen = {"host": host} if host else {}
-    extra = {**({"dcs": dcs} if dcs else {}), **({"backup": backup} if backup is not None else {})}
+    extra: dict[str, Any] = {**({"dcs": dcs} if dcs else {}), **({"backup": backup} if backup is not None else {})}
+    if split_port is not None and not cluster.tls:
+        extra["endpoints"] = [{"name": "split", "port": split_port, "role": "split", **listen}]
     return config_mod.build(
         {
             **extra,
@@ -130,6 +135,7 @@ def check_addresses(cluster: LocalCluster, cfg: config_mod.Config) -> None:
         Wanted("reader endpoint", cfg.reader.host, cfg.reader.port, "--reader-port"),
         Wanted("admin endpoint", cfg.admin.host, cfg.admin.port, "--admin-port"),
         Wanted("DNS server", cfg.dns.host, cfg.dns.port, "--dns-port", udp=True),
+        *(Wanted(f"{e.name} endpoint", e.host, e.port, "--split-port") for e in cfg.endpoints),
     ]
     problems = conflicts(listens, admin=(cfg.admin.host, cfg.admin.port))
     if problems:
@@ -179,6 +185,11 @@ def _ready_text(cluster: LocalCluster, cfg: config_mod.Config, given: bool) -> s
         [
             f"writer endpoint  {w.host}:{w.port}   (the current primary; {_pooling(w.pool_mode.value)})",
             f"reader endpoint  {r.host}:{r.port}   (replicas, round robin; {_pooling(r.pool_mode.value)})",
+            *(
+                f"split endpoint   {e.host}:{e.port}   (reads to replicas that have the session's writes, the "
+                "rest to the writer; pooled per transaction)"
+                for e in cfg.endpoints
+            ),
             f"admin endpoint   http://{cfg.admin.host}:{cfg.admin.port}/status",
             f"admin token      {local_token_file(cfg)}   (mode 600; pgaurora commands on this host read it)",
             f"dns              {d.host}:{d.port}   zone {cfg.zone}",
@@ -227,6 +238,7 @@ def run_up(
     host=None,
     backup: dict | None = None,
     pool: str = "passthrough",
+    split_port: int | None = None,
 ) -> None:
     """Serve a cluster; as `instance` (one of `up --instances`), on `host` with [dcs], nodes left running."""
     setup_logging(verbose)
@@ -234,14 +246,14 @@ def run_up(
         state_dir, name, replicas, password, port, base_address, synchronous, backend, tls, sync_acks
     )
     dcs = {"etcd": list(etcd), "instance": instance, **etcd_tls(cluster, instance, etcd)} if instance else None
-    check_addresses(cluster, build_config(cluster, ports, with_tls=False, host=host, dcs=dcs))
+    check_addresses(cluster, build_config(cluster, ports, with_tls=False, host=host, dcs=dcs, split_port=split_port))
     cluster.lock(shared=instance is not None)
     reaper = start_reaper()
     try:
         click.echo(cluster.up(attach))
-        if pool != "passthrough":
+        cfg = build_config(cluster, ports, host=host, dcs=dcs, backup=backup, pool=pool, split_port=split_port)
+        if pool != "passthrough" or cfg.endpoints:  # after up: certificates exist
             cluster.ensure_auth_lookup()  # a cluster made by an older pgaurora lacks the role and the function
-        cfg = build_config(cluster, ports, host=host, dcs=dcs, backup=backup, pool=pool)  # after up: certificates exist
         log_name = f"events-{instance}.jsonl" if instance else "events.jsonl"
         service = Service(cfg, cluster=cluster, events=EventLog(cluster.root / log_name), reset_state=reset_state)
         serve(service, lambda: click.echo(_ready_text(cluster, cfg, given=password is not None)))

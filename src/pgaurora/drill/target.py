@@ -223,6 +223,8 @@ class ComposedTarget(Target):
             str(a),
             "--dns-port",
             str(d),
+            "--split-port",
+            "0",  # the drill's workload uses the writer and reader endpoints
             "--pool",
             self.pool,
         ]

@@ -350,8 +350,7 @@ class PooledClient:
         self.queue, self.early = self.early, []
         if self.queue:
             self._flush()
-        else:
-            self._maybe_release()
+        self._maybe_release()
 
     def _refuse(self) -> None:
         self.gate.credentials.forget(self.user)
@@ -476,8 +475,8 @@ class PooledClient:
             if self.waiting is None and self.acquiring is None:
                 self._borrow()
             return
-        if self.verdict is Verdict.READ and (self.stream.expected or self.unsynced):
-            return  # a read routed on its own still runs on its replica: what follows is routed after it
+        if self._held() and (self.verdict is None or self.stream.expected or self.unsynced):
+            return  # the login's connection, or a read still running on its replica: routed once it is released
         queue, self.queue = self.queue, []
         if len(queue) == 1:
             link.transport.write(self._translate(*queue[0]))  # type: ignore[union-attr]
@@ -631,7 +630,7 @@ class PooledClient:
             and not self.unsynced
             and not stream.hidden
             and stream.status == b"I"
-            and (not self.queue or self.verdict is Verdict.READ)
+            and (not self.queue or self._held())
         ):
             link, self.link = self.link, None
             link.pool.release(link, reusable=True)
@@ -639,6 +638,11 @@ class PooledClient:
                 self.wrote_at = time.monotonic()  # committed and acknowledged: its next reads must see it
             if self.queue:  # held while a read ran: routed now
                 self._flush()
+
+    def _held(self) -> bool:
+        """Splitting endpoint: does what is queued wait for a route of its own? Yes while the connection held is
+        the login's (routed as nothing), or a read's (each read is routed on its own)."""
+        return self.gate.splitter is not None and self.link is not None and self.verdict in (None, Verdict.READ)
 
     def server_lost(self) -> None:
         """The server connection died under this client (its node failed): only what was in flight is lost.
