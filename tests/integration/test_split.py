@@ -4,6 +4,9 @@ see what their consistency mode promises, checked by a Jepsen-style checker of w
 from __future__ import annotations
 
 import asyncio
+import os
+import pathlib
+import shutil
 import subprocess
 
 import asyncpg
@@ -15,6 +18,8 @@ from tests.helpers import ServiceThread, free_ports, make_cluster, service_confi
 pytestmark = pytest.mark.integration
 
 SESSIONS = 16
+JAR = pathlib.Path("/usr/share/java/postgresql.jar")
+CLIENTS = pathlib.Path(__file__).parent / "clients"
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +32,7 @@ def split():
     svc = ServiceThread(service_config(cluster, pool=pool, endpoints=endpoints), cluster=cluster)
     svc.wait_ready()
     svc.app = (svc.config.writer.host, port)
+    svc.split_cluster = cluster
     cluster.primary.sql("CREATE TABLE pairs (id bigint PRIMARY KEY, session int, at timestamptz DEFAULT now())")
     yield svc
     svc.stop()
@@ -180,3 +186,45 @@ def test_the_mode_can_be_set_with_options_and_with_set(split):
         assert conn.execute("SHOW pgaurora.consistency").fetchone()[0] == "global"
         conn.execute("SET pgaurora.consistency = 'eventual'")
         assert conn.execute("SHOW pgaurora.consistency").fetchone()[0] == "eventual"
+
+
+def test_jdbc_set_read_only_reaches_a_replica_and_read_write_the_writer(split):
+    if shutil.which("java") is None or not JAR.exists():
+        pytest.skip("java and libpostgresql-jdbc-java are installed by .ci/run")
+    host, port = split.app
+    out = subprocess.run(
+        ["java", "-cp", str(JAR), str(CLIENTS / "JdbcReadOnly.java"), f"jdbc:postgresql://{host}:{port}/postgres"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PGPASSWORD": split.config.monitor.password},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["replica", "writer"]
+
+
+def test_a_read_that_writes_after_all_runs_again_on_the_writer(split):
+    """A view over a function that writes: the parser sees a plain SELECT, the replica answers 25006, and the
+    writer runs it again before the client hears anything."""
+    split.split_cluster.primary.sql(
+        "CREATE TABLE IF NOT EXISTS bumps (n serial);"
+        "CREATE OR REPLACE FUNCTION bump() RETURNS int LANGUAGE sql"
+        " AS $$ INSERT INTO bumps DEFAULT VALUES RETURNING n $$;"
+        "CREATE OR REPLACE VIEW bumped AS SELECT bump() AS n"
+    )
+    before = _routed(split).get(("writer", "retried_on_writer"), 0)
+    with psycopg.connect(_dsn(split), autocommit=True) as conn:
+        numbers = [conn.execute("SELECT n FROM bumped").fetchone()[0] for _ in range(3)]
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True  # the next read: a replica again
+    assert numbers == sorted(numbers) and len(set(numbers)) == 3
+    assert _routed(split).get(("writer", "retried_on_writer"), 0) - before == 3
+
+    async def extended() -> int:
+        host, port = split.app
+        conn = await asyncpg.connect(host=host, port=port, user="postgres", password=split.config.monitor.password)
+        try:
+            return await conn.fetchval("SELECT n FROM bumped")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(extended()) > numbers[-1]  # prepared on the replica, bound and run again on the writer

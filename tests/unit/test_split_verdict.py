@@ -55,6 +55,10 @@ def test_an_extended_batch_is_a_read_only_when_every_statement_reads_and_it_is_c
     assert batch_verdict([read, execute], {}, False) is W  # its Sync has not come: what follows may write
     assert batch_verdict([read, execute, write, execute, sync], {}, False) is W
     assert batch_verdict([_query("SELECT 1")], {}, False) is R
+    begin = (b"P", parse_message(b"", b"BEGIN READ ONLY", b"\x00\x00"))
+    commit = (b"P", parse_message(b"", b"COMMIT", b"\x00\x00"))
+    assert batch_verdict([begin, execute, write, execute, sync], {}, False) is RO  # pgjdbc's setReadOnly(true)
+    assert batch_verdict([begin, execute, read, execute, commit, execute, write, execute, sync], {}, False) is W
     assert batch_verdict([_query("INSERT INTO t VALUES (1)")], {}, True) is RO  # default_transaction_read_only
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..core.config import PoolMode, RuleMethod
 from ..core.errors import ProxyError, UpstreamUnavailable
+from ..core.topology import Role
 from ..wire import Authentication, BackendKeyData, ParameterStatus, RemoteProtocolError, encode, error_response
 from ..wire.frontend import (
     bind_message,
@@ -106,6 +107,17 @@ def _set_config(name: str, value: str) -> str:
     return f"SELECT set_config({_literal(name)}, {_literal(value)}, false)"
 
 
+_UNDECIDED = frozenset({b"1", b"2", b"t", b"T", b"n", b"N", b"S"})  # replies that say nothing of how a read went
+
+
+def _sqlstate(body: bytes | bytearray) -> str | None:
+    """The SQLSTATE field of an ErrorResponse's body."""
+    for field in bytes(body).split(b"\0"):
+        if field[:1] == b"C":
+            return field[1:].decode("ascii", "replace")
+    return None
+
+
 MAX_MESSAGE = 1 << 30
 _NOT_NOW = frozenset({"57P01", "57P02", "57P03"})  # a node's refusals that pass: shutting down, starting up
 RESTORE = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL"  # RESET ALL leaves the role as it is
@@ -162,6 +174,9 @@ class PooledClient:
         self.rule = "0"  # the [[rules]] entry that decided how it logs in (0: the default), for the metrics
         self.verdict: Verdict | None = None  # a splitting endpoint: what its current transaction was routed as
         self.wrote_at: float | None = None  # ... and when its last transaction on the writer ended
+        self.probing: bytearray | None = None  # a read on a replica: its replies held until a row or an error
+        self.sent_read: list[tuple[bytes, bytes]] = []  # ... and what it sent, to run again on the writer
+        self.to_writer = False  # that read failed with 25006 (it writes after all): the writer runs it again
         self.by_token = False
         self._begin_login(peer, tls)
 
@@ -376,7 +391,11 @@ class PooledClient:
     def _borrow(self) -> None:
         """A connection for the messages queued: in this call when one is idle, else by callback."""
         splitter = self.gate.splitter
-        if splitter is not None:
+        if splitter is not None and self.to_writer:
+            self.to_writer, self.verdict = False, Verdict.WRITE
+            self.gate.state.split_counted(self.gate.name, "retried_on_writer")
+            pool = self.gate.current_pool(self.database, self.user)
+        elif splitter is not None:
             routed = splitter.route_now(self)
             self.verdict = routed.verdict
             if routed.why == "wait":  # a read that must wait for a replica to replay what it must see
@@ -478,6 +497,8 @@ class PooledClient:
         if self._held() and (self.verdict is None or self.stream.expected or self.unsynced):
             return  # the login's connection, or a read still running on its replica: routed once it is released
         queue, self.queue = self.queue, []
+        if self.verdict is Verdict.READ and link.pool.node.role is Role.REPLICA:
+            self.probing, self.sent_read = bytearray(), queue  # 25006 before any row: the writer runs it again
         if len(queue) == 1:
             link.transport.write(self._translate(*queue[0]))  # type: ignore[union-attr]
         else:
@@ -598,9 +619,33 @@ class PooledClient:
         except RemoteProtocolError as exc:
             self.fail("08P01", f"invalid data from the node: {exc.message}")
             return
+        if self.probing is not None:
+            out = self._probe(out)
         if out:
             self.transport.write(out)
         self._maybe_release()
+
+    def _probe(self, out: bytes) -> bytes:
+        """A read on a replica: hold its replies until one says how it went. A row, a completion or another
+        error: pass them on. 25006 (it writes after all, through a view or a function): drop them, and once the
+        replica's ReadyForQuery came, run it again on the writer."""
+        held = self.probing
+        assert held is not None
+        held += out
+        i = 0
+        while i + 5 <= len(held):
+            kind, end = bytes(held[i : i + 1]), i + 1 + int.from_bytes(held[i + 1 : i + 5], "big")
+            if kind in _UNDECIDED:
+                i = end
+                continue
+            if kind == b"E" and end > len(held):
+                return b""  # the error whole first
+            if kind == b"E" and _sqlstate(held[i + 5 : end]) == "25006":
+                self.probing, self.to_writer = None, True
+                return b""
+            self.probing = None  # decided: a row, a completion, another error
+            return bytes(held)
+        return b""
 
     def _ready_for_query(self, status: bytes, rolled_back: bool) -> None:
         """At each ReadyForQuery: the SETs of a transaction that ended took effect, unless it rolled back."""
@@ -634,6 +679,8 @@ class PooledClient:
         ):
             link, self.link = self.link, None
             link.pool.release(link, reusable=True)
+            if self.to_writer:  # a read that wrote: the writer runs it again
+                self.queue, self.sent_read = self.sent_read + self.queue, []
             if self.verdict is Verdict.WRITE:
                 self.wrote_at = time.monotonic()  # committed and acknowledged: its next reads must see it
             if self.queue:  # held while a read ran: routed now

@@ -73,6 +73,19 @@ def verdict(sql: bytes) -> Verdict:
     return Verdict.WRITE
 
 
+@lru_cache(maxsize=1024)
+def _controls_transaction(sql: bytes) -> bool:
+    """Does sql begin or end a transaction (after which the batch may write)?"""
+    from pglast import parse_sql
+    from pglast.ast import TransactionStmt
+    from pglast.parser import ParseError
+
+    try:
+        return any(isinstance(s.stmt, TransactionStmt) for s in parse_sql(sql.decode("utf-8", "replace")))
+    except ParseError:
+        return True
+
+
 def _read_only_option(options: Any) -> bool:
     for option in options or ():
         if option.defname == "transaction_read_only":
@@ -110,6 +123,9 @@ def batch_verdict(
         return verdict(queue[0][1][5:-1])
     if not queue or queue[-1][0] != b"S":
         return Verdict.WRITE  # a batch still coming: what follows may write
+    queries = [parse_parts(raw[5:])[1] for kind, raw in queue if kind == b"P"]
+    if queries and verdict(queries[0]) is Verdict.READ_ONLY:  # pgjdbc's BEGIN READ ONLY, sent with what follows
+        return Verdict.WRITE if any(_controls_transaction(q) for q in queries[1:]) else Verdict.READ_ONLY
     found = Verdict.WRITE
     for kind, raw in queue:
         if kind == b"P":
