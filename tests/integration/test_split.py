@@ -13,7 +13,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.helpers import ServiceThread, free_ports, make_cluster, service_config
+from tests.helpers import ServiceThread, admin, free_ports, make_cluster, service_config
+from tests.integration.test_metrics import _scrape
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +46,13 @@ def _dsn(svc, **extra) -> str:
     return f"host={host} port={port} user=postgres password={svc.config.monitor.password} dbname=postgres{more}"
 
 
-def _routed(svc) -> dict[tuple[str, str], int]:
-    return {(where, why): n for (name, where, why), n in svc.service.proxy_state.split_total.items() if name == "app"}
+def _routed(svc, mode: str | None = None) -> dict[tuple[str, str], int]:
+    """Transactions the `app` endpoint routed (of sessions in mode), by (where, why)."""
+    found: dict[tuple[str, str], int] = {}
+    for (name, consistency, where, why), n in svc.service.proxy_state.split_total.items():
+        if name == "app" and mode in (None, consistency):
+            found[(where, why)] = found.get((where, why), 0) + n
+    return found
 
 
 def test_reads_go_to_replicas_and_everything_else_to_the_writer(split):
@@ -133,6 +139,16 @@ def test_session_mode_reads_see_their_own_writes_and_mostly_from_replicas(split)
     assert checker.done == 4000 - 4000 % SESSIONS
     assert checker.stale == 0
     assert on_replicas >= 0.7, reads
+    status = admin(split.admin_url + "/status")
+    (app,) = [e for e in status["endpoints"] if e["name"] == "app"]
+    assert (app["role"], app["consistency"], app["pool_mode"]) == ("split", "session", "transaction")
+    session = status["split"]["app"]["session"]
+    assert session["replica"] >= reads.get(("replica", "replica"), 0) and session["writer"]["write"] >= 4000
+    _, metrics = _scrape(split)
+    labels = (("consistency", "session"), ("endpoint", "app"), ("reason", "replica"), ("target", "replica"))
+    assert metrics[("pgaurora_split_transactions_total", labels)] == session["replica"]
+    waits = metrics.get(("pgaurora_split_waits_total", (("consistency", "session"), ("endpoint", "app"))), 0)
+    assert waits == session.get("waits", 0) and waits > 0  # reads right after a write wait for replay
 
 
 def test_eventual_mode_lets_the_checker_see_stale_reads(split):

@@ -393,7 +393,7 @@ class PooledClient:
         splitter = self.gate.splitter
         if splitter is not None and self.to_writer:
             self.to_writer, self.verdict = False, Verdict.WRITE
-            self.gate.state.split_counted(self.gate.name, "retried_on_writer")
+            self._split_counted("retried_on_writer")
             pool = self.gate.current_pool(self.database, self.user)
         elif splitter is not None:
             routed = splitter.route_now(self)
@@ -402,7 +402,7 @@ class PooledClient:
                 if self.acquiring is None:
                     self.acquiring = asyncio.get_running_loop().create_task(self._read_later(routed))
                 return
-            self.gate.state.split_counted(self.gate.name, routed.why)
+            self._split_counted(routed.why)
             pool = routed.pool
         else:
             pool = self.gate.current_pool(self.database, self.user)
@@ -427,6 +427,11 @@ class PooledClient:
             assert self.secret is not None
             self.waiting = self.pool.lend(self._lent_and_flush, self._not_lent, self.client_key, self.secret)
 
+    def _split_counted(self, why: str, waited: float | None = None) -> None:
+        splitter = self.gate.splitter
+        assert splitter is not None
+        self.gate.state.split_counted(self.gate.name, splitter.consistency(self).value, why, waited)
+
     async def _read_later(self, routed: Routed) -> None:
         splitter = self.gate.splitter
         assert splitter is not None and self.secret is not None
@@ -437,7 +442,7 @@ class PooledClient:
             self._borrow()
             return
         self.acquiring = None
-        self.gate.state.split_counted(self.gate.name, why, waited)
+        self._split_counted(why, waited)
         if not self.closed:
             self.pool = pool
             self.waiting = pool.lend(self._lent_and_flush, self._not_lent, self.client_key, self.secret)
@@ -621,6 +626,8 @@ class PooledClient:
             return
         if self.probing is not None:
             out = self._probe(out)
+        elif self.to_writer:
+            out = b""  # the rest of the replica's answer to the read it refused with 25006 (its ReadyForQuery)
         if out:
             self.transport.write(out)
         self._maybe_release()

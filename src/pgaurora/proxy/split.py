@@ -320,7 +320,7 @@ class Splitter:
             return Routed(self._pool(past[0], client), found, "replica")
         return Routed(None, found, "wait")
 
-    async def route_later(self, client: SplitClient, found: Verdict) -> tuple[Pool, str, float]:
+    async def route_later(self, client: SplitClient, found: Verdict) -> tuple[Pool, str, float | None]:
         """A read that must wait: for the writer's position, then for a replica past it (up to
         consistency_wait); the writer's pool when none gets there. Returns the pool, why, and the wait."""
         loop = asyncio.get_running_loop()
@@ -334,7 +334,7 @@ class Splitter:
             lsn = await self.clock.after(writer, began)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("the writer's WAL position is unknown (%s): a read goes to the writer", exc)
-            return self.pools.get(writer, client.database, client.user), "position_unknown", 0.0
+            return self.pools.get(writer, client.database, client.user), "position_unknown", None
         node = await self.replay.first_past(replicas, lsn, self.spec.consistency_wait)
         waited = loop.time() - began_wait
         if node is None:

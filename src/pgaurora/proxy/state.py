@@ -55,15 +55,34 @@ class ProxyState:
         self.by_role: Counter[str] = Counter()  # role -> client connections that named it at startup
         self.limited_total: Counter[str] = Counter()  # limit (total, address, role) -> clients it refused
         self.rules_total: Counter[tuple[str, str, str]] = Counter()  # (endpoint, rule, accepted|refused) -> logins
-        # splitting endpoints: (endpoint, replica|writer, why) -> transactions; endpoint -> seconds reads waited
-        self.split_total: Counter[tuple[str, str, str]] = Counter()
-        self.split_wait_seconds: defaultdict[str, float] = defaultdict(float)
+        # splitting endpoints: (endpoint, consistency, replica|writer, why) -> transactions; (endpoint,
+        # consistency) -> seconds reads waited for a replica to replay, and reads that waited
+        self.split_total: Counter[tuple[str, str, str, str]] = Counter()
+        self.split_wait_seconds: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.split_waits: Counter[tuple[str, str]] = Counter()
 
-    def split_counted(self, endpoint: str, why: str, waited: float = 0.0) -> None:
-        """One transaction routed by a splitting endpoint: `replica`, or a reason the writer took it."""
-        self.split_total[(endpoint, "replica" if why == "replica" else "writer", why)] += 1
-        if waited:
-            self.split_wait_seconds[endpoint] += waited
+    def split_counted(self, endpoint: str, mode: str, why: str, waited: float | None = None) -> None:
+        """One transaction routed by a splitting endpoint: `replica`, or why the writer took it; waited: how
+        long a read waited for a replica to replay what it must see (None: it did not wait)."""
+        self.split_total[(endpoint, mode, "replica" if why == "replica" else "writer", why)] += 1
+        if waited is not None:
+            self.split_wait_seconds[(endpoint, mode)] += waited
+            self.split_waits[(endpoint, mode)] += 1
+
+    def split(self) -> dict[str, Any]:
+        """For /status: per splitting endpoint and consistency, transactions by where and why, and the waits."""
+        found: dict[str, Any] = {}
+        for (endpoint, mode, where, why), count in sorted(self.split_total.items()):
+            entry = found.setdefault(endpoint, {}).setdefault(mode, {"replica": 0, "writer": {}})
+            if where == "replica":
+                entry["replica"] += count
+            else:
+                entry["writer"][why] = count
+        for (endpoint, mode), waits in self.split_waits.items():
+            entry = found.setdefault(endpoint, {}).setdefault(mode, {"replica": 0, "writer": {}})
+            entry["waits"] = waits
+            entry["wait_seconds"] = round(self.split_wait_seconds[(endpoint, mode)], 3)
+        return found
 
     def client_opened(self, address: str = "") -> Seat:
         self.clients += 1

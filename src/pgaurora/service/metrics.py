@@ -158,6 +158,28 @@ def proxy_metrics(state: ProxyState) -> Iterator[Metric]:
         ["endpoint", "rule", "outcome"],
         state.rules_total,
     )
+    yield _counted(
+        "pgaurora_split_transactions",
+        "Transactions a splitting endpoint routed, by the session's consistency, where they ran (replica or "
+        "writer) and why: replica, write, no_replica, replica_behind (waited consistency_wait in vain), "
+        "position_unknown, retried_on_writer (25006 on a replica)",
+        ["endpoint", "consistency", "target", "reason"],
+        state.split_total,
+    )
+    yield _counted(
+        "pgaurora_split_waits",
+        "Reads that waited for a replica to replay",
+        ["endpoint", "consistency"],
+        state.split_waits,
+    )
+    waited = CounterMetricFamily(
+        "pgaurora_split_wait_seconds",
+        "Seconds reads waited for a replica to replay what they must see",
+        labels=["endpoint", "consistency"],
+    )
+    for key, seconds in sorted(state.split_wait_seconds.items()):
+        waited.add_metric(list(key), seconds)
+    yield waited
     for name, counts, text in (
         ("pgaurora_allowlist_accepted", state.allowed_total, "let in by"),
         ("pgaurora_allowlist_refused", state.disallowed_total, "closed at once by"),

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...core import custom_endpoints
+from ...core.config import CustomRole
 from ...core.errors import ActionFailed, ClusterError, ConfigError
 from ...core.sslcontexts import admin_context, certificate_file
 from ...core.topology import Role, Topology, loss_bound_bytes
@@ -150,6 +151,7 @@ def status_document(service: AdminHost) -> dict:
         "client_connections": service.proxy_state.clients,
         "limit_refusals": dict(service.proxy_state.limited_total),
         "pools": service.proxy_state.pools(),
+        "split": service.proxy_state.split(),
         "pins": dict(service.proxy_state.pins),
         "relay": service.relay_mode,
         "relay_threads": service.proxy_state.native.threads if service.proxy_state.native else None,
@@ -162,6 +164,7 @@ def status_document(service: AdminHost) -> dict:
                 "endpoint": f"{e.host}:{e.port}",
                 "role": e.role.value,
                 "pool_mode": e.pool_mode.value,
+                **({"consistency": e.consistency.value} if e.role is CustomRole.SPLIT else {}),
                 "nodes": [n.name for n in custom_endpoints.targets(e, topology)],
             }
             for e in config.endpoints
