@@ -563,3 +563,19 @@ def test_a_fast_shutdown_of_the_primary_costs_a_pooled_client_at_most_one_error_
     assert done == 300 and not closed, (errors, done)
     assert errors in ([], ["08007"]), errors
     assert svc.topology.writer != "n1"
+
+
+def test_a_transaction_pooled_reader_honours_min_lsn_set_per_session(pooled, cluster):
+    """SET pgaurora.min_lsn, then reads: each transaction goes to a replica that replayed past it (issue 25)."""
+    cluster.primary.sql("CREATE TABLE IF NOT EXISTS handed (id int PRIMARY KEY)")
+    with (
+        psycopg.connect(pooled.dsn("writer"), autocommit=True) as writer,
+        psycopg.connect(pooled.dsn("reader"), autocommit=True) as reader,
+    ):
+        for i in range(200):
+            writer.execute("INSERT INTO handed VALUES (%s)", (i,))
+            lsn = writer.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            reader.execute(f"SET pgaurora.min_lsn = '{lsn}'")
+            seen = reader.execute("SELECT count(*), pg_is_in_recovery() FROM handed WHERE id = %s", (i,)).fetchone()
+            assert seen == (1, True), (i, seen)
+    cluster.primary.sql("DROP TABLE handed")

@@ -46,11 +46,11 @@ def _dsn(svc, **extra) -> str:
     return f"host={host} port={port} user=postgres password={svc.config.monitor.password} dbname=postgres{more}"
 
 
-def _routed(svc, mode: str | None = None) -> dict[tuple[str, str], int]:
-    """Transactions the `app` endpoint routed (of sessions in mode), by (where, why)."""
+def _routed(svc, mode: str | None = None, endpoint: str = "app") -> dict[tuple[str, str], int]:
+    """Transactions an endpoint routed (of sessions in mode), by (where, why)."""
     found: dict[tuple[str, str], int] = {}
     for (name, consistency, where, why), n in svc.service.proxy_state.split_total.items():
-        if name == "app" and mode in (None, consistency):
+        if name == endpoint and mode in (None, consistency):
             found[(where, why)] = found.get((where, why), 0) + n
     return found
 
@@ -244,3 +244,51 @@ def test_a_read_that_writes_after_all_runs_again_on_the_writer(split):
             await conn.close()
 
     assert asyncio.run(extended()) > numbers[-1]  # prepared on the replica, bound and run again on the writer
+
+
+def test_the_reader_endpoint_honours_min_lsn_handed_over_from_a_write(split):
+    """Separate write and read pools: the application takes the LSN after its commit and opens its read with
+    pgaurora.min_lsn in the startup packet (passthrough reader): 0 stale reads."""
+    stale = 0
+
+    async def session(number: int) -> None:
+        nonlocal stale
+        params = {"user": "postgres", "password": split.config.monitor.password}
+        writer = await asyncpg.connect(host=split.writer[0], port=split.writer[1], **params)
+        try:
+            for i in range(40):
+                row = 4_000_000 + number * 40 + i
+                await writer.execute("INSERT INTO pairs (id, session) VALUES ($1, -4)", row)
+                lsn = await writer.fetchval("SELECT pg_current_wal_lsn()::text")
+                reader = await asyncpg.connect(
+                    host=split.reader[0], port=split.reader[1], server_settings={"pgaurora.min_lsn": lsn}, **params
+                )
+                try:
+                    if await reader.fetchval("SELECT count(*) FROM pairs WHERE id = $1", row) != 1:
+                        stale += 1
+                finally:
+                    await reader.close()
+        finally:
+            await writer.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(session(n) for n in range(8)))
+
+    before = _routed(split, "min_lsn", "reader")
+    asyncio.run(run())
+    after = _routed(split, "min_lsn", "reader")
+    assert stale == 0
+    on_replicas = after.get(("replica", "replica"), 0) - before.get(("replica", "replica"), 0)
+    print(f"min_lsn: 320 pairs, {on_replicas} reads on replicas")
+    assert on_replicas > 0
+
+
+def test_a_malformed_min_lsn_is_refused_with_22023(split):
+    async def connect() -> None:
+        host, port = split.reader
+        settings = {"pgaurora.min_lsn": "yesterday"}
+        await asyncpg.connect(host=host, port=port, user="postgres", password="x", server_settings=settings)
+
+    with pytest.raises(asyncpg.InvalidParameterValueError) as caught:
+        asyncio.run(connect())
+    assert 'invalid value for parameter "pgaurora.min_lsn": "yesterday"' in str(caught.value)

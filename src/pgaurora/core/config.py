@@ -190,6 +190,9 @@ class ReaderConfig(ClientEndpoint):
     fallback: Fallback = Fallback.WRITER
     """With no eligible replica: `writer` sends reads to the writer (`primary`, its older spelling, is
     accepted), `refuse` answers 57P03."""
+    consistency_wait: Annotated[float, Field(ge=0, le=60)] = 0.1
+    """Seconds a session (or, pooled, a transaction) that names `pgaurora.min_lsn` may wait for a replica to
+    replay past it; then the fallback applies."""
     _fallback = field_validator("fallback", mode="before")(
         classmethod(lambda cls, v: Fallback.WRITER.value if v == "primary" else v)
     )

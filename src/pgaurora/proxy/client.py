@@ -20,8 +20,9 @@ from ..wire import (
     error_response,
     sasl_initial_flag,
 )
-from .pooled import PooledClient, PoolGate
+from .pooled import PooledClient, PoolGate, startup_settings
 from .relay import Session
+from .split import LSN_HINT, parse_lsn
 from .tls import TLS_HANDSHAKE_RECORD, TlsTransport
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class ClientProtocol(asyncio.Protocol):
         self.pooled: PooledClient | None = None  # on a pooled endpoint, after the startup packet
         self.seat: Seat | None = None  # what the connection limits count of it
         self.forwarded = b""  # what went to the node before it answered: sent again if the startup moves
+        self.min_lsn: int | None = None  # the reader endpoint: a replica must have replayed past it
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream's Transport
@@ -151,6 +153,12 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self._over_limit(event):
             return
+        named = startup_settings(event).get("pgaurora.min_lsn")
+        if named is not None and self.endpoint.takes_min_lsn:
+            self.min_lsn = parse_lsn(named)
+            if self.min_lsn is None:
+                self.fail("22023", f'invalid value for parameter "pgaurora.min_lsn": "{named}"', LSN_HINT)
+                return
         if self.endpoint.pool_mode is not PoolMode.PASSTHROUGH:
             self._cancel_timer()
             rest = self.decoder.take_rest()

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import asyncpg
 
-from ..core.config import Config, CustomEndpointConfig, CustomRole, Listen, PoolMode
-from ..core.errors import NodeTlsFailed, NoWriterAvailable, ProxyError, UpstreamUnavailable
+from ..core.config import Config, CustomEndpointConfig, CustomRole, Fallback, Listen, PoolMode
+from ..core.errors import NodeTlsFailed, NoReaderAvailable, NoWriterAvailable, ProxyError, UpstreamUnavailable
 from ..core.sslcontexts import Contexts, node_ssl
 from ..core.topology import Health, NodeState, Role, Topology, TopologyHub
 from ..wire import CancelRequest, encode
@@ -21,7 +21,7 @@ from .credentials import Credentials
 from .pool import Pool, Pools
 from .relay import Session
 from .router import EndpointKind, Router
-from .split import Splitter
+from .split import ReplayWatch, Splitter
 from .state import ProxyState, Tracked
 from .upstream import ServerProtocol, connect
 
@@ -63,6 +63,8 @@ class Endpoint:
         # a splitting endpoint: reads through its splitter, everything else (logins too) as the writer's
         self.splitter = Splitter(custom, hub, self.pools, self._connect_node) if splits else None  # type: ignore[arg-type]
         self._route = (EndpointKind.WRITER, None) if self.splitter is not None else (kind, custom)
+        # the reader endpoint: sessions that name pgaurora.min_lsn get a replica that replayed past it
+        self.replay = ReplayWatch(self._connect_node) if kind is EndpointKind.READER and custom is None else None
         hub.subscribe(self._on_topology)
 
     @property
@@ -121,6 +123,8 @@ class Endpoint:
             self._sweeper.cancel()
         if self.splitter is not None:
             self.splitter.close()
+        if self.replay is not None:
+            self.replay.close()
         if self.server is not None:
             self.server.close()
         for session in self._sessions(lambda node: True):
@@ -148,7 +152,10 @@ class Endpoint:
         while True:
             topology = self.hub.current
             try:
-                return await self._dial_any(client, self.router.candidates(self.kind, topology, self.custom))
+                nodes = self.router.candidates(self.kind, topology, self.custom)
+                if client.min_lsn is not None:
+                    nodes = [await self.past(nodes, client.min_lsn, topology)]
+                return await self._dial_any(client, nodes)
             except ProxyError as exc:
                 remaining = deadline - loop.time()
                 if self.kind is EndpointKind.READER or isinstance(exc, NodeTlsFailed):
@@ -158,6 +165,38 @@ class Endpoint:
                         raise
                     raise _writer_unavailable(exc, self.hub.current) from None
                 await self.hub.wait_for(_changed_since(topology), remaining)
+
+    @property
+    def takes_min_lsn(self) -> bool:
+        return self.replay is not None
+
+    async def past(self, nodes: list[NodeState], lsn: int, topology: Topology) -> NodeState:
+        """The reader endpoint, for a session that named pgaurora.min_lsn: the first of nodes that has replayed
+        past lsn within reader.consistency_wait; else the writer (fallback = writer), else 57P03."""
+        assert self.replay is not None, "only the reader endpoint takes pgaurora.min_lsn"
+        replicas = [n for n in nodes if n.role is Role.REPLICA]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        found = await self.replay.first_past(replicas, lsn, self.config.reader.consistency_wait) if replicas else None
+        waited = loop.time() - began if replicas else None
+        writer = topology.writer_node
+        if found is not None:
+            self.state.split_counted(self.name, "min_lsn", "replica", waited)
+            return found
+        if writer is not None and self.config.reader.fallback is Fallback.WRITER:
+            self.state.split_counted(self.name, "min_lsn", "replica_behind" if replicas else "no_replica", waited)
+            return writer
+        raise NoReaderAvailable(
+            f"no replica has replayed past pgaurora.min_lsn {_lsn_text(lsn)}",
+            detail=f"waited {self.config.reader.consistency_wait:g} s (reader.consistency_wait); fallback is refuse",
+        )
+
+    async def pool_past(self, database: str, user: str, lsn: int) -> Pool:
+        """A pooled reader's pool for a transaction of a session that named pgaurora.min_lsn."""
+        assert self.pools is not None
+        topology = self.hub.current
+        nodes = self.router.candidates(self.kind, topology, self.custom)
+        return self.pools.get(await self.past(nodes, lsn, topology), database, user)
 
     def known_params(self, database: str, user: str) -> dict[str, str] | None:
         """The parameters a node reported to a pool of this database and user, if any pool logged in yet."""
@@ -302,6 +341,10 @@ def _in_networks(peer: str, networks: tuple[str, ...]) -> bool:
     except ValueError:
         return False
     return any(address in network for network in _parsed(networks) if network.version == address.version)
+
+
+def _lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def _standing(topology: Topology) -> list[tuple[str, Role, Health, bool]]:

@@ -30,7 +30,7 @@ from .credentials import LookupFailed
 from .pool import Pool, PoolClosed, ServerLink, Waiter
 from .replies import PASS, SWALLOW, SYNC, ServerStream
 from .scram import MECHANISM, ScramFailed, Secret, ServerExchange
-from .split import Verdict
+from .split import Verdict, parse_lsn
 from .statements import NOTHING, Effect, effect, setting_value
 from .tokens import TokenRefused
 
@@ -66,6 +66,11 @@ class PoolGate(Protocol):
 
     @property
     def splitter(self) -> Splitter | None: ...
+
+    @property
+    def takes_min_lsn(self) -> bool: ...
+
+    async def pool_past(self, database: str, user: str, lsn: int) -> Pool: ...
 
 
 def startup_settings(startup: StartupMessage) -> dict[str, str]:
@@ -177,6 +182,7 @@ class PooledClient:
         self.probing: bytearray | None = None  # a read on a replica: its replies held until a row or an error
         self.sent_read: list[tuple[bytes, bytes]] = []  # ... and what it sent, to run again on the writer
         self.to_writer = False  # that read failed with 25006 (it writes after all): the writer runs it again
+        self.routed = False  # the connection held was lent for what is queued (not the login's)
         self.by_token = False
         self._begin_login(peer, tls)
 
@@ -404,6 +410,10 @@ class PooledClient:
                 return
             self._split_counted(routed.why)
             pool = routed.pool
+        elif self.gate.takes_min_lsn and (lsn := parse_lsn(self.knob("pgaurora.min_lsn"))) is not None:
+            if self.acquiring is None:  # a replica that replayed past it, or after consistency_wait the fallback
+                self.acquiring = asyncio.get_running_loop().create_task(self._past_later(lsn))
+            return
         else:
             pool = self.gate.current_pool(self.database, self.user)
         if pool is None:  # no node to route to now: wait for one (a failover), as a task
@@ -431,6 +441,18 @@ class PooledClient:
         splitter = self.gate.splitter
         assert splitter is not None
         self.gate.state.split_counted(self.gate.name, splitter.consistency(self).value, why, waited)
+
+    async def _past_later(self, lsn: int) -> None:
+        assert self.secret is not None
+        try:
+            self.pool = await self.gate.pool_past(self.database, self.user, lsn)
+        except ProxyError as exc:
+            self.fail(exc.sqlstate, exc.message, exc.detail)
+            return
+        finally:
+            self.acquiring = None
+        if not self.closed:
+            self.waiting = self.pool.lend(self._lent_and_flush, self._not_lent, self.client_key, self.secret)
 
     async def _read_later(self, routed: Routed) -> None:
         splitter = self.gate.splitter
@@ -474,6 +496,7 @@ class PooledClient:
     def _lent_and_flush(self, link: ServerLink) -> None:
         self.waiting = None
         self._lent(link)
+        self.routed = True  # lent for what is queued (not the login's connection)
         if self.link is not None and self.queue:
             self._flush()
 
@@ -499,7 +522,7 @@ class PooledClient:
             if self.waiting is None and self.acquiring is None:
                 self._borrow()
             return
-        if self._held() and (self.verdict is None or self.stream.expected or self.unsynced):
+        if self._held() and (not self.routed or self.stream.expected or self.unsynced):
             return  # the login's connection, or a read still running on its replica: routed once it is released
         queue, self.queue = self.queue, []
         if self.verdict is Verdict.READ and link.pool.node.role is Role.REPLICA:
@@ -684,7 +707,7 @@ class PooledClient:
             and stream.status == b"I"
             and (not self.queue or self._held())
         ):
-            link, self.link = self.link, None
+            link, self.link, self.routed = self.link, None, False
             link.pool.release(link, reusable=True)
             if self.to_writer:  # a read that wrote: the writer runs it again
                 self.queue, self.sent_read = self.sent_read + self.queue, []
@@ -694,16 +717,22 @@ class PooledClient:
                 self._flush()
 
     def _held(self) -> bool:
-        """Splitting endpoint: does what is queued wait for a route of its own? Yes while the connection held is
-        the login's (routed as nothing), or a read's (each read is routed on its own)."""
-        return self.gate.splitter is not None and self.link is not None and self.verdict in (None, Verdict.READ)
+        """Does what is queued wait for a route of its own? On a splitting endpoint, and on a transaction-pooled
+        reader for a session that named pgaurora.min_lsn: yes while the connection held is the login's (routed
+        as nothing), or (splitting) a read's, since each read is routed on its own."""
+        if self.link is None:
+            return False
+        if self.gate.splitter is not None:
+            return not self.routed or self.verdict is Verdict.READ
+        bound = self.mode is PoolMode.TRANSACTION and self.gate.takes_min_lsn
+        return bound and not self.routed and self.knob("pgaurora.min_lsn") is not None
 
     def server_lost(self) -> None:
         """The server connection died under this client (its node failed): only what was in flight is lost.
         One ErrorResponse: 40001 for an explicit transaction that was certainly not committed (the session is
         then in a failed transaction until its ROLLBACK, which pgaurora answers), 08007 when a COMMIT or an
         autocommitted statement was running and its fate is unknown. The connection goes on."""
-        link, self.link = self.link, None
+        link, self.link, self.routed = self.link, None, False
         if self.closed:
             return
         stream = self.stream

@@ -148,6 +148,18 @@ def batch_verdict(
     return found
 
 
+LSN_HINT = "A WAL position as PostgreSQL prints it, such as 0/3000060 (pg_current_wal_lsn() after the write)."
+
+
+def parse_lsn(text: str | None) -> int | None:
+    """A WAL position as PostgreSQL prints it (`16/B374D848`), as a number; None when absent or malformed."""
+    high, slash, low = (text or "").strip().partition("/")
+    try:
+        return (int(high, 16) << 32) | int(low, 16) if slash and high and low else None
+    except ValueError:
+        return None
+
+
 Connect = Callable[[NodeState], Awaitable[asyncpg.Connection]]
 REPLAY_GAP = 0.001  # seconds between two questions to one replica while reads wait on it
 
