@@ -197,11 +197,19 @@ def test_global_mode_a_read_sees_a_commit_acknowledged_to_another_session(split)
     assert stale == 0
 
 
-def test_the_mode_can_be_set_with_options_and_with_set(split):
+def test_the_mode_can_be_set_with_options_and_with_set_and_a_bad_value_is_22023(split):
     with psycopg.connect(_dsn(split, options="'-c pgaurora.consistency=global'"), autocommit=True) as conn:
         assert conn.execute("SHOW pgaurora.consistency").fetchone()[0] == "global"
+        before = _routed(split, "global").get(("replica", "replica"), 0)
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        assert _routed(split, "global").get(("replica", "replica"), 0) == before + 1  # counted as global
         conn.execute("SET pgaurora.consistency = 'eventual'")
         assert conn.execute("SHOW pgaurora.consistency").fetchone()[0] == "eventual"
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+            conn.execute("SET pgaurora.consistency = 'sesion'")
+        assert 'invalid value for parameter "pgaurora.consistency": "sesion"' in str(caught.value)
+        assert caught.value.diag.message_hint == "Available values: eventual, session, global."
+        assert conn.execute("SHOW pgaurora.consistency").fetchone()[0] == "eventual"  # unchanged
 
 
 def test_jdbc_set_read_only_reaches_a_replica_and_read_write_the_writer(split):

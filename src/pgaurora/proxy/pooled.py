@@ -30,7 +30,7 @@ from .credentials import LookupFailed
 from .pool import Pool, PoolClosed, ServerLink, Waiter
 from .replies import PASS, SWALLOW, SYNC, ServerStream
 from .scram import MECHANISM, ScramFailed, Secret, ServerExchange
-from .split import Verdict, parse_lsn
+from .split import LSN_HINT, Verdict, parse_lsn
 from .statements import NOTHING, Effect, effect, setting_value
 from .tokens import TokenRefused
 
@@ -120,6 +120,29 @@ def _sqlstate(body: bytes | bytearray) -> str | None:
     for field in bytes(body).split(b"\0"):
         if field[:1] == b"C":
             return field[1:].decode("ascii", "replace")
+    return None
+
+
+KNOBS = {
+    "pgaurora.consistency": ("eventual", "session", "global"),
+    "pgaurora.min_lsn": None,  # a WAL position
+}
+
+
+def _refused_knob(found: Effect) -> bytes | None:
+    """A Query that fails as PostgreSQL fails a bad SET (22023), for a bad value of one of pgaurora's settings."""
+    for name, sql in found.settings:
+        if name not in KNOBS or sql is None:
+            continue
+        value, allowed = setting_value(sql) or "", KNOBS[name]
+        if (value.lower() in allowed) if allowed is not None else parse_lsn(value) is not None:
+            continue
+        hint = f"Available values: {', '.join(allowed)}." if allowed is not None else LSN_HINT
+        message = f'invalid value for parameter "{name}": "{value}"'
+        return simple_query(
+            f"DO $pgaurora$ BEGIN RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = {_literal(message)},"
+            f" HINT = {_literal(hint)}; END $pgaurora$"
+        )
     return None
 
 
@@ -539,7 +562,11 @@ class PooledClient:
             stream.expected += 1
             stream.replies.append(SYNC)
             query = memoryview(raw)[5:-1]  # looked at twice, copied by neither
-            self._note(effect(query))
+            found = effect(query)
+            refused = _refused_knob(found)
+            if refused is not None:  # the server would take any value of a pgaurora.* setting: refuse it here
+                return refused
+            self._note(found)
             self.committing |= _COMMIT.search(query) is not None
             return raw
         if kind == b"S":
