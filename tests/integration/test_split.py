@@ -291,6 +291,17 @@ def test_the_reader_endpoint_honours_min_lsn_handed_over_from_a_write(split):
     assert on_replicas > 0
 
 
+def test_an_unknown_consistency_at_startup_is_refused_with_22023(split):
+    async def connect() -> None:
+        host, port = split.app
+        settings = {"pgaurora.consistency": "strong"}
+        await asyncpg.connect(host=host, port=port, user="postgres", password="x", server_settings=settings)
+
+    with pytest.raises(asyncpg.InvalidParameterValueError) as caught:
+        asyncio.run(connect())
+    assert 'invalid value for parameter "pgaurora.consistency": "strong"' in str(caught.value)
+
+
 def test_a_malformed_min_lsn_is_refused_with_22023(split):
     async def connect() -> None:
         host, port = split.reader

@@ -22,7 +22,7 @@ from ..wire import (
 )
 from .pooled import PooledClient, PoolGate, startup_settings
 from .relay import Session
-from .split import LSN_HINT, parse_lsn
+from .split import CONSISTENCIES, LSN_HINT, parse_lsn
 from .tls import TLS_HANDSHAKE_RECORD, TlsTransport
 
 if TYPE_CHECKING:
@@ -153,12 +153,18 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self._over_limit(event):
             return
-        named = startup_settings(event).get("pgaurora.min_lsn")
+        settings = startup_settings(event)
+        named = settings.get("pgaurora.min_lsn")
         if named is not None and self.endpoint.takes_min_lsn:
             self.min_lsn = parse_lsn(named)
             if self.min_lsn is None:
                 self.fail("22023", f'invalid value for parameter "pgaurora.min_lsn": "{named}"', LSN_HINT)
                 return
+        mode = settings.get("pgaurora.consistency")
+        if mode is not None and self.endpoint.splitter is not None and mode.lower() not in CONSISTENCIES:
+            hint = f"Available values: {', '.join(CONSISTENCIES)}."
+            self.fail("22023", f'invalid value for parameter "pgaurora.consistency": "{mode}"', hint)
+            return
         if self.endpoint.pool_mode is not PoolMode.PASSTHROUGH:
             self._cancel_timer()
             rest = self.decoder.take_rest()

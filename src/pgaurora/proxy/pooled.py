@@ -30,7 +30,7 @@ from .credentials import LookupFailed
 from .pool import Pool, PoolClosed, ServerLink, Waiter
 from .replies import PASS, SWALLOW, SYNC, ServerStream
 from .scram import MECHANISM, ScramFailed, Secret, ServerExchange
-from .split import LSN_HINT, Verdict, parse_lsn
+from .split import CONSISTENCIES, LSN_HINT, Verdict, parse_lsn
 from .statements import NOTHING, Effect, effect, setting_value
 from .tokens import TokenRefused
 
@@ -124,7 +124,7 @@ def _sqlstate(body: bytes | bytearray) -> str | None:
 
 
 KNOBS = {
-    "pgaurora.consistency": ("eventual", "session", "global"),
+    "pgaurora.consistency": CONSISTENCIES,
     "pgaurora.min_lsn": None,  # a WAL position
 }
 

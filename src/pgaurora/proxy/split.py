@@ -148,6 +148,7 @@ def batch_verdict(
     return found
 
 
+CONSISTENCIES = tuple(mode.value for mode in Consistency)
 LSN_HINT = "A WAL position as PostgreSQL prints it, such as 0/3000060 (pg_current_wal_lsn() after the write)."
 
 
