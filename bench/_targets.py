@@ -125,8 +125,10 @@ def start_pgaurora(
     tls: tuple[Path, Path] | None = None,
     pool_mode: str = "passthrough",
     pool_size: int = 20,
+    extra_toml: str = "",
 ) -> tuple[Target, Target]:
-    """The benchmark's own pgaurora on free ports, for the local cluster; with tls, clients must use TLS."""
+    """The benchmark's own pgaurora on free ports, for the local cluster; with tls, clients must use TLS;
+    extra_toml: more of its configuration (a custom endpoint)."""
     writer, reader, admin, dns = free_ports(4)
     conf = work / f"{name}.toml"
     tls_toml = f'[tls]\ncert_file = "{tls[0]}"\nkey_file = "{tls[1]}"\nclient_tls = "require"\n' if tls else ""
@@ -136,6 +138,7 @@ def start_pgaurora(
         f"[admin]\nport = {admin}\n[dns]\nport = {dns}\n"
         f'[proxy]\nmax_client_connections = 20000\nrelay = "{relay}"\n{tls_toml}'
         f'[pool]\npool_size = {pool_size}\nauth_user = "pgaurora_auth"\nauth_password = "{bc.auth_password}"\n'
+        f"{extra_toml}"
     )
     proc = _spawn_pgaurora(conf, work / f"{name}.log", ("127.0.0.1", writer), ("127.0.0.1", reader))
     sslmode = "require" if tls else None

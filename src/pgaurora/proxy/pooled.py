@@ -204,8 +204,9 @@ class PooledClient:
         self.wrote_at: float | None = None  # ... and when its last transaction on the writer ended
         self.probing: bytearray | None = None  # a read on a replica: its replies held until a row or an error
         self.sent_read: list[tuple[bytes, bytes]] = []  # ... and what it sent, to run again on the writer
-        self.to_writer = False  # that read failed with 25006 (it writes after all): the writer runs it again
+        self.to_writer: str | None = None  # why the writer runs what is queued (a read refused with 25006...)
         self.routed = False  # the connection held was lent for what is queued (not the login's)
+        self._knobs: tuple[object, dict[str, str | None]] = (None, {})  # (signature, values) for knob()
         self.by_token = False
         self._begin_login(peer, tls)
 
@@ -413,16 +414,22 @@ class PooledClient:
 
     # -- lending ----------------------------------------------------------------------------------
     def knob(self, name: str) -> str | None:
-        """The value this session carries for a setting (from its startup packet or its own SET), if any."""
-        sql = self.settings.get(name)
-        return None if sql is None else setting_value(sql)
+        """The value this session carries for a setting (from its startup packet or its own SET), if any; read
+        once per set of settings (the splitting endpoint asks at every transaction)."""
+        if self._knobs[0] is not self.signature:
+            self._knobs = (self.signature, {})
+        known = self._knobs[1]
+        if name not in known:
+            sql = self.settings.get(name)
+            known[name] = None if sql is None else setting_value(sql)
+        return known[name]
 
     def _borrow(self) -> None:
         """A connection for the messages queued: in this call when one is idle, else by callback."""
         splitter = self.gate.splitter
         if splitter is not None and self.to_writer:
-            self.to_writer, self.verdict = False, Verdict.WRITE
-            self._split_counted("retried_on_writer")
+            self._split_counted(self.to_writer)
+            self.to_writer, self.verdict = None, Verdict.WRITE
             pool = self.gate.current_pool(self.database, self.user)
         elif splitter is not None:
             routed = splitter.route_now(self)
@@ -484,6 +491,12 @@ class PooledClient:
             pool, why, waited = await splitter.route_later(self, routed.verdict)
         except LookupError:  # no writer or no replica any more: route it again
             self.acquiring = None
+            self._borrow()
+            return
+        except Exception as exc:  # never left waiting: the writer serves it
+            log.warning("routing a read failed (%s): the writer serves it", exc)
+            self.acquiring = None
+            self.to_writer = "position_unknown"
             self._borrow()
             return
         self.acquiring = None
@@ -688,7 +701,10 @@ class PooledClient:
         replica's ReadyForQuery came, run it again on the writer."""
         held = self.probing
         assert held is not None
-        held += out
+        if held:
+            held += out
+        else:  # the common case: the whole answer's start in one packet, looked at without a copy
+            held = out  # type: ignore[assignment]
         i = 0
         while i + 5 <= len(held):
             kind, end = bytes(held[i : i + 1]), i + 1 + int.from_bytes(held[i + 1 : i + 5], "big")
@@ -698,10 +714,12 @@ class PooledClient:
             if kind == b"E" and end > len(held):
                 return b""  # the error whole first
             if kind == b"E" and _sqlstate(held[i + 5 : end]) == "25006":
-                self.probing, self.to_writer = None, True
+                self.probing, self.to_writer = None, "retried_on_writer"
                 return b""
             self.probing = None  # decided: a row, a completion, another error
             return bytes(held)
+        if held is out:
+            self.probing = bytearray(out)  # undecided: kept, with what comes next
         return b""
 
     def _ready_for_query(self, status: bytes, rolled_back: bool) -> None:
