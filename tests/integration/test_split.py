@@ -4,10 +4,12 @@ see what their consistency mode promises, checked by a Jepsen-style checker of w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import pathlib
 import shutil
 import subprocess
+import time
 
 import asyncpg
 import psycopg
@@ -311,3 +313,60 @@ def test_a_malformed_min_lsn_is_refused_with_22023(split):
     with pytest.raises(asyncpg.InvalidParameterValueError) as caught:
         asyncio.run(connect())
     assert 'invalid value for parameter "pgaurora.min_lsn": "yesterday"' in str(caught.value)
+
+
+def test_a_primary_kill_leaves_no_session_reading_past_its_own_writes(fresh_cluster, service):
+    """Sessions write and read back through the splitting endpoint while the primary is SIGKILLed. Only what
+    was in flight fails; every acknowledged write is read back, before and after the failover."""
+    cluster = fresh_cluster(replicas=2)
+    (port,) = free_ports(1)
+    pool = {"pool_size": 20, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    endpoints = [{"name": "app", "port": port, "role": "split"}]
+    svc = service(service_config(cluster, pool=pool, endpoints=endpoints), cluster=cluster)
+    cluster.primary.sql("CREATE TABLE pairs (id bigint PRIMARY KEY, session int)")
+    old = svc.topology.writer
+    stop, results = asyncio.Event(), {"stale": 0, "acked": [], "failed": 0}
+
+    async def session(number: int) -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", password=cluster.password)
+        try:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                row = number * 1_000_000 + i
+                try:
+                    await conn.execute("INSERT INTO pairs (id, session) VALUES ($1, $2)", row, number)
+                except asyncpg.PostgresError:
+                    results["failed"] += 1  # in flight at the kill: its fate is unknown, and not checked
+                    continue
+                results["acked"].append((time.time(), row))
+                try:
+                    found = await conn.fetchval("SELECT count(*) FROM pairs WHERE id = $1", row)
+                except asyncpg.PostgresError:
+                    results["failed"] += 1  # a read in flight on the writer at the kill
+                    continue
+                results["stale"] += found != 1
+        finally:
+            await conn.close()
+
+    async def run() -> float:
+        sessions = [asyncio.ensure_future(session(n)) for n in range(8)]
+        await asyncio.sleep(1.0)
+        killed = time.time()
+        cluster.node(old).kill()
+        for _ in range(300):  # up to 30 s for the failover, then 2 s more of traffic on the new writer
+            if svc.topology.writer not in (None, old):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.gather(*sessions)
+        return killed
+
+    killed = asyncio.run(run())
+    after = [row for at, row in results["acked"] if at > killed + 1]
+    print(f"{len(results['acked'])} acknowledged pairs ({len(after)} after the failover), {results['failed']} failed")
+    assert svc.topology.writer not in (None, old)
+    assert results["stale"] == 0
+    assert after, "no session wrote through the new writer"
+    assert results["failed"] <= 8  # at most what each session had in flight
