@@ -56,3 +56,16 @@ def test_pools_and_pins_are_listed_only_when_an_endpoint_pools(capsys):
     out = capsys.readouterr().out
     assert "pool writer n1 alice@app: 2 active, 0 idle, 3 waiting (longest wait 0.25 s)" in out
     assert "pinned clients: advisory_lock 2" in out
+
+
+def test_a_splitting_endpoint_shows_where_reads_ran_per_consistency(capsys):
+    split = {
+        "app": {
+            "session": {"replica": 90, "writer": {"write": 10, "replica_behind": 2}, "waits": 8, "wait_seconds": 0.02},
+            "eventual": {"replica": 5, "writer": {}},
+        }
+    }
+    print_status(_doc(split=split))
+    out = capsys.readouterr().out
+    assert "app session: 90 on replicas; on the writer: replica_behind 2, write 10; 8 waited 2.5 ms on average" in out
+    assert "app eventual: 5 on replicas; on the writer: none" in out

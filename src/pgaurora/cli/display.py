@@ -71,6 +71,7 @@ def print_status(doc: dict, wide: bool = False) -> None:
     if doc.get("backup"):
         _print_backup(console, doc["backup"])
     _print_pools(console, doc.get("pools") or [], doc.get("pins") or {})
+    _print_split(console, doc.get("split") or {})
     _print_stale_monitor(console, doc.get("monitor"))
     console.print(f"last decision: {doc['reason']}")
 
@@ -84,6 +85,20 @@ def _print_pools(console: Console, pools: list[dict], pins: dict) -> None:
         )
     if pins:
         console.print("pinned clients: " + ", ".join(f"{reason} {count}" for reason, count in sorted(pins.items())))
+
+
+def _print_split(console: Console, split: dict) -> None:
+    """A line per splitting endpoint (and reader min_lsn sessions) and consistency: where reads ran, and why."""
+    for endpoint, modes in sorted(split.items()):
+        for mode, seen in sorted(modes.items()):
+            writer = ", ".join(f"{why} {count}" for why, count in sorted(seen["writer"].items())) or "none"
+            waited = (
+                f"; {seen['waits']} waited {seen['wait_seconds'] / seen['waits'] * 1000:.1f} ms on average"
+                if seen.get("waits")
+                else ""
+            )
+            line = f"{endpoint} {mode}: {seen['replica']} on replicas; on the writer: {writer}{waited}"
+            console.print(line, soft_wrap=True)
 
 
 def _print_stale_monitor(console: Console, monitor: dict | None) -> None:
