@@ -73,6 +73,20 @@ def test_reads_go_to_replicas_and_everything_else_to_the_writer(split):
         with conn.transaction():
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
         conn.execute("RESET default_transaction_read_only")
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        with conn.transaction():
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
+    with psycopg.connect(_dsn(split)) as conn:  # not autocommit: psycopg sends BEGIN on its own first
+        conn.execute("SET TRANSACTION READ ONLY")
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        conn.commit()
+        conn.execute("CREATE TABLE IF NOT EXISTS opened (x int)")
+        conn.execute("INSERT INTO opened VALUES (1)")
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False  # the same transaction
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'opened'").fetchone()[0] == 0
+        conn.rollback()
 
 
 def test_psql_and_asyncpg_prepared_statements_work_on_both_sides(split):

@@ -67,3 +67,18 @@ def test_a_carried_setting_gives_its_value_back():
     assert setting_value("SET pgaurora.consistency = 'session'") == "session"
     assert setting_value("set pgaurora.consistency to eventual;") == "eventual"
     assert setting_value("SET default_transaction_read_only = on") == "on"
+
+
+def test_a_lone_begin_is_opened_here_and_set_transaction_read_only_decides():
+    from pgaurora.proxy.split import declares_read_only, opens_transaction
+
+    assert opens_transaction(b"BEGIN") and opens_transaction(b"START TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+    assert not opens_transaction(b"BEGIN READ ONLY") and not opens_transaction(b"BEGIN; SELECT 1")
+    assert not opens_transaction(b"COMMIT")
+    assert declares_read_only(b"SET TRANSACTION READ ONLY")
+    assert declares_read_only(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE")
+    assert declares_read_only(b"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    assert not declares_read_only(b"SET TRANSACTION READ WRITE")
+    set_ro = _query("SET TRANSACTION READ ONLY")
+    assert batch_verdict([set_ro], {}, False, opened=True) is RO
+    assert batch_verdict([_query("SELECT 1")], {}, False, opened=True) is W  # in a transaction: not proven

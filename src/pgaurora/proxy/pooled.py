@@ -30,7 +30,7 @@ from .credentials import LookupFailed
 from .pool import Pool, PoolClosed, ServerLink, Waiter
 from .replies import PASS, SWALLOW, SYNC, ServerStream
 from .scram import MECHANISM, ScramFailed, Secret, ServerExchange
-from .split import CONSISTENCIES, LSN_HINT, Verdict, parse_lsn
+from .split import CONSISTENCIES, LSN_HINT, Verdict, declares_read_only, opens_transaction, parse_lsn
 from .statements import NOTHING, Effect, effect, setting_value
 from .tokens import TokenRefused
 
@@ -206,6 +206,7 @@ class PooledClient:
         self.sent_read: list[tuple[bytes, bytes]] = []  # ... and what it sent, to run again on the writer
         self.to_writer: str | None = None  # why the writer runs what is queued (a read refused with 25006...)
         self.routed = False  # the connection held was lent for what is queued (not the login's)
+        self.opened: bytes | None = None  # splitting: a BEGIN answered here, sent with what follows it
         self._knobs: tuple[object, dict[str, str | None]] = (None, {})  # (signature, values) for knob()
         self.by_token = False
         self._begin_login(peer, tls)
@@ -424,9 +425,30 @@ class PooledClient:
             known[name] = None if sql is None else setting_value(sql)
         return known[name]
 
+    def reads_only(self) -> bool:
+        """Is every transaction of this session read-only (default_transaction_read_only, or SET SESSION
+        CHARACTERISTICS AS TRANSACTION READ ONLY)?"""
+        if (self.knob("default_transaction_read_only") or "off").lower() in ("on", "true", "1", "yes"):
+            return True
+        characteristics = self.settings.get("session characteristics")
+        return characteristics is not None and declares_read_only(characteristics.encode())
+
+    def _open_here(self) -> bool:
+        """Splitting endpoint: a lone BEGIN is answered here, and sent with the statement after it, which
+        decides where the transaction goes (SET TRANSACTION READ ONLY: a replica)."""
+        kind, raw = self.queue[0]
+        if len(self.queue) != 1 or kind != b"Q" or self.opened is not None or not opens_transaction(raw[5:-1]):
+            return False
+        self.queue, self.opened = [], raw
+        self.stream.status = b"T"
+        self.transport.write(_command(b"BEGIN") + _ready(b"T"))
+        return True
+
     def _borrow(self) -> None:
         """A connection for the messages queued: in this call when one is idle, else by callback."""
         splitter = self.gate.splitter
+        if splitter is not None and self._open_here():
+            return
         if splitter is not None and self.to_writer:
             self._split_counted(self.to_writer)
             self.to_writer, self.verdict = None, Verdict.WRITE
@@ -533,6 +555,10 @@ class PooledClient:
         self.waiting = None
         self._lent(link)
         self.routed = True  # lent for what is queued (not the login's connection)
+        if self.link is not None and self.opened is not None:  # the BEGIN answered here, its reply cut
+            self.link.transport.write(self.opened)  # type: ignore[union-attr]
+            self.stream.hidden += 1
+            self.opened = None
         if self.link is not None and self.queue:
             self._flush()
 

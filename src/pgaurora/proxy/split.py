@@ -95,6 +95,55 @@ def _verdict(sql: bytes) -> Verdict:
     return Verdict.WRITE
 
 
+def _first_query(
+    queue: list[tuple[bytes, bytes]], statements: Mapping[bytes, tuple[bytes, bytes, bytes]]
+) -> bytes | None:
+    for kind, raw in queue:
+        if kind == b"Q":
+            return raw[5:-1]
+        if kind == b"P":
+            return parse_parts(raw[5:])[1]
+        if kind == b"B":
+            known = statements.get(bind_statement(raw[5:])[1])
+            return known[1] if known is not None else None
+    return None
+
+
+@lru_cache(maxsize=256)
+def opens_transaction(sql: bytes) -> bool:
+    """Is sql a lone BEGIN (or START TRANSACTION) that does not say READ ONLY? A splitting endpoint answers it
+    itself, and routes the transaction by what comes next (SET TRANSACTION READ ONLY: a replica)."""
+    from pglast import parse_sql
+    from pglast.ast import TransactionStmt
+    from pglast.enums import TransactionStmtKind
+    from pglast.parser import ParseError
+
+    try:
+        statements = parse_sql(sql.decode("utf-8", "replace"))
+    except ParseError:
+        return False
+    if len(statements) != 1 or not isinstance(stmt := statements[0].stmt, TransactionStmt):
+        return False
+    starts = stmt.kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START)
+    return starts and not any(o.defname == "transaction_read_only" for o in stmt.options or ())
+
+
+@lru_cache(maxsize=256)
+def declares_read_only(sql: bytes) -> bool:
+    """Is sql `SET TRANSACTION ... READ ONLY` (or `SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY`)?"""
+    from pglast import parse_sql
+    from pglast.ast import VariableSetStmt
+    from pglast.parser import ParseError
+
+    try:
+        statements = parse_sql(sql.decode("utf-8", "replace"))
+    except ParseError:
+        return False
+    if len(statements) != 1 or not isinstance(stmt := statements[0].stmt, VariableSetStmt):
+        return False
+    return (stmt.name or "").upper() in ("TRANSACTION", "SESSION CHARACTERISTICS") and _read_only_option(stmt.args)
+
+
 @lru_cache(maxsize=1024)
 def _controls_transaction(sql: bytes) -> bool:
     """Does sql begin or end a transaction (after which the batch may write)?"""
@@ -135,12 +184,19 @@ def _plain(stmt: Any) -> bool:
 
 
 def batch_verdict(
-    queue: list[tuple[bytes, bytes]], statements: Mapping[bytes, tuple[bytes, bytes, bytes]], read_only: bool
+    queue: list[tuple[bytes, bytes]],
+    statements: Mapping[bytes, tuple[bytes, bytes, bytes]],
+    read_only: bool,
+    opened: bool = False,
 ) -> Verdict:
     """What the messages that begin a transaction are: one Query, or an extended batch up to its Sync whose
-    statements are all reads. read_only: the session's default_transaction_read_only is on."""
+    statements are all reads. read_only: the session's default_transaction_read_only is on. opened: its
+    BEGIN was answered by pgaurora, so these are the transaction's first statements."""
     if read_only:
         return Verdict.READ_ONLY
+    if opened:
+        first = _first_query(queue, statements)
+        return Verdict.READ_ONLY if first is not None and declares_read_only(first) else Verdict.WRITE
     if len(queue) == 1 and queue[0][0] == b"Q":
         return verdict(queue[0][1][5:-1])
     if not queue or queue[-1][0] != b"S":
@@ -316,11 +372,14 @@ class SplitClient(Protocol):
     user: str
     queue: list[tuple[bytes, bytes]]
     wrote_at: float | None  # when its last transaction on the writer ended (monotonic)
+    opened: bytes | None  # a BEGIN pgaurora answered itself: the transaction is routed by what follows it
 
     @property
     def statements(self) -> Mapping[bytes, tuple[bytes, bytes, bytes]]: ...
 
     def knob(self, name: str) -> str | None: ...
+
+    def reads_only(self) -> bool: ...
 
 
 class Routed(NamedTuple):
@@ -347,8 +406,7 @@ class Splitter:
 
     def route_now(self, client: SplitClient) -> Routed:
         """Where the transaction that client's queue begins goes, when that is known without waiting."""
-        read_only = (client.knob("default_transaction_read_only") or "off").lower() in ("on", "true", "1", "yes")
-        found = batch_verdict(client.queue, client.statements, read_only)
+        found = batch_verdict(client.queue, client.statements, client.reads_only(), client.opened is not None)
         topology = self.hub.current
         if found is Verdict.WRITE:
             return Routed(self._writer_pool(topology, client), found, "write")
