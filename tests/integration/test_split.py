@@ -77,6 +77,10 @@ def test_reads_go_to_replicas_and_everything_else_to_the_writer(split):
         with conn.transaction():
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
         conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
+    with psycopg.connect(_dsn(split), autocommit=True) as conn:  # pinned (an advisory lock): the writer for good
+        conn.execute("SELECT pg_advisory_lock(7)")
+        assert [conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] for _ in range(3)] == [False] * 3
+        conn.execute("SELECT pg_advisory_unlock(7)")
     with psycopg.connect(_dsn(split)) as conn:  # not autocommit: psycopg sends BEGIN on its own first
         conn.execute("SET TRANSACTION READ ONLY")
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
