@@ -3,12 +3,14 @@ networking, serve through both endpoints, fail over, and go away leaving no cont
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -58,6 +60,17 @@ class Compose:
             cursor = conn.execute(sql)
             return cursor.fetchone() if cursor.description else ()
 
+    def failover_safe(self) -> bool:
+        """Would a failover now keep every acknowledged commit (voters proven)? Asked of pgaurora's admin API
+        with the token it keeps in its container."""
+        script = "print(open('/tmp/pgaurora/admin.token').read().strip())"
+        token = self.run("exec", "-T", "pgaurora", "python3", "-c", script).strip()
+        request = urllib.request.Request(
+            f"http://{self.net}.10:6434/status", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return bool(json.load(response)["failover_safe"])
+
     def leftovers(self) -> dict[str, list[str]]:
         label = f"label=com.docker.compose.project={self.project}"
         kinds = {"containers": ["ps", "-aq"], "networks": ["network", "ls", "-q"], "volumes": ["volume", "ls", "-q"]}
@@ -91,14 +104,20 @@ def test_the_compose_file_serves_both_endpoints_fails_over_and_leaves_nothing_be
                 break
         assert reader[1] in (f"{compose.net}.2", f"{compose.net}.3")
         compose.query(6432, "CREATE TABLE kept AS SELECT 42 AS answer")
-        compose.run("kill", "n1")  # SIGKILL: the primary's container dies
-        for _ in wait_until("a promoted replica behind the writer endpoint", 30, interval=0.2):
-            try:
-                after = compose.query(6432, f"{where}, (SELECT answer FROM kept)")
-            except psycopg.Error:
-                continue
-            if after[1] != f"{compose.net}.1":
+        for _ in wait_until("the voters to prove a failover safe", 60, interval=0.5):
+            if compose.failover_safe():  # before that, pgaurora rightly refuses to promote
                 break
+        compose.run("kill", "n1")  # SIGKILL: the primary's container dies
+        try:
+            for _ in wait_until("a promoted replica behind the writer endpoint", 30, interval=0.2):
+                try:
+                    after = compose.query(6432, f"{where}, (SELECT answer FROM kept)")
+                except psycopg.Error:
+                    continue
+                if after[1] != f"{compose.net}.1":
+                    break
+        except AssertionError as exc:  # what pgaurora said, to tell why
+            raise AssertionError(f"{exc}\n{compose.run('logs', '--tail', '40', 'pgaurora')}") from None
         assert after[0] is False and after[2] == 42, after
     finally:
         compose.run("down", "--volumes", "--remove-orphans", "--timeout", "5")
