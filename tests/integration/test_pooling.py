@@ -578,4 +578,10 @@ def test_a_transaction_pooled_reader_honours_min_lsn_set_per_session(pooled, clu
             reader.execute(f"SET pgaurora.min_lsn = '{lsn}'")
             seen = reader.execute("SELECT count(*), pg_is_in_recovery() FROM handed WHERE id = %s", (i,)).fetchone()
             assert seen == (1, True), (i, seen)
+        reader.execute("SET pgaurora.min_lsn = 'FFFFFFFF/0'")  # a position no replica will reach
+        began = time.monotonic()
+        assert reader.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False  # the fallback: the writer
+        assert time.monotonic() - began >= pooled.config.reader.consistency_wait  # after waiting for one
+        reader.execute("RESET pgaurora.min_lsn")
+        assert reader.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
     cluster.primary.sql("DROP TABLE handed")

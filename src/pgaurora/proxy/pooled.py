@@ -498,13 +498,29 @@ class PooledClient:
         assert self.secret is not None
         try:
             self.pool = await self.gate.pool_past(self.database, self.user, lsn)
-        except ProxyError as exc:
-            self.fail(exc.sqlstate, exc.message, exc.detail)
+        except ProxyError as exc:  # no replica got there (fallback refuse): this transaction fails, not the session
+            self.acquiring = None
+            self._refuse_queued(error_response(exc.sqlstate, exc.message, detail=exc.detail, severity="ERROR"))
             return
         finally:
             self.acquiring = None
         if not self.closed:
             self.waiting = self.pool.lend(self._lent_and_flush, self._not_lent, self.client_key, self.secret)
+
+    def _refuse_queued(self, error: bytes) -> None:
+        """Answer what is queued with one error, as the server answers a failed Query or extended batch: the
+        messages up to the next Query or Sync are dropped, and the session is ready again."""
+        kinds = [kind for kind, _ in self.queue]
+        ends = next((i for i, kind in enumerate(kinds) if kind in (b"Q", b"S")), None)
+        if ends is None:
+            self.queue = []
+            self.dropping = True  # the rest of the batch, to its Sync, is skipped
+            self.transport.write(error)
+            return
+        self.queue = self.queue[ends + 1 :]
+        self.transport.write(error + _ready(self.stream.status))
+        if self.queue:
+            self._flush()
 
     async def _read_later(self, routed: Routed) -> None:
         splitter = self.gate.splitter
