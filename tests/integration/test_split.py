@@ -311,26 +311,26 @@ def test_the_reader_endpoint_honours_min_lsn_handed_over_from_a_write(split):
     assert on_replicas > 0
 
 
-def test_an_unknown_consistency_at_startup_is_refused_with_22023(split):
+def _refused_at_startup(address: tuple[str, int], name: str, value: str) -> str:
+    """The message of the error a startup packet naming name=value gets (asyncpg raises 22023 as its class)."""
+
     async def connect() -> None:
-        host, port = split.app
-        settings = {"pgaurora.consistency": "strong"}
-        await asyncpg.connect(host=host, port=port, user="postgres", password="x", server_settings=settings)
+        host, port = address
+        await asyncpg.connect(host=host, port=port, user="postgres", password="x", server_settings={name: value})
 
     with pytest.raises(asyncpg.InvalidParameterValueError) as caught:
         asyncio.run(connect())
-    assert 'invalid value for parameter "pgaurora.consistency": "strong"' in str(caught.value)
+    return str(caught.value)
+
+
+def test_an_unknown_consistency_at_startup_is_refused_with_22023(split):
+    message = _refused_at_startup(split.app, "pgaurora.consistency", "strong")
+    assert 'invalid value for parameter "pgaurora.consistency": "strong"' in message
 
 
 def test_a_malformed_min_lsn_is_refused_with_22023(split):
-    async def connect() -> None:
-        host, port = split.reader
-        settings = {"pgaurora.min_lsn": "yesterday"}
-        await asyncpg.connect(host=host, port=port, user="postgres", password="x", server_settings=settings)
-
-    with pytest.raises(asyncpg.InvalidParameterValueError) as caught:
-        asyncio.run(connect())
-    assert 'invalid value for parameter "pgaurora.min_lsn": "yesterday"' in str(caught.value)
+    message = _refused_at_startup(split.reader, "pgaurora.min_lsn", "yesterday")
+    assert 'invalid value for parameter "pgaurora.min_lsn": "yesterday"' in message
 
 
 def test_a_primary_kill_leaves_no_session_reading_past_its_own_writes(fresh_cluster, service):

@@ -8,7 +8,7 @@ import asyncpg
 
 from ..core.config import Config, NodeConfig
 from ..core.errors import ActionFailed
-from ..core.sslcontexts import node_ssl
+from ..core.ownlogin import connect_own
 
 TIMELINE_SQL = """SELECT pg_is_in_recovery() AS in_recovery,
     CASE WHEN pg_is_in_recovery() THEN NULL
@@ -34,16 +34,8 @@ def replication_conninfo(config: Config, upstream: NodeConfig, application_name:
 
 
 async def connect(config: Config, node: NodeConfig, timeout: float | None = None) -> asyncpg.Connection:
-    m = config.monitor
-    return await asyncpg.connect(
-        host=node.host,
-        port=node.port,
-        user=m.user,
-        password=m.password,
-        database=m.database,
-        timeout=timeout or m.probe_timeout * 2,
-        ssl=node_ssl(config.tls),
-        server_settings={"application_name": "pgaurora-monitor"},
+    return await connect_own(
+        config, node.host, node.port, timeout or config.monitor.probe_timeout * 2, "pgaurora-monitor"
     )
 
 

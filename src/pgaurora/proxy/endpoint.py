@@ -13,7 +13,8 @@ import asyncpg
 
 from ..core.config import Config, CustomEndpointConfig, CustomRole, Fallback, Listen, PoolMode
 from ..core.errors import NodeTlsFailed, NoReaderAvailable, NoWriterAvailable, ProxyError, UpstreamUnavailable
-from ..core.sslcontexts import Contexts, node_ssl
+from ..core.ownlogin import connect_own
+from ..core.sslcontexts import Contexts
 from ..core.topology import Health, NodeState, Role, Topology, TopologyHub
 from ..wire import CancelRequest, encode
 from .client import ClientProtocol
@@ -106,16 +107,8 @@ class Endpoint:
 
     async def _connect_node(self, node: NodeState) -> asyncpg.Connection:
         """A connection of pgaurora's own (the monitor's role), to ask a node its WAL positions."""
-        m = self.config.monitor
-        return await asyncpg.connect(
-            host=node.host,
-            port=node.port,
-            user=m.user,
-            password=m.password,
-            database=m.database,
-            timeout=self.config.proxy.connect_timeout,
-            ssl=node_ssl(self.config.tls),
-            server_settings={"application_name": f"pgaurora-{self.name}"},
+        return await connect_own(
+            self.config, node.host, node.port, self.config.proxy.connect_timeout, f"pgaurora-{self.name}"
         )
 
     async def stop(self) -> None:
