@@ -357,7 +357,7 @@ def test_a_primary_kill_leaves_no_session_reading_past_its_own_writes(fresh_clus
                 except asyncpg.PostgresError:
                     results["failed"] += 1  # in flight at the kill: its fate is unknown, and not checked
                     continue
-                results["acked"].append((time.time(), row))
+                results["acked"].append(row)
                 try:
                     found = await conn.fetchval("SELECT count(*) FROM pairs WHERE id = $1", row)
                 except asyncpg.PostgresError:
@@ -367,22 +367,25 @@ def test_a_primary_kill_leaves_no_session_reading_past_its_own_writes(fresh_clus
         finally:
             await conn.close()
 
+    async def until(what: str, done, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+            await asyncio.sleep(0.05)
+
     async def run() -> float:
         sessions = [asyncio.ensure_future(session(n)) for n in range(8)]
-        await asyncio.sleep(1.0)
-        killed = time.time()
+        await until("500 pairs before the kill", lambda: len(results["acked"]) >= 500, 30)
         cluster.node(old).kill()
-        for _ in range(300):  # up to 30 s for the failover, then 2 s more of traffic on the new writer
-            if svc.topology.writer not in (None, old):
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(2.0)
+        await until("a failover", lambda: svc.topology.writer not in (None, old), 30)
+        promoted = len(results["acked"])
+        await until("500 pairs through the new writer", lambda: len(results["acked"]) >= promoted + 500, 30)
         stop.set()
         await asyncio.gather(*sessions)
-        return killed
+        return promoted
 
-    killed = asyncio.run(run())
-    after = [row for at, row in results["acked"] if at > killed + 1]
+    promoted = asyncio.run(run())
+    after = results["acked"][promoted:]  # acknowledged once the new writer was published
     print(f"{len(results['acked'])} acknowledged pairs ({len(after)} after the failover), {results['failed']} failed")
     assert svc.topology.writer not in (None, old)
     assert results["stale"] == 0

@@ -82,3 +82,40 @@ def test_a_lone_begin_is_opened_here_and_set_transaction_read_only_decides():
     set_ro = _query("SET TRANSACTION READ ONLY")
     assert batch_verdict([set_ro], {}, False, opened=True) is RO
     assert batch_verdict([_query("SELECT 1")], {}, False, opened=True) is W  # in a transaction: not proven
+
+
+class _Probing:
+    """What PooledClient._probe reads and sets of its client: the replies held, and the writer's retry."""
+
+    def __init__(self) -> None:
+        self.probing: bytearray | None = bytearray()
+        self.to_writer: str | None = None
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def test_a_read_refused_with_25006_is_dropped_even_when_its_error_comes_in_two_packets():
+    from pgaurora.proxy.pooled import PooledClient
+
+    error = _message(b"E", b"SERROR\0C25006\0Mcannot execute INSERT in a read-only transaction\0\0")
+    described = _message(b"T", b"\0\0")
+    client = _Probing()
+    assert PooledClient._probe(client, described + error[:9]) == b""  # nothing decided yet: held
+    assert client.probing == bytearray(described + error[:9])
+    assert PooledClient._probe(client, error[9:] + _message(b"Z", b"I")) == b""
+    assert (client.probing, client.to_writer) == (None, "retried_on_writer")
+
+
+def test_a_read_that_returns_a_row_is_passed_on_whole():
+    from pgaurora.proxy.pooled import PooledClient
+
+    described, row = _message(b"T", b"\0\0"), _message(b"D", b"\0\0")
+    client = _Probing()
+    assert PooledClient._probe(client, described[:3]) == b""
+    assert PooledClient._probe(client, described[3:] + row) == described + row
+    assert (client.probing, client.to_writer) == (None, None)
+    other = _message(b"E", b"SERROR\0C42P01\0Mno such table\0\0")
+    client = _Probing()
+    assert PooledClient._probe(client, other) == other  # another error: the client hears it

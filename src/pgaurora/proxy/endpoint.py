@@ -60,9 +60,12 @@ class Endpoint:
         self.starting: set[ClientProtocol] = set()  # clients whose startup waits on a node that has not answered
         self._sweeper: asyncio.Task[None] | None = None  # closes idle pooled clients (client_idle_timeout)
         self._writer_pools: dict[tuple[str, str], tuple[int, Pool]] = {}  # (database, user): (version, pool)
-        splits = custom is not None and custom.role is CustomRole.SPLIT and self.pools is not None
         # a splitting endpoint: reads through its splitter, everything else (logins too) as the writer's
-        self.splitter = Splitter(custom, hub, self.pools, self._connect_node) if splits else None  # type: ignore[arg-type]
+        self.splitter = (
+            Splitter(custom, hub, self.pools, self._connect_node)
+            if custom is not None and custom.role is CustomRole.SPLIT and self.pools is not None
+            else None
+        )
         self._route = (EndpointKind.WRITER, None) if self.splitter is not None else (kind, custom)
         # the reader endpoint: sessions that name pgaurora.min_lsn get a replica that replayed past it
         self.replay = ReplayWatch(self._connect_node) if kind is EndpointKind.READER and custom is None else None

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..core.topology import NodeState
     from ..wire import StartupMessage
     from .credentials import Credentials
-    from .split import Routed, Splitter
+    from .split import Splitter
     from .state import ProxyState
 
 log = logging.getLogger("pgaurora.proxy")
@@ -458,7 +458,7 @@ class PooledClient:
             self.verdict = routed.verdict
             if routed.why == "wait":  # a read that must wait for a replica to replay what it must see
                 if self.acquiring is None:
-                    self.acquiring = asyncio.get_running_loop().create_task(self._read_later(routed))
+                    self.acquiring = asyncio.get_running_loop().create_task(self._read_later())
                 return
             self._split_counted(routed.why)
             pool = routed.pool
@@ -522,11 +522,11 @@ class PooledClient:
         if self.queue:
             self._flush()
 
-    async def _read_later(self, routed: Routed) -> None:
+    async def _read_later(self) -> None:
         splitter = self.gate.splitter
         assert splitter is not None and self.secret is not None
         try:
-            pool, why, waited = await splitter.route_later(self, routed.verdict)
+            pool, why, waited = await splitter.route_later(self)
         except LookupError:  # no writer or no replica any more: route it again
             self.acquiring = None
             self._borrow()
@@ -754,7 +754,7 @@ class PooledClient:
                 i = end
                 continue
             if kind == b"E" and end > len(held):
-                return b""  # the error whole first
+                break  # the error whole first
             if kind == b"E" and _sqlstate(held[i + 5 : end]) == "25006":
                 self.probing, self.to_writer = None, "retried_on_writer"
                 return b""

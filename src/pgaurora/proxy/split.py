@@ -7,10 +7,10 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from enum import Enum
 from functools import lru_cache
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeGuard
 
 import asyncpg
 
@@ -73,80 +73,76 @@ def verdict(sql: bytes) -> Verdict:
 _VERDICTS: dict[bytes, Verdict] = {}
 
 
-def _verdict(sql: bytes) -> Verdict:
-    """By PostgreSQL's own parser (pglast): never a guess from keywords."""
+def _only(sql: bytes) -> Any | None:
+    """The one statement sql holds, by PostgreSQL's own parser (pglast); None when it holds several, or does
+    not parse (the server will say what is wrong with it)."""
     from pglast import parse_sql
-    from pglast.ast import SelectStmt, TransactionStmt
-    from pglast.enums import TransactionStmtKind
     from pglast.parser import ParseError
 
     try:
         statements = parse_sql(sql.decode("utf-8", "replace"))
     except ParseError:
-        return Verdict.WRITE  # the writer says what is wrong with it
-    if len(statements) != 1:
-        return Verdict.WRITE
-    stmt = statements[0].stmt
-    if isinstance(stmt, TransactionStmt):
-        starts = stmt.kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START)
-        return Verdict.READ_ONLY if starts and _read_only_option(stmt.options) else Verdict.WRITE
+        return None
+    return statements[0].stmt if len(statements) == 1 else None
+
+
+def _begins(stmt: Any) -> TypeGuard[Any]:
+    from pglast.ast import TransactionStmt
+    from pglast.enums import TransactionStmtKind
+
+    starts = (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START)
+    return isinstance(stmt, TransactionStmt) and stmt.kind in starts
+
+
+def _verdict(sql: bytes) -> Verdict:
+    """By the parser: never a guess from keywords."""
+    from pglast.ast import SelectStmt
+
+    stmt = _only(sql)
+    if _begins(stmt):
+        return Verdict.READ_ONLY if _read_only_option(stmt.options) else Verdict.WRITE
     if isinstance(stmt, SelectStmt) and _plain(stmt):
         return Verdict.READ
     return Verdict.WRITE
 
 
-def _first_query(
+def _queries(
     queue: list[tuple[bytes, bytes]], statements: Mapping[bytes, tuple[bytes, bytes, bytes]]
-) -> bytes | None:
+) -> Iterator[bytes | None]:
+    """The text of each statement the messages run, parse or bind (None: a named one pgaurora does not know).
+    An unnamed Bind is skipped: its Parse is in the batch, or it was judged before."""
     for kind, raw in queue:
         if kind == b"Q":
-            return raw[5:-1]
-        if kind == b"P":
-            return parse_parts(raw[5:])[1]
-        if kind == b"B":
-            known = statements.get(bind_statement(raw[5:])[1])
-            return known[1] if known is not None else None
-    return None
+            yield raw[5:-1]
+        elif kind == b"P":
+            yield parse_parts(raw[5:])[1]
+        elif kind == b"B" and (name := bind_statement(raw[5:])[1]):
+            known = statements.get(name)
+            yield known[1] if known is not None else None
 
 
 @lru_cache(maxsize=256)
 def opens_transaction(sql: bytes) -> bool:
     """Is sql a lone BEGIN (or START TRANSACTION) that does not say READ ONLY? A splitting endpoint answers it
     itself, and routes the transaction by what comes next (SET TRANSACTION READ ONLY: a replica)."""
-    from pglast import parse_sql
-    from pglast.ast import TransactionStmt
-    from pglast.enums import TransactionStmtKind
-    from pglast.parser import ParseError
-
-    try:
-        statements = parse_sql(sql.decode("utf-8", "replace"))
-    except ParseError:
-        return False
-    if len(statements) != 1 or not isinstance(stmt := statements[0].stmt, TransactionStmt):
-        return False
-    starts = stmt.kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START)
-    return starts and not any(o.defname == "transaction_read_only" for o in stmt.options or ())
+    stmt = _only(sql)
+    return _begins(stmt) and not any(o.defname == "transaction_read_only" for o in stmt.options or ())
 
 
 @lru_cache(maxsize=256)
 def declares_read_only(sql: bytes) -> bool:
     """Is sql `SET TRANSACTION ... READ ONLY` (or `SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY`)?"""
-    from pglast import parse_sql
     from pglast.ast import VariableSetStmt
-    from pglast.parser import ParseError
 
-    try:
-        statements = parse_sql(sql.decode("utf-8", "replace"))
-    except ParseError:
-        return False
-    if len(statements) != 1 or not isinstance(stmt := statements[0].stmt, VariableSetStmt):
+    stmt = _only(sql)
+    if not isinstance(stmt, VariableSetStmt):
         return False
     return (stmt.name or "").upper() in ("TRANSACTION", "SESSION CHARACTERISTICS") and _read_only_option(stmt.args)
 
 
 @lru_cache(maxsize=1024)
 def _controls_transaction(sql: bytes) -> bool:
-    """Does sql begin or end a transaction (after which the batch may write)?"""
+    """Does sql begin or end a transaction (after which the batch may write)? Unparsable: assume so."""
     from pglast import parse_sql
     from pglast.ast import TransactionStmt
     from pglast.parser import ParseError
@@ -195,35 +191,22 @@ def batch_verdict(
     if read_only:
         return Verdict.READ_ONLY
     if opened:
-        first = _first_query(queue, statements)
+        first = next(_queries(queue, statements), None)
         return Verdict.READ_ONLY if first is not None and declares_read_only(first) else Verdict.WRITE
     if len(queue) == 1 and queue[0][0] == b"Q":
         return verdict(queue[0][1][5:-1])
-    if not queue or queue[-1][0] != b"S":
-        return Verdict.WRITE  # a batch still coming: what follows may write
-    queries = [parse_parts(raw[5:])[1] for kind, raw in queue if kind == b"P"]
-    if queries and verdict(queries[0]) is Verdict.READ_ONLY:  # pgjdbc's BEGIN READ ONLY, sent with what follows
+    if not queue or queue[-1][0] != b"S" or any(kind not in _BATCH for kind, _ in queue):
+        return Verdict.WRITE  # a batch still coming (what follows may write), or one with more than statements
+    found = list(_queries(queue, statements))
+    queries = [q for q in found if q is not None]
+    if not queries or len(queries) < len(found):
+        return Verdict.WRITE
+    if verdict(queries[0]) is Verdict.READ_ONLY:  # pgjdbc's BEGIN READ ONLY, sent with what follows
         return Verdict.WRITE if any(_controls_transaction(q) for q in queries[1:]) else Verdict.READ_ONLY
-    found = Verdict.WRITE
-    for kind, raw in queue:
-        if kind == b"P":
-            query = parse_parts(raw[5:])[1]
-        elif kind == b"B":
-            name = bind_statement(raw[5:])[1]
-            known = statements.get(name) if name else None
-            if name and known is None:
-                return Verdict.WRITE
-            query = known[1] if known is not None else b""
-            if not query:
-                continue  # the unnamed statement: its Parse came in this batch
-        elif kind in (b"D", b"E", b"S", b"H", b"C"):
-            continue
-        else:
-            return Verdict.WRITE
-        if verdict(query) is not Verdict.READ:
-            return Verdict.WRITE
-        found = Verdict.READ
-    return found
+    return Verdict.READ if all(verdict(q) is Verdict.READ for q in queries) else Verdict.WRITE
+
+
+_BATCH = frozenset({b"P", b"B", b"D", b"E", b"S", b"H", b"C"})  # what an extended batch of statements holds
 
 
 CONSISTENCIES = tuple(mode.value for mode in Consistency)
@@ -311,15 +294,12 @@ class LsnClock:
         return last[1]
 
     async def after(self, writer: NodeState, began: float) -> int:
-        while True:
-            last = self._asked.last
-            if last is not None and last[0] >= began and self._asked.node is not None:
-                if self._asked.node.name == writer.name:
-                    return last[1]
+        while (value := self.cached(writer.name, began)) is None:
             started, task = self._asked.ask(writer)
-            value = await asyncio.shield(task)
+            answer = await asyncio.shield(task)
             if started >= began:
-                return value
+                return answer
+        return value
 
     def close(self) -> None:
         self._asked.close()
@@ -422,7 +402,7 @@ class Splitter:
             return Routed(self._pool(past[0], client), found, "replica")
         return Routed(None, found, "wait")
 
-    async def route_later(self, client: SplitClient, found: Verdict) -> tuple[Pool, str, float | None]:
+    async def route_later(self, client: SplitClient) -> tuple[Pool, str, float | None]:
         """A read that must wait: for the writer's position, then for a replica past it (up to
         consistency_wait); the writer's pool when none gets there. Returns the pool, why, and the wait."""
         loop = asyncio.get_running_loop()

@@ -55,7 +55,7 @@ class MetricsHost(Protocol):
     def events(self) -> EventLog: ...
 
 
-def _counted(name: str, documentation: str, labels: list[str], counts: Mapping[Any, int]) -> Metric:
+def _counted(name: str, documentation: str, labels: list[str], counts: Mapping[Any, float]) -> Metric:
     """A counter family with one sample per key of counts (a label value, or a tuple of them)."""
     family = CounterMetricFamily(name, documentation, labels=labels)
     for key, count in sorted(counts.items()):
@@ -172,14 +172,12 @@ def proxy_metrics(state: ProxyState) -> Iterator[Metric]:
         ["endpoint", "consistency"],
         state.split_waits,
     )
-    waited = CounterMetricFamily(
+    yield _counted(
         "pgaurora_split_wait_seconds",
         "Seconds reads waited for a replica to replay what they must see",
-        labels=["endpoint", "consistency"],
+        ["endpoint", "consistency"],
+        state.split_wait_seconds,
     )
-    for key, seconds in sorted(state.split_wait_seconds.items()):
-        waited.add_metric(list(key), seconds)
-    yield waited
     for name, counts, text in (
         ("pgaurora_allowlist_accepted", state.allowed_total, "let in by"),
         ("pgaurora_allowlist_refused", state.disallowed_total, "closed at once by"),
