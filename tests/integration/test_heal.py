@@ -136,6 +136,27 @@ def test_a_replica_whose_data_directory_is_deleted_is_rebuilt_and_serves_reads_w
     assert "no usable data directory" in _events(svc, "heal", killed)[0]["reason"]
 
 
+def test_a_rebuild_that_fails_is_tried_again_until_the_node_serves(fresh_cluster, service, monkeypatch):
+    """A failed remake of a node's files (its source stopped mid-clone by a switchover, in CI) must leave
+    the node down unasked, not stopped on purpose: else healing never looks at it again."""
+    cluster = fresh_cluster(replicas=2)
+    svc = service(_healing(cluster), cluster=cluster)
+    n3 = cluster.node("n3")
+    monkeypatch.setenv("PGAURORA_FAIL_AT", "reclone:n3")
+    killed = time.time()
+    n3.kill()
+    shutil.rmtree(n3.datadir)
+    for _ in wait_until("a failed rebuild of n3", 30):
+        if _events(svc, "heal_failed", killed):
+            break
+    monkeypatch.delenv("PGAURORA_FAIL_AT")
+    for _ in wait_until("n3 rebuilt after the failed try and serving reads", 30):
+        if "n3" in svc.topology.readers and n3.host in hosts_through(svc.dsn("reader"), 8):
+            break
+    assert _events(svc, "heal_failed", killed)[0]["step"] == "rebuild"
+    assert [e["step"] for e in _events(svc, "healed", killed)] == ["rebuild"]
+
+
 def test_a_node_that_cannot_start_is_rebuilt_then_given_up_on_while_the_rest_serves(fresh_cluster, service):
     cluster = fresh_cluster(replicas=2)
     svc = service(_healing(cluster, max_attempts=4, rebuild_after=2), cluster=cluster)

@@ -11,6 +11,8 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,19 @@ GRANT EXECUTE ON FUNCTION pgaurora.user_lookup(text) TO pgaurora_auth;
 """
 """pgaurora's auth_query as PgBouncer's: a SECURITY DEFINER function over pg_authid, callable by pgaurora_auth
 alone, which can read nothing else; pooled endpoints authenticate clients with the secrets it returns."""
+
+
+@contextmanager
+def _remaking(node: LocalNode) -> Iterator[None]:
+    """While a node's files are remade it is stopped on purpose, not a crash for self-healing to see. If
+    the remaking fails, the node is down unasked again, so that healing tries once more (held for ever,
+    it would never be looked at again)."""
+    node.held = True
+    try:
+        yield
+    except BaseException:
+        node.held = False
+        raise
 
 
 def read_spec(state_dir: str | Path) -> dict[str, Any]:
@@ -748,25 +763,25 @@ class LocalCluster:
         source.sql("CHECKPOINT")
         if node.running:
             node.stop()
-        node.held = True  # until it starts as a replica: not a crash for self-healing to see
-        method = "pg_rewind"
-        try:
-            node.finish_crash_recovery()
-            node.run_tool(
-                [
-                    node.bin("pg_rewind"),
-                    "-D",
-                    str(node.datadir),
-                    "--source-server",
-                    f"host={source.sockdir} port={source.port} user=postgres dbname=postgres",
-                ],
-                timeout=600,
-            )
-        except ClusterError:
-            method = "clone"
-            self._reclone(node, source)
-        self._write_node_conf(node)
-        node.make_standby(self.conninfo(node, source))
+        with _remaking(node):
+            method = "pg_rewind"
+            try:
+                node.finish_crash_recovery()
+                node.run_tool(
+                    [
+                        node.bin("pg_rewind"),
+                        "-D",
+                        str(node.datadir),
+                        "--source-server",
+                        f"host={source.sockdir} port={source.port} user=postgres dbname=postgres",
+                    ],
+                    timeout=600,
+                )
+            except ClusterError:
+                method = "clone"
+                self._reclone(node, source)
+            self._write_node_conf(node)
+            node.make_standby(self.conninfo(node, source))
         node.start()
         return method
 
@@ -776,10 +791,10 @@ class LocalCluster:
         node, source = self.node(name), self._slot_for(name, upstream)
         if node.running:
             node.stop(mode="immediate")
-        node.held = True
-        self._reclone(node, source)
-        self._write_node_conf(node)
-        node.make_standby(self.conninfo(node, source))
+        with _remaking(node):
+            self._reclone(node, source)
+            self._write_node_conf(node)
+            node.make_standby(self.conninfo(node, source))
         node.start()
 
     def _slot_for(self, name: str, upstream: str) -> LocalNode:
@@ -791,6 +806,7 @@ class LocalCluster:
         return source
 
     def _reclone(self, node: LocalNode, source: LocalNode) -> None:
+        fail_point(f"reclone:{node.name}")  # a clone can fail for real: its source stopped, a full disk
         shutil.rmtree(node.datadir, ignore_errors=True)
         self._clone_files(node, source)
 
