@@ -2,6 +2,7 @@
 (SCRAM secret in its auth_file, the same pool size) and against direct connections.
 
     python bench/pooling.py [--rounds 5] [--duration 10] [--pool-size 20] [--idle 10000] [--json out.json]
+                             [--workloads connect-c16 select-c250 prepared-c16]
 
 Workloads (pgbench on a local cluster, scale 1):
 - connect-c16: -C -S -c16, a new connection per transaction (the case pooling exists for);
@@ -61,6 +62,8 @@ def _rounds(args, bc: BenchCluster, work: Path, targets: dict[str, Target]) -> t
     runs, failures = [], {}
     for rnd in range(args.rounds):
         for workload, names in TARGETS.items():
+            if args.workloads and workload not in args.workloads:
+                continue
             order = names if rnd % 2 == 0 else list(reversed(names))
             for name in order:
                 try:
@@ -221,6 +224,7 @@ def main() -> int:
     parser.add_argument("--pool-size", type=int, default=20)
     parser.add_argument("--idle", type=int, default=10000, help="idle clients for the last phase (0: skip it)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--workloads", nargs="*", choices=sorted(WORKLOADS), help="run only these (default: all)")
     args = parser.parse_args()
     ensure_baselines()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

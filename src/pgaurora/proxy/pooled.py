@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -102,6 +103,14 @@ def _aborted() -> bytes:
     return error_response(
         "25P02", "current transaction is aborted, commands ignored until end of transaction block", severity="ERROR"
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _statuses(node_params: tuple[tuple[str, str], ...], startup: tuple[tuple[str, str], ...]) -> bytes:
+    """The ParameterStatus messages of a greeting: the node's parameters, with the client's own startup
+    settings in their place. Built once per pair (every new client of a pool asks for the same)."""
+    mine = {name.lower(): value for name, value in startup}
+    return b"".join(encode(ParameterStatus(k, mine.get(k.lower(), v))) for k, v in node_params)
 
 
 def _literal(value: str) -> str:
@@ -409,9 +418,8 @@ class PooledClient:
 
     def _greeting(self, node_params: dict[str, str]) -> bytes:
         """ParameterStatus (the node's, with this client's own startup settings), BackendKeyData, ReadyForQuery."""
-        mine = {name.lower(): value for name, value in self.startup.items()}
-        params = [encode(ParameterStatus(k, mine.get(k.lower(), v))) for k, v in node_params.items()]
-        return b"".join([*params, encode(BackendKeyData(*self.cancel_key)), _ready(b"I")])
+        statuses = _statuses(tuple(node_params.items()), tuple(self.startup.items()))
+        return b"".join([statuses, encode(BackendKeyData(*self.cancel_key)), _ready(b"I")])
 
     # -- lending ----------------------------------------------------------------------------------
     def knob(self, name: str) -> str | None:
