@@ -89,8 +89,8 @@ def test_up_serves_its_endpoints_then_stops_everything_on_sigterm(state_dir):
         assert again.stop() == 0
 
 
-def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line(state_dir):
-    ports = tuple(free_ports(4))
+def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line_passthrough_or_pooled(state_dir):
+    ports = tuple(free_ports(5))
     up = Command(*_up_args(state_dir, ports), "--replicas", "1", "--password", "s3cret", "--tls")
     try:
         up.wait_for_line("pgaurora is ready", 90)
@@ -107,12 +107,30 @@ def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line(state_dir)
             env={**os.environ, "PGPASSWORD": "s3cret"},
         )
         assert out.returncode == 0 and out.stdout.strip() == "t", out.stderr  # the node leg is TLS too
+        split = conninfo.replace(f"port={ports[0]}", f"port={ports[4]}")
+        out = subprocess.run(  # the splitting endpoint: a read, on the replica, over TLS on both legs
+            ["psql", split, "-XAtc", "SELECT pg_is_in_recovery(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PGPASSWORD": "s3cret"},
+        )
+        assert out.returncode == 0 and out.stdout.strip() == "t|t", (out.stdout, out.stderr)
     finally:
         assert up.stop() == 0, "\n".join(up.lines)
-    again = Command(*_up_args(state_dir, ports))  # resumed without --tls: still TLS
+    again = Command(*_up_args(state_dir, ports), "--pool", "transaction")  # resumed without --tls: still TLS
     try:
         again.wait_for_line("pgaurora is ready", 90)
         assert any("sslmode=verify-full" in s for s in again.lines)
+        assert any("(the current primary; pooled per transaction)" in s for s in again.lines), again.lines
+        out = subprocess.run(
+            ["psql", conninfo, "-XAtc", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PGPASSWORD": "s3cret"},
+        )
+        assert out.returncode == 0 and out.stdout.strip() == "t", out.stderr  # the pool's connection is TLS
     finally:
         assert again.stop() == 0
 
@@ -286,10 +304,3 @@ def test_up_pool_transaction_pools_both_endpoints_and_says_so(state_dir):
         assert {p["endpoint"] for p in doc["pools"]} == {"writer", "reader"}
     finally:
         assert up.stop() == 0, "\n".join(up.lines)
-
-
-def test_up_refuses_pool_with_tls_before_making_anything(state_dir):
-    args = [*PGAURORA, "up", "--dir", str(state_dir), "--tls", "--pool", "session"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "--pool does not go with --tls yet" in out.stderr
-    assert not state_dir.exists()

@@ -18,6 +18,11 @@ import psycopg
 import pytest
 import trustme
 
+from pgaurora.core.config import BackendTls, PoolConfig
+from pgaurora.core.errors import NodeTlsFailed
+from pgaurora.core.topology import Health, NodeState, Role
+from pgaurora.proxy.pool import Pool, PoolKey, ServerLink
+from pgaurora.proxy.scram import Secret, client_key_of
 from pgaurora.wire import SSLRequest, StartupMessage, encode
 from tests.helpers import (
     Command,
@@ -257,6 +262,76 @@ def test_channel_binding_across_different_certificates_is_refused_with_the_reaso
         psycopg.connect(svc.dsn("writer", sslmode="require", channel_binding="prefer"))
     with psycopg.connect(svc.dsn("writer", sslmode="require", channel_binding="disable")) as conn:
         assert conn.execute(SSL_OF_BACKEND).fetchone() == (True,)
+
+
+def _pooled_tls(cluster, **tls) -> dict:
+    pool = {"pool_size": 2, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    modes = {"writer": {"pool_mode": "transaction"}, "reader": {"pool_mode": "session"}}
+    return service_config(cluster, tls=tls_settings(cluster, **tls), pool=pool, **modes)
+
+
+def test_pooled_endpoints_reach_the_nodes_over_verified_tls_with_prepared_statements(tls_cluster, service):
+    """Six asyncpg clients over TLS, with their statement caches, share a transaction pool of 2 whose own
+    connections to the node are TLS, verified against the cluster's CA; no TCP backend on either node is
+    plaintext."""
+    svc = service(_pooled_tls(tls_cluster))
+    context = ssl.create_default_context(cafile=_ca(tls_cluster))
+
+    async def client(endpoint: str, i: int) -> set[bool]:
+        host, port = svc.writer if endpoint == "writer" else svc.reader
+        conn = await asyncpg.connect(
+            host=host, port=port, user="postgres", password=tls_cluster.password, database="postgres", ssl=context
+        )
+        try:
+            seen = set()
+            for n in range(20):  # prepared once per client, run on whichever server connection is lent
+                assert await conn.fetchval("SELECT $1::int + 1", n + i) == n + i + 1
+                seen.add(await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"))
+            return seen
+        finally:
+            await conn.close()
+
+    async def run() -> list[set[bool]]:
+        return await asyncio.gather(*[client("writer", i) for i in range(6)], client("reader", 6))
+
+    assert all(seen == {True} for seen in asyncio.run(run()))
+    for node in tls_cluster.nodes:
+        plain = node.sql(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+            "WHERE a.client_addr IS NOT NULL AND a.backend_type = 'client backend' AND NOT s.ssl"
+        )
+        assert plain == "0", f"{node.name} has {plain} plaintext connections"
+
+
+def test_a_pool_whose_node_certificate_does_not_verify_fails_with_08001_and_the_reason(tls_cluster, tmp_path):
+    """A pool's server connection verifies the node as backend_tls says (here against another CA): the
+    borrower gets NodeTlsFailed, 08001, which a pooled client receives as its ErrorResponse. (Through a whole
+    service this cannot be shown alone: the monitor would fail the same check and see no writer.)"""
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    n1 = tls_cluster.primary
+    secret = Secret.parse(n1.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'"))
+    assert secret is not None
+    key = client_key_of(tls_cluster.password, secret)
+    assert key is not None
+    node = NodeState(n1.name, n1.host, n1.port, Role.PRIMARY, Health.HEALTHY)
+
+    async def borrow(context: ssl.SSLContext) -> ServerLink:
+        pool = Pool(PoolKey(n1.name, "postgres", "postgres"), node, PoolConfig(), 10, (BackendTls.VERIFY_FULL, context))
+        try:
+            return await pool.acquire(key, secret)
+        finally:
+            pool.close(abort=True)
+            for link in list(pool.links):
+                link.close()
+
+    with pytest.raises(NodeTlsFailed) as refused_tls:
+        asyncio.run(borrow(ssl.create_default_context(cafile=str(other))))
+    assert refused_tls.value.sqlstate == "08001"
+    assert "TLS handshake with node n1 failed" in refused_tls.value.message
+    assert "certificate verify failed" in refused_tls.value.message
+    link = asyncio.run(borrow(ssl.create_default_context(cafile=_ca(tls_cluster))))  # the right CA: it logs in
+    assert link.params["server_version"].startswith("15")
 
 
 def test_cancel_on_a_tls_session_reaches_its_backend(tls_proxy, tls_cluster):

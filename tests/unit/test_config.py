@@ -117,21 +117,20 @@ def test_the_reader_fallback_primary_is_the_older_spelling_of_writer():
         build({"nodes": nodes, "reader": {"fallback": "replica"}})
 
 
-def test_a_pooled_endpoint_needs_a_source_of_secrets_and_cannot_yet_reach_nodes_over_tls():
+def test_a_pooled_endpoint_needs_a_source_of_secrets_and_may_reach_nodes_over_tls():
     nodes = [{"name": "n1", "host": "127.0.0.11"}]
     with pytest.raises(ConfigError) as missing:
         build({"nodes": nodes, "writer": {"pool_mode": "transaction"}})
     assert "set auth_user (with auth_password) for auth_query, or auth_file" in str(missing.value)
-    with pytest.raises(ConfigError) as tls:
-        build(
-            {
-                "nodes": nodes,
-                "reader": {"pool_mode": "session"},
-                "pool": {"auth_user": "pgaurora_auth"},
-                "tls": {"backend_tls": "require"},
-            }
-        )
-    assert "reader pool connections, which do not connect to the nodes over TLS yet" in str(tls.value)
+    tls = build(
+        {
+            "nodes": nodes,
+            "reader": {"pool_mode": "session"},
+            "pool": {"auth_user": "pgaurora_auth"},
+            "tls": {"backend_tls": "require"},
+        }
+    )
+    assert tls.tls.backend_tls.value == "require"
     pooled = build({"nodes": nodes, "writer": {"pool_mode": "transaction"}, "pool": {"auth_user": "a"}})
     assert pooled.pool.pool_size == 20
 

@@ -70,7 +70,7 @@ reset_state_option = click.option(
     show_default=True,
     type=click.IntRange(0, 65535),
     help="The splitting endpoint: read-only transactions to replicas that have the session's own writes, the "
-    "rest to the writer (pooled per transaction; not with --tls or --instances). 0: none.",
+    "rest to the writer (pooled per transaction; not with --instances). 0: none.",
 )
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous replication instead of quorum commit.")
 @click.option(
@@ -161,8 +161,6 @@ def up(
     """Start a local cluster (1 primary, 2 replicas), the proxy, the monitor and DNS."""
     if cipher_pass_file and not backups:
         raise click.UsageError("--cipher-pass-file goes with --backups")
-    if tls and pool != "passthrough":
-        raise click.UsageError("--pool does not go with --tls yet: pooled endpoints reach the nodes without TLS")
     backup = (
         ({"cipher_pass_file": str(Path(cipher_pass_file).absolute())} if cipher_pass_file else {}) if backups else None
     )

@@ -94,12 +94,12 @@ def build_config(
     pool: str = "passthrough",
     split_port: int | None = None,
 ) -> config_mod.Config:
-    """The config `up` serves the cluster with; one of several instances listens on `host` and has [dcs]. A
-    splitting endpoint (pooled: it reaches the nodes without TLS) on split_port, unless the cluster has TLS."""
+    """The config `up` serves the cluster with; one of several instances listens on `host` and has [dcs]; a
+    splitting endpoint on split_port."""
     writer, reader, admin, dns = ports
     listen = {"host": host} if host else {}
     extra: dict[str, Any] = {**({"dcs": dcs} if dcs else {}), **({"backup": backup} if backup is not None else {})}
-    if split_port is not None and not cluster.tls:
+    if split_port is not None:
         extra["endpoints"] = [{"name": "split", "port": split_port, "role": "split", **listen}]
     return config_mod.build(
         {

@@ -836,11 +836,6 @@ class Config(_Frozen):
         if self.admin.tls and not self.tls.cert_file:
             problems.append("admin.tls: HTTPS on the admin port needs [tls] cert_file and key_file")
         pooled = [name for name, e in listens if getattr(e, "pool_mode", PoolMode.PASSTHROUGH) != PoolMode.PASSTHROUGH]
-        if pooled and self.tls.backend_tls in (BackendTls.REQUIRE, BackendTls.VERIFY_FULL):
-            problems.append(
-                f"pool: {', '.join(pooled)} pool connections, which do not connect to the nodes over TLS yet; "
-                f"tls.backend_tls = {self.tls.backend_tls.value!r} needs passthrough endpoints"
-            )
         if pooled and not (self.pool.auth_file or self.pool.auth_user):
             problems.append(
                 f"pool: {', '.join(pooled)} pool connections, so pgaurora authenticates clients itself: "

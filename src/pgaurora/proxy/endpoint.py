@@ -51,7 +51,8 @@ class Endpoint:
         spec = custom if custom is not None else getattr(config, kind.value)
         self.pool_mode: PoolMode = spec.pool_mode
         pooled = self.pool_mode is not PoolMode.PASSTHROUGH
-        self.pools = Pools(config.pool, config.proxy.connect_timeout) if pooled else None
+        node_tls = (config.tls.backend_tls, tls.client if tls is not None else None)
+        self.pools = Pools(config.pool, config.proxy.connect_timeout, node_tls) if pooled else None
         if self.pools is not None:
             state.pool_sets[self.name] = self.pools
         if self.pools is not None and credentials is None:

@@ -10,16 +10,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ..core.config import BackendTls
 from ..core.errors import ProxyError, UpstreamUnavailable
 from ..wire import BackendKeyData, Framer, RemoteProtocolError, StartupMessage, decode_backend, encode
 from ..wire.frontend import sasl_initial_response, sasl_response, simple_query
 from .scram import MECHANISM, ClientExchange, ScramFailed, Secret
+from .upstream import dial
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..core.config import PoolConfig
     from ..core.topology import NodeState
 
 log = logging.getLogger("pgaurora.pool")
+
+NodeTls = tuple[BackendTls, "ssl.SSLContext | None"]
+"""How pooled connections reach the nodes: [tls] backend_tls, and the context for it (None: plaintext)."""
+NO_TLS: NodeTls = (BackendTls.DISABLE, None)
 
 RESET_QUERY = "DISCARD ALL"  # as PgBouncer's server_reset_query: a lent-out session leaves nothing behind
 
@@ -181,8 +189,11 @@ class Pool:
     """The server connections of one (node, database, user): idle ones, lent ones, and clients waiting.
     Lending is callbacks, not tasks: an idle connection is handed over in the same call."""
 
-    def __init__(self, key: PoolKey, node: NodeState, config: PoolConfig, connect_timeout: float) -> None:
+    def __init__(
+        self, key: PoolKey, node: NodeState, config: PoolConfig, connect_timeout: float, tls: NodeTls = NO_TLS
+    ) -> None:
         self.key, self.node, self.config, self.connect_timeout = key, node, config, connect_timeout
+        self.tls = tls
         self.idle_links: deque[ServerLink] = deque()
         self.links: set[ServerLink] = set()  # every open or opening one
         self.waiters: deque[Waiter] = deque()
@@ -290,14 +301,17 @@ class Pool:
             waiter.fail(error if isinstance(error, Exception) else UpstreamUnavailable(str(error)))
 
     async def _open(self, link: ServerLink) -> ServerLink:
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await loop.create_connection(lambda: link, self.node.host, self.node.port)
+                await dial(self.node, link, *self.tls)
                 return await link.ready
         except BaseException:
             link.close()
             self.links.discard(link)
+            if not link.ready.done():
+                link.ready.cancel()
+            elif not link.ready.cancelled():
+                link.ready.exception()  # what is raised here says it: not "never retrieved" as well
             raise
 
     def release(self, link: ServerLink, reusable: bool, dirty: bool = False) -> None:
@@ -375,8 +389,8 @@ class PoolTimeout(ProxyError):
 class Pools:
     """Every pool of one proxy, by (node, database, user); the reaper closes idle and old connections."""
 
-    def __init__(self, config: PoolConfig, connect_timeout: float) -> None:
-        self.config, self.connect_timeout = config, connect_timeout
+    def __init__(self, config: PoolConfig, connect_timeout: float, tls: NodeTls = NO_TLS) -> None:
+        self.config, self.connect_timeout, self.tls = config, connect_timeout, tls
         self.pools: dict[PoolKey, Pool] = {}
         self.closing: list[Pool] = []  # closed, with connections still lent: their transactions finish
         self._reaper: asyncio.Task[None] | None = None
@@ -385,7 +399,7 @@ class Pools:
         key = PoolKey(node.name, database, user)
         pool = self.pools.get(key)
         if pool is None or pool.closed or (pool.node.host, pool.node.port) != (node.host, node.port):
-            pool = self.pools[key] = Pool(key, node, self.config, self.connect_timeout)
+            pool = self.pools[key] = Pool(key, node, self.config, self.connect_timeout, self.tls)
         return pool
 
     def close_nodes(self, keep: Callable[[str], bool], abort: bool = False) -> None:

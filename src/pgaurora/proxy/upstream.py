@@ -134,28 +134,40 @@ async def connect(
     client: Downstream, node: NodeState, mode: BackendTls, context: ssl.SSLContext | None
 ) -> ServerProtocol:
     """A ServerProtocol on a new connection to node, encrypted as `mode` asks (the caller sets the deadline)."""
-    loop = asyncio.get_running_loop()
     server = ServerProtocol(client, node)
+    await dial(node, server, mode, context)
+    return server
+
+
+async def dial(node: NodeState, protocol: asyncio.Protocol, mode: BackendTls, context: ssl.SSLContext | None) -> None:
+    """Connect protocol to node, encrypted as `mode` asks: its connection_made gets the plain transport, or a
+    TlsTransport once the handshake is done (the caller sets the deadline). Passthrough sessions and pooled
+    server connections both reach the nodes this way."""
+    loop = asyncio.get_running_loop()
     if context is None:
-        await loop.create_connection(lambda: server, node.host, node.port)
-        return server
+        await loop.create_connection(lambda: protocol, node.host, node.port)
+        return
     raw, negotiation = await loop.create_connection(_Negotiation, node.host, node.port)
     try:
-        return await _secure(raw, negotiation, server, mode, context)
+        await _secure(raw, negotiation, node, protocol, mode, context)
     except BaseException:
         raw.abort()
         raise
 
 
 async def _secure(
-    raw: asyncio.Transport, negotiation: _Negotiation, server: ServerProtocol, mode: BackendTls, context: ssl.SSLContext
-) -> ServerProtocol:
+    raw: asyncio.Transport,
+    negotiation: _Negotiation,
+    node: NodeState,
+    server: asyncio.Protocol,
+    mode: BackendTls,
+    context: ssl.SSLContext,
+) -> None:
     answer = await negotiation.answer
-    node = server.node
     if answer == b"N" and mode is BackendTls.PREFER:
         raw.set_protocol(server)
         server.connection_made(raw)
-        return server
+        return
     if answer != b"S":
         why = "refused TLS" if answer == b"N" else "answered SSLRequest with unexpected data"
         raise NodeTlsFailed(f"node {node.name} {why} (backend_tls = {mode.value!r})")
@@ -172,4 +184,3 @@ async def _secure(
     if (exc := await done) is not None:
         raise NodeTlsFailed(f"TLS handshake with node {node.name} failed: {exc}")
     server.connection_made(tls)
-    return server
