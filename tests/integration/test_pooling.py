@@ -15,7 +15,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.helpers import ServiceThread, admin, service_config, wait_until
+from tests.helpers import ServiceThread, admin, observe, service_config, wait_until
 
 POOL = 2
 JAR = pathlib.Path("/usr/share/java/postgresql.jar")
@@ -585,3 +585,76 @@ def test_a_transaction_pooled_reader_honours_min_lsn_set_per_session(pooled, clu
         reader.execute("RESET pgaurora.min_lsn")
         assert reader.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
     cluster.primary.sql("DROP TABLE handed")
+
+
+def _pooled_pids(cluster, node: str = "n1") -> set[int]:
+    rows = cluster.node(node).sql(
+        "SELECT pid FROM pg_stat_activity WHERE client_addr IS NOT NULL AND usename = 'postgres' "
+        "AND application_name <> 'pgaurora-monitor'"
+    )
+    return {int(pid) for pid in rows.split()}
+
+
+def test_min_pool_size_opens_ahead_refills_and_is_what_server_idle_timeout_leaves(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=1)
+    pool = {"pool_size": 4, "min_pool_size": 2, "server_idle_timeout": 1.0}
+    pool |= {"auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    svc = service(service_config(cluster, writer={"pool_mode": "transaction"}, pool=pool), cluster=cluster)
+    with psycopg.connect(svc.dsn("writer")) as first:
+        first.execute("SELECT 1")
+        first.rollback()
+        for _ in wait_until("min_pool_size connections opened ahead", 10):
+            if len(_pooled_pids(cluster)) == 2:
+                break
+    clients = [psycopg.connect(svc.dsn("writer")) for _ in range(4)]
+    try:  # four transactions at once: the pool grows to pool_size
+        assert len({c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in clients}) == 4
+        for c in clients:
+            c.rollback()
+    finally:
+        for c in clients:
+            c.close()
+    for _ in wait_until("server_idle_timeout to close the two above min_pool_size", 10):
+        if len(_pooled_pids(cluster)) == 2:
+            break
+    kept = _pooled_pids(cluster)
+    for _ in observe("two idle timeouts more, with min_pool_size kept", 2.5, interval=0.25):
+        assert _pooled_pids(cluster) == kept
+    cluster.node("n1").sql(f"SELECT pg_terminate_backend(pid) FROM unnest(ARRAY{sorted(kept)}) AS pid")
+    for _ in wait_until("the pool refilled to min_pool_size with new connections", 10):
+        now = _pooled_pids(cluster)
+        if len(now) == 2 and not now & kept:
+            break
+
+
+def test_a_server_connection_older_than_server_lifetime_is_replaced(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=1)
+    pool = {"pool_size": 1, "server_lifetime": 1.0}
+    pool |= {"auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    svc = service(service_config(cluster, writer={"pool_mode": "transaction"}, pool=pool), cluster=cluster)
+    with psycopg.connect(svc.dsn("writer"), autocommit=True) as client:
+        first = client.execute("SELECT pg_backend_pid()").fetchone()[0]
+        for _ in wait_until("a new server connection once the first outlived server_lifetime", 10, interval=0.2):
+            assert len(_pooled_pids(cluster)) <= 1  # replaced, never added beside it
+            if client.execute("SELECT pg_backend_pid()").fetchone()[0] != first:
+                break
+
+
+def test_after_a_failover_the_new_writers_pool_fills_to_min_pool_size_before_any_client_asks(fresh_cluster, service):
+    cluster = fresh_cluster(replicas=2)
+    pool = {"pool_size": 4, "min_pool_size": 2, "auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
+    svc = service(service_config(cluster, writer={"pool_mode": "transaction"}, pool=pool), cluster=cluster)
+    with psycopg.connect(svc.dsn("writer"), autocommit=True) as client:
+        client.execute("SELECT 1")
+        for _ in wait_until("min_pool_size connections on n1", 10):
+            if len(_pooled_pids(cluster)) == 2:
+                break
+        cluster.node("n1").kill()
+        for _ in wait_until("a failover", 15):
+            if svc.topology.writer not in (None, "n1"):
+                break
+        new = cluster.node(svc.topology.writer)
+        for _ in wait_until(f"min_pool_size connections on {new.name}, with the client idle", 10):
+            if len(_pooled_pids(cluster, new.name)) == 2:
+                break
+        assert client.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False  # the idle client carries on

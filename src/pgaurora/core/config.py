@@ -379,8 +379,8 @@ class PoolConfig(_Frozen):
     pool_size: Annotated[int, Field(ge=1, le=10000)] = 20
     """Server connections per (node, database, user)."""
     min_pool_size: Annotated[int, Field(ge=0, le=10000)] = 0
-    """Idle server connections per pool that server_idle_timeout does not close (none are opened ahead to
-    reach it: a pool's connections log in with a client's key, so they open as clients come)."""
+    """Server connections per pool kept open: opened ahead (within a second) once a client of the pool's
+    role has logged in, since they log in with a client's key, and never closed by server_idle_timeout."""
     reserve_pool_size: Annotated[int, Field(ge=0, le=10000)] = 0
     """Extra server connections a pool may open for a client that has waited reserve_pool_timeout."""
     reserve_pool_timeout: Annotated[float, Field(ge=0)] = 3.0

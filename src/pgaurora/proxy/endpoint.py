@@ -300,6 +300,8 @@ class Endpoint:
             # a new writer (a failover) or a fenced replica: transactions on the node that left are lost, and end
             # now; while a switchover holds writes (no writer), they may finish (drain_timeout)
             abort = self.kind is not EndpointKind.WRITER or new.writer is not None
+            if self.kind is EndpointKind.WRITER and new.writer is not None and (writer := new.node(new.writer)):
+                self.pools.warm(writer)  # with the keys the pools about to close hold
             self.pools.close_nodes(lambda node: self.router.still_valid(self.kind, node, new), abort)
             if self.kind is not EndpointKind.WRITER:  # drained or removed: lend it nothing new, let lent ones finish
                 self.pools.close_nodes(lambda node: (state := new.node(node)) is not None and not state.drained)

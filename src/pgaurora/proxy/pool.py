@@ -201,6 +201,8 @@ class Pool:
         self.longest_wait = 0.0  # seconds, since start: the metrics show it
         self.waited_total = 0
         self.params: dict[str, str] = {}  # the node's ParameterStatus at the latest login: clients are greeted with it
+        self.login: tuple[bytes, Secret] | None = None  # the latest borrower's key: min_pool_size opens with it
+        self._warming = 0  # connections opening to reach min_pool_size
 
     @property
     def active(self) -> int:
@@ -215,6 +217,7 @@ class Pool:
     ) -> Waiter | None:
         """deliver(link) with an idle connection now (returns None), or later with a new one or the next one
         released (returns the Waiter, for cancel()); fail(PoolTimeout) after query_wait_timeout."""
+        self.login = (client_key, secret)
         while self.idle_links:
             link = self.idle_links.popleft()
             if not link.broken:
@@ -348,7 +351,8 @@ class Pool:
         self._open_for(self.waiters.popleft())
 
     def reap(self, now: float) -> None:
-        """Close idle connections past server_idle_timeout (above min_pool_size) or server_lifetime."""
+        """Close idle connections past server_idle_timeout (above min_pool_size) or server_lifetime; then open
+        what min_pool_size lacks."""
         for link in list(self.idle_links):
             idle_too_long = now - link.idle_since > self.config.server_idle_timeout
             if (idle_too_long and len(self.links) > self.config.min_pool_size) or (
@@ -356,6 +360,33 @@ class Pool:
             ):
                 self.idle_links.remove(link)
                 link.close()
+        self._warm()
+
+    def _warm(self) -> None:
+        """Open idle connections up to min_pool_size, with the key of the latest client that borrowed (none
+        before a client has logged in: pgaurora holds no password); one that fails stops the warming until
+        a client brings a key again (its password may have changed)."""
+        if self.closed or self.login is None or self._warming:
+            return
+        for _ in range(self.config.min_pool_size - len(self.links)):
+            link = ServerLink(self, *self.login)
+            self.links.add(link)
+            self._warming += 1
+            task = asyncio.get_running_loop().create_task(self._open(link))
+            task.add_done_callback(self._warmed)
+
+    def _warmed(self, task: asyncio.Task[ServerLink]) -> None:
+        self._warming -= 1
+        error = "cancelled" if task.cancelled() else task.exception()
+        if error is not None:
+            self.login = None
+            log.warning("pool %s: a connection opened for min_pool_size failed: %s", self.key, error)
+            return
+        link = task.result()
+        if self.closed:
+            link.close()
+        else:
+            self.idle(link)
 
     def close(self, abort: bool = False) -> None:
         """The node left this endpoint: idle connections close now, lent ones when they come back (abort: now,
@@ -399,8 +430,26 @@ class Pools:
         key = PoolKey(node.name, database, user)
         pool = self.pools.get(key)
         if pool is None or pool.closed or (pool.node.host, pool.node.port) != (node.host, node.port):
+            login = self._login_of(database, user)
             pool = self.pools[key] = Pool(key, node, self.config, self.connect_timeout, self.tls)
+            pool.login = login  # a new writer's pool warms to min_pool_size before its clients come
         return pool
+
+    def _login_of(self, database: str, user: str) -> tuple[bytes, Secret] | None:
+        """The key another pool of this role holds (the former writer's, after a failover)."""
+        held = [p.login for p in self._all() if (p.key.database, p.key.user) == (database, user)]
+        return next((login for login in held if login is not None), None)
+
+    def _all(self) -> list[Pool]:
+        return [*self.pools.values(), *self.closing]
+
+    def warm(self, node: NodeState) -> None:
+        """A node new to the endpoint (the writer after a failover): a pool for each role that has logged in,
+        which the reaper fills to min_pool_size, so that the first transactions there need no login."""
+        if not self.config.min_pool_size:
+            return
+        for database, user in {(p.key.database, p.key.user) for p in self._all() if p.login}:
+            self.get(node, database, user)
 
     def close_nodes(self, keep: Callable[[str], bool], abort: bool = False) -> None:
         """Close the pools of nodes for which keep(name) is false (abort: their lent connections too)."""
