@@ -81,10 +81,12 @@ def _print_pools(console: Console, pools: list[dict], pins: dict) -> None:
     for p in pools:
         console.print(
             f"pool {p['endpoint']} {p['node']} {p['user']}@{p['database']}: {p['server_active']} active, "
-            f"{p['server_idle']} idle, {p['clients_waiting']} waiting (longest wait {p['longest_wait_seconds']:.2f} s)"
+            f"{p['server_idle']} idle, {p['clients_waiting']} waiting (longest wait {p['longest_wait_seconds']:.2f} s)",
+            soft_wrap=True,  # one line per pool, as grep and the tests read it, whatever the terminal's width
         )
     if pins:
-        console.print("pinned clients: " + ", ".join(f"{reason} {count}" for reason, count in sorted(pins.items())))
+        pinned = ", ".join(f"{reason} {count}" for reason, count in sorted(pins.items()))
+        console.print(f"pinned clients: {pinned}", soft_wrap=True)
 
 
 def _print_split(console: Console, split: dict) -> None:
