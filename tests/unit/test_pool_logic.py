@@ -11,13 +11,15 @@ from scramp import ScramClient, ScramMechanism
 from pgaurora.proxy.pooled import startup_settings
 from pgaurora.proxy.scram import ClientExchange, ScramFailed, Secret, ServerExchange
 from pgaurora.proxy.statements import NOTHING, Pin, effect
-from pgaurora.wire import StartupMessage
+from pgaurora.wire import RemoteProtocolError, StartupMessage
 from pgaurora.wire.frontend import (
     bind_message,
     bind_statement,
+    bound_name,
     parse_message,
     parse_parts,
     read_sasl_initial,
+    rebound,
     sasl_initial_response,
 )
 
@@ -116,6 +118,23 @@ def test_statement_names_are_rewritten_and_the_rest_kept_byte_for_byte():
     renamed = bind_message(portal, b"pga_x", rest)
     assert int.from_bytes(renamed[1:5], "big") == len(renamed) - 1
     assert bind_statement(renamed[5:]) == (b"", b"pga_x", b"\x00\x00\x00\x00\x00\x00")
+
+
+@pytest.mark.parametrize("portal", [b"", b"portal_7"])
+@pytest.mark.parametrize("name", [b"", b"s1", b"a_much_longer_statement_name"])
+def test_a_bind_is_renamed_in_place_byte_for_byte(portal, name):
+    rest = b"\x00\x01\x00\x01\x00\x01\x00\x00\x00\x02\x34\x32\x00\x00"
+    bind = bind_message(portal, name, rest)
+    start, end = bound_name(bind)
+    assert bind[start:end] == name
+    renamed = rebound(bind, start, end, b"pga_0123456789abcdef")
+    assert renamed == bind_message(portal, b"pga_0123456789abcdef", rest)
+
+
+@pytest.mark.parametrize("broken", [b"B\x00\x00\x00\x04", b"B\x00\x00\x00\x06p\x00", b"B\x00\x00\x00\x06pq"])
+def test_a_bind_without_its_two_strings_is_a_protocol_violation(broken):
+    with pytest.raises(RemoteProtocolError):
+        bound_name(broken)
 
 
 def test_a_sasl_initial_response_reads_back():

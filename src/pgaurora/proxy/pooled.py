@@ -17,11 +17,11 @@ from ..core.errors import ProxyError, UpstreamUnavailable
 from ..core.topology import Role
 from ..wire import Authentication, BackendKeyData, ParameterStatus, RemoteProtocolError, encode, error_response
 from ..wire.frontend import (
-    bind_message,
-    bind_statement,
+    bound_name,
     parse_message,
     parse_parts,
     read_sasl_initial,
+    rebound,
     simple_query,
     target,
     target_message,
@@ -658,28 +658,37 @@ class PooledClient:
     def _renamed(self, kind: bytes, raw: bytes) -> bytes:
         """Transaction mode: named statements live under names of pgaurora's own, prepared again on whichever
         server connection the client has now."""
-        payload = raw[5:]
-        if kind == b"P":
-            name, query, rest = parse_parts(payload)
-            self._note(effect(query))
-            self.stream.replies.append(PASS)
-            if not name:
-                return raw
-            # shared by the clients of one role that prepare the same text and types: PostgreSQL parses a
-            # prepared statement again when search_path differs from the one it was planned with
-            server_name = b"pga_" + hashlib.sha1(query + b"\0" + rest).hexdigest()[:24].encode()
-            self._remember(name, (server_name, query, rest))
-            return self._ensure(server_name, query, rest, parsing=True)
         if kind == b"B":
-            portal, name, rest = bind_statement(payload)
-            known = self.statements.get(name) if name else None
-            if known is None:
-                return raw
-            self.statements.move_to_end(name)
-            return self._ensure(*known) + bind_message(portal, known[0], rest)
-        what, name = target(payload)  # Describe or Close
+            return self._rebound(raw)
+        if kind != b"P":
+            return self._retargeted(kind, raw)
+        name, query, rest = parse_parts(raw[5:])
+        self._note(effect(query))
+        self.stream.replies.append(PASS)
+        if not name:
+            return raw
+        # shared by the clients of one role that prepare the same text and types: PostgreSQL parses a
+        # prepared statement again when search_path differs from the one it was planned with
+        server_name = b"pga_" + hashlib.sha1(query + b"\0" + rest).hexdigest()[:24].encode()
+        self._remember(name, (server_name, query, rest))
+        return self._ensure(server_name, query, rest, parsing=True)
+
+    def _rebound(self, raw: bytes) -> bytes:
+        """A Bind: its statement name replaced by pgaurora's."""
+        start, end = bound_name(raw)
+        known = self.statements.get(raw[start:end]) if end > start else None
+        if known is None:
+            return raw
+        self.statements.move_to_end(raw[start:end])
+        return self._ensure(*known) + rebound(raw, start, end, known[0])
+
+    def _retargeted(self, kind: bytes, raw: bytes) -> bytes:
+        """A Describe or Close: of a statement, under pgaurora's name; of a portal, unchanged."""
         if kind == b"C":
             self.stream.replies.append(PASS)
+        if raw[5:6] == b"P" and raw.find(b"\0", 6) >= 0:  # a portal: nothing to rename (libpq's every Describe)
+            return raw
+        what, name = target(raw[5:])
         known = self.statements.get(name) if what == b"S" and name else None
         if known is None:
             return raw

@@ -70,6 +70,22 @@ def bind_message(portal: bytes, statement: bytes, rest: bytes) -> bytes:
     return tagged(b"B", portal + b"\0" + statement + b"\0" + rest)
 
 
+def bound_name(message: bytes) -> tuple[int, int]:
+    """Where the statement name of a whole Bind message starts and ends: read in place, nothing copied
+    (a transaction-pooled client's every Bind passes here)."""
+    start = message.find(b"\0", 5) + 1
+    end = message.find(b"\0", start) if start else -1
+    if end < 0:
+        raise RemoteProtocolError("a string in a message has no terminating NUL")
+    return start, end
+
+
+def rebound(message: bytes, start: int, end: int, statement: bytes) -> bytes:
+    """The whole Bind message with the statement name at [start:end] replaced."""
+    body = b"".join([message[5:start], statement, message[end:]])
+    return b"B" + (len(body) + 4).to_bytes(4, "big") + body
+
+
 def target(payload: bytes) -> tuple[bytes, bytes]:
     """(b"S" or b"P", name) of a Describe or Close payload."""
     if not payload:
