@@ -89,6 +89,21 @@ def test_up_serves_its_endpoints_then_stops_everything_on_sigterm(state_dir):
         assert again.stop() == 0
 
 
+SSL_HERE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+def _psql_tls(conninfo: str, sql: str) -> str:
+    out = subprocess.run(
+        ["psql", conninfo, "-XAtc", sql],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PGPASSWORD": "s3cret"},
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line_passthrough_or_pooled(state_dir):
     ports = tuple(free_ports(5))
     up = Command(*_up_args(state_dir, ports), "--replicas", "1", "--password", "s3cret", "--tls")
@@ -99,23 +114,10 @@ def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line_passthroug
         ca = conninfo.split("sslrootcert=", 1)[1]
         assert ca == str(state_dir / "tls" / "ca.crt")
         assert oct(os.stat(state_dir / "tls" / "ca.key").st_mode)[-3:] == "600"
-        out = subprocess.run(
-            ["psql", conninfo, "-XAtc", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "PGPASSWORD": "s3cret"},
-        )
-        assert out.returncode == 0 and out.stdout.strip() == "t", out.stderr  # the node leg is TLS too
+        assert _psql_tls(conninfo, SSL_HERE) == "t"  # the node leg is TLS too
         split = conninfo.replace(f"port={ports[0]}", f"port={ports[4]}")
-        out = subprocess.run(  # the splitting endpoint: a read, on the replica, over TLS on both legs
-            ["psql", split, "-XAtc", "SELECT pg_is_in_recovery(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "PGPASSWORD": "s3cret"},
-        )
-        assert out.returncode == 0 and out.stdout.strip() == "t|t", (out.stdout, out.stderr)
+        read = SSL_HERE.replace("SELECT ssl", "SELECT pg_is_in_recovery(), ssl")
+        assert _psql_tls(split, read) == "t|t"  # the splitting endpoint: a read, on the replica, TLS on both legs
     finally:
         assert up.stop() == 0, "\n".join(up.lines)
     again = Command(*_up_args(state_dir, ports), "--pool", "transaction")  # resumed without --tls: still TLS
@@ -123,14 +125,7 @@ def test_up_tls_encrypts_both_legs_and_prints_a_verify_full_psql_line_passthroug
         again.wait_for_line("pgaurora is ready", 90)
         assert any("sslmode=verify-full" in s for s in again.lines)
         assert any("(the current primary; pooled per transaction)" in s for s in again.lines), again.lines
-        out = subprocess.run(
-            ["psql", conninfo, "-XAtc", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "PGPASSWORD": "s3cret"},
-        )
-        assert out.returncode == 0 and out.stdout.strip() == "t", out.stderr  # the pool's connection is TLS
+        assert _psql_tls(conninfo, SSL_HERE) == "t"  # the pool's connection is TLS
     finally:
         assert again.stop() == 0
 
