@@ -347,7 +347,7 @@ def test_a_backtrack_and_its_undo_under_pgbench_through_the_pooled_writer_fail_n
     _archived_up_to_now(svc, cluster)
     host, port = svc.writer
     bench = subprocess.Popen(
-        ["pgbench", "-n", "-c", "8", "-j", "2", "-T", "60", "-l", f"--log-prefix={tmp_path}/tx", "-h", host,
+        ["pgbench", "-n", "-c", "8", "-j", "2", "-T", "20", "-l", f"--log-prefix={tmp_path}/tx", "-h", host,
          "-p", str(port), "postgres"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
