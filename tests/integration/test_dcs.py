@@ -511,3 +511,54 @@ def test_etcd_with_authentication_admits_only_the_right_password(fresh_cluster, 
         _first_leads_second_refused(
             made, "authentication failed", "the instance with the right password to lead, the other to be refused"
         )
+
+
+def test_up_instances_pooled_a_switchover_lets_every_instances_transactions_finish(tmp_path):
+    """Two instances pool per transaction; pgbench runs through the one that does not lead. The leader's
+    switchover holds writes: the other instance, told through etcd, lends the old writer nothing new and
+    reports what it still runs there, and the leader waits for that before it stops the old writer. No
+    transaction fails (before, only the leader's own pooled transactions were waited for)."""
+    root = cluster_dir()
+    ports = [str(p) for p in free_ports(4)]
+    up = Command(
+        "up", "--instances", "2", "--replicas", "1", "--dir", str(root / "c"), "--base-address",
+        free_loopback_base(3), "--password", "pw", "--writer-port", ports[0], "--reader-port", ports[1],
+        "--admin-port", ports[2], "--dns-port", ports[3], "--pool", "transaction",
+    )  # fmt: skip
+    bench = None
+    try:
+        up.wait_for_line("pgaurora is ready", 120)
+        assert any("pooling          per transaction" in line for line in up.lines), up.lines
+        hosts = {s.split()[1]: s.split("writer ")[1].split()[0] for s in up.lines if s.startswith("instance ")}
+        admins = {s.split()[1]: s.split("admin ")[1].split("/status")[0] for s in up.lines if s.startswith("instance ")}
+        for _ in wait_until("one instance to lead", 15):
+            roles = {name: admin(url + "/status", timeout=5)["dcs"]["role"] for name, url in admins.items()}
+            if sorted(roles.values()) == ["follower", "leader"]:
+                break
+        leader = next(name for name, role in roles.items() if role == "leader")
+        follower = next(name for name in admins if name != leader)
+        host, port = hosts[follower].rsplit(":", 1)
+        env = {**os.environ, "PGPASSWORD": "pw", "PGUSER": "postgres"}
+        subprocess.run(["pgbench", "-i", "-q", "-h", host, "-p", port, "postgres"], check=True, env=env,
+                       capture_output=True)  # fmt: skip
+        bench = subprocess.Popen(
+            ["pgbench", "-n", "-c", "16", "-j", "2", "-T", "15", "-h", host, "-p", port, "postgres"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        started = time.monotonic()
+        for _ in wait_until("3 s of pgbench through the instance that does not lead", 10, interval=0.1):
+            if time.monotonic() - started >= 3:
+                break
+        result = admin(admins[leader] + "/switchover", "POST", {"to": "n2"}, timeout=120)
+        assert bench.poll() is None, "the switchover outlasted pgbench: it did not all run under load"
+        out, err = bench.communicate(timeout=120)
+    finally:
+        if bench is not None and bench.poll() is None:
+            bench.kill()
+        stopped = up.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert stopped == 0, "\n".join(up.lines)
+    assert result["new_writer"] == "n2" and result["unfinished_transactions"] == 0, result
+    assert bench.returncode == 0 and "aborted" not in err, err
+    assert "number of failed transactions: 0" in out, out
+    print(f"switchover through the other instance's pool: writes paused {result['write_pause_seconds']} s")
