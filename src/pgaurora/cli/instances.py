@@ -29,9 +29,7 @@ def offset(address: str, by: int) -> str:
 class Instance:
     """One `pgaurora up --attach --instance` child; its output goes to <state dir>/<name>.log."""
 
-    def __init__(
-        self, name: str, host: str, cluster: LocalCluster, etcd: EtcdCluster, ports, pool: str = "passthrough"
-    ) -> None:
+    def __init__(self, name: str, host: str, cluster: LocalCluster, etcd: EtcdCluster, ports) -> None:
         self.name, self.host, self.log = name, host, cluster.root / f"{name}.log"
         writer, reader, admin, dns = ports
         args = [
@@ -55,8 +53,6 @@ class Instance:
             "--dns-port",
             str(dns),
             *(f"--etcd={url}" for url in etcd.endpoints),
-            "--pool",
-            pool,
         ]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -102,12 +98,10 @@ def _check(cluster: LocalCluster, hosts: list[str], etcd: EtcdCluster, ports) ->
         raise ClusterError(f"cannot start: {len(problems)} address(es) already in use, nothing was started:\n{lines}")
 
 
-def _summary(cluster: LocalCluster, instances: list[Instance], etcd: EtcdCluster, ports, pool: str) -> str:
+def _summary(cluster: LocalCluster, instances: list[Instance], etcd: EtcdCluster, ports) -> str:
     writer, reader, admin, dns = ports
     hosts = ",".join(i.host for i in instances)
     lines = [f"etcd             {', '.join(etcd.endpoints)}"]
-    if pool != "passthrough":
-        lines.append(f"pooling          per {pool}, on every instance (a switchover drains them all)")
     lines += [
         f"instance {i.name}      writer {i.host}:{writer}  reader {i.host}:{reader}  "
         f"admin http://{i.host}:{admin}/status  (log {i.log})"
@@ -141,7 +135,6 @@ def run_instances(
     backend,
     tls,
     sync_acks=None,
-    pool="passthrough",
 ) -> None:
     cluster = open_cluster(
         state_dir, name, replicas, password, port, base_address, synchronous, backend, tls, sync_acks
@@ -161,14 +154,14 @@ def run_instances(
         if tls:  # etcd's traffic too, with the CA that up() made
             etcd = EtcdCluster(etcd.root, 3, etcd.members[0].host, authority=cluster.authority())
         etcd.start()
-        instances += [Instance(f"i{k + 1}", host, cluster, etcd, ports, pool) for k, host in enumerate(hosts)]
+        instances += [Instance(f"i{k + 1}", host, cluster, etcd, ports) for k, host in enumerate(hosts)]
         deadline = time.monotonic() + 120
         while not stop.is_set() and not all(i.ready() for i in instances):
             if time.monotonic() > deadline:
                 raise ClusterError("the instances did not all become ready in 120 s; see their logs")
             stop.wait(0.2)
         if not stop.is_set():
-            click.echo(_summary(cluster, instances, etcd, ports, pool))
+            click.echo(_summary(cluster, instances, etcd, ports))
         stop.wait()
     finally:
         click.echo("stopping the instances, etcd and the cluster")

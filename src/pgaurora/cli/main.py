@@ -167,6 +167,8 @@ def up(
     if instances > 1:
         if backups:
             raise click.UsageError("--backups is not available with --instances")
+        if pool != "passthrough":
+            raise click.UsageError("--pool is not yet available with --instances")
         if attach or instance:
             raise click.UsageError("--instances starts its own instances: it goes with neither --attach nor --instance")
         from .instances import run_instances
@@ -184,7 +186,6 @@ def up(
             sync_acks=sync_acks,
             backend=backend,
             tls=tls,
-            pool=pool,
         )
         return
     if instance and not etcd:

@@ -171,9 +171,6 @@ class Etcd:
     async def put_with_lease(self, key: str, value: str, lease_id: int) -> None:
         await self._call(lambda c: c.put(key.encode(), value.encode(), lease=lease_id))
 
-    async def delete(self, key: str) -> None:
-        await self._call(lambda c: c.delete(key.encode()))
-
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
         got = await self._call(lambda c: c.get_prefix(prefix.encode()))
         return {kv.key.decode(): kv.value for kv in got}

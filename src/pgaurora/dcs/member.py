@@ -32,7 +32,6 @@ class Member:
         self.prefix = prefix
         self.leader_key, self.state_key, self.intent_key = prefix + "leader", prefix + "state", prefix + "intent"
         self.members_prefix = prefix + "members/"
-        self.hold_key, self.in_flight_prefix = prefix + "hold", prefix + "in_flight/"
         timeout, tls = min(1.0, dcs.ttl / 3), credentials(dcs)
         self.etcd = Etcd(dcs.etcd, dcs.username, dcs.password, timeout, tls)
         self._watching = Etcd(dcs.etcd, dcs.username, dcs.password, timeout, tls)  # holds a stream open
@@ -53,7 +52,6 @@ class Member:
         self.leader_changes = 0
         self.members: dict[str, dict[str, Any]] = {}
         self.shared: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)  # (state, intent) as last read
-        self.hold: dict[str, Any] | None = None  # the leader's switchover hold ({"id", "writer"}), as last read
         self.last_error: str | None = None
         self.endpoint_health: dict[str, str] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -77,9 +75,9 @@ class Member:
             except TimeoutError:
                 pass
             self._changed.clear()
-            before = self.shared, self.hold
+            before = self.shared
             await self.beat()
-            if (self.shared, self.hold) != before and self.on_change is not None:
+            if self.shared != before and self.on_change is not None:
                 self.on_change()
 
     async def _check_endpoints(self) -> None:
@@ -116,7 +114,6 @@ class Member:
                 holder = self.me.encode()
             self.members = _cards(keys, self.members_prefix)
             self.shared = _documents(keys.get(self.state_key)), _documents(keys.get(self.intent_key))
-            self.hold = _documents(keys.get(self.hold_key))
             self.heard = Heard(sent, holder.decode() if holder else None, self.clock())
             self.last_error = None
         except DcsUnavailable as exc:
@@ -186,37 +183,6 @@ class Member:
             self.heard = replace(self.heard, holder=None)
             self._judge()
         return done
-
-    # -- a switchover's hold, across instances ---------------------------------------------------------
-    async def put_hold(self, hold: dict[str, Any]) -> None:
-        """The leader holds writes for a switchover: the other instances stop lending the old writer and
-        report what they still have in flight there. Bound to this instance's lease: it dies with it."""
-        if self.lease is None:
-            raise DcsUnavailable("no lease yet")
-        await self.etcd.put_with_lease(self.hold_key, json.dumps(hold), self.lease)
-        self.hold = hold
-
-    async def clear_hold(self) -> None:
-        await self.etcd.delete(self.hold_key)
-        self.hold = None
-
-    async def report_in_flight(self, hold_id: str, count: int) -> None:
-        """How many pooled transactions this instance still runs on the held writer (0: drained)."""
-        if self.lease is None:
-            raise DcsUnavailable("no lease yet")
-        document = json.dumps({"hold": hold_id, "count": count})
-        await self.etcd.put_with_lease(self.in_flight_prefix + self.me, document, self.lease)
-
-    async def in_flight_elsewhere(self, hold_id: str) -> int:
-        """Pooled transactions the other live instances report on the held writer; one that has not yet
-        reported for this hold counts as one (not known to be drained)."""
-        keys = await self.etcd.get_prefix(self.prefix)
-        reports = _cards(keys, self.in_flight_prefix)
-        others = set(_cards(keys, self.members_prefix)) - {self.me}
-        return sum(
-            int(report.get("count", 1)) if (report := reports.get(name)) and report.get("hold") == hold_id else 1
-            for name in others
-        )
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -35,7 +35,6 @@ from .decide import (
     promotion_verdict,
 )
 from .probe import NodeStatus, Prober, bounded
-from .shared_hold import HoldBoard, SharedHold
 from .store import StateFile, from_document, to_document
 
 log = logging.getLogger("pgaurora.monitor")
@@ -51,7 +50,7 @@ class Standing(Protocol):
     def reason(self) -> str: ...
 
 
-class Coordinator(HoldBoard, Protocol):
+class Coordinator(Protocol):
     """What the monitor uses of the DCS member (dcs.member.Member) when several instances share a cluster."""
 
     @property
@@ -135,7 +134,6 @@ class Monitor:
         self._repointing: set[str] = set()  # replicas a failover re-points beside the loop
         self._acting: set[str] = set()  # actions under way beside the loop ("sync", "repoint n2")
         self.in_flight: Callable[[str], int] = lambda node: 0  # pooled transactions running on a node (the proxy's)
-        self.hold = SharedHold(member, lambda node: self.in_flight(node))  # a switchover's hold, for the others
 
     # -- the one place the monitor's memory changes --------------------------------
     def _set_state(self, **changes: Any) -> None:
@@ -193,7 +191,6 @@ class Monitor:
             return await self._watch(self._held)
         if self.member is not None and not await self._lead():
             return await self._follow()
-        await self.hold.tidy()
         await self._serve_requests()
         if self._held is not None:  # a switchover began: this tick only watches
             return await self._watch(self._held)
@@ -258,13 +255,8 @@ class Monitor:
         writer = statuses.get(self.state.writer) if self.state.writer else None
         if standing.role is InstanceRole.CUT_OFF and (writer is None or not writer.is_primary):
             shown = replace(self.state, writer=None)
-        held = self.hold.holds(shown.writer)  # the leader's switchover: lend the old writer nothing new
-        if held:
-            shown = replace(shown, writer=None)
         self.decision = Decision(Action.NONE, f"{standing.reason}; this instance does not act")
         await self.publish(self.decision.reason, shown)
-        if held:
-            self.hold.report()
         return self.decision
 
     async def _watch(self, held: str) -> Decision:
@@ -377,7 +369,6 @@ class Monitor:
         for task in list(self._besides):
             task.cancel()
         await asyncio.gather(*self._besides, return_exceptions=True)
-        await self.hold.stop()
         if self._switchover is not None and not self._switchover.done():
             self._switchover.cancel()  # its caller hears that pgaurora is stopping
             await asyncio.gather(self._switchover, return_exceptions=True)
@@ -705,30 +696,21 @@ class Monitor:
     # -- the writer during a switchover (switchover.py drives these) ---------------------------
     async def hold_writes(self, reason: str) -> None:
         """No writer until resume_writer() or install_writer(): new writer sessions wait, and the ticks
-        between only probe and route. With several instances, the others are told through etcd."""
-        old = self.state.writer
+        between only probe and route."""
         self._held = reason
         self._set_state(writer=None)
         await self.publish(reason)
-        if old is not None:
-            await self.hold.begin(old)
 
     async def resume_writer(self, name: str, reason: str) -> None:
         self._held = None
         self._set_state(writer=name)
         await self.publish(reason)
-        await self.hold.end()
 
     async def install_writer(self, name: str, timeline: int, reason: str) -> None:
         self._held = None
         self._new_epoch(name, timeline)
         await self._persist()
         await self.publish(reason)
-        await self.hold.end()
-
-    async def in_flight_elsewhere(self, node: str) -> int:
-        """Pooled transactions the other instances still run on node, while this one holds writes."""
-        return await self.hold.elsewhere(node)
 
     def wake(self) -> None:
         """Run the next tick now (etcd's shared state changed, for instance), not at the next interval."""

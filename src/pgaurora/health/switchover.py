@@ -55,8 +55,6 @@ class Switching(Protocol):
 
     def in_flight(self, node: str) -> int: ...
 
-    async def in_flight_elsewhere(self, node: str) -> int: ...
-
 
 def _pick_target(monitor: Switching, to: str | None) -> str:
     state, statuses = monitor.state, monitor.statuses
@@ -103,12 +101,11 @@ def prepare(monitor: Switching, to: str | None) -> tuple[str, str]:
 
 
 async def drain(monitor: Switching, old: str) -> int:
-    """New transactions wait (no writer is published); those in flight on pooled endpoints, this instance's
-    and the other instances' (as they report them through etcd), get up to drain_timeout to finish on old.
-    Returns how many were still running."""
+    """New transactions wait (no writer is published); those in flight on pooled endpoints get up to
+    drain_timeout to finish on old. Returns how many were still running."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + monitor.config.failover.drain_timeout
-    while (running := monitor.in_flight(old) + await monitor.in_flight_elsewhere(old)) and loop.time() < deadline:
+    while (running := monitor.in_flight(old)) and loop.time() < deadline:
         await asyncio.sleep(0.005)
     return running
 
