@@ -25,7 +25,9 @@ CLIENTS = pathlib.Path(__file__).parent / "clients"
 def _serving(cluster, reader_mode: str, **pool):
     """A pgaurora whose writer pools per transaction and reader as reader_mode asks, for the module."""
     pool |= {"auth_user": "pgaurora_auth", "auth_password": cluster.auth_password}
-    modes = {"writer": {"pool_mode": "transaction"}, "reader": {"pool_mode": reader_mode}}
+    # consistency_wait: a read with pgaurora.min_lsn waits this long for a replica before the writer serves
+    # it; 0.1 s (the default) was once too short for a loaded CI machine's replica to replay one INSERT
+    modes = {"writer": {"pool_mode": "transaction"}, "reader": {"pool_mode": reader_mode, "consistency_wait": 2.0}}
     svc = ServiceThread(service_config(cluster, pool=pool, **modes), cluster=cluster)
     svc.wait_ready()
     yield svc
